@@ -1,0 +1,208 @@
+"""Backbones, classifier heads, and cutting a saved model at a layer.
+
+Every backbone takes raw pixels (0-255, any numeric dtype) and carries its own preprocessing as
+its first layer, so training, evaluation, prediction and export can never disagree about it. A
+classifier is ``Input -> [augmentation] -> backbone -> head_dropout -> head``; the new layers are
+named ``head*`` so learning-rate rules such as ``{"head*": 10}`` find them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+from workbench._checks import check_choice, check_int, check_number
+
+# name -> (keras.applications constructor, preprocessing mode, extra constructor kwargs).
+# "tf": scale to [-1, 1]; "caffe": RGB->BGR and ImageNet mean subtraction; "none": the Keras
+# model already includes its preprocessing (EfficientNet, MobileNetV3, ConvNeXt).
+APPLICATIONS = {
+    "mobilenet_v2": ("MobileNetV2", "tf", {}),
+    "mobilenet_v3_small": ("MobileNetV3Small", "none", {}),
+    "mobilenet_v3_large": ("MobileNetV3Large", "none", {}),
+    "efficientnet_b0": ("EfficientNetB0", "none", {}),
+    "efficientnet_v2_b0": ("EfficientNetV2B0", "none", {}),
+    "resnet50": ("ResNet50", "caffe", {}),
+    "vgg16": ("VGG16", "caffe", {}),
+    "convnext_tiny": ("ConvNeXtTiny", "none", {}),
+}
+SMALL_NETWORKS = ("lenet", "cifar_cnn")
+BACKBONES = tuple(APPLICATIONS) + SMALL_NETWORKS
+PREPROCESS_MODES = ("scale", "tf", "caffe", "none")
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="workbench")
+class Preprocess(layers.Layer):
+    """Maps raw 0-255 pixels to what a backbone expects; part of the saved model.
+
+    Args:
+        mode: ``"scale"`` (to [0, 1]), ``"tf"`` (to [-1, 1]), ``"caffe"`` (RGB to BGR, minus the
+            ImageNet mean) or ``"none"`` (cast only).
+    """
+
+    def __init__(self, mode: str = "scale", **kwargs):
+        super().__init__(**kwargs)
+        self.mode = check_choice("mode", mode, PREPROCESS_MODES)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.mode == "scale":
+            return x / 255.0
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def backbone(name: str, *, weights: str | Path | None = None,
+             input_shape: tuple[int, int, int] = (224, 224, 3)) -> keras.Model:
+    """Builds a feature extractor: raw pixels in, one pooled feature vector per image out.
+
+    Args:
+        name: one of ``BACKBONES``: a keras.applications family (``"mobilenet_v2"``,
+            ``"efficientnet_b0"``, ``"resnet50"``, ...) or a small built-in network
+            (``"lenet"``, ``"cifar_cnn"``) for pretraining a source model on the sample data.
+        weights: ``"imagenet"`` (downloaded and cached by Keras), a path to a local weights file
+            (for machines without internet), or ``None`` for random initialisation.
+        input_shape: ``(height, width, channels)`` of the images.
+
+    Returns:
+        A ``keras.Model`` named ``"backbone"``.
+
+    Raises:
+        ValueError: for an unknown name, a missing weights file, or weights for a small network.
+        RuntimeError: when ImageNet weights cannot be downloaded, saying how to supply a file.
+    """
+    check_choice("name", name, BACKBONES)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), received: {input_shape!r}")
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise ValueError(f"weights must be 'imagenet', None or an existing file, received: {weights!r}")
+    inputs = keras.Input(input_shape, name="image")
+    if name in SMALL_NETWORKS:
+        if weights is not None:
+            raise ValueError(f"{name} has no pretrained weights: pretrain it on the sample data "
+                             f"and pass the saved model as a source, received weights={weights!r}")
+        features = _small_network(name, inputs)
+    else:
+        constructor, mode, kwargs = APPLICATIONS[name]
+        network = _load_application(constructor, weights, input_shape, kwargs)
+        features = network(Preprocess(mode, name="preprocess")(inputs))
+    return keras.Model(inputs, features, name="backbone")
+
+
+def _load_application(constructor: str, weights, input_shape, kwargs) -> keras.Model:
+    build = getattr(keras.applications, constructor)
+    try:
+        return build(include_top=False, weights=str(weights) if weights else None,
+                     input_shape=input_shape, pooling="avg", **kwargs)
+    except Exception as error:  # Keras raises a bare Exception when a download fails
+        if weights != "imagenet" or "fetch" not in str(error).lower():
+            raise
+        raise RuntimeError(
+            f"Could not download the ImageNet weights for {constructor} (no internet here?). "
+            f"On a machine with internet, run keras.applications.{constructor}(include_top=False, "
+            "weights='imagenet') once and copy ~/.keras/models/ across, or pass weights=PATH to "
+            f"the downloaded '*_notop.h5' file. Keras said: {error}") from error
+
+
+def _small_network(name: str, inputs):
+    """LeNet (Caffe's MNIST net) or a small batch-normalised CIFAR-style CNN."""
+    x = Preprocess("scale", name="preprocess")(inputs)
+    if name == "lenet":
+        x = layers.Conv2D(20, 5, activation="relu", name="conv1")(x)
+        x = layers.MaxPooling2D(2, name="pool1")(x)
+        x = layers.Conv2D(50, 5, activation="relu", name="conv2")(x)
+        x = layers.MaxPooling2D(2, name="pool2")(x)
+        x = layers.Flatten(name="flatten")(x)
+        return layers.Dense(500, activation="relu", name="ip1")(x)
+    for block, filters in enumerate((32, 64, 128), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
+        x = layers.BatchNormalization(name=f"bn{block}")(x)
+        x = layers.ReLU(name=f"relu{block}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
+    return layers.GlobalAveragePooling2D(name="gap")(x)
+
+
+def classifier(features: keras.Model, num_classes: int, *, dropout: float = 0.0,
+               train_bn: bool = False, augmentation: keras.Layer | None = None) -> keras.Model:
+    """Puts a new classifier head for ``num_classes`` on a backbone.
+
+    Args:
+        features: a backbone (see :func:`backbone` and :func:`load_source`).
+        num_classes: number of classes of the new task.
+        dropout: dropout rate before the new head.
+        train_bn: if False (the default, as the Keras fine-tuning guide advises), the backbone
+            runs in inference mode, so batch-norm layers keep their moving statistics while their
+            scale and offset may still be trained; if True, batch norm updates its statistics on
+            the new data (right for training from scratch or for large target datasets).
+        augmentation: optional Keras preprocessing layers applied to the raw pixels before the
+            backbone (active in training only), so augmentation runs on the accelerator.
+
+    Returns:
+        A ``keras.Model`` mapping images to class probabilities.
+    """
+    check_int("num_classes", num_classes, minimum=2)
+    check_number("dropout", dropout, minimum=0.0, maximum=0.99)
+    inputs = keras.Input(features.input_shape[1:], name="image")
+    x = augmentation(inputs) if augmentation is not None else inputs
+    x = features(x, training=None if train_bn else False)
+    if len(x.shape) == 4:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    elif len(x.shape) != 2:
+        x = layers.Flatten(name="head_flatten")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 probabilities keep the loss stable under mixed precision.
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="head")(x)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Loads a ``.keras`` model in safe mode, with the workbench's own layers and optimizers."""
+    import workbench.finetune.lr_mult  # noqa: F401  registers the optimizers for deserialisation
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    return keras.models.load_model(path, safe_mode=True)
+
+
+def load_source(path: str | Path, *, cut_at: str | None = None) -> keras.Model:
+    """Loads a saved model and cuts it at a layer to serve as a backbone.
+
+    Args:
+        path: a ``.keras`` file, e.g. a source model pretrained with the workbench.
+        cut_at: the layer whose output becomes the features. By default: the output of the
+            model's nested ``backbone`` if it has one (a workbench classifier), otherwise the
+            input of its last layer. Layers inside a nested backbone may be named too.
+
+    Returns:
+        A ``keras.Model`` named ``"backbone"`` sharing the loaded weights.
+    """
+    model = load_model(path)
+    nested = _nested_backbone(model)
+    if cut_at is None:
+        if nested is not None:
+            return keras.Model(nested.input, nested.output, name="backbone")
+        return keras.Model(model.input, model.layers[-1].input, name="backbone")
+    for owner in (model, nested):
+        if owner is not None and cut_at in {layer.name for layer in owner.layers}:
+            return keras.Model(owner.input, owner.get_layer(cut_at).output, name="backbone")
+    names = [layer.name for layer in (nested or model).layers]
+    raise ValueError(f"cut_at must name a layer of {Path(path).name}, received: {cut_at!r}; "
+                     f"layers: {', '.join(names)}")
+
+
+def _nested_backbone(model: keras.Model) -> keras.Model | None:
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and layer.name == "backbone":
+            return layer
+    return None
