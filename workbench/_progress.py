@@ -1,0 +1,86 @@
+"""One progress bar for every long loop: a live bar where someone watches, plain lines elsewhere.
+
+* In a Jupyter kernel: ``tqdm.auto`` (a widget bar).
+* In a terminal (stderr is a TTY): the usual ``tqdm`` bar.
+* Headless (stderr is not a TTY: CI, pipes, log files): no carriage returns; one plain line on
+  stderr about every 10% of the way and one at the end.
+
+The environment variable ``WORKBENCH_PROGRESS`` overrides the choice: ``bar`` (always a tqdm bar),
+``plain`` (always plain lines, e.g. for a notebook run headless by papermill, whose kernel cannot
+tell it is not watched) or ``off`` (nothing at all).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+
+_STYLES = ("bar", "plain", "off")
+
+
+def progress(iterable: Iterable, *, total: int | None = None, desc: str = "") -> Iterable:
+    """Wraps ``iterable`` in a progress display suited to where the code runs.
+
+    Args:
+        iterable: what to iterate over; its items are passed through unchanged.
+        total: the number of items, if ``len(iterable)`` does not tell.
+        desc: a short label shown before the count, e.g. ``"scan"``.
+
+    Returns:
+        An iterable yielding the same items as ``iterable``.
+    """
+    if total is None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    style = _style()
+    if style == "off":
+        return iterable
+    if style == "bar" or (style is None and _in_notebook()):
+        from tqdm.auto import tqdm
+        return tqdm(iterable, total=total, desc=desc or None)
+    if style is None and _stderr_is_tty():
+        from tqdm import tqdm
+        return tqdm(iterable, total=total, desc=desc or None)
+    return _plain(iterable, total, desc)
+
+
+def _style() -> str | None:
+    value = os.environ.get("WORKBENCH_PROGRESS", "").strip().lower()
+    return value if value in _STYLES else None
+
+
+def _in_notebook() -> bool:
+    """Whether this runs inside a Jupyter kernel (notebook, lab, papermill, VS Code)."""
+    return "ipykernel.zmqshell" in sys.modules
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
+
+
+def _plain(iterable: Iterable, total: int | None, desc: str) -> Iterator:
+    """Yields the items, printing one line to stderr per 10% step and one at the end."""
+    label = f"{desc}: " if desc else ""
+    start = time.monotonic()
+    count = 0
+    shown_step = 0
+    for item in iterable:
+        yield item
+        count += 1
+        if total:
+            step = min(10, count * 10 // total)
+            if step > shown_step and count < total:
+                shown_step = step
+                print(f"{label}{step * 10}% ({count}/{total})", file=sys.stderr, flush=True)
+        elif count % 1000 == 0:
+            print(f"{label}{count} done", file=sys.stderr, flush=True)
+    elapsed = time.monotonic() - start
+    of_total = f"/{total}" if total else ""
+    print(f"{label}done, {count}{of_total} in {elapsed:.1f}s", file=sys.stderr, flush=True)

@@ -1,0 +1,206 @@
+"""The ``workbench`` command: thin verbs that parse arguments, call the library and print.
+
+Each verb is two functions registered in :data:`VERBS`: ``_args_<verb>(parser)`` adds its
+arguments and ``_cmd_<verb>(args)`` runs it and returns the exit status. A bad argument or a
+missing file ends the command with exit status 2 and one line on stderr, ``error: ...``, naming
+the argument and the value received; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message}\n")
+
+
+def _arg_type(name: str, convert):
+    """An argparse type that reports ``name`` and the value received when ``convert`` fails."""
+
+    def parse(text: str):
+        try:
+            return convert(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(
+                f"{_without_received(error)}, received: {text!r}") from error
+
+    parse.__name__ = name
+    return parse
+
+
+def _without_received(error: Exception) -> str:
+    return str(error).split(", received:")[0]
+
+
+def _int_at_least(minimum: int):
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return value
+    return convert
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+def _counts(text: str) -> tuple:
+    from workbench.data.split import parse_counts
+
+    try:
+        return parse_counts(text)
+    except ValueError as error:
+        message = _without_received(error)
+        raise ValueError(message[len("counts "):] if message.startswith("counts ")
+                         else message) from None
+
+
+# --- split -------------------------------------------------------------------------------------
+
+def _args_split(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA",
+                        help="the dataset folder: one sub-folder per class, or the folder the "
+                             "paths in --list are relative to")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for splits.csv, rejected.csv, train/val/test.txt, "
+                             "labels.txt and report.md (created; must not be inside DATA)")
+    parser.add_argument("--list", metavar="FILE",
+                        help="a Caffe list file, 'relative/path label_index' per line")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="class names, one per line (line i names label index i); "
+                             "required with --list")
+    parser.add_argument("--min-per-class", type=_arg_type("N", _int_at_least(1)), default=1,
+                        metavar="N", help="drop classes with fewer valid images (default 1)")
+    parser.add_argument("--val", type=_arg_type("F", _fraction), metavar="F",
+                        help="expected fraction of each class for validation (default 0.1)")
+    parser.add_argument("--test", type=_arg_type("F", _fraction), metavar="F",
+                        help="expected fraction of each class for test (default 0.1)")
+    parser.add_argument("--counts", type=_arg_type("T,V,T", _counts), metavar="T,V,T",
+                        help="exact images per class for train,val,test instead of fractions; "
+                             "one may be 'rest', e.g. 10,rest,10")
+    parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S",
+                        help="changes the assignment; the same seed gives the same split "
+                             "(default 0)")
+    parser.add_argument("--min-side", type=_arg_type("N", _int_at_least(1)), default=8,
+                        metavar="N", help="reject images with a shorter side (default 8)")
+    parser.add_argument("--workers", type=_arg_type("N", _int_at_least(1)), metavar="N",
+                        help="threads that read images (default min(8, CPUs))")
+    parser.add_argument("--max-report-files", type=_arg_type("N", _int_at_least(0)), default=50,
+                        metavar="N", help="rejected files listed on the terminal (default 50; "
+                                          "report.md lists them all)")
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from workbench.data.split import FILES, prepare
+
+    if args.counts is not None and (args.val is not None or args.test is not None):
+        given = "--val" if args.val is not None else "--test"
+        value = args.val if args.val is not None else args.test
+        raise ValueError(f"give either --counts or --val/--test, not both; received: "
+                         f"--counts {_show(args.counts)} and {given} {value}")
+    val = 0.1 if args.val is None else args.val
+    test = 0.1 if args.test is None else args.test
+    if args.counts is None and val + test > 1.0:
+        raise ValueError(f"--val + --test must be <= 1, received: --val {val} --test {test}")
+    if (args.list is None) != (args.labels is None):
+        given, missing = ("--list", "--labels") if args.labels is None else ("--labels", "--list")
+        raise ValueError(f"{missing} is required with {given}, received: {given} "
+                         f"{getattr(args, given[2:])!r} and no {missing}")
+    for option in ("list", "labels"):
+        value = getattr(args, option)
+        if value is not None and not os.path.isfile(value):
+            raise FileNotFoundError(f"--{option} file not found, received: {value!r}")
+    if not os.path.isdir(args.data):
+        raise FileNotFoundError(f"DATA folder not found, received: {args.data!r}")
+    data, out = Path(args.data).resolve(), Path(args.out).resolve()
+    if out == data or data in out.parents:
+        raise ValueError(f"--out must not be inside DATA (the dataset is never written to), "
+                         f"received: --out {args.out!r}")
+    options = {"counts": args.counts} if args.counts is not None else {"val": val, "test": test}
+    result = prepare(args.data, args.out, list_file=args.list, labels_file=args.labels,
+                     min_per_class=args.min_per_class, seed=args.seed, min_side=args.min_side,
+                     workers=args.workers, **options)
+    print(result.report(max_files=args.max_report_files), end="")
+    print(f"Wrote {', '.join(FILES)} to {args.out}")
+    if not result.classes:
+        print("error: no class was kept; see the report above", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _show(counts: tuple) -> str:
+    return ",".join(str(value) for value in counts)
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+# verb -> (one-line help, adds its arguments, runs it and returns the exit status)
+VERBS = {
+    "split": ("scan a dataset, reject bad files and write train/val/test splits",
+              _args_split, _cmd_split),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``workbench`` parser with one sub-command per entry of :data:`VERBS`."""
+    from workbench import __version__
+
+    parser = _Parser(prog="workbench",
+                     description="A notebook-first transfer-learning workbench.")
+    parser.add_argument("--version", action="version", version=f"workbench {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True,
+                                  parser_class=_Parser)
+    for verb, (summary, add_arguments, run) in VERBS.items():
+        sub = verbs.add_parser(verb, help=summary, description=summary)
+        add_arguments(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``workbench VERB ...``; returns the exit status (the console-script entry point)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a one-line usage error already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,470 @@
+"""Stratified, seeded, stable train/val/test splits of a scanned dataset.
+
+:func:`split` takes the table :func:`workbench.data.scan.scan` returns, drops classes with too few
+valid images and gives every accepted image a split. The assignment depends only on the content
+of each image (its sha256) and the seed, never on its position in a shuffled list:
+
+* **Fractions** (``val``, ``test``): each distinct content gets ``u = sha256(f"{seed}:{sha}")``
+  read as a number in [0, 1); it goes to test if ``u < test``, to val if ``u < test + val``, else
+  to train. A class's split sizes therefore follow the fractions *in expectation*, not exactly
+  (a class of 5 images may get no val image), but adding, removing or renaming images never moves
+  any other image.
+* **Counts** (``counts=(train, val, test)``, one entry may be ``"rest"``): within each class the
+  distinct contents are ordered by the same key and dealt to train, then val, then test, so every
+  class gets exactly the counts asked for. Adding images to one class never moves an image of
+  another class.
+
+Exact copies (same sha256) always land in the same split, so no content leaks between train and
+test. The same inputs give the same outputs, byte for byte.
+
+Example::
+
+    from workbench.data.scan import scan
+    from workbench.data.split import split
+    result = split(scan("data/flowers"), min_per_class=30, counts=(10, "rest", 10))
+    result.summary()
+    result.write("runs/flowers/data")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench._checks import check_int, check_number
+from workbench._io import write_json, write_text
+from workbench.data.scan import OK
+
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS = (TRAIN, VAL, TEST)
+REST = "rest"
+
+# Why an accepted image is left out of every split (``rejected.reason``), beside scan's REASONS.
+BELOW_MIN_PER_CLASS = "class below min_per_class"
+TOO_SMALL_FOR_COUNTS = "class too small for counts"
+BEYOND_COUNTS = "beyond fixed counts"
+SPLIT_REASONS = (BELOW_MIN_PER_CLASS, TOO_SMALL_FOR_COUNTS, BEYOND_COUNTS)
+CLASS_REASONS = (BELOW_MIN_PER_CLASS, TOO_SMALL_FOR_COUNTS)  # the whole class is dropped
+
+REJECTED_COLUMNS = ("path", "label", "reason", "detail")
+FILES = ("splits.csv", "rejected.csv", "train.txt", "val.txt", "test.txt", "labels.txt",
+         "report.md")
+
+_DEFAULT_VAL = 0.1
+_DEFAULT_TEST = 0.1
+
+
+def parse_counts(text: str) -> tuple:
+    """Parses ``"10,rest,10"`` into ``(10, "rest", 10)``.
+
+    Raises:
+        ValueError: naming ``counts`` and the text received, if it is not three comma-separated
+            non-negative integers of which at most one is ``rest``.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"counts must be a string like '10,rest,10', received: {text!r}")
+    parts = [part.strip().lower() for part in text.split(",")]
+    if len(parts) != 3:
+        raise ValueError("counts must be train,val,test (three comma-separated numbers, one may "
+                         f"be 'rest'), received: {text!r}")
+    values = []
+    for part in parts:
+        if part == REST:
+            values.append(REST)
+        elif part.isdigit():
+            values.append(int(part))
+        else:
+            raise ValueError("counts entries must be non-negative integers or 'rest', "
+                             f"received: {text!r}")
+    return _check_counts(tuple(values), shown=text)
+
+
+def _check_counts(counts, *, shown=None) -> tuple:
+    shown = counts if shown is None else shown
+    if isinstance(counts, str):
+        return parse_counts(counts)
+    if not isinstance(counts, (tuple, list)) or len(counts) != 3:
+        raise ValueError("counts must be (train, val, test), three entries of which at most one "
+                         f"is 'rest', received: {shown!r}")
+    values = []
+    for name, value in zip(SPLITS, counts):
+        if value == REST and isinstance(value, str):
+            values.append(REST)
+        else:
+            values.append(check_int(f"counts {name} entry", value, minimum=0))
+    if values.count(REST) > 1:
+        raise ValueError(f"counts may have at most one 'rest' entry, received: {shown!r}")
+    if REST not in values and sum(values) == 0:
+        raise ValueError(f"counts must ask for at least one image, received: {shown!r}")
+    return tuple(values)
+
+
+@dataclass
+class SplitResult:
+    """What :func:`split` returns.
+
+    Attributes:
+        table: one row per accepted image: ``path``, ``label``, ``label_index`` (position in
+            ``classes``), ``split`` (``"train"``, ``"val"`` or ``"test"``), then the scan's
+            columns; sorted by path.
+        rejected: one row per file left out: ``path``, ``label``, ``reason``, ``detail``; the
+            scan's rejected files plus the images of dropped classes; sorted by path.
+        classes: the sorted names of the classes kept.
+        dropped: one row per dropped class: ``label``, ``images``, ``reason``, ``detail``.
+        settings: the options the split was made with.
+    """
+
+    table: pd.DataFrame
+    rejected: pd.DataFrame
+    classes: list[str]
+    dropped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["label", "images", "reason", "detail"]))
+    settings: dict = field(default_factory=dict)
+
+    def summary(self) -> pd.DataFrame:
+        """Images per class and split: columns label, label_index, train, val, test, total."""
+        counts = (self.table.groupby(["label", "split"]).size()
+                  .unstack(fill_value=0)
+                  .reindex(index=self.classes, columns=list(SPLITS), fill_value=0))
+        summary = pd.DataFrame({"label": list(self.classes),
+                                "label_index": range(len(self.classes))})
+        for name in SPLITS:
+            summary[name] = counts[name].to_numpy(dtype="int64")
+        summary["total"] = summary[list(SPLITS)].sum(axis=1).astype("int64")
+        return summary
+
+    def report(self, *, max_files: int | None = None) -> str:
+        """A markdown report: images per class and split, dropped classes, rejected files.
+
+        Args:
+            max_files: list at most this many rejected files (the count by reason is always
+                complete); ``None`` lists them all.
+        """
+        if max_files is not None:
+            max_files = check_int("max_files", max_files, minimum=0)
+        summary = self.summary()
+        lines = ["# Split report", "", _describe_settings(self.settings), ""]
+        files = self.rejected[~self.rejected["reason"].isin(CLASS_REASONS)]
+        lines += [f"Kept **{int(summary['total'].sum())} images in {len(self.classes)} "
+                  f"classes**; dropped {len(self.dropped)} classes "
+                  f"({int(self.dropped['images'].sum()) if len(self.dropped) else 0} images); "
+                  f"rejected {len(files)} files.", ""]
+
+        lines += ["## Images per class", ""]
+        if len(summary):
+            lines += ["| label_index | class | train | val | test | total |",
+                      "|---:|---|---:|---:|---:|---:|"]
+            for row in summary.itertuples(index=False):
+                lines.append(f"| {row.label_index} | {_cell(row.label)} | {row.train} | "
+                             f"{row.val} | {row.test} | {row.total} |")
+            totals = summary[list(SPLITS) + ["total"]].sum()
+            lines.append(f"| | **total** | {totals[TRAIN]} | {totals[VAL]} | {totals[TEST]} | "
+                         f"{totals['total']} |")
+        else:
+            lines.append("No class was kept.")
+        empty = [(row.label, name) for row in summary.itertuples(index=False)
+                 for name in SPLITS if getattr(row, name) == 0]
+        if empty:
+            lines += ["", "Empty splits: " + "; ".join(
+                f"{_cell(label)} has no {name} image" for label, name in empty) + "."]
+
+        lines += ["", "## Dropped classes", ""]
+        if len(self.dropped):
+            lines += ["| class | images | reason | detail |", "|---|---:|---|---|"]
+            for row in self.dropped.itertuples(index=False):
+                lines.append(f"| {_cell(row.label)} | {row.images} | {row.reason} | "
+                             f"{_cell(row.detail)} |")
+        else:
+            lines.append("None.")
+
+        lines += ["", "## Rejected files", ""]
+        if len(files):
+            by_reason = files.groupby("reason").size().sort_index()
+            lines += ["| reason | files |", "|---|---:|"]
+            lines += [f"| {reason} | {count} |" for reason, count in by_reason.items()]
+            shown = files if max_files is None else files.head(max_files)
+            if len(shown):
+                lines += ["", "| path | class | reason | detail |", "|---|---|---|---|"]
+                for row in shown.itertuples(index=False):
+                    lines.append(f"| {_cell(row.path)} | {_cell(row.label)} | {row.reason} | "
+                                 f"{_cell(row.detail)} |")
+            if len(shown) < len(files):
+                lines += ["", f"... and {len(files) - len(shown)} more, listed in rejected.csv."]
+        else:
+            lines.append("None.")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir, *, data_root=None) -> Path:
+        """Writes the split files into ``out_dir`` (created if needed), each one atomically.
+
+        Files: ``splits.csv`` (the table), ``rejected.csv``, ``train.txt``, ``val.txt`` and
+        ``test.txt`` (Caffe lists, ``path label_index`` per line, in a seeded shuffled order),
+        ``labels.txt`` (one class per line, line ``i`` naming label index ``i``) and
+        ``report.md``.
+
+        With ``data_root`` (the folder the paths are relative to) it also writes ``split.json``
+        naming that folder relative to ``out_dir``, so training finds the images from the split
+        folder alone and both folders may move together.
+
+        Returns:
+            ``out_dir`` as a ``Path``.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        seed = self.settings.get("seed", 0)
+        texts = {
+            "splits.csv": self.table.to_csv(index=False, lineterminator="\n"),
+            "rejected.csv": self.rejected.to_csv(index=False, lineterminator="\n"),
+            "labels.txt": "".join(f"{name}\n" for name in self.classes),
+            "report.md": self.report(),
+        }
+        for name in SPLITS:
+            rows = self.table[self.table["split"] == name]
+            ordered = sorted(zip(rows["path"], rows["label_index"]),
+                             key=lambda item: (_unit(f"{seed}:order:{item[0]}"), item[0]))
+            texts[f"{name}.txt"] = "".join(f"{path} {index}\n" for path, index in ordered)
+        for name in FILES:
+            write_text(out_dir / name, texts[name])
+        if data_root is not None:
+            root = os.path.relpath(Path(data_root).resolve(), out_dir.resolve())
+            write_json(out_dir / "split.json", {"data_root": Path(root).as_posix(),
+                                                "settings": _json_settings(self.settings)})
+        return out_dir
+
+
+def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_VAL,
+          test: float = _DEFAULT_TEST, counts=None, seed: int = 0) -> SplitResult:
+    """Splits the accepted images of a scanned dataset into train, val and test.
+
+    Args:
+        table: a DataFrame with at least ``path`` and ``label``, normally from
+            :func:`workbench.data.scan.scan`; rows whose ``status`` is not ``"ok"`` are passed to
+            ``rejected``. Images are grouped by ``sha256`` (by path where it is missing).
+        min_per_class: classes with fewer valid images are dropped (reason
+            ``"class below min_per_class"``).
+        val: the expected fraction of each class that goes to validation.
+        test: the expected fraction of each class that goes to test.
+        counts: instead of fractions, exact numbers of distinct images per class,
+            ``(train, val, test)``, one of which may be ``"rest"`` (``(10, "rest", 10)``: ten
+            train, ten test, the rest validation), or the same as a string ``"10,rest,10"``.
+            Classes with fewer distinct images than the fixed entries need are dropped (reason
+            ``"class too small for counts"``); without ``"rest"`` the images beyond the counts
+            are left out (reason ``"beyond fixed counts"``).
+        seed: changes the assignment; the same seed gives the same split.
+
+    Returns:
+        A :class:`SplitResult`.
+
+    Raises:
+        ValueError: naming the argument and the value received, if an option is invalid, if
+            ``counts`` is given together with ``val`` or ``test``, or if ``table`` lacks columns.
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"table must be a pandas DataFrame (from scan), received: "
+                         f"{type(table).__name__}")
+    missing = [column for column in ("path", "label") if column not in table.columns]
+    if missing:
+        raise ValueError(f"table must have the columns path and label, received columns: "
+                         f"{list(table.columns)}")
+    min_per_class = check_int("min_per_class", min_per_class, minimum=1)
+    seed = check_int("seed", seed)
+    if counts is not None:
+        if val != _DEFAULT_VAL or test != _DEFAULT_TEST:
+            raise ValueError("give either counts or the fractions val and test, not both; "
+                             f"received: counts={counts!r}, val={val!r}, test={test!r}")
+        counts = _check_counts(counts)
+        val = test = None
+    else:
+        val = check_number("val", val, minimum=0.0, maximum=1.0)
+        test = check_number("test", test, minimum=0.0, maximum=1.0)
+        if val + test > 1.0:
+            raise ValueError(f"val + test must be <= 1, received: val={val!r}, test={test!r}")
+    settings = {"min_per_class": min_per_class, "val": val, "test": test, "counts": counts,
+                "seed": seed}
+
+    data = table.reset_index(drop=True)
+    ok = (data["status"].astype(str) == OK) if "status" in data.columns else pd.Series(
+        True, index=data.index)
+    scan_rejected = _rejected_rows(data[~ok])
+    accepted = data[ok].copy()
+    accepted["path"] = accepted["path"].astype(str)
+    accepted["label"] = accepted["label"].astype(str)
+    if "sha256" in accepted.columns:
+        sha = accepted["sha256"].fillna("").astype(str)
+        keys = sha.where(sha != "", "path:" + accepted["path"])
+    else:
+        keys = "path:" + accepted["path"]
+    unit = {key: _unit(f"{seed}:{key}") for key in keys.unique()}
+    accepted["_key"] = keys
+    accepted["_u"] = keys.map(unit)
+
+    images = accepted["label"].value_counts()
+    distinct = accepted.drop_duplicates(["label", "_key"])["label"].value_counts()
+    need = sum(value for value in counts if value != REST) if counts is not None else 0
+    dropped = []
+    for label in sorted(images.index):
+        if images[label] < min_per_class:
+            dropped.append((label, int(images[label]), BELOW_MIN_PER_CLASS,
+                            f"{images[label]} valid images, min_per_class={min_per_class}"))
+        elif distinct[label] < need:
+            dropped.append((label, int(images[label]), TOO_SMALL_FOR_COUNTS,
+                            f"{distinct[label]} distinct valid images, counts="
+                            f"{_show_counts(counts)} need {need}"))
+    dropped_labels = {label: (reason, detail) for label, _, reason, detail in dropped}
+    is_dropped = accepted["label"].isin(dropped_labels)
+    left_out = [{"path": row.path, "label": row.label, "reason": dropped_labels[row.label][0],
+                 "detail": f"class {row.label!r}: {dropped_labels[row.label][1]}"}
+                for row in accepted[is_dropped].itertuples()]
+
+    live = accepted[~is_dropped]
+    if counts is None:
+        u = live["_u"].to_numpy(dtype=float)
+        names = np.where(u < test, TEST, np.where(u < test + val, VAL, TRAIN))
+        assigned = pd.Series(names, index=live.index, dtype=object)
+    else:
+        assigned, used = _assign_counts(live, counts, distinct, need)
+        for row in live[assigned == ""].itertuples():
+            left_out.append({"path": row.path, "label": row.label, "reason": BEYOND_COUNTS,
+                             "detail": f"class {row.label!r} has {distinct[row.label]} distinct "
+                                       f"images, counts={_show_counts(counts)} use "
+                                       f"{used[row.label]}"})
+
+    kept = live[assigned != ""].copy()
+    classes = sorted(kept["label"].unique().tolist())
+    kept["label_index"] = kept["label"].map({name: i for i, name in enumerate(classes)})
+    kept["label_index"] = kept["label_index"].astype("int64")
+    kept["split"] = assigned[kept.index].astype(str)
+    first = ["path", "label", "label_index", "split"]
+    rest = [column for column in data.columns if column not in first]
+    kept = kept[first + rest].sort_values("path", kind="stable").reset_index(drop=True)
+
+    rejected = pd.concat([scan_rejected, pd.DataFrame(left_out, columns=list(REJECTED_COLUMNS))],
+                         ignore_index=True)
+    rejected = rejected.sort_values("path", kind="stable").reset_index(drop=True)
+    dropped = pd.DataFrame(dropped, columns=["label", "images", "reason", "detail"])
+    return SplitResult(table=kept, rejected=rejected, classes=classes, dropped=dropped,
+                       settings=settings)
+
+
+def _unit(text: str) -> float:
+    """A number in [0, 1) from the sha256 of ``text``."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) / 2 ** 256
+
+
+def _assign_counts(live: pd.DataFrame, counts: tuple, distinct: pd.Series, need: int):
+    """Deals each class's content groups, ordered by their key, to train, val, then test.
+
+    Returns:
+        The split of every row of ``live`` (``""`` beyond the counts) and, per label, how many
+        content groups the counts use.
+    """
+    groups = (live.drop_duplicates(["label", "_key"])[["label", "_key", "_u"]]
+              .sort_values(["label", "_u", "_key"], kind="stable"))
+    rank = groups.groupby("label", sort=False).cumcount().to_numpy()
+    available = groups["label"].map(distinct).to_numpy()
+    quotas = [available - need if value == REST else np.full(len(groups), value)
+              for value in counts]
+    bounds = np.cumsum(quotas, axis=0)
+    groups["_split"] = np.select([rank < bounds[0], rank < bounds[1], rank < bounds[2]],
+                                 list(SPLITS), default="")
+    merged = live[["label", "_key"]].merge(groups[["label", "_key", "_split"]],
+                                           on=["label", "_key"], how="left")
+    assigned = pd.Series(merged["_split"].to_numpy(), index=live.index, dtype=object)
+    used = dict(zip(groups["label"], bounds[2])) if len(groups) else {}
+    return assigned, used
+
+
+def _show_counts(counts: tuple) -> str:
+    return ",".join(str(value) for value in counts)
+
+
+def _rejected_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(index=rows.index)
+    for column in REJECTED_COLUMNS:
+        values = rows[column] if column in rows.columns else pd.Series("", index=rows.index)
+        out[column] = values.fillna("").astype(str)
+    return out.reset_index(drop=True)
+
+
+def _describe_settings(settings: dict) -> str:
+    seed, min_per_class = settings.get("seed"), settings.get("min_per_class")
+    if settings.get("counts") is not None:
+        return (f"Settings: counts={_show_counts(settings['counts'])} (distinct images per "
+                f"class for train, val, test; 'rest' takes what is left), "
+                f"min_per_class={min_per_class}, seed={seed}.")
+    return (f"Settings: val={settings.get('val')}, test={settings.get('test')}, "
+            f"min_per_class={min_per_class}, seed={seed}. Each distinct image goes to a split "
+            "by a hash of its content and the seed, so per-class split sizes follow the "
+            "fractions on average, not exactly, and adding images never moves another image.")
+
+
+def _cell(value) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _json_settings(settings: dict) -> dict:
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in settings.items()}
+
+
+def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_class: int = 1,
+            val: float = _DEFAULT_VAL, test: float = _DEFAULT_TEST, counts=None, seed: int = 0,
+            min_side: int = 8, workers: int | None = None, progress: bool = True) -> SplitResult:
+    """Scans a dataset, splits it and writes the split folder: the whole first step in one call.
+
+    The notebook and ``workbench split`` both call this. Arguments are those of
+    :func:`workbench.data.scan.scan` and :func:`split`.
+
+    Args:
+        data_dir: the dataset folder (class sub-folders, or the root of ``list_file``'s paths).
+        out_dir: the split folder to write; it must not lie inside ``data_dir``, which is never
+            written to.
+
+    Returns:
+        The :class:`SplitResult`, already written to ``out_dir`` (with ``split.json``).
+
+    Raises:
+        FileNotFoundError: if ``data_dir`` is not a folder.
+        ValueError: for a bad option, or ``out_dir`` inside ``data_dir``.
+    """
+    from workbench.data.scan import scan
+
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data_dir must be an existing folder, received: {str(data_dir)!r}")
+    data, out = Path(data_dir).resolve(), Path(out_dir).resolve()
+    if out == data or data in out.parents:
+        raise ValueError(f"out_dir must not be inside data_dir (the dataset is never written "
+                         f"to), received: {str(out_dir)!r}")
+    options = {"counts": counts} if counts is not None else {"val": val, "test": test}
+    split(pd.DataFrame(columns=["path", "label", "sha256", "status"]), min_per_class=min_per_class,
+          seed=seed, **options)  # validates the options before the (long) scan
+    table = scan(data_dir, list_file=list_file, labels_file=labels_file, min_side=min_side,
+                 workers=workers, progress=progress)
+    result = split(table, min_per_class=min_per_class, seed=seed, **options)
+    result.write(out_dir, data_root=data_dir)
+    return result
+
+
+def split_options(spec: str) -> dict:
+    """Parses a compact split description into :func:`split` options.
+
+    ``"10,rest,10"`` (counts per class for train,val,test; one may be ``rest``) gives
+    ``{"counts": (10, "rest", 10)}``; ``"0.1,0.2"`` (fractions for val,test) gives
+    ``{"val": 0.1, "test": 0.2}``.
+    """
+    parts = [part.strip() for part in str(spec).split(",")]
+    if len(parts) == 2:
+        try:
+            return {"val": float(parts[0]), "test": float(parts[1])}
+        except ValueError:
+            pass
+    if len(parts) == 3:
+        return {"counts": parse_counts(spec)}
+    raise ValueError(f"split must be 'train,val,test' counts (e.g. '10,rest,10') or 'val,test' "
+                     f"fractions (e.g. '0.1,0.1'), received: {spec!r}")

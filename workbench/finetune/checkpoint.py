@@ -1,0 +1,61 @@
+"""Resumable checkpoints of a run directory, written atomically (see ``workbench._io``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+
+from workbench._io import atomic_path, write_json
+
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+def save_model(model: keras.Model, path: str | Path) -> None:
+    """Saves a ``.keras`` model (with its compiled optimizer state) atomically."""
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+def save_checkpoint(run_dir: str | Path, model: keras.Model, state: dict) -> Path:
+    """Saves the model with its optimizer state, then the training state that points at it.
+
+    The model goes to a file named after the epoch and the state names that file, so whenever
+    the process is killed the state on disk refers to a complete model of the same epoch; the
+    previous checkpoint is deleted only after the new state is in place.
+
+    Args:
+        run_dir: the run directory.
+        model: the compiled model being trained.
+        state: JSON-serialisable training state; must hold the finished ``epoch``.
+
+    Returns:
+        The path of the new checkpoint model.
+    """
+    run_dir = Path(run_dir)
+    previous = _checkpoint_model(run_dir)
+    model_path = run_dir / f"checkpoint-{int(state['epoch']):04d}.keras"
+    save_model(model, model_path)
+    write_json(run_dir / CHECKPOINT_STATE, {**state, "model": model_path.name})
+    if previous is not None and previous != model_path:
+        previous.unlink(missing_ok=True)
+    return model_path
+
+
+def _checkpoint_model(run_dir: Path) -> Path | None:
+    state_path = run_dir / CHECKPOINT_STATE
+    if not state_path.is_file():
+        return None
+    return run_dir / json.loads(state_path.read_text(encoding="utf-8"))["model"]
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[keras.Model, dict] | None:
+    """Returns ``(model, state)`` from the last checkpoint of a run, or None if it has none."""
+    from workbench.models import load_model
+
+    model_path = _checkpoint_model(Path(run_dir))
+    if model_path is None:
+        return None
+    state = json.loads((Path(run_dir) / CHECKPOINT_STATE).read_text(encoding="utf-8"))
+    return load_model(model_path), state
