@@ -99,8 +99,8 @@ def open_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 
             raise ImageRejected("decompression bomb", str(error)) from error
         except (OSError, ValueError, SyntaxError, EOFError) as error:
             raise ImageRejected("truncated or corrupt", str(error)) from error
-    try:
-        image = ImageOps.exif_transpose(image)
+    try:  # in place: the copy exif_transpose otherwise makes costs a fifth of a decode
+        ImageOps.exif_transpose(image, in_place=True)
     except (OSError, ValueError, SyntaxError) as error:  # a broken EXIF block
         raise ImageRejected("truncated or corrupt", f"bad EXIF data: {error}") from error
     return _to_rgb(image)

@@ -1,0 +1,216 @@
+"""Input pipeline throughput: decoding JPEG files, and serving shuffled batches from the cache.
+
+Measured side by side in one run, on synthetic photo-like 500x375 JPEGs (quality 90) written to a
+temporary folder and read once beforehand so the disk is out of the picture:
+
+* from files, decode + resize to 224 px with 1 and 2 threads: ``build_cache`` (PIL, writes the
+  memory-mapped cache) against the reference ``tf.io.read_file`` + ``tf.io.decode_jpeg`` +
+  ``tf.image.resize`` in ``tf.data`` with ``num_parallel_calls`` 1 and 2;
+* from the cache, shuffled batches of 64 and 128 at 224 px (``Batches.epoch``, with and without
+  augmentation, and ``Batches.as_tf_dataset``) against plain random batches from the memmap.
+
+Prints a table and writes it to ``benchmarks/results/input_pipeline.md``.
+
+    .venv/bin/python benchmarks/input_pipeline.py               # 400 images, ~1 min on 2 cores
+    .venv/bin/python benchmarks/input_pipeline.py --images 60 --seconds 0.5   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+
+from workbench.data.pipeline import Augment, Batches, build_cache  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "input_pipeline.md"
+FILE_TARGET = 0.9  # ours / reference, from files
+CACHE_TARGET = 20_000  # images/s of shuffled batches from the cache
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--images", type=int, default=400, help="synthetic JPEGs to generate")
+    parser.add_argument("--image-size", type=int, default=224, help="output side in pixels")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each file measurement; the best is reported")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="minimum time spent on each cache measurement")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.image_size < 1 or args.repeats < 1 or args.seconds <= 0:
+        parser.error("--images, --image-size, --repeats and --seconds must be positive")
+    return args
+
+
+def make_photos(folder: Path, count: int, *, seed: int = 0) -> list[str]:
+    """Writes ``count`` 500x375 JPEGs that compress like photos: gradients, shapes, noise."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:375, 0:500].astype(np.float32)
+    names = []
+    for i in range(count):
+        base = np.stack([rng.uniform(40, 200) + rng.uniform(-0.3, 0.3) * rows
+                         + rng.uniform(-0.3, 0.3) * cols
+                         + 30 * np.sin(cols / rng.uniform(20, 80) + rng.uniform(0, 6))
+                         for _ in range(3)], axis=-1)
+        image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(4, 10))):
+            x0, y0 = rng.uniform(0, 450), rng.uniform(0, 330)
+            box = [x0, y0, x0 + rng.uniform(20, 200), y0 + rng.uniform(20, 150)]
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=color)
+        image = image.filter(ImageFilter.GaussianBlur(1.2))
+        noisy = np.asarray(image, np.float32) + rng.normal(0, 6, (375, 500, 3))
+        name = f"photo{i:04d}.jpg"
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(folder / name, quality=90)
+        names.append(name)
+    return names
+
+
+def best_rates(runs: dict, count: int, repeats: int) -> dict:
+    """Images per second of the fastest call of each ``run()``, taking turns so that load
+    from other processes on the machine falls on all of them alike."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {name: count / seconds for name, seconds in best.items()}
+
+
+def rate_for(seconds: float, run_once) -> float:
+    """Images per second of ``run_once()`` (which returns an image count), run for ``seconds``."""
+    run_once()  # warm up
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        images += run_once()
+    return images / (time.perf_counter() - started)
+
+
+def tf_reference(files: list[str], size: int, threads: int):
+    """The tf.data reference decoder with ``threads`` parallel calls and threads in all."""
+    import tensorflow as tf
+
+    def decode(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        return tf.image.resize(image, (size, size))
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    dataset = (tf.data.Dataset.from_tensor_slices(files)
+               .map(decode, num_parallel_calls=threads).batch(32).with_options(options))
+
+    def run():
+        for _ in dataset:
+            pass
+    return run
+
+
+def measure_files(args, folder: Path, names: list[str]) -> tuple[list[tuple], np.memmap]:
+    files = [str(folder / name) for name in names]
+    for file in files:  # into the page cache, so both sides measure decoding, not the disk
+        Path(file).read_bytes()
+    rows, cache = [], None
+    for threads in args.threads:
+        builds = iter(range(10**6))
+
+        def build():
+            nonlocal cache
+            cache = build_cache(names, root=folder, image_size=args.image_size,
+                                cache_dir=folder / f"cache{threads}-{next(builds)}",
+                                workers=threads, progress=False)
+        rates = best_rates({"reference": tf_reference(files, args.image_size, threads),
+                            "ours": build}, len(files), args.repeats)
+        ratio = rates["ours"] / rates["reference"]
+        rows.append(("files: tf.data read+decode_jpeg+resize (reference)", threads,
+                     rates["reference"], 1.0, "", ""))
+        rows.append(("files: build_cache (PIL, writes the memmap)", threads, rates["ours"], ratio,
+                     f">= {FILE_TARGET}x reference", "yes" if ratio >= FILE_TARGET else "NO"))
+    return rows, cache
+
+
+def measure_cache(args, cache: np.memmap) -> list[tuple]:
+    labels = np.arange(len(cache)) % 10
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch_size in args.batch_sizes:
+        def plain():  # the baseline: random indices straight from the memmap
+            picked = np.sort(rng.choice(len(cache), min(batch_size, len(cache)), replace=False))
+            return len(np.ascontiguousarray(cache[picked]))
+        baseline = rate_for(args.seconds, plain)
+        rows.append((f"cache: plain memmap random batch {batch_size} (baseline)", 1, baseline,
+                     None, "", ""))
+        variants = [("Batches.epoch", None, "epoch"),
+                    ("Batches.epoch + Augment(zoom=0.1, flip)", Augment(flip=True, zoom=0.1),
+                     "epoch"),
+                    ("Batches.as_tf_dataset", None, "tf")]
+        for label, augment, how in variants:
+            batches = Batches(cache, labels, batch_size=batch_size, seed=0, augment=augment)
+            epochs = iter(range(10**6))
+            if how == "epoch":
+                def run_once():
+                    return sum(len(y) for _, y in batches.epoch(next(epochs)))
+            else:
+                stream = iter(batches.as_tf_dataset())
+
+                def run_once():
+                    return sum(len(next(stream)[1]) for _ in range(batches.steps_per_epoch))
+            rate = rate_for(args.seconds, run_once)
+            target_met = rate >= CACHE_TARGET
+            rows.append((f"cache: {label}, batch {batch_size}", 1, rate, rate / baseline,
+                         f">= {CACHE_TARGET:,} img/s", "yes" if target_met else "NO"))
+    return rows
+
+
+def format_table(rows: list[tuple], args) -> str:
+    lines = ["| measurement | threads | images/s | ratio | target | met |",
+             "|---|---:|---:|---:|---|---|"]
+    for name, threads, rate, ratio, target, met in rows:
+        ratio_text = "" if ratio is None else f"{ratio:.2f}x"
+        lines.append(f"| {name} | {threads} | {rate:,.0f} | {ratio_text} | {target} | {met} |")
+    notes = (f"{args.images} synthetic 500x375 JPEGs (quality 90) resized to "
+             f"{args.image_size}x{args.image_size}; file rows are the best of {args.repeats} "
+             f"runs, ratio vs the tf.data reference with the same threads; cache rows ran "
+             f"{args.seconds:g} s each, ratio vs the plain memmap baseline. "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+             f"Python {platform.python_version()}.")
+    return "\n".join(lines) + "\n\n" + notes + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="input-pipeline-") as temp:
+        folder = Path(temp)
+        print(f"writing {args.images} synthetic JPEGs...", file=sys.stderr)
+        names = make_photos(folder, args.images)
+        print("decoding from files...", file=sys.stderr)
+        rows, cache = measure_files(args, folder, names)
+        print("batches from the cache...", file=sys.stderr)
+        rows += measure_cache(args, cache)
+        del cache
+    table = format_table(rows, args)
+    print(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("# Input pipeline throughput\n\n"
+                           "Written by `benchmarks/input_pipeline.py`.\n\n" + table)
+    print(f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Tests for workbench.data.pipeline: the decode-once cache and deterministic batches."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workbench.data import images, pipeline
+from workbench.data.pipeline import Augment, Batches, build_cache
+
+SIZE = (8, 12)  # (height, width): not square, so a swapped axis would show
+
+
+@pytest.fixture
+def photo_dir(tmp_path):
+    """A dozen small images of different sizes and formats, each with distinct content."""
+    root = tmp_path / "photos"
+    (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        height, width = 10 + i, 30 - i
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        name = f"a/img{i:02d}.{'png' if i % 3 else 'jpg'}"
+        Image.fromarray(pixels).save(root / name)
+        paths.append(name)
+    return root, paths
+
+
+@pytest.fixture
+def counted_loads(monkeypatch):
+    """Counts the images decoded by build_cache."""
+    calls = []
+    real = images.load_array
+
+    def load_array(path, size, mode):
+        calls.append(Path(path).name)
+        return real(path, size, mode)
+
+    monkeypatch.setattr(pipeline.images, "load_array", load_array)
+    return calls
+
+
+def _build(photo_dir, cache_dir, **options):
+    root, paths = photo_dir
+    options = {"image_size": SIZE, "resize_mode": "squash", "workers": 2, "progress": False,
+               **options}
+    return build_cache(paths, root=root, cache_dir=cache_dir, **options)
+
+
+# --- cache ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", images.RESIZE_MODES)
+def test_cache_holds_load_array_of_each_image(photo_dir, tmp_path, mode):
+    root, paths = photo_dir
+    cache = _build(photo_dir, tmp_path / "cache", resize_mode=mode)
+    assert cache.shape == (len(paths), *SIZE, 3) and cache.dtype == np.uint8
+    assert isinstance(cache, np.memmap)
+    for i, path in enumerate(paths):
+        np.testing.assert_array_equal(cache[i], images.load_array(root / path, SIZE, mode))
+    info = list((tmp_path / "cache").glob("*.json"))
+    assert len(info) == 1 and '"resize_mode": "%s"' % mode in info[0].read_text()
+
+
+def test_cache_is_reused_when_nothing_changed(photo_dir, tmp_path, counted_loads):
+    first = _build(photo_dir, tmp_path / "cache")
+    assert len(counted_loads) == 12
+    written = os.stat(first.filename).st_mtime_ns
+    second = _build(photo_dir, tmp_path / "cache")
+    assert len(counted_loads) == 12  # nothing decoded again
+    assert second.filename == first.filename
+    assert os.stat(second.filename).st_mtime_ns == written
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("change", ["size", "mode"])
+def test_cache_is_rebuilt_when_size_or_mode_changes(photo_dir, tmp_path, counted_loads, change):
+    first = _build(photo_dir, tmp_path / "cache")
+    options = {"image_size": 6} if change == "size" else {"resize_mode": "pad"}
+    second = _build(photo_dir, tmp_path / "cache", **options)
+    assert len(counted_loads) == 24
+    assert second.filename != first.filename
+    root, paths = photo_dir
+    expected = images.load_array(root / paths[0], options.get("image_size", SIZE),
+                                 options.get("resize_mode", "squash"))
+    np.testing.assert_array_equal(second[0], expected)
+
+
+def test_cache_is_rebuilt_when_a_file_changes(photo_dir, tmp_path, counted_loads):
+    root, paths = photo_dir
+    first = _build(photo_dir, tmp_path / "cache")
+    Image.new("RGB", (20, 20), (250, 10, 10)).save(root / paths[4])
+    second = _build(photo_dir, tmp_path / "cache")
+    assert len(counted_loads) == 24
+    assert second.filename != first.filename
+    np.testing.assert_array_equal(second[4], np.full((*SIZE, 3), (250, 10, 10), np.uint8))
+    np.testing.assert_array_equal(second[2], first[2])
+
+
+def test_cache_is_rebuilt_when_a_file_is_touched_or_the_list_changes(photo_dir, tmp_path,
+                                                                     counted_loads):
+    root, paths = photo_dir
+    first = _build(photo_dir, tmp_path / "cache")
+    stat = os.stat(root / paths[0])
+    os.utime(root / paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes
+    assert _build(photo_dir, tmp_path / "cache").filename != first.filename
+    assert len(counted_loads) == 24
+    shorter = build_cache(paths[1:], root=root, image_size=SIZE, cache_dir=tmp_path / "cache",
+                          progress=False)
+    assert len(shorter) == 11 and len(counted_loads) == 35
+
+
+def test_half_written_cache_is_not_trusted(photo_dir, tmp_path, counted_loads):
+    cache_dir = tmp_path / "cache"
+    good = np.array(_build(photo_dir, cache_dir))
+    array_path = Path(_build(photo_dir, cache_dir).filename)
+    # Simulate a build killed before its description was renamed into place: the temp files it
+    # leaves are ignored, and without the JSON even a full-size array is not trusted.
+    array_path.with_suffix(".json").unlink()
+    np.save(array_path, np.zeros_like(good))
+    (cache_dir / f".{array_path.name}.abc123.tmp").write_bytes(b"partial")
+    rebuilt = _build(photo_dir, cache_dir)
+    assert len(counted_loads) == 24
+    np.testing.assert_array_equal(rebuilt, good)
+
+
+def test_failed_build_leaves_no_cache_and_names_every_bad_file(photo_dir, tmp_path):
+    root, paths = photo_dir
+    (root / paths[1]).write_bytes(b"not an image")
+    (root / paths[5]).write_bytes(b"")
+    with pytest.raises(pipeline.CacheBuildError) as caught:
+        _build(photo_dir, tmp_path / "cache")
+    assert [Path(path).name for path, _ in caught.value.failures] == ["img01.png", "img05.png"]
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"image_size": 0}, "image_size must be >= 1, received: 0"),
+    ({"image_size": (8, 8, 3)}, "image_size must be an int or (height, width)"),
+    ({"resize_mode": "stretch"}, "resize_mode must be one of"),
+    ({"workers": 0}, "workers must be >= 1, received: 0"),
+])
+def test_cache_rejects_bad_arguments(photo_dir, tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _build(photo_dir, tmp_path / "cache", **bad)
+
+
+# --- batches -------------------------------------------------------------------------------
+
+def _data(count=10, side=6):
+    """Images whose first pixel encodes their index, so batches can be traced to indices."""
+    pixels = np.random.default_rng(1).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
+    pixels[:, 0, 0, 0] = np.arange(count)
+    return pixels, np.arange(count) % 3
+
+
+def _indices(x):
+    return x[:, 0, 0, 0].tolist()
+
+
+def test_same_seed_and_epoch_give_identical_batches():
+    x, y = _data()
+    a = Batches(x, y, batch_size=4, seed=7, augment=Augment(zoom=0.3, translate=0.2))
+    b = Batches(x, y, batch_size=4, seed=7, augment=Augment(zoom=0.3, translate=0.2))
+    for (xa, ya), (xb, yb) in zip(a.epoch(3), b.epoch(3), strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_epochs_are_different_permutations_with_every_image_once():
+    x, y = _data(count=10)
+    batches = Batches(x, y, batch_size=4, seed=0)
+    assert batches.steps_per_epoch == 3
+    orders = []
+    for epoch in range(3):
+        served = [(xb, yb) for xb, yb in batches.epoch(epoch)]
+        assert [len(yb) for _, yb in served] == [4, 4, 2]
+        order = [i for xb, _ in served for i in _indices(xb)]
+        assert sorted(order) == list(range(10))
+        assert [label for _, yb in served for label in yb] == [i % 3 for i in order]
+        assert all(yb.dtype == np.int32 and xb.dtype == np.uint8 for xb, yb in served)
+        orders.append(order)
+    assert orders[0] != orders[1] != orders[2]
+    other_seed = [i for xb, _ in Batches(x, y, batch_size=4, seed=1).epoch(0) for i in _indices(xb)]
+    assert other_seed != orders[0]
+
+
+def test_batch_matches_the_epoch_iterator_and_validation_keeps_file_order():
+    x, y = _data(count=10)
+    batches = Batches(x, y, batch_size=4, seed=3)
+    for index, (xb, yb) in enumerate(batches.epoch(2, prefetch=0)):
+        np.testing.assert_array_equal(batches.batch(2, index)[0], xb)
+    validation = Batches(x, y, batch_size=4, shuffle=False)
+    served = [i for epoch in (0, 5) for xb, _ in validation.epoch(epoch) for i in _indices(xb)]
+    assert served == list(range(10)) * 2
+
+
+def test_drop_remainder_drops_only_the_last_short_batch():
+    x, y = _data(count=10)
+    batches = Batches(x, y, batch_size=4, drop_remainder=True)
+    assert batches.steps_per_epoch == 2
+    assert [len(yb) for _, yb in batches.epoch(0)] == [4, 4]
+    with pytest.raises(ValueError, match="index must be < steps_per_epoch=2, received: 2"):
+        batches.batch(0, 2)
+
+
+def test_augmentation_changes_pixels_only_when_enabled_and_is_seeded():
+    x, y = _data(count=8, side=16)
+    plain = Batches(x, y, batch_size=8, seed=0, augment=Augment()).batch(0, 0)[0]
+    reference = Batches(x, y, batch_size=8, seed=0).batch(0, 0)[0]
+    np.testing.assert_array_equal(plain, reference)
+    for augment in (Augment(flip=True), Augment(zoom=0.5), Augment(translate=0.3)):
+        seeded = Batches(x, y, batch_size=8, seed=0, augment=augment)
+        augmented = seeded.batch(0, 0)[0]
+        assert augmented.shape == reference.shape and augmented.dtype == np.uint8
+        assert not np.array_equal(augmented, reference), augment
+        np.testing.assert_array_equal(seeded.batch(0, 0)[0], augmented)  # deterministic
+        assert not np.array_equal(seeded.batch(1, 0)[0], augmented)  # a new draw each epoch
+    # The order does not depend on the augmentation, so labels still match the images.
+    flipped_y = Batches(x, y, batch_size=8, seed=0, augment=Augment(flip=True)).batch(0, 0)[1]
+    np.testing.assert_array_equal(flipped_y, Batches(x, y, batch_size=8, seed=0).batch(0, 0)[1])
+
+
+def test_flip_mirrors_whole_images():
+    x, y = _data(count=16, side=5)
+    flipped = Batches(x, y, batch_size=16, shuffle=False, augment=Augment(flip=True)).batch(0, 0)[0]
+    mirrored = [np.array_equal(f, o[:, ::-1]) for f, o in zip(flipped, x)]
+    unchanged = [np.array_equal(f, o) for f, o in zip(flipped, x)]
+    assert all(m or u for m, u in zip(mirrored, unchanged))
+    assert 0 < sum(mirrored) < 16
+
+
+def test_translate_fills_with_black_and_keeps_the_rest():
+    x = np.full((4, 10, 10, 3), 200, np.uint8)
+    shifted = Augment(translate=0.3).apply(x, np.random.default_rng(0))
+    assert set(np.unique(shifted)) <= {0, 200}
+    assert (shifted == 0).any() and (shifted == 200).mean() > 0.4
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"batch_size": 0}, "batch_size must be >= 1, received: 0"),
+    ({"seed": -1}, "seed must be >= 0, received: -1"),
+    ({"augment": "flip"}, "augment must be an Augment or None, received: 'flip'"),
+    ({"batch_size": 11, "drop_remainder": True}, "batch_size must be <= the number of images"),
+])
+def test_batches_reject_bad_arguments(bad, message):
+    x, y = _data()
+    with pytest.raises(ValueError, match=message):
+        Batches(x, y, **{"batch_size": 4, **bad})
+
+
+def test_batches_reject_bad_arrays():
+    x, y = _data()
+    with pytest.raises(ValueError, match="images must be a uint8 array of shape"):
+        Batches(x.astype(np.float32), y, batch_size=2)
+    with pytest.raises(ValueError, match="labels must be 10 integers"):
+        Batches(x, y[:5], batch_size=2)
+    with pytest.raises(ValueError, match="zoom must be <= 0.9, received: 1.5"):
+        Augment(zoom=1.5)
+
+
+def _expected_stream(batches, start_epoch, epochs):
+    return [batches.batch(e, i) for e in range(start_epoch, start_epoch + epochs)
+            for i in range(batches.steps_per_epoch)]
+
+
+def _assert_same_stream(served, expected):
+    assert len(served) == len(expected)
+    for (xs, ys), (xe, ye) in zip(served, expected):
+        np.testing.assert_array_equal(np.asarray(xs), xe)
+        np.testing.assert_array_equal(np.asarray(ys), ye)
+
+
+def test_py_dataset_serves_consecutive_epochs_and_ignores_peeking():
+    x, y = _data(count=10)
+    batches = Batches(x, y, batch_size=4, seed=5, augment=Augment(zoom=0.2))
+    dataset = batches.as_py_dataset(start_epoch=2)
+    assert dataset.num_batches is None  # infinite: Keras is given steps_per_epoch
+    # What Keras does before training: peek at the first batch, then end the "epoch".
+    dataset[0]
+    dataset.on_epoch_begin()
+    dataset.on_epoch_end()
+    served = [dataset[i] for i in range(3 * batches.steps_per_epoch)]
+    _assert_same_stream(served, _expected_stream(batches, 2, 3))
+    finite = batches.as_py_dataset(start_epoch=4, epochs=1, prefetch=0)
+    assert finite.num_batches == 3
+    _assert_same_stream(list(finite), _expected_stream(batches, 4, 1))
+
+
+def test_keras_fit_on_py_dataset_sees_the_batches_of_each_epoch():
+    keras = pytest.importorskip("keras")
+    x, y = _data(count=10)
+    batches = Batches(x, y, batch_size=4, seed=5)
+    seen = []
+
+    class Record(keras.layers.Layer):
+        def call(self, inputs, training=None):
+            if training:  # the first pixel of each image is its index
+                seen.append(keras.ops.convert_to_numpy(inputs[:, 0, 0, 0]).astype(int).tolist())
+            return inputs
+
+    inputs = keras.Input((6, 6, 3))
+    recorded = Record()(keras.ops.cast(inputs, "float32"))
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(recorded))
+    model = keras.Model(inputs, outputs)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=True)
+    model.fit(batches.as_py_dataset(start_epoch=1), steps_per_epoch=batches.steps_per_epoch,
+              initial_epoch=1, epochs=3, shuffle=False, verbose=0)
+    expected = [_indices(xb) for epoch in (1, 2) for xb, _ in batches.epoch(epoch)]
+    assert seen == expected
+
+
+def test_tf_dataset_starting_at_epoch_k_matches_batches():
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.data is used only on the TensorFlow backend")
+    x, y = _data(count=10)
+    batches = Batches(x, y, batch_size=4, seed=9, augment=Augment(flip=True, zoom=0.2))
+    dataset = batches.as_tf_dataset(start_epoch=3, epochs=2)
+    served = [(xb.numpy(), yb.numpy()) for xb, yb in dataset]
+    assert served[0][0].dtype == np.uint8 and served[0][1].dtype == np.int32
+    _assert_same_stream(served, _expected_stream(batches, 3, 2))
+    forever = batches.as_tf_dataset(start_epoch=3).take(7)
+    _assert_same_stream([(a.numpy(), b.numpy()) for a, b in forever],
+                        _expected_stream(batches, 3, 3)[:7])
+
+
+def test_for_keras_picks_the_backend_native_dataset():
+    keras = pytest.importorskip("keras")
+    x, y = _data()
+    dataset = Batches(x, y, batch_size=4).for_keras()
+    expected = "PyDataset" if keras.backend.backend() != "tensorflow" else "Dataset"
+    assert any(cls.__name__.endswith(expected) for cls in type(dataset).__mro__)
+
+
+def test_augmentation_layers_are_active_only_in_training():
+    keras = pytest.importorskip("keras")
+    assert len(pipeline.augmentation_layers().layers) == 0
+    layers = pipeline.augmentation_layers(flip=True, zoom=0.2, rotation=0.1, translate=0.1,
+                                          seed=3)
+    assert [type(layer).__name__ for layer in layers.layers] == [
+        "RandomFlip", "RandomZoom", "RandomRotation", "RandomTranslation"]
+    batch = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layers(batch, training=False)), batch)
+    trained = keras.ops.convert_to_numpy(layers(batch, training=True))
+    assert trained.shape == batch.shape and not np.allclose(trained, batch)
+    with pytest.raises(ValueError, match="rotation must be <= 0.5, received: 2"):
+        pipeline.augmentation_layers(rotation=2)
