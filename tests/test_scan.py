@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import messy_data
+import workbench._progress as progress_module
 from workbench._progress import progress
 from workbench.data import scan as scan_module
 from workbench.data.images import ImageRejected, open_image
@@ -258,6 +259,7 @@ def test_missing_inputs_raise_file_not_found(tmp_path):
 
 def test_headless_progress_prints_plain_lines(capsys, monkeypatch):
     monkeypatch.delenv("WORKBENCH_PROGRESS", raising=False)
+    monkeypatch.setattr(progress_module, "MIN_SECONDS_BETWEEN_LINES", 0.0)
     assert "ipykernel.zmqshell" not in sys.modules
     assert list(progress(range(50), desc="work")) == list(range(50))
     err = capsys.readouterr().err
@@ -266,6 +268,12 @@ def test_headless_progress_prints_plain_lines(capsys, monkeypatch):
     assert lines[0] == "work: 10% (5/50)"
     assert len(lines) == 10  # 10% .. 90%, then the end
     assert lines[-1].startswith("work: done, 50/50")
+
+
+def test_headless_progress_of_a_quick_loop_prints_only_its_end(capsys, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_PROGRESS", raising=False)
+    list(progress(range(50), desc="quick"))
+    assert capsys.readouterr().err.splitlines()[0].startswith("quick: done, 50/50")
 
 
 def test_progress_can_be_switched_off_and_scan_reports_headless(tmp_path, capsys, monkeypatch):

@@ -3,7 +3,7 @@
 * In a Jupyter kernel: ``tqdm.auto`` (a widget bar).
 * In a terminal (stderr is a TTY): the usual ``tqdm`` bar.
 * Headless (stderr is not a TTY: CI, pipes, log files): no carriage returns; one plain line on
-  stderr about every 10% of the way and one at the end.
+  stderr about every 10% of the way (at most one every two seconds) and one at the end.
 
 The environment variable ``WORKBENCH_PROGRESS`` overrides the choice: ``bar`` (always a tqdm bar),
 ``plain`` (always plain lines, e.g. for a notebook run headless by papermill, whose kernel cannot
@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 _STYLES = ("bar", "plain", "off")
+MIN_SECONDS_BETWEEN_LINES = 2.0  # quick loops print only their closing line
 
 
 def progress(iterable: Iterable, *, total: int | None = None, desc: str = "") -> Iterable:
@@ -68,7 +69,7 @@ def _stderr_is_tty() -> bool:
 def _plain(iterable: Iterable, total: int | None, desc: str) -> Iterator:
     """Yields the items, printing one line to stderr per 10% step and one at the end."""
     label = f"{desc}: " if desc else ""
-    start = time.monotonic()
+    start = last_shown = time.monotonic()
     count = 0
     shown_step = 0
     for item in iterable:
@@ -76,8 +77,9 @@ def _plain(iterable: Iterable, total: int | None, desc: str) -> Iterator:
         count += 1
         if total:
             step = min(10, count * 10 // total)
-            if step > shown_step and count < total:
-                shown_step = step
+            # a line per 10% step, but not more than one every few seconds for quick loops
+            if step > shown_step and count < total and time.monotonic() - last_shown >= MIN_SECONDS_BETWEEN_LINES:
+                shown_step, last_shown = step, time.monotonic()
                 print(f"{label}{step * 10}% ({count}/{total})", file=sys.stderr, flush=True)
         elif count % 1000 == 0:
             print(f"{label}{count} done", file=sys.stderr, flush=True)

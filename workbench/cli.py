@@ -160,12 +160,95 @@ def _show(counts: tuple) -> str:
     return ",".join(str(value) for value in counts)
 
 
+# --- train -------------------------------------------------------------------------------------
+
+def _lr_rule(text: str) -> tuple[str, float]:
+    pattern, sep, value = text.rpartition("=")
+    if not sep or not pattern:
+        raise ValueError("must be PATTERN=MULTIPLIER, e.g. 'conv1*=0'")
+    try:
+        return pattern, float(value)
+    except ValueError:
+        raise ValueError("must be PATTERN=MULTIPLIER with a number after '='") from None
+
+
+def _args_train(parser: argparse.ArgumentParser) -> None:
+    from workbench.finetune.recipes import RECIPES
+
+    parser.add_argument("--splits", required=True, metavar="SPLITS_DIR",
+                        help="a folder written by 'workbench split'")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--backbone", default="mobilenet_v2", metavar="NAME",
+                        help="a keras.applications family (mobilenet_v2, mobilenet_v3_small, "
+                             "mobilenet_v3_large, efficientnet_b0, efficientnet_v2_b0, resnet50, "
+                             "vgg16, convnext_tiny) or a small built-in net (lenet, cifar_cnn)")
+    source.add_argument("--source", metavar="MODEL.keras",
+                        help="transfer from a saved model instead of a named backbone")
+    parser.add_argument("--cut-at", metavar="LAYER",
+                        help="layer of --source whose output becomes the features")
+    parser.add_argument("--weights", default="imagenet", metavar="imagenet|PATH|none",
+                        help="backbone weights (default imagenet; 'none' for random)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="two_stage")
+    parser.add_argument("--lr-mult", type=_arg_type("PATTERN=VALUE", _lr_rule), action="append",
+                        default=[], metavar="PATTERN=VALUE",
+                        help="extra learning-rate multiplier for layers matching a glob "
+                             "pattern, checked before the recipe's (repeatable; 0 freezes)")
+    parser.add_argument("--solver", metavar="FILE",
+                        help="solver settings: a .json file or a Caffe solver.prototxt")
+    parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N")
+    parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), metavar="N")
+    parser.add_argument("--base-lr", type=_arg_type("LR", float), metavar="LR")
+    parser.add_argument("--image-size", type=_arg_type("N", _int_at_least(8)), default=224,
+                        metavar="N", help="side of the square input images (default 224)")
+    parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue RUN_DIR from its last checkpoint")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from workbench.finetune.callbacks import TrainingDiverged
+    from workbench.finetune.solver import SolverConfig
+    from workbench.finetune.train import finetune
+
+    solver = SolverConfig.load(args.solver) if args.solver else SolverConfig()
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "base_lr": args.base_lr}
+    solver = solver.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if args.cut_at and not args.source:
+        raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
+    weights = None if args.weights.lower() == "none" else args.weights
+    try:
+        run = finetune(args.splits, args.out, backbone=args.backbone, weights=weights,
+                       source=args.source, cut_at=args.cut_at, recipe=args.recipe,
+                       lr_mult_rules=dict(args.lr_mult), solver=solver,
+                       image_size=args.image_size, seed=args.seed, resume=args.resume,
+                       progress="lines")
+    except TrainingDiverged as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"interrupted: continue with 'workbench train ... --out {args.out} --resume'",
+              file=sys.stderr)
+        return 130
+    print(_format_metrics(run.metrics))
+    print(f"Run directory: {run.run_dir}")
+    return EXIT_OK
+
+
+def _format_metrics(metrics: dict) -> str:
+    keys = ("status", "epochs", "best_epoch", "val_accuracy", "test_accuracy", "test_top5",
+            "train_seconds", "images_per_second")
+    return "  ".join(f"{key} {metrics[key]}" for key in keys if metrics.get(key) is not None)
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 # verb -> (one-line help, adds its arguments, runs it and returns the exit status)
 VERBS = {
     "split": ("scan a dataset, reject bad files and write train/val/test splits",
               _args_split, _cmd_split),
+    "train": ("fine-tune a pretrained network on a split dataset into a run directory",
+              _args_train, _cmd_train),
 }
 
 
@@ -187,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ``workbench VERB ...``; returns the exit status (the console-script entry point)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, --version, or a one-line usage error already printed

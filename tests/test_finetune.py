@@ -1,0 +1,180 @@
+"""The training engine: run directory, resume after a kill, divergence, freezing, recipes."""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import tiny_data
+from workbench import models
+from workbench.data.split import prepare
+from workbench.finetune import callbacks as cb
+from workbench.finetune import checkpoint
+from workbench.finetune.solver import SolverConfig
+from workbench.finetune.train import Run, finetune
+
+SOLVER = SolverConfig(epochs=4, batch_size=16, base_lr=0.02, lr_policy="cosine")
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    tiny_data.write_digits(root / "data", per_class=12)
+    prepare(root / "data", root / "splits", counts=(6, "rest", 3), progress=False)
+    return root / "splits"
+
+
+@pytest.fixture(scope="module")
+def source_model(splits, tmp_path_factory):
+    """A small 'pretrained' source: cifar_cnn trained briefly on the same digits."""
+    run = finetune(splits, tmp_path_factory.mktemp("source") / "run", backbone="cifar_cnn",
+                   weights=None, recipe="scratch", solver=SOLVER.replace(epochs=2),
+                   image_size=16, progress="none")
+    return run.run_dir / "model.keras"
+
+
+def weights_of(path):
+    return [np.array(w) for w in models.load_model(path).get_weights()]
+
+
+def test_run_directory_holds_every_file(splits, tmp_path):
+    run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+                   solver=SOLVER.replace(epochs=2), image_size=16, progress="none")
+    for name in ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
+                 "model.keras", "best.keras", "metrics.json", "checkpoint.json"):
+        assert (run.run_dir / name).is_file(), name
+    assert list(run.history["epoch"]) == [1, 2]
+    steps = pd.read_csv(run.run_dir / "steps.csv")
+    assert list(steps["step"]) == list(range(1, len(steps) + 1))
+    assert len(steps) == 2 * (60 // 16)  # drop_remainder: 3 full batches of 16 from 60 images
+    # the per-step losses average to the epoch's loss (Keras reports the running mean)
+    first = steps[steps["epoch"] == 1]["loss"].mean()
+    assert first == pytest.approx(run.history["loss"][0], rel=1e-4)
+    config = json.loads((run.run_dir / "config.json").read_text())
+    assert config["solver"]["epochs"] == 2 and config["classes"] == [str(i) for i in range(10)]
+    assert run.metrics["status"] == "completed" and 0 <= run.metrics["test_accuracy"] <= 1
+    assert (run.run_dir / "labels.txt").read_text().splitlines() == config["classes"]
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, tmp_path,
+                                                         monkeypatch):
+    options = dict(source=source_model, recipe="two_stage", dropout=0.3, image_size=16,
+                   solver=SOLVER, seed=3, progress="none")
+    whole = finetune(splits, tmp_path / "whole", **options)
+
+    class Killed(Exception):
+        pass
+
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_die(run_dir, model, state):  # killed right after the checkpoint of epoch 3
+        real_save(run_dir, model, state)
+        if state["epoch"] == 3:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        finetune(splits, tmp_path / "resumed", **options)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    assert json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())["epoch"] == 3
+    resumed = finetune(splits, tmp_path / "resumed", resume=True, **options)
+
+    for a, b in zip(weights_of(whole.run_dir / "model.keras"),
+                    weights_of(resumed.run_dir / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(whole.history.drop(columns="seconds"),
+                                  resumed.history.drop(columns="seconds"), rtol=1e-5)
+    assert resumed.metrics["test_accuracy"] == pytest.approx(whole.metrics["test_accuracy"])
+
+
+def test_resume_of_a_finished_run_returns_it(splits, tmp_path):
+    options = dict(backbone="lenet", weights=None, recipe="scratch", image_size=16,
+                   solver=SOLVER.replace(epochs=1), progress="none")
+    first = finetune(splits, tmp_path / "run", **options)
+    stamp = (tmp_path / "run" / "model.keras").stat().st_mtime_ns
+    again = finetune(splits, tmp_path / "run", resume=True, **options)
+    assert again.metrics == first.metrics
+    assert (tmp_path / "run" / "model.keras").stat().st_mtime_ns == stamp
+
+
+def test_a_killed_checkpoint_write_keeps_the_previous_checkpoint(splits, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch", image_size=16,
+             solver=SOLVER.replace(epochs=1), progress="none")
+    model, state = checkpoint.load_checkpoint(run_dir)
+
+    def die_half_way(self, path, *args, **kwargs):
+        path.write_bytes(b"half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save", die_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(run_dir, model, {**state, "epoch": 2})
+    monkeypatch.undo()
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+    reloaded, reloaded_state = checkpoint.load_checkpoint(run_dir)
+    assert reloaded_state["epoch"] == 1
+    for a, b in zip(model.get_weights(), reloaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(splits, tmp_path,
+                                                                         monkeypatch):
+    run_dir = tmp_path / "run"
+    calls = {"n": 0}
+    real = cb.DivergenceGuard.on_train_batch_end
+
+    def nan_in_second_epoch(self, batch, logs=None):
+        calls["n"] += 1
+        if calls["n"] > 3:  # the second epoch (3 steps per epoch)
+            logs = {**(logs or {}), "loss": float("nan")}
+        real(self, batch, logs)
+
+    monkeypatch.setattr(cb.DivergenceGuard, "on_train_batch_end", nan_in_second_epoch)
+    with pytest.raises(cb.TrainingDiverged, match=r"loss became nan .* epoch 2.*base_lr"):
+        finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch",
+                 image_size=16, solver=SOLVER, progress="none")
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "diverged"
+    assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] == 1
+    assert not (run_dir / "model.keras").exists()
+
+
+def test_feature_extraction_keeps_the_backbone_frozen(splits, source_model, tmp_path):
+    run = finetune(splits, tmp_path / "run", source=source_model, recipe="feature_extraction",
+                   image_size=16, solver=SOLVER.replace(epochs=2), progress="none")
+    before = models.load_source(source_model).get_weights()
+    tuned = models.load_model(run.run_dir / "model.keras").get_layer("backbone").get_weights()
+    for a, b in zip(before, tuned):
+        np.testing.assert_array_equal(a, b)  # BN statistics too: inference mode
+    assert set(run.lr_table.loc[run.lr_table["layer"] != "head", "multiplier"]) == {0.0}
+    assert run.lr_table.loc[run.lr_table["layer"] == "head", "effective_lr"].item() > 0
+
+
+def test_two_stage_unfreezes_with_discriminative_rates(splits, source_model, tmp_path):
+    run = finetune(splits, tmp_path / "run", source=source_model, recipe="two_stage",
+                   image_size=16, solver=SOLVER, progress="none")
+    assert list(run.history["stage"]) == ["head", "all", "all", "all"]  # 30% of 4 epochs: 1
+    second = run.lr_table[run.lr_table["stage"] == "all"].set_index("layer")["multiplier"]
+    assert second["head"] == 1.0
+    assert second["conv1"] < second["conv3"] < second["head"]
+
+
+def test_bad_arguments_are_named(splits, tmp_path):
+    with pytest.raises(ValueError, match="recipe must be one of .* received: 'magic'"):
+        finetune(splits, tmp_path / "r", recipe="magic")
+    with pytest.raises(ValueError, match="backbone must be one of .* received: 'alexnet'"):
+        finetune(splits, tmp_path / "r", backbone="alexnet")
+    with pytest.raises(FileNotFoundError, match="splits must be a folder"):
+        finetune(tmp_path / "nowhere", tmp_path / "r", backbone="lenet", weights=None)
+    with pytest.raises(ValueError, match=r"pattern 'conv9\*' matches no layer with weights"):
+        finetune(splits, tmp_path / "r", backbone="lenet", weights=None, recipe="scratch",
+                 image_size=16, lr_mult_rules={"conv9*": 0}, progress="none")
+
+
+def test_run_load_reads_a_finished_run(splits, tmp_path):
+    finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+             image_size=16, solver=SOLVER.replace(epochs=1), progress="none")
+    run = Run.load(tmp_path / "run")
+    assert run.metrics["epochs"] == 1 and len(run.history) == 1

@@ -1,0 +1,218 @@
+"""The small Keras callbacks a training run is made of, one job each.
+
+They share a :class:`RunState` (epoch, stage, best value, patience) that is written with every
+checkpoint, so a resumed run continues exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from workbench._io import atomic_path
+from workbench.finetune import checkpoint
+
+
+@dataclasses.dataclass
+class RunState:
+    """What a resumed run must know beyond the model: saved in ``checkpoint.json``."""
+
+    epoch: int = 0          # finished epochs
+    stage: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0           # validation passes without improvement
+    step: int = 0           # finished iterations over all stages
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN, infinite or exploded; the last good checkpoint is kept."""
+
+
+class CsvAppender:
+    """Appends rows to a CSV file, flushing each, so a crash keeps every finished row."""
+
+    def __init__(self, path: Path, columns: list[str], *, keep_while=None):
+        """Opens ``path``; with ``keep_while``, keeps only existing rows for which it is true."""
+        self.path, self.columns = Path(path), columns
+        rows = []
+        if keep_while is not None and self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                rows = [row for row in csv.DictReader(handle) if keep_while(row)]
+        with atomic_path(self.path) as temporary:
+            with open(temporary, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            csv.DictWriter(handle, self.columns, extrasaction="ignore").writerow(row)
+
+
+def current_lr(model: keras.Model) -> float:
+    """The base learning rate the optimizer uses at its current iteration."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class HistoryLogger(keras.callbacks.Callback):
+    """Writes ``history.csv`` (one row per epoch) and ``steps.csv`` (the loss of every step).
+
+    Keras reports a running mean of the loss after each batch; the loss of the batch itself
+    follows from two consecutive means (training batches all have the same size).
+    """
+
+    EPOCH_COLUMNS = ["epoch", "stage", "loss", "accuracy", "top5", "val_loss", "val_accuracy",
+                     "val_top5", "lr", "seconds"]
+    STEP_COLUMNS = ["step", "epoch", "loss"]
+
+    def __init__(self, run_dir: Path, state: RunState, stage_name: str):
+        super().__init__()
+        keep = lambda row: int(row["epoch"]) <= state.epoch  # noqa: E731  drop rows after the checkpoint
+        self.epochs = CsvAppender(run_dir / "history.csv", self.EPOCH_COLUMNS, keep_while=keep)
+        self.steps = CsvAppender(run_dir / "steps.csv", self.STEP_COLUMNS, keep_while=keep)
+        self.state, self.stage_name = state, stage_name
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._started = epoch + 1, time.monotonic()
+        self._last_batch, self._last_mean, self._first_step = 0, 0.0, self.state.step
+
+    def on_train_batch_end(self, batch, logs=None):
+        count, mean = batch + 1, float((logs or {}).get("loss", math.nan))
+        loss = (count * mean - self._last_batch * self._last_mean) / (count - self._last_batch)
+        self._last_batch, self._last_mean = count, mean
+        self.state.step = self._first_step + count  # batch counts steps, also with steps_per_execution
+        self.steps.append({"step": self.state.step, "epoch": self._epoch, "loss": loss})
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {"epoch": epoch + 1, "stage": self.stage_name, "lr": current_lr(self.model),
+               "seconds": round(time.monotonic() - self._started, 3)}
+        row.update({name: logs.get(name, "") for name in self.EPOCH_COLUMNS if name in logs})
+        self.epochs.append(row)
+
+
+class ReseedRandomLayers(keras.callbacks.Callback):
+    """Sets the state of every random layer (dropout, augmentation) from (seed, epoch).
+
+    Keras does not save seed-generator states with a model, so without this a resumed run would
+    draw different dropout masks than an uninterrupted one.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for index, variable in enumerate(self.model.variables):
+            if variable.path.endswith("seed_generator_state"):
+                value = zlib.crc32(f"{self.seed}:{epoch}:{index}".encode())
+                variable.assign(np.array([value, 0], dtype=variable.dtype))
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training when the loss is NaN/inf or exceeds ``factor`` times the first loss."""
+
+    def __init__(self, factor: float = 100.0):
+        super().__init__()
+        self.factor, self.first, self.problem = factor, None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", math.nan))
+        if self.first is None and math.isfinite(loss):
+            self.first = max(loss, 1e-3)
+        if not math.isfinite(loss) or (self.first is not None and loss > self.factor * self.first):
+            self.problem = f"the loss became {loss:.4g} at batch {batch + 1}"
+            self.model.stop_training = True
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Checkpoints every ``interval`` epochs, keeps ``best.keras``, and stops early.
+
+    Args:
+        run_dir: the run directory.
+        state: the shared run state (updated in place).
+        interval: epochs between checkpoints (the last epoch of a stage is always saved).
+        stage_end: the epoch at which the current stage ends.
+        monitor: the validation metric that decides the best model (higher is better).
+        patience: validation passes without improvement before stopping (0: never).
+        guard: the divergence guard; no checkpoint is written after a diverged epoch.
+    """
+
+    def __init__(self, run_dir: Path, state: RunState, *, interval: int, stage_end: int,
+                 monitor: str = "val_accuracy", patience: int = 0, guard: DivergenceGuard):
+        super().__init__()
+        self.run_dir, self.state, self.interval, self.stage_end = run_dir, state, interval, stage_end
+        self.monitor, self.patience, self.guard = monitor, patience, guard
+        self.stopped_early = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.problem:
+            return
+        self.state.epoch = epoch + 1
+        value = (logs or {}).get(self.monitor)
+        if value is not None:
+            if self.state.best is None or value > self.state.best:
+                self.state.best, self.state.best_epoch, self.state.wait = float(value), epoch + 1, 0
+                checkpoint.save_model(self.model, self.run_dir / "best.keras")
+            else:
+                self.state.wait += 1
+                if self.patience and self.state.wait >= self.patience:
+                    self.stopped_early = True
+                    self.model.stop_training = True
+        if self.state.epoch % self.interval == 0 or self.state.epoch == self.stage_end \
+                or self.model.stop_training:
+            checkpoint.save_checkpoint(self.run_dir, self.model, self.state.to_dict())
+
+
+class EpochLines(keras.callbacks.Callback):
+    """One plain line per epoch on stdout: what headless runs (papermill, CLI, CI) show."""
+
+    def __init__(self, total_epochs: int, stage_name: str):
+        super().__init__()
+        self.total, self.stage_name = total_epochs, stage_name
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.total} [{self.stage_name}]"]
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if name in logs:
+                parts.append(f"{name} {logs[name]:.4f}")
+        parts.append(f"lr {current_lr(self.model):.2e}")
+        parts.append(f"{time.monotonic() - self._started:.1f}s")
+        print("  ".join(parts), file=sys.stdout, flush=True)
+
+
+class LivePlot(keras.callbacks.Callback):
+    """Redraws the loss and accuracy curves in a notebook after every epoch."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir, self.handle = run_dir, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        from workbench import plots
+
+        figure = plots.training_curves([self.run_dir])
+        if self.handle is None:
+            self.handle = display(figure, display_id=True)
+        else:
+            self.handle.update(figure)
+        plt.close(figure)

@@ -1,0 +1,373 @@
+"""``finetune``: train a classifier on a split dataset into a run directory.
+
+A run directory holds everything a run produces, each file written atomically:
+
+==================  ==============================================================
+``config.json``     every setting needed to reproduce the run
+``history.csv``     one row per epoch (loss, accuracy, top-5, validation, lr, time)
+``steps.csv``       the loss of every training step
+``lr_table.csv``    layer, parameters, multiplier, effective learning rate per stage
+``labels.txt``      class names, line ``i`` for output ``i``
+``model.keras``     the final model; ``best.keras`` the best by validation accuracy
+``checkpoint.*``    the last checkpoint (model with optimizer state + ``checkpoint.json``)
+``metrics.json``    final numbers for sweeps: status, accuracies, time, images/s
+==================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from workbench import models
+from workbench._checks import check_choice, check_int, check_number
+from workbench._io import write_json, write_text
+from workbench.data import pipeline
+from workbench.finetune import callbacks as cb
+from workbench.finetune import checkpoint, lr_mult
+from workbench.finetune.recipes import Recipe, get_recipe
+from workbench.finetune.solver import SolverConfig, build_optimizer
+
+RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
+             "model.keras", "best.keras", "metrics.json", checkpoint.CHECKPOINT_STATE)
+PROGRESS = ("auto", "lines", "plot", "none")
+
+
+@dataclasses.dataclass
+class Run:
+    """The result of :func:`finetune`: where it is and what it measured.
+
+    Attributes:
+        run_dir: the run directory.
+        metrics: the contents of ``metrics.json``.
+        history: the contents of ``history.csv``.
+        lr_table: the layer / multiplier / effective learning-rate table of the last stage.
+    """
+
+    run_dir: Path
+    metrics: dict
+    history: pd.DataFrame
+    lr_table: pd.DataFrame
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Run:
+        """Reads a finished run directory."""
+        run_dir = Path(run_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        lr_table = pd.read_csv(run_dir / "lr_table.csv") if (run_dir / "lr_table.csv").is_file() \
+            else pd.DataFrame()
+        return cls(run_dir, metrics, pd.read_csv(run_dir / "history.csv"), lr_table)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitData:
+    """The images of a split directory, decoded once into uint8 caches."""
+
+    classes: list[str]
+    images: dict      # split name -> uint8 array (N, H, W, 3)
+    labels: dict      # split name -> int array (N,)
+
+
+def load_splits(splits_dir: str | Path, *, image_size: int, resize_mode: str = "squash",
+                data_root: str | Path | None = None, cache_dir: str | Path | None = None,
+                progress: bool = True) -> SplitData:
+    """Reads ``splits.csv`` and ``labels.txt`` and decodes each split once into a cache.
+
+    Args:
+        splits_dir: a folder written by ``workbench split`` / ``SplitResult.write``.
+        image_size: side of the square images the model takes.
+        resize_mode: ``"squash"``, ``"crop"`` or ``"pad"``.
+        data_root: the folder the paths in ``splits.csv`` are relative to; by default the one
+            recorded in ``split.json``.
+        cache_dir: where the uint8 caches go; default ``<splits_dir>/cache``.
+        progress: show a progress bar while decoding.
+
+    Returns:
+        A :class:`SplitData`.
+    """
+    splits_dir = Path(splits_dir)
+    table_path = splits_dir / "splits.csv"
+    if not table_path.is_file():
+        raise FileNotFoundError(f"splits must be a folder written by 'workbench split' "
+                                f"(with splits.csv), received: {str(splits_dir)!r}")
+    if data_root is None:
+        meta_path = splits_dir / "split.json"
+        if not meta_path.is_file():
+            raise ValueError(f"data_root is needed: {splits_dir} has no split.json naming it")
+        data_root = splits_dir / json.loads(meta_path.read_text(encoding="utf-8"))["data_root"]
+    table = pd.read_csv(table_path, dtype={"path": str, "label": str})
+    classes = (splits_dir / "labels.txt").read_text(encoding="utf-8").splitlines()
+    images, labels = {}, {}
+    for name in ("train", "val", "test"):
+        rows = table[table["split"] == name]
+        if rows.empty:
+            continue
+        images[name] = pipeline.build_cache(
+            list(rows["path"]), root=data_root, image_size=image_size, resize_mode=resize_mode,
+            cache_dir=cache_dir or splits_dir / "cache", progress=progress)
+        labels[name] = rows["label_index"].to_numpy(dtype=np.int32)
+    if "train" not in images:
+        raise ValueError(f"{table_path} has no training images")
+    return SplitData(classes, images, labels)
+
+
+def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
+             backbone: str = "mobilenet_v2", weights: str | Path | None = "imagenet",
+             source: str | Path | None = None, cut_at: str | None = None,
+             recipe: str = "two_stage", lr_mult_rules: dict | None = None,
+             solver: SolverConfig | None = None, image_size: int = 224,
+             resize_mode: str = "squash", augment: pipeline.Augment | None = None,
+             dropout: float = 0.2, seed: int = 0, resume: bool = False,
+             progress: str = "auto") -> Run:
+    """Fine-tunes a pretrained network on a split dataset and writes a run directory.
+
+    Args:
+        splits: a split directory (see ``workbench split``), or :class:`SplitData`.
+        run_dir: the run directory to write (created; a previous run there is replaced unless
+            ``resume``).
+        backbone: a name from ``models.BACKBONES``; ignored when ``source`` is given.
+        weights: ``"imagenet"``, a local weights file, or None (keras.applications backbones).
+        source: a saved ``.keras`` model to transfer from instead of a named backbone.
+        cut_at: the layer of ``source`` whose output becomes the features.
+        recipe: one of ``recipes.RECIPES``.
+        lr_mult_rules: extra ``{layer pattern: multiplier}`` rules, checked before the
+            recipe's own in every stage (e.g. ``{"conv1*": 0}`` to keep conv1 frozen).
+        solver: the :class:`SolverConfig`; defaults to its defaults.
+        image_size: side of the square input images.
+        resize_mode: ``"squash"``, ``"crop"`` or ``"pad"``.
+        augment: augmentation of training batches in the input pipeline.
+        dropout: dropout rate before the new head.
+        seed: seeds initialisation, order, augmentation and dropout; a seeded run is
+            reproducible on CPU.
+        resume: continue from the run's last checkpoint (a finished run is returned as is).
+        progress: ``"lines"`` (one line per epoch), ``"plot"`` (live curves in a notebook),
+            ``"none"``, or ``"auto"`` (plot in a notebook, lines elsewhere).
+
+    Returns:
+        A :class:`Run`.
+
+    Raises:
+        TrainingDiverged: if the loss became NaN or exploded; the last good checkpoint stays.
+    """
+    check_choice("progress", progress, PROGRESS)
+    check_int("image_size", image_size, minimum=8)
+    check_int("seed", seed, minimum=0)
+    check_number("dropout", dropout, minimum=0.0, maximum=0.99)
+    if source is None:
+        check_choice("backbone", backbone, models.BACKBONES)
+    solver = solver or SolverConfig()
+    run_dir = Path(run_dir)
+    recipe_ = get_recipe(recipe)
+    config = {
+        "splits": str(splits) if not isinstance(splits, SplitData) else None,
+        "backbone": None if source else backbone, "weights": str(weights) if weights else None,
+        "source": str(source) if source else None, "cut_at": cut_at, "recipe": recipe,
+        "lr_mult_rules": dict(lr_mult_rules or {}), "solver": solver.to_dict(),
+        "image_size": image_size, "resize_mode": resize_mode,
+        "augment": dataclasses.asdict(augment) if augment else None, "dropout": dropout,
+        "seed": seed, "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
+    }
+    if resume and (run_dir / "metrics.json").is_file() and _same_config(run_dir, config):
+        return Run.load(run_dir)
+    resumed = checkpoint.load_checkpoint(run_dir) if resume else None
+    if not resume:
+        _clear_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data = splits if isinstance(splits, SplitData) else load_splits(
+        splits, image_size=image_size, resize_mode=resize_mode, progress=progress != "none")
+    config["classes"] = data.classes
+    write_json(run_dir / "config.json", config)
+    write_text(run_dir / "labels.txt", "".join(f"{c}\n" for c in data.classes))
+
+    train = pipeline.Batches(data.images["train"], data.labels["train"],
+                             batch_size=min(solver.batch_size, len(data.labels["train"])),
+                             seed=seed, augment=augment, drop_remainder=True)
+    val = _eval_batches(data, "val", solver.batch_size)
+    epochs = solver.total_epochs(train.steps_per_epoch)
+    stage_epochs = recipe_.stage_epochs(epochs)
+
+    if resumed is not None:
+        model, state = resumed[0], cb.RunState(**{k: v for k, v in resumed[1].items()
+                                                   if k != "model"})
+    else:
+        keras.utils.set_random_seed(seed)
+        model = _build_model(recipe_, backbone=backbone, weights=weights, source=source,
+                             cut_at=cut_at, num_classes=len(data.classes),
+                             image_size=image_size, dropout=dropout)
+        state = cb.RunState()
+
+    started, trained_images, lr_tables, problem, stopped_early = time.monotonic(), 0, [], None, False
+    stage_start = 0
+    for index, (stage, count) in enumerate(zip(recipe_.stages, stage_epochs)):
+        stage_end = stage_start + count
+        if state.epoch >= stage_end:
+            stage_start = stage_end
+            continue
+        continuing = resumed is not None and state.stage == index and state.epoch > stage_start
+        if not continuing:
+            _compile_stage(model, stage, lr_mult_rules, solver,
+                           total_steps=count * train.steps_per_epoch,
+                           num_classes=len(data.classes))
+        state.stage = index
+        lr_tables.append(lr_mult.lr_table(model, model.optimizer).assign(stage=stage.name))
+        guard = cb.DivergenceGuard()
+        saver = cb.Checkpointer(run_dir, state, interval=solver.snapshot_interval,
+                                stage_end=stage_end, patience=solver.early_stopping, guard=guard)
+        callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
+                     guard, saver, *_progress_callbacks(progress, run_dir, epochs, stage.name)]
+        first_epoch = state.epoch
+        model.fit(train.for_keras(start_epoch=state.epoch), steps_per_epoch=train.steps_per_epoch,
+                  epochs=stage_end, initial_epoch=state.epoch,
+                  validation_data=val.for_keras() if val else None,
+                  validation_steps=val.steps_per_epoch if val else None,
+                  validation_freq=solver.test_interval, callbacks=callbacks, shuffle=False,
+                  verbose=0)
+        trained_images += (state.epoch - first_epoch) * train.steps_per_epoch * train.batch_size
+        write_text(run_dir / "lr_table.csv",
+                              pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
+        if guard.problem:
+            problem = guard.problem
+            break
+        if saver.stopped_early:
+            stopped_early = True
+            break
+        stage_start = stage_end
+
+    seconds = time.monotonic() - started
+    if problem:
+        metrics = {"status": "diverged", "error": problem, "epochs": state.epoch}
+        write_json(run_dir / "metrics.json", metrics)
+        raise cb.TrainingDiverged(
+            f"Training stopped: {problem} in epoch {state.epoch + 1}. The last good checkpoint "
+            f"(epoch {state.epoch}) is in {run_dir}; lower base_lr (now {solver.base_lr}) and "
+            "resume, or start again.")
+    checkpoint.save_model(model, run_dir / "model.keras")
+    metrics = _final_metrics(run_dir, data, solver.batch_size, state,
+                             status="stopped_early" if stopped_early else "completed")
+    metrics.update({"train_seconds": round(seconds, 3),
+                    "images_per_second": round(trained_images / seconds, 1) if seconds else None})
+    write_json(run_dir / "metrics.json", metrics)
+    return Run.load(run_dir)
+
+
+def _same_config(run_dir: Path, config: dict) -> bool:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved.pop("classes", None)
+    return saved == json.loads(json.dumps(config))
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Removes the files of an earlier run (only the workbench's own) before a fresh start."""
+    if not run_dir.is_dir():
+        return
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for old in run_dir.glob("checkpoint-*.keras"):
+        old.unlink()
+
+
+def _eval_batches(data: SplitData, split: str, batch_size: int) -> pipeline.Batches | None:
+    if split not in data.images:
+        return None
+    return pipeline.Batches(data.images[split], data.labels[split], batch_size=batch_size,
+                            shuffle=False)
+
+
+def _build_model(recipe: Recipe, *, backbone, weights, source, cut_at, num_classes, image_size,
+                 dropout) -> keras.Model:
+    """The classifier a recipe starts from: pretrained features, or the same net at random."""
+    if source is not None:
+        features = models.load_source(source, cut_at=cut_at)
+        if not recipe.pretrained:  # same architecture, fresh random weights
+            features = keras.models.clone_model(features)
+    else:
+        features = models.backbone(backbone, weights=weights if recipe.pretrained else None,
+                                   input_shape=(image_size, image_size, 3))
+    if tuple(features.input_shape[1:3]) != (image_size, image_size):
+        raise ValueError(f"image_size must match the source model's input "
+                         f"{features.input_shape[1:3]}, received: {image_size}")
+    return models.classifier(features, num_classes, dropout=dropout, train_bn=recipe.train_bn)
+
+
+def _compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, *,
+                   total_steps: int, num_classes: int) -> None:
+    """Sets the stage's learning-rate multipliers (freezing multiplier 0) and compiles."""
+    model.trainable = True  # undo the previous stage's freezing (propagates to every layer)
+    rules = {**(extra_rules or {}), **stage.rules}
+    if stage.backbone_thirds is not None:
+        features = model.get_layer("backbone")
+        for pattern, value in lr_mult.depth_groups(features, multipliers=stage.backbone_thirds).items():
+            rules.setdefault(pattern, value)
+    optimizer = lr_mult.with_lr_multipliers(build_optimizer(solver, total_steps), model, rules,
+                                            default=stage.default)
+    model.compile(optimizer=optimizer, loss=SparseCrossentropy(solver.label_smoothing),
+                  metrics=_metrics(num_classes), steps_per_execution=solver.steps_per_execution)
+
+
+def _metrics(num_classes: int) -> list:
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")]
+
+
+@keras.saving.register_keras_serializable(package="workbench")
+class SparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels against probabilities, with label smoothing.
+
+    Keras's own sparse loss has no label smoothing, so the labels are one-hot encoded here.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name="sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        classes = keras.ops.shape(y_pred)[-1]
+        one_hot = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)),
+                                    classes)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def _progress_callbacks(progress: str, run_dir: Path, epochs: int, stage_name: str) -> list:
+    from workbench._progress import _in_notebook, _style
+
+    if progress == "auto":
+        progress = "plot" if _in_notebook() and _style() is None else "lines"
+    if progress == "plot":
+        return [cb.LivePlot(run_dir)]
+    if progress == "lines":
+        return [cb.EpochLines(epochs, stage_name)]
+    return []
+
+
+def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.RunState, *,
+                   status: str) -> dict:
+    """Evaluates the best model (or the final one) on the validation and test splits."""
+    best_path = run_dir / "best.keras"
+    model = models.load_model(best_path if best_path.is_file() else run_dir / "model.keras")
+    metrics = {"status": status, "epochs": state.epoch, "best_epoch": state.best_epoch,
+               "classes": len(data.classes), "train_images": int(len(data.labels["train"]))}
+    for split in ("val", "test"):
+        batches = _eval_batches(data, split, batch_size)
+        if batches is None:
+            continue
+        values = model.evaluate(batches.for_keras(), steps=batches.steps_per_epoch,
+                                return_dict=True, verbose=0)
+        metrics.update({f"{split}_{name}": round(float(value), 6)
+                        for name, value in values.items()})
+        metrics[f"{split}_images"] = int(len(data.labels[split]))
+    return metrics
+
