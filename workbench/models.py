@@ -139,10 +139,8 @@ def classifier(features: keras.Model, num_classes: int, *, dropout: float = 0.0,
         features: a backbone (see :func:`backbone` and :func:`load_source`).
         num_classes: number of classes of the new task.
         dropout: dropout rate before the new head.
-        train_bn: if False (the default, as the Keras fine-tuning guide advises), the backbone
-            runs in inference mode, so batch-norm layers keep their moving statistics while their
-            scale and offset may still be trained; if True, batch norm updates its statistics on
-            the new data (right for training from scratch or for large target datasets).
+        train_bn: see :func:`set_trainable`; False (the default, as the Keras fine-tuning guide
+            advises) keeps batch norm in inference mode with its pretrained statistics.
         augmentation: optional Keras preprocessing layers applied to the raw pixels before the
             backbone (active in training only), so augmentation runs on the accelerator.
 
@@ -153,7 +151,7 @@ def classifier(features: keras.Model, num_classes: int, *, dropout: float = 0.0,
     check_number("dropout", dropout, minimum=0.0, maximum=0.99)
     inputs = keras.Input(features.input_shape[1:], name="image")
     x = augmentation(inputs) if augmentation is not None else inputs
-    x = features(x, training=None if train_bn else False)
+    x = features(x)
     if len(x.shape) == 4:
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     elif len(x.shape) != 2:
@@ -162,7 +160,31 @@ def classifier(features: keras.Model, num_classes: int, *, dropout: float = 0.0,
         x = layers.Dropout(dropout, name="head_dropout")(x)
     # float32 probabilities keep the loss stable under mixed precision.
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="head")(x)
-    return keras.Model(inputs, outputs, name="classifier")
+    model = keras.Model(inputs, outputs, name="classifier")
+    set_trainable(model, train_bn=train_bn)
+    return model
+
+
+def set_trainable(model: keras.Model, *, train_bn: bool) -> None:
+    """Makes every layer trainable, except batch norm when ``train_bn`` is False.
+
+    A Keras 3 batch-norm layer that is not trainable runs in inference mode: it normalises with
+    its moving statistics and neither they nor its scale and offset change. That is what
+    fine-tuning a pretrained backbone on a small dataset needs: batch statistics of a few images
+    would wreck the pretrained ones (the caveat in the Keras transfer-learning guide). Passing
+    ``training=False`` when calling the backbone is not enough: Keras 3 does not keep that
+    argument in a functional graph, so ``fit`` would still update the statistics.
+
+    Args:
+        model: the classifier.
+        train_bn: True for training from scratch or on large datasets, where batch norm should
+            learn the statistics of the new data.
+    """
+    model.trainable = True  # propagates to every nested layer, undoing earlier freezing
+    if not train_bn:
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
 
 
 def load_model(path: str | Path) -> keras.Model:
