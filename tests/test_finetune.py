@@ -97,6 +97,8 @@ def test_resume_of_a_finished_run_returns_it(splits, tmp_path):
     again = finetune(splits, tmp_path / "run", resume=True, **options)
     assert again.metrics == first.metrics
     assert (tmp_path / "run" / "model.keras").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match=r"other settings \(seed\)"):
+        finetune(splits, tmp_path / "run", resume=True, **{**options, "seed": 9})
 
 
 def test_a_killed_checkpoint_write_keeps_the_previous_checkpoint(splits, tmp_path, monkeypatch):

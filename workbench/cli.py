@@ -241,10 +241,38 @@ def _format_metrics(metrics: dict) -> str:
     return "  ".join(f"{key} {metrics[key]}" for key in keys if metrics.get(key) is not None)
 
 
+# --- sample-data -------------------------------------------------------------------------------
+
+def _args_sample_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="data/sample", metavar="DIR",
+                        help="folder for digits/, source/ and target/ (default data/sample)")
+    parser.add_argument("--image-size", type=_arg_type("N", _int_at_least(8)), default=32,
+                        metavar="N", help="side of the square images (default 32)")
+    parser.add_argument("--source-per-class", type=_arg_type("N", _int_at_least(1)),
+                        metavar="N", help="rendered images per source letter (default 400)")
+    parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing folders")
+
+
+def _cmd_sample_data(args: argparse.Namespace) -> int:
+    from workbench.data import sample
+
+    per_class = args.source_per_class or sample.DEFAULT_SOURCE_PER_CLASS
+    summary = sample.write_sample_data(args.out, image_size=args.image_size,
+                                       source_per_class=per_class, seed=args.seed,
+                                       overwrite=args.overwrite)
+    for name, info in summary.items():
+        print(f"{name:7s} {info['images']:6d} images in {info['classes']:3d} classes -> "
+              f"{info['path']}")
+    return EXIT_OK
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 # verb -> (one-line help, adds its arguments, runs it and returns the exit status)
 VERBS = {
+    "sample-data": ("write the offline sample datasets (real digits, rendered letters, the "
+                    "cluttered-digits target task)", _args_sample_data, _cmd_sample_data),
     "split": ("scan a dataset, reject bad files and write train/val/test splits",
               _args_split, _cmd_split),
     "train": ("fine-tune a pretrained network on a split dataset into a run directory",

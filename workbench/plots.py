@@ -81,7 +81,8 @@ def image_grid(images, *, titles=None, columns: int = 8, title: str | None = Non
 
 
 def samples_per_class(table: pd.DataFrame, root: str | Path, *, per_class: int = 6,
-                      max_classes: int = 20, seed: int = 0) -> Figure:
+                      max_classes: int = 20, image_size: int | None = None,
+                      seed: int = 0) -> Figure:
     """A grid with one row per class showing a few of its images.
 
     Args:
@@ -89,9 +90,10 @@ def samples_per_class(table: pd.DataFrame, root: str | Path, *, per_class: int =
         root: the dataset folder.
         per_class: images per row.
         max_classes: at most this many classes (rows).
+        image_size: if given, images are resized as the model sees them.
         seed: which images are picked.
     """
-    from workbench.data.images import open_image
+    from workbench.data.images import load_array, open_image
 
     if "status" in table.columns:
         table = table[table["status"] == "ok"]
@@ -100,7 +102,9 @@ def samples_per_class(table: pd.DataFrame, root: str | Path, *, per_class: int =
     for label, rows in list(table.groupby("label", sort=True))[:max_classes]:
         picked = rows.iloc[np.sort(rng.permutation(len(rows))[:per_class])]
         for position, path in enumerate(picked["path"]):
-            images.append(np.asarray(open_image(Path(root) / path)))
+            file = Path(root) / path
+            images.append(load_array(file, image_size) if image_size else
+                          np.asarray(open_image(file)))
             titles.append(label if position == 0 else "")
         for _ in range(per_class - len(picked)):
             images.append(np.full((8, 8, 3), 255, np.uint8))

@@ -11,6 +11,7 @@ A run directory holds everything a run produces, each file written atomically:
 ``model.keras``     the final model; ``best.keras`` the best by validation accuracy
 ``checkpoint.*``    the last checkpoint (model with optimizer state + ``checkpoint.json``)
 ``metrics.json``    final numbers for sweeps: status, accuracies, time, images/s
+``curves.png``      loss, accuracy and learning rate per epoch
 ==================  ==============================================================
 """
 
@@ -25,9 +26,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from workbench import models
+from workbench import models, plots
 from workbench._checks import check_choice, check_int, check_number
-from workbench._io import write_json, write_text
+from workbench._io import atomic_path, write_json, write_text
 from workbench.data import pipeline
 from workbench.finetune import callbacks as cb
 from workbench.finetune import checkpoint, lr_mult
@@ -35,7 +36,8 @@ from workbench.finetune.recipes import Recipe, get_recipe
 from workbench.finetune.solver import SolverConfig, build_optimizer
 
 RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
-             "model.keras", "best.keras", "metrics.json", checkpoint.CHECKPOINT_STATE)
+             "model.keras", "best.keras", "metrics.json", "curves.png",
+             checkpoint.CHECKPOINT_STATE)
 PROGRESS = ("auto", "lines", "plot", "none")
 
 
@@ -173,8 +175,14 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         "augment": dataclasses.asdict(augment) if augment else None, "dropout": dropout,
         "seed": seed, "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
     }
-    if resume and (run_dir / "metrics.json").is_file() and _same_config(run_dir, config):
-        return Run.load(run_dir)
+    if resume and (run_dir / "config.json").is_file():
+        changed = _changed_settings(run_dir, config)
+        if changed:
+            raise ValueError(f"resume=True but {run_dir} holds a run with other settings "
+                             f"({', '.join(changed)}); choose another run_dir, or resume=False "
+                             "to start over")
+        if (run_dir / "metrics.json").is_file():
+            return Run.load(run_dir)
     resumed = checkpoint.load_checkpoint(run_dir) if resume else None
     if not resume:
         _clear_run(run_dir)
@@ -212,7 +220,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
             continue
         continuing = resumed is not None and state.stage == index and state.epoch > stage_start
         if not continuing:
-            _compile_stage(model, stage, lr_mult_rules, solver,
+            _compile_stage(model, stage, lr_mult_rules, solver, train_bn=recipe_.train_bn,
                            total_steps=count * train.steps_per_epoch,
                            num_classes=len(data.classes))
         state.stage = index
@@ -254,16 +262,17 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     metrics.update({"train_seconds": round(seconds, 3),
                     "images_per_second": round(trained_images / seconds, 1) if seconds else None})
     write_json(run_dir / "metrics.json", metrics)
+    with atomic_path(run_dir / "curves.png") as temporary:
+        plots.training_curves([run_dir]).savefig(temporary, dpi=100)
     return Run.load(run_dir)
 
 
-def _same_config(run_dir: Path, config: dict) -> bool:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return False
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    saved.pop("classes", None)
-    return saved == json.loads(json.dumps(config))
+def _changed_settings(run_dir: Path, config: dict) -> list[str]:
+    """Names of the settings in which ``config`` differs from the run's ``config.json``."""
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    now = json.loads(json.dumps(config))
+    return sorted(key for key in set(saved) | set(now)
+                  if key != "classes" and saved.get(key) != now.get(key))
 
 
 def _clear_run(run_dir: Path) -> None:
@@ -300,9 +309,9 @@ def _build_model(recipe: Recipe, *, backbone, weights, source, cut_at, num_class
 
 
 def _compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, *,
-                   total_steps: int, num_classes: int) -> None:
+                   train_bn: bool, total_steps: int, num_classes: int) -> None:
     """Sets the stage's learning-rate multipliers (freezing multiplier 0) and compiles."""
-    model.trainable = True  # undo the previous stage's freezing (propagates to every layer)
+    models.set_trainable(model, train_bn=train_bn)  # undoes the previous stage's freezing
     rules = {**(extra_rules or {}), **stage.rules}
     if stage.backbone_thirds is not None:
         features = model.get_layer("backbone")

@@ -1,0 +1,118 @@
+"""Every notebook in notebooks/ runs headless under papermill with tiny parameters.
+
+A new notebook fails here until it has a ``parameters`` cell and an entry in ``TINY``. The
+notebooks run in order in one shared workspace, as a user runs them (3 needs 1's split and 2's
+source model).
+"""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from workbench.data import sample
+from workbench.demo import NOTEBOOKS, run_notebook
+
+ALL = sorted(path.name for path in NOTEBOOKS.glob("*.ipynb"))
+SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")  # durations differ between runs
+
+
+def tiny_parameters(data: Path, work: Path) -> dict:
+    return {
+        "01_prepare_data.ipynb": {"data_dir": str(data / "target"),
+                                  "out_dir": str(work / "splits" / "target"),
+                                  "split": "3,rest,5", "min_per_class": 5, "image_size": 16},
+        "02_pretrain_source.ipynb": {"source_dir": str(data / "source"),
+                                     "splits_dir": str(work / "splits" / "source"),
+                                     "run_dir": str(work / "source"), "image_size": 16,
+                                     "epochs": 1, "progress": "plot"},
+        "03_fine_tune.ipynb": {"splits_dir": str(work / "splits" / "target"),
+                               "source_model": str(work / "source" / "model.keras"),
+                               "runs_dir": str(work / "fine_tune"), "seeds": [0],
+                               "image_size": 16, "epochs": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("notebooks")
+    sample.write_sample_data(root / "data", image_size=16, source_per_class=12, progress=False)
+    os.environ["WORKBENCH_PROGRESS"] = "plain"
+    return {"data": root / "data", "work": root / "work", "executed": {}}
+
+
+def executed(workspace, name):
+    """Runs the notebooks up to ``name`` in order (once each) and returns ``name``'s output."""
+    parameters = tiny_parameters(workspace["data"], workspace["work"])
+    for earlier in ALL[: ALL.index(name) + 1]:
+        if earlier not in workspace["executed"]:
+            workspace["executed"][earlier] = run_notebook(
+                earlier, parameters[earlier], workspace["work"] / "executed")
+    return nbformat.read(workspace["executed"][name], as_version=4)
+
+
+def test_every_notebook_has_tiny_parameters():
+    assert ALL, "no notebooks found"
+    assert sorted(tiny_parameters(Path("d"), Path("w"))) == ALL
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_notebook_is_committed_clean_with_typed_parameters(name):
+    book = nbformat.read(NOTEBOOKS / name, as_version=4)
+    tagged = [cell for cell in book.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell must be tagged 'parameters'"
+    for line in tagged[0].source.splitlines():  # name: type = literal  # what it means
+        head, _, help_text = line.partition("  # ")
+        target, value = head.split(" = ", 1)
+        assert ":" in target and help_text.strip(), line
+        ast.literal_eval(value)
+    code = [cell for cell in book.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert len(code) < 20
+    assert not any("def " in cell.source or "plt.show" in cell.source for cell in code)
+    assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_notebook_runs_headless(workspace, name):
+    book = executed(workspace, name)
+    errors = [output for cell in book.cells for output in cell.get("outputs", [])
+              if output.output_type == "error"]
+    assert not errors
+    images = [output for cell in book.cells for output in cell.get("outputs", [])
+              if "image/png" in output.get("data", {})]
+    assert images, "each notebook shows at least one figure"
+
+
+def test_prepare_notebook_writes_the_split(workspace):
+    executed(workspace, "01_prepare_data.ipynb")
+    splits = pd.read_csv(workspace["work"] / "splits" / "target" / "splits.csv")
+    per_class = splits.groupby(["label", "split"]).size().unstack()
+    assert (per_class["train"] == 3).all() and (per_class["test"] == 5).all()
+
+
+def test_fine_tune_notebook_compares_every_recipe(workspace):
+    executed(workspace, "03_fine_tune.ipynb")
+    runs = sorted(p.name for p in (workspace["work"] / "fine_tune").iterdir())
+    assert runs == ["caffe-seed0", "feature_extraction-seed0", "scratch-seed0", "two_stage-seed0"]
+    for run in runs:
+        metrics = json.loads((workspace["work"] / "fine_tune" / run / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["epochs"] == 2
+
+
+def test_rerunning_the_prepare_notebook_reproduces_its_split_table(workspace):
+    """nbval re-executes the executed notebook and compares the tagged split-table output."""
+    path = executed(workspace, "01_prepare_data.ipynb") and \
+        workspace["executed"]["01_prepare_data.ipynb"]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--nbval-lax", "--nbval-sanitize-with", str(SANITIZE), str(path)],
+                            capture_output=True, text=True,
+                            cwd=path.parent, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout
