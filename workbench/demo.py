@@ -10,6 +10,7 @@ figures under ``--runs``::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -45,12 +46,16 @@ def run_notebook(name: str, parameters: dict, out_dir: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workbench.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m workbench.demo",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="data/sample", help="sample data folder")
     parser.add_argument("--runs", default="runs/demo", help="where runs and notebooks go")
     args = parser.parse_args(argv)
     data, runs = Path(args.data).resolve(), Path(args.runs).resolve()
     os.environ.setdefault("WORKBENCH_PROGRESS", "plain")  # the kernel cannot tell it is headless
+    # papermill logs what the notebooks print (one line per epoch) at INFO
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.INFO)
 
     from workbench.data import sample
 

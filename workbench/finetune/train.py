@@ -17,6 +17,7 @@ A run directory holds everything a run produces, each file written atomically:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -39,6 +40,8 @@ RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.
              "model.keras", "best.keras", "metrics.json", "curves.png",
              checkpoint.CHECKPOINT_STATE)
 PROGRESS = ("auto", "lines", "plot", "none")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+_RESOLVED_AT_RUN_TIME = {"classes", "dtype_policy", "distribution"}  # not compared on resume
 
 
 @dataclasses.dataclass
@@ -74,6 +77,7 @@ class SplitData:
     classes: list[str]
     images: dict      # split name -> uint8 array (N, H, W, 3)
     labels: dict      # split name -> int array (N,)
+    splits_dir: str   # the split folder, resolved
 
 
 def load_splits(splits_dir: str | Path, *, image_size: int, resize_mode: str = "squash",
@@ -116,7 +120,7 @@ def load_splits(splits_dir: str | Path, *, image_size: int, resize_mode: str = "
         labels[name] = rows["label_index"].to_numpy(dtype=np.int32)
     if "train" not in images:
         raise ValueError(f"{table_path} has no training images")
-    return SplitData(classes, images, labels)
+    return SplitData(classes, images, labels, str(splits_dir.resolve()))
 
 
 def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
@@ -126,7 +130,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              solver: SolverConfig | None = None, image_size: int = 224,
              resize_mode: str = "squash", augment: pipeline.Augment | None = None,
              dropout: float = 0.2, seed: int = 0, resume: bool = False,
-             progress: str = "auto") -> Run:
+             progress: str = "auto", precision: str = "auto", strategy="auto",
+             tensorboard: bool = False) -> Run:
     """Fine-tunes a pretrained network on a split dataset and writes a run directory.
 
     Args:
@@ -150,6 +155,12 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         resume: continue from the run's last checkpoint (a finished run is returned as is).
         progress: ``"lines"`` (one line per epoch), ``"plot"`` (live curves in a notebook),
             ``"none"``, or ``"auto"`` (plot in a notebook, lines elsewhere).
+        precision: ``"float32"``, ``"mixed_float16"``, ``"mixed_bfloat16"``, or ``"auto"``
+            (mixed float16 when a GPU is visible, float32 on CPU). The head stays float32.
+        strategy: a ``tf.distribute.Strategy`` to train on several devices (TensorFlow
+            backend), None for one device, or ``"auto"`` (MirroredStrategy over all GPUs when
+            there are several).
+        tensorboard: also write TensorBoard logs to ``run_dir/logs``.
 
     Returns:
         A :class:`Run`.
@@ -158,6 +169,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         TrainingDiverged: if the loss became NaN or exploded; the last good checkpoint stays.
     """
     check_choice("progress", progress, PROGRESS)
+    check_choice("precision", precision, PRECISIONS)
     check_int("image_size", image_size, minimum=8)
     check_int("seed", seed, minimum=0)
     check_number("dropout", dropout, minimum=0.0, maximum=0.99)
@@ -166,14 +178,19 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     solver = solver or SolverConfig()
     run_dir = Path(run_dir)
     recipe_ = get_recipe(recipe)
+    splits_dir = splits.splits_dir if isinstance(splits, SplitData) else str(Path(splits).resolve())
     config = {
-        "splits": str(splits) if not isinstance(splits, SplitData) else None,
+        "splits": splits_dir,
         "backbone": None if source else backbone, "weights": str(weights) if weights else None,
-        "source": str(source) if source else None, "cut_at": cut_at, "recipe": recipe,
+        "source": str(Path(source).resolve()) if source else None, "cut_at": cut_at,
+        "recipe": recipe,
         "lr_mult_rules": dict(lr_mult_rules or {}), "solver": solver.to_dict(),
         "image_size": image_size, "resize_mode": resize_mode,
         "augment": dataclasses.asdict(augment) if augment else None, "dropout": dropout,
-        "seed": seed, "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
+        "seed": seed, "precision": precision,
+        "strategy": strategy if strategy is None or isinstance(strategy, str)
+        else type(strategy).__name__,
+        "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
     }
     if resume and (run_dir / "config.json").is_file():
         changed = _changed_settings(run_dir, config)
@@ -183,7 +200,6 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                              "to start over")
         if (run_dir / "metrics.json").is_file():
             return Run.load(run_dir)
-    resumed = checkpoint.load_checkpoint(run_dir) if resume else None
     if not resume:
         _clear_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -198,55 +214,26 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                              batch_size=min(solver.batch_size, len(data.labels["train"])),
                              seed=seed, augment=augment, drop_remainder=True)
     val = _eval_batches(data, "val", solver.batch_size)
-    epochs = solver.total_epochs(train.steps_per_epoch)
-    stage_epochs = recipe_.stage_epochs(epochs)
 
-    if resumed is not None:
-        model, state = resumed[0], cb.RunState(**{k: v for k, v in resumed[1].items()
-                                                   if k != "model"})
-    else:
-        keras.utils.set_random_seed(seed)
-        model = _build_model(recipe_, backbone=backbone, weights=weights, source=source,
-                             cut_at=cut_at, num_classes=len(data.classes),
-                             image_size=image_size, dropout=dropout)
-        state = cb.RunState()
-
-    started, trained_images, lr_tables, problem, stopped_early = time.monotonic(), 0, [], None, False
-    stage_start = 0
-    for index, (stage, count) in enumerate(zip(recipe_.stages, stage_epochs)):
-        stage_end = stage_start + count
-        if state.epoch >= stage_end:
-            stage_start = stage_end
-            continue
-        continuing = resumed is not None and state.stage == index and state.epoch > stage_start
-        if not continuing:
-            _compile_stage(model, stage, lr_mult_rules, solver, train_bn=recipe_.train_bn,
-                           total_steps=count * train.steps_per_epoch,
-                           num_classes=len(data.classes))
-        state.stage = index
-        lr_tables.append(lr_mult.lr_table(model, model.optimizer).assign(stage=stage.name))
-        guard = cb.DivergenceGuard()
-        saver = cb.Checkpointer(run_dir, state, interval=solver.snapshot_interval,
-                                stage_end=stage_end, patience=solver.early_stopping, guard=guard)
-        callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
-                     guard, saver, *_progress_callbacks(progress, run_dir, epochs, stage.name)]
-        first_epoch = state.epoch
-        model.fit(train.for_keras(start_epoch=state.epoch), steps_per_epoch=train.steps_per_epoch,
-                  epochs=stage_end, initial_epoch=state.epoch,
-                  validation_data=val.for_keras() if val else None,
-                  validation_steps=val.steps_per_epoch if val else None,
-                  validation_freq=solver.test_interval, callbacks=callbacks, shuffle=False,
-                  verbose=0)
-        trained_images += (state.epoch - first_epoch) * train.steps_per_epoch * train.batch_size
-        write_text(run_dir / "lr_table.csv",
-                              pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
-        if guard.problem:
-            problem = guard.problem
-            break
-        if saver.stopped_early:
-            stopped_early = True
-            break
-        stage_start = stage_end
+    started = time.monotonic()
+    with _execution_context(precision, strategy) as (policy, strategy_name):
+        config.update(dtype_policy=policy, distribution=strategy_name)
+        write_json(run_dir / "config.json", config)
+        resumed = checkpoint.load_checkpoint(run_dir) if resume else None
+        if resumed is not None:
+            model = resumed[0]
+            state = cb.RunState(**{k: v for k, v in resumed[1].items() if k != "model"})
+        else:
+            keras.utils.set_random_seed(seed)
+            model = _build_model(recipe_, backbone=backbone, weights=weights, source=source,
+                                 cut_at=cut_at, num_classes=len(data.classes),
+                                 image_size=image_size, dropout=dropout)
+            state = cb.RunState()
+        outcome = _train_stages(model, state, recipe_, train=train, val=val, solver=solver,
+                                run_dir=run_dir, extra_rules=lr_mult_rules, seed=seed,
+                                resumed=resumed is not None, progress=progress,
+                                tensorboard=tensorboard, num_classes=len(data.classes))
+    problem, stopped_early, trained_images = outcome
 
     seconds = time.monotonic() - started
     if problem:
@@ -267,12 +254,91 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     return Run.load(run_dir)
 
 
+def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solver, run_dir,
+                  extra_rules, seed, resumed, progress, tensorboard, num_classes):
+    """Trains the recipe's stages from ``state.epoch`` on.
+
+    Returns:
+        ``(problem, stopped_early, trained_images)``: the divergence message or None, whether
+        early stopping ended the run, and the number of images trained on in this call.
+    """
+    epochs = solver.total_epochs(train.steps_per_epoch)
+    lr_tables, trained_images, stage_start = [], 0, 0
+    for index, (stage, count) in enumerate(zip(recipe.stages, recipe.stage_epochs(epochs))):
+        stage_end = stage_start + count
+        if state.epoch >= stage_end:
+            stage_start = stage_end
+            continue
+        if not (resumed and state.stage == index and state.epoch > stage_start):
+            _compile_stage(model, stage, extra_rules, solver, train_bn=recipe.train_bn,
+                           total_steps=count * train.steps_per_epoch, num_classes=num_classes)
+        state.stage = index
+        lr_tables.append(lr_mult.lr_table(model, model.optimizer).assign(stage=stage.name))
+        guard = cb.DivergenceGuard()
+        saver = cb.Checkpointer(run_dir, state, interval=solver.snapshot_interval,
+                                stage_end=stage_end, patience=solver.early_stopping, guard=guard)
+        callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
+                     guard, saver, *_progress_callbacks(progress, run_dir, epochs, stage.name)]
+        if tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
+        first_epoch = state.epoch
+        model.fit(train.for_keras(start_epoch=state.epoch), steps_per_epoch=train.steps_per_epoch,
+                  epochs=stage_end, initial_epoch=state.epoch,
+                  validation_data=val.for_keras() if val else None,
+                  validation_steps=val.steps_per_epoch if val else None,
+                  validation_freq=solver.test_interval, callbacks=callbacks, shuffle=False,
+                  verbose=0)
+        trained_images += (state.epoch - first_epoch) * train.steps_per_epoch * train.batch_size
+        write_text(run_dir / "lr_table.csv",
+                   pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
+        if guard.problem or saver.stopped_early:
+            return guard.problem, saver.stopped_early, trained_images
+        stage_start = stage_end
+    return None, False, trained_images
+
+
+@contextlib.contextmanager
+def _execution_context(precision: str, strategy):
+    """Sets the dtype policy and the distribution strategy for building and training.
+
+    Yields the policy name and the strategy's class name (or None). The global dtype policy is
+    restored afterwards; it must be set before a checkpoint is loaded, so that the optimizer's
+    loss-scaling state is restored with it.
+    """
+    gpus = _gpu_count()
+    policy = ("mixed_float16" if gpus else "float32") if precision == "auto" else precision
+    if strategy == "auto":
+        strategy = None
+        if gpus > 1 and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+            strategy = tf.distribute.MirroredStrategy()
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            yield policy, type(strategy).__name__ if strategy is not None else None
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _gpu_count() -> int:
+    """GPUs visible to the current Keras backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+        return sum(device.platform == "gpu" for device in jax.devices())
+    return 0
+
+
 def _changed_settings(run_dir: Path, config: dict) -> list[str]:
     """Names of the settings in which ``config`` differs from the run's ``config.json``."""
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     now = json.loads(json.dumps(config))
     return sorted(key for key in set(saved) | set(now)
-                  if key != "classes" and saved.get(key) != now.get(key))
+                  if key not in _RESOLVED_AT_RUN_TIME and saved.get(key) != now.get(key))
 
 
 def _clear_run(run_dir: Path) -> None:
