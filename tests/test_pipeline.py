@@ -349,3 +349,50 @@ def test_augmentation_layers_are_active_only_in_training():
     assert trained.shape == batch.shape and not np.allclose(trained, batch)
     with pytest.raises(ValueError, match="rotation must be <= 0.5, received: 2"):
         pipeline.augmentation_layers(rotation=2)
+
+
+def test_tf_dataset_reads_from_the_array_when_it_is_too_large_to_copy(monkeypatch):
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.data is used only on the TensorFlow backend")
+    monkeypatch.setattr(pipeline, "_memory_bytes", lambda: 0)
+    x, y = _data(count=10)
+    for augment in (None, Augment(flip=True, translate=0.2)):
+        batches = Batches(x, y, batch_size=3, seed=4, augment=augment, drop_remainder=True)
+        served = [(a.numpy(), b.numpy()) for a, b in batches.as_tf_dataset(start_epoch=1,
+                                                                           epochs=2)]
+        assert served[0][0].shape == (3, 6, 6, 3)
+        _assert_same_stream(served, _expected_stream(batches, 1, 2))
+
+
+# --- resizing: what the cache holds -------------------------------------------------------
+
+def test_shrinking_averages_pixels_instead_of_aliasing():
+    # A one-pixel checkerboard has no detail a 3-4x smaller image can show: it must turn grey,
+    # not into a coarser pattern (std 127.5) as picking every n-th pixel would.
+    checker = (np.indices((750, 1000)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    for mode in images.RESIZE_MODES:
+        small = np.asarray(images.resize(Image.fromarray(checker).convert("RGB"), 224, mode),
+                           np.float32)
+        content = small[small.any(axis=-1)] if mode == "pad" else small
+        assert abs(content.mean() - 127.5) < 5 and content.std() < 15, mode
+
+
+def test_shrunk_photo_is_close_to_a_high_quality_reference():
+    rows, cols = np.mgrid[0:375, 0:500]
+    rng = np.random.default_rng(0)
+    photo = np.stack([120 + 60 * np.sin(cols / 17.0 + c) * np.cos(rows / 23.0) for c in range(3)],
+                     axis=-1) + rng.normal(0, 4, (375, 500, 3))
+    image = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8))
+    reference = np.asarray(image.resize((224, 224), Image.LANCZOS), np.float32)
+    ours = np.asarray(images.resize(image, 224, "squash"), np.float32)
+    nearest = np.asarray(image.resize((224, 224), Image.NEAREST), np.float32)
+    assert np.abs(ours - reference).mean() < 1.5
+    assert np.abs(ours - reference).mean() < np.abs(nearest - reference).mean() / 2
+
+
+def test_enlarging_interpolates_instead_of_repeating_pixels():
+    tiny = Image.fromarray(np.array([[[0] * 3, [200] * 3], [[200] * 3, [0] * 3]], np.uint8))
+    for mode in images.RESIZE_MODES:
+        large = np.asarray(images.resize(tiny, 16, mode))
+        assert len(np.unique(large)) > 4, mode  # blends between the four pixels

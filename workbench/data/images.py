@@ -146,16 +146,23 @@ def resize(image: Image.Image, size: int | tuple[int, int], mode: str = "squash"
             black, keeping the whole image).
 
     Returns:
-        An image of exactly ``size``.
+        An image of exactly ``size``. Shrinking averages the pixels each output pixel covers (a
+        box or area filter, antialiased like OpenCV's ``INTER_AREA``); enlarging is bilinear.
     """
     check_choice("mode", mode, RESIZE_MODES)
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     check_int("size", height, minimum=1), check_int("size", width, minimum=1)
+    x_scale, y_scale = width / image.width, height / image.height  # output / input per axis
+    if mode != "squash":  # one scale for both axes: fit the shorter side (crop) or longer (pad)
+        x_scale = y_scale = (max if mode == "crop" else min)(x_scale, y_scale)
+    # Box costs ~60% of Pillow's antialiased bilinear (the largest cost after decoding); it
+    # leaves a little more aliasing below 2x shrinking. Enlarging, it is nearest neighbour.
+    method = Image.BOX if max(x_scale, y_scale) <= 1 else Image.BILINEAR
     if mode == "squash":
-        return image.resize((width, height), Image.BILINEAR, reducing_gap=3.0)
+        return image.resize((width, height), method, reducing_gap=3.0)
     if mode == "crop":
-        return ImageOps.fit(image, (width, height), Image.BILINEAR)
-    return ImageOps.pad(image, (width, height), Image.BILINEAR, color=(0, 0, 0))
+        return ImageOps.fit(image, (width, height), method)
+    return ImageOps.pad(image, (width, height), method, color=(0, 0, 0))
 
 
 def load_array(source, size: int | tuple[int, int], mode: str = "squash", *,

@@ -39,7 +39,7 @@ from workbench import _progress
 from workbench.data import images
 from workbench.data.images import RESIZE_MODES, ImageRejected
 
-CACHE_FORMAT = 1  # bump when the cache layout or the decoding changes, to invalidate old caches
+CACHE_FORMAT = 2  # bump when the cache layout or the decoding changes, to invalidate old caches
 _CHUNK = 32  # images per thread task: large enough to amortise scheduling, small for progress
 
 
@@ -178,30 +178,41 @@ def _write_atomically(final_path: Path, write) -> None:
 
 def _decode_into(temp_path: str, files: list[Path], shape: tuple, mode: str, workers: int,
                  show_progress: bool) -> None:
-    out = np.lib.format.open_memmap(temp_path, mode="w+", dtype=np.uint8, shape=shape)
+    # Rows go in with pwrite rather than through a memmap, whose page faults and final msync
+    # cost a third of a decode; finished chunks are flushed to disk while the workers decode on,
+    # so the fsync before the rename finds little left to write.
+    offset = np.lib.format.open_memmap(temp_path, mode="w+", dtype=np.uint8, shape=shape).offset
+    row_bytes = int(np.prod(shape[1:]))
     failures: dict[int, str] = {}
+    descriptor = os.open(temp_path, os.O_WRONLY)
 
     def decode_chunk(start: int) -> int:
         stop = min(start + _CHUNK, len(files))
         for i in range(start, stop):
             try:
-                out[i] = images.load_array(files[i], shape[1:3], mode)
+                row = images.load_array(files[i], shape[1:3], mode)
             except ImageRejected as error:
                 failures[i] = str(error)
+                continue
+            if os.pwrite(descriptor, row, offset + i * row_bytes) != row_bytes:
+                raise OSError(f"short write to {temp_path}")
         return stop - start
+
+    def flushed(done_counts):
+        for count in done_counts:
+            os.fdatasync(descriptor)
+            yield from itertools.repeat(None, count)
 
     executor = ThreadPoolExecutor(max_workers=workers)
     try:
-        done_counts = executor.map(decode_chunk, range(0, len(files), _CHUNK))
-        per_image = (None for count in done_counts for _ in range(count))
+        per_image = flushed(executor.map(decode_chunk, range(0, len(files), _CHUNK)))
         if show_progress:
             per_image = _progress.progress(per_image, total=len(files), desc="decoding images")
         for _ in per_image:  # waits for the chunks in order, re-raising any worker error
             pass
     finally:  # on Ctrl-C, drop the queued chunks instead of decoding them all first
         executor.shutdown(wait=True, cancel_futures=True)
-    out.flush()
-    del out
+        os.close(descriptor)
     if failures:
         raise CacheBuildError([(str(files[i]), failures[i]) for i in sorted(failures)])
 
@@ -351,10 +362,13 @@ class Batches:
         # The order within a batch does not matter to training; file order reads a memmap
         # sequentially and needs one copy instead of two.
         picked = np.sort(picked)
-        x = self.images[picked]
-        if self.augment is not None and self.augment.enabled:
-            x = self.augment.apply(x, np.random.default_rng([self.seed, epoch, index]))
-        return x, self.labels[picked]
+        return self._augmented(self.images[picked], epoch, index), self.labels[picked]
+
+    def _augmented(self, x: np.ndarray, epoch: int, index: int) -> np.ndarray:
+        """Batch ``index`` of ``epoch`` augmented, or ``x`` itself without augmentation."""
+        if self.augment is None or not self.augment.enabled:
+            return x
+        return self.augment.apply(x, np.random.default_rng([self.seed, int(epoch), int(index)]))
 
     def epoch(self, epoch: int, *, prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Iterates over the batches of one epoch, preparing the next ones in a thread.
@@ -387,6 +401,8 @@ class Batches:
 
         Use with ``model.fit(ds, steps_per_epoch=self.steps_per_epoch, initial_epoch=
         start_epoch, ...)``; Keras then sees epoch ``e`` exactly as :meth:`epoch` yields it.
+        Batches are gathered by TensorFlow in parallel from a copy of the images in memory,
+        or, if they take more than a quarter of the RAM, from the array itself.
 
         Args:
             start_epoch: the first epoch served.
@@ -395,21 +411,45 @@ class Batches:
         Returns:
             A dataset of ``(uint8 images (B, H, W, 3), int32 labels (B,))``.
         """
-        length = self._stream_length(start_epoch, epochs)
+        self._stream_length(start_epoch, epochs)
         import tensorflow as tf  # only here, so the JAX backend never loads TensorFlow
 
-        steps = itertools.count() if length is None else range(length)
+        # Not from_generator: it runs Python per batch under the GIL, and TensorFlow lowers
+        # malloc's trim threshold for it, so every later batch allocation faults its pages in.
+        count = len(self.images)
 
-        def generate():  # tf.data's prefetch below runs this ahead in its own thread
-            for step in steps:
-                yield self._global_batch(start_epoch, step)
+        def epoch_batches(epoch):  # the same slices of order(epoch) as batch() takes
+            order = tf.numpy_function(lambda e: self.order(int(e)).astype(np.int64), [epoch],
+                                      tf.int64, stateful=False)
+            picks = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, [count]))
+            return tf.data.Dataset.zip(
+                tf.data.Dataset.from_tensors(epoch).repeat(), tf.data.Dataset.counter(),
+                picks.batch(self.batch_size, drop_remainder=self.drop_remainder))
 
-        static = len(self.images) % self.batch_size == 0 or self.drop_remainder
-        batch_dim = self.batch_size if static else None
-        signature = (tf.TensorSpec((batch_dim,) + self.images.shape[1:], tf.uint8),
-                     tf.TensorSpec((batch_dim,), tf.int32))
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        if self.images.nbytes <= _memory_bytes() // 4:
+            images = tf.constant(self.images)
+            gather = functools.partial(tf.gather, images)
+        else:  # too large to copy: read the rows from the (memory-mapped) array
+            gather = lambda picked: tf.numpy_function(  # noqa: E731
+                lambda p: self.images[p], [picked], tf.uint8, stateful=False)
+        labels = tf.constant(self.labels)
+        batch_dim = self.batch_size if count % self.batch_size == 0 or self.drop_remainder \
+            else None
+
+        def make_batch(epoch, index, picked):
+            picked = tf.sort(picked)
+            x = gather(picked)
+            if self.augment is not None and self.augment.enabled:
+                x = tf.numpy_function(self._augmented, [x, epoch, index], tf.uint8,
+                                      stateful=False)
+            x = tf.ensure_shape(x, (batch_dim,) + self.images.shape[1:])
+            return x, tf.ensure_shape(tf.gather(labels, picked), (batch_dim,))
+
+        epochs_served = (tf.data.Dataset.counter(start_epoch) if epochs is None
+                         else tf.data.Dataset.range(start_epoch, start_epoch + epochs))
+        return (epochs_served.flat_map(epoch_batches)
+                .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .prefetch(tf.data.AUTOTUNE))
 
     def as_py_dataset(self, start_epoch: int = 0, epochs: int | None = None, *,
                       prefetch: int = 2):
@@ -441,6 +481,14 @@ class Batches:
         if keras.backend.backend() == "tensorflow":
             return self.as_tf_dataset(start_epoch, epochs)
         return self.as_py_dataset(start_epoch, epochs)
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine in bytes, or 0 where it cannot be told."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return 0
 
 
 class _Lookahead:
