@@ -17,7 +17,7 @@ from workbench._checks import check_int
 
 def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scratch",
                     "feature_extraction", "two_stage", "caffe"), seeds=(0, 1, 2),
-                    **finetune_options) -> pd.DataFrame:
+                    solvers: dict | None = None, **finetune_options) -> pd.DataFrame:
     """Trains every recipe with every seed and returns one row per run.
 
     Args:
@@ -25,6 +25,8 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
         runs_dir: runs are written to ``runs_dir/<recipe>-seed<seed>/``.
         recipes: recipe names (see ``workbench.finetune.recipes.RECIPES``).
         seeds: seeds; each changes initialisation, order, augmentation and dropout.
+        solvers: optional ``{recipe: SolverConfig}`` for recipes that need their own settings
+            (Caffe's recipe trains the whole network, so it wants a lower ``base_lr``).
         **finetune_options: passed to :func:`workbench.finetune.train.finetune` (``source``,
             ``backbone``, ``solver``, ``image_size``, ``progress``, ...).
 
@@ -34,6 +36,11 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
     from workbench.finetune.train import finetune, load_splits
 
     recipes, seeds = list(recipes), [check_int("seeds", seed, minimum=0) for seed in seeds]
+    solvers = dict(solvers or {})
+    unknown = sorted(set(solvers) - set(recipes))
+    if unknown:
+        raise ValueError(f"solvers must name recipes being compared ({recipes}), received: "
+                         f"{unknown}")
     if not recipes or not seeds:
         raise ValueError(f"recipes and seeds must not be empty, received: {recipes!r}, {seeds!r}")
     image_size = finetune_options.get("image_size", 224)
@@ -44,8 +51,10 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
     for recipe in recipes:
         for seed in seeds:
             run_dir = Path(runs_dir) / f"{recipe}-seed{seed}"
-            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=True,
-                           **finetune_options)
+            options = dict(finetune_options)
+            if recipe in solvers:
+                options["solver"] = solvers[recipe]
+            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=True, **options)
             rows.append({"recipe": recipe, "seed": seed, "run_dir": str(run_dir), **run.metrics})
     return pd.DataFrame(rows)
 
