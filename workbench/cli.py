@@ -267,6 +267,103 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- monitor, plot-resources -------------------------------------------------------------------
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number of seconds > 0") from None
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _args_monitor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for resources.csv (created; appended to if it exists)")
+    parser.add_argument("--interval", type=_arg_type("S", _positive_seconds), default=1.0,
+                        metavar="S", help="seconds between samples (default 1)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...",
+                        help="the command to run, after '--'")
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from workbench.monitor import monitor_command
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ValueError("a command to run is required after '--', received: nothing, e.g. "
+                         "workbench monitor --out DIR -- python train.py")
+    path = Path(args.out) / "resources.csv"
+    try:
+        status = monitor_command(command, path, interval=args.interval)
+    except FileNotFoundError as error:
+        print(f"error: command not found, received: {command[0]!r} ({_one_line(error)})",
+              file=sys.stderr)
+        return 127
+    print(f"workbench monitor: exit status {status}; resources in {path}", file=sys.stderr)
+    return status
+
+
+def _args_plot_resources(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a folder holding resources.csv (and history.csv, drawn beside it "
+                             "if present)")
+    parser.add_argument("--out", metavar="PNG",
+                        help="the image to write (default RUN_DIR/resources.png)")
+
+
+def _cmd_plot_resources(args: argparse.Namespace) -> int:
+    from workbench.monitor import read_resources, summarize
+    from workbench.plots import resource_dashboard
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "resources.csv").is_file():
+        raise FileNotFoundError(f"RUN_DIR must hold resources.csv, received: {args.run_dir!r}")
+    frame = read_resources(run_dir / "resources.csv")
+    history_path = run_dir / "history.csv"
+    history = None
+    if history_path.is_file():
+        import pandas as pd
+
+        history = pd.read_csv(history_path)
+        if history.empty or not {"epoch", "loss", "accuracy"} <= set(history.columns):
+            history = None
+    out = Path(args.out) if args.out else run_dir / "resources.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    resource_dashboard(frame, history=history).savefig(out, dpi=100)
+    summary = summarize(frame)
+    print("  ".join(f"{key} {round(value, 1) if isinstance(value, float) else value}"
+                    for key, value in summary.items() if value is not None))
+    print(f"Wrote {out}")
+    return EXIT_OK
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+
+def _args_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by "
+                                                           "'workbench train'")
+    parser.add_argument("--split", default="test", metavar="SPLIT",
+                        help="train, val or test (default test)")
+    parser.add_argument("--model", default="best", metavar="best|final",
+                        help="the best checkpoint by validation accuracy, or the final model "
+                             "(default best)")
+    parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), default=64,
+                        metavar="N", help="images per forward pass (default 64)")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from workbench.evaluate import evaluate
+
+    report = evaluate(args.run_dir, split=args.split, model=args.model,
+                      batch_size=args.batch_size)
+    print(report.format(), end="")
+    print(f"Wrote {Path(args.run_dir) / 'evaluation' / args.split}")
+    return EXIT_OK
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 # verb -> (one-line help, adds its arguments, runs it and returns the exit status)
@@ -277,6 +374,12 @@ VERBS = {
               _args_split, _cmd_split),
     "train": ("fine-tune a pretrained network on a split dataset into a run directory",
               _args_train, _cmd_train),
+    "monitor": ("run a command while recording GPU, CPU and RAM use to DIR/resources.csv",
+                _args_monitor, _cmd_monitor),
+    "plot-resources": ("draw a run's resources.csv as an nvidia-smi-style dashboard",
+                       _args_plot_resources, _cmd_plot_resources),
+    "evaluate": ("evaluate a run's model on a split: top-1/top-5, per-class report, confusion, "
+                 "worst predictions", _args_evaluate, _cmd_evaluate),
 }
 
 

@@ -143,7 +143,8 @@ def training_curves(runs, *, names=None) -> Figure:
             best = history["val_accuracy"].idxmax()
             acc_ax.plot(epochs[best], history["val_accuracy"][best], marker="*", markersize=12,
                         color=color, linestyle="none", label=f"{name} best")
-        lr_ax.plot(epochs, history["lr"], color=color, label=name)
+        lr = history["lr"].where(history["lr"] > 0)  # a schedule's final 0 has no log
+        lr_ax.plot(epochs, lr, color=color, label=name)
     loss_ax.set(title="Loss", xlabel="epoch")
     acc_ax.set(title="Accuracy", xlabel="epoch", ylim=(0, 1.02))
     lr_ax.set(title="Learning rate (end of epoch)", xlabel="epoch", yscale="log")
@@ -175,4 +176,292 @@ def compare_accuracy(results: pd.DataFrame, *, by: str = "recipe", value: str = 
         ax.axhline(chance, color="gray", linestyle="--", label="chance")
         ax.legend()
     ax.set(ylabel=value.replace("_", " "), ylim=(0, 1), title=f"{value.replace('_', ' ')} by {by}")
+    return figure
+
+
+# --- resources (workbench.monitor)
+
+def _time_axis(frame: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Seconds since the first sample (from the wall clock, so sessions line up), scaled."""
+    if "time" in frame.columns and frame["time"].notna().all():
+        stamps = pd.to_datetime(frame["time"], format="ISO8601", utc=True)
+        seconds = (stamps - stamps.min()).dt.total_seconds().to_numpy()
+    else:
+        seconds = frame["elapsed_s"].to_numpy(float) - frame["elapsed_s"].min()
+    span = float(np.nanmax(seconds)) if len(seconds) else 0.0
+    for limit, unit, scale in ((600, "s", 1.0), (3 * 3600, "min", 60.0)):
+        if span <= limit:
+            return seconds / scale, unit
+    return seconds / 3600.0, "h"
+
+
+def _session_breaks(x, y, session) -> tuple[np.ndarray, np.ndarray]:
+    """x and y with a NaN between sessions, so no line bridges a time nothing was recorded."""
+    x, y, session = (np.asarray(v) for v in (x, y, session))
+    cut = np.flatnonzero(session[1:] != session[:-1]) + 1
+    return (np.insert(x.astype(float), cut, np.nan),
+            np.insert(pd.to_numeric(pd.Series(y), errors="coerce").to_numpy(float), cut, np.nan))
+
+
+def resource_dashboard(frame_or_path, *, history=None) -> Figure:
+    """An nvidia-smi-style dashboard of a ``resources.csv``: stacked panels over time.
+
+    Panels, sharing the time axis: GPU utilisation %, GPU memory MiB (total dashed), power W
+    (limit dashed), CPU % (system and the monitored process), RAM MiB (system used, total
+    dashed, process RSS). One line per GPU. Without GPU rows the three GPU panels are left out
+    and the title says so. The start of each epoch (from the ``epoch`` column) is a dotted
+    vertical line on every panel, labelled on the top one (up to 30 epochs). Separate sessions
+    (e.g. two training stages) are not joined by lines.
+
+    Args:
+        frame_or_path: a frame from :func:`workbench.monitor.read_resources`, a
+            ``resources.csv`` path, or a run directory holding one.
+        history: optional ``history.csv`` frame (or path) with ``epoch``, ``loss``,
+            ``accuracy`` and optionally ``val_loss``, ``val_accuracy``; drawn as two extra
+            axes (loss, accuracy per epoch) in a column to the right.
+
+    Returns:
+        The figure: 5 time panels with GPU data, 2 without, plus 2 with ``history``.
+
+    Raises:
+        ValueError: the frame has no rows or lacks the monitor's columns, or ``history`` lacks
+            ``epoch``/``loss``/``accuracy``.
+        FileNotFoundError: a path that does not exist.
+    """
+    from workbench.monitor import COLUMNS, read_resources
+
+    frame = (frame_or_path if isinstance(frame_or_path, pd.DataFrame)
+             else read_resources(frame_or_path))
+    needed = [c for c in COLUMNS if c not in ("gpu_name", "gpu_temperature_c", "gpu_sm_clock_mhz")]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing or frame.empty:
+        raise ValueError(f"frame_or_path must hold rows of a resources.csv, received: a frame "
+                         f"with {len(frame)} rows" + (f", without columns {missing}" if missing
+                                                      else ""))
+    if history is not None and not isinstance(history, pd.DataFrame):
+        history = pd.read_csv(history)
+    if history is not None:
+        absent = [c for c in ("epoch", "loss", "accuracy") if c not in history.columns]
+        if absent:
+            raise ValueError(f"history must be a history.csv frame with epoch, loss and accuracy, "
+                             f"received: a frame without {absent}")
+
+    x, unit = _time_axis(frame)
+    frame = frame.assign(_x=x).sort_values(["_x", "gpu"], kind="stable")
+    gpu_rows = frame[frame["gpu"].notna()]
+    host = frame.drop_duplicates(subset=["session", "elapsed_s"])
+    has_gpu = not gpu_rows.empty
+    panels = 5 if has_gpu else 2
+    columns = 2 if history is not None else 1
+    figure = Figure(figsize=(9 + 4 * (columns - 1), 1.9 * panels + 0.6), layout="constrained")
+    grid = figure.add_gridspec(panels, columns, width_ratios=[2.2, 1][:columns])
+    axes = [figure.add_subplot(grid[0, 0])]
+    axes += [figure.add_subplot(grid[row, 0], sharex=axes[0]) for row in range(1, panels)]
+
+    def line(ax, rows, column, **kwargs):
+        x, y = _session_breaks(rows["_x"], rows[column], rows["session"])
+        ax.plot(x, y, **kwargs)
+
+    if has_gpu:
+        util_ax, memory_ax, power_ax = axes[:3]
+        for index, (gpu, rows) in enumerate(gpu_rows.groupby("gpu", sort=True)):
+            color = f"C{index % 10}"
+            names = rows["gpu_name"].dropna().astype(str) if "gpu_name" in rows else ()
+            name = names.iloc[0] if len(names) else ""
+            label = f"GPU {gpu}" + (f" {name}" if name else "")
+            line(util_ax, rows, "gpu_util_percent", color=color, label=label)
+            line(memory_ax, rows, "gpu_memory_used_mib", color=color, label=f"{label} used")
+            line(memory_ax, rows, "gpu_memory_total_mib", color=color, linestyle="--",
+                 label=f"{label} total")
+            line(power_ax, rows, "gpu_power_w", color=color, label=f"{label} draw")
+            line(power_ax, rows, "gpu_power_limit_w", color=color, linestyle="--",
+                 label=f"{label} limit")
+        util_ax.set(ylabel="GPU util %", ylim=(0, 105), title="GPU utilisation")
+        memory_ax.set(ylabel="MiB", title="GPU memory", ylim=(0, None))
+        power_ax.set(ylabel="W", title="GPU power", ylim=(0, None))
+    cpu_ax, ram_ax = axes[-2:]
+    line(cpu_ax, host, "cpu_percent", color="C0", label="system")
+    line(cpu_ax, host, "process_cpu_percent", color="C1", label="process")
+    cpu_ax.set(ylabel="CPU %", ylim=(0, 105), title="CPU (% of all cores)")
+    line(ram_ax, host, "ram_used_mib", color="C0", label="system used")
+    line(ram_ax, host, "ram_total_mib", color="C0", linestyle="--", label="system total")
+    line(ram_ax, host, "process_rss_mib", color="C1", label="process RSS")
+    ram_ax.set(ylabel="MiB", title="Host memory (RAM)", ylim=(0, None))
+    axes[-1].set_xlabel(f"time since the first sample ({unit})")
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+
+    epochs = host[["_x", "session", "epoch"]].dropna(subset=["epoch"])
+    epoch, session = (pd.to_numeric(epochs[c]).astype(float) for c in ("epoch", "session"))
+    starts = epochs[(epoch.ne(epoch.shift()) | session.ne(session.shift())).to_numpy(bool)]
+    for x, epoch in zip(starts["_x"], starts["epoch"].astype(int)):
+        for ax in axes:
+            ax.axvline(x, color="0.55", linestyle=":", linewidth=0.9, label=f"_epoch {epoch}")
+        if len(starts) <= 30:
+            axes[0].annotate(str(epoch), (x, 1.0), xycoords=("data", "axes fraction"),
+                             xytext=(2, -10), textcoords="offset points", fontsize=7,
+                             color="0.4")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if any(not str(l.get_label()).startswith("_") for l in ax.lines):
+            ax.legend(fontsize=7, loc="upper left")
+
+    if history is not None:
+        split = -(-panels // 2)
+        loss_ax = figure.add_subplot(grid[:split, 1])
+        acc_ax = figure.add_subplot(grid[split:, 1], sharex=loss_ax)
+        for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            ax.plot(history["epoch"], history[metric], color="C0", marker=".", label="train")
+            val = f"val_{metric}"
+            if val in history.columns and history[val].notna().any():
+                ax.plot(history["epoch"], history[val], color="C1", linestyle="--",
+                        marker=".", label="val")
+            ax.set(title=f"Training {metric}", ylabel=metric)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        acc_ax.set_xlabel("epoch")
+
+    summary = f"{gpu_rows['gpu'].nunique()} GPU" if has_gpu else "no GPU recorded"
+    figure.suptitle(f"Resources ({summary}, {len(host)} samples)")
+    return figure
+
+
+# --- evaluation and inspection (workbench.evaluate, workbench.inspect)
+
+def confusion_matrix(confusion, classes, *, normalize: bool = True, ax=None,
+                     title: str | None = None, max_labels: int = 30,
+                     max_annotated: int = 20) -> Figure:
+    """A confusion matrix (true classes down, predicted across), readable with many classes.
+
+    Args:
+        confusion: counts ``[true, predicted]``, shape (classes, classes).
+        classes: class names.
+        normalize: colour and annotate each row as fractions of its true class.
+        ax: optional axes to draw on.
+        title: the axes' title.
+        max_labels: above this many classes, only every n-th tick is labelled.
+        max_annotated: above this many classes, cells carry no numbers.
+    """
+    confusion = np.asarray(confusion)
+    count = len(classes)
+    if confusion.shape != (count, count):
+        raise ValueError(f"confusion must have shape ({count}, {count}) for {count} classes, "
+                         f"received shape: {confusion.shape}")
+    side = min(12.0, max(4.0, 0.35 * count + 2))
+    figure, ax = _figure(ax, figsize=(side + 1, side), layout="constrained")
+    if normalize:
+        totals = confusion.sum(axis=1, keepdims=True)
+        values = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    else:
+        values = confusion
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None,
+                      interpolation="nearest")
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                    label="fraction of the true class" if normalize else "images")
+    step = max(1, -(-count // max_labels))
+    ticks = np.arange(0, count, step)
+    ax.set_xticks(ticks, [str(classes[i]) for i in ticks], rotation=90 if count > 10 else 0)
+    ax.set_yticks(ticks, [str(classes[i]) for i in ticks])
+    if count <= max_annotated:
+        threshold = (values.max() if values.size else 0) / 2
+        for (row, column), value in np.ndenumerate(values):
+            if confusion[row, column] == 0 and row != column:
+                continue
+            ax.text(column, row, f"{value:.2f}" if normalize else f"{int(value)}",
+                    ha="center", va="center", fontsize=8 if count <= 10 else 6,
+                    color="white" if value > threshold else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
+    return figure
+
+
+def mosaic(image, *, ax=None, title: str | None = None, cmap: str = "gray") -> Figure:
+    """Shows one tiled image (filters or activations, see ``workbench.inspect``) without axes."""
+    image = np.asarray(image)
+    figure, ax = _figure(ax, figsize=(5, 5 * image.shape[0] / max(image.shape[1], 1) + 0.4),
+                         layout="constrained")
+    ax.imshow(image, cmap=None if image.ndim == 3 else cmap, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return figure
+
+
+def filter_comparison(mosaics, *, titles, title: str | None = None) -> Figure:
+    """Tiled filters of several models side by side, one panel each (e.g. before and after)."""
+    mosaics = list(mosaics)
+    if len(titles) != len(mosaics):
+        raise ValueError(f"titles must hold one title per mosaic ({len(mosaics)}), "
+                         f"received: {len(titles)}")
+    figure = Figure(figsize=(4.5 * len(mosaics), 4.8), layout="constrained")
+    for ax, image, name in zip(figure.subplots(1, len(mosaics), squeeze=False)[0], mosaics,
+                               titles):
+        mosaic(image, ax=ax, title=name)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def activation_panels(image, grids) -> Figure:
+    """An input image, then the activation mosaic of each layer (``inspect.activations``)."""
+    grids = list(grids)
+    figure = Figure(figsize=(3.2 * (len(grids) + 1), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(grids) + 1, squeeze=False)[0]
+    axes[0].imshow(np.asarray(image))
+    axes[0].set_axis_off()
+    axes[0].set_title("input", fontsize=9)
+    for ax, grid in zip(axes[1:], grids):
+        grid.plot(ax=ax)
+    return figure
+
+
+def weight_stats(table, *, weight: str | None = "kernel") -> Figure:
+    """Mean |w| and update-to-weight ratio |Δw|/|w| per layer over epochs (``WeightStats``).
+
+    The ratio is on a log scale; a frozen layer (ratio exactly 0) is drawn dashed along the
+    bottom of the panel and named "(frozen)" in the legend.
+
+    Args:
+        table: a frame from ``workbench.inspect.read_weight_stats``, or a CSV / run directory.
+        weight: which weight of each layer (``"kernel"``, ``"bias"``, ...); None for all.
+    """
+    if not isinstance(table, pd.DataFrame):
+        from workbench.inspect import read_weight_stats
+
+        table = read_weight_stats(table)
+    if weight is not None:
+        table = table[table["weight"] == weight]
+    if table.empty:
+        raise ValueError(f"table has no rows for weight {weight!r}")
+    figure = Figure(figsize=(12, 4), layout="constrained")
+    mean_ax, ratio_ax = figure.subplots(1, 2)
+    positive = table["update_ratio"][table["update_ratio"] > 0]
+    floor = positive.min() / 10 if len(positive) else 1e-8
+    groups = list(table.groupby(["layer", "weight"], sort=False))
+    for index, ((layer, name), rows) in enumerate(groups):
+        label = layer if weight is not None else f"{layer}/{name}"
+        color = f"C{index % 10}"
+        mean_ax.plot(rows["epoch"], rows["mean_abs"], marker=".", color=color, label=label)
+        ratio = rows["update_ratio"].to_numpy(dtype=float)
+        frozen = bool(np.all(ratio[~np.isnan(ratio)] == 0))
+        ratio_ax.plot(rows["epoch"], np.where(ratio == 0, floor, ratio), marker=".",
+                      color=color, linestyle="--" if frozen else "-",
+                      label=f"{label} (frozen)" if frozen else label)
+    mean_ax.set(title="Mean |w| per layer", xlabel="epoch")
+    ratio_ax.set(title="Update / weight ratio |Δw|/|w| per epoch", xlabel="epoch", yscale="log")
+    legend_ax = ratio_ax if len(groups) <= 12 else None
+    if legend_ax is not None:
+        legend_ax.legend(fontsize=7)
+    return figure
+
+
+def gradient_check(table: pd.DataFrame, *, tolerance: float, ax=None) -> Figure:
+    """Relative error of each sampled gradient entry (log scale) against the tolerance."""
+    figure, ax = _figure(ax, figsize=(6, 3.2), layout="constrained")
+    errors = table["relative_error"].to_numpy(dtype=float)
+    ax.semilogy(np.arange(len(errors)), np.maximum(errors, 1e-16), "o")
+    ax.axhline(tolerance, color="C3", linestyle="--", label=f"tolerance {tolerance:g}")
+    ax.set(xlabel="sampled weight entry", ylabel="relative error",
+           title="Gradient check: autodiff against finite differences")
+    ax.legend(fontsize=8)
     return figure

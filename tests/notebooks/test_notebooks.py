@@ -36,6 +36,11 @@ def tiny_parameters(data: Path, work: Path) -> dict:
                                "source_model": str(work / "source" / "model.keras"),
                                "runs_dir": str(work / "fine_tune"), "seeds": [0],
                                "image_size": 16, "epochs": 2},
+        "04_inspect.ipynb": {"run_dir": str(work / "fine_tune" / "two_stage-seed0"),
+                             "source_model": str(work / "source" / "model.keras"),
+                             "layers": ["conv1", "conv3"]},
+        "05_evaluate.ipynb": {"run_dir": str(work / "fine_tune" / "two_stage-seed0"),
+                              "split": "test", "worst_count": 8},
     }
 
 

@@ -1,0 +1,188 @@
+"""Evaluation report: metrics checked by hand, files of a real (tiny) run, figures, the CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import precision_recall_fscore_support
+
+import tiny_data
+from workbench import cli
+from workbench.data.split import prepare
+from workbench.evaluate import (FILES, EvaluationReport, confusion_matrix, evaluate,
+                                most_confused, per_class_report, top_k_accuracy,
+                                worst_predictions)
+from workbench.finetune.solver import SolverConfig
+from workbench.finetune.train import finetune
+
+CLASSES = ["a", "b", "c"]
+#                 a     b     c          true  predicted  p(true)
+PROBABILITIES = [[0.70, 0.20, 0.10],   # a     a          0.70
+                 [0.10, 0.60, 0.30],   # a     b          0.10
+                 [0.20, 0.50, 0.30],   # b     b          0.50
+                 [0.50, 0.30, 0.20],   # b     a          0.30
+                 [0.10, 0.20, 0.70],   # c     c          0.70
+                 [0.25, 0.60, 0.15],   # c     b          0.15
+                 [0.10, 0.80, 0.10]]   # c     b          0.10
+LABELS = [0, 0, 1, 1, 2, 2, 2]
+
+
+@pytest.fixture
+def report():
+    images = np.arange(7, dtype=np.uint8)[:, None, None, None] * np.ones((7, 4, 4, 3), np.uint8)
+    return EvaluationReport.from_probabilities(PROBABILITIES, LABELS, CLASSES, images=images,
+                                               paths=[f"img{i}.png" for i in range(7)],
+                                               split="test")
+
+
+def test_metrics_match_the_hand_computed_case(report):
+    assert report.top1 == pytest.approx(3 / 7)
+    assert report.k == 3 and report.topk == 1.0  # top-5 of 3 classes: k = 3, always right
+    # top-2: rows 1, 5 and 6 miss (row 6's tie a/c at 0.1 ranks a, the lower index, first)
+    assert top_k_accuracy(PROBABILITIES, LABELS, k=2) == pytest.approx(4 / 7)
+    np.testing.assert_array_equal(report.confusion, [[1, 1, 0], [1, 1, 0], [0, 2, 1]])
+    np.testing.assert_allclose(report.confusion_normalized,
+                               [[.5, .5, 0], [.5, .5, 0], [0, 2 / 3, 1 / 3]])
+    table = report.per_class.set_index("class")
+    np.testing.assert_allclose(table["precision"], [1 / 2, 1 / 4, 1])
+    np.testing.assert_allclose(table["recall"], [1 / 2, 1 / 2, 1 / 3])
+    np.testing.assert_allclose(table["f1"], [1 / 2, 1 / 3, 1 / 2])
+    assert list(table["support"]) == [2, 2, 3]
+    assert report.most_confused.values.tolist() == [["c", "b", 2], ["a", "b", 1], ["b", "a", 1]]
+    worst = report.worst(4)
+    assert list(worst["index"]) == [1, 6, 5, 3]  # p(true) 0.10, 0.10 (tie: by index), 0.15, 0.30
+    assert list(worst["true"]) == ["a", "c", "c", "b"]
+    assert list(worst["predicted"]) == ["b", "b", "b", "a"]
+    np.testing.assert_allclose(worst["probability_true"], [0.1, 0.1, 0.15, 0.3])
+    assert list(worst["path"]) == ["img1.png", "img6.png", "img5.png", "img3.png"]
+    summary = report.summary()
+    assert summary["images"] == 7 and summary["top1"] == pytest.approx(3 / 7, abs=1e-6)
+
+
+def test_predictions_table_holds_the_ranked_top_k(report):
+    table = report.predictions
+    assert list(table.columns) == ["path", "true", "predicted", "correct", "probability_true",
+                                   "label_1", "probability_1", "label_2", "probability_2",
+                                   "label_3", "probability_3"]
+    assert table.loc[5, ["label_1", "label_2", "label_3"]].tolist() == ["b", "a", "c"]
+    np.testing.assert_allclose(table.loc[5, ["probability_1", "probability_2",
+                                             "probability_3"]].astype(float), [.6, .25, .15])
+    assert table["correct"].tolist() == [True, False, True, False, True, False, False]
+
+
+def test_pure_functions_agree_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(6), size=200)
+    labels = rng.integers(0, 6, size=200)
+    predicted = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(labels, predicted, num_classes=6)
+    ours = per_class_report(confusion, list("uvwxyz"))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(6), zero_division=0)
+    np.testing.assert_allclose(ours["precision"], precision)
+    np.testing.assert_allclose(ours["recall"], recall)
+    np.testing.assert_allclose(ours["f1"], f1)
+    np.testing.assert_array_equal(ours["support"], support)
+    assert most_confused(confusion, list("uvwxyz"), count=3)["count"].is_monotonic_decreasing
+
+
+def test_bad_predictions_are_rejected_naming_the_argument():
+    with pytest.raises(ValueError, match=r"probabilities must have shape \(images, 3\)"):
+        EvaluationReport.from_probabilities([[0.5, 0.5]], [0], CLASSES)
+    with pytest.raises(ValueError, match="labels must be between 0 and 2, received: 0..3"):
+        EvaluationReport.from_probabilities(PROBABILITIES[:2], [0, 3], CLASSES)
+    with pytest.raises(ValueError, match="count must be >= 0, received: -1"):
+        worst_predictions(PROBABILITIES, LABELS, CLASSES, count=-1)
+
+
+def test_confusion_figure_labels_every_class_and_annotates_cells(report):
+    figure = report.plot_confusion()
+    ax = figure.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
+    assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
+    texts = [t.get_text() for t in ax.texts]
+    assert "0.67" in texts and "0.33" in texts  # the normalised row of c
+    counts = report.plot_confusion(normalize=False).axes[0]
+    assert "2" in [t.get_text() for t in counts.texts]
+
+
+def test_confusion_figure_stays_readable_with_many_classes():
+    rng = np.random.default_rng(1)
+    classes = [f"class{i:02d}" for i in range(50)]
+    probabilities = rng.dirichlet(np.ones(50), size=300)
+    report = EvaluationReport.from_probabilities(probabilities, rng.integers(0, 50, 300), classes)
+    ax = report.plot_confusion().axes[0]
+    assert not ax.texts  # no numbers in 2500 cells
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == classes[::2]  # thinned to at most 30 labels
+
+
+def test_worst_gallery_shows_the_worst_images(report):
+    figure = report.plot_worst(count=4)
+    drawn = [ax for ax in figure.axes if ax.images]
+    assert len(drawn) == 4
+    assert [int(ax.images[0].get_array()[0, 0, 0]) for ax in drawn] == [1, 6, 5, 3]
+    assert drawn[0].get_title() == "a → b\np=0.10"
+    with pytest.raises(ValueError, match="plot_worst needs the images"):
+        EvaluationReport.from_probabilities(PROBABILITIES, LABELS, CLASSES).plot_worst()
+
+
+# --- a real run ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    tiny_data.write_digits(root / "data", per_class=10)
+    prepare(root / "data", root / "splits", counts=(5, 2, "rest"), progress=False)
+    run = finetune(root / "splits", root / "run", backbone="lenet", weights=None,
+                   recipe="scratch", solver=SolverConfig(epochs=2, batch_size=16, base_lr=0.01),
+                   image_size=16, progress="none")
+    return run.run_dir
+
+
+def test_evaluate_a_run_writes_every_file_and_matches_training(run_dir):
+    report = evaluate(run_dir, split="test")
+    folder = run_dir / "evaluation" / "test"
+    for name in FILES:
+        assert (folder / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # the same pixels and the same model as training's own test evaluation
+    assert report.top1 == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert report.topk == pytest.approx(metrics["test_top5"], abs=1e-6)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["images"] == 30 and summary["k"] == 5 and summary["split"] == "test"
+    predictions = pd.read_csv(folder / "predictions.csv", dtype={"true": str, "label_1": str})
+    assert len(predictions) == 30 and predictions["path"].str.endswith(".png").all()
+    assert {"label_5", "probability_5"} <= set(predictions.columns)
+    confusion = pd.read_csv(folder / "confusion.csv", index_col=0)
+    assert confusion.shape == (10, 10) and confusion.to_numpy().sum() == 30
+    per_class = pd.read_csv(folder / "per_class.csv")
+    assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+def test_evaluate_rejects_bad_arguments(run_dir, tmp_path):
+    with pytest.raises(ValueError, match="split must be one of 'train', 'val', 'test', "
+                                         "received: 'tset'"):
+        evaluate(run_dir, split="tset")
+    with pytest.raises(ValueError, match="model must be one of 'best', 'final'"):
+        evaluate(run_dir, model="last")
+    with pytest.raises(FileNotFoundError, match="run_dir must be a run directory"):
+        evaluate(tmp_path, split="val")
+
+
+def test_cli_prints_the_summary_and_the_per_class_table(run_dir, capsys):
+    assert cli.main(["evaluate", str(run_dir), "--split", "val", "--model", "final"]) == 0
+    out = capsys.readouterr().out
+    assert "split val  model final  images 20  classes 10" in out
+    assert "top-1 " in out and "top-5 " in out
+    assert "precision" in out and "recall" in out and "support" in out
+    assert (run_dir / "evaluation" / "val" / "summary.json").is_file()
+
+
+def test_cli_rejects_a_bad_split_in_one_line(run_dir, capsys):
+    assert cli.main(["evaluate", str(run_dir), "--split", "tset"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: split must be one of") and "'tset'" in err
+    assert len(err.strip().splitlines()) == 1

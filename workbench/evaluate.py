@@ -1,0 +1,505 @@
+"""Evaluation report of a finished run: top-1/top-5, per-class report, confusion, worst predictions.
+
+Compute, then plot: :func:`evaluate` runs a run directory's model over one split and returns an
+:class:`EvaluationReport` that holds the numbers and draws them. The metrics themselves are pure
+functions of ``(probabilities, labels, classes)`` (:meth:`EvaluationReport.from_probabilities`
+and the helpers below), so they can be checked by hand and reused on any predictions.
+
+:func:`evaluate` also saves everything under ``<run_dir>/evaluation/<split>/``, each file written
+atomically:
+
+===================  ==============================================================
+``summary.json``     split, model, images, top-1, top-k and k, macro averages
+``per_class.csv``    class, precision, recall, f1, support
+``confusion.csv``    counts: one row per true class, one column per predicted class
+``most_confused.csv``  true, predicted, count of the most frequent mistakes
+``worst.csv``        the predictions with the lowest probability of the true class
+``predictions.csv``  path, true, predicted, probability of the true class, top-k labels and
+                     probabilities of every image
+``confusion.png``    the row-normalised confusion matrix; ``worst.png`` the worst predictions
+===================  ==============================================================
+
+Typical use::
+
+    report = evaluate("runs/fine_tune/two_stage-seed0", split="test")
+    print(report)
+    report.plot_confusion()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench._checks import check_choice, check_int
+
+SPLITS = ("train", "val", "test")
+MODELS = ("best", "final")
+TOP_K = 5
+FILES = ("summary.json", "per_class.csv", "confusion.csv", "most_confused.csv", "worst.csv",
+         "predictions.csv", "confusion.png", "worst.png")
+
+
+# --- pure metrics ------------------------------------------------------------------------------
+
+def _check_predictions(probabilities, labels, classes) -> tuple[np.ndarray, np.ndarray, list]:
+    """Validates ``(probabilities, labels, classes)`` and returns them as arrays and a list."""
+    classes = [str(c) for c in classes]
+    if len(classes) < 2:
+        raise ValueError(f"classes must name at least 2 classes, received: {classes!r}")
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(classes):
+        raise ValueError(f"probabilities must have shape (images, {len(classes)}) for "
+                         f"{len(classes)} classes, received shape: {probabilities.shape}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(probabilities),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {len(probabilities)} integer class indices, one per "
+                         f"row of probabilities, received: shape {labels.shape}, "
+                         f"dtype {labels.dtype}")
+    if len(labels) == 0:
+        raise ValueError("probabilities must hold at least one image, received: 0")
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise ValueError(f"labels must be between 0 and {len(classes) - 1}, received: "
+                         f"{int(labels.min())}..{int(labels.max())}")
+    return probabilities, labels.astype(np.int64), classes
+
+
+def ranked(probabilities) -> np.ndarray:
+    """Class indices of each row from the most to the least probable (ties: lower index first)."""
+    return np.argsort(-np.asarray(probabilities), axis=1, kind="stable")
+
+
+def top_k_accuracy(probabilities, labels, *, k: int) -> float:
+    """Fraction of images whose true class is among the ``k`` most probable.
+
+    ``k`` larger than the number of classes counts every image as correct (it is clipped), so
+    top-5 of a 3-class task is 1.0.
+    """
+    check_int("k", k, minimum=1)
+    order = ranked(probabilities)[:, :k]
+    return float(np.mean(np.any(order == np.asarray(labels)[:, None], axis=1)))
+
+
+def confusion_matrix(labels, predicted, *, num_classes: int) -> np.ndarray:
+    """Counts ``[true, predicted]`` as an int array of shape (num_classes, num_classes)."""
+    check_int("num_classes", num_classes, minimum=1)
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predicted)), 1)
+    return matrix
+
+
+def normalize_rows(confusion) -> np.ndarray:
+    """Each row divided by its sum (the recall of each class on the diagonal); empty rows stay 0."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    totals = confusion.sum(axis=1, keepdims=True)
+    return np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
+
+
+def per_class_report(confusion, classes) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class from a confusion matrix.
+
+    A class never predicted has precision 0; a class without images has recall 0 (scikit-learn's
+    ``zero_division=0``).
+
+    Returns:
+        A DataFrame with columns class, precision, recall, f1, support.
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    correct = np.diag(confusion)
+    predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
+    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
+    recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(correct), where=both > 0)
+    return pd.DataFrame({"class": [str(c) for c in classes], "precision": precision,
+                         "recall": recall, "f1": f1, "support": support.astype(np.int64)})
+
+
+def most_confused(confusion, classes, *, count: int = 10, min_count: int = 1) -> pd.DataFrame:
+    """The most frequent mistakes: off-diagonal cells of the confusion matrix, largest first.
+
+    Args:
+        confusion: counts ``[true, predicted]``.
+        classes: class names.
+        count: at most this many pairs.
+        min_count: leave out pairs seen fewer times.
+
+    Returns:
+        A DataFrame with columns true, predicted, count (ties: by true, then predicted index).
+    """
+    check_int("count", count, minimum=0)
+    check_int("min_count", min_count, minimum=1)
+    confusion = np.asarray(confusion)
+    true, predicted = np.nonzero(confusion >= min_count)
+    keep = true != predicted
+    true, predicted = true[keep], predicted[keep]
+    counts = confusion[true, predicted]
+    order = np.lexsort((predicted, true, -counts))[:count]
+    return pd.DataFrame({"true": [str(classes[i]) for i in true[order]],
+                         "predicted": [str(classes[i]) for i in predicted[order]],
+                         "count": counts[order].astype(np.int64)})
+
+
+def worst_predictions(probabilities, labels, classes, *, count: int = 16,
+                      paths=None) -> pd.DataFrame:
+    """The images whose true class got the lowest probability (fastai's top losses).
+
+    Args:
+        probabilities: (images, classes) predicted probabilities.
+        labels: true class index per image.
+        classes: class names.
+        count: at most this many images.
+        paths: optional path per image.
+
+    Returns:
+        A DataFrame with columns index (row in the inputs), path, true, predicted,
+        probability_true, probability_predicted; lowest probability_true first (ties: by index).
+    """
+    probabilities, labels, classes = _check_predictions(probabilities, labels, classes)
+    check_int("count", count, minimum=0)
+    rows = np.arange(len(labels))
+    true_probability = probabilities[rows, labels]
+    predicted = ranked(probabilities)[:, 0]
+    order = np.argsort(true_probability, kind="stable")[:count]
+    return pd.DataFrame({
+        "index": order.astype(np.int64),
+        "path": [str(paths[i]) for i in order] if paths is not None else [""] * len(order),
+        "true": [classes[labels[i]] for i in order],
+        "predicted": [classes[predicted[i]] for i in order],
+        "probability_true": true_probability[order],
+        "probability_predicted": probabilities[order, predicted[order]],
+    })
+
+
+def predictions_table(probabilities, labels, classes, *, k: int = TOP_K,
+                      paths=None) -> pd.DataFrame:
+    """One row per image: path, true, predicted, correct, probability_true, and the top-k.
+
+    The top-k columns are ``label_1, probability_1, ..., label_k, probability_k`` with
+    ``k = min(k, classes)``.
+    """
+    probabilities, labels, classes = _check_predictions(probabilities, labels, classes)
+    k = min(check_int("k", k, minimum=1), len(classes))
+    order = ranked(probabilities)[:, :k]
+    rows = np.arange(len(labels))
+    table = pd.DataFrame({
+        "path": [str(p) for p in paths] if paths is not None else [""] * len(labels),
+        "true": [classes[i] for i in labels],
+        "predicted": [classes[i] for i in order[:, 0]],
+        "correct": order[:, 0] == labels,
+        "probability_true": probabilities[rows, labels],
+    })
+    for rank in range(k):
+        table[f"label_{rank + 1}"] = [classes[i] for i in order[:, rank]]
+        table[f"probability_{rank + 1}"] = probabilities[rows, order[:, rank]]
+    return table
+
+
+# --- the report --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class EvaluationReport:
+    """The numbers of one evaluation, and the figures that show them.
+
+    Build it with :func:`evaluate` (a run directory) or :meth:`from_probabilities` (any
+    predictions).
+
+    Attributes:
+        classes: class names; index ``i`` is output ``i``.
+        probabilities: (images, classes) predicted probabilities.
+        labels: true class index per image.
+        k: the k of top-k accuracy, ``min(5, classes)``.
+        top1: top-1 accuracy.
+        topk: top-k accuracy.
+        per_class: class, precision, recall, f1, support.
+        confusion: counts ``[true, predicted]``.
+        most_confused: true, predicted, count of the most frequent mistakes.
+        predictions: one row per image (see :func:`predictions_table`).
+        split: the split evaluated, if known.
+        model: which model of the run (``"best"`` or ``"final"``), if known.
+        run_dir: the run directory, if any.
+        images: uint8 images (images, H, W, 3), if known, for :meth:`plot_worst`.
+        paths: image paths relative to the dataset folder, if known.
+    """
+
+    classes: list
+    probabilities: np.ndarray
+    labels: np.ndarray
+    k: int
+    top1: float
+    topk: float
+    per_class: pd.DataFrame
+    confusion: np.ndarray
+    most_confused: pd.DataFrame
+    predictions: pd.DataFrame
+    split: str | None = None
+    model: str | None = None
+    run_dir: Path | None = None
+    images: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    paths: list | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_probabilities(cls, probabilities, labels, classes, *, paths=None, images=None,
+                           split: str | None = None, model: str | None = None,
+                           run_dir: str | Path | None = None) -> EvaluationReport:
+        """Computes every metric from predicted probabilities and true labels.
+
+        Args:
+            probabilities: (images, classes) predicted probabilities.
+            labels: true class index per image.
+            classes: class names, one per column of ``probabilities``.
+            paths: optional path per image (for ``predictions.csv`` and the worst predictions).
+            images: optional uint8 images, one per row, for :meth:`plot_worst`.
+            split: the split's name, for titles and the summary.
+            model: which model made the predictions, for the summary.
+            run_dir: the run directory, for the summary.
+
+        Returns:
+            An :class:`EvaluationReport`.
+
+        Raises:
+            ValueError: when shapes, labels or classes do not agree.
+        """
+        probabilities, labels, classes = _check_predictions(probabilities, labels, classes)
+        if paths is not None and len(paths) != len(labels):
+            raise ValueError(f"paths must hold one path per image ({len(labels)}), "
+                             f"received: {len(paths)}")
+        if images is not None and len(images) != len(labels):
+            raise ValueError(f"images must hold one image per row of probabilities "
+                             f"({len(labels)}), received: {len(images)}")
+        k = min(TOP_K, len(classes))
+        predicted = ranked(probabilities)[:, 0]
+        confusion = confusion_matrix(labels, predicted, num_classes=len(classes))
+        return cls(
+            classes=classes, probabilities=probabilities, labels=labels, k=k,
+            top1=top_k_accuracy(probabilities, labels, k=1),
+            topk=top_k_accuracy(probabilities, labels, k=k),
+            per_class=per_class_report(confusion, classes), confusion=confusion,
+            most_confused=most_confused(confusion, classes),
+            predictions=predictions_table(probabilities, labels, classes, paths=paths),
+            split=split, model=model, run_dir=Path(run_dir) if run_dir is not None else None,
+            images=images, paths=list(paths) if paths is not None else None)
+
+    @property
+    def confusion_normalized(self) -> np.ndarray:
+        """The confusion matrix with each row divided by its sum."""
+        return normalize_rows(self.confusion)
+
+    def worst(self, count: int = 16) -> pd.DataFrame:
+        """The ``count`` predictions with the lowest probability of the true class."""
+        return worst_predictions(self.probabilities, self.labels, self.classes, count=count,
+                                 paths=self.paths)
+
+    def summary(self) -> dict:
+        """The headline numbers as a JSON-ready dict."""
+        return {
+            "split": self.split, "model": self.model,
+            "run_dir": str(self.run_dir) if self.run_dir is not None else None,
+            "images": int(len(self.labels)), "classes": len(self.classes),
+            "top1": round(self.top1, 6), "top5": round(self.topk, 6), "k": self.k,
+            "macro_precision": round(float(self.per_class["precision"].mean()), 6),
+            "macro_recall": round(float(self.per_class["recall"].mean()), 6),
+            "macro_f1": round(float(self.per_class["f1"].mean()), 6),
+        }
+
+    def format(self, *, max_confused: int = 5) -> str:
+        """The summary, the per-class table and the most confused pairs as text."""
+        summary = self.summary()
+        lines = [f"split {summary['split'] or '-'}  model {summary['model'] or '-'}  "
+                 f"images {summary['images']}  classes {summary['classes']}",
+                 f"top-1 {self.top1:.4f}  top-{self.k} {self.topk:.4f}  "
+                 f"macro F1 {summary['macro_f1']:.4f}", ""]
+        lines.append(self.per_class.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        confused = self.most_confused.head(max_confused)
+        if len(confused):
+            lines += ["", "most confused (true -> predicted: count)"]
+            lines += [f"  {row.true} -> {row.predicted}: {row.count}"
+                      for row in confused.itertuples()]
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def plot_confusion(self, ax=None, *, normalize: bool = True):
+        """Draws the confusion matrix (see :func:`workbench.plots.confusion_matrix`).
+
+        Args:
+            ax: optional axes to draw on.
+            normalize: rows as fractions of each true class (True) or raw counts.
+
+        Returns:
+            The ``matplotlib.figure.Figure``.
+        """
+        from workbench import plots
+
+        title = f"Confusion matrix ({self.split})" if self.split else "Confusion matrix"
+        return plots.confusion_matrix(self.confusion, self.classes, normalize=normalize, ax=ax,
+                                      title=title)
+
+    def plot_worst(self, count: int = 16, *, columns: int = 8):
+        """A gallery of the worst predictions: each image titled true / predicted / p(true).
+
+        Args:
+            count: at most this many images.
+            columns: images per row.
+
+        Returns:
+            The ``matplotlib.figure.Figure``.
+
+        Raises:
+            ValueError: if the report holds no images.
+        """
+        from workbench import plots
+
+        check_int("count", count, minimum=1)
+        if self.images is None:
+            raise ValueError("plot_worst needs the images: build the report with images=..., "
+                             "or with evaluate(run_dir)")
+        worst = self.worst(count)
+        titles = [f"{row.true} → {row.predicted}\np={row.probability_true:.2f}"
+                  for row in worst.itertuples()]
+        return plots.image_grid([self.images[i] for i in worst["index"]], titles=titles,
+                                columns=min(columns, len(worst)), size=1.4,
+                                title=f"Worst predictions ({self.split or 'all'}): "
+                                      "true → predicted, p(true)")
+
+    def save(self, directory: str | Path, *, worst_count: int = 16) -> Path:
+        """Writes the report's CSV, JSON and PNG files (see the module doc) into ``directory``.
+
+        Returns:
+            ``directory``.
+        """
+        from workbench._io import atomic_path, write_json, write_text
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        csv = {"lineterminator": "\n"}
+        write_json(directory / "summary.json", self.summary())
+        write_text(directory / "per_class.csv", self.per_class.to_csv(index=False, **csv))
+        confusion = pd.DataFrame(self.confusion, index=pd.Index(self.classes, name="true"),
+                                 columns=self.classes)
+        write_text(directory / "confusion.csv", confusion.to_csv(**csv))
+        write_text(directory / "most_confused.csv", self.most_confused.to_csv(index=False, **csv))
+        write_text(directory / "worst.csv", self.worst(worst_count).to_csv(index=False, **csv))
+        write_text(directory / "predictions.csv", self.predictions.to_csv(index=False, **csv))
+        with atomic_path(directory / "confusion.png") as temporary:
+            self.plot_confusion().savefig(temporary, dpi=100)
+        if self.images is not None:
+            with atomic_path(directory / "worst.png") as temporary:
+                self.plot_worst(worst_count).savefig(temporary, dpi=100)
+        return directory
+
+
+# --- a run directory ---------------------------------------------------------------------------
+
+def read_config(run_dir: str | Path) -> dict:
+    """The ``config.json`` of a run directory.
+
+    Raises:
+        FileNotFoundError: naming the folder when it holds no run.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir must be a run directory written by finetune "
+                                f"(with config.json), received: {str(run_dir)!r}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def model_path(run_dir: str | Path, model: str = "best") -> Path:
+    """The model file of a run: ``best.keras`` (falling back to ``model.keras`` when the run kept
+    no best checkpoint) or ``model.keras`` for ``"final"``."""
+    check_choice("model", model, MODELS)
+    run_dir = Path(run_dir)
+    if model == "best" and (run_dir / "best.keras").is_file():
+        return run_dir / "best.keras"
+    path = run_dir / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir holds no finished model (model.keras), received: "
+                                f"{str(run_dir)!r}")
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitImages:
+    """The images of one split of a run's dataset, decoded as in training."""
+
+    classes: list
+    images: np.ndarray    # uint8 (N, H, W, 3)
+    labels: np.ndarray    # (N,) class indices
+    paths: list           # relative to the dataset folder
+
+
+def split_images(run_dir: str | Path, *, split: str = "test") -> SplitImages:
+    """Decodes one split of the run's dataset exactly as training did (same size, same resize).
+
+    Args:
+        run_dir: a run directory written by :func:`workbench.finetune.train.finetune`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        A :class:`SplitImages`.
+
+    Raises:
+        ValueError: for an unknown split or one the dataset does not have.
+        FileNotFoundError: when ``run_dir`` is not a run directory.
+    """
+    from workbench.finetune.train import load_splits
+
+    check_choice("split", split, SPLITS)
+    config = read_config(run_dir)
+    data = load_splits(config["splits"], image_size=config["image_size"],
+                       resize_mode=config.get("resize_mode", "squash"), progress=False)
+    if split not in data.images:
+        raise ValueError(f"split must be one the dataset has ({', '.join(data.images)}), "
+                         f"received: {split!r}")
+    if config.get("classes") and list(config["classes"]) != list(data.classes):
+        raise ValueError(f"the classes of {config['splits']} changed since the run was trained: "
+                         f"the run has {len(config['classes'])}, the split folder "
+                         f"{len(data.classes)}")
+    table = pd.read_csv(Path(config["splits"]) / "splits.csv", dtype={"path": str, "label": str})
+    paths = list(table.loc[table["split"] == split, "path"])
+    return SplitImages(list(data.classes), data.images[split], data.labels[split], paths)
+
+
+def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
+             batch_size: int = 64, save: bool = True) -> EvaluationReport:
+    """Evaluates a run's model on one split of its dataset and saves the report in the run.
+
+    The images are decoded exactly as in training (the run's image size and resize mode, the
+    same cache), so the accuracy matches ``metrics.json``.
+
+    Args:
+        run_dir: a run directory written by :func:`workbench.finetune.train.finetune`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        model: ``"best"`` (the best checkpoint by validation accuracy) or ``"final"``.
+        batch_size: images per forward pass.
+        save: write the files of the module doc into ``<run_dir>/evaluation/<split>/``.
+
+    Returns:
+        An :class:`EvaluationReport`.
+
+    Raises:
+        ValueError: for an unknown split or model, or a split the dataset does not have.
+        FileNotFoundError: when ``run_dir`` holds no finished run.
+    """
+    check_choice("split", split, SPLITS)
+    check_choice("model", model, MODELS)
+    check_int("batch_size", batch_size, minimum=1)
+    run_dir = Path(run_dir)
+    read_config(run_dir)  # fails first when run_dir holds no run
+    path = model_path(run_dir, model)
+    data = split_images(run_dir, split=split)
+    from workbench.models import load_model
+
+    network = load_model(path)
+    probabilities = network.predict(np.asarray(data.images), batch_size=batch_size, verbose=0)
+    report = EvaluationReport.from_probabilities(
+        probabilities, data.labels, data.classes, paths=data.paths, images=data.images,
+        split=split, model=model, run_dir=run_dir)
+    if save:
+        report.save(run_dir / "evaluation" / split)
+    return report

@@ -1,0 +1,625 @@
+"""Looking inside a model: filters, activations, weight statistics, and a gradient check.
+
+Compute, then plot: each function returns an object holding the numbers, with ``.plot(ax=None)``
+drawing them (the figures themselves live in :mod:`workbench.plots`).
+
+* :func:`filters` tiles the kernels of a convolution like Caffe's ``vis_square`` (first-layer RGB
+  filters in colour; deeper layers one grey tile per (filter, input channel));
+  :func:`compare_filters` shows the same filters before and after fine-tuning side by side.
+* :func:`activations` shows what chosen layers output for one image, one tile per channel.
+* :class:`WeightStats` is a Keras callback that records, per layer and epoch, the mean absolute
+  weight and the update-to-weight ratio ``|Δw| / |w|`` (around 1e-3 is healthy; 0 means frozen)
+  into a CSV; :func:`read_weight_stats` and :func:`workbench.plots.weight_stats` show them.
+* :func:`gradient_check` compares automatic differentiation with central finite differences.
+
+Training curves of one or several runs are :func:`workbench.plots.training_curves`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from workbench import models
+from workbench._checks import check_int, check_number
+
+WEIGHT_STATS_COLUMNS = ["epoch", "layer", "weight", "mean_abs", "update_ratio"]
+_SKIPPED_WEIGHTS = ("moving_mean", "moving_variance")  # batch-norm statistics are not learned
+
+
+# --- finding layers ----------------------------------------------------------------------------
+
+def _as_model(model, name: str = "model") -> keras.Model:
+    """A ``keras.Model``, loading it first if given a path."""
+    if isinstance(model, (str, Path)):
+        return models.load_model(model)
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{name} must be a keras.Model or the path of a .keras file, "
+                         f"received: {type(model).__name__}")
+    return model
+
+
+def _all_layers(model: keras.Model) -> list:
+    """Every layer of ``model`` and of the models nested in it, depth first, in order."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_all_layers(layer))
+    return found
+
+
+def find_layer(model: keras.Model, name: str):
+    """The layer called ``name`` in ``model`` or in a model nested in it (e.g. the backbone).
+
+    Raises:
+        ValueError: naming the layer and listing the layers there are.
+    """
+    for layer in _all_layers(model):
+        if layer.name == name:
+            return layer
+    names = [layer.name for layer in _all_layers(model) if not isinstance(layer, keras.Model)]
+    raise ValueError(f"layer must name a layer of {model.name}, received: {name!r}; layers: "
+                     f"{', '.join(names)}")
+
+
+def first_conv(model: keras.Model):
+    """The first 2-D convolution of ``model``, nested models included."""
+    for layer in _all_layers(model):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None and len(kernel.shape) == 4:
+            return layer
+    raise ValueError(f"model must have a 2-D convolution, received: {model.name} without one")
+
+
+def _inputs(model: keras.Model):
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+def _output_model(model: keras.Model, name: str) -> keras.Model:
+    """A model from ``model``'s input to the output of layer ``name``, reaching into nested
+    models (the backbone of a classifier) through the tensors they are called on."""
+    direct = {layer.name: layer for layer in model.layers}
+    if name in direct:
+        return keras.Model(_inputs(model), direct[name].output)
+    for sub in model.layers:
+        if not isinstance(sub, keras.Model) or name not in {l.name for l in _all_layers(sub)}:
+            continue
+        inner = _output_model(sub, name)
+        for node in sub._inbound_nodes:
+            inputs = node.input_tensors
+            if len(inputs) != 1:
+                continue
+            if inputs[0] is model.inputs[0]:
+                return inner
+            try:
+                prefix = keras.Model(_inputs(model), inputs[0])
+            except ValueError:  # a node of another graph
+                continue
+            image = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
+            return keras.Model(image, inner(prefix(image)))
+    find_layer(model, name)  # raises, listing the layers
+    raise ValueError(f"layer {name!r} is not reachable from the input of {model.name}")
+
+
+# --- tiling (Caffe's vis_square) ---------------------------------------------------------------
+
+def normalize(data, *, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Scales ``data`` to [0, 1] over its global minimum and maximum (or ``value_range``)."""
+    data = np.asarray(data, dtype=np.float64)
+    low, high = value_range if value_range is not None else (data.min(), data.max())
+    if high <= low:
+        return np.zeros_like(data)
+    return np.clip((data - low) / (high - low), 0.0, 1.0)
+
+
+def vis_square(tiles, *, columns: int | None = None, padding: int = 1,
+               pad_value: float = 1.0) -> np.ndarray:
+    """Tiles ``(n, h, w)`` or ``(n, h, w, 3)`` arrays, already in [0, 1], into one mosaic.
+
+    As Caffe's ``vis_square``: about ``sqrt(n)`` tiles per row (or ``columns``), separated by
+    ``padding`` pixels of ``pad_value``.
+
+    Returns:
+        An array of shape (rows * (h + padding) - padding, columns * (w + padding) - padding[, 3]).
+    """
+    tiles = np.asarray(tiles, dtype=np.float64)
+    if tiles.ndim not in (3, 4) or len(tiles) == 0:
+        raise ValueError(f"tiles must have shape (n, h, w) or (n, h, w, 3) with n >= 1, "
+                         f"received shape: {tiles.shape}")
+    check_int("padding", padding, minimum=0)
+    count = len(tiles)
+    columns = check_int("columns", columns, minimum=1) if columns is not None else \
+        int(math.ceil(math.sqrt(count)))
+    rows = -(-count // columns)
+    height, width = tiles.shape[1:3]
+    mosaic = np.full((rows * (height + padding) - padding, columns * (width + padding) - padding)
+                     + tiles.shape[3:], float(pad_value), dtype=np.float64)
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, columns)
+        top, left = row * (height + padding), column * (width + padding)
+        mosaic[top:top + height, left:left + width] = tile
+    return mosaic
+
+
+@dataclasses.dataclass
+class FilterGrid:
+    """The kernels of one convolution, normalised to [0, 1] and ready to tile.
+
+    Attributes:
+        layer: the layer's name.
+        tiles: (n, h, w, 3) colour tiles for a layer on RGB input, else (n, h, w) grey tiles,
+            one per (filter, input channel), filter by filter.
+        rgb: whether the tiles are colour.
+        columns: tiles per row (input channels shown per filter for grey tiles).
+        kernel_shape: the full kernel's shape (h, w, input channels, filters).
+        value_range: the kernel values mapped to 0 and 1.
+    """
+
+    layer: str
+    tiles: np.ndarray
+    rgb: bool
+    columns: int
+    kernel_shape: tuple
+    value_range: tuple
+
+    @property
+    def count(self) -> int:
+        """Number of tiles."""
+        return len(self.tiles)
+
+    def mosaic(self, *, padding: int = 1) -> np.ndarray:
+        """The tiles as one image (see :func:`vis_square`)."""
+        return vis_square(self.tiles, columns=self.columns, padding=padding)
+
+    def plot(self, ax=None, *, title: str | None = None):
+        """Draws the mosaic; returns the ``Figure``."""
+        from workbench import plots
+
+        h, w, channels, filters = self.kernel_shape
+        shown = "RGB" if self.rgb else f"rows: filters, columns: of {channels} input channels"
+        return plots.mosaic(self.mosaic(), ax=ax, title=title or
+                            f"{self.layer}: {filters} filters {h}x{w} ({shown})")
+
+
+def filters(model, *, layer: str | None = None, max_filters: int = 64, max_channels: int = 8,
+            value_range: tuple[float, float] | None = None) -> FilterGrid:
+    """The filters of a convolution, tiled like Caffe's ``vis_square``.
+
+    A layer whose kernels see 3 input channels (the first layer, on RGB images) gives one colour
+    tile per filter; a deeper layer one grey tile per (filter, input channel), a row per filter.
+
+    Args:
+        model: a ``keras.Model`` or the path of a ``.keras`` file.
+        layer: the layer's name (looked up in nested models too); default the first convolution.
+        max_filters: show at most this many filters.
+        max_channels: for grey tiles, at most this many input channels per filter.
+        value_range: the kernel values mapped to black and white; default the shown kernels'
+            own minimum and maximum.
+
+    Returns:
+        A :class:`FilterGrid`.
+    """
+    model = _as_model(model)
+    check_int("max_filters", max_filters, minimum=1)
+    check_int("max_channels", max_channels, minimum=1)
+    found = first_conv(model) if layer is None else find_layer(model, layer)
+    kernel = getattr(found, "kernel", None)
+    if kernel is None or len(kernel.shape) != 4:
+        raise ValueError(f"layer must be a 2-D convolution, received: {found.name!r} "
+                         f"({type(found).__name__})")
+    kernel = keras.ops.convert_to_numpy(kernel).astype(np.float64)
+    shape = tuple(int(d) for d in kernel.shape)
+    if shape[2] == 3:
+        tiles = kernel[..., :max_filters].transpose(3, 0, 1, 2)
+        columns = int(math.ceil(math.sqrt(len(tiles))))
+    else:
+        shown = kernel[:, :, :max_channels, :max_filters].transpose(3, 2, 0, 1)
+        columns = shown.shape[1]
+        tiles = shown.reshape(-1, shape[0], shape[1])
+    if value_range is None:
+        value_range = (float(tiles.min()), float(tiles.max()))
+    return FilterGrid(found.name, normalize(tiles, value_range=value_range), shape[2] == 3,
+                      columns, shape, tuple(value_range))
+
+
+def compare_filters(before, after, *, layer: str | None = None, max_filters: int = 64,
+                    max_channels: int = 8, shared_scale: bool = True,
+                    names: tuple[str, str] = ("before fine-tuning", "after fine-tuning")):
+    """The same filters of two models side by side, e.g. a source model and its fine-tuned run.
+
+    Args:
+        before: a ``keras.Model`` or ``.keras`` path (e.g. the source model).
+        after: the same for the other model (e.g. a run's ``model.keras``).
+        layer: the layer, present in both; default the first convolution of ``after``.
+        max_filters: at most this many filters.
+        max_channels: for deeper layers, at most this many input channels per filter.
+        shared_scale: map the same kernel values to the same grey in both panels, so a change
+            in magnitude shows; False normalises each panel on its own.
+        names: the panels' titles.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` with two panels.
+    """
+    from workbench import plots
+
+    before, after = _as_model(before, "before"), _as_model(after, "after")
+    if len(names) != 2:
+        raise ValueError(f"names must hold 2 titles, received: {names!r}")
+    layer = layer or first_conv(after).name
+    options = dict(layer=layer, max_filters=max_filters, max_channels=max_channels)
+    grids = [filters(before, **options), filters(after, **options)]
+    if shared_scale:
+        kernels = [keras.ops.convert_to_numpy(find_layer(m, layer).kernel) for m in (before, after)]
+        value_range = (float(min(k.min() for k in kernels)), float(max(k.max() for k in kernels)))
+        grids = [filters(m, value_range=value_range, **options) for m in (before, after)]
+    change = float(np.abs(keras.ops.convert_to_numpy(find_layer(after, layer).kernel)
+                          - keras.ops.convert_to_numpy(find_layer(before, layer).kernel)).mean())
+    return plots.filter_comparison([grid.mosaic() for grid in grids], titles=list(names),
+                                   title=f"{layer}: mean |change| {change:.3g}")
+
+
+# --- activations -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ActivationGrid:
+    """What one layer outputs for one image.
+
+    Attributes:
+        layer: the layer's name.
+        values: (channels shown, h, w) outputs; a dense layer's units as one (1, rows, cols)
+            tile, padded with NaN.
+        channels: the layer's number of channels (or units).
+    """
+
+    layer: str
+    values: np.ndarray
+    channels: int
+
+    @property
+    def count(self) -> int:
+        """Number of tiles (channels shown)."""
+        return len(self.values)
+
+    def mosaic(self, *, padding: int = 1) -> np.ndarray:
+        """The channels normalised together (dead channels stay dark), tiled."""
+        values = np.nan_to_num(self.values, nan=np.nanmin(self.values))
+        return vis_square(normalize(values), padding=padding, pad_value=np.nan)  # blank gaps
+
+    def plot(self, ax=None, *, title: str | None = None):
+        """Draws the mosaic; returns the ``Figure``."""
+        from workbench import plots
+
+        shown = f"{self.count} of {self.channels}" if self.count < self.channels else \
+            str(self.channels)
+        return plots.mosaic(self.mosaic(), ax=ax, cmap="viridis",
+                            title=title or f"{self.layer} ({shown} channels)")
+
+
+@dataclasses.dataclass
+class Activations:
+    """The activations of several layers for one image; ``plot()`` shows them in a row."""
+
+    image: np.ndarray
+    grids: list
+
+    def __getitem__(self, layer: str) -> ActivationGrid:
+        for grid in self.grids:
+            if grid.layer == layer:
+                return grid
+        raise KeyError(layer)
+
+    def plot(self):
+        """The image, then one panel per layer; returns the ``Figure``."""
+        from workbench import plots
+
+        return plots.activation_panels(self.image, self.grids)
+
+
+def load_image(image, *, size: int | tuple[int, int], resize_mode: str = "squash") -> np.ndarray:
+    """A uint8 (H, W, 3) image from an array or a file path, resized as in training."""
+    if isinstance(image, (str, Path)):
+        from workbench.data.images import load_array
+
+        return load_array(image, size, resize_mode)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be a path or an (H, W, 3) array, received shape: "
+                         f"{image.shape}")
+    return image
+
+
+def activations(model, image, *, layers, max_channels: int = 64,
+                resize_mode: str = "squash") -> Activations:
+    """The outputs of chosen layers for one image, one tile per channel.
+
+    Args:
+        model: a ``keras.Model`` (a classifier, a backbone) or a ``.keras`` path.
+        image: an (H, W, 3) uint8 array, or an image file (resized to the model's input).
+        layers: layer names (looked up in nested models too), e.g. ``["conv1", "conv2"]``.
+        max_channels: show at most this many channels per layer.
+        resize_mode: how a file is resized (use the run's ``resize_mode``).
+
+    Returns:
+        :class:`Activations`.
+    """
+    model = _as_model(model)
+    check_int("max_channels", max_channels, minimum=1)
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise ValueError("layers must name at least one layer, received: []")
+    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    image = load_image(image, size=(size[1], size[0]), resize_mode=resize_mode)
+    if image.shape[:2] != size:
+        raise ValueError(f"image must be {size[0]}x{size[1]} like the model's input, received "
+                         f"shape: {image.shape}")
+    grids = []
+    for name in layers:
+        output = keras.ops.convert_to_numpy(_output_model(model, name)(image[None]))[0]
+        output = np.asarray(output, dtype=np.float64)
+        if output.ndim == 3:
+            values, channels = output.transpose(2, 0, 1)[:max_channels], output.shape[-1]
+        else:
+            flat = output.reshape(-1)
+            side = int(math.ceil(math.sqrt(len(flat))))
+            padded = np.full(side * side, np.nan)
+            padded[:len(flat)] = flat
+            values, channels = padded.reshape(1, side, side), len(flat)
+        grids.append(ActivationGrid(name, values, int(channels)))
+    return Activations(image, grids)
+
+
+# --- weight statistics -------------------------------------------------------------------------
+
+def _tracked_weights(model: keras.Model) -> list:
+    """The learnable float weights (batch-norm moving statistics and seed states left out)."""
+    chosen = []
+    for variable in model.weights:
+        name = variable.path.rpartition("/")[2]
+        if name in _SKIPPED_WEIGHTS or "float" not in str(variable.dtype):
+            continue
+        chosen.append(variable)
+    return chosen
+
+
+class WeightStats(keras.callbacks.Callback):
+    """Records per layer and epoch the mean |w| and the update-to-weight ratio |Δw| / |w|.
+
+    At the end of every epoch one row per weight is appended to ``path``: ``epoch`` (1-based,
+    as in ``history.csv``), ``layer``, ``weight`` (kernel, bias, gamma, ...), ``mean_abs`` and
+    ``update_ratio = ||w_epoch - w_previous|| / ||w_previous||`` (NaN while a weight that
+    started at zero, like a bias, has no norm yet). A layer that learns at a sane
+    rate shows a ratio around 1e-3 per step (more per epoch); a frozen layer (learning-rate
+    multiplier 0) shows exactly 0. Rows of epochs after the one ``fit`` starts at are dropped
+    first, so a resumed run or a second stage continues the same file::
+
+        model.fit(..., callbacks=[WeightStats(run_dir / "weight_stats.csv")])
+
+    Args:
+        path: the CSV file.
+        layers: optional layer names to record (default every layer with weights).
+    """
+
+    def __init__(self, path: str | Path, *, layers=None):
+        super().__init__()
+        self.path = Path(path)
+        self.layers = None if layers is None else set(layers)
+        self._previous: dict = {}
+        self._opened = False
+
+    def _weights(self) -> list:
+        chosen = []
+        for variable in _tracked_weights(self.model):
+            layer, _, weight = variable.path.rpartition("/")
+            if self.layers is None or layer.rpartition("/")[2] in self.layers or layer in self.layers:
+                chosen.append((layer, weight, variable))
+        return chosen
+
+    def _open(self, first_epoch: int) -> None:
+        """Starts the file, keeping the rows of epochs finished before ``first_epoch``."""
+        from workbench.finetune.callbacks import CsvAppender
+
+        self._appender = CsvAppender(self.path, WEIGHT_STATS_COLUMNS,
+                                     keep_while=lambda row: int(row["epoch"]) <= first_epoch)
+        self._opened = True
+
+    def on_train_begin(self, logs=None):
+        self._previous = {id(v): np.array(keras.ops.convert_to_numpy(v), dtype=np.float64)
+                          for _, _, v in self._weights()}
+        self._opened = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._opened:
+            self._open(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._opened:
+            self._open(epoch)
+        for layer, weight, variable in self._weights():
+            now = np.array(keras.ops.convert_to_numpy(variable), dtype=np.float64)
+            before = self._previous.get(id(variable))
+            norm = float(np.linalg.norm(before)) if before is not None else 0.0
+            change = float(np.linalg.norm(now - before)) if before is not None else math.nan
+            # a weight starting at zero (a bias) has no ratio until it moves away from zero
+            ratio = change / norm if norm > 0 else (0.0 if change == 0 else math.nan)
+            self._appender.append({"epoch": epoch + 1, "layer": layer, "weight": weight,
+                                   "mean_abs": float(np.abs(now).mean()),
+                                   "update_ratio": ratio})
+            self._previous[id(variable)] = now
+
+
+def read_weight_stats(path: str | Path) -> pd.DataFrame:
+    """Reads a CSV written by :class:`WeightStats` (a run directory: its ``weight_stats.csv``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "weight_stats.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"path must be a weight_stats.csv written by WeightStats, or a "
+                                f"run directory holding one, received: {str(path)!r}")
+    table = pd.read_csv(path, dtype={"layer": str, "weight": str})
+    missing = [c for c in WEIGHT_STATS_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"path must have the columns {', '.join(WEIGHT_STATS_COLUMNS)}, "
+                         f"received: {str(path)!r} without {', '.join(missing)}")
+    return table
+
+
+# --- gradient check ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class GradientCheck:
+    """Automatic against numerical gradients at sampled weights.
+
+    Attributes:
+        table: one row per sampled weight entry: variable, index, analytic, numeric,
+            relative_error = |a - n| / max(|a|, |n|) (absolute error where both are tiny).
+        epsilon: the finite-difference step.
+        tolerance: the largest relative error that passes.
+    """
+
+    table: pd.DataFrame
+    epsilon: float
+    tolerance: float
+
+    @property
+    def max_relative_error(self) -> float:
+        return float(self.table["relative_error"].max())
+
+    @property
+    def passed(self) -> bool:
+        """True when every sampled entry agrees within ``tolerance``."""
+        return self.max_relative_error <= self.tolerance
+
+    def __repr__(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"GradientCheck({verdict}: max relative error {self.max_relative_error:.3g} "
+                f"over {len(self.table)} entries, tolerance {self.tolerance:g}, "
+                f"epsilon {self.epsilon:g})")
+
+    def plot(self, ax=None):
+        """Relative error per sampled entry (log scale) against the tolerance."""
+        from workbench import plots
+
+        return plots.gradient_check(self.table, tolerance=self.tolerance, ax=ax)
+
+
+def _loss_function(model: keras.Model, loss):
+    if loss is None:
+        loss = getattr(model, "loss", None)
+        if loss is None:
+            raise ValueError("loss is needed for a model that is not compiled, received: None")
+    function = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if not callable(function):
+        raise ValueError(f"loss must be a loss name or a callable (y_true, y_pred), "
+                         f"received: {loss!r}")
+
+    def scalar(y, x):
+        return keras.ops.mean(function(y, x))
+
+    return scalar
+
+
+def _analytic_gradients(model: keras.Model, x, y, loss) -> list[np.ndarray]:
+    """d loss / d trainable weight, by the backend's automatic differentiation."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = loss(y, model(x, training=False))
+        gradients = tape.gradient(value, [v.value for v in model.trainable_variables])
+    elif backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        def value_of(weights):
+            output, _ = model.stateless_call(weights, frozen, x, training=False)
+            return loss(y, output)
+
+        gradients = jax.grad(value_of)(trainable)
+    else:
+        raise NotImplementedError(f"gradient_check supports the tensorflow and jax backends, "
+                                  f"received: KERAS_BACKEND={backend!r}")
+    return [np.zeros(v.shape) if g is None else np.asarray(keras.ops.convert_to_numpy(g),
+                                                           dtype=np.float64)
+            for v, g in zip(model.trainable_variables, gradients)]
+
+
+def gradient_check(model: keras.Model, x, y, *, loss=None, epsilon: float = 1e-3,
+                   samples: int = 20, seed: int = 0, tolerance: float = 1e-4) -> GradientCheck:
+    """Checks automatic differentiation against central finite differences, as in CS231n.
+
+    For ``samples`` weight entries drawn at random (uniformly over all trainable weights) it
+    compares ``d loss / d w`` from the backend with ``(L(w + ε) - L(w - ε)) / 2ε``. A custom
+    layer or loss with a wrong gradient shows a relative error far above ``tolerance``. Use a
+    small model in float64 (``keras.config.set_floatx("float64")`` or ``dtype="float64"``
+    layers): in float32 round-off alone gives errors around 1e-3. The model runs with
+    ``training=False`` (no dropout); weights are restored afterwards.
+
+    Args:
+        model: a built ``keras.Model``.
+        x: a batch of inputs.
+        y: the matching targets.
+        loss: a loss name, ``keras.losses.Loss`` or callable ``(y_true, y_pred)``; default the
+            model's compiled loss. Per-sample losses are averaged.
+        epsilon: the finite-difference step.
+        samples: number of weight entries checked.
+        seed: which entries are drawn.
+        tolerance: the largest relative error that passes.
+
+    Returns:
+        A :class:`GradientCheck`; its ``passed`` and ``max_relative_error`` give the verdict.
+
+    Raises:
+        NotImplementedError: on a backend other than TensorFlow or JAX.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model must be a keras.Model, received: {type(model).__name__}")
+    check_number("epsilon", epsilon, minimum=0.0, exclusive_minimum=True)
+    check_int("samples", samples, minimum=1)
+    check_int("seed", seed, minimum=0)
+    check_number("tolerance", tolerance, minimum=0.0)
+    variables = model.trainable_variables
+    if not variables:
+        raise ValueError(f"model must have trainable weights, received: {model.name} with none")
+    loss = _loss_function(model, loss)
+    dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else keras.config.floatx()
+    x = keras.ops.convert_to_tensor(np.asarray(x), dtype=dtype)
+    y = keras.ops.convert_to_tensor(np.asarray(y))
+    analytic = _analytic_gradients(model, x, y, loss)
+
+    sizes = np.array([int(np.prod(v.shape)) for v in variables])
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(int(sizes.sum()), size=min(samples, int(sizes.sum())), replace=False)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    rows = []
+    for pick in np.sort(picks):
+        which = int(np.searchsorted(offsets, pick, side="right") - 1)
+        variable, flat = variables[which], int(pick - offsets[which])
+        original = np.array(keras.ops.convert_to_numpy(variable))
+        values = []
+        try:
+            for sign in (1.0, -1.0):
+                moved = original.copy().reshape(-1)
+                moved[flat] += sign * epsilon
+                variable.assign(moved.reshape(original.shape))
+                values.append(float(keras.ops.convert_to_numpy(
+                    loss(y, model(x, training=False)))))
+        finally:
+            variable.assign(original)
+        numeric = (values[0] - values[1]) / (2 * epsilon)
+        exact = float(analytic[which].reshape(-1)[flat])
+        scale = max(abs(exact), abs(numeric))
+        error = abs(exact - numeric) / scale if scale > 1e-8 else abs(exact - numeric)
+        index = np.unravel_index(flat, original.shape) if original.shape else ()
+        rows.append({"variable": variable.path, "index": tuple(int(i) for i in index),
+                     "analytic": exact, "numeric": numeric, "relative_error": error})
+    return GradientCheck(pd.DataFrame(rows), float(epsilon), float(tolerance))
