@@ -43,8 +43,12 @@ def test_run_directory_holds_every_file(splits, tmp_path):
     run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
                    solver=SOLVER.replace(epochs=2), image_size=16, progress="none")
     for name in ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
-                 "model.keras", "best.keras", "metrics.json", "checkpoint.json"):
+                 "model.keras", "best.keras", "metrics.json", "checkpoint.json", "curves.png",
+                 "resources.csv"):
         assert (run.run_dir / name).is_file(), name
+    resources = pd.read_csv(run.run_dir / "resources.csv")
+    assert set(resources["epoch"].dropna()) <= {1, 2} and resources["ram_used_mib"].notna().all()
+    assert run.metrics["resources_ram_used_peak_mib"] > 0
     assert list(run.history["epoch"]) == [1, 2]
     steps = pd.read_csv(run.run_dir / "steps.csv")
     assert list(steps["step"]) == list(range(1, len(steps) + 1))

@@ -30,6 +30,9 @@ def demo_parameters(data: Path, runs: Path) -> dict:
         "03_fine_tune.ipynb": {"splits_dir": str(runs / "splits" / "target"),
                                "source_model": str(runs / "source" / "model.keras"),
                                "runs_dir": str(runs / "fine_tune")},
+        "04_inspect.ipynb": {"run_dir": str(runs / "fine_tune" / "two_stage-seed0"),
+                             "source_model": str(runs / "source" / "model.keras")},
+        "05_evaluate.ipynb": {"run_dir": str(runs / "fine_tune" / "two_stage-seed0")},
     }
 
 

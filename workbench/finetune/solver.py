@@ -251,3 +251,25 @@ def build_optimizer(config: SolverConfig, total_steps: int) -> keras.optimizers.
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(lr, beta_1=config.momentum, weight_decay=decay or 0.0)
     return keras.optimizers.RMSprop(lr, momentum=config.momentum, weight_decay=decay)
+
+
+@keras.saving.register_keras_serializable(package="workbench")
+class SparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels against probabilities, with label smoothing.
+
+    Keras's own sparse loss has no label smoothing, so the labels are one-hot encoded here.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name="sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        classes = keras.ops.shape(y_pred)[-1]
+        one_hot = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)),
+                                    classes)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}

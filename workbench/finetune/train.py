@@ -2,17 +2,19 @@
 
 A run directory holds everything a run produces, each file written atomically:
 
-==================  ==============================================================
-``config.json``     every setting needed to reproduce the run
-``history.csv``     one row per epoch (loss, accuracy, top-5, validation, lr, time)
-``steps.csv``       the loss of every training step
-``lr_table.csv``    layer, parameters, multiplier, effective learning rate per stage
-``labels.txt``      class names, line ``i`` for output ``i``
-``model.keras``     the final model; ``best.keras`` the best by validation accuracy
-``checkpoint.*``    the last checkpoint (model with optimizer state + ``checkpoint.json``)
-``metrics.json``    final numbers for sweeps: status, accuracies, time, images/s
-``curves.png``      loss, accuracy and learning rate per epoch
-==================  ==============================================================
+====================  ======================================================================
+``config.json``       every setting needed to reproduce the run
+``history.csv``       one row per epoch (loss, accuracy, top-5, validation, lr, time)
+``steps.csv``         the loss of every training step
+``lr_table.csv``      layer, parameters, multiplier, effective learning rate per stage
+``labels.txt``        class names, line ``i`` for output ``i``
+``model.keras``       the final model; ``best.keras`` the best by validation accuracy
+``checkpoint.*``      the last checkpoint (model with optimizer state + ``checkpoint.json``)
+``metrics.json``      final numbers for sweeps: status, accuracies, time, images/s
+``curves.png``        loss, accuracy and learning rate per epoch
+``resources.csv``     GPU, CPU and RAM use over time (``workbench.monitor``)
+``weight_stats.csv``  mean |w| and |dw|/|w| per layer and epoch (``workbench.inspect``)
+====================  ======================================================================
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from workbench.data import pipeline
 from workbench.finetune import callbacks as cb
 from workbench.finetune import checkpoint, lr_mult
 from workbench.finetune.recipes import Recipe, get_recipe
-from workbench.finetune.solver import SolverConfig, build_optimizer
+from workbench.finetune.solver import SolverConfig, SparseCrossentropy, build_optimizer
 
 RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
-             "model.keras", "best.keras", "metrics.json", "curves.png",
+             "model.keras", "best.keras", "metrics.json", "curves.png", "resources.csv",
+             "weight_stats.csv",
              checkpoint.CHECKPOINT_STATE)
 PROGRESS = ("auto", "lines", "plot", "none")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -131,7 +134,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              resize_mode: str = "squash", augment: pipeline.Augment | None = None,
              dropout: float = 0.2, seed: int = 0, resume: bool = False,
              progress: str = "auto", precision: str = "auto", strategy="auto",
-             tensorboard: bool = False) -> Run:
+             monitor: bool = True, tensorboard: bool = False) -> Run:
     """Fine-tunes a pretrained network on a split dataset and writes a run directory.
 
     Args:
@@ -160,6 +163,9 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         strategy: a ``tf.distribute.Strategy`` to train on several devices (TensorFlow
             backend), None for one device, or ``"auto"`` (MirroredStrategy over all GPUs when
             there are several).
+        monitor: record GPU, CPU and RAM use to ``run_dir/resources.csv`` (see
+            ``workbench.monitor``, summary added to ``metrics.json``) and each layer's mean |w|
+            and update-to-weight ratio per epoch to ``weight_stats.csv``.
         tensorboard: also write TensorBoard logs to ``run_dir/logs``.
 
     Returns:
@@ -229,10 +235,13 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                                  cut_at=cut_at, num_classes=len(data.classes),
                                  image_size=image_size, dropout=dropout)
             state = cb.RunState()
-        outcome = _train_stages(model, state, recipe_, train=train, val=val, solver=solver,
-                                run_dir=run_dir, extra_rules=lr_mult_rules, seed=seed,
-                                resumed=resumed is not None, progress=progress,
-                                tensorboard=tensorboard, num_classes=len(data.classes))
+        recorder = _resource_monitor(run_dir) if monitor else None
+        with recorder or contextlib.nullcontext():  # stops sampling even if training fails
+            outcome = _train_stages(model, state, recipe_, train=train, val=val, solver=solver,
+                                    run_dir=run_dir, extra_rules=lr_mult_rules, seed=seed,
+                                    resumed=resumed is not None, progress=progress,
+                                    extra_callbacks=_monitor_callbacks(run_dir, recorder),
+                                    tensorboard=tensorboard, num_classes=len(data.classes))
     problem, stopped_early, trained_images = outcome
 
     seconds = time.monotonic() - started
@@ -248,6 +257,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                              status="stopped_early" if stopped_early else "completed")
     metrics.update({"train_seconds": round(seconds, 3),
                     "images_per_second": round(trained_images / seconds, 1) if seconds else None})
+    if monitor:
+        metrics.update(_resource_summary(run_dir))
     write_json(run_dir / "metrics.json", metrics)
     with atomic_path(run_dir / "curves.png") as temporary:
         plots.training_curves([run_dir]).savefig(temporary, dpi=100)
@@ -255,7 +266,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
 
 
 def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solver, run_dir,
-                  extra_rules, seed, resumed, progress, tensorboard, num_classes):
+                  extra_rules, seed, resumed, progress, extra_callbacks, tensorboard,
+                  num_classes):
     """Trains the recipe's stages from ``state.epoch`` on.
 
     Returns:
@@ -278,7 +290,8 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
         saver = cb.Checkpointer(run_dir, state, interval=solver.snapshot_interval,
                                 stage_end=stage_end, patience=solver.early_stopping, guard=guard)
         callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
-                     guard, saver, *_progress_callbacks(progress, run_dir, epochs, stage.name)]
+                     guard, saver, *_progress_callbacks(progress, run_dir, epochs, stage.name),
+                     *extra_callbacks]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
         first_epoch = state.epoch
@@ -319,6 +332,31 @@ def _execution_context(precision: str, strategy):
             yield policy, type(strategy).__name__ if strategy is not None else None
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def _resource_monitor(run_dir: Path):
+    """A started monitor appending to the run's ``resources.csv``."""
+    from workbench.monitor import ResourceMonitor
+
+    return ResourceMonitor(run_dir / "resources.csv").start()
+
+
+def _monitor_callbacks(run_dir: Path, recorder) -> list:
+    """The resource monitor and the per-layer weight statistics of ``workbench.inspect``."""
+    if recorder is None:
+        return []
+    from workbench.inspect import WeightStats
+
+    return [recorder, WeightStats(run_dir / "weight_stats.csv")]
+
+
+def _resource_summary(run_dir: Path) -> dict:
+    """The monitor's summary as flat ``resources_*`` entries of ``metrics.json``."""
+    from workbench.monitor import read_resources, summarize
+
+    summary = summarize(read_resources(run_dir / "resources.csv"))
+    return {f"resources_{name}": value for name, value in summary.items()
+            if value is not None and name != "images_per_second"}
 
 
 def _gpu_count() -> int:
@@ -392,28 +430,6 @@ def _compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig,
 def _metrics(num_classes: int) -> list:
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
             keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")]
-
-
-@keras.saving.register_keras_serializable(package="workbench")
-class SparseCrossentropy(keras.losses.Loss):
-    """Cross-entropy of integer labels against probabilities, with label smoothing.
-
-    Keras's own sparse loss has no label smoothing, so the labels are one-hot encoded here.
-    """
-
-    def __init__(self, label_smoothing: float = 0.0, name="sparse_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = float(label_smoothing)
-
-    def call(self, y_true, y_pred):
-        classes = keras.ops.shape(y_pred)[-1]
-        one_hot = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)),
-                                    classes)
-        return keras.losses.categorical_crossentropy(one_hot, y_pred,
-                                                     label_smoothing=self.label_smoothing)
-
-    def get_config(self):
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 def _progress_callbacks(progress: str, run_dir: Path, epochs: int, stage_name: str) -> list:
