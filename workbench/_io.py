@@ -44,3 +44,21 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, value) -> None:
     """Writes JSON atomically, keys sorted so equal values give equal files."""
     write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def run_file(path, name: str) -> Path:
+    """``path`` if it is a file, or ``path/name`` if ``path`` is a run directory holding one.
+
+    Raises:
+        ValueError: if ``path`` is not a path.
+        FileNotFoundError: if neither exists.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a {name} file or a run directory, received: {path!r}")
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    if not path.is_file():
+        raise FileNotFoundError(f"path must be a {name} file or a run directory holding one, "
+                                f"received: {str(path)!r} (not found)")
+    return path

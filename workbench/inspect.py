@@ -27,6 +27,7 @@ import pandas as pd
 
 from workbench import models
 from workbench._checks import check_int, check_number
+from workbench._io import run_file
 
 WEIGHT_STATS_COLUMNS = ["epoch", "layer", "weight", "mean_abs", "update_ratio"]
 _SKIPPED_WEIGHTS = ("moving_mean", "moving_variance")  # batch-norm statistics are not learned
@@ -456,12 +457,7 @@ class WeightStats(keras.callbacks.Callback):
 
 def read_weight_stats(path: str | Path) -> pd.DataFrame:
     """Reads a CSV written by :class:`WeightStats` (a run directory: its ``weight_stats.csv``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "weight_stats.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"path must be a weight_stats.csv written by WeightStats, or a "
-                                f"run directory holding one, received: {str(path)!r}")
+    path = run_file(path, "weight_stats.csv")
     table = pd.read_csv(path, dtype={"layer": str, "weight": str})
     missing = [c for c in WEIGHT_STATS_COLUMNS if c not in table.columns]
     if missing:

@@ -51,6 +51,7 @@ import warnings
 from pathlib import Path
 
 from workbench._checks import check_int, check_number
+from workbench._io import run_file
 
 __all__ = ["COLUMNS", "ResourceMonitor", "monitor_command", "read_resources", "summarize"]
 
@@ -534,16 +535,7 @@ def monitor_command(command, path, *, interval: float = 1.0) -> int:
 # --- reading and summarising -------------------------------------------------------------------
 
 def _csv_path(path) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"path must be a resources.csv file or a run directory, "
-                         f"received: {path!r}")
-    path = Path(path)
-    if path.is_dir():
-        path = path / "resources.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"path must be a resources.csv file or a run directory holding "
-                                f"one, received: {str(path)!r} (not found)")
-    return path
+    return run_file(path, "resources.csv")
 
 
 def read_resources(path):
