@@ -184,3 +184,22 @@ def test_run_load_reads_a_finished_run(splits, tmp_path):
              image_size=16, solver=SOLVER.replace(epochs=1), progress="none")
     run = Run.load(tmp_path / "run")
     assert run.metrics["epochs"] == 1 and len(run.history) == 1
+
+
+def test_seeded_runs_are_reproducible_and_seeds_differ(splits, tmp_path):
+    options = dict(backbone="cifar_cnn", weights=None, recipe="scratch", image_size=16,
+                   dropout=0.3, solver=SOLVER.replace(epochs=1), progress="none", monitor=False)
+    runs = {name: finetune(splits, tmp_path / name, seed=seed, **options).run_dir / "model.keras"
+            for name, seed in (("a", 5), ("b", 5), ("c", 6))}
+    a, b, c = (weights_of(runs[name]) for name in "abc")
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(a, c))
+
+
+def test_early_stopping_ends_the_run_and_says_so(splits, tmp_path):
+    run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+                   image_size=16, progress="none", monitor=False,
+                   solver=SOLVER.replace(epochs=6, base_lr=1e-9, early_stopping=1))
+    assert run.metrics["status"] == "stopped_early"
+    assert run.metrics["epochs"] == 2 and list(run.history["epoch"]) == [1, 2]
