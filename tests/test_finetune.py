@@ -145,6 +145,10 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(splits, 
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "diverged"
     assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] == 1
     assert not (run_dir / "model.keras").exists()
+    monkeypatch.undo()  # the NaN was a passing fault: resuming retries from the checkpoint
+    run = finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch",
+                   image_size=16, solver=SOLVER, progress="none", resume=True)
+    assert run.metrics["status"] == "completed" and list(run.history["epoch"]) == [1, 2, 3, 4]
 
 
 def test_feature_extraction_keeps_the_backbone_frozen(splits, source_model, tmp_path):

@@ -48,6 +48,23 @@ def run_notebook(name: str, parameters: dict, out_dir: Path) -> Path:
     return output
 
 
+def save_run_figures(run_dir: Path, source_model: Path) -> list[Path]:
+    """Saves the figures of notebook 4 as PNG files in the run directory (for the README too)."""
+    from workbench import inspect, plots
+    from workbench.models import load_model
+
+    figures = {
+        "filters.png": inspect.compare_filters(load_model(source_model),
+                                               load_model(run_dir / "model.keras")),
+        "resources.png": plots.resource_dashboard(run_dir / "resources.csv",
+                                                  history=run_dir / "history.csv"),
+        "weight_stats.png": plots.weight_stats(run_dir / "weight_stats.csv"),
+    }
+    for name, figure in figures.items():
+        figure.savefig(run_dir / name, dpi=90)
+    return [run_dir / name for name in figures]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench.demo",
                                      description=__doc__.split("\n")[0])
@@ -70,6 +87,8 @@ def main(argv=None) -> int:
     for name, parameters in demo_parameters(data, runs).items():
         print(f"\n=== {name} ===", flush=True)
         run_notebook(name, parameters, runs / "notebooks")
+    saved = save_run_figures(runs / "fine_tune" / "two_stage-seed0", runs / "source" / "model.keras")
+    print(f"Figures: {', '.join(str(path) for path in saved)}")
     print(f"\nDone in {time.monotonic() - started:.0f}s. Executed notebooks: {runs / 'notebooks'}; "
           f"runs and figures: {runs}. Open them with 'make lab'.")
     return 0

@@ -121,3 +121,13 @@ def test_rerunning_the_prepare_notebook_reproduces_its_split_table(workspace):
                             cwd=path.parent, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout
+
+
+def test_demo_leaves_the_inspection_figures_in_the_run_directory(workspace):
+    from workbench.demo import save_run_figures
+
+    executed(workspace, "03_fine_tune.ipynb")
+    work = workspace["work"]
+    saved = save_run_figures(work / "fine_tune" / "two_stage-seed0", work / "source" / "model.keras")
+    assert [path.name for path in saved] == ["filters.png", "resources.png", "weight_stats.png"]
+    assert all(path.stat().st_size > 5000 for path in saved)

@@ -184,9 +184,9 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     solver = solver or SolverConfig()
     run_dir = Path(run_dir)
     recipe_ = get_recipe(recipe)
-    splits_dir = splits.splits_dir if isinstance(splits, SplitData) else str(Path(splits).resolve())
     config = {
-        "splits": splits_dir,
+        "splits": splits.splits_dir if isinstance(splits, SplitData)
+        else str(Path(splits).resolve()),
         "backbone": None if source else backbone, "weights": str(weights) if weights else None,
         "source": str(Path(source).resolve()) if source else None, "cut_at": cut_at,
         "recipe": recipe,
@@ -204,7 +204,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
             raise ValueError(f"resume=True but {run_dir} holds a run with other settings "
                              f"({', '.join(changed)}); choose another run_dir, or resume=False "
                              "to start over")
-        if (run_dir / "metrics.json").is_file():
+        if _finished(run_dir):
             return Run.load(run_dir)
     if not resume:
         _clear_run(run_dir)
@@ -213,7 +213,6 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     data = splits if isinstance(splits, SplitData) else load_splits(
         splits, image_size=image_size, resize_mode=resize_mode, progress=progress != "none")
     config["classes"] = data.classes
-    write_json(run_dir / "config.json", config)
     write_text(run_dir / "labels.txt", "".join(f"{c}\n" for c in data.classes))
 
     train = pipeline.Batches(data.images["train"], data.labels["train"],
@@ -250,8 +249,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         write_json(run_dir / "metrics.json", metrics)
         raise cb.TrainingDiverged(
             f"Training stopped: {problem} in epoch {state.epoch + 1}. The last good checkpoint "
-            f"(epoch {state.epoch}) is in {run_dir}; lower base_lr (now {solver.base_lr}) and "
-            "resume, or start again.")
+            f"(epoch {state.epoch}) is in {run_dir}; train again with a lower base_lr (now "
+            f"{solver.base_lr}), or resume=True to retry from the checkpoint.")
     checkpoint.save_model(model, run_dir / "model.keras")
     metrics = _final_metrics(run_dir, data, solver.batch_size, state,
                              status="stopped_early" if stopped_early else "completed")
@@ -369,6 +368,12 @@ def _gpu_count() -> int:
         import jax
         return sum(device.platform == "gpu" for device in jax.devices())
     return 0
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether the run completed (or stopped early); a diverged run can still be resumed."""
+    path = run_dir / "metrics.json"
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8"))["status"] != "diverged"
 
 
 def _changed_settings(run_dir: Path, config: dict) -> list[str]:
