@@ -6,15 +6,12 @@ import pytest
 
 import tiny_data
 from workbench.cli import main
-from workbench.data.split import prepare
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_train")
-    tiny_data.write_digits(root / "data", per_class=8)
-    prepare(root / "data", root / "splits", counts=(4, "rest", 2), progress=False)
-    return root / "splits"
+    return tiny_data.write_splits(root, per_class=8, counts=(4, "rest", 2))
 
 
 def test_train_writes_a_run_and_prints_its_numbers(splits, tmp_path, capsys):

@@ -9,7 +9,6 @@ from sklearn.metrics import precision_recall_fscore_support
 
 import tiny_data
 from workbench import cli
-from workbench.data.split import prepare
 from workbench.evaluate import (FILES, EvaluationReport, confusion_matrix, evaluate,
                                 most_confused, per_class_report, top_k_accuracy,
                                 worst_predictions)
@@ -133,9 +132,8 @@ def test_worst_gallery_shows_the_worst_images(report):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    tiny_data.write_digits(root / "data", per_class=10)
-    prepare(root / "data", root / "splits", counts=(5, 2, "rest"), progress=False)
-    run = finetune(root / "splits", root / "run", backbone="lenet", weights=None,
+    splits = tiny_data.write_splits(root, per_class=10, counts=(5, 2, "rest"))
+    run = finetune(splits, root / "run", backbone="lenet", weights=None,
                    recipe="scratch", solver=SolverConfig(epochs=2, batch_size=16, base_lr=0.01),
                    image_size=16, progress="none")
     return run.run_dir

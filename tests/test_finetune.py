@@ -9,7 +9,6 @@ import pytest
 
 import tiny_data
 from workbench import models
-from workbench.data.split import prepare
 from workbench.finetune import callbacks as cb
 from workbench.finetune import checkpoint
 from workbench.finetune.solver import SolverConfig
@@ -21,9 +20,7 @@ SOLVER = SolverConfig(epochs=4, batch_size=16, base_lr=0.02, lr_policy="cosine")
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
-    tiny_data.write_digits(root / "data", per_class=12)
-    prepare(root / "data", root / "splits", counts=(6, "rest", 3), progress=False)
-    return root / "splits"
+    return tiny_data.write_splits(root, per_class=12, counts=(6, "rest", 3))
 
 
 @pytest.fixture(scope="module")

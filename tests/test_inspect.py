@@ -7,7 +7,6 @@ import pytest
 
 import tiny_data
 from workbench import inspect, models, plots
-from workbench.data.split import prepare
 from workbench.finetune.solver import SolverConfig
 from workbench.finetune.train import finetune
 
@@ -18,12 +17,11 @@ SOLVER = SolverConfig(epochs=2, batch_size=16, base_lr=0.01)
 def runs(tmp_path_factory):
     """A cifar_cnn source trained from scratch, and a two-stage fine-tuned run from it."""
     root = tmp_path_factory.mktemp("inspect")
-    tiny_data.write_digits(root / "data", per_class=8)
-    prepare(root / "data", root / "splits", counts=(5, 1, "rest"), progress=False)
-    source = finetune(root / "splits", root / "source", backbone="cifar_cnn", weights=None,
+    splits = tiny_data.write_splits(root, per_class=8, counts=(5, 1, "rest"))
+    source = finetune(splits, root / "source", backbone="cifar_cnn", weights=None,
                       recipe="scratch", solver=SOLVER.replace(epochs=1), image_size=16,
                       progress="none")
-    tuned = finetune(root / "splits", root / "tuned", source=source.run_dir / "model.keras",
+    tuned = finetune(splits, root / "tuned", source=source.run_dir / "model.keras",
                      recipe="two_stage", solver=SOLVER, image_size=16, progress="none")
     return {"source": source.run_dir / "model.keras", "tuned": tuned.run_dir / "model.keras"}
 

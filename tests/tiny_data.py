@@ -20,3 +20,12 @@ def write_digits(root: Path, *, per_class: int = 30, size: int = 16) -> Path:
         Image.fromarray(pixels).resize((size, size)).convert("RGB").save(
             folder / f"{counts[label]:03d}.png")
     return root
+
+
+def write_splits(root: Path, *, per_class: int, counts: tuple) -> Path:
+    """Writes the tiny digits under ``root/data`` and their split under ``root/splits``."""
+    from workbench.data.split import prepare
+
+    write_digits(root / "data", per_class=per_class)
+    prepare(root / "data", root / "splits", counts=counts, progress=False)
+    return root / "splits"
