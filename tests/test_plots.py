@@ -65,3 +65,15 @@ def test_compare_accuracy_bars_are_means_with_chance_line():
     assert np.allclose([bar.get_height() for bar in ax.patches], [0.15, 0.7])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["scratch", "caffe"]
     assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 0.1 for line in ax.lines)
+
+
+def test_training_curves_join_sparse_validation_points(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"epoch": [1, 2, 3, 4], "loss": [2.0, 1.5, 1.0, 0.8],
+                  "accuracy": [0.2, 0.4, 0.6, 0.7], "val_loss": [None, 1.6, None, 1.1],
+                  "val_accuracy": [None, 0.3, None, 0.5], "lr": [0.1] * 4}).to_csv(
+        run / "history.csv", index=False)
+    loss_ax = plots.training_curves([run]).axes[0]
+    val = next(line for line in loss_ax.lines if line.get_label().endswith("val"))
+    assert list(val.get_xdata()) == [2, 4] and list(val.get_ydata()) == [1.6, 1.1]

@@ -135,12 +135,13 @@ def training_curves(runs, *, names=None) -> Figure:
         epochs = history["epoch"]
         loss_ax.plot(epochs, history["loss"], color=color, label=f"{name} train")
         acc_ax.plot(epochs, history["accuracy"], color=color, label=f"{name} train")
-        if "val_loss" in history and history["val_loss"].notna().any():
-            loss_ax.plot(epochs, history["val_loss"], color=color, linestyle="--",
+        validated = history[history["val_loss"].notna()] if "val_loss" in history else []
+        if len(validated):  # validation may run every few epochs only: join those points
+            loss_ax.plot(validated["epoch"], validated["val_loss"], color=color, linestyle="--",
                          label=f"{name} val")
-            acc_ax.plot(epochs, history["val_accuracy"], color=color, linestyle="--",
-                        label=f"{name} val")
-            best = history["val_accuracy"].idxmax()
+            acc_ax.plot(validated["epoch"], validated["val_accuracy"], color=color,
+                        linestyle="--", label=f"{name} val")
+            best = validated["val_accuracy"].idxmax()
             acc_ax.plot(epochs[best], history["val_accuracy"][best], marker="*", markersize=12,
                         color=color, linestyle="none", label=f"{name} best")
         lr = history["lr"].where(history["lr"] > 0)  # a schedule's final 0 has no log

@@ -131,3 +131,10 @@ def test_demo_leaves_the_inspection_figures_in_the_run_directory(workspace):
     saved = save_run_figures(work / "fine_tune" / "two_stage-seed0", work / "source" / "model.keras")
     assert [path.name for path in saved] == ["filters.png", "resources.png", "weight_stats.png"]
     assert all(path.stat().st_size > 5000 for path in saved)
+
+
+def test_live_training_plot_shows_curves_and_resources(workspace):
+    book = executed(workspace, "02_pretrain_source.ipynb")
+    training = next(cell for cell in book.cells if "finetune(" in cell.source)
+    images = [output for output in training.outputs if "image/png" in output.get("data", {})]
+    assert len(images) == 2  # the loss curves and, under them, the resource panels

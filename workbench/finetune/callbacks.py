@@ -198,21 +198,25 @@ class EpochLines(keras.callbacks.Callback):
 
 
 class LivePlot(keras.callbacks.Callback):
-    """Redraws the loss and accuracy curves in a notebook after every epoch."""
+    """Redraws the loss and accuracy curves in a notebook after every epoch, and under them the
+    GPU / CPU / RAM panels when the run records ``resources.csv``."""
 
     def __init__(self, run_dir: Path):
         super().__init__()
-        self.run_dir, self.handle = run_dir, None
+        self.run_dir, self.handles = run_dir, {}
 
     def on_epoch_end(self, epoch, logs=None):
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-
         from workbench import plots
 
-        figure = plots.training_curves([self.run_dir])
-        if self.handle is None:
-            self.handle = display(figure, display_id=True)
+        self._show("curves", plots.training_curves([self.run_dir]))
+        resources = self.run_dir / "resources.csv"
+        if resources.is_file():
+            self._show("resources", plots.resource_dashboard(resources))
+
+    def _show(self, name: str, figure) -> None:
+        from IPython.display import display
+
+        if name in self.handles:
+            self.handles[name].update(figure)
         else:
-            self.handle.update(figure)
-        plt.close(figure)
+            self.handles[name] = display(figure, display_id=True)
