@@ -9,7 +9,6 @@ import pytest
 import workbench._io as atomic_io
 
 import messy_data
-from workbench.data import split as split_module
 from workbench.data.scan import scan
 from workbench.data.split import (BELOW_MIN_PER_CLASS, BEYOND_COUNTS, FILES,
                                   TOO_SMALL_FOR_COUNTS, SplitResult, parse_counts, split)

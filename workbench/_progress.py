@@ -78,7 +78,8 @@ def _plain(iterable: Iterable, total: int | None, desc: str) -> Iterator:
         if total:
             step = min(10, count * 10 // total)
             # a line per 10% step, but not more than one every few seconds for quick loops
-            if step > shown_step and count < total and time.monotonic() - last_shown >= MIN_SECONDS_BETWEEN_LINES:
+            due = step > shown_step and count < total
+            if due and time.monotonic() - last_shown >= MIN_SECONDS_BETWEEN_LINES:
                 shown_step, last_shown = step, time.monotonic()
                 print(f"{label}{step * 10}% ({count}/{total})", file=sys.stderr, flush=True)
         elif count % 1000 == 0:

@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     for name, parameters in demo_parameters(data, runs).items():
         print(f"\n=== {name} ===", flush=True)
         run_notebook(name, parameters, runs / "notebooks")
-    saved = save_run_figures(runs / "fine_tune" / "two_stage-seed0", runs / "source" / "model.keras")
+    saved = save_run_figures(runs / "fine_tune" / "two_stage-seed0",
+                             runs / "source" / "model.keras")
     print(f"Figures: {', '.join(str(path) for path in saved)}")
     print(f"\nDone in {time.monotonic() - started:.0f}s. Executed notebooks: {runs / 'notebooks'}; "
           f"runs and figures: {runs}. Open them with 'make lab'.")

@@ -82,9 +82,11 @@ def backbone(name: str, *, weights: str | Path | None = None,
     """
     check_choice("name", name, BACKBONES)
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels), received: {input_shape!r}")
+        raise ValueError(f"input_shape must be (height, width, channels), "
+                         f"received: {input_shape!r}")
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        raise ValueError(f"weights must be 'imagenet', None or an existing file, received: {weights!r}")
+        raise ValueError(f"weights must be 'imagenet', None or an existing file, "
+                         f"received: {weights!r}")
     inputs = keras.Input(input_shape, name="image")
     if name in SMALL_NETWORKS:
         if weights is not None:

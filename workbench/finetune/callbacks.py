@@ -79,7 +79,9 @@ class HistoryLogger(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, state: RunState, stage_name: str):
         super().__init__()
-        keep = lambda row: int(row["epoch"]) <= state.epoch  # noqa: E731  drop rows after the checkpoint
+        def keep(row):  # rows of epochs after the checkpoint are trained again
+            return int(row["epoch"]) <= state.epoch
+
         self.epochs = CsvAppender(run_dir / "history.csv", self.EPOCH_COLUMNS, keep_while=keep)
         self.steps = CsvAppender(run_dir / "steps.csv", self.STEP_COLUMNS, keep_while=keep)
         self.state, self.stage_name = state, stage_name
@@ -92,7 +94,8 @@ class HistoryLogger(keras.callbacks.Callback):
         count, mean = batch + 1, float((logs or {}).get("loss", math.nan))
         loss = (count * mean - self._last_batch * self._last_mean) / (count - self._last_batch)
         self._last_batch, self._last_mean = count, mean
-        self.state.step = self._first_step + count  # batch counts steps, also with steps_per_execution
+        # batch + 1 counts steps, also with steps_per_execution > 1
+        self.state.step = self._first_step + count
         self.steps.append({"step": self.state.step, "epoch": self._epoch, "loss": loss})
 
     def on_epoch_end(self, epoch, logs=None):
@@ -153,7 +156,8 @@ class Checkpointer(keras.callbacks.Callback):
     def __init__(self, run_dir: Path, state: RunState, *, interval: int, stage_end: int,
                  monitor: str = "val_accuracy", patience: int = 0, guard: DivergenceGuard):
         super().__init__()
-        self.run_dir, self.state, self.interval, self.stage_end = run_dir, state, interval, stage_end
+        self.run_dir, self.state = run_dir, state
+        self.interval, self.stage_end = interval, stage_end
         self.monitor, self.patience, self.guard = monitor, patience, guard
         self.stopped_early = False
 

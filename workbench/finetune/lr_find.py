@@ -42,7 +42,8 @@ class LRFinder:
         ax.plot(self.lrs, self.losses, label="smoothed loss")
         index = int(np.argmin(np.abs(self.lrs - self.suggestion)))
         ax.plot(self.lrs[index], self.losses[index], "ro", label=f"suggested {self.suggestion:.1e}")
-        ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="Learning-rate range test")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="loss",
+               title="Learning-rate range test")
         ax.legend()
         return ax.figure
 

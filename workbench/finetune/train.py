@@ -424,7 +424,8 @@ def _compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig,
     rules = {**(extra_rules or {}), **stage.rules}
     if stage.backbone_thirds is not None:
         features = model.get_layer("backbone")
-        for pattern, value in lr_mult.depth_groups(features, multipliers=stage.backbone_thirds).items():
+        thirds = lr_mult.depth_groups(features, multipliers=stage.backbone_thirds)
+        for pattern, value in thirds.items():
             rules.setdefault(pattern, value)
     optimizer = lr_mult.with_lr_multipliers(build_optimizer(solver, total_steps), model, rules,
                                             default=stage.default)
