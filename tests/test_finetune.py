@@ -163,9 +163,15 @@ def test_two_stage_unfreezes_with_discriminative_rates(splits, source_model, tmp
     run = finetune(splits, tmp_path / "run", source=source_model, recipe="two_stage",
                    image_size=16, solver=SOLVER, progress="none")
     assert list(run.history["stage"]) == ["head", "all", "all", "all"]  # 30% of 4 epochs: 1
-    second = run.lr_table[run.lr_table["stage"] == "all"].set_index("layer")["multiplier"]
-    assert second["head"] == 1.0
-    assert second["conv1"] < second["conv3"] < second["head"]
+    second = run.lr_table[run.lr_table["stage"] == "all"].set_index("layer")
+    assert second.loc["head", "multiplier"] == 1.0
+    assert second.loc["conv1", "multiplier"] < second.loc["conv3", "multiplier"] < 1.0
+    assert second.loc["conv3", "trainable"] and not second.loc["bn3", "trainable"]
+    # the backbone really learns in the second stage, and only there
+    stats = pd.read_csv(run.run_dir / "weight_stats.csv")
+    conv3 = stats[(stats["layer"] == "conv3") & (stats["weight"] == "kernel")]
+    assert (conv3[conv3["epoch"] == 1]["update_ratio"] == 0).all()
+    assert (conv3[conv3["epoch"] > 1]["update_ratio"] > 0).all()
 
 
 def test_bad_arguments_are_named(splits, tmp_path):

@@ -24,6 +24,17 @@ def test_frozen_batch_norm_runs_in_inference_mode_during_fit():
     assert model.get_layer("backbone").get_layer("conv1").trainable
 
 
+def test_set_trainable_unfreezes_layers_frozen_inside_the_backbone():
+    model = models.classifier(models.backbone("cifar_cnn", input_shape=(16, 16, 3)), 3)
+    conv = model.get_layer("backbone").get_layer("conv1")
+    conv.trainable = False  # what lr multiplier 0 does in a first stage
+    models.set_trainable(model, train_bn=False)
+    assert conv.trainable
+    assert not model.get_layer("backbone").get_layer("bn1").trainable
+    models.set_trainable(model, train_bn=True)
+    assert model.get_layer("backbone").get_layer("bn1").trainable
+
+
 def test_trainable_batch_norm_learns_statistics():
     model = models.classifier(models.backbone("cifar_cnn", input_shape=(16, 16, 3)), 3,
                               train_bn=True)

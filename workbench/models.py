@@ -168,7 +168,7 @@ def classifier(features: keras.Model, num_classes: int, *, dropout: float = 0.0,
 
 
 def set_trainable(model: keras.Model, *, train_bn: bool) -> None:
-    """Makes every layer trainable, except batch norm when ``train_bn`` is False.
+    """Makes every layer trainable (undoing any freezing), except batch norm unless ``train_bn``.
 
     A Keras 3 batch-norm layer that is not trainable runs in inference mode: it normalises with
     its moving statistics and neither they nor its scale and offset change. That is what
@@ -182,11 +182,10 @@ def set_trainable(model: keras.Model, *, train_bn: bool) -> None:
         train_bn: True for training from scratch or on large datasets, where batch norm should
             learn the statistics of the new data.
     """
-    model.trainable = True  # propagates to every nested layer, undoing earlier freezing
-    if not train_bn:
-        for layer in model._flatten_layers(include_self=False):
-            if isinstance(layer, layers.BatchNormalization):
-                layer.trainable = False
+    # Every layer explicitly: in Keras 3.15, model.trainable = True does not reach a layer that
+    # was frozen on its own inside a nested model, so a frozen backbone would stay frozen.
+    for layer in model._flatten_layers(include_self=True):
+        layer.trainable = train_bn or not isinstance(layer, layers.BatchNormalization)
 
 
 def load_model(path: str | Path) -> keras.Model:
