@@ -364,6 +364,42 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- predict -----------------------------------------------------------------------------------
+
+def _args_predict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
+    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files to classify")
+    parser.add_argument("--top-k", type=_arg_type("K", _int_at_least(1)), default=5,
+                        metavar="K", help="classes per image (default 5)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line instead of a table")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from workbench.data.images import ImageRejected
+    from workbench.predict import Classifier
+
+    classifier = Classifier.load(args.run_dir)
+    failed = 0
+    for path in args.images:
+        try:
+            top = classifier.predict(path, top_k=args.top_k)
+        except ImageRejected as error:  # one bad file must not stop the others
+            failed += 1
+            print(json.dumps({"image": path, "error": str(error)}) if args.json
+                  else f"{path}: error: {error}", file=sys.stdout if args.json else sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"image": path, "predictions": top}))
+        else:
+            print(path)
+            for rank, entry in enumerate(top, start=1):
+                print(f"  {rank}. {entry['label']:<24} {entry['probability']:7.2%}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 # verb -> (one-line help, adds its arguments, runs it and returns the exit status)
@@ -380,6 +416,8 @@ VERBS = {
                        _args_plot_resources, _cmd_plot_resources),
     "evaluate": ("evaluate a run's model on a split: top-1/top-5, per-class report, confusion, "
                  "worst predictions", _args_evaluate, _cmd_evaluate),
+    "predict": ("classify images with a trained run: top-k classes and probabilities",
+                _args_predict, _cmd_predict),
 }
 
 
