@@ -1,6 +1,6 @@
 """Every figure the workbench draws. Each function returns a ``matplotlib.figure.Figure`` (or
-draws on the ``ax`` it is given) and never calls ``plt.show()``: notebooks display what they
-get, scripts save it.
+draws on the ``ax`` it is given) and never shows it through pyplot: notebooks display what
+they get, scripts save it.
 """
 
 from __future__ import annotations
