@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from workbench._checks import check_int, check_number
+from workbench._progress import progress
 
 DATASETS = ("digits", "source", "target")
 LETTERS = string.ascii_uppercase
@@ -440,14 +441,8 @@ def _run(function, jobs, workers, show_progress: bool, desc: str) -> list:
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(function, jobs, chunksize=1)
         if show_progress:
-            results = _progress(results, total=len(jobs), desc=desc)
+            results = progress(results, total=len(jobs), desc=desc)
         return list(results)
-
-
-def _progress(iterable, *, total: int, desc: str):
-    from workbench._progress import progress
-
-    return progress(iterable, total=total, desc=desc)
 
 
 # ----------------------------------------------------------------------------------------------
