@@ -43,19 +43,29 @@ def save_checkpoint(run_dir: str | Path, model: keras.Model, state: dict) -> Pat
     return model_path
 
 
-def _checkpoint_model(run_dir: Path) -> Path | None:
+def _read_state(run_dir: Path) -> dict | None:
+    """The saved state, including ``model``: the name of its checkpoint file."""
     state_path = run_dir / CHECKPOINT_STATE
     if not state_path.is_file():
         return None
-    return run_dir / json.loads(state_path.read_text(encoding="utf-8"))["model"]
+    return json.loads(state_path.read_text(encoding="utf-8"))
+
+
+def _checkpoint_model(run_dir: Path) -> Path | None:
+    state = _read_state(run_dir)
+    return None if state is None else run_dir / state["model"]
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[keras.Model, dict] | None:
-    """Returns ``(model, state)`` from the last checkpoint of a run, or None if it has none."""
+    """Returns ``(model, state)`` from the last checkpoint of a run, or None if it has none.
+
+    ``state`` is what was passed to :func:`save_checkpoint`.
+    """
     from workbench.models import load_model
 
-    model_path = _checkpoint_model(Path(run_dir))
-    if model_path is None:
+    run_dir = Path(run_dir)
+    state = _read_state(run_dir)
+    if state is None:
         return None
-    state = json.loads((Path(run_dir) / CHECKPOINT_STATE).read_text(encoding="utf-8"))
+    model_path = run_dir / state.pop("model")
     return load_model(model_path), state

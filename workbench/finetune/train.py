@@ -227,7 +227,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         resumed = checkpoint.load_checkpoint(run_dir) if resume else None
         if resumed is not None:
             model = resumed[0]
-            state = cb.RunState(**{k: v for k, v in resumed[1].items() if k != "model"})
+            state = cb.RunState(**resumed[1])
         else:
             keras.utils.set_random_seed(seed)
             model = _build_model(recipe_, backbone=backbone, weights=weights, source=source,
