@@ -9,7 +9,7 @@ RUNS   ?= runs/demo
 export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test lab clean
+.PHONY: install browser demo test lab clean
 
 install: $(STAMP)
 
@@ -24,8 +24,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m workbench.demo --data $(DATA) --runs $(RUNS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The web page's test drives Debian's headless Chromium; install it (as root, or through sudo)
+# only when it is missing.
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
