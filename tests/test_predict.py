@@ -1,7 +1,10 @@
 """Classifying new images: every input type, the training preprocessing, bad input, the CLI."""
 
+import concurrent.futures
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,18 +15,13 @@ import tiny_data
 from workbench.cli import main
 from workbench.data.images import ImageRejected
 from workbench.evaluate import evaluate
-from workbench.finetune.solver import SolverConfig
-from workbench.finetune.train import finetune
 from workbench.predict import Classifier
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    splits = tiny_data.write_splits(root, per_class=8, counts=(4, "rest", 2))
-    finetune(splits, root / "run", backbone="lenet", weights=None, recipe="scratch",
-             image_size=16, solver=SolverConfig(epochs=2, batch_size=8), progress="none")
-    return {"run": root / "run", "data": root / "data"}
+    return {"run": tiny_data.write_run(root), "data": root / "data"}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +60,7 @@ def test_top_k_is_clipped_to_the_classes(run, classifier):
 
 
 def test_garbage_is_rejected_not_predicted(classifier, tmp_path):
+    assert classifier.backend == "litert"  # the fast path checks its input the same way
     with pytest.raises(ImageRejected, match="not an image"):
         classifier.predict(b"this is not an image")
     truncated = io.BytesIO()
@@ -86,3 +85,83 @@ def test_cli_prints_a_table_or_json_lines_and_survives_a_bad_file(run, tmp_path,
     first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert first["image"] == path and len(first["predictions"]) == 5
     assert second["image"] == str(bad) and "not an image" in second["error"]
+
+
+# --- the LiteRT fast path ------------------------------------------------------------------------
+
+def _by_label(top):
+    return {entry["label"]: entry["probability"] for entry in top}
+
+
+def test_the_fast_path_agrees_with_keras(run, classifier):
+    keras_classifier = Classifier.load(run["run"], backend="keras")
+    assert classifier.backend == "litert" and keras_classifier.backend == "keras"
+    assert (run["run"] / "export" / "model.tflite").is_file()  # exported on first use
+    paths = sorted(run["data"].glob("*/*.png"))[::7]
+    fast, slow = classifier.predict(paths, top_k=10), keras_classifier.predict(paths, top_k=10)
+    for a, b in zip(fast, slow):
+        assert a[0]["label"] == b[0]["label"]
+        expected = _by_label(b)
+        assert all(abs(p - expected[label]) <= 1e-3 for label, p in _by_label(a).items())
+    assert classifier.info["backend"] == "litert" and classifier.info["backbone"] == "lenet"
+    assert classifier.info["labels"] == classifier.labels and classifier.info["image_size"] == 16
+    assert classifier.info["metrics"]["test_images"] == 20
+    json.dumps(classifier.info)  # the web service serves it as is
+
+
+def test_a_tflite_or_keras_file_loads_with_its_labels(run, classifier, tmp_path):
+    image = next((run["data"] / "7").glob("*.png"))
+    expected = classifier.predict(image)
+    tflite = run["run"] / "export" / "model.tflite"
+    assert Classifier.load(tflite).predict(image) == expected  # labels from the sidecar
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(tflite.read_bytes())
+    with pytest.raises(ValueError, match="labels are needed for bare.tflite"):
+        Classifier.load(bare)
+    loaded = Classifier.load(bare, labels=classifier.labels, image_size=16)
+    assert loaded.backend == "litert" and loaded.predict(image) == expected
+    from_keras = Classifier.load(run["run"] / "best.keras")  # labels from the run's config
+    assert from_keras.backend == "keras" and from_keras.labels == classifier.labels
+    assert [e["label"] for e in from_keras.predict(image)][:1] == [expected[0]["label"]]
+    with pytest.raises(ValueError, match="backend must be 'auto' or 'litert'"):
+        Classifier.load(tflite, backend="keras")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Classifier.load(run["run"], backend="tflite")
+
+
+def test_predict_from_the_cli_imports_no_tensorflow(run, classifier):
+    assert classifier.backend == "litert"  # the export exists
+    path = str(next((run["data"] / "2").glob("*.png")))
+    script = ("import json, sys\nfrom workbench.cli import main\n"
+              f"code = main(['predict', {str(run['run'])!r}, {path!r}, '--json'])\n"
+              "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]\n"
+              "print(json.dumps({'code': code, 'heavy': heavy}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, last = done.stdout.splitlines()[0], done.stdout.splitlines()[-1]
+    assert json.loads(first)["predictions"] == classifier.predict(path)
+    assert json.loads(last) == {"code": 0, "heavy": []}
+
+
+def test_concurrent_predictions_give_the_same_answers(run, classifier):
+    paths = sorted(run["data"].glob("*/*.png"))[:16]
+    expected = [classifier.predict(path) for path in paths]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(classifier.predict, paths * 3))
+    assert answers == expected * 3
+
+
+def test_a_failed_export_falls_back_to_keras_with_a_warning(run, monkeypatch):
+    from workbench import export as exporting
+
+    def fail(*args, **kwargs):
+        raise exporting.ExportError("the litert converter cannot handle this model")
+
+    monkeypatch.setattr(exporting, "find_export", lambda *args, **kwargs: None)
+    monkeypatch.setattr(exporting, "export", fail)
+    with pytest.warns(RuntimeWarning, match="cannot handle this model.*using the Keras model"):
+        fallback = Classifier.load(run["run"])
+    assert fallback.backend == "keras"
+    with pytest.raises(exporting.ExportError, match="cannot handle"):
+        Classifier.load(run["run"], backend="litert")

@@ -29,3 +29,14 @@ def write_splits(root: Path, *, per_class: int, counts: tuple) -> Path:
     write_digits(root / "data", per_class=per_class)
     prepare(root / "data", root / "splits", counts=counts, progress=False)
     return root / "splits"
+
+
+def write_run(root: Path, *, epochs: int = 2, **solver) -> Path:
+    """Trains a tiny lenet on 16 px digits into ``root/run`` (data in ``root/data``)."""
+    from workbench.finetune.solver import SolverConfig
+    from workbench.finetune.train import finetune
+
+    splits = write_splits(root, per_class=8, counts=(4, "rest", 2))
+    finetune(splits, root / "run", backbone="lenet", weights=None, recipe="scratch",
+             image_size=16, solver=SolverConfig(epochs=epochs, batch_size=8, **solver), progress="none")
+    return root / "run"

@@ -373,6 +373,9 @@ def _args_predict(parser: argparse.ArgumentParser) -> None:
                         metavar="K", help="classes per image (default 5)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line instead of a table")
+    parser.add_argument("--backend", choices=("auto", "litert", "keras"), default="auto",
+                        help="auto (default): the LiteRT export, made on first use, without "
+                             "importing TensorFlow once it exists; keras: the .keras model")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -381,7 +384,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from workbench.data.images import ImageRejected
     from workbench.predict import Classifier
 
-    classifier = Classifier.load(args.run_dir)
+    classifier = Classifier.load(args.run_dir, backend=args.backend)
     failed = 0
     for path in args.images:
         try:
@@ -398,6 +401,82 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             for rank, entry in enumerate(top, start=1):
                 print(f"  {rank}. {entry['label']:<24} {entry['probability']:7.2%}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+# --- export ------------------------------------------------------------------------------------
+
+def _args_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
+    parser.add_argument("--format", choices=("litert", "saved_model", "onnx"), default="litert",
+                        help="litert (TFLite, default), saved_model (TF Serving) or onnx")
+    parser.add_argument("--quantize", choices=("float16", "int8"),
+                        help="litert only: float16 weights, or int8 calibrated on training "
+                             "images (default: float32)")
+    parser.add_argument("--model", choices=("best", "final"), default="best",
+                        help="best.keras (default) or the final model.keras")
+    parser.add_argument("--max-images", type=_arg_type("N", _int_at_least(1)), default=1000,
+                        metavar="N", help="test images compared with the Keras model "
+                                          "(default 1000)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip the comparison with the Keras model (e.g. without the data)")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from workbench.export import ExportError, export
+
+    try:
+        result = export(args.run_dir, format=args.format, quantize=args.quantize,
+                        model=args.model, check=not args.no_check, max_images=args.max_images)
+    except ExportError as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(result.format(), end="")
+    return EXIT_OK
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+def _port(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value > 65535:
+        raise ValueError("must be a TCP port, 0-65535")
+    return value
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number of megabytes > 0") from None
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _args_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
+    parser.add_argument("--host", default="127.0.0.1", metavar="HOST",
+                        help="address to listen on (default 127.0.0.1, this machine only; "
+                             "0.0.0.0 to reach it from a phone on the same network)")
+    parser.add_argument("--port", type=_arg_type("PORT", _port), default=8000, metavar="PORT",
+                        help="TCP port (default 8000; 0 picks a free one)")
+    parser.add_argument("--max-upload-mb", type=_arg_type("MB", _megabytes), default=20.0,
+                        metavar="MB", help="largest upload accepted, in MiB (default 20)")
+    parser.add_argument("--model", default="best", choices=("best", "final"),
+                        help="the best checkpoint by validation accuracy, or the final model "
+                             "(default best)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from workbench.serve import serve
+
+    def announce(url: str) -> None:
+        print(f"Serving {args.run_dir} at {url} (API docs at {url}docs; Ctrl+C to stop)",
+              flush=True)
+
+    serve(args.run_dir, host=args.host, port=args.port, model=args.model,
+          max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)), on_ready=announce)
+    return EXIT_OK
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -418,6 +497,10 @@ VERBS = {
                  "worst predictions", _args_evaluate, _cmd_evaluate),
     "predict": ("classify images with a trained run: top-k classes and probabilities",
                 _args_predict, _cmd_predict),
+    "export": ("export a run's model as LiteRT (TFLite), SavedModel or ONNX, checked against "
+               "the Keras model", _args_export, _cmd_export),
+    "serve": ("serve a run's model: a phone-friendly page and a JSON API on http://HOST:PORT/",
+              _args_serve, _cmd_serve),
 }
 
 

@@ -33,6 +33,7 @@ def demo_parameters(data: Path, runs: Path) -> dict:
         "04_inspect.ipynb": {"run_dir": str(runs / "fine_tune" / "two_stage-seed0"),
                              "source_model": str(runs / "source" / "model.keras")},
         "05_evaluate.ipynb": {"run_dir": str(runs / "fine_tune" / "two_stage-seed0")},
+        "06_classify.ipynb": {"run_dir": str(runs / "fine_tune" / "two_stage-seed0")},
     }
 
 

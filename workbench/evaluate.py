@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 
 from workbench._checks import check_choice, check_int
+from workbench._io import MODELS, model_path
 
 SPLITS = ("train", "val", "test")
-MODELS = ("best", "final")
 TOP_K = 5
 FILES = ("summary.json", "per_class.csv", "confusion.csv", "most_confused.csv", "worst.csv",
          "predictions.csv", "confusion.png", "worst.png")
@@ -407,20 +407,6 @@ def read_config(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"run_dir must be a run directory written by finetune "
                                 f"(with config.json), received: {str(run_dir)!r}")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def model_path(run_dir: str | Path, model: str = "best") -> Path:
-    """The model file of a run: ``best.keras`` (falling back to ``model.keras`` when the run kept
-    no best checkpoint) or ``model.keras`` for ``"final"``."""
-    check_choice("model", model, MODELS)
-    run_dir = Path(run_dir)
-    if model == "best" and (run_dir / "best.keras").is_file():
-        return run_dir / "best.keras"
-    path = run_dir / "model.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"run_dir holds no finished model (model.keras), received: "
-                                f"{str(run_dir)!r}")
-    return path
 
 
 @dataclasses.dataclass(frozen=True)

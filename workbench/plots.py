@@ -466,3 +466,57 @@ def gradient_check(table: pd.DataFrame, *, tolerance: float, ax=None) -> Figure:
            title="Gradient check: autodiff against finite differences")
     ax.legend(fontsize=8)
     return figure
+
+
+def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None) -> Figure:
+    """The top-k classes of one image as horizontal bars with percentages, best on top.
+
+    Args:
+        predictions: ``Classifier.predict``'s answer for one image: ``{"label",
+            "probability"}`` dicts, best first.
+        image: the classified image (a path, bytes, a PIL image or a uint8 array), drawn left of
+            the bars; only without ``ax``.
+        ax: optional axes for the bars alone.
+        title: the bars' title (default ``"Top-k"``).
+
+    Returns:
+        The figure.
+    """
+    predictions = list(predictions)
+    if not predictions:
+        raise ValueError("predictions must hold at least one prediction, received: []")
+    for entry in predictions:
+        if not isinstance(entry, dict) or not {"label", "probability"} <= set(entry):
+            raise ValueError(f"predictions must be dicts with 'label' and 'probability', "
+                             f"received: {entry!r}")
+    if ax is not None and image is not None:
+        raise ValueError("image needs a figure of its own: pass ax=None to draw the image "
+                         "beside the bars, received: both ax and image")
+    labels = [str(entry["label"]) for entry in predictions]
+    probabilities = np.array([float(entry["probability"]) for entry in predictions])
+    height = 0.45 * len(predictions) + 1.2
+    if ax is None:
+        figure = Figure(figsize=(7 if image is not None else 4.5, max(2.6, height)),
+                        layout="constrained")
+        if image is not None:
+            from workbench.data.images import open_image
+
+            picture_ax, ax = figure.subplots(1, 2, width_ratios=(1, 1.4))
+            picture = image if isinstance(image, np.ndarray) else np.asarray(open_image(image))
+            picture_ax.imshow(picture)
+            picture_ax.set_axis_off()
+        else:
+            ax = figure.add_subplot()
+    else:
+        figure = ax.figure
+    rows = np.arange(len(predictions))
+    colors = ["C2"] + ["C0"] * (len(predictions) - 1)
+    bars = ax.barh(rows, probabilities * 100, color=colors)
+    ax.bar_label(bars, labels=[f"{p:.1%}" for p in probabilities], padding=3)
+    ax.set_yticks(rows, labels)
+    ax.invert_yaxis()  # best on top
+    ax.set_xlim(0, 118)  # room for the percentages right of a full bar
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_xlabel("probability (%)")
+    ax.set_title(title or f"Top-{len(predictions)}")
+    return figure

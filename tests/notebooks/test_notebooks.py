@@ -8,6 +8,7 @@ source model).
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ def tiny_parameters(data: Path, work: Path) -> dict:
                              "layers": ["conv1", "conv3"]},
         "05_evaluate.ipynb": {"run_dir": str(work / "fine_tune" / "two_stage-seed0"),
                               "split": "test", "worst_count": 8},
+        "06_classify.ipynb": {"run_dir": str(work / "fine_tune" / "two_stage-seed0"),
+                              "top_k": 3},
     }
 
 
@@ -131,6 +134,21 @@ def test_demo_leaves_the_inspection_figures_in_the_run_directory(workspace):
     saved = save_run_figures(work / "fine_tune" / "two_stage-seed0", work / "source" / "model.keras")
     assert [path.name for path in saved] == ["filters.png", "resources.png", "weight_stats.png"]
     assert all(path.stat().st_size > 5000 for path in saved)
+
+
+def test_classify_notebook_shows_the_top_k_table(workspace):
+    book = executed(workspace, "06_classify.ipynb")
+    cell = next(cell for cell in book.cells if "top_k_table(" in cell.source)
+    html = next(output["data"]["text/html"] for output in cell.outputs
+                if "text/html" in output.get("data", {}))
+    assert "<th>label</th>" in html and "<th>probability</th>" in html
+    rows = re.findall(r"<tr>\s*<th>(\d+)</th>\s*<td>([^<]*)</td>\s*<td>([0-9.]+)</td>", html)
+    assert [rank for rank, _, _ in rows] == ["1", "2", "3"]  # top_k=3 from the parameters
+    probabilities = [float(p) for _, _, p in rows]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < probabilities[0] <= 1
+    classes = json.loads((workspace["work"] / "fine_tune" / "two_stage-seed0" /
+                          "config.json").read_text())["classes"]
+    assert {label for _, label, _ in rows} <= set(classes)
 
 
 def test_live_training_plot_shows_curves_and_resources(workspace):

@@ -1,0 +1,161 @@
+"""Exporting a run: LiteRT (float32, float16, int8), SavedModel and ONNX, checked and atomic."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import tiny_data
+from workbench import export as exporting
+from workbench.cli import main
+from workbench.evaluate import split_images
+from workbench.export import ExportCheckFailed, ExportError, export, find_export
+from workbench.models import load_model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    return tiny_data.write_run(root)
+
+
+@pytest.fixture(scope="module")
+def keras_model(run):
+    return load_model(run / "best.keras")
+
+
+@pytest.fixture(scope="module")
+def test_images(run):
+    return split_images(run, split="test").images.astype(np.float32)
+
+
+def _files_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_litert_float32_agrees_and_carries_its_preprocessing(run, keras_model, test_images):
+    from workbench.predict import LiteRTModel
+
+    result = export(run)
+    assert result.path == run / "export" / "model.tflite" and result.path.is_file()
+    assert result.sidecar_path == run / "export" / "model.tflite.json"
+    agreement = result.agreement
+    assert agreement["split"] == "test" and agreement["images"] == len(test_images) == 20
+    assert agreement["top1_agreement"] >= 0.99 and agreement["max_abs_diff"] <= 1e-3
+    assert agreement["passed"] is True
+    side = json.loads(result.sidecar_path.read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert side["labels"] == config["classes"] and side["image_size"] == 16
+    assert side["resize_mode"] == "squash" and side["backbone"] == "lenet"
+    assert side["input"]["value_range"] == [0, 255] and side["input"]["dtype"] == "float32"
+    assert side["format"] == "litert" and side["quantize"] is None
+    assert side["source_model"] == "best.keras"
+    assert side["source_sha256"] == hashlib.sha256((run / "best.keras").read_bytes()).hexdigest()
+    assert side["bytes"] == result.path.stat().st_size and side["agreement"] == agreement
+    assert find_export(run) == result.path
+    # checked independently of the module's own comparison
+    got = LiteRTModel(result.path)(test_images[:7])
+    expected = keras_model.predict_on_batch(test_images[:7])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_quantized_exports_report_their_agreement(run):
+    float32 = export(run).path.stat().st_size
+    sizes = {}
+    for quantize in ("float16", "int8"):
+        result = export(run, quantize=quantize, max_images=12)
+        assert result.path.name == f"model_{quantize}.tflite"
+        a = result.agreement
+        assert a["images"] == 12 and a["required"] is None and a["passed"] is None
+        assert 0.0 <= a["top1_agreement"] <= 1.0 and a["max_abs_diff"] >= 0.0
+        assert json.loads(result.sidecar_path.read_text())["quantize"] == quantize
+        sizes[quantize] = result.path.stat().st_size
+    assert float32 > sizes["float16"] > sizes["int8"]  # the weights really were quantized
+
+
+@pytest.mark.parametrize("format", ["saved_model", "onnx"])
+def test_saved_model_and_onnx_agree(run, keras_model, test_images, format):
+    result = export(run, format=format)
+    assert result.agreement["passed"] is True and result.agreement["max_abs_diff"] <= 1e-3
+    assert find_export(run, format=format) == result.path
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(result.path),
+                                               providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: test_images[:5]})[0]
+    else:
+        import tensorflow as tf
+
+        assert (result.path / "saved_model.pb").is_file()
+        loaded = tf.saved_model.load(str(result.path))  # kept: its variables die with it
+        got = loaded.serve(tf.constant(test_images[:5])).numpy()
+    np.testing.assert_allclose(got, keras_model.predict_on_batch(test_images[:5]), atol=1e-5)
+
+
+def test_a_changed_model_makes_the_export_stale(run, tmp_path):
+    from workbench.finetune.checkpoint import save_model
+    from workbench.predict import Classifier
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    first = export(copy, max_images=4)
+    assert find_export(copy) == first.path
+    (copy / "best.keras").touch()  # a new time, same bytes: the hash says it is still fresh
+    assert find_export(copy) == first.path
+    model = load_model(copy / "best.keras")
+    head = model.get_layer("head")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias + np.arange(len(bias), dtype=bias.dtype)])  # class 9 wins
+    save_model(model, copy / "best.keras")
+    assert find_export(copy) is None
+    classifier = Classifier.load(copy)  # re-exports on first use
+    assert classifier.backend == "litert"
+    side = json.loads(first.sidecar_path.read_text())
+    assert side["source_sha256"] == hashlib.sha256((copy / "best.keras").read_bytes()).hexdigest()
+    assert classifier.predict(np.zeros((16, 16, 3), np.uint8), top_k=1)[0]["label"] == "9"
+
+
+def test_a_failed_check_leaves_no_export(run, monkeypatch):
+    path = export(run, model="final", max_images=4).path  # a good one first
+    assert path.is_file()
+    monkeypatch.setattr(exporting, "MAX_PROB_DIFF", -1.0)  # nothing can pass
+    with pytest.raises(ExportCheckFailed, match="disagrees with the Keras model") as failure:
+        export(run, model="final", max_images=4)
+    assert failure.value.agreement["passed"] is False
+    assert not path.exists() and not exporting.sidecar_path(path).exists()
+    assert find_export(run, model="final") is None
+    assert not [name for name in _files_in(path.parent) if name.startswith(".")]
+
+
+def test_a_converter_crash_leaves_no_half_file(run, monkeypatch):
+    def crash(network, target, **kwargs):
+        target.write_bytes(b"TFL3 half a flatbuffer")
+        raise RuntimeError("killed half way")
+
+    monkeypatch.setattr(exporting, "_convert", crash)
+    before = _files_in(run / "export") if (run / "export").is_dir() else []
+    with pytest.raises(ExportError, match="converter cannot handle .*killed half way"):
+        export(run, format="onnx", check=False)
+    assert _files_in(run / "export") == before  # no temporary file, nothing replaced
+
+
+def test_bad_options_name_the_argument(run):
+    with pytest.raises(ValueError, match="format must be one of .* received: 'tflite'"):
+        export(run, format="tflite")
+    with pytest.raises(ValueError, match="quantize applies to format='litert' only"):
+        export(run, format="onnx", quantize="int8")
+    with pytest.raises(ValueError, match="max_images must be >= 1, received: 0"):
+        export(run, max_images=0)
+    with pytest.raises(FileNotFoundError, match="run directory with config.json"):
+        export(run / "export")
+
+
+def test_cli_export_prints_the_file_and_the_agreement(run, capsys):
+    assert main(["export", str(run), "--quantize", "float16", "--max-images", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "model_float16.tflite" in out and "on 6 test images: top-1" in out
+    assert main(["export", str(run), "--format", "tflite"]) == 2
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err

@@ -1,0 +1,429 @@
+"""A web service for a trained run: a phone-friendly page and a JSON API for top-k predictions.
+
+::
+
+    from workbench.serve import serve
+    serve("runs/flowers")            # http://127.0.0.1:8000/ ; or: workbench serve runs/flowers
+
+Endpoints (every error is JSON, ``{"error": "..."}``, with its status code):
+
+- ``GET /``: the page (``workbench/static/``): choose or take a photo, see the top-5 as bars.
+  The page shrinks the photo in the browser before uploading it.
+- ``POST /api/predict``: an image as the multipart field ``file`` or as the raw request body;
+  ``top_k`` (query or form field, default 5) -> ``{"predictions": [{"label", "probability"},
+  ...]}`` best first. 413 when the body is larger than ``max_upload_bytes`` (checked from
+  ``Content-Length`` before reading, and again while the body streams in, so a huge upload is
+  never buffered), 415 when it is not an image and 400 when it is an unusable one (truncated,
+  too small, a decompression bomb; ``reason`` says which), 400 for a missing file or a bad
+  ``top_k``.
+- ``GET /api/health``: ``{"status": "ok", ...}``.
+- ``GET /api/model``: the run's name, labels, input size, backbone, recipe and metrics.
+- ``GET /docs``: the OpenAPI page (Swagger UI loads its script from a CDN, so it needs a
+  browser with internet; ``/openapi.json`` is served locally).
+
+Why FastAPI on uvicorn: FastAPI (on Starlette) is a widely used, actively maintained ASGI
+framework with a streaming multipart parser (python-multipart), JSON errors through exception
+handlers and an OpenAPI description for free; uvicorn is the production ASGI server both
+document (httptools/uvloop when installed, graceful shutdown on Ctrl+C, runs under gunicorn for
+several processes). Being asynchronous, one process keeps many slow mobile uploads open at once
+without a thread each, reads each body as it streams in (so the size limit is enforced before
+a large upload is buffered) and hands only the model call to a thread pool. Flask on gunicorn
+would work too, but ties up a worker thread per slow upload.
+
+Predictions run in Starlette's thread pool so the event loop keeps answering (health checks,
+the page, rejecting oversized uploads) while the model works. A ``Classifier`` serialises its
+model call with its own lock (a LiteRT interpreter must never run in two threads at once) and
+decodes images in parallel; any other classifier object gets one lock around ``predict``.
+"""
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+from workbench._checks import check_choice, check_int
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_TOP_K = 5
+DEFAULT_TOP_K_MAX = 100
+STATIC = Path(__file__).resolve().parent / "static"
+
+logger = logging.getLogger("workbench.serve")
+
+
+class _TooLarge(Exception):
+    """The request body passed the upload limit."""
+
+
+class _BadRequest(Exception):
+    """A request the API answers with 400 and this message."""
+
+
+def model_info(classifier, run_dir: str | Path | None = None) -> dict:
+    """What ``GET /api/model`` answers: the model's name, classes, input and run metrics.
+
+    Args:
+        classifier: a :class:`workbench.predict.Classifier` (anything with ``labels`` and
+            ``image_size``; an ``info`` dict, when it has one, adds its keys).
+        run_dir: the run directory it came from, whose ``config.json`` and ``metrics.json``
+            add the backbone, recipe and metrics.
+
+    Returns:
+        A JSON-serialisable dict with at least ``name``, ``labels``, ``classes``,
+        ``image_size``, ``input_shape``, ``resize_mode``, ``backbone``, ``recipe``,
+        ``backend`` and ``metrics``.
+    """
+    extra = getattr(classifier, "info", None)
+    info = dict(extra) if isinstance(extra, dict) else {}
+    run_dir = run_dir if run_dir is not None else info.get("run_dir")
+    run_dir = Path(run_dir) if run_dir is not None else None
+    info.pop("run_dir", None)  # no server paths in the answer: the page may be on a phone
+    model_file = Path(info["model_file"]) if info.get("model_file") else None
+    if model_file is not None:
+        info["model_file"] = model_file.name
+    config = _read_json(run_dir / "config.json") if run_dir else {}
+    metrics = _read_json(run_dir / "metrics.json") if run_dir else {}
+    source = config.get("source")
+    backbone = config.get("backbone") or (f"transferred from {Path(source).name}" if source
+                                          else info.get("backbone"))
+    size = int(classifier.image_size)
+    info.update({
+        "name": run_dir.resolve().name if run_dir else
+        info.get("name") or (model_file.stem if model_file else "model"),
+        "labels": [str(label) for label in classifier.labels],
+        "classes": len(classifier.labels),
+        "image_size": size,
+        "input_shape": [size, size, 3],
+        "resize_mode": getattr(classifier, "resize_mode", info.get("resize_mode")),
+        "backbone": backbone,
+        "recipe": config.get("recipe", info.get("recipe")),
+        "backend": str(getattr(classifier, "backend", info.get("backend", "keras"))),
+        "metrics": metrics or info.get("metrics") or {},
+    })
+    return info
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               top_k_max: int = DEFAULT_TOP_K_MAX):
+    """The FastAPI application serving one classifier.
+
+    Args:
+        source: a run directory, a model file ``Classifier.load`` reads (``.tflite`` with its
+            sidecar, ``.keras``), or a loaded :class:`workbench.predict.Classifier`.
+        model: with a run directory, ``"best"`` or ``"final"``.
+        max_upload_bytes: the largest request body accepted; larger ones get 413.
+        top_k_max: the largest ``top_k`` a request may ask for (more than the number of
+            classes is clipped to it, as ``Classifier.predict`` does).
+
+    Returns:
+        A ``fastapi.FastAPI`` app; serve it with :func:`serve` or any ASGI server.
+
+    Raises:
+        FileNotFoundError: ``source`` is neither a run directory nor a model file.
+        ValueError: a bad option, naming the value received.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    from workbench import __version__
+    from workbench.data.images import ImageRejected
+
+    check_int("max_upload_bytes", max_upload_bytes, minimum=1)
+    check_int("top_k_max", top_k_max, minimum=1)
+    check_choice("model", model, ("best", "final"))
+    classifier, run_dir = _load(source, model)
+    info = model_info(classifier, run_dir)
+    lock = contextlib.nullcontext() if _thread_safe(classifier) else threading.Lock()
+
+    def predict_locked(data: bytes, top_k: int) -> list[dict]:
+        with lock:
+            return classifier.predict(data, top_k=top_k)
+
+    app = FastAPI(title=f"workbench: {info['name']}", version=__version__,
+                  description="Top-k image classification with a trained workbench run.")
+    app.state.classifier, app.state.info = classifier, info
+    app.state.max_upload_bytes = max_upload_bytes
+    app.add_middleware(_RequestLog)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error):
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, error):
+        return JSONResponse({"error": "; ".join(str(e.get("msg")) for e in error.errors())},
+                            status_code=422)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, error):  # logged by the server; the client gets JSON
+        return JSONResponse({"error": f"internal error: {type(error).__name__}"},
+                            status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/api/health")
+    async def health():
+        """Whether the service is up, with the model it serves."""
+        return {"status": "ok", "model": info["name"], "classes": info["classes"],
+                "backend": info["backend"]}
+
+    @app.get("/api/model")
+    async def model_endpoint():
+        """The model: name, labels, input size, backbone, recipe and the run's metrics."""
+        return info
+
+    @app.post("/api/predict", openapi_extra=_PREDICT_OPENAPI)
+    async def predict(request: Request):  # Request: the module has no postponed annotations
+        """The top-k classes of one image, best first."""
+        try:
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > max_upload_bytes:
+                raise _TooLarge(f"{length} bytes")
+            query_top_k = request.query_params.get("top_k")
+            if query_top_k is not None:
+                _parse_top_k(query_top_k, top_k_max)  # fail fast, before reading the body
+            content_type = request.headers.get("content-type", "")
+            if content_type.startswith("multipart/form-data"):
+                data, form_top_k = await _read_multipart(request, max_upload_bytes)
+            else:
+                data, form_top_k = await _read_body(request, max_upload_bytes), None
+            top_k = _parse_top_k(query_top_k if query_top_k is not None else form_top_k,
+                                 top_k_max)
+            if not data:
+                raise _BadRequest("missing file: send an image as the multipart field 'file' "
+                                  "or as the request body, received: an empty upload")
+            predictions = await run_in_threadpool(predict_locked, data, top_k)
+        except _TooLarge as error:
+            return _error(413, f"upload too large: the limit is {max_upload_bytes} bytes, "
+                               f"received: {error}")
+        except _BadRequest as error:
+            return _error(400, str(error))
+        except ImageRejected as error:
+            if error.reason == "not an image":  # PIL's detail names a BytesIO object
+                return _error(415, "not an image: the upload is in no image format the server "
+                                   "reads (JPEG, PNG, WebP, GIF, BMP, TIFF)", reason=error.reason)
+            return _error(400, f"not a usable image ({error.reason}): {error.detail}",
+                          reason=error.reason)
+        return {"predictions": predictions}
+
+    return app
+
+
+def _load(source, model: str):
+    """A classifier and the run directory it came from (None when unknown)."""
+    if hasattr(source, "predict") and hasattr(source, "labels"):
+        return source, None
+    if not isinstance(source, (str, Path)):
+        raise ValueError(f"source must be a run directory, a model file or a Classifier, "
+                         f"received: {type(source).__name__}")
+    from workbench.predict import Classifier
+
+    classifier = Classifier.load(source, model=model)
+    return classifier, Path(source) if Path(source).is_dir() else None
+
+
+def _thread_safe(classifier) -> bool:
+    """Whether ``classifier.predict`` may be called from several threads at once."""
+    from workbench.predict import Classifier
+
+    # Classifier documents it: its model call is locked inside, decoding runs in parallel
+    return isinstance(classifier, Classifier) or bool(getattr(classifier, "thread_safe", False))
+
+
+def _error(status: int, message: str, **extra):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _parse_top_k(text, maximum: int) -> int:
+    if text is None:
+        return DEFAULT_TOP_K
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= maximum:
+        raise _BadRequest(f"top_k must be an integer between 1 and {maximum}, "
+                          f"received: {str(text)!r}")
+    return value
+
+
+async def _limited(request, limit: int):
+    """The request body in chunks, raising ``_TooLarge`` as soon as it passes ``limit``."""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _TooLarge(f"more than {limit} bytes")
+        yield chunk
+
+
+async def _read_body(request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in _limited(request, limit)])
+
+
+async def _read_multipart(request, limit: int) -> tuple[bytes, str | None]:
+    """The bytes of the form's ``file`` field and its ``top_k`` field, if any."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1,
+                             max_fields=8)
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        raise _BadRequest(f"malformed multipart body: {error.message}") from error
+    try:
+        upload = form.get("file")
+        if upload is None:
+            raise _BadRequest(f"missing file: the multipart form needs a field 'file', "
+                              f"received fields: {sorted(form.keys())}")
+        if not isinstance(upload, UploadFile):
+            raise _BadRequest("missing file: the field 'file' must be a file upload, "
+                              "received: a text field")
+        top_k = form.get("top_k")
+        return await upload.read(), top_k if isinstance(top_k, str) else None
+    finally:
+        await form.close()
+
+
+_PREDICT_OPENAPI = {
+    "parameters": [{"name": "top_k", "in": "query", "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "default": DEFAULT_TOP_K},
+                    "description": "how many classes to return, best first"}],
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary"},
+                           "top_k": {"type": "integer", "minimum": 1}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    "responses": {
+        "200": {"description": "the top-k classes", "content": {"application/json": {
+            "example": {"predictions": [{"label": "tulip", "probability": 0.91},
+                                        {"label": "rose", "probability": 0.05}]}}}},
+        "400": {"description": "missing file, unusable image or bad top_k"},
+        "413": {"description": "upload larger than the server's limit"},
+        "415": {"description": "not an image"}},
+}
+
+
+class _RequestLog:
+    """ASGI middleware logging one line per request: client, method, path, status, time, bytes."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status, received = time.perf_counter(), [500], [0]
+
+        async def counting_receive():
+            message = await receive()
+            received[0] += len(message.get("body", b""))
+            return message
+
+        async def status_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, status_send)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            logger.info("%s %s %s %d %.1f ms %d bytes in", client[0], scope["method"],
+                        scope["path"], status[0], (time.perf_counter() - started) * 1000,
+                        received[0])
+
+
+def url(host: str, port: int) -> str:
+    """The page's address for a host and port (IPv6 hosts in brackets)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A listening TCP socket for ``host:port`` (port 0 picks a free one).
+
+    Raises:
+        ValueError: a port outside 0-65535.
+        OSError: the address cannot be bound (in use, not this machine's, no permission).
+    """
+    check_int("port", port, minimum=0)
+    if port > 65535:
+        raise ValueError(f"port must be <= 65535, received: {port}")
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    sock.listen(128)
+    return sock
+
+
+def serve(source, *, host: str = "127.0.0.1", port: int = 8000, model: str = "best",
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, log_level: str = "info",
+          on_ready=None) -> None:
+    """Serves a run's model with uvicorn until interrupted (Ctrl+C).
+
+    Args:
+        source: a run directory, a loaded Classifier, or an app from :func:`create_app`.
+        host: the address to listen on; the default answers this machine only. Use
+            ``0.0.0.0`` to reach it from a phone on the same network.
+        port: the TCP port (0 picks a free one).
+        model: ``"best"`` or ``"final"`` (with a run directory).
+        max_upload_bytes: the largest request body accepted (413 beyond).
+        log_level: uvicorn's log level; ``"info"`` logs one line per request.
+        on_ready: called with the page's URL once the model is loaded and the port is bound,
+            just before serving (the CLI prints it).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    import uvicorn
+    from fastapi import FastAPI
+
+    check_choice("log_level", log_level, ("critical", "error", "warning", "info", "debug"))
+    sock = bind(host, port)  # first: a port in use fails before the model loads
+    try:
+        app = source if isinstance(source, FastAPI) else create_app(
+            source, model=model, max_upload_bytes=max_upload_bytes)
+        config = uvicorn.Config(app, log_config=log_config(), log_level=log_level,
+                                access_log=False, timeout_graceful_shutdown=5)
+        if on_ready is not None:
+            on_ready(url(host, sock.getsockname()[1]))
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises Ctrl+C
+        pass
+    finally:
+        sock.close()
+
+
+def log_config() -> dict:
+    """uvicorn's logging configuration plus the ``workbench.serve`` request log on stderr."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = json.loads(json.dumps(LOGGING_CONFIG))  # a deep copy
+    config["loggers"]["workbench.serve"] = {"handlers": ["default"], "level": "INFO",
+                                            "propagate": False}
+    return config

@@ -1,0 +1,178 @@
+// The classifier page: shrink the photo in the browser, upload it, draw the top-k as bars.
+// Plain JavaScript, no framework and nothing fetched from outside this server.
+"use strict";
+
+(function () {
+  const TOP_K = 5;
+  const JPEG_QUALITY = 0.9;
+  // The photo sent has its shorter side at twice the model's input (so every resize mode,
+  // squash, crop or pad, still shrinks it on the server, with room for the area filter) and its
+  // longer side at least 256 px; the server resizes to the input anyway, so more pixels buy
+  // nothing. The input size comes from /api/model.
+  let inputSize = 224;
+  const MIN_LONG_SIDE = 256;
+
+  const $ = (id) => document.getElementById(id);
+
+  function setState(state, message) {
+    document.body.dataset.state = state;
+    if (message !== undefined) $("status").textContent = message;
+  }
+
+  function showError(message) {
+    $("error").textContent = message;
+    $("error").hidden = false;
+    setState("error", "Something went wrong; try another photo.");
+  }
+
+  function formatBytes(bytes) {
+    if (bytes < 1024) return bytes + " B";
+    if (bytes < 1024 * 1024) return (bytes / 1024).toFixed(1) + " kB";
+    return (bytes / (1024 * 1024)).toFixed(1) + " MB";
+  }
+
+  async function loadModel() {
+    try {
+      const response = await fetch("api/model");
+      const info = await response.json();
+      if (!response.ok) throw new Error(info.error || response.statusText);
+      inputSize = info.image_size;
+      $("model-name").textContent = info.name;
+      const parts = [info.backbone ? "backbone " + info.backbone : null,
+                     info.recipe ? "recipe " + info.recipe : null,
+                     "input " + info.image_size + " × " + info.image_size + " px",
+                     info.classes + " classes"];
+      const metrics = info.metrics || {};
+      if (typeof metrics.test_accuracy === "number") {
+        parts.push("test accuracy " + (100 * metrics.test_accuracy).toFixed(1) + "%");
+      }
+      $("model-details").textContent = parts.filter(Boolean).join(" · ");
+      $("class-count").textContent = info.classes;
+      $("classes").textContent = info.labels.join(", ");
+      setState("ready");
+    } catch (error) {
+      showError("Could not read the model's description: " + error.message);
+    }
+  }
+
+  function decode(file) {
+    return new Promise((resolve, reject) => {
+      const image = new Image();
+      const address = URL.createObjectURL(file);
+      image.onload = () => { URL.revokeObjectURL(address); resolve(image); };
+      image.onerror = () => { URL.revokeObjectURL(address); reject(new Error("not an image")); };
+      image.src = address;  // the browser applies the EXIF orientation when it draws
+    });
+  }
+
+  function canvasOf(source, width, height) {
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext("2d");
+    context.imageSmoothingEnabled = true;
+    context.imageSmoothingQuality = "high";
+    context.drawImage(source, 0, 0, width, height);
+    return canvas;
+  }
+
+  // Shrinks the photo (see inputSize above), keeping its aspect ratio, in halving
+  // steps (each averages 2x2 pixels, close to the server's area resize); encodes a JPEG.
+  async function shrink(file) {
+    const image = await decode(file);
+    const width = image.naturalWidth, height = image.naturalHeight;
+    const scale = Math.min(1, Math.max(2 * inputSize / Math.min(width, height),
+                                       MIN_LONG_SIDE / Math.max(width, height)));
+    const target = [Math.max(1, Math.round(width * scale)),
+                    Math.max(1, Math.round(height * scale))];
+    // first draw at target x 2^n (at most the photo's size, so no huge canvas), then halve
+    let factor = 1;
+    while (target[0] * factor * 2 <= width && target[1] * factor * 2 <= height) factor *= 2;
+    let canvas = canvasOf(image, target[0] * factor, target[1] * factor);
+    while (factor > 1) {
+      factor /= 2;
+      canvas = canvasOf(canvas, target[0] * factor, target[1] * factor);
+    }
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", JPEG_QUALITY));
+    if (!blob) throw new Error("the browser could not encode the photo");
+    return { blob, width, height, sentWidth: target[0], sentHeight: target[1] };
+  }
+
+  function render(predictions) {
+    const list = $("predictions");
+    list.replaceChildren();
+    for (const { label, probability } of predictions) {
+      const percent = (100 * probability).toFixed(1) + "%";
+      const item = document.createElement("li");
+      item.className = "prediction";
+      item.dataset.label = label;
+      item.dataset.probability = probability;
+      const row = document.createElement("div");
+      row.className = "row";
+      const name = document.createElement("span");
+      name.className = "label";
+      name.textContent = label;
+      const value = document.createElement("span");
+      value.className = "percent";
+      value.textContent = percent;
+      row.append(name, value);
+      const track = document.createElement("div");
+      track.className = "track";
+      track.setAttribute("aria-hidden", "true");
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      bar.style.width = Math.max(0, Math.min(100, 100 * probability)) + "%";
+      track.append(bar);
+      item.append(row, track);
+      list.append(item);
+    }
+  }
+
+  async function classify(file) {
+    $("error").hidden = true;
+    $("predictions").replaceChildren();
+    $("photo").src = URL.createObjectURL(file);
+    $("preview").hidden = false;
+    setState("busy", "Shrinking the photo…");
+    let upload = file, caption, sent = "";
+    try {
+      const small = await shrink(file);
+      upload = small.blob.size < file.size ? small.blob : file;
+      if (upload !== file) sent = small.sentWidth + "x" + small.sentHeight;
+      caption = "Sent " + formatBytes(upload.size) + " (" + small.sentWidth + " × " +
+        small.sentHeight + " JPEG) instead of " + formatBytes(file.size) + " (" + small.width +
+        " × " + small.height + ").";
+    } catch (error) {  // the browser cannot read it: let the server say why
+      caption = "Sent the file as it is (" + formatBytes(file.size) + "): " + error.message + ".";
+    }
+    $("sizes").textContent = caption;
+    $("sizes").dataset.originalBytes = file.size;
+    $("sizes").dataset.sentBytes = upload.size;
+    $("sizes").dataset.sentSize = sent;  // "WxH" of the shrunk JPEG; empty: the file as it is
+    const form = new FormData();
+    form.append("file", upload, upload === file ? (file.name || "photo") : "photo.jpg");
+    setState("busy", "Classifying…");
+    const started = performance.now();
+    const response = await fetch("api/predict?top_k=" + TOP_K, { method: "POST", body: form });
+    let answer;
+    try {
+      answer = await response.json();
+    } catch (error) {
+      throw new Error("the server answered " + response.status + " " + response.statusText);
+    }
+    if (!response.ok) throw new Error(answer.error || response.statusText);
+    render(answer.predictions);
+    const top = answer.predictions[0];
+    setState("done", "Most likely " + top.label + " (" + (100 * top.probability).toFixed(1) +
+      "%), answered in " + Math.round(performance.now() - started) + " ms.");
+  }
+
+  for (const id of ["camera", "file"]) {
+    $(id).addEventListener("change", (event) => {
+      const file = event.target.files[0];
+      if (!file) return;
+      classify(file).catch((error) => showError(error.message));
+    });
+  }
+  loadModel();
+})();
