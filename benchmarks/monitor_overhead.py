@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         f"{os.cpu_count()} CPU cores, {'with' if gpu else 'no'} GPU.",
         "",
         "| monitor | images/s (median) | min-max | overhead % (median of paired rounds) "
-        f"| expected from cost/sample |",
+        "| expected from cost/sample |",
         "|---|---|---|---|---|",
     ]
     for mode in modes:

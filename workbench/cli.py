@@ -479,6 +479,122 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- sweep -------------------------------------------------------------------------------------
+
+def _literal(text: str):
+    """A Python literal (16, 0.001, True, [0, 1], 'a b'), or the text itself as a string."""
+    import ast
+
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def _top_level_split(text: str) -> list[str]:
+    """Splits at commas outside brackets and quotes: '[0,1],[2]' -> ['[0,1]', '[2]']."""
+    parts, depth, quote, start = [], 0, None, 0
+    for index, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    return parts + [text[start:]]
+
+
+def _name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier() or not value.strip():
+        raise ValueError("must be NAME=VALUE with a parameter name, e.g. batch_size=32")
+    return name.strip(), value
+
+
+def _sweep_param(text: str) -> tuple[str, list]:
+    name, values = _name_value(text)
+    parts = _top_level_split(values)
+    if any(not part.strip() for part in parts):
+        raise ValueError("must be NAME=V1,V2,... without empty values")
+    return name, [_literal(part) for part in parts]
+
+
+def _setting(text: str) -> tuple[str, object]:
+    name, value = _name_value(text)
+    return name, _literal(value)
+
+
+def _args_sweep(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", metavar="NOTEBOOK",
+                        help="a notebook with a 'parameters' cell that takes run_dir and writes "
+                             "run_dir/metrics.json")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="the sweep folder: NAME.ipynb and NAME/ per combination, "
+                             "results.csv, results.png")
+    parser.add_argument("--param", type=_arg_type("NAME=V1,V2", _sweep_param), action="append",
+                        required=True, metavar="NAME=V1,V2",
+                        help="a swept parameter and its values (repeatable); values are Python "
+                             "literals or plain strings; lists as '[0,1],[2]'")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--grid", action="store_true",
+                      help="every combination of the values (the default)")
+    mode.add_argument("--zip", action="store_true",
+                      help="the i-th values of every --param together (equal lengths)")
+    parser.add_argument("--set", type=_arg_type("NAME=VALUE", _setting), action="append",
+                        default=[], metavar="NAME=VALUE",
+                        help="a parameter passed unchanged to every run (repeatable); relative "
+                             "paths are relative to the notebook's folder")
+    parser.add_argument("--workers", type=_arg_type("N", _int_at_least(1)), metavar="N",
+                        help="runs at a time: local processes (default min(2, CPUs); 1 for "
+                             "timing studies) or SLURM jobs with --cluster slurm")
+    parser.add_argument("--cluster", metavar="ADDRESS|slurm",
+                        help="run on Dask: a scheduler address (tcp://host:8786) or 'slurm' for "
+                             "a dask-jobqueue SLURM cluster; paths must be shared with it")
+    parser.add_argument("--cluster-option", type=_arg_type("KEY=VALUE", _setting),
+                        action="append", default=[], metavar="KEY=VALUE",
+                        help="a SLURMCluster option with --cluster slurm, e.g. cores=8, "
+                             "memory=32GB, walltime=02:00:00 (repeatable)")
+    parser.add_argument("--metric", metavar="NAME",
+                        help="metric drawn in results.png (default test_accuracy if measured)")
+    parser.add_argument("--kernel", default="python3", metavar="NAME",
+                        help="the Jupyter kernel that runs the notebook (default python3)")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from workbench.experiments import RESULTS_FILE, sweep
+
+    if not os.path.isfile(args.notebook):
+        raise FileNotFoundError(f"NOTEBOOK not found, received: {args.notebook!r}")
+    for option, pairs in (("--param", args.param), ("--set", args.set)):
+        names = [name for name, _ in pairs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{option} names each parameter once, received {repeated} twice")
+    out = Path(args.out)
+    try:
+        result = sweep(args.notebook, out, dict(args.param), mode="zip" if args.zip else "grid",
+                       fixed=dict(args.set) or None, workers=args.workers,
+                       cluster=args.cluster, cluster_options=dict(args.cluster_option) or None,
+                       kernel_name=args.kernel)
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished runs are in {out / RESULTS_FILE}; run the same command "
+              "again to continue", file=sys.stderr)
+        return 130
+    failed = int((result.table["status"] != "ok").sum())
+    wrote = [str(out / RESULTS_FILE)]
+    metric = args.metric or result.key_metric()
+    if metric is not None and not result.ok.empty:
+        result.plot(metric).savefig(out / "results.png", dpi=100)
+        wrote.append(str(out / "results.png"))
+    print(f"{len(result.table) - failed} ok, {failed} failed; wrote {', '.join(wrote)}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 # verb -> (one-line help, adds its arguments, runs it and returns the exit status)
@@ -501,6 +617,9 @@ VERBS = {
                "the Keras model", _args_export, _cmd_export),
     "serve": ("serve a run's model: a phone-friendly page and a JSON API on http://HOST:PORT/",
               _args_serve, _cmd_serve),
+    "sweep": ("run a parameterised notebook over a grid of values (papermill, local processes "
+              "or Dask) and collect each run's metrics.json into results.csv", _args_sweep,
+              _cmd_sweep),
 }
 
 

@@ -44,6 +44,17 @@ def tiny_parameters(data: Path, work: Path) -> dict:
                               "split": "test", "worst_count": 8},
         "06_classify.ipynb": {"run_dir": str(work / "fine_tune" / "two_stage-seed0"),
                               "top_k": 3},
+        "07_batch_size_study.ipynb": {"source_dir": str(data / "source"),
+                                      "splits_dir": str(work / "splits" / "source"),
+                                      "out_dir": str(work / "batch_size_study"),
+                                      "batch_sizes": [8, 16], "epochs": [1], "workers": 2,
+                                      "image_size": 16, "throughput_models": ["cifar_cnn:16"],
+                                      "throughput_steps": 2},
+        "08_split_computing.ipynb": {"model_path": str(work / "source" / "model.keras"),
+                                     "splits_dir": str(work / "splits" / "source"),
+                                     "image_size": 16, "filters": [1, 4], "epochs": 1,
+                                     "profile_images": 32, "repeats": 3,
+                                     "out_dir": str(work / "split_computing")},
     }
 
 
@@ -151,8 +162,49 @@ def test_classify_notebook_shows_the_top_k_table(workspace):
     assert {label for _, label, _ in rows} <= set(classes)
 
 
+def test_batch_size_study_tabulates_every_combination(workspace):
+    from workbench.experiments import SweepResult, batch_size_table
+
+    book = executed(workspace, "07_batch_size_study.ipynb")
+    study = SweepResult.load(workspace["work"] / "batch_size_study")
+    assert sorted(study.table["name"]) == ["batch_size=16,epochs=1", "batch_size=8,epochs=1"]
+    assert (study.table["status"] == "ok").all(), study.table["error"].tolist()
+    table = batch_size_table(study)
+    assert list(table["batch_size"]) == [8, 16] and list(table["epochs"]) == [1, 1]
+    assert (table["train_seconds"] > 0).all() and (table["images_per_second"] > 0).all()
+    assert table["test_accuracy"].between(0, 1).all() and (table["peak_ram_mib"] > 0).all()
+    throughput = next(cell for cell in book.cells if "throughput_table(" in cell.source)
+    html = next(output["data"]["text/html"] for output in throughput.outputs
+                if "text/html" in output.get("data", {}))
+    assert "cifar_cnn" in html and ("not measured: no GPU" in html) != _gpu_visible()
+
+
+def _gpu_visible() -> bool:
+    from workbench.throughput import _gpu_count
+
+    return _gpu_count() > 0
+
+
 def test_live_training_plot_shows_curves_and_resources(workspace):
     book = executed(workspace, "02_pretrain_source.ipynb")
     training = next(cell for cell in book.cells if "finetune(" in cell.source)
     images = [output for output in training.outputs if "image/png" in output.get("data", {})]
     assert len(images) == 2  # the loss curves and, under them, the resource panels
+
+
+def test_split_computing_notebook_writes_sane_tables(workspace):
+    executed(workspace, "08_split_computing.ipynb")
+    out = workspace["work"] / "split_computing"
+    profile = pd.read_csv(out / "profile.csv")
+    assert profile["layer"].iloc[0] == "image" and profile["bytes"].iloc[0] == 16 * 16 * 3
+    assert (profile[["device_ms", "server_ms"]] >= 0).all().all()
+    best = pd.read_csv(out / "best_split.csv")
+    assert list(best["bandwidth_mbps"]) == [10, 100, 1000]
+    assert set(best["best_layer"]) <= set(profile["layer"])
+    study = pd.read_csv(out / "bottleneck.csv")
+    assert list(study["filters"]) == [1, 4]  # the tiny parameters
+    assert study["bytes_float32"].is_monotonic_increasing and study["bytes_uint8"].iloc[0] < \
+        study["bytes_uint8"].iloc[1]  # bytes at the split fall with k
+    assert study[["accuracy", "accuracy_uint8"]].stack().between(0, 1).all()
+    published = pd.read_csv(out / "published_comparison.csv")
+    assert {1, 4, 8, 32} <= set(published["filters"])
