@@ -149,7 +149,8 @@ def test_bad_options_name_the_argument(run):
         export(run, format="onnx", quantize="int8")
     with pytest.raises(ValueError, match="max_images must be >= 1, received: 0"):
         export(run, max_images=0)
-    with pytest.raises(FileNotFoundError, match="run directory with config.json"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"run directory written by finetune \(with config.json\)"):
         export(run / "export")
 
 

@@ -69,6 +69,19 @@ def run_file(path, name: str) -> Path:
     return path
 
 
+def read_config(run_dir: str | Path) -> dict:
+    """The ``config.json`` of a run directory.
+
+    Raises:
+        FileNotFoundError: naming the folder when it holds no run.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir must be a run directory written by finetune "
+                                f"(with config.json), received: {str(run_dir)!r}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def model_path(run_dir: str | Path, model: str = "best") -> Path:
     """The model file of a run: ``best.keras`` (falling back to ``model.keras`` when the run kept
     no best checkpoint) or ``model.keras`` for ``"final"``.

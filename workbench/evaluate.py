@@ -29,14 +29,13 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from workbench._checks import check_choice, check_int
-from workbench._io import MODELS, model_path
+from workbench._io import MODELS, model_path, read_config
 
 SPLITS = ("train", "val", "test")
 TOP_K = 5
@@ -395,19 +394,6 @@ class EvaluationReport:
 
 
 # --- a run directory ---------------------------------------------------------------------------
-
-def read_config(run_dir: str | Path) -> dict:
-    """The ``config.json`` of a run directory.
-
-    Raises:
-        FileNotFoundError: naming the folder when it holds no run.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"run_dir must be a run directory written by finetune "
-                                f"(with config.json), received: {str(run_dir)!r}")
-    return json.loads(path.read_text(encoding="utf-8"))
-
 
 @dataclasses.dataclass(frozen=True)
 class SplitImages:

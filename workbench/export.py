@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench._checks import check_choice, check_int
-from workbench._io import MODELS, atomic_path, model_path, write_json
+from workbench._io import MODELS, atomic_path, model_path, read_config, write_json
 
 FORMATS = ("litert", "saved_model", "onnx")
 QUANTIZATIONS = (None, "float16", "int8")
@@ -183,7 +183,7 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
             ``"final"`` (``model.keras``).
         check: compare the export with the Keras model on the run's test split (the
             validation split when there is no test split).
-        max_images: at most this many images are compared (the first of the split).
+        max_images: at most this many images are compared (evenly spaced through the split).
         representative_images: training images used to calibrate ``int8``.
         seed: which training images calibrate ``int8``.
 
@@ -203,11 +203,7 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
     check_int("representative_images", representative_images, minimum=1)
     check_int("seed", seed, minimum=0)
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"run_dir must be a run directory with config.json, "
-                                f"received: {str(run_dir)!r}")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_config(run_dir)
     source = model_path(run_dir, model)
     stat = source.stat()
     source_sha = _sha256(source)
@@ -222,11 +218,12 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
     network = load_model(source)
     side_px = int(config["image_size"])
     network.predict_on_batch(np.zeros((1, side_px, side_px, 3), np.float32))  # ONNX needs a call
-    images = _check_images(run_dir, max_images) if check else None
+    data = _splits(config) if check or quantize == "int8" else None  # decoded once
+    images = _check_images(data, max_images, run_dir) if check else None
     side = sidecar_path(path)
     with _staged(path) as temporary:
         try:
-            _convert(network, temporary, format=format, quantize=quantize, run_dir=run_dir,
+            _convert(network, temporary, format=format, quantize=quantize, data=data,
                      count=representative_images, seed=seed)
         except Exception as error:  # the converters raise many types; name the model and why
             raise ExportError(f"the {format} converter cannot handle {source}"
@@ -237,7 +234,8 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
         if images is not None:
             agreement = _agreement(network, temporary, format, images, float32=quantize is None)
             if agreement["passed"] is False:
-                _remove(side), _remove(path)
+                _remove(side)
+                _remove(path)
                 raise ExportCheckFailed(
                     f"the {format} export of {source.name} disagrees with the Keras model on "
                     f"the {agreement['split']} split: top-1 agreement "
@@ -265,7 +263,7 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
 
 # --- conversion ----------------------------------------------------------------------------------
 
-def _convert(network, target: Path, *, format: str, quantize, run_dir: Path, count: int,
+def _convert(network, target: Path, *, format: str, quantize, data, count: int,
              seed: int) -> None:
     """Writes ``network`` in ``format`` to ``target`` (a file, or a folder for saved_model)."""
     quiet = contextlib.redirect_stdout(io.StringIO())  # Keras prints the endpoints it saves
@@ -286,7 +284,7 @@ def _convert(network, target: Path, *, format: str, quantize, run_dir: Path, cou
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantize == "int8":
-        calibration = _representative(run_dir, count, seed)
+        calibration = _representative(data, count, seed)
         converter.representative_dataset = lambda: ([image[None]] for image in calibration)
     with quiet, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
@@ -294,29 +292,33 @@ def _convert(network, target: Path, *, format: str, quantize, run_dir: Path, cou
     target.write_bytes(flatbuffer)
 
 
-def _representative(run_dir: Path, count: int, seed: int) -> np.ndarray:
-    """Up to ``count`` training images (float32, raw 0-255) that calibrate int8 ranges."""
-    from workbench.evaluate import split_images
+def _splits(config: dict):
+    """The run's split images, decoded as training decoded them."""
+    from workbench.finetune.train import load_splits
 
-    images = split_images(run_dir, split="train").images
+    return load_splits(config["splits"], image_size=config["image_size"],
+                       resize_mode=config.get("resize_mode", "squash"), progress=False)
+
+
+def _representative(data, count: int, seed: int) -> np.ndarray:
+    """Up to ``count`` training images (float32, raw 0-255) that calibrate int8 ranges."""
+    images = data.images["train"]
     chosen = np.random.default_rng(seed).permutation(len(images))[:count]
     return np.asarray(images[np.sort(chosen)], dtype=np.float32)
 
 
 # --- the agreement check -------------------------------------------------------------------------
 
-def _check_images(run_dir: Path, max_images: int) -> tuple[str, np.ndarray]:
-    """The first ``max_images`` images of the test split (the validation split without one)."""
-    from workbench.evaluate import split_images
-
+def _check_images(data, max_images: int, run_dir: Path) -> tuple[str, np.ndarray]:
+    """Up to ``max_images`` images of the test split (the validation split without one),
+    evenly spaced through it: the split is ordered by class, so its first images would check
+    only the first classes."""
     for split in ("test", "val"):
-        try:
-            images = split_images(run_dir, split=split).images
-        except ValueError as error:  # the dataset has no such split
-            if "split must be one" not in str(error):
-                raise
-            continue
-        return split, np.asarray(images[:max_images])
+        if split in data.images and len(data.images[split]):
+            images = data.images[split]
+            chosen = np.unique(np.linspace(0, len(images) - 1, min(max_images, len(images)))
+                               .round().astype(int))
+            return split, np.asarray(images[chosen])
     raise ValueError(f"check=True needs a test or validation split; the dataset of {run_dir} "
                      "has neither (use check=False)")
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from workbench import export as exporting
 from workbench._checks import check_choice, check_int
+from workbench._io import read_config
 from workbench.data.images import RESIZE_MODES, load_array
 
 BACKENDS = ("auto", "litert", "keras")
@@ -92,7 +93,7 @@ class LiteRTModel:
             with self._lock:
                 self._interpreter.set_tensor(self._input["index"], image[None])
                 self._interpreter.invoke()
-                rows.append(self._interpreter.get_tensor(self._output["index"]).copy())
+                rows.append(self._interpreter.get_tensor(self._output["index"]))  # a copy
         return _dequantize(np.concatenate(rows), self._output)
 
 
@@ -220,9 +221,6 @@ class Classifier:
 
     @classmethod
     def _load_run(cls, run_dir: Path, *, model: str, backend: str, threads: int) -> Classifier:
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"run_dir must be a run directory with config.json, "
-                                    f"received: {str(run_dir)!r}")
         facts = _config_facts(run_dir)
         options = {"image_size": facts["image_size"], "resize_mode": facts["resize_mode"]}
         if backend != "keras":
@@ -300,7 +298,7 @@ class Classifier:
 
 def _config_facts(run_dir: Path) -> dict:
     """What a run's ``config.json`` (and ``metrics.json``) say about its model."""
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config = read_config(run_dir)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) \
         if metrics_path.is_file() else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench._checks import check_choice, check_int
+from workbench._io import read_config
 
 
 def top_k_table(predictions) -> pd.DataFrame:
@@ -57,11 +58,7 @@ def example_image(run_dir: str | Path, *, split: str = "test", index: int = 0) -
     """
     check_choice("split", split, ("train", "val", "test"))
     check_int("index", index, minimum=0)
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"run_dir must be a run directory with config.json, "
-                                f"received: {str(run_dir)!r}")
-    splits = Path(json.loads(config_path.read_text(encoding="utf-8"))["splits"])
+    splits = Path(read_config(run_dir)["splits"])
     meta_path = splits / "split.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"the run's split folder has no split.json naming its dataset, "
