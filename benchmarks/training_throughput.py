@@ -26,44 +26,43 @@ import keras
 import numpy as np
 
 from workbench import models
-from workbench.data.pipeline import Batches
-from workbench.finetune.lr_mult import with_lr_multipliers
+from workbench.throughput import _gpu_count, training_images_per_second
 
 RESULTS = Path(__file__).parent / "results" / "training_throughput.md"
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Times the training batches after ``warmup`` of them."""
+    """Times the training batches after ``warmup`` of them, waiting for the device each time."""
 
     def __init__(self, warmup: int):
         super().__init__()
         self.warmup, self.start, self.end, self.batches = warmup, None, None, 0
 
     def on_train_batch_end(self, batch, logs=None):
+        float((logs or {}).get("loss", 0.0))  # JAX dispatches asynchronously
         self.batches += 1
         if self.batches == self.warmup:
             self.start = time.perf_counter()
         self.end = time.perf_counter()
 
 
-def measure(name: str, size: int, *, batch_size: int, steps: int, warmup: int,
-            workbench_path: bool) -> float:
-    keras.utils.set_random_seed(0)
-    images = np.random.default_rng(0).integers(0, 256, (batch_size * (steps + warmup), size, size, 3),
-                                               dtype=np.uint8)
-    labels = np.arange(len(images)) % 10
-    model = models.classifier(models.backbone(name, weights=None, input_shape=(size, size, 3)), 10)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    if workbench_path:
-        optimizer = with_lr_multipliers(optimizer, model, {"head*": 10.0})
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
-    timer = StepTimer(warmup)
-    if workbench_path:
-        batches = Batches(images, labels, batch_size=batch_size, seed=0, drop_remainder=True)
-        model.fit(batches.for_keras(), steps_per_epoch=batches.steps_per_epoch, epochs=1,
-                  shuffle=False, callbacks=[timer], verbose=0)
-    else:
+def plain_keras_fit(name: str, size: int, *, batch_size: int, steps: int, warmup: int,
+                    precision: str) -> float:
+    """The reference: the same network with plain SGD, fed NumPy arrays to ``fit``."""
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        keras.utils.set_random_seed(0)
+        images = np.random.default_rng(0).integers(
+            0, 256, (batch_size * (steps + warmup), size, size, 3), dtype=np.uint8)
+        labels = np.arange(len(images)) % 10
+        model = models.classifier(models.backbone(name, weights=None,
+                                                  input_shape=(size, size, 3)), 10)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      loss="sparse_categorical_crossentropy")
+        timer = StepTimer(warmup)
         model.fit(images, labels, batch_size=batch_size, epochs=1, callbacks=[timer], verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     return steps * batch_size / (timer.end - timer.start)
 
 
@@ -77,20 +76,21 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--mixed-precision", action="store_true")
     args = parser.parse_args(argv)
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-
+    precision = "mixed_float16" if args.mixed_precision else "float32"
+    options = dict(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                   precision=precision)
     rows = []
     for spec in args.models:
         name, size = spec.split(":")
-        speeds = {path: measure(name, int(size), batch_size=args.batch_size, steps=args.steps,
-                                warmup=args.warmup, workbench_path=path == "workbench")
-                  for path in ("keras fit", "workbench")}
+        speeds = {"keras fit": plain_keras_fit(name, int(size), **options),
+                  "workbench": training_images_per_second(
+                      name, image_size=int(size), device="gpu" if _gpu_count() else "cpu",
+                      lr_mult={"head*": 10.0}, **options)}
         rows.append((name, int(size), speeds["workbench"], speeds["keras fit"]))
         print(f"{name} {size}px: workbench {speeds['workbench']:.0f} img/s, "
               f"keras fit {speeds['keras fit']:.0f} img/s", flush=True)
 
-    device = "GPU" if keras.backend.backend() == "jax" and _jax_gpu() else "CPU"
+    device = "GPU" if _gpu_count() else "CPU"
     lines = [
         "# Training throughput",
         "",
@@ -108,11 +108,6 @@ def main(argv=None) -> None:
     print("\n" + table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(table)
-
-
-def _jax_gpu() -> bool:
-    import jax
-    return any(device.platform == "gpu" for device in jax.devices())
 
 
 if __name__ == "__main__":

@@ -566,7 +566,7 @@ def _args_sweep(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from workbench.experiments import RESULTS_FILE, sweep
+    from workbench.experiments import RESULTS_FILE, combination_name, combinations, sweep
 
     if not os.path.isfile(args.notebook):
         raise FileNotFoundError(f"NOTEBOOK not found, received: {args.notebook!r}")
@@ -575,9 +575,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"{option} names each parameter once, received {repeated} twice")
-    out = Path(args.out)
+    out, mode = Path(args.out), "zip" if args.zip else "grid"
     try:
-        result = sweep(args.notebook, out, dict(args.param), mode="zip" if args.zip else "grid",
+        result = sweep(args.notebook, out, dict(args.param), mode=mode,
                        fixed=dict(args.set) or None, workers=args.workers,
                        cluster=args.cluster, cluster_options=dict(args.cluster_option) or None,
                        kernel_name=args.kernel)
@@ -585,13 +585,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"interrupted: the finished runs are in {out / RESULTS_FILE}; run the same command "
               "again to continue", file=sys.stderr)
         return 130
-    failed = int((result.table["status"] != "ok").sum())
+    # results.csv also keeps the rows of earlier sweeps into DIR over other values
+    ran = {combination_name(values) for values in combinations(dict(args.param), mode=mode)}
+    this_sweep = result.table[result.table["name"].isin(ran)]
+    failed = int((this_sweep["status"] != "ok").sum())
     wrote = [str(out / RESULTS_FILE)]
     metric = args.metric or result.key_metric()
     if metric is not None and not result.ok.empty:
         result.plot(metric).savefig(out / "results.png", dpi=100)
         wrote.append(str(out / "results.png"))
-    print(f"{len(result.table) - failed} ok, {failed} failed; wrote {', '.join(wrote)}")
+    print(f"{len(this_sweep) - failed} ok, {failed} failed; wrote {', '.join(wrote)}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

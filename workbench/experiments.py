@@ -689,10 +689,8 @@ def batch_size_table(result: SweepResult) -> pd.DataFrame:
         raise ValueError(f"result must be a SweepResult of a sweep over batch_size, received: "
                          f"{got}")
     ok = result.ok
-    epochs = "epochs" if "epochs" in result.parameters else (
-        "metric_epochs" if "metric_epochs" in ok.columns else "epochs")
     table = pd.DataFrame({"batch_size": ok["batch_size"].astype(int),
-                          "epochs": ok[epochs] if epochs in ok.columns else float("nan")})
+                          "epochs": ok["epochs"] if "epochs" in ok.columns else float("nan")})
     for column, key in _STUDY_COLUMNS.items():
         table[column] = pd.to_numeric(ok[key], errors="coerce") if key in ok.columns \
             else float("nan")

@@ -36,6 +36,8 @@ import pandas as pd
 
 from workbench._checks import check_choice, check_int, check_number
 
+RAW_ROLE = "raw image (server runs all)"  # the profile row of sending the image itself
+
 DTYPES = ("float32", "float16", "uint8")
 _ITEMSIZE = {"float32": 4, "float16": 2, "uint8": 1}
 QUANT_HEADER_BYTES = 8  # a uint8-quantised tensor also sends its offset and scale (2 x float32)
@@ -367,7 +369,7 @@ def profile_splits(model, images: np.ndarray, *, layers: Sequence[str] | None = 
     for name in layers:
         shape = chain.shapes[name]
         if name == chain.input_name:
-            role, sent_as, size = "raw image (server runs all)", "uint8 image", math.prod(shape)
+            role, sent_as, size = RAW_ROLE, "uint8 image", math.prod(shape)
         else:
             role = "all on device" if name == last else "split"
             sent_as, size = dtype, activation_bytes(shape, dtype)
@@ -492,7 +494,7 @@ def split_latency(profile: SplitProfile, bandwidths_mbps: Sequence[float] = (10,
         part["latency_ms"] = part[["device_ms", "transfer_ms", "server_ms", "rtt_ms"]].sum(axis=1)
         parts.append(part)
     table = pd.concat(parts, ignore_index=True)
-    raw = frame["layer"][frame["role"].str.startswith("raw image")]
+    raw = frame["layer"][frame["role"] == RAW_ROLE]
     best_rows = []
     for bandwidth, rows in table.groupby("bandwidth_mbps", sort=False):
         winner = rows.loc[rows["latency_ms"].idxmin()]

@@ -31,7 +31,8 @@ NOT_MEASURED = "not measured: no GPU"
 def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int = 32,
                                device: str = "cpu", batch_size: int = 32, steps: int = 10,
                                warmup: int = 3, precision: str = "float32",
-                               num_classes: int = 10, seed: int = 0) -> float:
+                               num_classes: int = 10, lr_mult: dict | None = None,
+                               seed: int = 0) -> float:
     """Times training steps of a freshly built classifier on one device.
 
     The model is ``models.classifier(models.backbone(backbone, weights=None))`` compiled with
@@ -48,6 +49,8 @@ def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int =
         warmup: untimed steps first (compilation, caches).
         precision: ``"float32"``, ``"mixed_float16"`` or ``"mixed_bfloat16"``.
         num_classes: classes of the head.
+        lr_mult: per-layer learning-rate multipliers as ``finetune`` applies them (e.g.
+            ``{"head*": 10.0}``); None trains with plain SGD.
         seed: seeds the weights and the random images.
 
     Returns:
@@ -61,6 +64,8 @@ def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int =
 
     from workbench import models
     from workbench.data.pipeline import Batches
+    from workbench.finetune.lr_mult import with_lr_multipliers
+    from workbench.finetune.train import _execution_context
 
     check_choice("backbone", backbone, models.BACKBONES)
     check_int("image_size", image_size, minimum=8)
@@ -84,23 +89,21 @@ def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int =
             float((logs or {}).get("loss", 0.0))  # waits for the step to finish on the device
             stamps[batch + 1] = time.perf_counter()
 
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(precision)
-    try:
+    with _execution_context(precision, None):  # the dtype policy finetune sets, then restored
         with keras.device(f"{device}:0"):
             keras.utils.set_random_seed(seed)
             model = models.classifier(models.backbone(backbone, weights=None,
                                                       input_shape=(image_size, image_size, 3)),
                                       num_classes)
-            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                          loss="sparse_categorical_crossentropy")
+            optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+            if lr_mult is not None:
+                optimizer = with_lr_multipliers(optimizer, model, lr_mult)
+            model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
             batches = Batches(images, labels, batch_size=batch_size, seed=seed,
                               drop_remainder=True)
             model.fit(batches.for_keras(), steps_per_epoch=total, epochs=1, shuffle=False,
                       verbose=0, callbacks=[keras.callbacks.LambdaCallback(
                           on_train_batch_end=on_batch_end)])
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     return steps * batch_size / (stamps[total] - stamps[warmup])
 
 
