@@ -307,7 +307,7 @@ def _config_facts(run_dir: Path) -> dict:
             "resize_mode": config.get("resize_mode", "squash"),
             "backbone": config.get("backbone") or
             (Path(config["source"]).name if config.get("source") else None),
-            "metrics": metrics}
+            "recipe": config.get("recipe"), "metrics": metrics}
 
 
 def _sidecar_facts(path: Path) -> dict:

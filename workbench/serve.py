@@ -62,52 +62,40 @@ class _BadRequest(Exception):
     """A request the API answers with 400 and this message."""
 
 
-def model_info(classifier, run_dir: str | Path | None = None) -> dict:
+def model_info(classifier) -> dict:
     """What ``GET /api/model`` answers: the model's name, classes, input and run metrics.
 
     Args:
         classifier: a :class:`workbench.predict.Classifier` (anything with ``labels`` and
-            ``image_size``; an ``info`` dict, when it has one, adds its keys).
-        run_dir: the run directory it came from, whose ``config.json`` and ``metrics.json``
-            add the backbone, recipe and metrics.
+            ``image_size``; an ``info`` dict, when it has one, adds its keys: backbone,
+            recipe, the run's metrics).
 
     Returns:
         A JSON-serialisable dict with at least ``name``, ``labels``, ``classes``,
         ``image_size``, ``input_shape``, ``resize_mode``, ``backbone``, ``recipe``,
-        ``backend`` and ``metrics``.
+        ``backend`` and ``metrics``; no server paths (the page may be on a phone).
     """
     extra = getattr(classifier, "info", None)
     info = dict(extra) if isinstance(extra, dict) else {}
-    run_dir = run_dir if run_dir is not None else info.get("run_dir")
-    run_dir = Path(run_dir) if run_dir is not None else None
-    info.pop("run_dir", None)  # no server paths in the answer: the page may be on a phone
+    run_dir = info.pop("run_dir", None)
     model_file = Path(info["model_file"]) if info.get("model_file") else None
     if model_file is not None:
         info["model_file"] = model_file.name
-    config = _read_json(run_dir / "config.json") if run_dir else {}
-    metrics = _read_json(run_dir / "metrics.json") if run_dir else {}
-    source = config.get("source")
-    backbone = config.get("backbone") or (f"transferred from {Path(source).name}" if source
-                                          else info.get("backbone"))
     size = int(classifier.image_size)
     info.update({
-        "name": run_dir.resolve().name if run_dir else
+        "name": Path(run_dir).resolve().name if run_dir else
         info.get("name") or (model_file.stem if model_file else "model"),
         "labels": [str(label) for label in classifier.labels],
         "classes": len(classifier.labels),
         "image_size": size,
         "input_shape": [size, size, 3],
         "resize_mode": getattr(classifier, "resize_mode", info.get("resize_mode")),
-        "backbone": backbone,
-        "recipe": config.get("recipe", info.get("recipe")),
+        "backbone": info.get("backbone"),
+        "recipe": info.get("recipe"),
         "backend": str(getattr(classifier, "backend", info.get("backend", "keras"))),
-        "metrics": metrics or info.get("metrics") or {},
+        "metrics": info.get("metrics") or {},
     })
     return info
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -142,8 +130,8 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     check_int("max_upload_bytes", max_upload_bytes, minimum=1)
     check_int("top_k_max", top_k_max, minimum=1)
     check_choice("model", model, ("best", "final"))
-    classifier, run_dir = _load(source, model)
-    info = model_info(classifier, run_dir)
+    classifier = _load(source, model)
+    info = model_info(classifier)
     lock = contextlib.nullcontext() if _thread_safe(classifier) else threading.Lock()
 
     def predict_locked(data: bytes, top_k: int) -> list[dict]:
@@ -225,16 +213,15 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
 
 
 def _load(source, model: str):
-    """A classifier and the run directory it came from (None when unknown)."""
+    """The classifier to serve: ``source`` itself, or loaded from a run or a model file."""
     if hasattr(source, "predict") and hasattr(source, "labels"):
-        return source, None
+        return source
     if not isinstance(source, (str, Path)):
         raise ValueError(f"source must be a run directory, a model file or a Classifier, "
                          f"received: {type(source).__name__}")
     from workbench.predict import Classifier
 
-    classifier = Classifier.load(source, model=model)
-    return classifier, Path(source) if Path(source).is_dir() else None
+    return Classifier.load(source, model=model)
 
 
 def _thread_safe(classifier) -> bool:
