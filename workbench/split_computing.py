@@ -761,20 +761,19 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
 
 
 def _fine_tune(model, *, rules: dict, train, solver, rest_lr_mult: float, seed: int):
-    """Trains ``model`` in place with the workbench's optimizer and per-layer rates; returns it.
+    """Trains ``model`` in place as one ``finetune`` stage; returns it.
 
     Batch norm stays in inference mode; layers matching ``rules`` get their multiplier, the
     others ``rest_lr_mult`` (0 freezes them).
     """
-    from workbench.finetune import callbacks, lr_mult
-    from workbench.finetune.solver import SparseCrossentropy, build_optimizer
-    from workbench.models import set_trainable
+    from workbench.finetune import callbacks
+    from workbench.finetune.recipes import Stage
+    from workbench.finetune.train import _compile_stage
 
-    set_trainable(model, train_bn=False)
-    optimizer = lr_mult.with_lr_multipliers(
-        build_optimizer(solver, solver.epochs * train.steps_per_epoch), model, rules,
-        default=rest_lr_mult)
-    model.compile(optimizer=optimizer, loss=SparseCrossentropy())
+    stage = Stage("bottleneck", 1.0, rules, rest_lr_mult)
+    _compile_stage(model, stage, None, solver, train_bn=False,
+                   total_steps=solver.epochs * train.steps_per_epoch,
+                   num_classes=int(model.output_shape[-1]))
     model.fit(train.for_keras(), steps_per_epoch=train.steps_per_epoch, epochs=solver.epochs,
               callbacks=[callbacks.ReseedRandomLayers(seed)], shuffle=False, verbose=0)
     return model
