@@ -55,6 +55,19 @@ def _int_at_least(minimum: int):
     return convert
 
 
+def _positive(unit: str):
+    """A converter to a number > 0 whose error names ``unit`` (seconds, megabytes)."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number of {unit} > 0") from None
+        if not value > 0:
+            raise ValueError("must be > 0")
+        return value
+    return convert
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)
@@ -269,20 +282,10 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
 # --- monitor, plot-resources -------------------------------------------------------------------
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("must be a number of seconds > 0") from None
-    if not value > 0:
-        raise ValueError("must be > 0")
-    return value
-
-
 def _args_monitor(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder for resources.csv (created; appended to if it exists)")
-    parser.add_argument("--interval", type=_arg_type("S", _positive_seconds), default=1.0,
+    parser.add_argument("--interval", type=_arg_type("S", _positive("seconds")), default=1.0,
                         metavar="S", help="seconds between samples (default 1)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                         help="the command to run, after '--'")
@@ -443,16 +446,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("must be a number of megabytes > 0") from None
-    if not value > 0:
-        raise ValueError("must be > 0")
-    return value
-
-
 def _args_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
     parser.add_argument("--host", default="127.0.0.1", metavar="HOST",
@@ -460,7 +453,7 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
                              "0.0.0.0 to reach it from a phone on the same network)")
     parser.add_argument("--port", type=_arg_type("PORT", _port), default=8000, metavar="PORT",
                         help="TCP port (default 8000; 0 picks a free one)")
-    parser.add_argument("--max-upload-mb", type=_arg_type("MB", _megabytes), default=20.0,
+    parser.add_argument("--max-upload-mb", type=_arg_type("MB", _positive("megabytes")), default=20.0,
                         metavar="MB", help="largest upload accepted, in MiB (default 20)")
     parser.add_argument("--model", default="best", choices=("best", "final"),
                         help="the best checkpoint by validation accuracy, or the final model "
