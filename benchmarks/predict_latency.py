@@ -3,14 +3,14 @@
 For each model (default: the small ``cifar_cnn`` at 32 px and MobileNetV2 at 224 px, random
 weights), the benchmark first makes a real run directory: a few scikit-learn digits written as
 PNGs at the model's size, split with ``workbench.data.split.prepare``, one epoch of
-``finetune(recipe="scratch", weights=None)``, then ``workbench.export.export`` (LiteRT float32,
+``finetune(recipe="scratch", weights=None)``, then ``workbench.deploy.export.export`` (LiteRT float32,
 checked against Keras). Then, all in this one run on this machine, each path is measured:
 
 =======================  ========================================================================
 ``keras model.predict``  ``load_model`` + ``model.predict(x, verbose=0)``
 ``keras compiled``       ``tf.function(lambda x: model(x, training=False))`` (a graph; XLA's
                          ``jit_compile=True`` is timed warm in a note: it is slower on this CPU)
-``litert model only``    ``workbench.predict.LiteRTModel`` (interpreter, 2 threads) on the array
+``litert model only``    ``workbench.deploy.predict.LiteRTModel`` (interpreter, 2 threads) on the array
 ``Classifier (ours)``    ``Classifier.load(run_dir).predict(image)``: the fast path of the Python
                          API, the CLI and the web service (LiteRT, top-5); once with the decoded
                          array, once with JPEG bytes (then decoding and resizing count too)
@@ -80,9 +80,9 @@ def build_run(root: Path, backbone: str, size: int) -> tuple[Path, float]:
     from sklearn.datasets import load_digits
 
     from workbench.data.split import prepare
-    from workbench.export import export
-    from workbench.finetune.solver import SolverConfig
-    from workbench.finetune.train import finetune
+    from workbench.deploy.export import export
+    from workbench.training.solver import SolverConfig
+    from workbench.training.train import finetune
 
     digits, counts = load_digits(), dict.fromkeys(range(10), 0)
     for image, label in zip(digits.images, digits.target):
@@ -134,16 +134,16 @@ call(tf.constant(load_array(IMAGE, SIZE)[None].astype("float32"))).numpy()
 """,
     "litert model only": """
 from workbench.data.images import load_array
-from workbench.predict import LiteRTModel
+from workbench.deploy.predict import LiteRTModel
 LiteRTModel(TFLITE, threads=THREADS)(load_array(IMAGE, SIZE)[None])
 """,
     "Classifier (ours), array": """
 from workbench.data.images import load_array
-from workbench.predict import Classifier
+from workbench.deploy.predict import Classifier
 Classifier.load(RUN, threads=THREADS).predict(load_array(IMAGE, SIZE))
 """,
     "Classifier (ours), JPEG": """
-from workbench.predict import Classifier
+from workbench.deploy.predict import Classifier
 Classifier.load(RUN, threads=THREADS).predict(IMAGE)
 """,
 }
@@ -201,7 +201,7 @@ def measure_model(backbone: str, size: int, args, root: Path) -> tuple[list, lis
     import tensorflow as tf
 
     from workbench.models import load_model
-    from workbench.predict import Classifier, LiteRTModel
+    from workbench.deploy.predict import Classifier, LiteRTModel
 
     started = time.perf_counter()
     run_dir, export_seconds = build_run(root, backbone, size)

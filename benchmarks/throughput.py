@@ -1,6 +1,6 @@
 """Training throughput on CPU against GPU (images/s and the GPU's speed-up).
 
-For each model and image size, ``workbench.throughput.throughput_table`` trains a freshly built
+For each model and image size, ``workbench.studies.throughput.throughput_table`` trains a freshly built
 classifier for a few steps on the CPU and, when the Keras backend sees a GPU, on the GPU, timing
 the steps after warm-up. Without a GPU the ratio column says "not measured: no GPU". Prints the
 table and writes it to ``benchmarks/results/throughput.md``. The lent GPU machines have JAX but
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from workbench.throughput import DEFAULT_MODELS, throughput_table
+from workbench.studies.throughput import DEFAULT_MODELS, throughput_table
 
 RESULTS = Path(__file__).parent / "results" / "throughput.md"
 

@@ -26,7 +26,8 @@ import keras
 import numpy as np
 
 from workbench import models
-from workbench.throughput import _gpu_count, training_images_per_second
+from workbench._device import gpu_count
+from workbench.studies.throughput import training_images_per_second
 
 RESULTS = Path(__file__).parent / "results" / "training_throughput.md"
 
@@ -84,13 +85,13 @@ def main(argv=None) -> None:
         name, size = spec.split(":")
         speeds = {"keras fit": plain_keras_fit(name, int(size), **options),
                   "workbench": training_images_per_second(
-                      name, image_size=int(size), device="gpu" if _gpu_count() else "cpu",
+                      name, image_size=int(size), device="gpu" if gpu_count() else "cpu",
                       lr_mult={"head*": 10.0}, **options)}
         rows.append((name, int(size), speeds["workbench"], speeds["keras fit"]))
         print(f"{name} {size}px: workbench {speeds['workbench']:.0f} img/s, "
               f"keras fit {speeds['keras fit']:.0f} img/s", flush=True)
 
-    device = "GPU" if _gpu_count() else "CPU"
+    device = "GPU" if gpu_count() else "CPU"
     lines = [
         "# Training throughput",
         "",

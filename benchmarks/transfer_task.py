@@ -84,7 +84,7 @@ def load_backbone(path: Path):
     try:
         from workbench import models
         return models.load_source(path)
-    except ImportError:  # workbench.finetune.lr_mult not written yet
+    except ImportError:  # workbench.training.lr_mult not written yet
         return keras.models.load_model(path).get_layer("backbone")
 
 

@@ -19,7 +19,7 @@ def served_run(tmp_path_factory):
     """A lenet trained for 10 epochs on the tiny digits (confident enough that a resized upload
     must keep its answer) and its Classifier, loaded as ``workbench serve`` loads it. Shared
     through conftest.py, so it is trained once per session."""
-    from workbench.predict import Classifier
+    from workbench.deploy.predict import Classifier
 
     root = tmp_path_factory.mktemp("serve")
     tiny_data.write_run(root, epochs=10, base_lr=0.05)
@@ -36,7 +36,7 @@ def running_server(app):
     """Serves ``app`` with uvicorn on a free port of 127.0.0.1 in a thread; yields the URL."""
     import uvicorn
 
-    from workbench.serve import bind
+    from workbench.deploy.serve import bind
 
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))

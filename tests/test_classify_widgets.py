@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from serving import digit
-from workbench import plots, widgets
+from workbench import plots
+from workbench.deploy import widgets
 
 NOW = datetime.datetime.now(datetime.timezone.utc)  # FileUpload's last_modified
 PREDICTIONS = [{"label": "tulip", "probability": 0.7}, {"label": "rose", "probability": 0.2},

@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     import tiny_data
     from workbench.data.split import prepare
-    from workbench.finetune.solver import SolverConfig
-    from workbench.finetune.train import finetune
+    from workbench.training.solver import SolverConfig
+    from workbench.training.train import finetune
 
     work = sys.argv[1]
     tiny_data.write_digits(__import__("pathlib").Path(work) / "data", per_class=8)

@@ -9,11 +9,11 @@ from sklearn.metrics import precision_recall_fscore_support
 
 import tiny_data
 from workbench import cli
-from workbench.evaluate import (FILES, EvaluationReport, confusion_matrix, evaluate,
+from workbench.evaluation import (FILES, EvaluationReport, confusion_matrix, evaluate,
                                 most_confused, per_class_report, top_k_accuracy,
                                 worst_predictions)
-from workbench.finetune.solver import SolverConfig
-from workbench.finetune.train import finetune
+from workbench.training.solver import SolverConfig
+from workbench.training.train import finetune
 
 CLASSES = ["a", "b", "c"]
 #                 a     b     c          true  predicted  p(true)

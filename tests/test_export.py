@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import tiny_data
-from workbench import export as exporting
+from workbench.deploy import export as exporting
 from workbench.cli import main
-from workbench.evaluate import split_images
-from workbench.export import ExportCheckFailed, ExportError, export, find_export
+from workbench.evaluation import split_images
+from workbench.deploy.export import ExportCheckFailed, ExportError, export, find_export
 from workbench.models import load_model
 
 
@@ -36,7 +36,7 @@ def _files_in(folder):
 
 
 def test_litert_float32_agrees_and_carries_its_preprocessing(run, keras_model, test_images):
-    from workbench.predict import LiteRTModel
+    from workbench.deploy.predict import LiteRTModel
 
     result = export(run)
     assert result.path == run / "export" / "model.tflite" and result.path.is_file()
@@ -96,8 +96,8 @@ def test_saved_model_and_onnx_agree(run, keras_model, test_images, format):
 
 
 def test_a_changed_model_makes_the_export_stale(run, tmp_path):
-    from workbench.finetune.checkpoint import save_model
-    from workbench.predict import Classifier
+    from workbench.training.checkpoint import save_model
+    from workbench.deploy.predict import Classifier
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))

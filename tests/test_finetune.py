@@ -9,10 +9,10 @@ import pytest
 
 import tiny_data
 from workbench import models
-from workbench.finetune import callbacks as cb
-from workbench.finetune import checkpoint
-from workbench.finetune.solver import SolverConfig
-from workbench.finetune.train import Run, finetune
+from workbench.training import callbacks as cb
+from workbench.training import checkpoint
+from workbench.training.solver import SolverConfig
+from workbench.training.train import Run, finetune
 
 SOLVER = SolverConfig(epochs=4, batch_size=16, base_lr=0.02, lr_policy="cosine")
 

@@ -7,8 +7,8 @@ import pytest
 
 import tiny_data
 from workbench import inspect, models, plots
-from workbench.finetune.solver import SolverConfig
-from workbench.finetune.train import finetune
+from workbench.training.solver import SolverConfig
+from workbench.training.train import finetune
 
 SOLVER = SolverConfig(epochs=2, batch_size=16, base_lr=0.01)
 

@@ -6,7 +6,7 @@ from sklearn.datasets import load_digits
 
 from workbench import models
 from workbench.data.pipeline import Batches
-from workbench.finetune.lr_find import lr_find
+from workbench.training.lr_find import lr_find
 
 
 @pytest.fixture(scope="module")

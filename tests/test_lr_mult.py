@@ -1,4 +1,4 @@
-"""Tests for workbench.finetune.lr_mult; backend-agnostic (run also with KERAS_BACKEND=jax)."""
+"""Tests for workbench.training.lr_mult; backend-agnostic (run also with KERAS_BACKEND=jax)."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.finetune.lr_mult import (
+from workbench.training.lr_mult import (
     LRMultiplierAdam,
     LRMultiplierAdamW,
     LRMultiplierSGD,

@@ -14,8 +14,8 @@ from PIL import Image
 import tiny_data
 from workbench.cli import main
 from workbench.data.images import ImageRejected
-from workbench.evaluate import evaluate
-from workbench.predict import Classifier
+from workbench.evaluation import evaluate
+from workbench.deploy.predict import Classifier
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_concurrent_predictions_give_the_same_answers(run, classifier):
 
 
 def test_a_failed_export_falls_back_to_keras_with_a_warning(run, monkeypatch):
-    from workbench import export as exporting
+    from workbench.deploy import export as exporting
 
     def fail(*args, **kwargs):
         raise exporting.ExportError("the litert converter cannot handle this model")

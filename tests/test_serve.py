@@ -18,7 +18,7 @@ from PIL import Image
 
 from serving import digit, running_server
 from workbench.cli import main
-from workbench.serve import create_app
+from workbench.deploy.serve import create_app
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_a_bad_top_k_is_a_400_naming_it(served_run, client, top_k):  # noqa: F81
 
 def test_uploads_over_the_limit_are_refused_without_reading_them(served_run, caplog):  # noqa: F811
     client = TestClient(create_app(served_run.classifier, max_upload_bytes=2000))
-    caplog.set_level(logging.INFO, logger="workbench.serve")
+    caplog.set_level(logging.INFO, logger="workbench.deploy.serve")
     big = bytes(10_000)
     declared = client.post("/api/predict", content=big)  # Content-Length: refused before reading
     assert declared.status_code == 413

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from serving import digit, photo, running_server
-from workbench.serve import create_app
+from workbench.deploy.serve import create_app
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

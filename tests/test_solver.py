@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from workbench.finetune.recipes import RECIPES, get_recipe
-from workbench.finetune.solver import SolverConfig, SolverSchedule, build_optimizer
+from workbench.training.recipes import RECIPES, get_recipe
+from workbench.training.solver import SolverConfig, SolverSchedule, build_optimizer
 
 
 def lr_at(schedule, step):

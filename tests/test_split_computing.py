@@ -9,9 +9,10 @@ import pytest
 
 import tiny_data
 from workbench import models
-from workbench import split_computing as sc
-from workbench.finetune.solver import SolverConfig
-from workbench.finetune.train import finetune, load_splits
+from workbench.studies import split_computing as sc
+from workbench.training.solver import SolverConfig
+from workbench.data.splitdir import load_splits
+from workbench.training.train import finetune
 
 
 def tiny(name):

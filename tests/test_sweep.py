@@ -15,9 +15,9 @@ import nbformat
 import pandas as pd
 import pytest
 
-from workbench import experiments
+from workbench.studies import sweep as experiments
 from workbench.cli import main
-from workbench.experiments import (SweepResult, batch_size_table, combination_name,
+from workbench.studies.sweep import (SweepResult, batch_size_table, combination_name,
                                    combinations, published_batch_size_study, sweep)
 
 matplotlib.use("Agg")

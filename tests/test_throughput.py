@@ -5,14 +5,14 @@ import math
 import matplotlib
 import pytest
 
-from workbench import throughput
-from workbench.throughput import NOT_MEASURED, throughput_table, training_images_per_second
+from workbench.studies import throughput
+from workbench.studies.throughput import NOT_MEASURED, throughput_table, training_images_per_second
 
 matplotlib.use("Agg")
 
 
 def test_without_a_gpu_the_ratio_says_not_measured(monkeypatch):
-    monkeypatch.setattr(throughput, "_gpu_count", lambda: 0)
+    monkeypatch.setattr(throughput, "gpu_count", lambda: 0)
     result = throughput_table(["cifar_cnn:16"], batch_size=8, steps=2, warmup=1, progress=False)
     assert len(result.table) == 1
     row = result.table.iloc[0]
@@ -34,7 +34,7 @@ def test_the_ratio_is_gpu_over_cpu(monkeypatch):
         calls.append((backbone, device, options.get("precision", "float32")))
         return 100.0 if device == "cpu" else 900.0
 
-    monkeypatch.setattr(throughput, "_gpu_count", lambda: 1)
+    monkeypatch.setattr(throughput, "gpu_count", lambda: 1)
     monkeypatch.setattr(throughput, "_gpu_name", lambda: "Fake GPU")
     monkeypatch.setattr(throughput, "training_images_per_second", fake)
     result = throughput_table(["cifar_cnn:32", ("lenet", 28)], progress=False)
@@ -49,7 +49,7 @@ def test_the_ratio_is_gpu_over_cpu(monkeypatch):
 
 
 def test_bad_arguments_fail_fast(monkeypatch):
-    monkeypatch.setattr(throughput, "_gpu_count", lambda: 0)
+    monkeypatch.setattr(throughput, "gpu_count", lambda: 0)
     with pytest.raises(ValueError, match="models must be a non-empty list"):
         throughput_table("cifar_cnn:32")
     with pytest.raises(ValueError, match="'name:size' strings or \\(name, size\\) pairs, "

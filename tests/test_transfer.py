@@ -11,9 +11,9 @@ import pytest
 
 from workbench.data import sample
 from workbench.data.split import prepare
-from workbench.experiments import compare_recipes, summarize
-from workbench.finetune.solver import SolverConfig
-from workbench.finetune.train import finetune
+from workbench.studies.sweep import compare_recipes, summarize
+from workbench.training.solver import SolverConfig
+from workbench.training.train import finetune
 
 CHANCE = 0.1
 TRANSFER = ("feature_extraction", "two_stage", "caffe")

@@ -33,8 +33,8 @@ def write_splits(root: Path, *, per_class: int, counts: tuple) -> Path:
 
 def write_run(root: Path, *, epochs: int = 2, **solver) -> Path:
     """Trains a tiny lenet on 16 px digits into ``root/run`` (data in ``root/data``)."""
-    from workbench.finetune.solver import SolverConfig
-    from workbench.finetune.train import finetune
+    from workbench.training.solver import SolverConfig
+    from workbench.training.train import finetune
 
     splits = write_splits(root, per_class=8, counts=(4, "rest", 2))
     finetune(splits, root / "run", backbone="lenet", weights=None, recipe="scratch",

@@ -1,5 +1,4 @@
-"""Atomic file writes (a killed process leaves the old complete file or the new one, never half)
-and the files of a run directory.
+"""Atomic file writes (a killed process leaves the old complete file or the new one, never half).
 
 Each file goes to a temporary name in the same folder and is then renamed over the old one
 (``os.replace`` is atomic on POSIX and Windows).
@@ -12,11 +11,6 @@ import json
 import os
 import uuid
 from pathlib import Path
-
-from workbench._checks import check_choice
-
-MODELS = ("best", "final")  # which model file of a run: the best checkpoint or the last epoch
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None):
@@ -66,35 +60,4 @@ def run_file(path, name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"path must be a {name} file or a run directory holding one, "
                                 f"received: {str(path)!r} (not found)")
-    return path
-
-
-def read_config(run_dir: str | Path) -> dict:
-    """The ``config.json`` of a run directory.
-
-    Raises:
-        FileNotFoundError: naming the folder when it holds no run.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"run_dir must be a run directory written by finetune "
-                                f"(with config.json), received: {str(run_dir)!r}")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def model_path(run_dir: str | Path, model: str = "best") -> Path:
-    """The model file of a run: ``best.keras`` (falling back to ``model.keras`` when the run kept
-    no best checkpoint) or ``model.keras`` for ``"final"``.
-
-    Raises:
-        FileNotFoundError: when the run has no finished model.
-    """
-    check_choice("model", model, MODELS)
-    run_dir = Path(run_dir)
-    if model == "best" and (run_dir / "best.keras").is_file():
-        return run_dir / "best.keras"
-    path = run_dir / "model.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"run_dir holds no finished model (model.keras), received: "
-                                f"{str(run_dir)!r}")
     return path

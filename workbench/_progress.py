@@ -40,7 +40,7 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "") ->
     style = _style()
     if style == "off":
         return iterable
-    if style == "bar" or (style is None and _in_notebook()):
+    if style == "bar" or (style is None and in_notebook()):
         from tqdm.auto import tqdm
         return tqdm(iterable, total=total, desc=desc or None)
     if style is None and _stderr_is_tty():
@@ -49,12 +49,18 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "") ->
     return _plain(iterable, total, desc)
 
 
+def watched_notebook() -> bool:
+    """Whether progress should be drawn as live figures: in a notebook someone watches (not
+    forced to plain lines by ``WORKBENCH_PROGRESS``)."""
+    return _style() is None and in_notebook()
+
+
 def _style() -> str | None:
     value = os.environ.get("WORKBENCH_PROGRESS", "").strip().lower()
     return value if value in _STYLES else None
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
     """Whether this runs inside a Jupyter kernel (notebook, lab, papermill, VS Code)."""
     return "ipykernel.zmqshell" in sys.modules
 

@@ -186,7 +186,7 @@ def _lr_rule(text: str) -> tuple[str, float]:
 
 
 def _args_train(parser: argparse.ArgumentParser) -> None:
-    from workbench.finetune.recipes import RECIPES
+    from workbench.training.recipes import RECIPES
 
     parser.add_argument("--splits", required=True, metavar="SPLITS_DIR",
                         help="a folder written by 'workbench split'")
@@ -220,9 +220,9 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from workbench.finetune.callbacks import TrainingDiverged
-    from workbench.finetune.solver import SolverConfig
-    from workbench.finetune.train import finetune
+    from workbench.training.callbacks import TrainingDiverged
+    from workbench.training.solver import SolverConfig
+    from workbench.training.train import finetune
 
     solver = SolverConfig.load(args.solver) if args.solver else SolverConfig()
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "base_lr": args.base_lr}
@@ -358,7 +358,7 @@ def _args_evaluate(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from workbench.evaluate import evaluate
+    from workbench.evaluation import evaluate
 
     report = evaluate(args.run_dir, split=args.split, model=args.model,
                       batch_size=args.batch_size)
@@ -385,7 +385,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from workbench.data.images import ImageRejected
-    from workbench.predict import Classifier
+    from workbench.deploy.predict import Classifier
 
     classifier = Classifier.load(args.run_dir, backend=args.backend)
     failed = 0
@@ -425,7 +425,7 @@ def _args_export(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from workbench.export import ExportError, export
+    from workbench.deploy.export import ExportError, export
 
     try:
         result = export(args.run_dir, format=args.format, quantize=args.quantize,
@@ -461,7 +461,7 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from workbench.serve import serve
+    from workbench.deploy.serve import serve
 
     def announce(url: str) -> None:
         print(f"Serving {args.run_dir} at {url} (API docs at {url}docs; Ctrl+C to stop)",
@@ -559,7 +559,7 @@ def _args_sweep(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from workbench.experiments import RESULTS_FILE, combination_name, combinations, sweep
+    from workbench.studies.sweep import RESULTS_FILE, combination_name, combinations, sweep
 
     if not os.path.isfile(args.notebook):
         raise FileNotFoundError(f"NOTEBOOK not found, received: {args.notebook!r}")

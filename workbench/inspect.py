@@ -424,7 +424,7 @@ class WeightStats(keras.callbacks.Callback):
 
     def _open(self, first_epoch: int) -> None:
         """Starts the file, keeping the rows of epochs finished before ``first_epoch``."""
-        from workbench.finetune.callbacks import CsvAppender
+        from workbench.training.callbacks import CsvAppender
 
         self._appender = CsvAppender(self.path, WEIGHT_STATS_COLUMNS,
                                      keep_while=lambda row: int(row["epoch"]) <= first_epoch)

@@ -191,8 +191,8 @@ def set_trainable(model: keras.Model, *, train_bn: bool) -> None:
 def load_model(path: str | Path) -> keras.Model:
     """Loads a ``.keras`` model in safe mode, with the workbench's own layers and optimizers."""
     # registers, for deserialisation, the optimizers, the schedule and the loss a run compiles with
-    import workbench.finetune.lr_mult  # noqa: F401
-    import workbench.finetune.solver  # noqa: F401
+    import workbench.training.lr_mult  # noqa: F401
+    import workbench.training.solver  # noqa: F401
 
     path = Path(path)
     if not path.is_file():

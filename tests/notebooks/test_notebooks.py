@@ -163,7 +163,7 @@ def test_classify_notebook_shows_the_top_k_table(workspace):
 
 
 def test_batch_size_study_tabulates_every_combination(workspace):
-    from workbench.experiments import SweepResult, batch_size_table
+    from workbench.studies.sweep import SweepResult, batch_size_table
 
     book = executed(workspace, "07_batch_size_study.ipynb")
     study = SweepResult.load(workspace["work"] / "batch_size_study")
@@ -180,9 +180,9 @@ def test_batch_size_study_tabulates_every_combination(workspace):
 
 
 def _gpu_visible() -> bool:
-    from workbench.throughput import _gpu_count
+    from workbench._device import gpu_count
 
-    return _gpu_count() > 0
+    return gpu_count() > 0
 
 
 def test_live_training_plot_shows_curves_and_resources(workspace):

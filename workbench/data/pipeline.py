@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from workbench._checks import check_choice, check_int, check_number
-from workbench import _progress
+from workbench._progress import progress as progress_bar
 from workbench.data import images
 from workbench.data.images import RESIZE_MODES, ImageRejected
 
@@ -207,7 +207,7 @@ def _decode_into(temp_path: str, files: list[Path], shape: tuple, mode: str, wor
     try:
         per_image = flushed(executor.map(decode_chunk, range(0, len(files), _CHUNK)))
         if show_progress:
-            per_image = _progress.progress(per_image, total=len(files), desc="decoding images")
+            per_image = progress_bar(per_image, total=len(files), desc="decoding images")
         for _ in per_image:  # waits for the chunks in order, re-raising any worker error
             pass
     finally:  # on Ctrl-C, drop the queued chunks instead of decoding them all first

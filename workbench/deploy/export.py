@@ -26,7 +26,7 @@ a sidecar vouches for. :func:`find_export` returns an export only while its side
 run's current ``.keras`` file (by sha256), so retraining makes an export stale.
 
 This module imports TensorFlow only inside :func:`export`: :func:`find_export` and
-:func:`read_sidecar` are what the no-TensorFlow fast path of ``workbench.predict`` uses.
+:func:`read_sidecar` are what the no-TensorFlow fast path of ``workbench.deploy.predict`` uses.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from workbench._checks import check_choice, check_int
-from workbench._io import MODELS, atomic_path, model_path, read_config, write_json
+from workbench._io import atomic_path, write_json
+from workbench.deploy.runtime import runner
+from workbench.runs import MODELS, RunDir
 
 FORMATS = ("litert", "saved_model", "onnx")
 QUANTIZATIONS = (None, "float16", "int8")
@@ -154,7 +156,7 @@ def find_export(run_dir: str | Path, *, format: str = "litert", quantize: str | 
     path = export_path(run_dir, format=format, quantize=quantize, model=model)
     try:
         info = read_sidecar(path)
-        source = model_path(run_dir, model)
+        source = RunDir(run_dir).model_path(model)
     except (FileNotFoundError, ValueError):  # ValueError: a sidecar that is not JSON
         return None
     if not path.exists() or info.get("bytes") != _size(path) or \
@@ -203,8 +205,8 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
     check_int("representative_images", representative_images, minimum=1)
     check_int("seed", seed, minimum=0)
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    source = model_path(run_dir, model)
+    run = RunDir(run_dir)
+    source = run.model_path(model)
     stat = source.stat()
     source_sha = _sha256(source)
 
@@ -216,9 +218,9 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
     from workbench.models import load_model
 
     network = load_model(source)
-    side_px = int(config["image_size"])
+    side_px = run.image_size
     network.predict_on_batch(np.zeros((1, side_px, side_px, 3), np.float32))  # ONNX needs a call
-    data = _splits(config) if check or quantize == "int8" else None  # decoded once
+    data = run.load_splits() if check or quantize == "int8" else None  # decoded once
     images = _check_images(data, max_images, run_dir) if check else None
     side = sidecar_path(path)
     with _staged(path) as temporary:
@@ -244,11 +246,9 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
                     f"{MAX_PROB_DIFF} allowed); the export was removed", agreement)
         info = {
             "format": format, "quantize": quantize, "file": path.name, "model": model,
-            "labels": list(config["classes"]), "image_size": int(config["image_size"]),
-            "resize_mode": config.get("resize_mode", "squash"),
-            "backbone": config.get("backbone") or
-            (Path(config["source"]).name if config.get("source") else None),
-            "input": {**INPUT, "shape": [None, config["image_size"], config["image_size"], 3]},
+            "labels": run.classes, "image_size": run.image_size,
+            "resize_mode": run.resize_mode, "backbone": run.starting_point,
+            "input": {**INPUT, "shape": [None, side_px, side_px, 3]},
             "output": "float32 softmax probabilities, one per label, in the order of labels",
             "source_model": source.name, "source_sha256": source_sha,
             "source_bytes": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
@@ -292,14 +292,6 @@ def _convert(network, target: Path, *, format: str, quantize, data, count: int,
     target.write_bytes(flatbuffer)
 
 
-def _splits(config: dict):
-    """The run's split images, decoded as training decoded them."""
-    from workbench.finetune.train import load_splits
-
-    return load_splits(config["splits"], image_size=config["image_size"],
-                       resize_mode=config.get("resize_mode", "squash"), progress=False)
-
-
 def _representative(data, count: int, seed: int) -> np.ndarray:
     """Up to ``count`` training images (float32, raw 0-255) that calibrate int8 ranges."""
     images = data.images["train"]
@@ -326,7 +318,7 @@ def _check_images(data, max_images: int, run_dir: Path) -> tuple[str, np.ndarray
 def _agreement(network, path: Path, format: str, images, *, float32: bool) -> dict:
     split, pixels = images
     expected = _batched(lambda x: network.predict_on_batch(x), pixels)
-    got = _batched(_runner(path, format), pixels)
+    got = _batched(runner(path, format), pixels)
     diff = np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64))
     top1 = float(np.mean(np.argmax(got, axis=1) == np.argmax(expected, axis=1)))
     max_diff = float(diff.max())
@@ -335,24 +327,6 @@ def _agreement(network, path: Path, format: str, images, *, float32: bool) -> di
             "max_abs_diff": max_diff, "mean_abs_diff": float(diff.mean()),
             "required": {"top1_agreement": MIN_AGREEMENT, "max_abs_diff": MAX_PROB_DIFF}
             if float32 else None, "passed": passed}
-
-
-def _runner(path: Path, format: str):
-    """A function from a float32 batch to probabilities, running the exported model."""
-    if format == "litert":
-        from workbench.predict import LiteRTModel
-
-        return LiteRTModel(path)
-    if format == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})[0]
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(path))
-    return lambda x: loaded.serve(tf.constant(x)).numpy()
 
 
 def _batched(run, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:

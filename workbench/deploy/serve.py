@@ -2,12 +2,12 @@
 
 ::
 
-    from workbench.serve import serve
+    from workbench.deploy.serve import serve
     serve("runs/flowers")            # http://127.0.0.1:8000/ ; or: workbench serve runs/flowers
 
 Endpoints (every error is JSON, ``{"error": "..."}``, with its status code):
 
-- ``GET /``: the page (``workbench/static/``): choose or take a photo, see the top-5 as bars.
+- ``GET /``: the page (``workbench/deploy/static/``): choose or take a photo, see the top-5 as bars.
   The page shrinks the photo in the browser before uploading it.
 - ``POST /api/predict``: an image as the multipart field ``file`` or as the raw request body;
   ``top_k`` (query or form field, default 5) -> ``{"predictions": [{"label", "probability"},
@@ -51,7 +51,7 @@ DEFAULT_TOP_K = 5
 DEFAULT_TOP_K_MAX = 100
 STATIC = Path(__file__).resolve().parent / "static"
 
-logger = logging.getLogger("workbench.serve")
+logger = logging.getLogger("workbench.deploy.serve")
 
 
 class _TooLarge(Exception):
@@ -66,7 +66,7 @@ def model_info(classifier) -> dict:
     """What ``GET /api/model`` answers: the model's name, classes, input and run metrics.
 
     Args:
-        classifier: a :class:`workbench.predict.Classifier` (anything with ``labels`` and
+        classifier: a :class:`workbench.deploy.predict.Classifier` (anything with ``labels`` and
             ``image_size``; an ``info`` dict, when it has one, adds its keys: backbone,
             recipe, the run's metrics).
 
@@ -104,7 +104,7 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
 
     Args:
         source: a run directory, a model file ``Classifier.load`` reads (``.tflite`` with its
-            sidecar, ``.keras``), or a loaded :class:`workbench.predict.Classifier`.
+            sidecar, ``.keras``), or a loaded :class:`workbench.deploy.predict.Classifier`.
         model: with a run directory, ``"best"`` or ``"final"``.
         max_upload_bytes: the largest request body accepted; larger ones get 413.
         top_k_max: the largest ``top_k`` a request may ask for (more than the number of
@@ -219,14 +219,14 @@ def _load(source, model: str):
     if not isinstance(source, (str, Path)):
         raise ValueError(f"source must be a run directory, a model file or a Classifier, "
                          f"received: {type(source).__name__}")
-    from workbench.predict import Classifier
+    from workbench.deploy.predict import Classifier
 
     return Classifier.load(source, model=model)
 
 
 def _thread_safe(classifier) -> bool:
     """Whether ``classifier.predict`` may be called from several threads at once."""
-    from workbench.predict import Classifier
+    from workbench.deploy.predict import Classifier
 
     # Classifier documents it: its model call is locked inside, decoding runs in parallel
     return isinstance(classifier, Classifier) or bool(getattr(classifier, "thread_safe", False))
@@ -407,10 +407,10 @@ def serve(source, *, host: str = "127.0.0.1", port: int = 8000, model: str = "be
 
 
 def log_config() -> dict:
-    """uvicorn's logging configuration plus the ``workbench.serve`` request log on stderr."""
+    """uvicorn's logging configuration plus the ``workbench.deploy.serve`` request log on stderr."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = json.loads(json.dumps(LOGGING_CONFIG))  # a deep copy
-    config["loggers"]["workbench.serve"] = {"handlers": ["default"], "level": "INFO",
+    config["loggers"]["workbench.deploy.serve"] = {"handlers": ["default"], "level": "INFO",
                                             "propagate": False}
     return config

@@ -1,21 +1,5 @@
-"""``finetune``: train a classifier on a split dataset into a run directory.
-
-A run directory holds everything a run produces, each file written atomically:
-
-====================  ======================================================================
-``config.json``       every setting needed to reproduce the run
-``history.csv``       one row per epoch (loss, accuracy, top-5, validation, lr, time)
-``steps.csv``         the loss of every training step
-``lr_table.csv``      layer, parameters, multiplier, effective learning rate per stage
-``labels.txt``        class names, line ``i`` for output ``i``
-``model.keras``       the final model; ``best.keras`` the best by validation accuracy
-``checkpoint.*``      the last checkpoint (model with optimizer state + ``checkpoint.json``)
-``metrics.json``      final numbers for sweeps: status, accuracies, time, images/s
-``curves.png``        loss, accuracy and learning rate per epoch
-``resources.csv``     GPU, CPU and RAM use over time (``workbench.monitor``)
-``weight_stats.csv``  mean |w| and |dw|/|w| per layer and epoch (``workbench.inspect``)
-====================  ======================================================================
-"""
+"""``finetune``: train a classifier on a split folder into a run directory (see
+``workbench.runs`` for the files it writes, each atomically)."""
 
 from __future__ import annotations
 
@@ -30,20 +14,19 @@ import numpy as np
 import pandas as pd
 
 from workbench import models, plots
+from workbench._device import PRECISIONS, execution_context
 from workbench._checks import check_choice, check_int, check_number
+from workbench._progress import watched_notebook
 from workbench._io import atomic_path, write_json, write_text
 from workbench.data import pipeline
-from workbench.finetune import callbacks as cb
-from workbench.finetune import checkpoint, lr_mult
-from workbench.finetune.recipes import Recipe, get_recipe
-from workbench.finetune.solver import SolverConfig, SparseCrossentropy, build_optimizer
+from workbench.data.splitdir import SplitData, load_splits
+from workbench.runs import RUN_FILES, RunDir
+from workbench.training import callbacks as cb
+from workbench.training import checkpoint, lr_mult
+from workbench.training.recipes import Recipe, get_recipe
+from workbench.training.solver import SolverConfig, SparseCrossentropy, build_optimizer
 
-RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
-             "model.keras", "best.keras", "metrics.json", "curves.png", "resources.csv",
-             "weight_stats.csv",
-             checkpoint.CHECKPOINT_STATE)
 PROGRESS = ("auto", "lines", "plot", "none")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 _RESOLVED_AT_RUN_TIME = {"classes", "dtype_policy", "distribution"}  # not compared on resume
 
 
@@ -66,64 +49,8 @@ class Run:
     @classmethod
     def load(cls, run_dir: str | Path) -> Run:
         """Reads a finished run directory."""
-        run_dir = Path(run_dir)
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        lr_table = pd.read_csv(run_dir / "lr_table.csv") if (run_dir / "lr_table.csv").is_file() \
-            else pd.DataFrame()
-        return cls(run_dir, metrics, pd.read_csv(run_dir / "history.csv"), lr_table)
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitData:
-    """The images of a split directory, decoded once into uint8 caches."""
-
-    classes: list[str]
-    images: dict      # split name -> uint8 array (N, H, W, 3)
-    labels: dict      # split name -> int array (N,)
-    splits_dir: str   # the split folder, resolved
-
-
-def load_splits(splits_dir: str | Path, *, image_size: int, resize_mode: str = "squash",
-                data_root: str | Path | None = None, cache_dir: str | Path | None = None,
-                progress: bool = True) -> SplitData:
-    """Reads ``splits.csv`` and ``labels.txt`` and decodes each split once into a cache.
-
-    Args:
-        splits_dir: a folder written by ``workbench split`` / ``SplitResult.write``.
-        image_size: side of the square images the model takes.
-        resize_mode: ``"squash"``, ``"crop"`` or ``"pad"``.
-        data_root: the folder the paths in ``splits.csv`` are relative to; by default the one
-            recorded in ``split.json``.
-        cache_dir: where the uint8 caches go; default ``<splits_dir>/cache``.
-        progress: show a progress bar while decoding.
-
-    Returns:
-        A :class:`SplitData`.
-    """
-    splits_dir = Path(splits_dir)
-    table_path = splits_dir / "splits.csv"
-    if not table_path.is_file():
-        raise FileNotFoundError(f"splits must be a folder written by 'workbench split' "
-                                f"(with splits.csv), received: {str(splits_dir)!r}")
-    if data_root is None:
-        meta_path = splits_dir / "split.json"
-        if not meta_path.is_file():
-            raise ValueError(f"data_root is needed: {splits_dir} has no split.json naming it")
-        data_root = splits_dir / json.loads(meta_path.read_text(encoding="utf-8"))["data_root"]
-    table = pd.read_csv(table_path, dtype={"path": str, "label": str})
-    classes = (splits_dir / "labels.txt").read_text(encoding="utf-8").splitlines()
-    images, labels = {}, {}
-    for name in ("train", "val", "test"):
-        rows = table[table["split"] == name]
-        if rows.empty:
-            continue
-        images[name] = pipeline.build_cache(
-            list(rows["path"]), root=data_root, image_size=image_size, resize_mode=resize_mode,
-            cache_dir=cache_dir or splits_dir / "cache", progress=progress)
-        labels[name] = rows["label_index"].to_numpy(dtype=np.int32)
-    if "train" not in images:
-        raise ValueError(f"{table_path} has no training images")
-    return SplitData(classes, images, labels, str(splits_dir.resolve()))
+        run = RunDir(run_dir)
+        return cls(run.path, run.metrics, run.history(), run.lr_table())
 
 
 def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
@@ -204,7 +131,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
             raise ValueError(f"resume=True but {run_dir} holds a run with other settings "
                              f"({', '.join(changed)}); choose another run_dir, or resume=False "
                              "to start over")
-        if _finished(run_dir):
+        if RunDir(run_dir).finished:
             return Run.load(run_dir)
     if not resume:
         _clear_run(run_dir)
@@ -221,7 +148,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     val = _eval_batches(data, "val", solver.batch_size)
 
     started = time.monotonic()
-    with _execution_context(precision, strategy) as (policy, strategy_name):
+    with execution_context(precision, strategy) as (policy, strategy_name):
         config.update(dtype_policy=policy, distribution=strategy_name)
         write_json(run_dir / "config.json", config)
         resumed = checkpoint.load_checkpoint(run_dir) if resume else None
@@ -281,7 +208,7 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
             stage_start = stage_end
             continue
         if not (resumed and state.stage == index and state.epoch > stage_start):
-            _compile_stage(model, stage, extra_rules, solver, train_bn=recipe.train_bn,
+            compile_stage(model, stage, extra_rules, solver, train_bn=recipe.train_bn,
                            total_steps=count * train.steps_per_epoch, num_classes=num_classes)
         state.stage = index
         lr_tables.append(lr_mult.lr_table(model, model.optimizer).assign(stage=stage.name))
@@ -309,30 +236,6 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
     return None, False, trained_images
 
 
-@contextlib.contextmanager
-def _execution_context(precision: str, strategy):
-    """Sets the dtype policy and the distribution strategy for building and training.
-
-    Yields the policy name and the strategy's class name (or None). The global dtype policy is
-    restored afterwards; it must be set before a checkpoint is loaded, so that the optimizer's
-    loss-scaling state is restored with it.
-    """
-    gpus = _gpu_count()
-    policy = ("mixed_float16" if gpus else "float32") if precision == "auto" else precision
-    if strategy == "auto":
-        strategy = None
-        if gpus > 1 and keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-            strategy = tf.distribute.MirroredStrategy()
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            yield policy, type(strategy).__name__ if strategy is not None else None
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def _resource_monitor(run_dir: Path):
     """A started monitor appending to the run's ``resources.csv``."""
     from workbench.monitor import ResourceMonitor
@@ -358,27 +261,9 @@ def _resource_summary(run_dir: Path) -> dict:
             if value is not None and name != "images_per_second"}
 
 
-def _gpu_count() -> int:
-    """GPUs visible to the current Keras backend."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-        return len(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-        return sum(device.platform == "gpu" for device in jax.devices())
-    return 0
-
-
-def _finished(run_dir: Path) -> bool:
-    """Whether the run completed (or stopped early); a diverged run can still be resumed."""
-    path = run_dir / "metrics.json"
-    return path.is_file() and json.loads(path.read_text(encoding="utf-8"))["status"] != "diverged"
-
-
 def _changed_settings(run_dir: Path, config: dict) -> list[str]:
     """Names of the settings in which ``config`` differs from the run's ``config.json``."""
-    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    saved = RunDir(run_dir).config
     now = json.loads(json.dumps(config))
     return sorted(key for key in set(saved) | set(now)
                   if key not in _RESOLVED_AT_RUN_TIME and saved.get(key) != now.get(key))
@@ -417,7 +302,7 @@ def _build_model(recipe: Recipe, *, backbone, weights, source, cut_at, num_class
     return models.classifier(features, num_classes, dropout=dropout, train_bn=recipe.train_bn)
 
 
-def _compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, *,
+def compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, *,
                    train_bn: bool, total_steps: int, num_classes: int) -> None:
     """Sets the stage's learning-rate multipliers (freezing multiplier 0) and compiles."""
     models.set_trainable(model, train_bn=train_bn)  # undoes the previous stage's freezing
@@ -439,10 +324,8 @@ def _metrics(num_classes: int) -> list:
 
 
 def _progress_callbacks(progress: str, run_dir: Path, epochs: int, stage_name: str) -> list:
-    from workbench._progress import _in_notebook, _style
-
     if progress == "auto":
-        progress = "plot" if _in_notebook() and _style() is None else "lines"
+        progress = "plot" if watched_notebook() else "lines"
     if progress == "plot":
         return [cb.LivePlot(run_dir)]
     if progress == "lines":
@@ -453,8 +336,7 @@ def _progress_callbacks(progress: str, run_dir: Path, epochs: int, stage_name: s
 def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.RunState, *,
                    status: str) -> dict:
     """Evaluates the best model (or the final one) on the validation and test splits."""
-    best_path = run_dir / "best.keras"
-    model = models.load_model(best_path if best_path.is_file() else run_dir / "model.keras")
+    model = models.load_model(RunDir(run_dir).model_path("best"))
     metrics = {"status": status, "epochs": state.epoch, "best_epoch": state.best_epoch,
                "classes": len(data.classes), "train_images": int(len(data.labels["train"]))}
     for split in ("val", "test"):

@@ -8,8 +8,7 @@ from pathlib import Path
 import keras
 
 from workbench._io import atomic_path, write_json
-
-CHECKPOINT_STATE = "checkpoint.json"
+from workbench.runs import CHECKPOINT_STATE
 
 
 def save_model(model: keras.Model, path: str | Path) -> None:

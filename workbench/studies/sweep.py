@@ -40,17 +40,18 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
     Args:
         splits: the split folder of the target task (decoded once, shared by all runs).
         runs_dir: runs are written to ``runs_dir/<recipe>-seed<seed>/``.
-        recipes: recipe names (see ``workbench.finetune.recipes.RECIPES``).
+        recipes: recipe names (see ``workbench.training.recipes.RECIPES``).
         seeds: seeds; each changes initialisation, order, augmentation and dropout.
         solvers: optional ``{recipe: SolverConfig}`` for recipes that need their own settings
             (Caffe's recipe trains the whole network, so it wants a lower ``base_lr``).
-        **finetune_options: passed to :func:`workbench.finetune.train.finetune` (``source``,
+        **finetune_options: passed to :func:`workbench.training.train.finetune` (``source``,
             ``backbone``, ``solver``, ``image_size``, ``progress``, ...).
 
     Returns:
         A DataFrame with columns recipe, seed, run_dir, then the numbers of ``metrics.json``.
     """
-    from workbench.finetune.train import finetune, load_splits
+    from workbench.data.splitdir import load_splits
+    from workbench.training.train import finetune
 
     recipes, seeds = list(recipes), [check_int("seeds", seed, minimum=0) for seed in seeds]
     solvers = dict(solvers or {})
@@ -644,7 +645,7 @@ _PUBLISHED_BATCH_SIZE = (
     ("ERFNet segmentation, max 30 epochs", 16, None, None, 20.0),
 )
 
-# metrics.json keys (written by workbench.finetune.train.finetune) behind the study's columns
+# metrics.json keys (written by workbench.training.train.finetune) behind the study's columns
 _STUDY_COLUMNS = {"train_seconds": "train_seconds", "images_per_second": "images_per_second",
                   "test_accuracy": "test_accuracy",
                   "peak_ram_mib": "resources_process_rss_peak_mib",

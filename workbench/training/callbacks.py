@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from workbench._io import atomic_path
-from workbench.finetune import checkpoint
+from workbench.training import checkpoint
 
 
 @dataclasses.dataclass

@@ -687,8 +687,8 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
 
     from workbench._progress import progress as progress_bar
     from workbench.data import pipeline
-    from workbench.finetune.solver import SolverConfig
-    from workbench.finetune.train import SplitData, load_splits
+    from workbench.training.solver import SolverConfig
+    from workbench.data.splitdir import SplitData, load_splits
 
     model = _load(model)
     chain = _Chain(model)
@@ -766,12 +766,12 @@ def _fine_tune(model, *, rules: dict, train, solver, rest_lr_mult: float, seed: 
     Batch norm stays in inference mode; layers matching ``rules`` get their multiplier, the
     others ``rest_lr_mult`` (0 freezes them).
     """
-    from workbench.finetune import callbacks
-    from workbench.finetune.recipes import Stage
-    from workbench.finetune.train import _compile_stage
+    from workbench.training import callbacks
+    from workbench.training.recipes import Stage
+    from workbench.training.train import compile_stage
 
     stage = Stage("bottleneck", 1.0, rules, rest_lr_mult)
-    _compile_stage(model, stage, None, solver, train_bn=False,
+    compile_stage(model, stage, None, solver, train_bn=False,
                    total_steps=solver.epochs * train.steps_per_epoch,
                    num_classes=int(model.output_shape[-1]))
     model.fit(train.for_keras(), steps_per_epoch=train.steps_per_epoch, epochs=solver.epochs,

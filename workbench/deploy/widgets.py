@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from workbench._checks import check_choice, check_int
-from workbench._io import read_config
+from workbench.runs import RunDir
 
 
 def top_k_table(predictions) -> pd.DataFrame:
@@ -56,31 +55,14 @@ def example_image(run_dir: str | Path, *, split: str = "test", index: int = 0) -
         FileNotFoundError: the run, its split folder or the image is missing.
         ValueError: the split has no image ``index``.
     """
-    check_choice("split", split, ("train", "val", "test"))
-    check_int("index", index, minimum=0)
-    splits = Path(read_config(run_dir)["splits"])
-    meta_path = splits / "split.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"the run's split folder has no split.json naming its dataset, "
-                                f"received: {str(splits)!r}")
-    root = splits / json.loads(meta_path.read_text(encoding="utf-8"))["data_root"]
-    table = pd.read_csv(splits / "splits.csv", dtype={"path": str, "label": str})
-    paths = list(table.loc[table["split"] == split, "path"])
-    if index >= len(paths):
-        raise ValueError(f"index must be below the {len(paths)} images of split {split!r}, "
-                         f"received: {index}")
-    path = (root / paths[index]).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"the image of split {split!r} at index {index} is missing, "
-                                f"received: {str(path)!r}")
-    return path
+    return RunDir(run_dir).example_image(split=split, index=index)
 
 
 def classify_widget(classifier, *, top_k: int = 5):
     """A file-upload widget that shows each uploaded image beside its top-k chart and table.
 
     Args:
-        classifier: a :class:`workbench.predict.Classifier`.
+        classifier: a :class:`workbench.deploy.predict.Classifier`.
         top_k: how many classes to show.
 
     Returns:
@@ -107,7 +89,7 @@ def classify_outputs(classifier, uploaded: dict, *, top_k: int = 5) -> tuple:
     """The notebook outputs for one uploaded file: the chart and the table, or the error.
 
     Args:
-        classifier: a :class:`workbench.predict.Classifier`.
+        classifier: a :class:`workbench.deploy.predict.Classifier`.
         uploaded: one entry of ``FileUpload.value`` (``name`` and ``content``).
         top_k: how many classes to show.
 

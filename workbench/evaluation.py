@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from workbench._checks import check_choice, check_int
-from workbench._io import MODELS, model_path, read_config
+from workbench.runs import MODELS, RunDir
 
 SPLITS = ("train", "val", "test")
 TOP_K = 5
@@ -409,7 +409,7 @@ def split_images(run_dir: str | Path, *, split: str = "test") -> SplitImages:
     """Decodes one split of the run's dataset exactly as training did (same size, same resize).
 
     Args:
-        run_dir: a run directory written by :func:`workbench.finetune.train.finetune`.
+        run_dir: a run directory written by :func:`workbench.training.train.finetune`.
         split: ``"train"``, ``"val"`` or ``"test"``.
 
     Returns:
@@ -419,21 +419,13 @@ def split_images(run_dir: str | Path, *, split: str = "test") -> SplitImages:
         ValueError: for an unknown split or one the dataset does not have.
         FileNotFoundError: when ``run_dir`` is not a run directory.
     """
-    from workbench.finetune.train import load_splits
-
     check_choice("split", split, SPLITS)
-    config = read_config(run_dir)
-    data = load_splits(config["splits"], image_size=config["image_size"],
-                       resize_mode=config.get("resize_mode", "squash"), progress=False)
+    run = RunDir(run_dir)
+    data = run.load_splits()
     if split not in data.images:
         raise ValueError(f"split must be one the dataset has ({', '.join(data.images)}), "
                          f"received: {split!r}")
-    if config.get("classes") and list(config["classes"]) != list(data.classes):
-        raise ValueError(f"the classes of {config['splits']} changed since the run was trained: "
-                         f"the run has {len(config['classes'])}, the split folder "
-                         f"{len(data.classes)}")
-    table = pd.read_csv(Path(config["splits"]) / "splits.csv", dtype={"path": str, "label": str})
-    paths = list(table.loc[table["split"] == split, "path"])
+    paths = run.split_folder().paths(split)
     return SplitImages(list(data.classes), data.images[split], data.labels[split], paths)
 
 
@@ -445,7 +437,7 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
     same cache), so the accuracy matches ``metrics.json``.
 
     Args:
-        run_dir: a run directory written by :func:`workbench.finetune.train.finetune`.
+        run_dir: a run directory written by :func:`workbench.training.train.finetune`.
         split: ``"train"``, ``"val"`` or ``"test"``.
         model: ``"best"`` (the best checkpoint by validation accuracy) or ``"final"``.
         batch_size: images per forward pass.
@@ -462,8 +454,9 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
     check_choice("model", model, MODELS)
     check_int("batch_size", batch_size, minimum=1)
     run_dir = Path(run_dir)
-    read_config(run_dir)  # fails first when run_dir holds no run
-    path = model_path(run_dir, model)
+    run = RunDir(run_dir)
+    run.config  # noqa: B018 (fails first, naming the folder, when run_dir holds no run)
+    path = run.model_path(model)
     data = split_images(run_dir, split=split)
     from workbench.models import load_model
 

@@ -327,7 +327,7 @@ def resource_dashboard(frame_or_path, *, history=None) -> Figure:
     return figure
 
 
-# --- evaluation and inspection (workbench.evaluate, workbench.inspect)
+# --- evaluation and inspection (workbench.evaluation, workbench.inspect)
 
 def confusion_matrix(confusion, classes, *, normalize: bool = True, ax=None,
                      title: str | None = None, max_labels: int = 30,
@@ -468,7 +468,7 @@ def gradient_check(table: pd.DataFrame, *, tolerance: float, ax=None) -> Figure:
     return figure
 
 
-# --- split computing (workbench.split_computing)
+# --- split computing (workbench.studies.split_computing)
 
 def split_profile(table: pd.DataFrame, *, ax=None, title: str | None = None) -> Figure:
     """Bytes sent per image at each split layer (bars, log scale) and the device and server
@@ -613,7 +613,7 @@ def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None) -
     return figure
 
 
-# --- sweeps and studies (workbench.experiments, workbench.throughput)
+# --- sweeps and studies (workbench.studies.sweep, workbench.studies.throughput)
 
 def sweep_results(table: pd.DataFrame, *, metric: str, x: str, by=(), ax=None) -> Figure:
     """One line of ``metric`` against parameter ``x`` per combination of the parameters ``by``.

@@ -10,7 +10,7 @@ conversion, the same resize), so a photo gets the prediction the evaluation meas
 
 The fast path (``backend="auto"``, the default) runs ``<run_dir>/export/model.tflite`` with the
 LiteRT interpreter and imports no TensorFlow or Keras at all; when that export is missing or
-stale (the run's ``.keras`` file changed) it is made on first use with ``workbench.export``,
+stale (the run's ``.keras`` file changed) it is made on first use with ``workbench.deploy.export``,
 which does import TensorFlow, once. If the conversion fails, the Keras model is used instead,
 with one warning. ``backend="keras"`` always uses the Keras model (loaded in safe mode).
 
@@ -29,89 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench import export as exporting
 from workbench._checks import check_choice, check_int
-from workbench._io import read_config
 from workbench.data.images import RESIZE_MODES, load_array
+from workbench.deploy import export as exporting
+from workbench.deploy.runtime import LiteRTModel
+from workbench.runs import MODELS, RunDir
 
 BACKENDS = ("auto", "litert", "keras")
 AUTO_EXPORT_CHECK_IMAGES = 256  # test images compared when exporting on first use
 _SINGLE = (str, Path, bytes, bytearray, memoryview, np.ndarray)
-
-
-class LiteRTModel:
-    """A ``.tflite`` classifier run by the LiteRT interpreter (``ai-edge-litert``).
-
-    Calling it with a batch ``(N, H, W, 3)`` of raw pixels returns the ``(N, classes)``
-    probabilities. It invokes the interpreter once per image: on the 2-core CPU of
-    ``benchmarks/predict_latency.py`` that beat one invoke on a resized batch of 32 for
-    MobileNetV2-224 (203 against 169 images/s) and came within 15% of it for the small CNN; it
-    never re-allocates and lets the requests of several threads interleave. Each invoke holds
-    a lock, so one instance may be shared by threads.
-
-    Args:
-        path: the ``.tflite`` file.
-        threads: CPU threads of the interpreter.
-    """
-
-    def __init__(self, path: str | Path, *, threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.path = Path(path)
-        self.threads = check_int("threads", threads, minimum=1)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"path must be a .tflite file, received: {str(path)!r}")
-        self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        if len(self._input["shape"]) != 4:
-            raise ValueError(f"the model must take (N, H, W, 3) images, received input shape: "
-                             f"{list(self._input['shape'])}")
-        if self._input["shape"][0] != 1:  # one image per invoke
-            self._interpreter.resize_tensor_input(self._input["index"],
-                                                  [1, *self._input["shape"][1:]])
-        self._interpreter.allocate_tensors()
-        self._lock = threading.Lock()
-
-    @property
-    def input_shape(self) -> tuple:
-        """``(None, height, width, channels)``, like a Keras model's."""
-        return (None, *(int(d) for d in self._input["shape"][1:]))
-
-    @property
-    def output_shape(self) -> tuple:
-        """``(None, classes)``, like a Keras model's."""
-        return (None, int(self._output["shape"][-1]))
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = _quantize(np.asarray(pixels), self._input)
-        if pixels.ndim != 4:
-            raise ValueError(f"pixels must be a batch (N, H, W, 3), received shape: "
-                             f"{pixels.shape}")
-        rows = []
-        for image in pixels:
-            with self._lock:
-                self._interpreter.set_tensor(self._input["index"], image[None])
-                self._interpreter.invoke()
-                rows.append(self._interpreter.get_tensor(self._output["index"]))  # a copy
-        return _dequantize(np.concatenate(rows), self._output)
-
-
-def _quantize(pixels: np.ndarray, details: dict) -> np.ndarray:
-    """Pixels in the interpreter's input dtype (scaled for an integer-quantized input)."""
-    dtype = details["dtype"]
-    scale, zero_point = details["quantization"]
-    if np.issubdtype(dtype, np.integer) and scale:
-        info = np.iinfo(dtype)
-        return np.clip(np.round(pixels / scale + zero_point), info.min, info.max).astype(dtype)
-    return pixels.astype(dtype, copy=False)
-
-
-def _dequantize(output: np.ndarray, details: dict) -> np.ndarray:
-    scale, zero_point = details["quantization"]
-    if np.issubdtype(output.dtype, np.integer) and scale:
-        return (output.astype(np.float32) - zero_point) * scale
-    return output.astype(np.float32, copy=False)
 
 
 class Classifier:
@@ -181,10 +107,10 @@ class Classifier:
         Raises:
             FileNotFoundError: ``path`` is neither a run directory nor a model file.
             ValueError: a bad option, or labels missing for a bare model file.
-            workbench.export.ExportError: ``backend="litert"`` and the run cannot be exported.
+            workbench.deploy.export.ExportError: ``backend="litert"`` and the run cannot be exported.
         """
         check_choice("backend", backend, BACKENDS)
-        check_choice("model", model, exporting.MODELS)
+        check_choice("model", model, MODELS)
         check_int("threads", threads, minimum=1)
         path = Path(path)
         if path.is_dir():
@@ -243,7 +169,7 @@ class Classifier:
                 return cls(network, facts["labels"], info=info, **options)
         from workbench.models import load_model
 
-        source = exporting.model_path(run_dir, model)
+        source = RunDir(run_dir).model_path(model)
         return cls(load_model(source), facts["labels"], info={**facts, "model_file": str(source)},
                    **options)
 
@@ -297,17 +223,11 @@ class Classifier:
 
 
 def _config_facts(run_dir: Path) -> dict:
-    """What a run's ``config.json`` (and ``metrics.json``) say about its model."""
-    config = read_config(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) \
-        if metrics_path.is_file() else None
-    return {"run_dir": str(run_dir), "labels": list(config["classes"]),
-            "image_size": int(config["image_size"]),
-            "resize_mode": config.get("resize_mode", "squash"),
-            "backbone": config.get("backbone") or
-            (Path(config["source"]).name if config.get("source") else None),
-            "recipe": config.get("recipe"), "metrics": metrics}
+    """What a run directory says about its model."""
+    run = RunDir(run_dir)
+    return {"run_dir": str(run_dir), "labels": run.classes, "image_size": run.image_size,
+            "resize_mode": run.resize_mode, "backbone": run.starting_point,
+            "recipe": run.config.get("recipe"), "metrics": run.metrics}
 
 
 def _sidecar_facts(path: Path) -> dict:

@@ -2,7 +2,7 @@
 
 The number cloud users weigh before renting a GPU: how many times faster one training step runs
 there. :func:`training_images_per_second` trains a freshly built classifier (the network
-``workbench.finetune`` builds, random weights) for a few batches on one device and times them
+``workbench.training`` builds, random weights) for a few batches on one device and times them
 after warm-up, so compilation is excluded. :func:`throughput_table` measures several models and
 image sizes on both devices and returns a :class:`ThroughputResult`; without a GPU its ratio
 column says so instead of guessing. ``benchmarks/throughput.py`` and notebook 07 both call it::
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from workbench._checks import check_choice, check_int
+from workbench._device import execution_context, gpu_count, gpu_name
 
 DEVICES = ("cpu", "gpu")
 DEFAULT_MODELS = ("cifar_cnn:32", "mobilenet_v2:96", "mobilenet_v2:224")
@@ -64,8 +65,7 @@ def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int =
 
     from workbench import models
     from workbench.data.pipeline import Batches
-    from workbench.finetune.lr_mult import with_lr_multipliers
-    from workbench.finetune.train import _execution_context
+    from workbench.training.lr_mult import with_lr_multipliers
 
     check_choice("backbone", backbone, models.BACKBONES)
     check_int("image_size", image_size, minimum=8)
@@ -75,7 +75,7 @@ def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int =
     check_int("warmup", warmup, minimum=1)
     check_choice("precision", precision, ("float32", "mixed_float16", "mixed_bfloat16"))
     check_int("num_classes", num_classes, minimum=2)
-    if device == "gpu" and not _gpu_count():
+    if device == "gpu" and not gpu_count():
         raise ValueError(f"device must be 'cpu' when the {keras.backend.backend()} backend sees "
                          f"no GPU, received: {device!r}")
     total = warmup + steps
@@ -89,7 +89,7 @@ def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int =
             float((logs or {}).get("loss", 0.0))  # waits for the step to finish on the device
             stamps[batch + 1] = time.perf_counter()
 
-    with _execution_context(precision, None):  # the dtype policy finetune sets, then restored
+    with execution_context(precision, None):  # the dtype policy finetune sets, then restored
         with keras.device(f"{device}:0"):
             keras.utils.set_random_seed(seed)
             model = models.classifier(models.backbone(backbone, weights=None,
@@ -177,7 +177,7 @@ def throughput_table(models=DEFAULT_MODELS, *, batch_size: int = 32, steps: int 
         raise ValueError(f"models must be a non-empty list of 'name:size' strings, received: "
                          f"{models!r}")
     specs = [_spec(model) for model in models]
-    gpus = _gpu_count()
+    gpus = gpu_count()
     rows = []
     for name, size in progress_bar(specs, desc="throughput") if progress else specs:
         options = {"image_size": size, "batch_size": batch_size, "steps": steps,
@@ -192,7 +192,7 @@ def throughput_table(models=DEFAULT_MODELS, *, batch_size: int = 32, steps: int 
                      "gpu_over_cpu": round(gpu / cpu, 1) if gpus else NOT_MEASURED})
     environment = (f"Keras {keras.__version__}, {keras.backend.backend()} backend; CPU: "
                    f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-                   f"GPU: {_gpu_name() if gpus else 'none visible'}")
+                   f"GPU: {gpu_name() if gpus else 'none visible'}")
     return ThroughputResult(pd.DataFrame(rows), environment, steps, warmup)
 
 
@@ -206,24 +206,3 @@ def _spec(model) -> tuple[str, int]:
         return model[0], check_int("image_size", model[1], minimum=8)
     raise ValueError(f"models must be 'name:size' strings or (name, size) pairs, "
                      f"received: {model!r}")
-
-
-def _gpu_count() -> int:
-    """GPUs visible to the Keras backend (the query ``finetune`` makes; a fake in tests)."""
-    from workbench.finetune.train import _gpu_count as count
-
-    return count()
-
-
-def _gpu_name() -> str:
-    """The first GPU's name as the Keras backend reports it."""
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-        return next(device.device_kind for device in jax.devices() if device.platform == "gpu")
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-        gpu = tf.config.list_physical_devices("GPU")[0]
-        return tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-    return "GPU"

@@ -1,0 +1,170 @@
+"""``RunDir``: the one reader of a run directory written by ``finetune``.
+
+A run directory holds everything a training run produces, each file written atomically:
+
+====================  ======================================================================
+``config.json``       every setting needed to reproduce the run
+``history.csv``       one row per epoch (loss, accuracy, top-5, validation, lr, time)
+``steps.csv``         the loss of every training step
+``lr_table.csv``      layer, parameters, multiplier, effective learning rate per stage
+``labels.txt``        class names, line ``i`` for output ``i``
+``model.keras``       the final model; ``best.keras`` the best by validation accuracy
+``checkpoint.*``      the last checkpoint (model with optimizer state + ``checkpoint.json``)
+``metrics.json``      final numbers for sweeps: status, accuracies, time, images/s
+``curves.png``        loss, accuracy and learning rate per epoch
+``resources.csv``     GPU, CPU and RAM use over time (``workbench.monitor``)
+``weight_stats.csv``  mean |w| and |dw|/|w| per layer and epoch
+====================  ======================================================================
+
+Training, evaluation, export, prediction, the web page, the notebooks and the studies read a
+run through this class.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from workbench._checks import check_choice
+from workbench.data.splitdir import SplitFolder
+
+MODELS = ("best", "final")  # which model file of a run: the best checkpoint or the last epoch
+CHECKPOINT_STATE = "checkpoint.json"
+RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
+             "model.keras", "best.keras", "metrics.json", "curves.png", "resources.csv",
+             "weight_stats.csv", CHECKPOINT_STATE)
+
+
+class RunDir:
+    """A run directory: its settings, numbers, history, labels, model files and split folder.
+
+    Args:
+        path: the run directory.
+
+    Reading a file the run does not have raises ``FileNotFoundError`` naming the folder.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"run_dir must be a path, received: {path!r}")
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def exists(self) -> bool:
+        """Whether the folder holds a run (its ``config.json``)."""
+        return (self.path / "config.json").is_file()
+
+    @functools.cached_property
+    def config(self) -> dict:
+        """``config.json``: every setting of the run.
+
+        Raises:
+            FileNotFoundError: naming the folder when it holds no run.
+        """
+        if not self.exists:
+            raise FileNotFoundError(f"run_dir must be a run directory written by finetune "
+                                    f"(with config.json), received: {str(self.path)!r}")
+        return self._json("config.json")
+
+    @property
+    def metrics(self) -> dict | None:
+        """``metrics.json`` (read afresh), or None while the run has not finished."""
+        path = self.path / "metrics.json"
+        return self._json("metrics.json") if path.is_file() else None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run completed (or stopped early); a diverged run can still resume."""
+        metrics = self.metrics
+        return metrics is not None and metrics.get("status") != "diverged"
+
+    def history(self) -> pd.DataFrame:
+        """``history.csv``: one row per epoch."""
+        return pd.read_csv(self._file("history.csv"))
+
+    def lr_table(self) -> pd.DataFrame:
+        """``lr_table.csv`` (empty when the run has none)."""
+        path = self.path / "lr_table.csv"
+        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, index ``i`` naming output ``i``."""
+        return list(self.config["classes"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    @property
+    def resize_mode(self) -> str:
+        return self.config.get("resize_mode", "squash")
+
+    @property
+    def starting_point(self) -> str | None:
+        """What the run was fine-tuned from: the backbone name, or the source model's file."""
+        config = self.config
+        return config.get("backbone") or (Path(config["source"]).name if config.get("source")
+                                          else None)
+
+    def model_path(self, model: str = "best") -> Path:
+        """The model file: ``best.keras`` (falling back to ``model.keras`` when the run kept no
+        best checkpoint) or ``model.keras`` for ``"final"``.
+
+        Raises:
+            FileNotFoundError: when the run has no finished model.
+        """
+        check_choice("model", model, MODELS)
+        if model == "best" and (self.path / "best.keras").is_file():
+            return self.path / "best.keras"
+        path = self.path / "model.keras"
+        if not path.is_file():
+            raise FileNotFoundError(f"run_dir holds no finished model (model.keras), received: "
+                                    f"{str(self.path)!r}")
+        return path
+
+    def split_folder(self) -> SplitFolder:
+        """The split folder the run was trained on."""
+        return SplitFolder(self.config["splits"])
+
+    def load_splits(self, *, progress: bool = False):
+        """The run's split folder decoded as training decoded it (same size and resize mode).
+
+        Raises:
+            ValueError: when the split folder's classes changed since the run was trained.
+        """
+        data = self.split_folder().load(image_size=self.image_size,
+                                        resize_mode=self.resize_mode, progress=progress)
+        if self.config.get("classes") and self.classes != list(data.classes):
+            raise ValueError(f"the classes of {self.config['splits']} changed since the run was "
+                             f"trained: the run has {len(self.classes)}, the split folder "
+                             f"{len(data.classes)}")
+        return data
+
+    def example_image(self, *, split: str = "test", index: int = 0) -> Path:
+        """An image file from the run's own dataset: the ``index``-th image of ``split``."""
+        return self.split_folder().image_path(split, index)
+
+    def _file(self, name: str) -> Path:
+        path = self.path / name
+        if not path.is_file():
+            raise FileNotFoundError(f"the run directory {str(self.path)!r} has no {name}")
+        return path
+
+    def _json(self, name: str) -> dict:
+        path = self._file(name)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ValueError(f"{path} is not readable JSON ({error}); the run directory is "
+                             "damaged: train it again") from None
