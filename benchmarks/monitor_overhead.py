@@ -40,6 +40,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from workbench import models, monitor  # noqa: E402
+from workbench.training.callbacks import MonitorResources  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "monitor_overhead.md"
 TARGET = 1.0  # % overhead
@@ -79,8 +80,8 @@ def throughput(model, images, labels, *, args, interval, folder) -> float:
     timer = StepTimer(args.warmup)
     callbacks = [timer]
     if interval is not None:
-        callbacks.insert(0, monitor.ResourceMonitor(Path(folder) / f"r{interval}.csv",
-                                                    interval=interval))
+        callbacks.insert(0, MonitorResources(monitor.ResourceMonitor(
+            Path(folder) / f"r{interval}.csv", interval=interval)))
     model.fit(images, labels, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
               callbacks=callbacks)
     return (timer.batches - args.warmup) * args.batch_size / (timer.end - timer.start)
@@ -88,7 +89,7 @@ def throughput(model, images, labels, *, args, interval, folder) -> float:
 
 def sample_cost(samples: int) -> tuple[float, float, bool]:
     """Milliseconds of wall and CPU time per sample, and whether a GPU was read."""
-    recorder = monitor._Recorder(os.devnull)
+    recorder = monitor.ResourceMonitor(os.devnull)
     recorder._t0 = time.monotonic()
     recorder._open_process()
     nvml, handles, names, _ = monitor._start_nvml()

@@ -8,6 +8,7 @@ import pytest
 import tiny_data
 from workbench import inspect, models, plots
 from workbench.training.solver import SolverConfig
+from workbench.training.callbacks import WEIGHT_STATS_COLUMNS, WeightStats
 from workbench.training.train import finetune
 
 SOLVER = SolverConfig(epochs=2, batch_size=16, base_lr=0.01)
@@ -105,9 +106,9 @@ def test_weight_stats_record_each_epoch_and_zero_for_a_frozen_layer(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     y = np.arange(32) % 3
     path = tmp_path / "weight_stats.csv"
-    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[inspect.WeightStats(path)])
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[WeightStats(path)])
     table = inspect.read_weight_stats(path)
-    assert list(table.columns) == inspect.WEIGHT_STATS_COLUMNS
+    assert list(table.columns) == WEIGHT_STATS_COLUMNS
     assert len(table) == 2 * 4  # 2 epochs x (kernel, bias) x 2 layers
     frozen = table[table["layer"] == "frozen_dense"]
     head = table[table["layer"] == "head"]
@@ -122,7 +123,7 @@ def test_weight_stats_record_each_epoch_and_zero_for_a_frozen_layer(tmp_path):
 
     # a second fit from epoch 1 (a resumed run) replaces epoch 2 and goes on
     model.fit(x, y, epochs=3, initial_epoch=1, batch_size=8, verbose=0,
-              callbacks=[inspect.WeightStats(path)])
+              callbacks=[WeightStats(path)])
     again = inspect.read_weight_stats(path)
     assert sorted(again["epoch"].unique()) == [1, 2, 3] and len(again) == 3 * 4
     pd.testing.assert_frame_equal(again[again["epoch"] == 1], table[table["epoch"] == 1])

@@ -244,13 +244,15 @@ def test_importing_the_module_does_not_import_keras():
     import subprocess
 
     code = ("import sys, workbench.monitor as m; assert 'keras' not in sys.modules; "
-            "assert 'pynvml' not in sys.modules; assert 'ResourceMonitor' in dir(m)")
+            "assert 'pynvml' not in sys.modules; m.ResourceMonitor(sys.argv[0]); assert 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.slow
 def test_epoch_and_step_come_from_the_keras_hooks_over_two_fits(tmp_path, no_nvml):
     import keras
+
+    from workbench.training.callbacks import MonitorResources
 
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
@@ -259,7 +261,7 @@ def test_epoch_and_step_come_from_the_keras_hooks_over_two_fits(tmp_path, no_nvm
     model.compile("sgd", "sparse_categorical_crossentropy")
     path = tmp_path / "resources.csv"
     mon = monitor.ResourceMonitor(path, interval=INTERVAL)
-    assert isinstance(mon, keras.callbacks.Callback)
+    hooks = MonitorResources(mon)
 
     class WaitForSamples(keras.callbacks.Callback):
         """Holds each batch until two more rows are written, so each step is sampled."""
@@ -269,10 +271,10 @@ def test_epoch_and_step_come_from_the_keras_hooks_over_two_fits(tmp_path, no_nvm
             wait_until(lambda: mon.rows >= rows + 2, "two samples after a batch")
 
     with pytest.warns(RuntimeWarning, match="no GPU found"):
-        model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[mon, WaitForSamples()])
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[hooks, WaitForSamples()])
     assert not mon.running and mon.epoch is None
     model.fit(x, y, batch_size=8, initial_epoch=2, epochs=3, verbose=0,
-              callbacks=[mon, WaitForSamples()])  # stage two: appended
+              callbacks=[hooks, WaitForSamples()])  # stage two: appended
     frame = monitor.read_resources(path)
     seen = set(zip(frame["session"], frame["epoch"], frame["step"]))
     expected = {(0, e, s) for e in (1, 2) for s in (1, 2, 3, 4)} | {(1, 3, s) for s in range(1, 5)}
@@ -308,7 +310,7 @@ def hand_made(seconds=range(0, 37, 4), power=100.0, gpus=(0,), session=0, epoch_
 
 
 def test_summary_energy_of_100_w_for_36_s_is_one_wh():
-    summary = monitor.summarize(hand_made(), images=720)
+    summary = monitor.summarize_resources(hand_made(), images=720)
     assert summary["gpu_energy_wh"] == pytest.approx(1.0)
     assert summary["duration_s"] == 36 and summary["samples"] == 10
     assert summary["images_per_second"] == pytest.approx(20.0)
@@ -324,20 +326,20 @@ def test_summary_sums_gpus_and_sessions_without_bridging_the_gap():
     frame = pd.concat([hand_made(gpus=(0, 1)),
                        hand_made(seconds=range(100, 137, 4), gpus=(0, 1), session=1)],
                       ignore_index=True)
-    summary = monitor.summarize(frame)
+    summary = monitor.summarize_resources(frame)
     assert summary["gpu_energy_wh"] == pytest.approx(4.0)  # 2 GPUs x 2 sessions x 1 Wh
     assert summary["duration_s"] == 72 and summary["samples"] == 20 and summary["gpus"] == 2
     assert summary["gpu_util_mean_percent"] == 55 and "images_per_second" not in summary
 
 
 def test_summary_without_gpu_and_bad_arguments():
-    summary = monitor.summarize(hand_made(gpus=()))
+    summary = monitor.summarize_resources(hand_made(gpus=()))
     assert summary["gpus"] == 0 and summary["gpu_energy_wh"] is None
     assert summary["gpu_memory_peak_mib"] is None and summary["ram_used_peak_mib"] == 4036
     with pytest.raises(ValueError, match="images must be >= 0, received: -1"):
-        monitor.summarize(hand_made(), images=-1)
+        monitor.summarize_resources(hand_made(), images=-1)
     with pytest.raises(ValueError, match="frame must be a DataFrame .*received: list"):
-        monitor.summarize([1, 2])
+        monitor.summarize_resources([1, 2])
 
 
 def test_read_resources_drops_a_cut_line_and_names_a_missing_file(tmp_path, fake_nvml):

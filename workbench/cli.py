@@ -318,7 +318,7 @@ def _args_plot_resources(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_plot_resources(args: argparse.Namespace) -> int:
-    from workbench.monitor import read_resources, summarize
+    from workbench.monitor import read_resources, summarize_resources
     from workbench.plots import resource_dashboard
 
     run_dir = Path(args.run_dir)
@@ -336,7 +336,7 @@ def _cmd_plot_resources(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run_dir / "resources.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     resource_dashboard(frame, history=history).savefig(out, dpi=100)
-    summary = summarize(frame)
+    summary = summarize_resources(frame)
     print("  ".join(f"{key} {round(value, 1) if isinstance(value, float) else value}"
                     for key, value in summary.items() if value is not None))
     print(f"Wrote {out}")

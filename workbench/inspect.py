@@ -7,7 +7,7 @@ drawing them (the figures themselves live in :mod:`workbench.plots`).
   filters in colour; deeper layers one grey tile per (filter, input channel));
   :func:`compare_filters` shows the same filters before and after fine-tuning side by side.
 * :func:`activations` shows what chosen layers output for one image, one tile per channel.
-* :class:`WeightStats` is a Keras callback that records, per layer and epoch, the mean absolute
+* The training callback ``WeightStats`` records, per layer and epoch, the mean absolute
   weight and the update-to-weight ratio ``|Δw| / |w|`` (around 1e-3 is healthy; 0 means frozen)
   into a CSV; :func:`read_weight_stats` and :func:`workbench.plots.weight_stats` show them.
 * :func:`gradient_check` compares automatic differentiation with central finite differences.
@@ -28,9 +28,8 @@ import pandas as pd
 from workbench import models
 from workbench._checks import check_int, check_number
 from workbench._io import run_file
+from workbench.training.callbacks import WEIGHT_STATS_COLUMNS
 
-WEIGHT_STATS_COLUMNS = ["epoch", "layer", "weight", "mean_abs", "update_ratio"]
-_SKIPPED_WEIGHTS = ("moving_mean", "moving_variance")  # batch-norm statistics are not learned
 
 
 # --- finding layers ----------------------------------------------------------------------------
@@ -377,83 +376,6 @@ def activations(model, image, *, layers, max_channels: int = 64,
 
 
 # --- weight statistics -------------------------------------------------------------------------
-
-def _tracked_weights(model: keras.Model) -> list:
-    """The learnable float weights (batch-norm moving statistics and seed states left out)."""
-    chosen = []
-    for variable in model.weights:
-        name = variable.path.rpartition("/")[2]
-        if name in _SKIPPED_WEIGHTS or "float" not in str(variable.dtype):
-            continue
-        chosen.append(variable)
-    return chosen
-
-
-class WeightStats(keras.callbacks.Callback):
-    """Records per layer and epoch the mean |w| and the update-to-weight ratio |Δw| / |w|.
-
-    At the end of every epoch one row per weight is appended to ``path``: ``epoch`` (1-based,
-    as in ``history.csv``), ``layer``, ``weight`` (kernel, bias, gamma, ...), ``mean_abs`` and
-    ``update_ratio = ||w_epoch - w_previous|| / ||w_previous||`` (NaN while a weight that
-    started at zero, like a bias, has no norm yet). A layer that learns at a sane
-    rate shows a ratio around 1e-3 per step (more per epoch); a frozen layer (learning-rate
-    multiplier 0) shows exactly 0. Rows of epochs after the one ``fit`` starts at are dropped
-    first, so a resumed run or a second stage continues the same file::
-
-        model.fit(..., callbacks=[WeightStats(run_dir / "weight_stats.csv")])
-
-    Args:
-        path: the CSV file.
-        layers: optional layer names to record (default every layer with weights).
-    """
-
-    def __init__(self, path: str | Path, *, layers=None):
-        super().__init__()
-        self.path = Path(path)
-        self.layers = None if layers is None else set(layers)
-        self._previous: dict = {}
-        self._opened = False
-
-    def _weights(self) -> list:
-        chosen = []
-        for variable in _tracked_weights(self.model):
-            layer, _, weight = variable.path.rpartition("/")
-            if self.layers is None or layer.rpartition("/")[2] in self.layers or layer in self.layers:
-                chosen.append((layer, weight, variable))
-        return chosen
-
-    def _open(self, first_epoch: int) -> None:
-        """Starts the file, keeping the rows of epochs finished before ``first_epoch``."""
-        from workbench.training.callbacks import CsvAppender
-
-        self._appender = CsvAppender(self.path, WEIGHT_STATS_COLUMNS,
-                                     keep_while=lambda row: int(row["epoch"]) <= first_epoch)
-        self._opened = True
-
-    def on_train_begin(self, logs=None):
-        self._previous = {id(v): np.array(keras.ops.convert_to_numpy(v), dtype=np.float64)
-                          for _, _, v in self._weights()}
-        self._opened = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self._opened:
-            self._open(epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self._opened:
-            self._open(epoch)
-        for layer, weight, variable in self._weights():
-            now = np.array(keras.ops.convert_to_numpy(variable), dtype=np.float64)
-            before = self._previous.get(id(variable))
-            norm = float(np.linalg.norm(before)) if before is not None else 0.0
-            change = float(np.linalg.norm(now - before)) if before is not None else math.nan
-            # a weight starting at zero (a bias) has no ratio until it moves away from zero
-            ratio = change / norm if norm > 0 else (0.0 if change == 0 else math.nan)
-            self._appender.append({"epoch": epoch + 1, "layer": layer, "weight": weight,
-                                   "mean_abs": float(np.abs(now).mean()),
-                                   "update_ratio": ratio})
-            self._previous[id(variable)] = now
-
 
 def read_weight_stats(path: str | Path) -> pd.DataFrame:
     """Reads a CSV written by :class:`WeightStats` (a run directory: its ``weight_stats.csv``)."""

@@ -2,20 +2,17 @@
 
 :class:`ResourceMonitor` appends one row per sample per GPU to a CSV file (``resources.csv`` in a
 run directory) and flushes every row, so a crash keeps what was measured. It is a context manager
-and a Keras callback: passed to ``fit`` it starts at ``on_train_begin``, stops at
-``on_train_end`` and records the current epoch and step::
-
-    monitor = ResourceMonitor(run_dir / "resources.csv")
-    model.fit(..., callbacks=[monitor])
-    summarize(read_resources(run_dir / "resources.csv"), images=n_images)
+and, through ``workbench.training.callbacks.MonitorResources``, a Keras callback that starts
+at ``on_train_begin``, stops at ``on_train_end`` and records the current epoch and step::
 
     with ResourceMonitor("resources.csv", interval=0.5):   # any code, not only Keras
         run_something()
+    summarize_resources(read_resources("resources.csv"), images=n_images)
 
 GPU figures come from NVML (the ``pynvml`` module of nvidia-ml-py); CPU and RAM from psutil.
 Without a GPU or NVML the monitor records CPU and RAM, warns once and sets
-``gpu_available`` to False. Importing this module imports neither Keras nor NVML: Keras is
-imported the first time ``ResourceMonitor`` is used, NVML when sampling starts.
+``gpu_available`` to False. This module never imports Keras; NVML is imported when sampling
+starts.
 
 Columns of ``resources.csv`` (:data:`COLUMNS`; empty where a value is unknown):
 
@@ -24,7 +21,7 @@ Columns of ``resources.csv`` (:data:`COLUMNS`; empty where a value is unknown):
   every later start that appends to it (e.g. the second stage of a two-stage recipe, or a
   resumed run).
 * ``epoch`` (Keras epoch index + 1) and ``step`` (batches finished in that epoch), set by the
-  callback hooks; empty outside ``fit``.
+  training callback; empty outside ``fit``.
 * ``gpu`` (NVML index), ``gpu_name``, ``gpu_util_percent``, ``gpu_memory_used_mib``,
   ``gpu_memory_total_mib``, ``gpu_power_w``, ``gpu_power_limit_w``, ``gpu_temperature_c``,
   ``gpu_sm_clock_mhz``: one row per GPU per sample; empty when there is no GPU (one row per
@@ -53,7 +50,7 @@ from pathlib import Path
 from workbench._checks import check_int, check_number
 from workbench._io import run_file
 
-__all__ = ["COLUMNS", "ResourceMonitor", "monitor_command", "read_resources", "summarize"]
+__all__ = ["COLUMNS", "ResourceMonitor", "monitor_command", "read_resources", "summarize_resources"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +188,34 @@ def _stop_nvml(nvml) -> None:
 
 # --- the recorder ------------------------------------------------------------------------------
 
-class _Recorder:
-    """The sampling thread and the CSV file; :class:`ResourceMonitor` adds the Keras hooks."""
+class ResourceMonitor:
+    """Samples GPU, CPU and RAM into a CSV file in a background thread; a context manager.
+
+    Every ``interval`` seconds (and once more when stopped) the thread appends one row per GPU
+    (one row without GPU values when there is none) to ``path`` and flushes it, so the file
+    holds everything measured even if the process dies. See the module docstring for the
+    columns. ``epoch`` and ``step`` are recorded from the attributes of the same names, which
+    the training callback (``workbench.training.callbacks.MonitorResources``) sets.
+
+    Starting a running monitor, or stopping a stopped one, does nothing; a stopped monitor
+    started again appends the next ``session`` to the same file.
+
+    Args:
+        path: the CSV file (usually ``run_dir / "resources.csv"``); appended to if it exists,
+            created with its folder if not.
+        interval: seconds between samples, > 0 (default 1.0; 0.1 is fine for short runs).
+        pid: the process to record (default this one).
+        include_children: also count the processes ``pid`` starts.
+
+    Attributes:
+        gpu_available: whether NVML found a GPU (False: CPU and RAM only, warned once).
+        gpu_reason: why no GPU is recorded ("" when one is).
+        rows: rows written so far by this monitor.
+        error: the exception that stopped the sampling thread early, or None.
+
+    Raises:
+        ValueError: ``path`` is not a path, or ``interval`` is not a number > 0.
+    """
 
     def __init__(self, path, *, interval: float = 1.0, pid: int | None = None,
                  include_children: bool = False):
@@ -415,83 +438,6 @@ def _format(value) -> str:
     return str(value)
 
 
-def _monitor_class():
-    """Defines :class:`ResourceMonitor` (a Keras callback) when it is first used."""
-    import keras
-
-    class ResourceMonitor(_Recorder, keras.callbacks.Callback):
-        """Samples GPU, CPU and RAM into a CSV file; a context manager and a Keras callback.
-
-        Every ``interval`` seconds (and once more when stopped) a background thread appends one
-        row per GPU (one row without GPU values when there is none) to ``path`` and flushes
-        it, so the file holds everything measured even if the process dies. See the module
-        docstring for the columns.
-
-        As a Keras callback it starts at ``on_train_begin`` and stops at ``on_train_end``; the
-        same monitor passed to two ``fit`` calls appends both (``session`` 0 and 1). It records
-        ``epoch`` (Keras's epoch index + 1) and ``step`` (batches finished in the epoch). Keras
-        does not call ``on_train_end`` when ``fit`` raises; to stop the thread in that case too,
-        also use the monitor as a context manager around ``fit``::
-
-            monitor = ResourceMonitor(run_dir / "resources.csv")
-            with monitor:
-                model.fit(..., callbacks=[monitor])
-
-        Starting a running monitor, or stopping a stopped one, does nothing.
-
-        Args:
-            path: the CSV file (usually ``run_dir / "resources.csv"``); appended to if it
-                exists, created with its folder if not.
-            interval: seconds between samples, > 0 (default 1.0; 0.1 is fine for short runs).
-
-        Attributes:
-            gpu_available: whether NVML found a GPU (False: CPU and RAM only, warned once).
-            gpu_reason: why no GPU is recorded ("" when one is).
-            rows: rows written so far by this monitor.
-            error: the exception that stopped the sampling thread early, or None.
-
-        Raises:
-            ValueError: ``path`` is not a path, or ``interval`` is not a number > 0.
-        """
-
-        async_safe = True  # the batch hook only stores two ints: Keras may call it off-thread
-
-        def __init__(self, path, *, interval: float = 1.0):
-            keras.callbacks.Callback.__init__(self)
-            _Recorder.__init__(self, path, interval=interval)
-
-        def on_train_begin(self, logs=None):
-            self.epoch = self.step = None
-            self.start()
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch, self.step = int(epoch) + 1, 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.step = int(batch) + 1
-
-        def on_train_end(self, logs=None):
-            self.stop()
-            self.epoch = self.step = None
-
-    ResourceMonitor.__module__ = __name__
-    ResourceMonitor.__qualname__ = "ResourceMonitor"
-    return ResourceMonitor
-
-
-def __getattr__(name: str):
-    # ResourceMonitor subclasses keras.callbacks.Callback; defining it on first use keeps
-    # `import workbench.monitor` (and `workbench monitor -- CMD`) free of Keras and TensorFlow.
-    if name == "ResourceMonitor":
-        cls = globals()["ResourceMonitor"] = _monitor_class()
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | {"ResourceMonitor"})
-
-
 # --- running a command -------------------------------------------------------------------------
 
 def monitor_command(command, path, *, interval: float = 1.0) -> int:
@@ -517,7 +463,7 @@ def monitor_command(command, path, *, interval: float = 1.0) -> int:
                          f"received: {command!r}")
     check_number("interval", interval, minimum=0.0, exclusive_minimum=True)
     child = subprocess.Popen([os.fspath(part) for part in command])
-    recorder = _Recorder(path, interval=interval, pid=child.pid, include_children=True)
+    recorder = ResourceMonitor(path, interval=interval, pid=child.pid, include_children=True)
     try:
         with recorder:
             try:
@@ -576,7 +522,7 @@ def read_resources(path):
     return frame
 
 
-def summarize(frame, *, images: int | None = None) -> dict:
+def summarize_resources(frame, *, images: int | None = None) -> dict:
     """Peak memory, mean utilisation, energy and throughput of a recorded run.
 
     Args:

@@ -20,6 +20,9 @@ import numpy as np
 from workbench._io import atomic_path
 from workbench.training import checkpoint
 
+WEIGHT_STATS_COLUMNS = ["epoch", "layer", "weight", "mean_abs", "update_ratio"]
+_SKIPPED_WEIGHTS = ("moving_mean", "moving_variance")  # batch-norm statistics are not learned
+
 
 @dataclasses.dataclass
 class RunState:
@@ -199,6 +202,109 @@ class EpochLines(keras.callbacks.Callback):
         parts.append(f"lr {current_lr(self.model):.2e}")
         parts.append(f"{time.monotonic() - self._started:.1f}s")
         print("  ".join(parts), file=sys.stdout, flush=True)
+
+
+class MonitorResources(keras.callbacks.Callback):
+    """Runs a :class:`workbench.monitor.ResourceMonitor` during ``fit`` and tells it the epoch
+    and step: it starts at ``on_train_begin`` and stops at ``on_train_end``. Keras does not call
+    ``on_train_end`` when ``fit`` raises; to stop the thread then too, also use the monitor as a
+    context manager around ``fit``. The same monitor passed to two ``fit`` calls appends both
+    (``session`` 0 and 1)."""
+
+    async_safe = True  # the batch hook only stores two ints: Keras may call it off-thread
+
+    def __init__(self, monitor):
+        super().__init__()
+        self.monitor = monitor
+
+    def on_train_begin(self, logs=None):
+        self.monitor.epoch = self.monitor.step = None
+        self.monitor.start()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.monitor.epoch, self.monitor.step = int(epoch) + 1, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.monitor.step = int(batch) + 1
+
+    def on_train_end(self, logs=None):
+        self.monitor.stop()
+        self.monitor.epoch = self.monitor.step = None
+
+
+def _tracked_weights(model: keras.Model) -> list:
+    """The learnable float weights (batch-norm moving statistics and seed states left out)."""
+    chosen = []
+    for variable in model.weights:
+        name = variable.path.rpartition("/")[2]
+        if name in _SKIPPED_WEIGHTS or "float" not in str(variable.dtype):
+            continue
+        chosen.append(variable)
+    return chosen
+
+
+class WeightStats(keras.callbacks.Callback):
+    """Records per layer and epoch the mean |w| and the update-to-weight ratio |Δw| / |w|.
+
+    At the end of every epoch one row per weight is appended to ``path``: ``epoch`` (1-based,
+    as in ``history.csv``), ``layer``, ``weight`` (kernel, bias, gamma, ...), ``mean_abs`` and
+    ``update_ratio = ||w_epoch - w_previous|| / ||w_previous||`` (NaN while a weight that
+    started at zero, like a bias, has no norm yet). A layer that learns at a sane
+    rate shows a ratio around 1e-3 per step (more per epoch); a frozen layer (learning-rate
+    multiplier 0) shows exactly 0. Rows of epochs after the one ``fit`` starts at are dropped
+    first, so a resumed run or a second stage continues the same file::
+
+        model.fit(..., callbacks=[WeightStats(run_dir / "weight_stats.csv")])
+
+    Args:
+        path: the CSV file.
+        layers: optional layer names to record (default every layer with weights).
+    """
+
+    def __init__(self, path: str | Path, *, layers=None):
+        super().__init__()
+        self.path = Path(path)
+        self.layers = None if layers is None else set(layers)
+        self._previous: dict = {}
+        self._opened = False
+
+    def _weights(self) -> list:
+        chosen = []
+        for variable in _tracked_weights(self.model):
+            layer, _, weight = variable.path.rpartition("/")
+            if self.layers is None or layer.rpartition("/")[2] in self.layers or layer in self.layers:
+                chosen.append((layer, weight, variable))
+        return chosen
+
+    def _open(self, first_epoch: int) -> None:
+        """Starts the file, keeping the rows of epochs finished before ``first_epoch``."""
+        self._appender = CsvAppender(self.path, WEIGHT_STATS_COLUMNS,
+                                     keep_while=lambda row: int(row["epoch"]) <= first_epoch)
+        self._opened = True
+
+    def on_train_begin(self, logs=None):
+        self._previous = {id(v): np.array(keras.ops.convert_to_numpy(v), dtype=np.float64)
+                          for _, _, v in self._weights()}
+        self._opened = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._opened:
+            self._open(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._opened:
+            self._open(epoch)
+        for layer, weight, variable in self._weights():
+            now = np.array(keras.ops.convert_to_numpy(variable), dtype=np.float64)
+            before = self._previous.get(id(variable))
+            norm = float(np.linalg.norm(before)) if before is not None else 0.0
+            change = float(np.linalg.norm(now - before)) if before is not None else math.nan
+            # a weight starting at zero (a bias) has no ratio until it moves away from zero
+            ratio = change / norm if norm > 0 else (0.0 if change == 0 else math.nan)
+            self._appender.append({"epoch": epoch + 1, "layer": layer, "weight": weight,
+                                   "mean_abs": float(np.abs(now).mean()),
+                                   "update_ratio": ratio})
+            self._previous[id(variable)] = now
 
 
 class LivePlot(keras.callbacks.Callback):

@@ -20,6 +20,7 @@ from workbench._progress import watched_notebook
 from workbench._io import atomic_path, write_json, write_text
 from workbench.data import pipeline
 from workbench.data.splitdir import SplitData, load_splits
+from workbench.monitor import ResourceMonitor, read_resources, summarize_resources
 from workbench.runs import RUN_FILES, RunDir
 from workbench.training import callbacks as cb
 from workbench.training import checkpoint, lr_mult
@@ -161,7 +162,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                                  cut_at=cut_at, num_classes=len(data.classes),
                                  image_size=image_size, dropout=dropout)
             state = cb.RunState()
-        recorder = _resource_monitor(run_dir) if monitor else None
+        recorder = ResourceMonitor(run_dir / "resources.csv").start() if monitor else None
         with recorder or contextlib.nullcontext():  # stops sampling even if training fails
             outcome = _train_stages(model, state, recipe_, train=train, val=val, solver=solver,
                                     run_dir=run_dir, extra_rules=lr_mult_rules, seed=seed,
@@ -236,27 +237,16 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
     return None, False, trained_images
 
 
-def _resource_monitor(run_dir: Path):
-    """A started monitor appending to the run's ``resources.csv``."""
-    from workbench.monitor import ResourceMonitor
-
-    return ResourceMonitor(run_dir / "resources.csv").start()
-
-
 def _monitor_callbacks(run_dir: Path, recorder) -> list:
-    """The resource monitor and the per-layer weight statistics of ``workbench.inspect``."""
+    """The resource monitor's hooks and the per-layer weight statistics."""
     if recorder is None:
         return []
-    from workbench.inspect import WeightStats
-
-    return [recorder, WeightStats(run_dir / "weight_stats.csv")]
+    return [cb.MonitorResources(recorder), cb.WeightStats(run_dir / "weight_stats.csv")]
 
 
 def _resource_summary(run_dir: Path) -> dict:
     """The monitor's summary as flat ``resources_*`` entries of ``metrics.json``."""
-    from workbench.monitor import read_resources, summarize
-
-    summary = summarize(read_resources(run_dir / "resources.csv"))
+    summary = summarize_resources(read_resources(run_dir / "resources.csv"))
     return {f"resources_{name}": value for name, value in summary.items()
             if value is not None and name != "images_per_second"}
 
