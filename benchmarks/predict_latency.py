@@ -82,6 +82,7 @@ def build_run(root: Path, backbone: str, size: int) -> tuple[Path, float]:
     from workbench.data.split import prepare
     from workbench.deploy.export import export
     from workbench.training.solver import SolverConfig
+    from workbench.training.options import Monitoring
     from workbench.training.train import finetune
 
     digits, counts = load_digits(), dict.fromkeys(range(10), 0)
@@ -98,7 +99,7 @@ def build_run(root: Path, backbone: str, size: int) -> tuple[Path, float]:
     run_dir = root / "run"
     finetune(root / "splits", run_dir, backbone=backbone, weights=None, recipe="scratch",
              image_size=size, solver=SolverConfig(epochs=1, batch_size=8), progress="none",
-             monitor=False)
+             monitoring=Monitoring(resources=False))
     started = time.perf_counter()
     export(run_dir)
     return run_dir, time.perf_counter() - started

@@ -22,6 +22,7 @@ SCRIPT = textwrap.dedent("""
     import tiny_data
     from workbench.data.split import prepare
     from workbench.training.solver import SolverConfig
+    from workbench.training.options import Execution
     from workbench.training.train import finetune
 
     work = sys.argv[1]
@@ -30,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     run = finetune(work + "/splits", sys.argv[2], backbone="cifar_cnn", weights=None,
                    recipe="caffe", image_size=16, solver=SolverConfig(epochs=2, batch_size=8),
-                   strategy=strategy, progress="none")
+                   execution=Execution(strategy=strategy), progress="none")
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, **run.metrics}))
 """)
 

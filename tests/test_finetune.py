@@ -11,6 +11,7 @@ import tiny_data
 from workbench import models
 from workbench.training import callbacks as cb
 from workbench.training import checkpoint
+from workbench.training.options import Monitoring
 from workbench.training.solver import SolverConfig
 from workbench.training.train import Run, finetune
 
@@ -195,7 +196,7 @@ def test_run_load_reads_a_finished_run(splits, tmp_path):
 
 def test_seeded_runs_are_reproducible_and_seeds_differ(splits, tmp_path):
     options = dict(backbone="cifar_cnn", weights=None, recipe="scratch", image_size=16,
-                   dropout=0.3, solver=SOLVER.replace(epochs=1), progress="none", monitor=False)
+                   dropout=0.3, solver=SOLVER.replace(epochs=1), progress="none", monitoring=Monitoring(resources=False))
     runs = {name: finetune(splits, tmp_path / name, seed=seed, **options).run_dir / "model.keras"
             for name, seed in (("a", 5), ("b", 5), ("c", 6))}
     a, b, c = (weights_of(runs[name]) for name in "abc")
@@ -206,7 +207,7 @@ def test_seeded_runs_are_reproducible_and_seeds_differ(splits, tmp_path):
 
 def test_early_stopping_ends_the_run_and_says_so(splits, tmp_path):
     run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
-                   image_size=16, progress="none", monitor=False,
+                   image_size=16, progress="none", monitoring=Monitoring(resources=False),
                    solver=SOLVER.replace(epochs=6, base_lr=1e-9, early_stopping=1))
     assert run.metrics["status"] == "stopped_early"
     assert run.metrics["epochs"] == 2 and list(run.history["epoch"]) == [1, 2]

@@ -189,15 +189,18 @@ def set_trainable(model: keras.Model, *, train_bn: bool) -> None:
 
 
 def load_model(path: str | Path) -> keras.Model:
-    """Loads a ``.keras`` model in safe mode, with the workbench's own layers and optimizers."""
-    # registers, for deserialisation, the optimizers, the schedule and the loss a run compiles with
-    import workbench.training.lr_mult  # noqa: F401
-    import workbench.training.solver  # noqa: F401
+    """Loads a ``.keras`` model in safe mode for inference and inspection, uncompiled.
 
+    The optimizer state a run saved with its model is left in the file: resuming training loads
+    it with ``workbench.training.checkpoint.load_compiled``.
+
+    Raises:
+        FileNotFoundError: when there is no file at ``path``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
-    return keras.models.load_model(path, safe_mode=True)
+    return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
 def load_source(path: str | Path, *, cut_at: str | None = None) -> keras.Model:

@@ -25,11 +25,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from workbench._checks import check_choice
+from workbench._io import stale_temporaries
 from workbench.data.splitdir import SplitFolder
 
 MODELS = ("best", "final")  # which model file of a run: the best checkpoint or the last epoch
@@ -81,6 +83,13 @@ class RunDir:
         """``metrics.json`` (read afresh), or None while the run has not finished."""
         path = self.path / "metrics.json"
         return self._json("metrics.json") if path.is_file() else None
+
+    @property
+    def resumable(self) -> bool:
+        """Whether there is anything to resume: a checkpoint, or a finished run. A folder that
+        holds only a failed start (settings written, no checkpoint yet) is not."""
+        return self.exists and ((self.path / CHECKPOINT_STATE).is_file() or
+                                self.metrics is not None)
 
     @property
     def finished(self) -> bool:
@@ -154,6 +163,28 @@ class RunDir:
     def example_image(self, *, split: str = "test", index: int = 0) -> Path:
         """An image file from the run's own dataset: the ``index``-th image of ``split``."""
         return self.split_folder().image_path(split, index)
+
+    def clear(self) -> None:
+        """Removes the files of an earlier run (only the workbench's own) before a fresh start;
+        anything else in the folder (an ``export/``, the user's notes) stays."""
+        if not self.path.is_dir():
+            return
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for old in self.path.glob("checkpoint-*.keras"):
+            old.unlink()
+        self.__dict__.pop("config", None)
+
+    def remove_partial_files(self) -> list[Path]:
+        """Deletes what a killed process left half-written (the temporary files of atomic
+        writes); returns what was removed."""
+        stale = stale_temporaries(self.path)
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        return stale
 
     def _file(self, name: str) -> Path:
         path = self.path / name

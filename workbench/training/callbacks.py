@@ -143,41 +143,73 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class Checkpointer(keras.callbacks.Callback):
-    """Checkpoints every ``interval`` epochs, keeps ``best.keras``, and stops early.
+class BestModel(keras.callbacks.Callback):
+    """Keeps ``best.keras``: the model of the epoch with the best validation value so far.
+
+    Records the best value, its epoch and the validation passes since it in the shared state
+    (what :class:`EarlyStop` reads). Nothing is saved after a diverged epoch.
 
     Args:
         run_dir: the run directory.
         state: the shared run state (updated in place).
-        interval: epochs between checkpoints (the last epoch of a stage is always saved).
+        guard: the divergence guard.
+        monitor: the validation metric that decides (higher is better).
+    """
+
+    def __init__(self, run_dir: Path, state: RunState, *, guard: DivergenceGuard,
+                 monitor: str = "val_accuracy"):
+        super().__init__()
+        self.run_dir, self.state, self.guard, self.monitor = run_dir, state, guard, monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if self.guard.problem or value is None:  # no validation pass in this epoch
+            return
+        if self.state.best is None or value > self.state.best:
+            self.state.best, self.state.best_epoch, self.state.wait = float(value), epoch + 1, 0
+            checkpoint.save_model(self.model, self.run_dir / "best.keras")
+        else:
+            self.state.wait += 1
+
+
+class EarlyStop(keras.callbacks.Callback):
+    """Stops training after ``patience`` validation passes without improvement (0: never).
+
+    Counts with :class:`BestModel`, which must come before it in the callback list.
+    """
+
+    def __init__(self, state: RunState, *, patience: int):
+        super().__init__()
+        self.state, self.patience, self.stopped = state, patience, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.patience and self.state.wait >= self.patience and not self.stopped:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves a resumable checkpoint every ``interval`` epochs, at the end of a stage and when
+    training stops; never after a diverged epoch, so the last checkpoint is a good one.
+
+    Args:
+        run_dir: the run directory.
+        state: the shared run state (its ``epoch`` is set here and saved with the model).
+        interval: epochs between checkpoints.
         stage_end: the epoch at which the current stage ends.
-        monitor: the validation metric that decides the best model (higher is better).
-        patience: validation passes without improvement before stopping (0: never).
-        guard: the divergence guard; no checkpoint is written after a diverged epoch.
+        guard: the divergence guard.
     """
 
     def __init__(self, run_dir: Path, state: RunState, *, interval: int, stage_end: int,
-                 monitor: str = "val_accuracy", patience: int = 0, guard: DivergenceGuard):
+                 guard: DivergenceGuard):
         super().__init__()
         self.run_dir, self.state = run_dir, state
-        self.interval, self.stage_end = interval, stage_end
-        self.monitor, self.patience, self.guard = monitor, patience, guard
-        self.stopped_early = False
+        self.interval, self.stage_end, self.guard = interval, stage_end, guard
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.problem:
             return
         self.state.epoch = epoch + 1
-        value = (logs or {}).get(self.monitor)
-        if value is not None:
-            if self.state.best is None or value > self.state.best:
-                self.state.best, self.state.best_epoch, self.state.wait = float(value), epoch + 1, 0
-                checkpoint.save_model(self.model, self.run_dir / "best.keras")
-            else:
-                self.state.wait += 1
-                if self.patience and self.state.wait >= self.patience:
-                    self.stopped_early = True
-                    self.model.stop_training = True
         if self.state.epoch % self.interval == 0 or self.state.epoch == self.stage_end \
                 or self.model.stop_training:
             checkpoint.save_checkpoint(self.run_dir, self.model, self.state.to_dict())

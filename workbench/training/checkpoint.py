@@ -8,6 +8,8 @@ from pathlib import Path
 import keras
 
 from workbench._io import atomic_path, write_json
+# Imported for their registration: the optimizers, schedule and loss a run compiles with.
+from workbench.training import lr_mult, solver  # noqa: F401
 from workbench.runs import CHECKPOINT_STATE
 
 
@@ -60,11 +62,21 @@ def load_checkpoint(run_dir: str | Path) -> tuple[keras.Model, dict] | None:
 
     ``state`` is what was passed to :func:`save_checkpoint`.
     """
-    from workbench.models import load_model
-
     run_dir = Path(run_dir)
     state = _read_state(run_dir)
     if state is None:
         return None
     model_path = run_dir / state.pop("model")
-    return load_model(model_path), state
+    return load_compiled(model_path), state
+
+
+def load_compiled(path: str | Path) -> keras.Model:
+    """Loads a ``.keras`` model saved during training with its optimizer state, in safe mode.
+
+    Raises:
+        FileNotFoundError: when there is no file at ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    return keras.models.load_model(path, safe_mode=True)

@@ -63,7 +63,10 @@ class Recipe:
 
     def stage_epochs(self, total_epochs: int) -> list[int]:
         """Epochs of each stage; each stage gets at least one, the last takes the remainder."""
-        check_int("total_epochs", total_epochs, minimum=len(self.stages))
+        if check_int("total_epochs", total_epochs, minimum=1) < len(self.stages):
+            raise ValueError(f"epochs must be >= {len(self.stages)} for recipe {self.name!r}, "
+                             f"which trains {len(self.stages)} stages of at least one epoch "
+                             f"each, received: {total_epochs}")
         counts = [max(1, round(stage.share * total_epochs)) for stage in self.stages[:-1]]
         counts = [min(count, total_epochs - sum(counts[:i]) - (len(self.stages) - 1 - i))
                   for i, count in enumerate(counts)]

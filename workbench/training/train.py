@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -14,17 +15,18 @@ import numpy as np
 import pandas as pd
 
 from workbench import models, plots
-from workbench._device import PRECISIONS, execution_context
+from workbench._device import execution_context
 from workbench._checks import check_choice, check_int, check_number
 from workbench._progress import watched_notebook
 from workbench._io import atomic_path, write_json, write_text
 from workbench.data import pipeline
 from workbench.data.splitdir import SplitData, load_splits
 from workbench.monitor import ResourceMonitor, read_resources, summarize_resources
-from workbench.runs import RUN_FILES, RunDir
+from workbench.runs import RunDir
 from workbench.training import callbacks as cb
 from workbench.training import checkpoint, lr_mult
 from workbench.training.recipes import Recipe, get_recipe
+from workbench.training.options import Execution, Monitoring
 from workbench.training.solver import SolverConfig, SparseCrossentropy, build_optimizer
 
 PROGRESS = ("auto", "lines", "plot", "none")
@@ -61,14 +63,16 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              solver: SolverConfig | None = None, image_size: int = 224,
              resize_mode: str = "squash", augment: pipeline.Augment | None = None,
              dropout: float = 0.2, seed: int = 0, resume: bool = False,
-             progress: str = "auto", precision: str = "auto", strategy="auto",
-             monitor: bool = True, tensorboard: bool = False) -> Run:
+             progress: str = "auto", execution: Execution | None = None,
+             monitoring: Monitoring | None = None) -> Run:
     """Fine-tunes a pretrained network on a split dataset and writes a run directory.
 
     Args:
         splits: a split directory (see ``workbench split``), or :class:`SplitData`.
-        run_dir: the run directory to write (created; a previous run there is replaced unless
-            ``resume``).
+        run_dir: the run directory to write (created). A previous run there is replaced unless
+            ``resume``, but only once every input has been checked and the model built: a call
+            that fails on its inputs (a wrong split folder, weights that cannot be loaded)
+            leaves the folder as it was.
         backbone: a name from ``models.BACKBONES``; ignored when ``source`` is given.
         weights: ``"imagenet"``, a local weights file, or None (keras.applications backbones).
         source: a saved ``.keras`` model to transfer from instead of a named backbone.
@@ -83,18 +87,15 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         dropout: dropout rate before the new head.
         seed: seeds initialisation, order, augmentation and dropout; a seeded run is
             reproducible on CPU.
-        resume: continue from the run's last checkpoint (a finished run is returned as is).
+        resume: continue from the run's last checkpoint (a finished run is returned as is; a
+            folder holding only a failed start, without a checkpoint, starts afresh).
         progress: ``"lines"`` (one line per epoch), ``"plot"`` (live curves in a notebook),
             ``"none"``, or ``"auto"`` (plot in a notebook, lines elsewhere).
-        precision: ``"float32"``, ``"mixed_float16"``, ``"mixed_bfloat16"``, or ``"auto"``
-            (mixed float16 when a GPU is visible, float32 on CPU). The head stays float32.
-        strategy: a ``tf.distribute.Strategy`` to train on several devices (TensorFlow
-            backend), None for one device, or ``"auto"`` (MirroredStrategy over all GPUs when
-            there are several).
-        monitor: record GPU, CPU and RAM use to ``run_dir/resources.csv`` (see
-            ``workbench.monitor``, summary added to ``metrics.json``) and each layer's mean |w|
-            and update-to-weight ratio per epoch to ``weight_stats.csv``.
-        tensorboard: also write TensorBoard logs to ``run_dir/logs``.
+        execution: precision and distribution (:class:`~workbench.training.options.Execution`;
+            by default mixed float16 on a GPU, float32 on the CPU, mirrored over several GPUs).
+        monitoring: what is recorded beside the history
+            (:class:`~workbench.training.options.Monitoring`; by default resources and weight
+            statistics, no TensorBoard).
 
     Returns:
         A :class:`Run`.
@@ -103,7 +104,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         TrainingDiverged: if the loss became NaN or exploded; the last good checkpoint stays.
     """
     check_choice("progress", progress, PROGRESS)
-    check_choice("precision", precision, PRECISIONS)
+    execution = execution or Execution()
+    monitoring = monitoring or Monitoring()
     check_int("image_size", image_size, minimum=8)
     check_int("seed", seed, minimum=0)
     check_number("dropout", dropout, minimum=0.0, maximum=0.99)
@@ -121,37 +123,33 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         "lr_mult_rules": dict(lr_mult_rules or {}), "solver": solver.to_dict(),
         "image_size": image_size, "resize_mode": resize_mode,
         "augment": dataclasses.asdict(augment) if augment else None, "dropout": dropout,
-        "seed": seed, "precision": precision,
-        "strategy": strategy if strategy is None or isinstance(strategy, str)
-        else type(strategy).__name__,
+        "seed": seed, **execution.to_dict(),
         "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
     }
-    if resume and (run_dir / "config.json").is_file():
-        changed = _changed_settings(run_dir, config)
+    run = RunDir(run_dir)
+    resume = resume and run.resumable
+    if resume:
+        changed = _changed_settings(run, config)
         if changed:
             raise ValueError(f"resume=True but {run_dir} holds a run with other settings "
                              f"({', '.join(changed)}); choose another run_dir, or resume=False "
                              "to start over")
-        if RunDir(run_dir).finished:
+        if run.finished:
             return Run.load(run_dir)
-    if not resume:
-        _clear_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     data = splits if isinstance(splits, SplitData) else load_splits(
         splits, image_size=image_size, resize_mode=resize_mode, progress=progress != "none")
     config["classes"] = data.classes
-    write_text(run_dir / "labels.txt", "".join(f"{c}\n" for c in data.classes))
 
     train = pipeline.Batches(data.images["train"], data.labels["train"],
                              batch_size=min(solver.batch_size, len(data.labels["train"])),
                              seed=seed, augment=augment, drop_remainder=True)
     val = _eval_batches(data, "val", solver.batch_size)
+    recipe_.stage_epochs(solver.total_epochs(train.steps_per_epoch))  # enough for its stages?
 
     started = time.monotonic()
-    with execution_context(precision, strategy) as (policy, strategy_name):
+    with execution_context(execution.precision, execution.strategy) as (policy, strategy_name):
         config.update(dtype_policy=policy, distribution=strategy_name)
-        write_json(run_dir / "config.json", config)
         resumed = checkpoint.load_checkpoint(run_dir) if resume else None
         if resumed is not None:
             model = resumed[0]
@@ -162,13 +160,19 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                                  cut_at=cut_at, num_classes=len(data.classes),
                                  image_size=image_size, dropout=dropout)
             state = cb.RunState()
-        recorder = ResourceMonitor(run_dir / "resources.csv").start() if monitor else None
+            run.clear()  # every input is good and the model is built: the old run may go
+        run.remove_partial_files()
+        write_json(run_dir / "config.json", config)
+        write_text(run_dir / "labels.txt", "".join(f"{c}\n" for c in data.classes))
+        recorder = ResourceMonitor(run_dir / "resources.csv").start() \
+            if monitoring.resources else None
         with recorder or contextlib.nullcontext():  # stops sampling even if training fails
             outcome = _train_stages(model, state, recipe_, train=train, val=val, solver=solver,
                                     run_dir=run_dir, extra_rules=lr_mult_rules, seed=seed,
                                     resumed=resumed is not None, progress=progress,
                                     extra_callbacks=_monitor_callbacks(run_dir, recorder),
-                                    tensorboard=tensorboard, num_classes=len(data.classes))
+                                    tensorboard=monitoring.tensorboard,
+                                    num_classes=len(data.classes))
     problem, stopped_early, trained_images = outcome
 
     seconds = time.monotonic() - started
@@ -184,7 +188,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                              status="stopped_early" if stopped_early else "completed")
     metrics.update({"train_seconds": round(seconds, 3),
                     "images_per_second": round(trained_images / seconds, 1) if seconds else None})
-    if monitor:
+    if monitoring.resources:
         metrics.update(_resource_summary(run_dir))
     write_json(run_dir / "metrics.json", metrics)
     with atomic_path(run_dir / "curves.png") as temporary:
@@ -202,8 +206,14 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
         early stopping ended the run, and the number of images trained on in this call.
     """
     epochs = solver.total_epochs(train.steps_per_epoch)
-    lr_tables, trained_images, stage_start = [], 0, 0
-    for index, (stage, count) in enumerate(zip(recipe.stages, recipe.stage_epochs(epochs))):
+    trained_images, stage_start = 0, 0
+    # a resumed run keeps the tables of the stages it finished before it was stopped
+    counts = recipe.stage_epochs(epochs)
+    done = [stage.name for stage, end in zip(recipe.stages, itertools.accumulate(counts))
+            if end <= state.epoch]
+    earlier = RunDir(run_dir).lr_table() if resumed else pd.DataFrame()
+    lr_tables = [earlier[earlier["stage"].isin(done)]] if len(earlier) else []
+    for index, (stage, count) in enumerate(zip(recipe.stages, counts)):
         stage_end = stage_start + count
         if state.epoch >= stage_end:
             stage_start = stage_end
@@ -214,10 +224,12 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
         state.stage = index
         lr_tables.append(lr_mult.lr_table(model, model.optimizer).assign(stage=stage.name))
         guard = cb.DivergenceGuard()
-        saver = cb.Checkpointer(run_dir, state, interval=solver.snapshot_interval,
-                                stage_end=stage_end, patience=solver.early_stopping, guard=guard)
+        early_stop = cb.EarlyStop(state, patience=solver.early_stopping)
         callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
-                     guard, saver, *_progress_callbacks(progress, run_dir, epochs, stage.name),
+                     guard, cb.BestModel(run_dir, state, guard=guard), early_stop,
+                     cb.Checkpointer(run_dir, state, interval=solver.snapshot_interval,
+                                     stage_end=stage_end, guard=guard),
+                     *_progress_callbacks(progress, run_dir, epochs, stage.name),
                      *extra_callbacks]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
@@ -231,8 +243,8 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
         trained_images += (state.epoch - first_epoch) * train.steps_per_epoch * train.batch_size
         write_text(run_dir / "lr_table.csv",
                    pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
-        if guard.problem or saver.stopped_early:
-            return guard.problem, saver.stopped_early, trained_images
+        if guard.problem or early_stop.stopped:
+            return guard.problem, early_stop.stopped, trained_images
         stage_start = stage_end
     return None, False, trained_images
 
@@ -251,22 +263,12 @@ def _resource_summary(run_dir: Path) -> dict:
             if value is not None and name != "images_per_second"}
 
 
-def _changed_settings(run_dir: Path, config: dict) -> list[str]:
+def _changed_settings(run: RunDir, config: dict) -> list[str]:
     """Names of the settings in which ``config`` differs from the run's ``config.json``."""
-    saved = RunDir(run_dir).config
+    saved = run.config
     now = json.loads(json.dumps(config))
     return sorted(key for key in set(saved) | set(now)
                   if key not in _RESOLVED_AT_RUN_TIME and saved.get(key) != now.get(key))
-
-
-def _clear_run(run_dir: Path) -> None:
-    """Removes the files of an earlier run (only the workbench's own) before a fresh start."""
-    if not run_dir.is_dir():
-        return
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for old in run_dir.glob("checkpoint-*.keras"):
-        old.unlink()
 
 
 def _eval_batches(data: SplitData, split: str, batch_size: int) -> pipeline.Batches | None:
@@ -326,7 +328,7 @@ def _progress_callbacks(progress: str, run_dir: Path, epochs: int, stage_name: s
 def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.RunState, *,
                    status: str) -> dict:
     """Evaluates the best model (or the final one) on the validation and test splits."""
-    model = models.load_model(RunDir(run_dir).model_path("best"))
+    model = checkpoint.load_compiled(RunDir(run_dir).model_path("best"))
     metrics = {"status": status, "epochs": state.epoch, "best_epoch": state.best_epoch,
                "classes": len(data.classes), "train_images": int(len(data.labels["train"]))}
     for split in ("val", "test"):

@@ -1,0 +1,54 @@
+"""The settings of a training run beside its solver: where and in which precision it runs, and
+what it records. ``finetune`` takes one of each (defaults when None)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from workbench._checks import check_bool, check_choice
+from workbench._device import PRECISIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How a run executes.
+
+    Attributes:
+        precision: ``"float32"``, ``"mixed_float16"``, ``"mixed_bfloat16"``, or ``"auto"``
+            (mixed float16 when a GPU is visible, float32 on CPU). The head stays float32.
+        strategy: a ``tf.distribute.Strategy`` to train on several devices (TensorFlow
+            backend), None for one device, or ``"auto"`` (MirroredStrategy over all GPUs when
+            there are several).
+    """
+
+    precision: str = "auto"
+    strategy: object = "auto"
+
+    def __post_init__(self):
+        check_choice("precision", self.precision, PRECISIONS)
+
+    def to_dict(self) -> dict:
+        """The settings as ``config.json`` records them (a strategy object by its class name)."""
+        strategy = self.strategy
+        return {"precision": self.precision,
+                "strategy": strategy if strategy is None or isinstance(strategy, str)
+                else type(strategy).__name__}
+
+
+@dataclasses.dataclass(frozen=True)
+class Monitoring:
+    """What a run records beside its history.
+
+    Attributes:
+        resources: GPU, CPU and RAM use to ``resources.csv`` (summary in ``metrics.json``),
+            and each layer's mean |w| and update-to-weight ratio per epoch to
+            ``weight_stats.csv``.
+        tensorboard: also write TensorBoard logs to ``run_dir/logs``.
+    """
+
+    resources: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        check_bool("resources", self.resources)
+        check_bool("tensorboard", self.tensorboard)
