@@ -1,10 +1,10 @@
 """Training throughput on CPU against GPU (images/s and the GPU's speed-up).
 
-For each model and image size, ``workbench.studies.throughput.throughput_table`` trains a freshly built
-classifier for a few steps on the CPU and, when the Keras backend sees a GPU, on the GPU, timing
-the steps after warm-up. Without a GPU the ratio column says "not measured: no GPU". Prints the
-table and writes it to ``benchmarks/results/throughput.md``. The lent GPU machines have JAX but
-not TensorFlow's GPU build, so run it there with ``KERAS_BACKEND=jax``::
+For each model and image size, ``workbench.studies.throughput.throughput_table`` trains a
+freshly built classifier for a few steps on the CPU and, when the Keras backend sees a GPU, on
+the GPU, timing the steps after warm-up. Without a GPU the ratio column says "not measured: no
+GPU". Prints the table and writes it to ``benchmarks/results/throughput.md``. The lent GPU
+machines have JAX but not TensorFlow's GPU build, so run it there with ``KERAS_BACKEND=jax``::
 
     python benchmarks/throughput.py                                   # CPU (and GPU if visible)
     python benchmarks/throughput.py --models cifar_cnn:32 --steps 5   # quick

@@ -78,14 +78,10 @@ def stratified_pick(labels: np.ndarray, per_class: int, rng: np.random.Generator
 
 
 def load_backbone(path: Path):
-    """The pretrained backbone, via the workbench if its fine-tuning module is there."""
-    import keras
+    """The pretrained backbone of the saved source model."""
+    from workbench import models
 
-    try:
-        from workbench import models
-        return models.load_source(path)
-    except ImportError:  # workbench.training.lr_mult not written yet
-        return keras.models.load_model(path).get_layer("backbone")
+    return models.load_source(path)
 
 
 def pretrain(args, workdir: Path) -> dict:
@@ -178,14 +174,15 @@ def run_target(args, source_path: Path) -> dict[str, list[float]]:
 
 def table(args, source: dict, results: dict[str, list[float]]) -> str:
     n = args.target_train_per_class
+    trained = (f"loaded from {args.source_model}" if source["train_s"] != source["train_s"]
+               else f"{source['train_s']:.0f} s")  # NaN: the source model was loaded
     lines = [
         "# Transfer task: rendered letters (source) -> cluttered real digits (target)",
         "",
         f"Backbone `{args.backbone}`, {args.image_size}x{args.image_size} RGB. Source: "
         f"{source['classes']} letters x {args.source_per_class} renders (data seed "
         f"{args.data_seed}), {args.source_epochs} epochs Adam {args.source_lr:g} cosine, "
-        f"batch 32: rendering {source['render_s']:.0f} s, training "
-        f"{'loaded from ' + str(args.source_model) if source['train_s'] != source['train_s'] else format(source['train_s'], '.0f') + ' s'}; "
+        f"batch 32: rendering {source['render_s']:.0f} s, training {trained}; "
         f"**source held-out accuracy {source['accuracy']:.3f}** ({source['held_out']} images).",
         "",
         f"Target: {n} train images per digit (sampled per seed), fixed test set of "

@@ -15,10 +15,12 @@ import nbformat
 import pandas as pd
 import pytest
 
-from workbench.studies import sweep as experiments
+from workbench import plots
+from workbench._checks import one_line
 from workbench.cli import main
-from workbench.studies.sweep import (SweepResult, batch_size_table, combination_name,
-                                   combinations, published_batch_size_study, sweep)
+from workbench.studies import sweep as sweep_module
+from workbench.studies.batch_size import batch_size_table, published_batch_size_study
+from workbench.studies.sweep import SweepResult, combination_name, combinations, sweep
 
 matplotlib.use("Agg")
 
@@ -131,7 +133,7 @@ def test_an_interrupted_sweep_leaves_a_complete_results_file_and_continues(noteb
     def interrupt(line, bar=None):  # Ctrl-C right after the first run is recorded
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiments, "_report", interrupt)
+    monkeypatch.setattr(sweep_module, "_report", interrupt)
     with pytest.raises(KeyboardInterrupt):
         sweep(notebook, out, grid, fixed=fixed, workers=1, progress=True)
     table = pd.read_csv(out / "results.csv")
@@ -258,6 +260,7 @@ def test_sweep_plot_draws_a_line_per_other_parameter_and_leaves_failures_out(loc
              for line in ax.lines}
     assert lines == {"b=10": ([1.0, 2.0], [10.0, 20.0]), "b=20": ([1.0], [20.0])}
     assert "1 failed run(s) not shown" in ax.get_title()
+    assert result.figure_ is figure and result.ax_ is ax
     with pytest.raises(ValueError, match="metric must be one of the metrics"):
         result.plot("loss")
     with pytest.raises(ValueError, match="x must be one of the parameters"):
@@ -288,8 +291,10 @@ def test_batch_size_table_and_figure_set_ours_beside_the_published_study(tmp_pat
     assert list(v100["batch_size"]) == [1024, 2048, 4096, 8192, 16384, 32768]
     assert list(v100["accuracy"]) == [0.9887, 0.9892, 0.9900, 0.9875, 0.9829, 0.9628]
     assert list(v100["train_seconds"]) == [159, 100, 73, 67, 58, 66]  # 2:39 ... 1:06
+    assert set(published.attrs["sources"]) == set(published["study"])
+    for source in published.attrs["sources"].values():
+        assert {"authors", "title", "venue", "year", "description"} <= set(source)
 
-    from workbench import plots
     figure = plots.batch_size_study(study, published)
     assert len(figure.axes) == 6
     ours_time, ours_memory, theirs_time = figure.axes[0], figure.axes[2], figure.axes[3]
@@ -297,7 +302,7 @@ def test_batch_size_table_and_figure_set_ours_beside_the_published_study(tmp_pat
     assert list(ours_time.lines[0].get_xdata()) == [16, 64]
     assert "GPU not measured" in ours_memory.get_title()
     assert len(theirs_time.lines) == 2  # the V100 study and the PyTorch digit model
-    assert figure.axes[5].lines[0].get_ydata().tolist() == [8.0, 20.0]  # ERFNet memory
+    assert figure.axes[5].lines[0].get_ydata().tolist() == [8.0, 20.0]  # DeepLabv3+ memory
     with pytest.raises(ValueError, match="a sweep over batch_size"):
         batch_size_table(SweepResult(table, tmp_path, ["epochs"], []))
 
@@ -323,7 +328,14 @@ def test_slurm_cluster_gets_its_options_and_one_job_per_worker(monkeypatch):
                 super().scale(n, **kwargs)
 
     monkeypatch.setattr(dask_jobqueue, "SLURMCluster", FakeSLURMCluster)
-    with experiments._dask_client("slurm", 3, {"cores": 8, "memory": "32GB"}) as client:
+    with sweep_module._dask_client("slurm", 3, {"cores": 8, "memory": "32GB"}) as client:
         assert client.scheduler.address == made["address"]
     assert made["options"] == {"cores": 8, "memory": "32GB"} and made["jobs"] == 3
     assert client.status == "closed"
+
+
+def test_one_line_joins_whitespace_and_never_leaves_an_error_blank():
+    assert one_line("a\n  b\tc ") == "a b c"
+    assert one_line(ValueError("x\n\ny")) == "x y"
+    assert one_line(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert one_line("") == ""

@@ -35,7 +35,7 @@ def test_the_ratio_is_gpu_over_cpu(monkeypatch):
         return 100.0 if device == "cpu" else 900.0
 
     monkeypatch.setattr(throughput, "gpu_count", lambda: 1)
-    monkeypatch.setattr(throughput, "_gpu_name", lambda: "Fake GPU")
+    monkeypatch.setattr(throughput, "gpu_name", lambda: "Fake GPU")
     monkeypatch.setattr(throughput, "training_images_per_second", fake)
     result = throughput_table(["cifar_cnn:32", ("lenet", 28)], progress=False)
     assert calls == [("cifar_cnn", "cpu", "float32"), ("cifar_cnn", "gpu", "mixed_float16"),

@@ -7,11 +7,14 @@ on this task by design (five cluttered images per digit are too few to learn fea
 every transfer recipe must clear chance, and feature extraction must beat scratch clearly.
 """
 
+import json
+
+import pandas as pd
 import pytest
 
 from workbench.data import sample
 from workbench.data.split import prepare
-from workbench.studies.sweep import compare_recipes, summarize
+from workbench.studies.recipes import compare_recipes, read_metrics, summarize_runs
 from workbench.training.solver import SolverConfig
 from workbench.training.train import finetune
 
@@ -40,13 +43,38 @@ def results(tmp_path_factory):
 
 
 def test_transfer_beats_scratch_by_a_clear_margin(results):
-    means = summarize(results)[("test_accuracy", "mean")]
+    means = summarize_runs(results)[("test_accuracy", "mean")]
     assert means["feature_extraction"] - means["scratch"] > 0.15, means.to_dict()
     assert means["two_stage"] - means["scratch"] > 0.15, means.to_dict()
 
 
 def test_every_transfer_recipe_beats_chance(results):
-    means = summarize(results)[("test_accuracy", "mean")]
+    means = summarize_runs(results)[("test_accuracy", "mean")]
     for recipe in TRANSFER:
         assert means[recipe] > CHANCE + 0.1, (recipe, means.to_dict())
     assert set(results["status"]) == {"completed"} and len(results) == 8
+
+
+def test_summarize_runs_gives_mean_std_and_count_per_recipe():
+    runs = pd.DataFrame({"recipe": ["a", "a", "b"], "seed": [0, 1, 0],
+                         "test_accuracy": [0.5, 0.7, 0.9]})
+    table = summarize_runs(runs)
+    assert table.loc["a", ("test_accuracy", "mean")] == pytest.approx(0.6)
+    assert table.loc["a", ("test_accuracy", "std")] == pytest.approx(0.1414, abs=1e-4)
+    assert list(table[("test_accuracy", "count")]) == [2, 1]
+    assert list(summarize_runs(runs, by="seed").index) == [0, 1]
+    with pytest.raises(ValueError, match="results must have one of the columns"):
+        summarize_runs(runs, metrics=("val_loss",))
+    with pytest.raises(ValueError, match="by='run'"):
+        summarize_runs(runs, by="run")
+
+
+def test_read_metrics_skips_runs_without_metrics(tmp_path):
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "metrics.json").write_text(json.dumps({"test_accuracy": 0.8}))
+    (tmp_path / "running").mkdir()
+    table = read_metrics([tmp_path / "done", tmp_path / "running"])
+    assert table.to_dict("records") == [{"run_dir": str(tmp_path / "done"),
+                                         "test_accuracy": 0.8}]
+    with pytest.raises(ValueError, match="run_dirs must be a list"):
+        read_metrics(str(tmp_path / "done"))

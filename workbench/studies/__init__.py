@@ -1,0 +1,17 @@
+"""Studies built on training: each module runs one kind of experiment and returns a result
+object holding its numbers, with ``.plot(ax=None)`` (and ``.save(folder)`` where it writes
+files).
+
+=========================  ===================================================================
+:mod:`.sweep`              a parameterised notebook run once per combination (papermill,
+                           local processes or Dask) into ``results.csv``
+:mod:`.recipes`            training recipes compared over seeds (``compare_recipes``,
+                           ``summarize_runs``, ``read_metrics``)
+:mod:`.batch_size`         the batch-size study's table and the published one
+:mod:`.throughput`         training images/s on the CPU and the GPU
+:mod:`.split_chain`        a chain-shaped model, its split points, its device and server parts
+:mod:`.split_profile`      bytes and compute per split, end-to-end latency per bandwidth
+:mod:`.bottleneck`         a bottleneck at the split, fine-tuned: accuracy against bytes sent
+:mod:`.published`          the published numbers (``published.json``) and their sources
+=========================  ===================================================================
+"""

@@ -1,16 +1,14 @@
-"""Running several trainings and collecting their numbers into one table.
+"""Running one parameterised notebook once per combination of parameter values.
 
-``compare_recipes`` trains the same task with several recipes and seeds, as Caffe's flickr-style
-example compared a pretrained network against one trained from scratch. Each run is an ordinary
-run directory, so a re-run skips the finished ones (``resume=True``).
-
-``sweep`` runs one parameterised notebook headless (papermill) once per combination of parameter
-values, locally in worker processes or on a Dask cluster, and collects the ``metrics.json`` each
-run writes into ``results.csv``::
+``sweep`` runs the notebook headless (papermill), locally in worker processes or on a Dask
+cluster, and collects the ``metrics.json`` each run writes into ``results.csv``::
 
     result = sweep("02_pretrain_source.ipynb", "../runs/bs", {"batch_size": [16, 32, 64]})
     result.table            # one row per combination: parameters, status, error, seconds, metrics
     result.plot(metric="test_accuracy")
+
+Comparing training recipes lives in :mod:`workbench.studies.recipes`, the batch-size study's
+table in :mod:`workbench.studies.batch_size`.
 """
 
 from __future__ import annotations
@@ -28,77 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench._checks import check_choice, check_int
+from workbench import plots
+from workbench._checks import check_choice, check_int, one_line
 from workbench._io import write_json, write_text
-
-
-def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scratch",
-                    "feature_extraction", "two_stage", "caffe"), seeds=(0, 1, 2),
-                    solvers: dict | None = None, **finetune_options) -> pd.DataFrame:
-    """Trains every recipe with every seed and returns one row per run.
-
-    Args:
-        splits: the split folder of the target task (decoded once, shared by all runs).
-        runs_dir: runs are written to ``runs_dir/<recipe>-seed<seed>/``.
-        recipes: recipe names (see ``workbench.training.recipes.RECIPES``).
-        seeds: seeds; each changes initialisation, order, augmentation and dropout.
-        solvers: optional ``{recipe: SolverConfig}`` for recipes that need their own settings
-            (Caffe's recipe trains the whole network, so it wants a lower ``base_lr``).
-        **finetune_options: passed to :func:`workbench.training.train.finetune` (``source``,
-            ``backbone``, ``solver``, ``image_size``, ``progress``, ...).
-
-    Returns:
-        A DataFrame with columns recipe, seed, run_dir, then the numbers of ``metrics.json``.
-    """
-    from workbench.data.splitdir import load_splits
-    from workbench.training.train import finetune
-
-    recipes, seeds = list(recipes), [check_int("seeds", seed, minimum=0) for seed in seeds]
-    solvers = dict(solvers or {})
-    unknown = sorted(set(solvers) - set(recipes))
-    if unknown:
-        raise ValueError(f"solvers must name recipes being compared ({recipes}), received: "
-                         f"{unknown}")
-    if not recipes or not seeds:
-        raise ValueError(f"recipes and seeds must not be empty, received: {recipes!r}, {seeds!r}")
-    image_size = finetune_options.get("image_size", 224)
-    data = load_splits(splits, image_size=image_size,
-                       resize_mode=finetune_options.get("resize_mode", "squash"),
-                       progress=finetune_options.get("progress", "auto") != "none")
-    rows = []
-    for recipe in recipes:
-        for seed in seeds:
-            run_dir = Path(runs_dir) / f"{recipe}-seed{seed}"
-            options = dict(finetune_options)
-            if recipe in solvers:
-                options["solver"] = solvers[recipe]
-            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=True, **options)
-            rows.append({"recipe": recipe, "seed": seed, "run_dir": str(run_dir), **run.metrics})
-    return pd.DataFrame(rows)
-
-
-def summarize(results: pd.DataFrame, *, by: str = "recipe",
-              metrics=("test_accuracy", "test_top5")) -> pd.DataFrame:
-    """Mean, standard deviation and count of ``metrics`` per group (e.g. per recipe)."""
-    present = [m for m in metrics if m in results.columns]
-    if not present:
-        raise ValueError(f"results must have one of the columns {list(metrics)}, received: "
-                         f"{list(results.columns)}")
-    table = results.groupby(by, sort=False)[present].agg(["mean", "std", "count"])
-    return table.round(4)
-
-
-def read_metrics(run_dirs) -> pd.DataFrame:
-    """One row per run directory with its ``metrics.json`` (runs without one are skipped)."""
-    rows = []
-    for run_dir in map(Path, run_dirs):
-        path = run_dir / "metrics.json"
-        if path.is_file():
-            rows.append({"run_dir": str(run_dir), **json.loads(path.read_text(encoding="utf-8"))})
-    return pd.DataFrame(rows)
-
-
-# --- sweeps: one notebook, many parameter combinations -----------------------------------------
+from workbench._progress import progress as progress_bar
 
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.json"
@@ -202,6 +133,8 @@ class SweepResult:
             directories), ``results.csv`` and ``sweep.json``.
         parameters: the swept parameter names.
         metrics: the metric columns.
+        figure_: the Figure :meth:`plot` drew last (set by it, like scikit-learn's Displays).
+        ax_: the axes it drew on.
     """
 
     table: pd.DataFrame
@@ -238,6 +171,8 @@ class SweepResult:
     def plot(self, metric: str | None = None, *, x: str | None = None, ax=None):
         """Draws ``metric`` against parameter ``x``, one line per value of the other parameters.
 
+        Keeps the Figure and axes in ``figure_`` and ``ax_``.
+
         Args:
             metric: a metric column; defaults to :meth:`key_metric`.
             x: a swept parameter; defaults to the first one.
@@ -249,8 +184,6 @@ class SweepResult:
         Raises:
             ValueError: ``metric`` or ``x`` is not a column of the table.
         """
-        from workbench import plots
-
         metric = metric if metric is not None else self.key_metric()
         if metric not in self.metrics:
             raise ValueError(f"metric must be one of the metrics {self.metrics}, "
@@ -258,8 +191,10 @@ class SweepResult:
         x = x if x is not None else self.parameters[0]
         if x not in self.parameters:
             raise ValueError(f"x must be one of the parameters {self.parameters}, received: {x!r}")
-        return plots.sweep_results(self.table, metric=metric, x=x,
-                                   by=[name for name in self.parameters if name != x], ax=ax)
+        figure = plots.sweep_results(self.table, metric=metric, x=x,
+                                     by=[name for name in self.parameters if name != x], ax=ax)
+        self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
+        return figure
 
 
 def sweep(notebook: str | Path, out: str | Path, params: dict, *, mode: str = "grid",
@@ -370,8 +305,6 @@ def sweep(notebook: str | Path, out: str | Path, params: dict, *, mode: str = "g
 def _run_all(todo, out, order, rows, parameters, *, workers, cluster, cluster_options,
              progress) -> None:
     """Runs the tasks, recording each finished run in ``rows`` and ``results.csv``."""
-    from workbench._progress import progress as progress_bar
-
     with contextlib.ExitStack() as stack:
         if cluster is None:
             runs = _run_local(todo, workers)
@@ -411,7 +344,7 @@ def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel_name
         error = f"{failure.ename}: {failure.evalue}"
     except Exception as failure:  # a dead kernel, a timeout: recorded, and the sweep goes on
         error = f"{type(failure).__name__}: {failure}"
-    return {"error": _one_line(error) if error else None,
+    return {"error": one_line(error) if error else None,
             "seconds": round(time.monotonic() - started, 3)}
 
 
@@ -420,7 +353,7 @@ def _outcome(future) -> dict:
     try:
         return future.result()
     except Exception as failure:
-        return {"error": _one_line(f"{type(failure).__name__}: {failure}"), "seconds": None}
+        return {"error": one_line(f"{type(failure).__name__}: {failure}"), "seconds": None}
 
 
 def _run_local(tasks: list, workers: int):
@@ -556,7 +489,7 @@ def _read_run_metrics(run_dir: Path) -> tuple[dict, str | None]:
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as failure:
-        return {}, _one_line(f"{path} is not readable JSON: {failure}")
+        return {}, one_line(f"{path} is not readable JSON: {failure}")
     if not isinstance(metrics, dict):
         return {}, f"{path} must hold a JSON object, received: {type(metrics).__name__}"
     return {key: value if value is None or isinstance(value, (str, int, float, bool))
@@ -623,76 +556,3 @@ def _report(line: str, bar=None) -> None:
 
 def _jsonable(value):
     return json.loads(json.dumps(value, default=repr))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-# --- the batch-size study (notebook 07) --------------------------------------------------------
-
-# Published batch-size results, as collected in the project's REFERENCES.md ("Batch size against
-# time and accuracy (cloud GPU study)"): (study, batch size, accuracy, training seconds, peak GPU
-# memory in GB). None where the study does not report the figure.
-_PUBLISHED_BATCH_SIZE = (
-    *(("digit recognition, 50 epochs, 28x28x1, one V100 VM", batch, accuracy, seconds, None)
-      for batch, accuracy, seconds in ((1024, 0.9887, 159), (2048, 0.9892, 100),
-                                       (4096, 0.9900, 73), (8192, 0.9875, 67),
-                                       (16384, 0.9829, 58), (32768, 0.9628, 66))),
-    *(("PyTorch digit model, 50 epochs", batch, accuracy, seconds, None)
-      for batch, accuracy, seconds in ((128, 0.88, 269), (256, 0.85, 259), (512, 0.78, 254))),
-    ("ERFNet segmentation, max 30 epochs", 2, None, None, 8.0),
-    ("ERFNet segmentation, max 30 epochs", 16, None, None, 20.0),
-)
-
-# metrics.json keys (written by workbench.training.train.finetune) behind the study's columns
-_STUDY_COLUMNS = {"train_seconds": "train_seconds", "images_per_second": "images_per_second",
-                  "test_accuracy": "test_accuracy",
-                  "peak_ram_mib": "resources_process_rss_peak_mib",
-                  "peak_gpu_mib": "resources_gpu_memory_peak_mib"}
-
-
-def published_batch_size_study() -> pd.DataFrame:
-    """The published batch-size results the study compares its shape against.
-
-    Sources (numbers as collected in the project's REFERENCES.md): a cloud GPU study of digit
-    recognition (50 epochs, 28x28x1, one V100 VM), a PyTorch digit model (50 epochs), and
-    ERFNet semantic segmentation (peak GPU memory, batch 2 against 16).
-
-    Returns:
-        A DataFrame with columns study, batch_size, accuracy, train_seconds, peak_gpu_gb (NaN
-        where a study does not report the figure).
-    """
-    columns = ["study", "batch_size", "accuracy", "train_seconds", "peak_gpu_gb"]
-    frame = pd.DataFrame(list(_PUBLISHED_BATCH_SIZE), columns=columns)
-    frame[columns[2:]] = frame[columns[2:]].astype(float)
-    return frame
-
-
-def batch_size_table(result: SweepResult) -> pd.DataFrame:
-    """The batch-size study's table from a sweep of a training notebook over batch_size.
-
-    Args:
-        result: a :class:`SweepResult` whose notebook trained with ``finetune`` (its
-            ``metrics.json`` has train_seconds, images_per_second, test_accuracy and the
-            ``resources_*`` peaks of the resource monitor).
-
-    Returns:
-        One row per finished run, sorted by epochs and batch size: batch_size, epochs,
-        train_seconds, images_per_second, test_accuracy, peak_ram_mib (peak resident memory of
-        the training process), peak_gpu_mib (NaN when no GPU was monitored).
-
-    Raises:
-        ValueError: ``result`` is not a SweepResult over ``batch_size``.
-    """
-    if not isinstance(result, SweepResult) or "batch_size" not in result.parameters:
-        got = result.parameters if isinstance(result, SweepResult) else type(result).__name__
-        raise ValueError(f"result must be a SweepResult of a sweep over batch_size, received: "
-                         f"{got}")
-    ok = result.ok
-    table = pd.DataFrame({"batch_size": ok["batch_size"].astype(int),
-                          "epochs": ok["epochs"] if "epochs" in ok.columns else float("nan")})
-    for column, key in _STUDY_COLUMNS.items():
-        table[column] = pd.to_numeric(ok[key], errors="coerce") if key in ok.columns \
-            else float("nan")
-    return table.sort_values(["epochs", "batch_size"]).reset_index(drop=True)

@@ -19,10 +19,16 @@ import platform
 import time
 from dataclasses import dataclass
 
+import keras
+import numpy as np
 import pandas as pd
 
+from workbench import models, plots
 from workbench._checks import check_choice, check_int
 from workbench._device import execution_context, gpu_count, gpu_name
+from workbench._progress import progress as progress_bar
+from workbench.data.pipeline import Batches
+from workbench.training.lr_mult import with_lr_multipliers
 
 DEVICES = ("cpu", "gpu")
 DEFAULT_MODELS = ("cifar_cnn:32", "mobilenet_v2:96", "mobilenet_v2:224")
@@ -60,13 +66,6 @@ def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int =
     Raises:
         ValueError: a bad argument, or ``device="gpu"`` when the backend sees no GPU.
     """
-    import keras
-    import numpy as np
-
-    from workbench import models
-    from workbench.data.pipeline import Batches
-    from workbench.training.lr_mult import with_lr_multipliers
-
     check_choice("backbone", backbone, models.BACKBONES)
     check_int("image_size", image_size, minimum=8)
     check_choice("device", device, DEVICES)
@@ -118,6 +117,8 @@ class ThroughputResult:
         environment: Keras version, backend, CPU and GPU the numbers were measured on.
         steps: timed steps per measurement.
         warmup: untimed steps before them.
+        figure_: the Figure :meth:`plot` drew last (set by it, like scikit-learn's Displays).
+        ax_: its axes.
     """
 
     table: pd.DataFrame
@@ -126,10 +127,16 @@ class ThroughputResult:
     warmup: int
 
     def plot(self, *, ax=None):
-        """Bars of CPU and GPU images/s per model (log scale) with the ratio on top."""
-        from workbench import plots
+        """Bars of CPU and GPU images/s per model (log scale) with the ratio on top.
 
-        return plots.throughput(self.table, ax=ax)
+        Keeps the Figure and axes in ``figure_`` and ``ax_``.
+
+        Returns:
+            The matplotlib Figure.
+        """
+        figure = plots.throughput(self.table, ax=ax)
+        self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
+        return figure
 
     def to_markdown(self) -> str:
         """The table as Markdown, under a line saying where it was measured."""
@@ -169,10 +176,6 @@ def throughput_table(models=DEFAULT_MODELS, *, batch_size: int = 32, steps: int 
     Raises:
         ValueError: a bad model spec or argument.
     """
-    import keras
-
-    from workbench._progress import progress as progress_bar
-
     if not isinstance(models, (list, tuple)) or not models:
         raise ValueError(f"models must be a non-empty list of 'name:size' strings, received: "
                          f"{models!r}")
