@@ -34,7 +34,7 @@ def test_top_k_chart_shows_the_image_beside_the_bars():
     pixels[:, :15] = 255
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
-    for image in (pixels, buffer.getvalue()):
+    for image in (pixels, Image.open(buffer)):  # an array or a PIL image, decoded
         figure = plots.top_k_chart(PREDICTIONS, image=image)
         picture, bars = figure.axes
         assert np.array_equal(picture.images[0].get_array(), pixels)

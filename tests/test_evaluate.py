@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_fscore_support
 
 import tiny_data
@@ -115,6 +116,22 @@ def test_confusion_figure_stays_readable_with_many_classes():
     assert not ax.texts  # no numbers in 2500 cells
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels == classes[::2]  # thinned to at most 30 labels
+
+
+def test_report_keeps_the_figure_and_axes_it_drew(report):
+    assert report.figure_ is None and report.ax_ is None
+    figure = report.plot_confusion()
+    assert report.figure_ is figure and report.ax_ is figure.axes[0]
+    np.testing.assert_allclose(report.ax_.images[0].get_array(), report.confusion_normalized)
+    mine = Figure()
+    ax = mine.add_subplot()
+    assert report.plot_confusion(ax, normalize=False) is mine
+    assert report.figure_ is mine and report.ax_ is ax
+    np.testing.assert_array_equal(ax.images[0].get_array(), report.confusion)
+    figure = report.plot_worst(count=3, columns=2)
+    assert report.figure_ is figure and report.ax_.shape == (2, 2)
+    assert [int(ax.images[0].get_array()[0, 0, 0]) for ax in report.ax_.flat[:3]] == [1, 6, 5]
+    assert not report.ax_[1, 1].images  # an empty tile
 
 
 def test_worst_gallery_shows_the_worst_images(report):

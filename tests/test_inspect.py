@@ -1,9 +1,12 @@
-"""Model inspection: filter and activation grids, before/after, weight statistics, gradient check."""
+"""Model inspection: filter and activation grids, before/after, weight statistics, gradient
+check."""
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
+from PIL import Image
 
 import tiny_data
 from workbench import inspect, models, plots
@@ -89,6 +92,54 @@ def test_activation_grid_has_one_tile_per_channel(runs):
     assert len([ax for ax in figure.axes if ax.images]) == 4  # the input and three layers
 
 
+def small_conv(shape=(12, 20, 3)) -> keras.Model:
+    """A tiny model on a non-square input: height 12, width 20."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    outputs = keras.layers.Dense(2, name="dense")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
+def test_activations_of_an_image_file_on_a_non_square_model(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (50, 30), (200, 10, 10)).save(path)
+    result = inspect.activations(small_conv(), path, layers=["conv"])
+    assert result.image.shape == (12, 20, 3)  # resized to (height, width) of the input
+    assert tuple(result.image[0, 0]) == (200, 10, 10)
+    assert result["conv"].values.shape == (4, 12, 20)
+    assert inspect.load_image(path, size=(12, 20)).shape == (12, 20, 3)
+
+
+def test_result_objects_keep_what_they_drew():
+    model = small_conv()
+    grid = inspect.filters(model)
+    figure = grid.plot()
+    assert grid.figure_ is figure and grid.ax_ is figure.axes[0]
+    np.testing.assert_array_equal(grid.ax_.images[0].get_array(), grid.mosaic())
+    mine = Figure()
+    ax = mine.add_subplot()
+    assert grid.plot(ax=ax) is mine and grid.figure_ is mine and grid.ax_ is ax
+
+    image = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    result = inspect.activations(model, image, layers=["conv", "dense"])
+    figure = result.plot()
+    assert result.figure_ is figure and len(result.ax_) == 3
+    np.testing.assert_array_equal(result.ax_[0].images[0].get_array(), image)
+    np.testing.assert_array_equal(result.ax_[1].images[0].get_array(), result["conv"].mosaic())
+    assert result.ax_[2].get_title() == result["dense"].title
+    conv = result["conv"]
+    conv.plot(ax=ax)
+    assert conv.figure_ is mine and conv.ax_ is ax and conv.ax_.get_title() == conv.title
+
+    check = inspect.gradient_check(float64_model(wrong_gradient=False), *check_data(),
+                                   loss="sparse_categorical_crossentropy", samples=5, **CHECK)
+    figure = check.plot()
+    assert check.figure_ is figure and check.ax_ is figure.axes[0]
+    np.testing.assert_allclose(check.ax_.lines[0].get_ydata(),
+                               np.maximum(check.table["relative_error"], 1e-16))
+
+
 # --- weight statistics ---------------------------------------------------------------------------
 
 def tiny_dense(frozen: bool = True) -> keras.Model:
@@ -128,7 +179,7 @@ def test_weight_stats_record_each_epoch_and_zero_for_a_frozen_layer(tmp_path):
     assert sorted(again["epoch"].unique()) == [1, 2, 3] and len(again) == 3 * 4
     pd.testing.assert_frame_equal(again[again["epoch"] == 1], table[table["epoch"] == 1])
 
-    figure = plots.weight_stats(path)
+    figure = plots.weight_stats(again)
     mean_ax, ratio_ax = figure.axes[:2]
     assert ratio_ax.get_yscale() == "log"
     assert sorted(line.get_label() for line in ratio_ax.lines) == ["frozen_dense (frozen)",

@@ -409,10 +409,10 @@ def test_dashboard_without_gpu_and_with_history(tmp_path):
     assert accuracy.get_xlabel() == "epoch" and loss.get_title() == "Training loss"
     frame = hand_made()
     frame.astype({"time": str}).to_csv(tmp_path / "resources.csv", index=False)
-    assert len(plots.resource_dashboard(tmp_path).axes) == 5  # a run directory works too
+    assert len(plots.resource_dashboard(monitor.read_resources(tmp_path)).axes) == 5
     with pytest.raises(ValueError, match="history must be .*without \\['accuracy'\\]"):
         plots.resource_dashboard(frame, history=history.drop(columns="accuracy"))
-    with pytest.raises(ValueError, match="frame_or_path must hold rows .*0 rows"):
+    with pytest.raises(ValueError, match="frame must hold rows .*0 rows"):
         plots.resource_dashboard(frame.iloc[:0])
 
 

@@ -53,13 +53,15 @@ def save_run_figures(run_dir: Path, source_model: Path) -> list[Path]:
     """Saves the figures of notebook 4 as PNG files in the run directory (for the README too)."""
     from workbench import inspect, plots
     from workbench.models import load_model
+    from workbench.monitor import read_resources
+    from workbench.runs import RunDir
 
     figures = {
         "filters.png": inspect.compare_filters(load_model(source_model),
                                                load_model(run_dir / "model.keras")),
-        "resources.png": plots.resource_dashboard(run_dir / "resources.csv",
-                                                  history=run_dir / "history.csv"),
-        "weight_stats.png": plots.weight_stats(run_dir / "weight_stats.csv"),
+        "resources.png": plots.resource_dashboard(read_resources(run_dir),
+                                                  history=RunDir(run_dir).history()),
+        "weight_stats.png": plots.weight_stats(inspect.read_weight_stats(run_dir)),
     }
     for name, figure in figures.items():
         figure.savefig(run_dir / name, dpi=90)

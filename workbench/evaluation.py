@@ -33,8 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn import metrics
 
+from workbench import plots
 from workbench._checks import check_choice, check_int
+from workbench._io import atomic_path, write_json, write_text
 from workbench.runs import MODELS, RunDir
 
 SPLITS = ("train", "val", "test")
@@ -84,11 +87,31 @@ def top_k_accuracy(probabilities, labels, *, k: int) -> float:
 
 
 def confusion_matrix(labels, predicted, *, num_classes: int) -> np.ndarray:
-    """Counts ``[true, predicted]`` as an int array of shape (num_classes, num_classes)."""
+    """Counts ``[true, predicted]`` as an int array of shape (num_classes, num_classes).
+
+    Args:
+        labels: true class index per image.
+        predicted: predicted class index per image.
+        num_classes: the number of classes (rows and columns, present or not).
+
+    Returns:
+        The matrix, computed by ``sklearn.metrics.confusion_matrix``.
+    """
     check_int("num_classes", num_classes, minimum=1)
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predicted)), 1)
-    return matrix
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    for name, values in (("labels", labels), ("predicted", predicted)):
+        integers = np.issubdtype(values.dtype, np.integer) or values.size == 0
+        if values.ndim != 1 or not integers:
+            raise ValueError(f"{name} must be a 1-D array of class indices, received: shape "
+                             f"{values.shape}, dtype {values.dtype}")
+        if len(values) and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} must be between 0 and {num_classes - 1}, received: "
+                             f"{int(values.min())}..{int(values.max())}")
+    if len(labels) != len(predicted):
+        raise ValueError(f"predicted must hold one class per label ({len(labels)}), received: "
+                         f"{len(predicted)}")
+    return metrics.confusion_matrix(labels, predicted,
+                                    labels=np.arange(num_classes)).astype(np.int64)
 
 
 def normalize_rows(confusion) -> np.ndarray:
@@ -101,21 +124,29 @@ def normalize_rows(confusion) -> np.ndarray:
 def per_class_report(confusion, classes) -> pd.DataFrame:
     """Precision, recall, F1 and support per class from a confusion matrix.
 
-    A class never predicted has precision 0; a class without images has recall 0 (scikit-learn's
-    ``zero_division=0``).
+    ``sklearn.metrics.precision_recall_fscore_support`` computes them, each cell of the matrix
+    counting as its (true, predicted) pair weighted by the count. A class never predicted has
+    precision 0; a class without images has recall 0 (``zero_division=0``).
+
+    Args:
+        confusion: counts ``[true, predicted]``, shape (classes, classes).
+        classes: class names.
 
     Returns:
         A DataFrame with columns class, precision, recall, f1, support.
     """
-    confusion = np.asarray(confusion, dtype=np.float64)
-    correct = np.diag(confusion)
-    predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
-    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
-    recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
-    both = precision + recall
-    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(correct), where=both > 0)
+    confusion = np.asarray(confusion)
+    count = len(classes)
+    if confusion.shape != (count, count) or count == 0:
+        raise ValueError(f"confusion must have shape ({count}, {count}) for {count} classes, "
+                         f"received shape: {confusion.shape}")
+    true, predicted = np.indices(confusion.shape).reshape(2, -1)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        true, predicted, labels=np.arange(count), sample_weight=confusion.reshape(-1),
+        zero_division=0)
     return pd.DataFrame({"class": [str(c) for c in classes], "precision": precision,
-                         "recall": recall, "f1": f1, "support": support.astype(np.int64)})
+                         "recall": recall, "f1": f1,
+                         "support": np.rint(support).astype(np.int64)})
 
 
 def most_confused(confusion, classes, *, count: int = 10, min_count: int = 1) -> pd.DataFrame:
@@ -223,6 +254,10 @@ class EvaluationReport:
         run_dir: the run directory, if any.
         images: uint8 images (images, H, W, 3), if known, for :meth:`plot_worst`.
         paths: image paths relative to the dataset folder, if known.
+        figure_: the ``matplotlib.figure.Figure`` last drawn by :meth:`plot_confusion` or
+            :meth:`plot_worst` (None before).
+        ax_: its axes: the matrix's for :meth:`plot_confusion`; for :meth:`plot_worst` an
+            array (rows, columns) of the tiles' axes.
     """
 
     classes: list
@@ -240,6 +275,8 @@ class EvaluationReport:
     run_dir: Path | None = None
     images: np.ndarray | None = dataclasses.field(default=None, repr=False)
     paths: list | None = dataclasses.field(default=None, repr=False)
+    figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    ax_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_probabilities(cls, probabilities, labels, classes, *, paths=None, images=None,
@@ -324,23 +361,26 @@ class EvaluationReport:
         return self.format()
 
     def plot_confusion(self, ax=None, *, normalize: bool = True):
-        """Draws the confusion matrix (see :func:`workbench.plots.confusion_matrix`).
+        """Draws the confusion matrix (see :func:`workbench.plots.confusion_figure`).
+
+        Sets :attr:`figure_` and :attr:`ax_`.
 
         Args:
             ax: optional axes to draw on.
-            normalize: rows as fractions of each true class (True) or raw counts.
+            normalize: rows as fractions of each true class (:attr:`confusion_normalized`)
+                or raw counts.
 
         Returns:
             The ``matplotlib.figure.Figure``.
         """
-        from workbench import plots
-
-        title = f"Confusion matrix ({self.split})" if self.split else "Confusion matrix"
-        return plots.confusion_matrix(self.confusion, self.classes, normalize=normalize, ax=ax,
-                                      title=title)
+        figure = self._confusion_figure(ax, normalize=normalize)
+        self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
+        return figure
 
     def plot_worst(self, count: int = 16, *, columns: int = 8):
         """A gallery of the worst predictions: each image titled true / predicted / p(true).
+
+        Sets :attr:`figure_` and :attr:`ax_` (the tiles' axes).
 
         Args:
             count: at most this many images.
@@ -352,9 +392,20 @@ class EvaluationReport:
         Raises:
             ValueError: if the report holds no images.
         """
-        from workbench import plots
+        figure = self._worst_figure(count, columns=columns)
+        grid = figure.axes[0].get_subplotspec().get_gridspec()
+        self.figure_, self.ax_ = figure, np.array(figure.axes).reshape(grid.nrows, grid.ncols)
+        return figure
 
+    def _confusion_figure(self, ax, *, normalize: bool):
+        title = f"Confusion matrix ({self.split})" if self.split else "Confusion matrix"
+        matrix = self.confusion_normalized if normalize else self.confusion
+        return plots.confusion_figure(matrix, self.classes, normalized=normalize, ax=ax,
+                                      title=title)
+
+    def _worst_figure(self, count: int, *, columns: int):
         check_int("count", count, minimum=1)
+        check_int("columns", columns, minimum=1)
         if self.images is None:
             raise ValueError("plot_worst needs the images: build the report with images=..., "
                              "or with evaluate(run_dir)")
@@ -372,8 +423,6 @@ class EvaluationReport:
         Returns:
             ``directory``.
         """
-        from workbench._io import atomic_path, write_json, write_text
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         csv = {"lineterminator": "\n"}
@@ -386,10 +435,10 @@ class EvaluationReport:
         write_text(directory / "worst.csv", self.worst(worst_count).to_csv(index=False, **csv))
         write_text(directory / "predictions.csv", self.predictions.to_csv(index=False, **csv))
         with atomic_path(directory / "confusion.png") as temporary:
-            self.plot_confusion().savefig(temporary, dpi=100)
+            self._confusion_figure(None, normalize=True).savefig(temporary, dpi=100)
         if self.images is not None:
             with atomic_path(directory / "worst.png") as temporary:
-                self.plot_worst(worst_count).savefig(temporary, dpi=100)
+                self._worst_figure(worst_count, columns=8).savefig(temporary, dpi=100)
         return directory
 
 

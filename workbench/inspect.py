@@ -1,7 +1,8 @@
 """Looking inside a model: filters, activations, weight statistics, and a gradient check.
 
 Compute, then plot: each function returns an object holding the numbers, with ``.plot(ax=None)``
-drawing them (the figures themselves live in :mod:`workbench.plots`).
+drawing them (the figures themselves live in :mod:`workbench.plots`) and keeping what it drew
+in ``figure_`` and ``ax_``, like scikit-learn's Display objects.
 
 * :func:`filters` tiles the kernels of a convolution like Caffe's ``vis_square`` (first-layer RGB
   filters in colour; deeper layers one grey tile per (filter, input channel));
@@ -9,10 +10,11 @@ drawing them (the figures themselves live in :mod:`workbench.plots`).
 * :func:`activations` shows what chosen layers output for one image, one tile per channel.
 * The training callback ``WeightStats`` records, per layer and epoch, the mean absolute
   weight and the update-to-weight ratio ``|Δw| / |w|`` (around 1e-3 is healthy; 0 means frozen)
-  into a CSV; :func:`read_weight_stats` and :func:`workbench.plots.weight_stats` show them.
+  into a CSV; :func:`read_weight_stats` reads it for :func:`workbench.plots.weight_stats`.
 * :func:`gradient_check` compares automatic differentiation with central finite differences.
 
-Training curves of one or several runs are :func:`workbench.plots.training_curves`.
+Training curves of one or several runs are :func:`workbench.plots.training_curves` (of
+``workbench.runs.RunDir(path).history()``).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from workbench import models
+from workbench import models, plots
 from workbench._checks import check_int, check_number
 from workbench._io import run_file
+from workbench.data.images import load_array
 from workbench.training.callbacks import WEIGHT_STATS_COLUMNS
-
 
 
 # --- finding layers ----------------------------------------------------------------------------
@@ -159,6 +161,8 @@ class FilterGrid:
         columns: tiles per row (input channels shown per filter for grey tiles).
         kernel_shape: the full kernel's shape (h, w, input channels, filters).
         value_range: the kernel values mapped to 0 and 1.
+        figure_: the ``Figure`` last drawn by :meth:`plot` (None before).
+        ax_: the axes it drew the mosaic on.
     """
 
     layer: str
@@ -167,6 +171,8 @@ class FilterGrid:
     columns: int
     kernel_shape: tuple
     value_range: tuple
+    figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    ax_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -178,13 +184,13 @@ class FilterGrid:
         return vis_square(self.tiles, columns=self.columns, padding=padding)
 
     def plot(self, ax=None, *, title: str | None = None):
-        """Draws the mosaic; returns the ``Figure``."""
-        from workbench import plots
-
+        """Draws the mosaic, keeping ``figure_`` and ``ax_``; returns the ``Figure``."""
         h, w, channels, filters = self.kernel_shape
         shown = "RGB" if self.rgb else f"rows: filters, columns: of {channels} input channels"
-        return plots.mosaic(self.mosaic(), ax=ax, title=title or
-                            f"{self.layer}: {filters} filters {h}x{w} ({shown})")
+        figure = plots.mosaic(self.mosaic(), ax=ax, title=title or
+                              f"{self.layer}: {filters} filters {h}x{w} ({shown})")
+        self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
+        return figure
 
 
 def filters(model, *, layer: str | None = None, max_filters: int = 64, max_channels: int = 8,
@@ -246,8 +252,6 @@ def compare_filters(before, after, *, layer: str | None = None, max_filters: int
     Returns:
         A ``matplotlib.figure.Figure`` with two panels.
     """
-    from workbench import plots
-
     before, after = _as_model(before, "before"), _as_model(after, "after")
     if len(names) != 2:
         raise ValueError(f"names must hold 2 titles, received: {names!r}")
@@ -275,11 +279,15 @@ class ActivationGrid:
         values: (channels shown, h, w) outputs; a dense layer's units as one (1, rows, cols)
             tile, padded with NaN.
         channels: the layer's number of channels (or units).
+        figure_: the ``Figure`` last drawn by :meth:`plot` (None before).
+        ax_: the axes it drew the mosaic on.
     """
 
     layer: str
     values: np.ndarray
     channels: int
+    figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    ax_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -291,22 +299,35 @@ class ActivationGrid:
         values = np.nan_to_num(self.values, nan=np.nanmin(self.values))
         return vis_square(normalize(values), padding=padding, pad_value=np.nan)  # blank gaps
 
-    def plot(self, ax=None, *, title: str | None = None):
-        """Draws the mosaic; returns the ``Figure``."""
-        from workbench import plots
-
+    @property
+    def title(self) -> str:
+        """The layer and how many of its channels are shown."""
         shown = f"{self.count} of {self.channels}" if self.count < self.channels else \
             str(self.channels)
-        return plots.mosaic(self.mosaic(), ax=ax, cmap="viridis",
-                            title=title or f"{self.layer} ({shown} channels)")
+        return f"{self.layer} ({shown} channels)"
+
+    def plot(self, ax=None, *, title: str | None = None):
+        """Draws the mosaic, keeping ``figure_`` and ``ax_``; returns the ``Figure``."""
+        figure = plots.mosaic(self.mosaic(), ax=ax, cmap="viridis", title=title or self.title)
+        self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
+        return figure
 
 
 @dataclasses.dataclass
 class Activations:
-    """The activations of several layers for one image; ``plot()`` shows them in a row."""
+    """The activations of several layers for one image; ``plot()`` shows them in a row.
+
+    Attributes:
+        image: the (H, W, 3) uint8 input.
+        grids: one :class:`ActivationGrid` per layer.
+        figure_: the ``Figure`` last drawn by :meth:`plot` (None before).
+        ax_: its axes, an array: the input's, then one per layer.
+    """
 
     image: np.ndarray
     grids: list
+    figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    ax_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __getitem__(self, layer: str) -> ActivationGrid:
         for grid in self.grids:
@@ -315,17 +336,23 @@ class Activations:
         raise KeyError(layer)
 
     def plot(self):
-        """The image, then one panel per layer; returns the ``Figure``."""
-        from workbench import plots
-
-        return plots.activation_panels(self.image, self.grids)
+        """The image, then one panel per layer, keeping ``figure_`` and ``ax_``; returns the
+        ``Figure``."""
+        figure = plots.activation_panels(self.image, [grid.mosaic() for grid in self.grids],
+                                         titles=[grid.title for grid in self.grids])
+        self.figure_, self.ax_ = figure, np.array(figure.axes)
+        return figure
 
 
 def load_image(image, *, size: int | tuple[int, int], resize_mode: str = "squash") -> np.ndarray:
-    """A uint8 (H, W, 3) image from an array or a file path, resized as in training."""
-    if isinstance(image, (str, Path)):
-        from workbench.data.images import load_array
+    """A uint8 (H, W, 3) image from an array or a file path, resized as in training.
 
+    Args:
+        image: an (H, W, 3) array (returned as it is) or an image file.
+        size: the side, or ``(height, width)``, a file is resized to.
+        resize_mode: how a file is resized (``"squash"``, ``"crop"`` or ``"pad"``).
+    """
+    if isinstance(image, (str, Path)):
         return load_array(image, size, resize_mode)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
@@ -354,8 +381,8 @@ def activations(model, image, *, layers, max_channels: int = 64,
         layers = [layers]
     if not layers:
         raise ValueError("layers must name at least one layer, received: []")
-    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
-    image = load_image(image, size=(size[1], size[0]), resize_mode=resize_mode)
+    size = tuple(int(d) for d in model.inputs[0].shape[1:3])  # (height, width)
+    image = load_image(image, size=size, resize_mode=resize_mode)
     if image.shape[:2] != size:
         raise ValueError(f"image must be {size[0]}x{size[1]} like the model's input, received "
                          f"shape: {image.shape}")
@@ -399,11 +426,15 @@ class GradientCheck:
             relative_error = |a - n| / max(|a|, |n|) (absolute error where both are tiny).
         epsilon: the finite-difference step.
         tolerance: the largest relative error that passes.
+        figure_: the ``Figure`` last drawn by :meth:`plot` (None before).
+        ax_: the axes it drew on.
     """
 
     table: pd.DataFrame
     epsilon: float
     tolerance: float
+    figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    ax_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def max_relative_error(self) -> float:
@@ -421,10 +452,11 @@ class GradientCheck:
                 f"epsilon {self.epsilon:g})")
 
     def plot(self, ax=None):
-        """Relative error per sampled entry (log scale) against the tolerance."""
-        from workbench import plots
-
-        return plots.gradient_check(self.table, tolerance=self.tolerance, ax=ax)
+        """Relative error per sampled entry (log scale) against the tolerance, keeping
+        ``figure_`` and ``ax_``; returns the ``Figure``."""
+        figure = plots.gradient_check(self.table, tolerance=self.tolerance, ax=ax)
+        self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
+        return figure
 
 
 def _loss_function(model: keras.Model, loss):

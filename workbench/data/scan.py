@@ -2,10 +2,11 @@
 
 A dataset is either a folder of class folders (``root/<class>/**/<image>``) or a Caffe-style list
 file (``relative/path label_index`` per line) with a labels file (one class name per line, like
-``synset_words.txt``). :func:`scan` reads every file once, fully decodes it with
-:func:`workbench.data.images.open_image`, hashes its bytes and returns one row per file, accepted
-or rejected, with a short reason from :data:`REASONS` and a sentence of detail. Nothing is ever
-written into the dataset.
+``synset_words.txt``). :func:`scan` reads every file once, decodes it with
+:func:`workbench.data.images.decode` (a JPEG at 1/8 scale, which still reads and entropy-decodes
+all of its data, so truncation and corruption are caught as by a full decode), hashes its bytes
+and returns one row per file, accepted or rejected, with a short reason from :data:`REASONS` and a
+sentence of detail. Nothing is ever written into the dataset.
 
 Example::
 
@@ -17,18 +18,18 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
-from PIL import Image
 
-from workbench._checks import check_int
+from workbench._checks import check_bool, check_choice, check_int
 from workbench._progress import progress as _progress_bar
-from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected, is_image_name, open_image
+from workbench.data.images import (DEFAULT_MAX_PIXELS, ImageRejected, decode, is_image_name,
+                                   load_array, open_image)
 
 # Status of a row.
 OK = "ok"
@@ -40,6 +41,7 @@ NOT_AN_IMAGE = "not an image"
 TRUNCATED = "truncated or corrupt"
 DECOMPRESSION_BOMB = "decompression bomb"
 TOO_SMALL = "too small"
+UNUSABLE_PIXELS = "unusable pixel values"
 UNREADABLE = "unreadable"
 HIDDEN = "hidden or system file"
 DUPLICATE = "duplicate"
@@ -47,8 +49,9 @@ CONFLICTING_LABELS = "conflicting labels"
 BAD_LIST_ENTRY = "bad list entry"
 NOT_IN_CLASS_FOLDER = "not in a class folder"
 
-REASONS = (ZERO_BYTES, NOT_AN_IMAGE, TRUNCATED, DECOMPRESSION_BOMB, TOO_SMALL, UNREADABLE, HIDDEN,
-           DUPLICATE, CONFLICTING_LABELS, BAD_LIST_ENTRY, NOT_IN_CLASS_FOLDER)
+REASONS = (ZERO_BYTES, NOT_AN_IMAGE, TRUNCATED, DECOMPRESSION_BOMB, TOO_SMALL, UNUSABLE_PIXELS,
+           UNREADABLE, HIDDEN, DUPLICATE, CONFLICTING_LABELS, BAD_LIST_ENTRY, NOT_IN_CLASS_FOLDER)
+JPEG_DECODES = ("draft", "full")  # how scan decodes a JPEG (its decode_jpeg argument)
 
 COLUMNS = ("path", "label", "width", "height", "mode", "sha256", "status", "reason", "detail")
 
@@ -61,7 +64,7 @@ assert set(ImageRejected.REASONS) <= set(REASONS), "images.ImageRejected has a r
 
 def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
          max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-         progress: bool = True) -> pd.DataFrame:
+         progress: bool = True, decode_jpeg: str = "draft") -> pd.DataFrame:
     """Lists, decodes and validates every file of a dataset.
 
     Args:
@@ -76,15 +79,19 @@ def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
             ``"decompression bomb"`` without being decoded.
         workers: threads that read and decode files; ``None`` means ``min(8, os.cpu_count())``.
         progress: whether to show a progress bar (see :mod:`workbench._progress`).
+        decode_jpeg: ``"draft"`` decodes a JPEG at 1/8 scale: all of its compressed data is
+            still read and entropy-decoded, so truncated and corrupt files are rejected as by a
+            full decode, several times faster on 12 MP photos (``benchmarks/input_pipeline.py``);
+            ``"full"`` decodes it at full size. Other formats are always decoded in full.
 
     Returns:
         A DataFrame with columns ``path`` (relative to ``root``, as found or as listed),
-        ``label``, ``width`` and ``height`` (after EXIF orientation), ``mode`` (the original PIL
-        mode, e.g. ``"CMYK"`` or ``"I;16"``), ``sha256`` (of the file's bytes), ``status``
-        (``"ok"`` or ``"rejected"``), ``reason`` (one of :data:`REASONS`, empty when ok) and
-        ``detail``; one row per file, sorted by path. Exact copies with the same label keep the
-        first path in sorted order and reject the others as ``"duplicate"``; content found under
-        two labels is rejected everywhere as ``"conflicting labels"``.
+        ``label``, ``width`` and ``height`` (the full size after EXIF orientation), ``mode``
+        (the original PIL mode, e.g. ``"CMYK"`` or ``"I;16"``), ``sha256`` (of the file's bytes),
+        ``status`` (``"ok"`` or ``"rejected"``), ``reason`` (one of :data:`REASONS`, empty when
+        ok) and ``detail``; one row per file, sorted by path. Exact copies with the same label
+        keep the first path in sorted order and reject the others as ``"duplicate"``; content
+        found under two labels is rejected everywhere as ``"conflicting labels"``.
 
     Raises:
         FileNotFoundError: if ``root``, ``list_file`` or ``labels_file`` does not exist.
@@ -95,8 +102,9 @@ def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     workers = check_int("workers", workers, minimum=1)
-    if not isinstance(progress, bool):
-        raise ValueError(f"progress must be True or False, received: {progress!r}")
+    check_bool("progress", progress)
+    check_choice("decode_jpeg", decode_jpeg, JPEG_DECODES)
+    draft_size = 1 if decode_jpeg == "draft" else None  # 1: the smallest scale libjpeg offers
     if list_file is not None and labels_file is None:
         raise ValueError(f"labels_file is required with list_file={os.fspath(list_file)!r}, "
                          "received: None")
@@ -114,8 +122,8 @@ def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
 
     to_check = [entry for entry in entries if entry["status"] is None]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan") as pool:
-        results = pool.map(lambda entry: _check_file(entry["file"], min_side, max_pixels),
-                           to_check)
+        results = pool.map(lambda entry: _check_file(entry["file"], min_side, max_pixels,
+                                                     draft_size), to_check)
         if progress:
             results = _progress_bar(results, total=len(to_check), desc="scan")
         for index, result in enumerate(results):
@@ -266,8 +274,8 @@ def _list_entries(root: str, list_file: str, labels_file: str) -> list[dict]:
     return entries
 
 
-def _check_file(file: str, min_side: int, max_pixels: int) -> dict:
-    """Reads, hashes and fully decodes one file; returns the columns it fills."""
+def _check_file(file: str, min_side: int, max_pixels: int, draft_size: int | None) -> dict:
+    """Reads, hashes and decodes one file; returns the columns it fills."""
     try:
         with open(file, "rb") as stream:
             data = stream.read()
@@ -280,19 +288,14 @@ def _check_file(file: str, min_side: int, max_pixels: int) -> dict:
     if not data:
         return {**result, "status": REJECTED, "reason": ZERO_BYTES, "detail": "the file is empty"}
     try:
-        image = open_image(data, max_pixels=max_pixels, min_side=min_side)
-        with Image.open(io.BytesIO(data)) as header:
-            mode = header.mode
+        image = decode(data, max_pixels=max_pixels, min_side=min_side, draft_size=draft_size)
     except ImageRejected as error:
-        detail = error.detail
-        if error.reason == NOT_AN_IMAGE:  # PIL's message names a memory address: not stable
-            detail = f"not a recognised image format; the file starts with {data[:12]!r}"
-        return {**result, "status": REJECTED, "reason": error.reason, "detail": detail}
+        return {**result, "status": REJECTED, "reason": error.reason, "detail": error.detail}
     except Exception as error:  # a decoder bug on a crafted file must not stop the whole scan
         return {**result, "status": REJECTED, "reason": TRUNCATED,
                 "detail": f"decoding failed: {type(error).__name__}: {error}"}
     return {**result, "status": OK, "reason": "", "detail": "", "width": image.width,
-            "height": image.height, "mode": mode}
+            "height": image.height, "mode": image.mode}
 
 
 def _reject_copies(entries: list[dict]) -> None:
@@ -317,3 +320,41 @@ def _reject_copies(entries: list[dict]) -> None:
             for entry in group[1:]:
                 entry.update(status=REJECTED, reason=DUPLICATE,
                              detail=f"same content as {kept['path']} (kept)")
+
+
+def sample_images(table: pd.DataFrame, root, *, per_class: int = 6, max_classes: int = 20,
+                  image_size: int | None = None, seed: int = 0) -> tuple[list, list]:
+    """A few images of each class, picked at random and decoded (for
+    :func:`workbench.plots.samples_per_class`).
+
+    Args:
+        table: rows with ``path`` (relative to ``root``) and ``label``, e.g. a scan or split
+            table; rows whose ``status`` is not ``"ok"`` are skipped.
+        root: the dataset folder.
+        per_class: at most this many images of each class, kept in table order.
+        max_classes: at most this many classes, the first in sorted order.
+        image_size: if given, images are squashed to this side, as the model sees them.
+        seed: which images are picked.
+
+    Returns:
+        ``(images, labels)``: uint8 (H, W, 3) arrays and their classes, class by class.
+    """
+    check_int("per_class", per_class, minimum=1)
+    check_int("max_classes", max_classes, minimum=1)
+    if image_size is not None:
+        check_int("image_size", image_size, minimum=1)
+    if not isinstance(table, pd.DataFrame) or not {"path", "label"} <= set(table.columns):
+        raise ValueError(f"table must be a DataFrame with 'path' and 'label' columns, "
+                         f"received: {type(table).__name__}")
+    if "status" in table.columns:
+        table = table[table["status"] == OK]
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, rows in list(table.groupby("label", sort=True))[:max_classes]:
+        picked = rows.iloc[np.sort(rng.permutation(len(rows))[:per_class])]
+        for path in picked["path"]:
+            file = Path(root) / path
+            images.append(load_array(file, image_size) if image_size else
+                          np.asarray(open_image(file)))
+            labels.append(label)
+    return images, labels

@@ -96,7 +96,7 @@ def classify_outputs(classifier, uploaded: dict, *, top_k: int = 5) -> tuple:
     Returns:
         A tuple of Jupyter output dicts for ``ipywidgets.Output.outputs``.
     """
-    from workbench.data.images import ImageRejected
+    from workbench.data.images import ImageRejected, open_image
     from workbench.plots import top_k_chart
 
     data = bytes(uploaded["content"])
@@ -106,7 +106,8 @@ def classify_outputs(classifier, uploaded: dict, *, top_k: int = 5) -> tuple:
     except ImageRejected as error:
         return ({"output_type": "stream", "name": "stderr",
                  "text": f"{name}: not a usable image ({error})\n"},)
-    figure = top_k_chart(predictions, image=data, title=f"{name}: top-{len(predictions)}")
+    figure = top_k_chart(predictions, image=open_image(data),
+                         title=f"{name}: top-{len(predictions)}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     table = top_k_table(predictions)

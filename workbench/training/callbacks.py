@@ -349,11 +349,14 @@ class LivePlot(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         from workbench import plots
+        from workbench.monitor import read_resources
+        from workbench.runs import RunDir
 
-        self._show("curves", plots.training_curves([self.run_dir]))
+        history = RunDir(self.run_dir).history()  # HistoryLogger has written this epoch
+        self._show("curves", plots.training_curves({self.run_dir.name: history}))
         resources = self.run_dir / "resources.csv"
         if resources.is_file():
-            self._show("resources", plots.resource_dashboard(resources))
+            self._show("resources", plots.resource_dashboard(read_resources(resources)))
 
     def _show(self, name: str, figure) -> None:
         from IPython.display import display

@@ -192,7 +192,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         metrics.update(_resource_summary(run_dir))
     write_json(run_dir / "metrics.json", metrics)
     with atomic_path(run_dir / "curves.png") as temporary:
-        plots.training_curves([run_dir]).savefig(temporary, dpi=100)
+        plots.training_curves({run_dir.name: run.history()}).savefig(temporary, dpi=100)
     return Run.load(run_dir)
 
 

@@ -1,0 +1,115 @@
+"""Figures of predictions: a confusion matrix, and the top-k classes of one image."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from workbench._checks import check_int
+from workbench.plots._axes import figure_and_axes
+
+
+def confusion_figure(matrix, classes, *, normalized: bool = True, ax=None,
+                     title: str | None = None, max_labels: int = 30,
+                     max_annotated: int = 20) -> Figure:
+    """A confusion matrix (true classes down, predicted across), readable with many classes.
+
+    It draws the matrix as given: normalise the rows beforehand (e.g.
+    ``EvaluationReport.confusion_normalized``) to show fractions of each true class.
+
+    Args:
+        matrix: ``[true, predicted]``, shape (classes, classes): counts, or each row's
+            fractions of its true class.
+        classes: class names.
+        normalized: whether ``matrix`` holds row fractions (coloured on 0..1 and annotated
+            with two decimals) or counts (annotated as integers).
+        ax: optional axes to draw on.
+        title: the axes' title.
+        max_labels: above this many classes, only every n-th tick is labelled.
+        max_annotated: above this many classes, cells carry no numbers.
+
+    Returns:
+        The figure (the matrix on ``ax``, or on the new figure's first axes, and a colour bar).
+    """
+    values = np.asarray(matrix)
+    count = len(classes)
+    if values.shape != (count, count):
+        raise ValueError(f"matrix must have shape ({count}, {count}) for {count} classes, "
+                         f"received shape: {values.shape}")
+    check_int("max_labels", max_labels, minimum=1)
+    check_int("max_annotated", max_annotated, minimum=0)
+    side = min(12.0, max(4.0, 0.35 * count + 2))
+    figure, ax = figure_and_axes(ax, figsize=(side + 1, side), layout="constrained")
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else None,
+                      interpolation="nearest")
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                    label="fraction of the true class" if normalized else "images")
+    step = max(1, -(-count // max_labels))
+    ticks = np.arange(0, count, step)
+    ax.set_xticks(ticks, [str(classes[i]) for i in ticks], rotation=90 if count > 10 else 0)
+    ax.set_yticks(ticks, [str(classes[i]) for i in ticks])
+    if count <= max_annotated:
+        threshold = (values.max() if values.size else 0) / 2
+        for (row, column), value in np.ndenumerate(values):
+            if value == 0 and row != column:  # an empty cell stays blank
+                continue
+            ax.text(column, row, f"{value:.2f}" if normalized else f"{int(value)}",
+                    ha="center", va="center", fontsize=8 if count <= 10 else 6,
+                    color="white" if value > threshold else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
+    return figure
+
+
+def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None) -> Figure:
+    """The top-k classes of one image as horizontal bars with percentages, best on top.
+
+    Args:
+        predictions: ``Classifier.predict``'s answer for one image: ``{"label",
+            "probability"}`` dicts, best first.
+        image: the classified image, decoded (a uint8 (H, W, 3) array or a PIL image), drawn
+            left of the bars; only without ``ax``.
+        ax: optional axes for the bars alone.
+        title: the bars' title (default ``"Top-k"``).
+
+    Returns:
+        The figure.
+    """
+    predictions = list(predictions)
+    if not predictions:
+        raise ValueError("predictions must hold at least one prediction, received: []")
+    for entry in predictions:
+        if not isinstance(entry, dict) or not {"label", "probability"} <= set(entry):
+            raise ValueError(f"predictions must be dicts with 'label' and 'probability', "
+                             f"received: {entry!r}")
+    if ax is not None and image is not None:
+        raise ValueError("image needs a figure of its own: pass ax=None to draw the image "
+                         "beside the bars, received: both ax and image")
+    picture = None if image is None else np.asarray(image)
+    if picture is not None and (picture.ndim not in (2, 3) or picture.dtype.kind not in "uif"):
+        raise ValueError(f"image must be a decoded image (an (H, W, 3) array or a PIL image), "
+                         f"received: {type(image).__name__} of shape {picture.shape}")
+    labels = [str(entry["label"]) for entry in predictions]
+    probabilities = np.array([float(entry["probability"]) for entry in predictions])
+    height = 0.45 * len(predictions) + 1.2
+    if ax is None:
+        figure = Figure(figsize=(7 if picture is not None else 4.5, max(2.6, height)),
+                        layout="constrained")
+        if picture is not None:
+            picture_ax, ax = figure.subplots(1, 2, width_ratios=(1, 1.4))
+            picture_ax.imshow(picture)
+            picture_ax.set_axis_off()
+        else:
+            ax = figure.add_subplot()
+    else:
+        figure = ax.figure
+    rows = np.arange(len(predictions))
+    colors = ["C2"] + ["C0"] * (len(predictions) - 1)
+    bars = ax.barh(rows, probabilities * 100, color=colors)
+    ax.bar_label(bars, labels=[f"{p:.1%}" for p in probabilities], padding=3)
+    ax.set_yticks(rows, labels)
+    ax.invert_yaxis()  # best on top
+    ax.set_xlim(0, 118)  # room for the percentages right of a full bar
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_xlabel("probability (%)")
+    ax.set_title(title or f"Top-{len(predictions)}")
+    return figure
