@@ -30,6 +30,9 @@ APPLICATIONS = {
 }
 SMALL_NETWORKS = ("lenet", "cifar_cnn")
 BACKBONES = tuple(APPLICATIONS) + SMALL_NETWORKS
+# The side each backbone was designed for (its ImageNet weights were trained at it); 224 for
+# every keras.applications family here.
+NATURAL_SIZES = {**dict.fromkeys(APPLICATIONS, 224), "lenet": 28, "cifar_cnn": 32}
 PREPROCESS_MODES = ("scale", "tf", "caffe", "none")
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -84,9 +87,7 @@ def backbone(name: str, *, weights: str | Path | None = None,
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), "
                          f"received: {input_shape!r}")
-    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        raise ValueError(f"weights must be 'imagenet', None or an existing file, "
-                         f"received: {weights!r}")
+    check_weights(weights)
     inputs = keras.Input(input_shape, name="image")
     if name in SMALL_NETWORKS:
         if weights is not None:
@@ -98,6 +99,67 @@ def backbone(name: str, *, weights: str | Path | None = None,
         network = _load_application(constructor, weights, input_shape, kwargs)
         features = network(Preprocess(mode, name="preprocess")(inputs))
     return keras.Model(inputs, features, name="backbone")
+
+
+def check_weights(weights) -> None:
+    """Fails fast on a weights setting that cannot load: ``"imagenet"``, None or a file.
+
+    Raises:
+        ValueError: naming the value when it is none of these.
+    """
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise ValueError(f"weights must be 'imagenet', None or an existing file, "
+                         f"received: {weights!r}")
+
+
+def natural_image_size(backbone: str | None = "mobilenet_v2", *,
+                       source: str | Path | None = None) -> int:
+    """The image side to train at when none is given: the source model's input side, or the
+    side the backbone was designed for (:data:`NATURAL_SIZES`).
+
+    Args:
+        backbone: one of ``BACKBONES``; ignored when ``source`` is given.
+        source: a saved ``.keras`` model to transfer from.
+
+    Returns:
+        The side in pixels.
+
+    Raises:
+        ValueError: for an unknown backbone, or a source whose input is not square.
+    """
+    if source is None:
+        return NATURAL_SIZES[check_choice("backbone", backbone, BACKBONES)]
+    height, width = load_model(source).input_shape[1:3]
+    if height is None or width is None:  # a model that takes any size: its family's size
+        return 224
+    if height != width:
+        raise ValueError(f"source must take square images (image_size is one side), received: "
+                         f"{Path(source).name} with input {height}x{width}")
+    return int(height)
+
+
+def weights_argument(value: str | Path | None, *,
+                     relative_to: str | Path | None = None) -> str | Path | None:
+    """What a ``weights`` option typed as text means (a notebook parameter, a command line).
+
+    Args:
+        value: ``"imagenet"``; ``"none"``, ``""`` or None for random initialisation; anything
+            else is a local weights file.
+        relative_to: the folder a relative file path is relative to (default: as it is).
+
+    Returns:
+        ``"imagenet"``, None or the weights file's ``Path``.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if not isinstance(value, (str, Path)):
+        raise ValueError(f"weights must be 'imagenet', 'none' or a file path, received: "
+                         f"{value!r}")
+    if value == "imagenet":
+        return value
+    path = Path(value).expanduser()
+    return Path(relative_to) / path if relative_to is not None and not path.is_absolute() \
+        else path
 
 
 def _load_application(constructor: str, weights, input_shape, kwargs) -> keras.Model:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from workbench import models, plots
-from workbench._device import execution_context
+from workbench._device import execution_context, gpu_count, gpu_name
 from workbench._checks import check_choice, check_int, check_number
 from workbench._progress import watched_notebook
 from workbench._io import atomic_path, write_json, write_text
@@ -31,6 +31,18 @@ from workbench.training.solver import SolverConfig, SparseCrossentropy, build_op
 
 PROGRESS = ("auto", "lines", "plot", "none")
 _RESOLVED_AT_RUN_TIME = {"classes", "dtype_policy", "distribution"}  # not compared on resume
+
+
+class SettingsChanged(ValueError):
+    """``resume=True`` found a run with other settings in the run directory.
+
+    Attributes:
+        settings: the names of the settings that differ.
+    """
+
+    def __init__(self, message: str, settings: list[str]):
+        super().__init__(message)
+        self.settings = list(settings)
 
 
 @dataclasses.dataclass
@@ -60,7 +72,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              backbone: str = "mobilenet_v2", weights: str | Path | None = "imagenet",
              source: str | Path | None = None, cut_at: str | None = None,
              recipe: str = "two_stage", lr_mult_rules: dict | None = None,
-             solver: SolverConfig | None = None, image_size: int = 224,
+             solver: SolverConfig | None = None, image_size: int | None = None,
              resize_mode: str = "squash", augment: pipeline.Augment | None = None,
              dropout: float = 0.2, seed: int = 0, resume: bool = False,
              progress: str = "auto", execution: Execution | None = None,
@@ -81,7 +93,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         lr_mult_rules: extra ``{layer pattern: multiplier}`` rules, checked before the
             recipe's own in every stage (e.g. ``{"conv1*": 0}`` to keep conv1 frozen).
         solver: the :class:`SolverConfig`; defaults to its defaults.
-        image_size: side of the square input images.
+        image_size: side of the square input images; default the source model's input or the
+            backbone's natural size (``models.natural_image_size``).
         resize_mode: ``"squash"``, ``"crop"`` or ``"pad"``.
         augment: augmentation of training batches in the input pipeline.
         dropout: dropout rate before the new head.
@@ -101,16 +114,22 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         A :class:`Run`.
 
     Raises:
+        SettingsChanged: ``resume=True`` and ``run_dir`` holds a run with other settings.
         TrainingDiverged: if the loss became NaN or exploded; the last good checkpoint stays.
     """
     check_choice("progress", progress, PROGRESS)
     execution = execution or Execution()
     monitoring = monitoring or Monitoring()
+    if image_size is None:
+        image_size = models.natural_image_size(backbone, source=source)
     check_int("image_size", image_size, minimum=8)
     check_int("seed", seed, minimum=0)
     check_number("dropout", dropout, minimum=0.0, maximum=0.99)
     if source is None:
         check_choice("backbone", backbone, models.BACKBONES)
+        models.check_weights(weights)
+    elif not Path(source).is_file():
+        raise FileNotFoundError(f"source must be a saved .keras model, received: {str(source)!r}")
     solver = solver or SolverConfig()
     run_dir = Path(run_dir)
     recipe_ = get_recipe(recipe)
@@ -131,9 +150,9 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     if resume:
         changed = _changed_settings(run, config)
         if changed:
-            raise ValueError(f"resume=True but {run_dir} holds a run with other settings "
-                             f"({', '.join(changed)}); choose another run_dir, or resume=False "
-                             "to start over")
+            raise SettingsChanged(f"resume=True but {run_dir} holds a run with other settings "
+                                  f"({', '.join(changed)}); choose another run_dir, or "
+                                  "resume=False to start over", changed)
         if run.finished:
             return Run.load(run_dir)
 
@@ -150,6 +169,9 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     started = time.monotonic()
     with execution_context(execution.precision, execution.strategy) as (policy, strategy_name):
         config.update(dtype_policy=policy, distribution=strategy_name)
+        if progress != "none":  # what a user should know before the first epoch, once
+            print(f"{run_dir.name}: {recipe} on {_device_words()}, {policy}"
+                  f"{', resuming' if resume else ''}", flush=True)
         resumed = checkpoint.load_checkpoint(run_dir) if resume else None
         if resumed is not None:
             model = resumed[0]
@@ -164,6 +186,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         run.remove_partial_files()
         write_json(run_dir / "config.json", config)
         write_text(run_dir / "labels.txt", "".join(f"{c}\n" for c in data.classes))
+        if resumed is None:  # the starting point, for comparing filters before and after
+            checkpoint.save_model(model, run_dir / "initial.keras")
         recorder = ResourceMonitor(run_dir / "resources.csv").start() \
             if monitoring.resources else None
         with recorder or contextlib.nullcontext():  # stops sampling even if training fails
@@ -207,6 +231,9 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
     """
     epochs = solver.total_epochs(train.steps_per_epoch)
     trained_images, stage_start = 0, 0
+    if progress == "auto":
+        progress = "plot" if watched_notebook() else "lines"
+    live = cb.LivePlot(run_dir) if progress == "plot" else None  # one figure for every stage
     # a resumed run keeps the tables of the stages it finished before it was stopped
     counts = recipe.stage_epochs(epochs)
     done = [stage.name for stage, end in zip(recipe.stages, itertools.accumulate(counts))
@@ -222,14 +249,15 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
             compile_stage(model, stage, extra_rules, solver, train_bn=recipe.train_bn,
                            total_steps=count * train.steps_per_epoch, num_classes=num_classes)
         state.stage = index
-        lr_tables.append(lr_mult.lr_table(model, model.optimizer).assign(stage=stage.name))
+        lr_tables.append(lr_mult.lr_table(model, model.optimizer, base_lr=solver.base_lr)
+                         .assign(stage=stage.name))
         guard = cb.DivergenceGuard()
         early_stop = cb.EarlyStop(state, patience=solver.early_stopping)
         callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
                      guard, cb.BestModel(run_dir, state, guard=guard), early_stop,
                      cb.Checkpointer(run_dir, state, interval=solver.snapshot_interval,
                                      stage_end=stage_end, guard=guard),
-                     *_progress_callbacks(progress, run_dir, epochs, stage.name),
+                     *_progress_callbacks(progress, live, epochs, stage.name),
                      *extra_callbacks]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
@@ -247,6 +275,13 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
             return guard.problem, early_stop.stopped, trained_images
         stage_start = stage_end
     return None, False, trained_images
+
+
+def _device_words() -> str:
+    """``"1 GPU (NVIDIA H200)"`` or ``"the CPU (no GPU found)"``."""
+    gpus = gpu_count()
+    return f"{gpus} GPU{'s' if gpus > 1 else ''} ({gpu_name()})" if gpus \
+        else "the CPU (no GPU found)"
 
 
 def _monitor_callbacks(run_dir: Path, recorder) -> list:
@@ -315,11 +350,9 @@ def _metrics(num_classes: int) -> list:
             keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")]
 
 
-def _progress_callbacks(progress: str, run_dir: Path, epochs: int, stage_name: str) -> list:
-    if progress == "auto":
-        progress = "plot" if watched_notebook() else "lines"
-    if progress == "plot":
-        return [cb.LivePlot(run_dir)]
+def _progress_callbacks(progress: str, live, epochs: int, stage_name: str) -> list:
+    if live is not None:
+        return [live]
     if progress == "lines":
         return [cb.EpochLines(epochs, stage_name)]
     return []
