@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from workbench._checks import one_line
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -153,6 +155,9 @@ def _cmd_split(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--{option} file not found, received: {value!r}")
     if not os.path.isdir(args.data):
         raise FileNotFoundError(f"DATA folder not found, received: {args.data!r}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise FileExistsError(f"--out must be a folder (new or existing), received: {args.out!r}, "
+                              "which is a file")
     data, out = Path(args.data).resolve(), Path(args.out).resolve()
     if out == data or data in out.parents:
         raise ValueError(f"--out must not be inside DATA (the dataset is never written to), "
@@ -221,9 +226,15 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from workbench.training.callbacks import TrainingDiverged
+    from workbench.training.recipes import RECIPES
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
 
+    stages = len(RECIPES[args.recipe].stages)
+    if args.epochs is not None and args.epochs < stages:
+        raise ValueError(f"--epochs must be >= {stages} for --recipe {args.recipe}, which "
+                         f"trains {stages} stages of at least one epoch each, received: "
+                         f"{args.epochs}")
     solver = SolverConfig.load(args.solver) if args.solver else SolverConfig()
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "base_lr": args.base_lr}
     solver = solver.replace(**{k: v for k, v in overrides.items() if v is not None})
@@ -237,7 +248,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        image_size=args.image_size, seed=args.seed, resume=args.resume,
                        progress="lines")
     except TrainingDiverged as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"interrupted: continue with 'workbench train ... --out {args.out} --resume'",
@@ -299,10 +310,16 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         raise ValueError("a command to run is required after '--', received: nothing, e.g. "
                          "workbench monitor --out DIR -- python train.py")
     path = Path(args.out) / "resources.csv"
+    try:  # an --out that cannot be written is a usage error, not a missing command
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("a").close()
+    except OSError as error:
+        raise OSError(f"--out must be a folder that can be written, received: {args.out!r} "
+                      f"({error.strerror})") from None
     try:
         status = monitor_command(command, path, interval=args.interval)
     except FileNotFoundError as error:
-        print(f"error: command not found, received: {command[0]!r} ({_one_line(error)})",
+        print(f"error: command not found, received: {command[0]!r} ({one_line(error)})",
               file=sys.stderr)
         return 127
     print(f"workbench monitor: exit status {status}; resources in {path}", file=sys.stderr)
@@ -431,7 +448,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         result = export(args.run_dir, format=args.format, quantize=args.quantize,
                         model=args.model, check=not args.no_check, max_images=args.max_images)
     except ExportError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     print(result.format(), end="")
     return EXIT_OK
@@ -458,6 +475,27 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="best", choices=("best", "final"),
                         help="the best checkpoint by validation accuracy, or the final model "
                              "(default best)")
+    limits = parser.add_argument_group(
+        "limits", "what one client may cost, so that none can take the service down")
+    limits.add_argument("--decode-budget-mb", type=_arg_type("MB", _positive("megabytes")),
+                        default=512.0, metavar="MB",
+                        help="memory for decoding images, shared by all requests, which wait "
+                             "for it in turn (default 512)")
+    limits.add_argument("--max-pixels", type=_arg_type("N", _int_at_least(1)), metavar="N",
+                        help="largest image accepted (default: what the decode budget can "
+                             "decode, at most 64000000)")
+    limits.add_argument("--decode-wait", type=_arg_type("S", _positive("seconds")),
+                        default=10.0, metavar="S",
+                        help="longest wait for decoding memory before a 503 (default 10)")
+    limits.add_argument("--upload-timeout", type=_arg_type("S", _positive("seconds")),
+                        default=30.0, metavar="S",
+                        help="time a client has to send its request headers, then its body; "
+                             "stalled connections are closed (default 30)")
+    limits.add_argument("--max-connections", type=_arg_type("N", _int_at_least(2)),
+                        default=128, metavar="N",
+                        help="open connections at once, lowered to fit the open-file limit; at "
+                             "most half may be uploads, so /api/health keeps answering "
+                             "(default 128)")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -468,7 +506,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               flush=True)
 
     serve(args.run_dir, host=args.host, port=args.port, model=args.model,
-          max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)), on_ready=announce)
+          max_upload_bytes=max(1, int(args.max_upload_mb * 1024 * 1024)),
+          decode_budget_bytes=int(args.decode_budget_mb * 1024 * 1024),
+          max_pixels=args.max_pixels, decode_wait=args.decode_wait,
+          upload_timeout=args.upload_timeout, max_connections=args.max_connections,
+          on_ready=announce)
     return EXIT_OK
 
 
@@ -644,13 +686,15 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input: an argument, a file, a folder
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    except Exception as error:  # anything else failed at run time: one line, not a traceback
+        if os.environ.get("WORKBENCH_DEBUG"):
+            raise
+        print(f"error: {type(error).__name__}: {one_line(error)} (WORKBENCH_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import time
 import warnings
 from pathlib import Path
 
-from workbench._checks import check_int, check_number
+from workbench._checks import check_int, check_number, one_line
 from workbench._io import run_file
 
 __all__ = ["COLUMNS", "ResourceMonitor", "monitor_command", "read_resources", "summarize_resources"]
@@ -504,8 +504,12 @@ def read_resources(path):
     import pandas as pd
 
     path = _csv_path(path)
-    frame = pd.read_csv(path, dtype={"gpu_name": str}, keep_default_na=False,
-                        na_values=[""], on_bad_lines="skip")
+    try:
+        frame = pd.read_csv(path, dtype={"gpu_name": str}, keep_default_na=False,
+                            na_values=[""], on_bad_lines="skip")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"path must be a resources.csv written by ResourceMonitor, received: "
+                         f"{str(path)!r}, which is not readable CSV ({one_line(error)})") from None
     missing = [column for column in COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"path must be a resources.csv written by ResourceMonitor, received: "
