@@ -7,7 +7,9 @@ temporary folder and read once beforehand so the disk is out of the picture:
   memory-mapped cache) against the reference ``tf.io.read_file`` + ``tf.io.decode_jpeg`` +
   ``tf.image.resize`` in ``tf.data`` with ``num_parallel_calls`` 1 and 2;
 * from the cache, shuffled batches of 64 and 128 at 224 px (``Batches.epoch``, with and without
-  augmentation, and ``Batches.as_tf_dataset``) against plain random batches from the memmap.
+  augmentation, and ``Batches.as_tf_dataset``) against plain random batches from the memmap;
+* ``scan`` of 12-MP (4000x3000) photo-like JPEGs, files per second, validating each JPEG by a
+  full decode against a draft decode at 1/8 scale (``decode_jpeg="full"`` / ``"draft"``).
 
 Prints a table and writes it to ``benchmarks/results/input_pipeline.md``.
 
@@ -31,10 +33,12 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
 from workbench.data.pipeline import Augment, Batches, build_cache  # noqa: E402
+from workbench.data.scan import scan  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "input_pipeline.md"
 FILE_TARGET = 0.9  # ours / reference, from files
 CACHE_TARGET = 20_000  # images/s of shuffled batches from the cache
+DRAFT_TARGET = 3.0  # scan of 12-MP JPEGs, draft / full validation
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,10 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="runs of each file measurement; the best is reported")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="minimum time spent on each cache measurement")
+    parser.add_argument("--photos", type=int, default=24,
+                        help="12-MP JPEGs to generate for the scan rows")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.images < 1 or args.image_size < 1 or args.repeats < 1 or args.seconds <= 0:
-        parser.error("--images, --image-size, --repeats and --seconds must be positive")
+    if min(args.images, args.image_size, args.repeats, args.photos) < 1 or args.seconds <= 0:
+        parser.error("--images, --image-size, --repeats, --photos and --seconds must be "
+                     "positive")
     return args
 
 
@@ -78,6 +85,39 @@ def make_photos(folder: Path, count: int, *, seed: int = 0) -> list[str]:
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(folder / name, quality=90)
         names.append(name)
     return names
+
+
+def make_12mp_photos(folder: Path, count: int, *, seed: int = 1) -> None:
+    """Writes ``count`` 4000x3000 JPEGs (quality 90, ~3 MB like a phone's) into ``folder/a/``:
+    a blurred random picture enlarged, plus sensor-like noise; every other one EXIF-rotated."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-8, 9, (3000, 4000, 3), dtype=np.int16)  # shared: it is slow to draw
+    (folder / "a").mkdir(parents=True)
+    for i in range(count):
+        small = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
+        base = Image.fromarray(small).filter(ImageFilter.GaussianBlur(3)).resize((4000, 3000),
+                                                                                 Image.BICUBIC)
+        pixels = np.asarray(base, np.int16) + np.roll(noise, i, axis=1)
+        exif = Image.Exif()
+        exif[0x0112] = 6 if i % 2 else 1
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+            folder / f"a/photo{i:03d}.jpg", quality=90, exif=exif.tobytes())
+
+
+def measure_scan(args, folder: Path) -> list[tuple]:
+    """Files/s of ``scan`` over the 12-MP JPEGs, full against draft validation."""
+    for file in (folder / "a").iterdir():  # into the page cache
+        file.read_bytes()
+    rows = []
+    for threads in args.threads:
+        rates = best_rates({how: (lambda how=how: scan(folder, decode_jpeg=how, workers=threads,
+                                                      progress=False))
+                            for how in ("full", "draft")}, args.photos, args.repeats)
+        ratio = rates["draft"] / rates["full"]
+        rows.append(("scan: 12-MP JPEGs, full decode", threads, rates["full"], 1.0, "", ""))
+        rows.append(("scan: 12-MP JPEGs, draft decode (1/8 scale)", threads, rates["draft"],
+                     ratio, f">= {DRAFT_TARGET:g}x full", "yes" if ratio >= DRAFT_TARGET else "NO"))
+    return rows
 
 
 def best_rates(runs: dict, count: int, repeats: int) -> dict:
@@ -182,11 +222,14 @@ def format_table(rows: list[tuple], args) -> str:
              "|---|---:|---:|---:|---|---|"]
     for name, threads, rate, ratio, target, met in rows:
         ratio_text = "" if ratio is None else f"{ratio:.2f}x"
-        lines.append(f"| {name} | {threads} | {rate:,.0f} | {ratio_text} | {target} | {met} |")
+        rate_text = f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}"  # 12-MP files: a few/s
+        lines.append(f"| {name} | {threads} | {rate_text} | {ratio_text} | {target} | {met} |")
     notes = (f"{args.images} synthetic 500x375 JPEGs (quality 90) resized to "
              f"{args.image_size}x{args.image_size}; file rows are the best of {args.repeats} "
              f"runs, ratio vs the tf.data reference with the same threads; cache rows ran "
-             f"{args.seconds:g} s each, ratio vs the plain memmap baseline. "
+             f"{args.seconds:g} s each, ratio vs the plain memmap baseline; scan rows: files/s "
+             f"over {args.photos} synthetic 4000x3000 JPEGs (quality 90), best of "
+             f"{args.repeats}, ratio vs the full decode with the same threads. "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
              f"Python {platform.python_version()}.")
     return "\n".join(lines) + "\n\n" + notes + "\n"
@@ -203,6 +246,11 @@ def main(argv=None) -> int:
         print("batches from the cache...", file=sys.stderr)
         rows += measure_cache(args, cache)
         del cache
+    with tempfile.TemporaryDirectory(prefix="input-pipeline-scan-") as temp:
+        print(f"writing {args.photos} 12-MP JPEGs...", file=sys.stderr)
+        make_12mp_photos(Path(temp), args.photos)
+        print("scanning them...", file=sys.stderr)
+        rows += measure_scan(args, Path(temp))
     table = format_table(rows, args)
     print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -116,6 +116,9 @@ def make_messy_dataset(root: Path) -> dict[str, tuple[str, str]]:
     add("dog/with space.jpg", image_bytes(22))
     add("café ñ/日本語.jpg", image_bytes(30))
     add("café ñ/Ünïcödé.png", image_bytes(31, "PNG"))
+    add("cat/twelve_bit.tif", tiff_bytes(np.random.default_rng(32).integers(
+        0, 4096, (SIDE, SIDE), dtype=np.uint16), bits=12))
+    add("dog/bad_exif.jpg", jpeg_with_bad_exif(33))  # Pillow warns per tag; the pixels are fine
 
     # Bad files.
     add("dog/empty.jpg", b"", "rejected", "zero bytes")
@@ -126,6 +129,11 @@ def make_messy_dataset(root: Path) -> dict[str, tuple[str, str]]:
     add("dog/cut.png", truncated(image_bytes(24, "PNG", size=(64, 64))),
         "rejected", "truncated or corrupt")
     add("dog/bomb.png", png_bomb(), "rejected", "decompression bomb")
+    add("dog/broken_lzw.tif", corrupt_compressed_tiff(34), "rejected", "truncated or corrupt")
+    add("dog/cut_tags.tif", truncated(tiff_with_bad_tags(35), keep=0.9),
+        "rejected", "truncated or corrupt")
+    add("cat/dark16.tif", tiff_bytes(np.random.default_rng(36).integers(
+        291, 695, (SIDE, SIDE), dtype=np.uint16)), "rejected", "unusable pixel values")
     add("dog/tiny.png", image_bytes(25, "PNG", size=(4, 4)), "rejected", "too small")
     add("dog/.hidden.jpg", image_bytes(26), "rejected", "hidden or system file")
     add("dog/.DS_Store", b"\x00\x00\x00\x01Bud1", "rejected", "hidden or system file")
@@ -168,3 +176,134 @@ def make_class_folders(root: Path, sizes: dict[str, int], *, start: int = 0,
             write(root / relative, image_bytes(seed, fmt, size=(8, 8)))
             paths.append(relative)
     return paths
+
+
+# --- Images whose pixels are not 8-bit, written the way cameras, microscopes and scientific
+# software write them, so that the conversion to 8-bit RGB can be checked against numpy. ---
+
+_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 12: ("d", 8)}  # SHORT, LONG, DOUBLE
+
+
+def tiff_bytes(samples: np.ndarray, *, bits: int | None = None, sample_format: int | None = None,
+               photometric: int | None = None, extra_samples=(), big_endian: bool = False,
+               tags: dict | None = None) -> bytes:
+    """An uncompressed one-strip TIFF of ``samples``, (H, W) or (H, W, C), written by hand.
+
+    Pillow writes only some of what the TIFF format allows; this declares any bit depth (12 packs
+    uint16 values MSB first), sample format (1 unsigned, 2 signed, 3 float), photometric
+    interpretation (0 white is zero, 1 black is zero, 2 RGB), extra samples (alpha) and byte
+    order. ``tags`` adds ``{tag: (type, values)}`` entries, e.g. ``{281: (3, [4095])}``.
+    """
+    array = np.asarray(samples)
+    if array.ndim == 2:
+        array = array[..., None]
+    height, width, channels = array.shape
+    order = ">" if big_endian else "<"
+    bits = bits or array.dtype.itemsize * 8
+    if sample_format is None:
+        sample_format = {"u": 1, "i": 2, "f": 3}[array.dtype.kind]
+    if photometric is None:
+        photometric = 2 if channels >= 3 else 1
+    if bits == 12:  # two 12-bit samples in three bytes, most significant bits first
+        pairs = array.reshape(height, -1, 2).astype(np.uint32)
+        data = np.stack([pairs[..., 0] >> 4, ((pairs[..., 0] & 0xF) << 4) | (pairs[..., 1] >> 8),
+                         pairs[..., 1] & 0xFF], axis=-1).astype(np.uint8).tobytes()
+    else:
+        data = array.astype(array.dtype.newbyteorder(order)).tobytes()
+    entries = {256: (4, [width]), 257: (4, [height]), 258: (3, [bits] * channels),
+               259: (3, [1]), 262: (3, [photometric]), 273: (4, [0]), 277: (3, [channels]),
+               278: (4, [height]), 279: (4, [len(data)]), 284: (3, [1]),
+               339: (3, [sample_format] * channels)}
+    if extra_samples:
+        entries[338] = (3, list(extra_samples))
+    entries.update(tags or {})
+    ifd_size = 2 + 12 * len(entries) + 4
+    values_at = 8 + ifd_size  # values longer than 4 bytes follow the IFD, then the pixels
+    values = b""
+    packed = {}
+    for tag, (kind, items) in entries.items():
+        code, _ = _TIFF_TYPES[kind]
+        raw = struct.pack(order + code * len(items), *items)
+        if len(raw) > 4:
+            packed[tag] = struct.pack(order + "I", values_at + len(values))
+            values += raw
+        else:
+            packed[tag] = raw.ljust(4, b"\0")
+    packed[273] = struct.pack(order + "I", values_at + len(values))  # the strip's offset
+    ifd = struct.pack(order + "H", len(entries))
+    for tag in sorted(entries):
+        kind, items = entries[tag]
+        ifd += struct.pack(order + "HHI", tag, kind, len(items)) + packed[tag]
+    ifd += struct.pack(order + "I", 0)
+    header = (b"MM\x00\x2a" if big_endian else b"II\x2a\x00") + struct.pack(order + "I", 8)
+    return header + ifd + values + data
+
+
+def png_bytes(image: Image.Image, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **save_args)
+    return buffer.getvalue()
+
+
+# --- Damaged files that make Pillow and libtiff talk: Python warnings from Pillow's TIFF tag
+# reader (also used for EXIF blocks) and libtiff's own messages on the C stderr. ---
+
+def _ifd_with_bad_tags(count: int, order: str = "<") -> bytes:
+    """A TIFF structure (as in an EXIF block) whose ``count`` tags claim more data than it has."""
+    ifd = struct.pack(order + "H", count)
+    for tag in range(count):
+        ifd += struct.pack(order + "HHII", 0x9000 + tag, 4, 100_000, 8)  # 100,000 LONGs
+    return (b"II\x2a\x00" if order == "<" else b"MM\x00\x2a") + struct.pack(order + "I", 8) \
+        + ifd + struct.pack(order + "I", 0)
+
+
+def tiff_with_bad_tags(seed: int, count: int = 150) -> bytes:
+    """A readable TIFF with ``count`` more private tags, each claiming more data than the file."""
+    good = tiff_bytes(pixels(seed))
+    (entries,) = struct.unpack("<H", good[8:10])
+    tags = struct.pack("<H", entries + count) + good[10:10 + 12 * entries]
+    for tag in range(count):
+        tags += struct.pack("<HHII", 0xC000 + tag, 4, 100_000, 8)  # 400 kB of a small file
+    # the pixels and long values move along with the bigger IFD
+    shift = 12 * count
+    body = bytearray(tags + good[10 + 12 * entries:])
+    for index in range(entries):
+        at = 2 + 12 * index
+        tag, kind, number = struct.unpack("<HHI", body[at:at + 8])
+        if tag == 273 or (number * _TIFF_TYPES[kind][1] > 4):
+            (offset,) = struct.unpack("<I", body[at + 8:at + 12])
+            body[at + 8:at + 12] = struct.pack("<I", offset + shift)
+    return good[:8] + bytes(body)
+
+
+def png_with_bad_exif(seed: int, count: int = 150) -> bytes:
+    """A good PNG whose eXIf chunk (with a correct CRC, before the pixels) holds ``count`` broken
+    EXIF tags."""
+    data = image_bytes(seed, "PNG")
+    start = data.index(b"IDAT") - 4
+    return data[:start] + _chunk(b"eXIf", _ifd_with_bad_tags(count)) + data[start:]
+
+
+def jpeg_with_bad_exif(seed: int, count: int = 150) -> bytes:
+    """A good JPEG whose EXIF block holds ``count`` broken tags; its pixels are fine."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels(seed)).save(buffer, "JPEG", exif=b"Exif\0\0" + _ifd_with_bad_tags(count))
+    return buffer.getvalue()
+
+
+def corrupt_compressed_tiff(seed: int, compression: str = "tiff_lzw") -> bytes:
+    """An LZW (or deflate) TIFF whose compressed strip is overwritten with noise: libtiff fails."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels(seed, (64, 64))).save(buffer, "TIFF", compression=compression)
+    data = bytearray(buffer.getvalue())
+    noise = np.random.default_rng(seed).integers(0, 256, 200, dtype=np.uint8).tobytes()
+    data[16:216] = noise  # the strip follows the 8-byte header in Pillow's files
+    return bytes(data)
+
+
+def corrupt_jpeg(seed: int, size=(64, 64)) -> bytes:
+    """A JPEG whose Huffman table is bogus (more codes than a table can hold): libjpeg fails."""
+    data = bytearray(image_bytes(seed, size=size))
+    table = data.index(b"\xff\xc4") + 5  # after the marker, the length and the class/id byte
+    data[table:table + 16] = b"\xff" * 16
+    return bytes(data)

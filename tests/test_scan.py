@@ -2,6 +2,7 @@
 
 import os
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,8 @@ import messy_data
 import workbench._progress as progress_module
 from workbench._progress import progress
 from workbench.data import scan as scan_module
-from workbench.data.images import ImageRejected, open_image
+from workbench.cli import main
+from workbench.data.images import ImageRejected, decode, open_image
 from workbench.data.scan import COLUMNS, OK, REASONS, REJECTED, read_labels, scan
 
 
@@ -240,6 +242,7 @@ def test_labels_file_rules(tmp_path):
     ({"max_pixels": "big"}, "max_pixels must be an integer, received: 'big'"),
     ({"workers": 0}, "workers must be >= 1, received: 0"),
     ({"progress": "yes"}, "progress must be True or False, received: 'yes'"),
+    ({"decode_jpeg": "half"}, "decode_jpeg must be one of"),
     ({"list_file": "list.txt"}, "labels_file is required with list_file='list.txt'"),
     ({"labels_file": "labels.txt"}, "list_file is required with labels_file='labels.txt'"),
 ])
@@ -285,3 +288,86 @@ def test_progress_can_be_switched_off_and_scan_reports_headless(tmp_path, capsys
     scan(tmp_path)
     err = capsys.readouterr().err
     assert "\r" not in err and err.splitlines()[-1].startswith("scan: done, 3/3")
+
+
+# --- Validating JPEGs in draft: 1/8 scale, every compressed byte still read ---------------------
+
+PHOTO = (200, 152)  # width, height; at 1/8 scale 25 x 19
+
+
+def jpeg_cases():
+    """JPEGs a scan must accept or reject, whatever the scale it decodes them at."""
+    good = messy_data.image_bytes(1, size=PHOTO, quality=95)
+    progressive = messy_data.image_bytes(2, size=PHOTO, quality=95, progressive=True)
+    restarts = messy_data.image_bytes(3, size=PHOTO, quality=95, restart_marker_blocks=4)
+    return {
+        "a/good.jpg": (good, OK, ""),
+        "a/progressive.jpg": (progressive, OK, ""),
+        "a/restarts.jpg": (restarts, OK, ""),
+        "a/rotated.jpg": (messy_data.exif_rotated_jpeg(4, size=PHOTO), OK, ""),
+        "a/cut_in_half.jpg": (good[: len(good) // 2], REJECTED, "truncated or corrupt"),
+        "a/cut_before_the_end_marker.jpg": (good[:-2], REJECTED, "truncated or corrupt"),
+        "a/cut_by_one_byte.jpg": (good[:-1], REJECTED, "truncated or corrupt"),
+        "a/cut_in_the_last_scan.jpg": (progressive[:-40], REJECTED, "truncated or corrupt"),
+        "a/cut_after_a_restart.jpg": (restarts[: int(len(restarts) * 0.8)], REJECTED,
+                                      "truncated or corrupt"),
+        "a/corrupt_table.jpg": (messy_data.corrupt_jpeg(5, size=PHOTO), REJECTED,
+                                "truncated or corrupt"),
+    }
+
+
+@pytest.mark.parametrize("decode_jpeg", ["draft", "full"])
+def test_jpeg_validation_rejects_what_a_full_decode_rejects(tmp_path, decode_jpeg):
+    cases = jpeg_cases()
+    for path, (data, _, _) in cases.items():
+        messy_data.write(tmp_path / path, data)
+    rows = by_path(scan(tmp_path, progress=False, decode_jpeg=decode_jpeg))
+    assert {path: (row.status, row.reason) for path, row in rows.items()} == {
+        path: (status, reason) for path, (_, status, reason) in cases.items()}
+    for path in ("a/good.jpg", "a/progressive.jpg", "a/restarts.jpg"):
+        assert (rows[path].width, rows[path].height) == PHOTO  # not the 1/8 scale size
+    assert (rows["a/rotated.jpg"].width, rows["a/rotated.jpg"].height) == PHOTO[::-1]
+
+
+def test_draft_decodes_a_jpeg_small_but_reports_its_true_size():
+    decoded = decode(messy_data.exif_rotated_jpeg(6, size=PHOTO), draft_size=1)
+    assert decoded.image.size == (19, 25)  # 152 / 8 wide, 200 / 8 high once turned upright
+    assert (decoded.width, decoded.height) == (152, 200)
+    full = decode(messy_data.exif_rotated_jpeg(6, size=PHOTO))
+    assert full.image.size == (full.width, full.height) == (152, 200)
+
+
+def test_scan_asks_for_draft_jpegs_only_when_told(tmp_path, monkeypatch):
+    messy_data.make_class_folders(tmp_path, {"a": 3}, fmt="JPEG")
+    asked = []
+
+    def spy(data, **kwargs):
+        asked.append(kwargs["draft_size"])
+        return decode(data, **kwargs)
+
+    monkeypatch.setattr(scan_module, "decode", spy)
+    scan(tmp_path, progress=False)
+    scan(tmp_path, progress=False, decode_jpeg="full")
+    assert asked == [1, 1, 1, None, None, None]
+
+
+def test_split_prints_no_decoder_warnings_and_keeps_them_in_rejected_csv(tmp_path, capfd,
+                                                                         monkeypatch):
+    monkeypatch.setenv("WORKBENCH_PROGRESS", "off")
+    data = tmp_path / "data"
+    messy_data.make_class_folders(data, {"a": 6, "b": 6})
+    messy_data.write(data / "a/cut_tags.tif", messy_data.truncated(
+        messy_data.tiff_with_bad_tags(1, count=300), keep=0.9))
+    messy_data.write(data / "b/broken_lzw.tif", messy_data.corrupt_compressed_tiff(2))
+    messy_data.write(data / "b/exif.png", messy_data.truncated(
+        messy_data.png_with_bad_exif(3, count=300), keep=0.95))
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        assert main(["split", str(data), "--out", str(tmp_path / "out"), "--min-per-class",
+                     "2"]) == 0
+    assert escaped == [] and capfd.readouterr().err == ""
+    rejected = pd.read_csv(tmp_path / "out/rejected.csv", keep_default_na=False)
+    details = dict(zip(rejected["path"], rejected["detail"]))
+    assert "Tag data larger than file. Skipping tag 49152" in details["a/cut_tags.tif"]
+    assert "libtiff: Using code not yet in table" in details["b/broken_lzw.tif"]
+    assert "Skipping tag 36864" in details["b/exif.png"]
