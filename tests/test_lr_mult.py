@@ -223,7 +223,7 @@ def test_decay_rules_can_name_biases():
     model = _branches()
     start = _values(model, "slow")[1]
     optimizer = with_lr_multipliers(keras.optimizers.SGD(0.1, weight_decay=0.5), model,
-                                    MULTIPLIERS, decay_rules={"bias": 2})
+                                    MULTIPLIERS, decay_rules={"*/bias": 2})
     _apply(optimizer, model, zero=True)
     np.testing.assert_allclose(_values(model, "slow")[1], start * (1 - 0.5 * 0.1 * 0.1 * 2),
                                rtol=1e-6)
@@ -254,7 +254,7 @@ def test_save_and_load_resumes_exactly(tmp_path):
     model = _sequential()
     schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=2, decay_rate=0.5)
     optimizer = with_lr_multipliers(keras.optimizers.AdamW(schedule, weight_decay=0.1), model,
-                                    {"d0": 0, "d1": 0.1, "d2": 10}, decay_rules={"bias": 0.5})
+                                    {"d0": 0, "d1": 0.1, "d2": 10}, decay_rules={"*/bias": 0.5})
     model.compile(optimizer=optimizer, loss="mse")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 2))
@@ -371,3 +371,77 @@ def test_pattern_depending_on_a_sequential_name_is_rejected():
     with pytest.raises(ValueError, match=r"'sequential\*' depends on the name of a model"):
         with_lr_multipliers(keras.optimizers.SGD(), model, {"sequential*": 0.1})
     assert all(layer.trainable for layer in model.layers)  # nothing frozen on error
+
+
+@pytest.mark.parametrize("kind", ["sgd_momentum", "adam"])
+def test_a_weight_pattern_doubles_the_bias_step(kind):
+    # Caffe's usual `lr_mult: 2` on biases, for SGD with momentum and for Adam (which would
+    # ignore a doubled gradient): the bias moves twice as far, the kernel as without the rule.
+    make, steps = OPTIMIZERS[kind]
+    model, plain_model = _branches(), _branches()
+    plain_model.set_weights(model.get_weights())
+    deltas = _deltas(with_lr_multipliers(make(), model, {"*/bias": 2}), model, steps=steps)
+    plain = _deltas(make(), plain_model, steps=steps)
+    for name in ("base", "slow", "fast"):
+        kernel, bias = deltas[name]
+        np.testing.assert_allclose(kernel, plain[name][0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(bias, 2 * plain[name][1], rtol=1e-3,
+                                   atol=1e-3 * np.abs(plain[name][1]).max())
+
+
+def test_weight_patterns_need_a_slash_and_first_match_wins_per_weight():
+    model = _branches()
+    with pytest.raises(ValueError, match=r"'bias' matches no layer .*named with a '/': '\*/bias'"):
+        with_lr_multipliers(keras.optimizers.SGD(0.1), model, {"bias": 2})
+    optimizer = with_lr_multipliers(keras.optimizers.SGD(0.1), model,
+                                    {"fast/kernel": 5, "*/bias": 2, "fast": 3})
+    table = lr_table(model, optimizer)
+    assert dict(zip(table["layer"], table["multiplier"])) == {
+        "base/kernel": 1.0, "base/bias": 2.0, "slow/kernel": 1.0, "slow/bias": 2.0,
+        "fast/kernel": 5.0, "fast/bias": 2.0}
+    assert table["parameters"].tolist() == [12, 3] * 3
+
+
+def test_a_layer_freezes_only_when_all_its_weights_have_multiplier_zero():
+    model = _branches()
+    before = {name: _values(model, name) for name in ("slow", "fast")}
+    optimizer = with_lr_multipliers(keras.optimizers.SGD(0.1, momentum=0.9), model,
+                                    {"slow/kernel": 0, "fast/*": 0})
+    assert model.get_layer("slow").trainable and not model.get_layer("fast").trainable
+    _apply(optimizer, model, steps=2)
+    slow_kernel, slow_bias = _values(model, "slow")
+    np.testing.assert_array_equal(slow_kernel, before["slow"][0])  # steps of 0
+    assert not np.allclose(slow_bias, before["slow"][1])
+    for after, start in zip(_values(model, "fast"), before["fast"]):
+        np.testing.assert_array_equal(after, start)
+
+
+@pytest.mark.parametrize("regularization", ["L2", "L1"])
+def test_caffe_regularization_adds_decay_to_the_gradient_scaled_by_lr_mult(regularization):
+    # Zero gradient, SGD without momentum: w -= lr * lr_mult * weight_decay * decay_mult * term.
+    model = _branches()
+    start = {name: _values(model, name) for name in ("base", "slow", "fast")}
+    optimizer = with_lr_multipliers(
+        keras.optimizers.SGD(0.1, weight_decay=0.5), model, MULTIPLIERS,
+        decay_rules={"fast/kernel": 3, "*": 1})
+    optimizer = type(optimizer).from_config({**optimizer.get_config(),
+                                             "regularization": regularization})
+    _apply(optimizer, model, zero=True)
+    for name, lr_mult, decay_mults in (("base", 1, (1, 1)), ("slow", 0.1, (1, 1)),
+                                       ("fast", 10, (3, 1))):
+        for after, before, decay_mult in zip(_values(model, name), start[name], decay_mults):
+            term = before if regularization == "L2" else np.sign(before)
+            np.testing.assert_allclose(after, before - 0.1 * lr_mult * 0.5 * decay_mult * term,
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_regularization_is_checked_and_kept():
+    with pytest.raises(ValueError, match=r"regularization must be one of .* received: 'L3'"):
+        LRMultiplierSGD(0.1, regularization="L3")
+    with pytest.raises(ValueError, match=r"regularization must be 'decoupled' for AdamW"):
+        LRMultiplierAdamW(0.1, regularization="L2")
+    model = _branches()
+    optimizer = with_lr_multipliers(LRMultiplierSGD(0.1, weight_decay=0.1, regularization="L1"),
+                                    model, {"*/bias": 2})
+    assert optimizer.regularization == "L1"
+    assert optimizer.get_config()["regularization"] == "L1"

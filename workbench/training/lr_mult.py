@@ -1,11 +1,12 @@
 """Per-layer learning rates: Caffe's ``lr_mult`` and ``decay_mult`` for Keras 3 optimizers.
 
-Rules map glob patterns (``fnmatch``) over layer names to multipliers; the first matching rule
-wins and unmatched layers get ``default``::
+Rules map glob patterns (``fnmatch``) over layer names, or over weight names, to multipliers;
+the first matching rule wins and unmatched weights get ``default``::
 
     optimizer = with_lr_multipliers(
         keras.optimizers.SGD(0.01, momentum=0.9), model,
-        {"conv1*": 0, "block_[1-5]*": 0.1, "head*": 10},
+        {"conv1*": 0, "*/bias": 2, "block_[1-5]*": 0.1, "head*": 10},
+        decay_rules={"*/bias": 0, "*": 1},
     )
     model.compile(optimizer=optimizer, loss=...)  # compile after: multiplier 0 freezes layers
     print(format_lr_table(lr_table(model, optimizer)))
@@ -19,18 +20,30 @@ scales the step, not the gradient: the same for SGD (with momentum, whose veloci
 the multiplier), Adam, AdamW or RMSprop, where scaling the gradient would change nothing.
 The multipliers are plain floats computed once, in ``build``, from each variable's path.
 
-Weight decay is decoupled, as in Keras (``w -= w * weight_decay * lr``), but applied per
-variable in ``update_step`` with its local rate and ``decay_mult``:
-``w -= w * weight_decay * decay_mult * lr * lr_mult``. The optimizer's own ``weight_decay``
-keeps its value (and its place in the config) but Keras's global decay pass is switched off.
+Weight decay, per variable with ``local_decay = weight_decay * decay_mult``, in one of three
+ways (``regularization``):
+
+- ``"decoupled"`` (the default, as Keras and AdamW do it): ``w -= w * local_decay * lr * lr_mult``
+  before the optimizer's step.
+- ``"L2"`` (Caffe's ``Regularize``): ``gradient += local_decay * w`` before the optimizer's step,
+  which then runs with ``lr * lr_mult``. With momentum 0.9 this acts about ten times as strongly
+  as the decoupled form with the same ``weight_decay``, and Adam divides it by the gradient's
+  scale like any other gradient.
+- ``"L1"`` (Caffe's ``Regularize``): ``gradient += local_decay * sign(w)``.
+
+The optimizer's own ``weight_decay`` keeps its value (and its place in the config) but Keras's
+global decay pass is switched off.
 
 Names. Keras names a weight ``"<layer>/<weight>"`` (``conv1/kernel``, ``mha/query/bias`` for a
-sublayer), so a rule's layer name is that path without the weight name. A pattern matches a
-layer if it matches the whole layer path or a trailing part of it: ``"query"`` and ``"mha*"``
-both reach ``mha/query``. Inside a ``Sequential`` model Keras prefixes paths with the model's
-name until the model is saved and loaded; trailing-part matching makes ``"dense"`` reach
-``sequential/dense`` either way, and a pattern whose meaning depends on a model's name is
-rejected, so a resumed run gets the same multipliers as the run that saved it.
+sublayer). A pattern names layers: it matches a weight if it matches the weight's layer path or
+a trailing part of it, so ``"query"`` and ``"mha*"`` both reach ``mha/query``. A pattern with a
+``/`` may also name weights: it matches the weight's whole path or a trailing part of it, so
+``"*/bias"`` reaches every bias and ``"head/kernel"`` one kernel (Caffe's usual ``lr_mult: 2``,
+``decay_mult: 0`` for biases is ``{"*/bias": 2}`` and ``decay_rules={"*/bias": 0}``). Inside a
+``Sequential`` model Keras prefixes paths with the model's name until the model is saved and
+loaded; trailing-part matching makes ``"dense"`` reach ``sequential/dense`` either way, and a
+pattern whose meaning depends on a model's name is rejected, so a resumed run gets the same
+multipliers as the run that saved it.
 """
 
 from __future__ import annotations
@@ -45,9 +58,10 @@ import keras
 import numpy as np
 import pandas as pd
 
-from workbench._checks import check_number
+from workbench._checks import check_choice, check_number
 
 __all__ = [
+    "REGULARIZATIONS",
     "LRMultiplierMixin",
     "LRMultiplierSGD",
     "LRMultiplierAdam",
@@ -66,6 +80,8 @@ __all__ = [
 ]
 
 _TABLE_COLUMNS = ("layer", "parameters", "multiplier", "effective_lr", "trainable")
+
+REGULARIZATIONS = ("decoupled", "L2", "L1")
 
 
 # ----------------------------------------------------------------------------- rules
@@ -107,25 +123,28 @@ def _trailing_paths(path: str) -> list[str]:
     return ["/".join(parts[i:]) for i in range(len(parts))]
 
 
-def _matches(pattern: str, names: Sequence[str]) -> bool:
-    # fnmatchcase: layer names are case-sensitive on every platform.
-    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
-
-
-def _first_match(rules, names: Sequence[str], default: float) -> float:
-    for pattern, value in rules:
-        if _matches(pattern, names):
-            return value
-    return default
-
-
 def _layer_path(variable_path: str) -> str:
     return variable_path.rpartition("/")[0]
 
 
-def _decay_names(variable_path: str) -> list[str]:
-    # A decay rule may name a weight ("bias", "head/kernel") or a whole layer ("head").
-    return _trailing_paths(variable_path) + _trailing_paths(_layer_path(variable_path))
+def _matches(pattern: str, variable_path: str) -> bool:
+    """Whether ``pattern`` names the weight at ``variable_path`` (``"layer/weight"``).
+
+    A pattern names the weight's layer (its path or a trailing part of it); a pattern with a
+    ``/`` may also name the weight itself (``"*/bias"``, ``"head/kernel"``).
+    """
+    names = _trailing_paths(_layer_path(variable_path))
+    if "/" in pattern:
+        names += _trailing_paths(variable_path)
+    # fnmatchcase: layer names are case-sensitive on every platform.
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+def _first_match(rules, variable_path: str, default: float) -> float:
+    for pattern, value in rules:
+        if _matches(pattern, variable_path):
+            return value
+    return default
 
 
 def _default_decay_mult(variable) -> float:
@@ -137,44 +156,54 @@ def _default_decay_mult(variable) -> float:
 
 
 class LRMultiplierMixin:
-    """Turns a Keras optimizer into one with per-layer learning-rate and decay multipliers.
+    """Turns a Keras optimizer into one with per-weight learning-rate and decay multipliers.
 
     Put it first among the bases, before a built-in optimizer whose ``update_step`` is linear in
     the learning rate; ``with_lr_multipliers`` builds the right class for you.
 
     Args:
         *args: Positional arguments of the wrapped optimizer.
-        lr_mult_rules: Dict of layer-name pattern -> learning-rate multiplier (or a list of
-            pairs), first match wins.
-        default_lr_mult: Multiplier for layers that no rule matches.
-        decay_mult_rules: Dict of pattern -> weight-decay multiplier, first match wins; a
-            pattern names a layer (``"head"``) or a weight (``"bias"``, ``"head/kernel"``).
-            Weights no rule matches are decayed with multiplier 1, except 1-D ones (biases,
-            normalization gamma and beta), which are not decayed.
+        lr_mult_rules: Dict of pattern -> learning-rate multiplier (or a list of pairs), first
+            match wins; a pattern names layers (``"conv1*"``) or, with a ``/``, weights
+            (``"*/bias"``).
+        default_lr_mult: Multiplier for weights that no rule matches.
+        decay_mult_rules: Dict of pattern -> weight-decay multiplier, first match wins, patterns
+            as for ``lr_mult_rules``. Weights no rule matches are decayed with multiplier 1,
+            except 1-D ones (biases, normalization gamma and beta), which are not decayed.
+        regularization: How ``weight_decay`` acts, one of ``REGULARIZATIONS``: ``"decoupled"``
+            (``w -= w * local_decay * local_lr``), ``"L2"`` (Caffe: ``local_decay * w`` added to
+            the gradient) or ``"L1"`` (Caffe: ``local_decay * sign(w)`` added to the gradient),
+            where ``local_decay = weight_decay * decay_mult``.
         **kwargs: Keyword arguments of the wrapped optimizer. Its ``weight_decay`` is applied
-            per variable, scaled by both multipliers.
+            per variable, scaled by the multipliers, as ``regularization`` says.
 
     Raises:
-        ValueError: If a rule's pattern is not a non-empty string or a multiplier is negative,
-            infinite or not a number.
+        ValueError: If a rule's pattern is not a non-empty string, a multiplier is negative,
+            infinite or not a number, or ``regularization`` is not one of ``REGULARIZATIONS``
+            (or not ``"decoupled"`` for AdamW, whose decay is decoupled by definition).
     """
 
     def __init__(self, *args, lr_mult_rules=(), default_lr_mult=1.0, decay_mult_rules=None,
-                 **kwargs):
+                 regularization="decoupled", **kwargs):
         super().__init__(*args, **kwargs)
         self.lr_mult_rules = _check_rules("lr_mult_rules", lr_mult_rules)
         self.default_lr_mult = _check_multiplier("default_lr_mult", default_lr_mult)
         self.decay_mult_rules = (None if decay_mult_rules is None
                                  else _check_rules("decay_mult_rules", decay_mult_rules))
+        self.regularization = check_choice("regularization", regularization, REGULARIZATIONS)
+        if regularization != "decoupled" and isinstance(self, keras.optimizers.AdamW):
+            raise ValueError(f"regularization must be 'decoupled' for AdamW, whose weight decay "
+                             f"is decoupled by definition (use Adam for {regularization}), "
+                             f"received: {regularization!r}")
 
-    def lr_multiplier(self, layer_path: str) -> float:
-        """Returns the learning-rate multiplier of the layer whose weights are ``layer_path/*``."""
-        return _first_match(self.lr_mult_rules, _trailing_paths(layer_path), self.default_lr_mult)
+    def lr_multiplier(self, weight_path: str) -> float:
+        """Returns the learning-rate multiplier of the weight at ``weight_path`` (layer/weight)."""
+        return _first_match(self.lr_mult_rules, weight_path, self.default_lr_mult)
 
     def _decay_multiplier(self, variable) -> float:
         if not self.weight_decay or not self._use_weight_decay(variable):
             return 0.0  # _use_weight_decay honours Keras's exclude_from_weight_decay().
-        return _first_match(self.decay_mult_rules or (), _decay_names(variable.path),
+        return _first_match(self.decay_mult_rules or (), variable.path,
                             _default_decay_mult(variable))
 
     def build(self, variables):
@@ -186,7 +215,7 @@ class LRMultiplierMixin:
                                  f"`path`; received: {variable!r}")
         # Indexed like the slots, by position in `variables`; `update_step` finds the index with
         # `_get_variable_index`, which also maps TF's underlying (and distributed) variables.
-        self._lr_mults = tuple(self.lr_multiplier(_layer_path(v.path)) for v in variables)
+        self._lr_mults = tuple(self.lr_multiplier(v.path) for v in variables)
         self._decay_mults = tuple(self._decay_multiplier(v) for v in variables)
         super().build(variables)
 
@@ -195,11 +224,17 @@ class LRMultiplierMixin:
         lr_mult, decay_mult = self._lr_mults[index], self._decay_mults[index]
         if lr_mult != 1.0:  # leaves default layers bit-identical to the wrapped optimizer
             learning_rate = keras.ops.multiply(learning_rate, lr_mult)
-        if decay_mult:
+        if decay_mult and self.regularization == "decoupled":
             rate = keras.ops.multiply(keras.ops.cast(learning_rate, variable.dtype),
                                       keras.ops.cast(self.weight_decay * decay_mult,
                                                      variable.dtype))
             self.assign_sub(variable, keras.ops.multiply(variable, rate))
+        elif decay_mult:  # Caffe's Regularize: the decay term joins the gradient
+            gradient = keras.ops.cast(gradient, variable.dtype)
+            weights = keras.ops.cast(variable, variable.dtype)
+            term = weights if self.regularization == "L2" else keras.ops.sign(weights)
+            gradient = keras.ops.add(gradient, keras.ops.multiply(
+                keras.ops.cast(self.weight_decay * decay_mult, variable.dtype), term))
         super().update_step(gradient, variable, learning_rate)
 
     def _apply_weight_decay(self, variables):
@@ -212,6 +247,7 @@ class LRMultiplierMixin:
             "default_lr_mult": self.default_lr_mult,
             "decay_mult_rules": (None if self.decay_mult_rules is None
                                  else [list(rule) for rule in self.decay_mult_rules]),
+            "regularization": self.regularization,
         })
         return config
 
@@ -281,7 +317,7 @@ _WRAPPERS = {cls.__bases__[1]: cls for cls in (
 
 def _wrapper_class(optimizer) -> type:
     kind = type(optimizer)
-    if kind in _WRAPPERS.values():  # re-wrapping replaces the rules
+    if issubclass(kind, LRMultiplierMixin):  # re-wrapping replaces the rules
         return kind
     if kind in _WRAPPERS:
         return _WRAPPERS[kind]
@@ -329,20 +365,21 @@ def _stable_variable_path(layer: _WeightedLayer, variable) -> str:
     return f"{layer.stable_path}/{weight_name}" if layer.stable_path else weight_name
 
 
-def _check_patterns_match(name, rules, model, layers, candidates) -> None:
-    """Rejects a pattern that matches nothing, or whose matches depend on a model's name.
-
-    ``candidates`` holds ``(names now, names after load_model)`` per layer or weight.
-    """
+def _check_patterns_match(name, rules, model, layers) -> None:
+    """Rejects a pattern that matches no weight, or whose matches depend on a model's name."""
+    paths = [(v.path, _stable_variable_path(layer, v))
+             for layer in layers for v in layer.variables]
     for pattern, _ in rules:
-        now = [_matches(pattern, names) for names, _ in candidates]
-        after_load = [_matches(pattern, names) for _, names in candidates]
+        now = [_matches(pattern, path) for path, _ in paths]
+        after_load = [_matches(pattern, stable) for _, stable in paths]
         if not any(now) and not any(after_load):
             known = [layer.stable_path for layer in layers]
             shown = (", ".join(known[:12]) + (", ..." if len(known) > 12 else "") if known
                      else "none yet: build the model first")
+            hint = ("" if "/" in pattern
+                    else " (a weight is named with a '/': '*/bias', 'head/kernel')")
             raise ValueError(f"{name} pattern {pattern!r} matches no layer with weights in model "
-                             f"{model.name!r}; its layers are: {shown}")
+                             f"{model.name!r}{hint}; its layers are: {shown}")
         if now != after_load:
             raise ValueError(
                 f"{name} pattern {pattern!r} depends on the name of a model inside "
@@ -354,32 +391,38 @@ def _check_patterns_match(name, rules, model, layers, candidates) -> None:
 
 
 def with_lr_multipliers(optimizer, model, rules, *, default=1.0, decay_rules=None):
-    """Returns a copy of ``optimizer`` that scales each layer's update step by its multiplier.
+    """Returns a copy of ``optimizer`` that scales each weight's update step by its multiplier.
 
-    Caffe's ``lr_mult``: a layer's step is the one the optimizer would take with learning rate
+    Caffe's ``lr_mult``: a weight's step is the one the optimizer would take with learning rate
     ``lr * multiplier``, where ``lr`` is the optimizer's (or its schedule's) rate at that step.
     This scales the step, not the gradient, so it means the same for SGD with momentum and for
-    Adam. Weight decay (the optimizer's ``weight_decay``) is applied per weight as
-    ``w -= w * weight_decay * decay_mult * lr * multiplier``.
+    Adam. Weight decay (the optimizer's ``weight_decay``) is applied per weight with
+    ``local_decay = weight_decay * decay_mult``, as the optimizer's ``regularization`` says
+    (see ``LRMultiplierMixin``): decoupled, ``w -= w * local_decay * lr * multiplier``, or
+    Caffe's ``"L2"``/``"L1"``, ``local_decay * w`` (or ``* sign(w)``) added to the gradient.
 
-    Layers whose multiplier is 0 are frozen: this sets ``layer.trainable = False`` on them (so a
-    BatchNormalization layer also stops updating its statistics) and they get no optimizer
-    slots. Compile the model after calling this. Layers are never unfrozen here.
+    A layer all of whose weights have multiplier 0 is frozen: this sets
+    ``layer.trainable = False`` on it (so a BatchNormalization layer also stops updating its
+    statistics) and it gets no optimizer slots. A weight with multiplier 0 in a layer that keeps
+    learning takes steps of 0. Compile the model after calling this. Layers are never unfrozen
+    here.
 
     Args:
         optimizer: A fresh Keras SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax, Nadam,
             Lion or Lamb (or a LossScaleOptimizer around one, or an optimizer returned by this
-            function, whose rules are replaced). Its settings are copied, not its state.
+            function or by ``solver.build_optimizer``, whose rules are replaced). Its settings
+            are copied, not its state.
         model: The ``keras.Model`` whose layers the rules name.
-        rules: Dict of layer-name glob pattern -> multiplier >= 0, e.g.
-            ``{"conv1*": 0, "block_[1-5]*": 0.1, "head*": 10}``; the first matching pattern
-            wins. A pattern matches a layer's weight path without the weight name
-            (``conv1``, ``mha/query``) or a trailing part of it.
-        default: Multiplier of the layers no rule matches.
-        decay_rules: Dict of pattern -> weight-decay multiplier >= 0, first match wins; a
-            pattern names a layer (``"head"``) or a weight (``"bias"``, ``"head/kernel"``).
-            Weights no rule matches are decayed with multiplier 1, except 1-D ones (biases,
-            normalization gamma and beta), which are not decayed.
+        rules: Dict of glob pattern -> multiplier >= 0, e.g.
+            ``{"conv1*": 0, "*/bias": 2, "block_[1-5]*": 0.1, "head*": 10}``; the first
+            matching pattern wins. A pattern matches a weight's layer path (``conv1``,
+            ``mha/query``) or a trailing part of it; a pattern with a ``/`` also matches the
+            weight's path (``conv1/bias``) or a trailing part of it.
+        default: Multiplier of the weights no rule matches.
+        decay_rules: Dict of pattern -> weight-decay multiplier (Caffe's ``decay_mult``) >= 0,
+            first match wins, patterns as in ``rules`` (``{"*/bias": 0, "*": 1}``). Weights no
+            rule matches are decayed with multiplier 1, except 1-D ones (biases, normalization
+            gamma and beta), which are not decayed.
 
     Returns:
         An ``LRMultiplier<Kind>`` optimizer with the same settings (wrapped in a
@@ -388,7 +431,7 @@ def with_lr_multipliers(optimizer, model, rules, *, default=1.0, decay_rules=Non
 
     Raises:
         ValueError: If the optimizer cannot be wrapped, ``model`` is not a Keras model, a pattern
-            is not a non-empty string or matches no layer (or depends on the name of a nested
+            is not a non-empty string or matches no weight (or depends on the name of a nested
             model), or a multiplier is negative, infinite or not a number.
     """
     _check_model(model)
@@ -405,12 +448,9 @@ def with_lr_multipliers(optimizer, model, rules, *, default=1.0, decay_rules=Non
     wrapper = _wrapper_class(optimizer)
 
     layers = _weighted_layers(model)
-    _check_patterns_match("rules", rules, model, layers, [
-        (_trailing_paths(layer.path), _trailing_paths(layer.stable_path)) for layer in layers])
+    _check_patterns_match("rules", rules, model, layers)
     if decay_rules is not None:
-        _check_patterns_match("decay_rules", decay_rules, model, layers, [
-            (_decay_names(v.path), _decay_names(_stable_variable_path(layer, v)))
-            for layer in layers for v in layer.variables])
+        _check_patterns_match("decay_rules", decay_rules, model, layers)
 
     config = optimizer.get_config()
     config.update({
@@ -420,7 +460,7 @@ def with_lr_multipliers(optimizer, model, rules, *, default=1.0, decay_rules=Non
     })
     wrapped = wrapper.from_config(config)
     for layer in layers:
-        if wrapped.lr_multiplier(layer.path) == 0.0:
+        if all(wrapped.lr_multiplier(v.path) == 0.0 for v in layer.variables):
             layer.layer.trainable = False
     return wrapped
 
@@ -461,19 +501,23 @@ def depth_groups(model, *, multipliers=(0.1, 0.3, 1.0)) -> dict:
     return rules
 
 
-def lr_table(model, optimizer) -> pd.DataFrame:
+def lr_table(model, optimizer, *, base_lr: float | None = None) -> pd.DataFrame:
     """Returns each weighted layer's multiplier and effective learning rate.
 
     Args:
         model: The ``keras.Model`` the optimizer trains.
         optimizer: An optimizer from ``with_lr_multipliers`` (or any Keras optimizer, shown
             with multiplier 1 everywhere).
+        base_lr: the learning rate the multipliers scale; by default the optimizer's current
+            one (which a schedule moves: pass the solver's ``base_lr`` for a table that does
+            not depend on the iteration it is made at, as a resumed run needs).
 
     Returns:
         One row per layer with weights, in model order, with columns ``layer`` (its name as
         rules match it), ``parameters`` (all its weights, trainable or not), ``multiplier``,
-        ``effective_lr`` (the optimizer's current learning rate times the multiplier; 0 for a
-        frozen layer) and ``trainable``.
+        ``effective_lr`` (``base_lr`` times the multiplier; 0 for a
+        frozen layer) and ``trainable``. A layer whose weights have different multipliers
+        (a rule such as ``"*/bias"``) gets one row per weight instead, named ``layer/weight``.
 
     Raises:
         ValueError: If ``model`` is not a Keras model or ``optimizer`` not a Keras optimizer.
@@ -484,20 +528,28 @@ def lr_table(model, optimizer) -> pd.DataFrame:
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise ValueError(f"optimizer must be a Keras optimizer, "
                          f"received: {type(optimizer).__name__}")
-    learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) \
+        if base_lr is None else float(base_lr)
     trainable_ids = {id(v) for v in model.trainable_variables}
+
+    def row(name, variables, multiplier):
+        trainable = any(id(v) in trainable_ids for v in variables)
+        return {"layer": name,
+                "parameters": sum(int(np.prod(v.shape)) for v in variables),
+                "multiplier": multiplier,
+                "effective_lr": learning_rate * multiplier if trainable else 0.0,
+                "trainable": trainable}
+
     rows = []
     for layer in _weighted_layers(model):
-        multiplier = (optimizer.lr_multiplier(layer.path)
-                      if isinstance(optimizer, LRMultiplierMixin) else 1.0)
-        trainable = any(id(v) in trainable_ids for v in layer.variables)
-        rows.append({
-            "layer": layer.stable_path,
-            "parameters": sum(int(np.prod(v.shape)) for v in layer.variables),
-            "multiplier": multiplier,
-            "effective_lr": learning_rate * multiplier if trainable else 0.0,
-            "trainable": trainable,
-        })
+        multipliers = [optimizer.lr_multiplier(v.path)
+                       if isinstance(optimizer, LRMultiplierMixin) else 1.0
+                       for v in layer.variables]
+        if len(set(multipliers)) == 1:
+            rows.append(row(layer.stable_path, layer.variables, multipliers[0]))
+        else:
+            rows.extend(row(_stable_variable_path(layer, v), [v], multiplier)
+                        for v, multiplier in zip(layer.variables, multipliers))
     return pd.DataFrame(rows, columns=list(_TABLE_COLUMNS))
 
 

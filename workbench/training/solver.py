@@ -2,7 +2,15 @@
 
 A :class:`SolverConfig` is plain data (JSON in, JSON out) so a run directory records exactly how a
 model was trained. Step sizes (``stepsize``, ``stepvalues``, ``max_iter``, ``warmup_iters``) count
-iterations, as in Caffe; ``epochs`` is used when ``max_iter`` is not given.
+iterations, as in Caffe: one iteration is one update of the weights, from ``iter_size`` batches.
+``epochs`` is used when ``max_iter`` is not given.
+
+A Caffe ``solver.prototxt`` (:meth:`SolverConfig.from_prototxt`) means what it means in Caffe:
+a field it leaves out takes Caffe's default (``weight_decay`` 0, ``momentum`` 0, ``delta`` 1e-8,
+``regularization_type`` "L2", ...), not the workbench's, and ``weight_decay`` is Caffe's L2 (or
+L1) term added to the gradient. A field that would change training is either honoured or the
+file is refused with one line naming it; fields that only drive Caffe's own machinery are listed
+in ``CAFFE_ONLY_FIELDS`` and accepted without effect.
 """
 
 from __future__ import annotations
@@ -11,16 +19,38 @@ import dataclasses
 import json
 import math
 import re
-import warnings
 from pathlib import Path
 
 import keras
 from keras import ops
 
 from workbench._checks import check_choice, check_int, check_number
+from workbench.training.lr_mult import (
+    REGULARIZATIONS,
+    LRMultiplierAdadelta,
+    LRMultiplierAdam,
+    LRMultiplierAdamW,
+    LRMultiplierMixin,
+    LRMultiplierSGD,
+)
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop")
-LR_POLICIES = ("constant", "step", "multistep", "cosine", "one_cycle")
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
+LR_POLICIES = ("constant", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine",
+               "one_cycle")
+# momentum=None means this, per optimizer (AdaDelta's momentum is the decay of its averages).
+_DEFAULT_MOMENTUM = {"sgd": 0.9, "nesterov": 0.9, "adam": 0.9, "adamw": 0.9, "rmsprop": 0.9,
+                     "adagrad": 0.0, "adadelta": 0.95}
+
+
+def _check_finite(name: str, value, **bounds) -> float:
+    value = check_number(name, value, **bounds)
+    if math.isinf(value):
+        raise ValueError(f"{name} must be a finite number, received: {value!r}")
+    return value
+
+
+def _check_optional_int(name: str, value, minimum: int) -> int | None:
+    return None if value is None else check_int(name, value, minimum=minimum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,51 +58,95 @@ class SolverConfig:
     """How to train: optimizer, learning-rate policy, length, batch size and intervals.
 
     Attributes:
-        optimizer: one of ``OPTIMIZERS``.
+        optimizer: one of ``OPTIMIZERS``; each follows Caffe's update rule of the same name
+            (``rmsprop`` and ``adagrad`` put ``delta`` outside the square root, as Caffe does;
+            ``adamw`` is Adam with decoupled weight decay, which Caffe does not have).
         base_lr: the learning rate of a layer with multiplier 1.
-        momentum: momentum for SGD and RMSprop; beta_1 for Adam(W).
-        weight_decay: decoupled weight decay, scaled per layer by its learning-rate multiplier
-            (and not applied to biases and normalisation parameters by default).
-        lr_policy: one of ``LR_POLICIES``.
-        gamma: factor of each drop for ``step`` and ``multistep``.
-        stepsize: iterations between drops for ``step``.
+        momentum: momentum for SGD, Nesterov and RMSprop; beta_1 for Adam(W); the decay of
+            AdaDelta's running averages; must be 0 for AdaGrad. None: 0.9, or 0.95 for
+            AdaDelta and 0 for AdaGrad.
+        weight_decay: weight decay, scaled per weight by its decay multiplier (biases and
+            normalisation parameters are not decayed by default), applied as ``regularization``
+            says.
+        regularization: one of ``REGULARIZATIONS``: ``"decoupled"`` (``w -= w * decay * lr``,
+            scaled by the layer's learning-rate multiplier, as AdamW does), or Caffe's ``"L2"``
+            (``decay * w`` added to the gradient) or ``"L1"`` (``decay * sign(w)`` added).
+        lr_policy: one of ``LR_POLICIES``; ``constant`` is Caffe's ``fixed``.
+        gamma: factor of each drop for ``step`` and ``multistep``; rate of ``exp``, ``inv`` and
+            ``sigmoid``.
+        power: exponent of ``inv`` and ``poly``.
+        stepsize: iterations between drops for ``step``; centre of ``sigmoid``.
         stepvalues: iterations at which ``multistep`` drops.
         warmup_iters: linear warm-up from 0 over this many iterations (all policies).
         epochs: passes over the training split, unless ``max_iter`` is given.
-        max_iter: total iterations (Caffe style); overrides ``epochs`` (rounded up to epochs).
-        batch_size: images per step.
+        max_iter: total iterations (Caffe style); overrides ``epochs``; ``poly`` reaches 0 there
+            (it uses the schedule's length when ``max_iter`` is None).
+        iter_size: batches whose gradients are averaged into one iteration (Caffe's gradient
+            accumulation): an iteration sees ``iter_size * batch_size`` images.
+        clip_gradients: if set, the global L2 norm of the gradients of one iteration is scaled
+            down to this value when larger (Caffe's ``clip_gradients``, which measures the sum
+            of the ``iter_size`` batch gradients, before weight decay is added).
+        momentum2: beta_2 of Adam(W).
+        rms_decay: decay of RMSprop's mean square.
+        delta: the small constant of RMSprop, AdaGrad, AdaDelta and Adam(W) (Keras's epsilon).
+        batch_size: images per batch.
         label_smoothing: label smoothing of the cross-entropy loss.
         snapshot_interval: epochs between checkpoints.
         test_interval: epochs between validation passes.
+        snapshot_iters: if set, iterations between checkpoints (Caffe's ``snapshot``); replaces
+            ``snapshot_interval``.
+        test_interval_iters: if set, iterations between validation passes (Caffe's
+            ``test_interval``); replaces ``test_interval``.
+        display_iters: if set, iterations between progress lines (Caffe's ``display``).
         early_stopping: stop after this many validation passes without improvement (0: never).
         steps_per_execution: training steps per compiled call (larger helps small models on GPU).
     """
 
     optimizer: str = "sgd"
     base_lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float | None = None
     weight_decay: float = 5e-4
+    regularization: str = "decoupled"
     lr_policy: str = "cosine"
     gamma: float = 0.1
+    power: float = 1.0
     stepsize: int = 1000
     stepvalues: tuple[int, ...] = ()
     warmup_iters: int = 0
     epochs: int = 10
     max_iter: int | None = None
+    iter_size: int = 1
+    clip_gradients: float | None = None
+    momentum2: float = 0.999
+    rms_decay: float = 0.9
+    delta: float = 1e-7
     batch_size: int = 32
     label_smoothing: float = 0.0
     snapshot_interval: int = 1
     test_interval: int = 1
+    snapshot_iters: int | None = None
+    test_interval_iters: int | None = None
+    display_iters: int | None = None
     early_stopping: int = 0
     steps_per_execution: int = 1
 
     def __post_init__(self):
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_number("base_lr", self.base_lr, minimum=0.0, exclusive_minimum=True)
+        _check_finite("base_lr", self.base_lr, minimum=0.0, exclusive_minimum=True)
+        if self.momentum is None:
+            object.__setattr__(self, "momentum", _DEFAULT_MOMENTUM[self.optimizer])
         check_number("momentum", self.momentum, minimum=0.0, maximum=0.9999)
-        check_number("weight_decay", self.weight_decay, minimum=0.0)
+        if self.optimizer == "adagrad" and self.momentum != 0:
+            raise ValueError(f"momentum must be 0 for optimizer='adagrad' (AdaGrad has no "
+                             f"momentum), received: {self.momentum!r}")
+        _check_finite("weight_decay", self.weight_decay, minimum=0.0)
+        check_choice("regularization", self.regularization, REGULARIZATIONS)
+        if self.optimizer == "adamw" and self.regularization != "decoupled":
+            raise ValueError(f"regularization must be 'decoupled' for optimizer='adamw' (use "
+                             f"'adam' for Caffe's L2 or L1), received: {self.regularization!r}")
         check_choice("lr_policy", self.lr_policy, LR_POLICIES)
-        check_number("gamma", self.gamma, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+        _check_finite("gamma", self.gamma, minimum=0.0)
+        _check_finite("power", self.power)
         check_int("stepsize", self.stepsize, minimum=1)
         object.__setattr__(self, "stepvalues", tuple(self.stepvalues))
         for value in self.stepvalues:
@@ -83,12 +157,25 @@ class SolverConfig:
             raise ValueError("lr_policy='multistep' needs stepvalues, received: ()")
         check_int("warmup_iters", self.warmup_iters, minimum=0)
         check_int("epochs", self.epochs, minimum=1)
-        if self.max_iter is not None:
-            check_int("max_iter", self.max_iter, minimum=1)
+        _check_optional_int("max_iter", self.max_iter, minimum=1)
+        check_int("iter_size", self.iter_size, minimum=1)
+        if self.clip_gradients is not None:
+            _check_finite("clip_gradients", self.clip_gradients, minimum=0.0,
+                          exclusive_minimum=True)
+        _check_finite("momentum2", self.momentum2, minimum=0.0)
+        if self.momentum2 >= 1:
+            raise ValueError(f"momentum2 must be < 1, received: {self.momentum2!r}")
+        _check_finite("rms_decay", self.rms_decay, minimum=0.0)
+        if self.rms_decay >= 1:
+            raise ValueError(f"rms_decay must be < 1, received: {self.rms_decay!r}")
+        _check_finite("delta", self.delta, minimum=0.0, exclusive_minimum=True)
         check_int("batch_size", self.batch_size, minimum=1)
         check_number("label_smoothing", self.label_smoothing, minimum=0.0, maximum=0.5)
         check_int("snapshot_interval", self.snapshot_interval, minimum=1)
         check_int("test_interval", self.test_interval, minimum=1)
+        _check_optional_int("snapshot_iters", self.snapshot_iters, minimum=1)
+        _check_optional_int("test_interval_iters", self.test_interval_iters, minimum=1)
+        _check_optional_int("display_iters", self.display_iters, minimum=1)
         check_int("early_stopping", self.early_stopping, minimum=0)
         check_int("steps_per_execution", self.steps_per_execution, minimum=1)
 
@@ -99,11 +186,16 @@ class SolverConfig:
             raise ValueError(f"unknown solver fields: {sorted(unknown)}")
         return dataclasses.replace(self, **changes)
 
-    def total_epochs(self, steps_per_epoch: int) -> int:
-        """Epochs to train: ``epochs``, or ``max_iter`` iterations rounded up to whole epochs."""
+    def total_batches(self, steps_per_epoch: int) -> int:
+        """Batches to train on: ``max_iter * iter_size``, or ``epochs`` whole epochs."""
+        check_int("steps_per_epoch", steps_per_epoch, minimum=1)
         if self.max_iter is None:
-            return self.epochs
-        return max(1, math.ceil(self.max_iter / steps_per_epoch))
+            return self.epochs * steps_per_epoch
+        return self.max_iter * self.iter_size
+
+    def total_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs to train: ``epochs``, or ``total_batches`` rounded up to whole epochs."""
+        return max(1, math.ceil(self.total_batches(steps_per_epoch) / steps_per_epoch))
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "stepvalues": list(self.stepvalues)}
@@ -117,75 +209,390 @@ class SolverConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> SolverConfig:
-        """Reads a ``.json`` solver file or the common fields of a Caffe ``solver.prototxt``."""
+        """Reads a ``.json`` solver file or a Caffe ``solver.prototxt`` (see ``from_prototxt``)."""
         path = Path(path)
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             return cls.from_dict(json.loads(text))
-        return cls.from_prototxt(text)
+        return cls.from_prototxt(text, source=path.name)
 
     @classmethod
-    def from_prototxt(cls, text: str) -> SolverConfig:
-        """Parses the common fields of a Caffe solver definition.
+    def from_prototxt(cls, text: str, *, source: str = "solver.prototxt") -> SolverConfig:
+        """Reads a Caffe solver definition (protobuf text format) with Caffe's meaning.
 
-        Reads ``base_lr``, ``lr_policy`` (fixed, step, multistep), ``gamma``, ``stepsize``,
-        ``stepvalue`` (repeated), ``max_iter``, ``momentum``, ``weight_decay`` and ``type``
-        (SGD, Nesterov, Adam, RMSProp). Other fields (net, snapshot_prefix, display, solver_mode,
-        ...) describe Caffe's own files and are ignored with a warning naming them.
+        Fields that set training: ``base_lr``, ``lr_policy`` (fixed, step, exp, inv,
+        multistep, poly, sigmoid), ``gamma``, ``power``, ``stepsize``, ``stepvalue``,
+        ``max_iter``, ``iter_size``, ``momentum``, ``momentum2``, ``weight_decay``,
+        ``regularization_type`` (L2, L1), ``clip_gradients``, ``delta``, ``rms_decay``, ``type``
+        (SGD, Nesterov, Adam, RMSProp, AdaGrad, AdaDelta) or the old ``solver_type`` enum, and
+        the intervals ``test_interval``, ``snapshot`` and ``display`` (in iterations). Missing
+        fields take Caffe's defaults. The fields of ``CAFFE_ONLY_FIELDS`` are checked and
+        ignored; any other field is refused.
+
+        Args:
+            text: the contents of the ``solver.prototxt``.
+            source: the name used in error messages.
+
+        Returns:
+            The equivalent :class:`SolverConfig`.
+
+        Raises:
+            ValueError: one line naming the field (and line) and the value, for a malformed
+                value (``max_iter: 1e4``), an unknown field, a field given twice, a value Caffe
+                would reject or a setting the workbench cannot reproduce.
         """
-        fields, stepvalues, ignored = {}, [], []
-        for number, raw in enumerate(text.splitlines(), start=1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            match = re.fullmatch(r"(\w+)\s*:\s*(.+)", line)
-            if not match:
-                raise ValueError(f"solver.prototxt line {number} is not 'key: value': {raw!r}")
-            key, value = match.group(1), match.group(2).strip().strip('"')
-            if key == "stepvalue":
-                stepvalues.append(int(value))
-            elif key in ("base_lr", "gamma", "momentum", "weight_decay"):
-                fields[key] = float(value)
-            elif key in ("stepsize", "max_iter"):
-                fields[key] = int(value)
-            elif key == "lr_policy":
-                policies = {"fixed": "constant", "step": "step", "multistep": "multistep"}
-                if value not in policies:
-                    raise ValueError(f"lr_policy must be one of fixed, step, multistep in a "
-                                     f"solver.prototxt, received: {value!r}")
-                fields["lr_policy"] = policies[value]
-            elif key in ("type", "solver_type"):
-                types = {"sgd": "sgd", "nesterov": "nesterov", "adam": "adam", "rmsprop": "rmsprop"}
-                if value.lower() not in types:
-                    raise ValueError(f"type must be one of SGD, Nesterov, Adam, RMSProp in a "
-                                     f"solver.prototxt, received: {value!r}")
-                fields["optimizer"] = types[value.lower()]
-            else:
-                ignored.append(key)
-        if stepvalues:
-            fields["stepvalues"] = tuple(stepvalues)
-        if ignored:
-            warnings.warn(f"solver.prototxt fields ignored: {', '.join(sorted(set(ignored)))}",
-                          stacklevel=2)
+        return _config_from_prototxt(cls, text, source)
+
+
+# --------------------------------------------------------------------------- solver.prototxt
+
+# Caffe's solver types, by the ``type`` string (matched case-insensitively) and by the number
+# of the deprecated ``solver_type`` enum.
+_CAFFE_TYPES = {"sgd": "sgd", "nesterov": "nesterov", "adagrad": "adagrad",
+                "rmsprop": "rmsprop", "adadelta": "adadelta", "adam": "adam"}
+_SOLVER_TYPE_ENUM = ("SGD", "NESTEROV", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM")
+_CAFFE_POLICIES = {"fixed": "constant", "step": "step", "exp": "exp", "inv": "inv",
+                   "multistep": "multistep", "poly": "poly", "sigmoid": "sigmoid"}
+
+# The type of each SolverParameter field in caffe.proto (an enum as its name and values); the
+# fields of _REPEATED may be given several times.
+_FLOAT, _INT, _STRING, _BOOL, _MESSAGE = "float", "int", "string", "bool", "message"
+_TRAINING_FIELDS = {
+    "base_lr": _FLOAT, "lr_policy": _STRING, "gamma": _FLOAT, "power": _FLOAT,
+    "stepsize": _INT, "stepvalue": _INT, "max_iter": _INT, "iter_size": _INT,
+    "momentum": _FLOAT, "momentum2": _FLOAT, "weight_decay": _FLOAT,
+    "regularization_type": _STRING, "clip_gradients": _FLOAT, "delta": _FLOAT,
+    "rms_decay": _FLOAT, "type": _STRING, "solver_type": ("SolverType", _SOLVER_TYPE_ENUM),
+    "test_interval": _INT, "snapshot": _INT, "display": _INT,
+}
+
+#: SolverParameter fields that only drive Caffe's own machinery, accepted and ignored, with why
+#: they do not change how the workbench trains.
+CAFFE_ONLY_FIELDS = {
+    "net": "the network is the workbench's backbone and head",
+    "net_param": "the network is the workbench's backbone and head",
+    "train_net": "the network is the workbench's backbone and head",
+    "test_net": "the network is the workbench's backbone and head",
+    "train_net_param": "the network is the workbench's backbone and head",
+    "test_net_param": "the network is the workbench's backbone and head",
+    "train_state": "selects layers of a Caffe network",
+    "test_state": "selects layers of a Caffe network",
+    "test_iter": "validation covers the whole validation split",
+    "test_initialization": "whether Caffe tests before training; the weights are the same",
+    "test_compute_loss": "validation always reports the loss",
+    "average_loss": "smooths the loss Caffe prints",
+    "snapshot_prefix": "checkpoints go to the run directory",
+    "snapshot_format": "checkpoints are .keras files",
+    "snapshot_diff": "checkpoints are .keras files",
+    "snapshot_after_train": "the final model is always saved",
+    "solver_mode": "the device is chosen by finetune's precision and strategy",
+    "device_id": "the device is chosen by finetune's precision and strategy",
+    "layer_wise_reduce": "how Caffe overlaps multi-GPU communication",
+    "debug_info": "Caffe's debugging printout",
+    "random_seed": "training is always seeded by finetune's seed (Caffe's random numbers "
+                   "could not be reproduced anyway)",
+}
+_CAFFE_ONLY_TYPES = {
+    "net": _STRING, "net_param": _MESSAGE, "train_net": _STRING, "test_net": _STRING,
+    "train_net_param": _MESSAGE, "test_net_param": _MESSAGE, "train_state": _MESSAGE,
+    "test_state": _MESSAGE, "test_iter": _INT, "test_initialization": _BOOL,
+    "test_compute_loss": _BOOL, "average_loss": _INT, "snapshot_prefix": _STRING,
+    "snapshot_format": ("SnapshotFormat", ("HDF5", "BINARYPROTO")), "snapshot_diff": _BOOL,
+    "snapshot_after_train": _BOOL, "solver_mode": ("SolverMode", ("CPU", "GPU")),
+    "device_id": _INT, "layer_wise_reduce": _BOOL, "debug_info": _BOOL, "random_seed": _INT,
+}
+_REPEATED = {"stepvalue", "test_net", "test_net_param", "test_state", "test_iter"}
+_REFUSED = {"weights": "the starting weights come from finetune's weights or source "
+                       "(workbench train --weights/--source)"}
+
+_TOKENS = re.compile(r"""
+    (?P<space>[ \t\r\f\v]+) | (?P<newline>\n) | (?P<comment>\#[^\n]*)
+  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<punct>[{}\[\]:;,<>])
+  | (?P<word>[^\s{}\[\]:;,<>"'\#]+)
+""", re.VERBOSE)
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?[fF]?")
+_INT_TEXT = re.compile(r"[-+]?\d+")
+_NAME_TEXT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Token:
+    kind: str  # string, punct or word
+    text: str
+    line: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str
+    line: int
+    text: str | None = None  # a scalar as written (strings without their quotes)
+    quoted: bool = False
+    block: bool = False  # a message in braces (its contents are not needed)
+
+
+class _Prototxt:
+    """Reads protobuf text format into the top-level fields of one message."""
+
+    def __init__(self, text: str, source: str):
+        self.source = source
+        self.tokens = []
+        line, position = 1, 0
+        while position < len(text):
+            match = _TOKENS.match(text, position)
+            if match is None:
+                self.fail(line, f"cannot read {text[position:].splitlines()[0]!r}")
+            if match.lastgroup == "newline":
+                line += 1
+            elif match.lastgroup in ("string", "punct", "word"):
+                self.tokens.append(_Token(match.lastgroup, match.group(), line))
+            position = match.end()
+        self.position = 0
+
+    def fail(self, line: int | None, message: str):
+        where = self.source if line is None else f"{self.source} line {line}"
+        raise ValueError(f"{where}: {message}")
+
+    def peek(self) -> _Token | None:
+        return self.tokens[self.position] if self.position < len(self.tokens) else None
+
+    def take(self) -> _Token | None:
+        token = self.peek()
+        self.position += token is not None
+        return token
+
+    def fields(self, closing: str | None = None, opened: _Token | None = None) -> list[_Field]:
+        fields = []
+        while True:
+            token = self.take()
+            if token is None:
+                if closing:
+                    self.fail(opened.line, f"the block opened here is never closed with "
+                                           f"{closing!r}")
+                return fields
+            if closing and token.text == closing:
+                return fields
+            if token.kind != "word" or not _NAME_TEXT.fullmatch(token.text):
+                self.fail(token.line, f"expected a field name, received: {token.text!r}")
+            fields.extend(self.value(token))
+            if self.peek() is not None and self.peek().text in (";", ","):
+                self.take()
+
+    def value(self, name: _Token) -> list[_Field]:
+        colon = self.peek() is not None and self.peek().text == ":"
+        if colon:
+            self.take()
+        token = self.take()
+        if token is None:
+            self.fail(name.line, f"{name.text} has no value")
+        if token.text in ("{", "<"):
+            self.fields("}" if token.text == "{" else ">", token)  # contents not needed
+            return [_Field(name.text, name.line, block=True)]
+        if not colon:
+            self.fail(token.line, f"expected ':' after {name.text}, received: {token.text!r}")
+        if token.text == "[":
+            values = []
+            while True:
+                item = self.take()
+                if item is None or item.kind == "punct":
+                    self.fail(name.line, f"{name.text} has a malformed list [...]")
+                values.append(self.scalar(name, item))
+                after = self.take()
+                if after is None or after.text not in (",", "]"):
+                    self.fail(name.line, f"{name.text} has a malformed list [...]")
+                if after.text == "]":
+                    return values
+        if token.kind == "punct":
+            self.fail(token.line, f"{name.text} has no value before {token.text!r}")
+        return [self.scalar(name, token)]
+
+    def scalar(self, name: _Token, token: _Token) -> _Field:
+        if token.kind == "word":
+            return _Field(name.text, name.line, token.text)
+        text = _unquote(token.text)
+        while self.peek() is not None and self.peek().kind == "string":  # "a" "b" is "ab"
+            text += _unquote(self.take().text)
+        return _Field(name.text, name.line, text, quoted=True)
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
+
+
+def _convert(reader: _Prototxt, field: _Field, kind):
+    """The value of ``field`` as caffe.proto's type ``kind`` says, or a one-line refusal."""
+    if kind == _MESSAGE:
+        if not field.block:
+            reader.fail(field.line, f"{field.name} must be a {{ ... }} block, received: "
+                                    f"{field.text!r}")
+        return None
+    if field.block:
+        reader.fail(field.line, f"{field.name} must be a single value, received a {{ ... }} "
+                                f"block")
+    text = field.text
+    if kind == _FLOAT:
+        if field.quoted or not _FLOAT_TEXT.fullmatch(text):
+            reader.fail(field.line, f"{field.name} must be a number, received: {text!r}")
+        return float(text.rstrip("fF"))
+    if kind == _INT:
+        if field.quoted or not _INT_TEXT.fullmatch(text):
+            reader.fail(field.line, f"{field.name} must be an integer, received: {text!r}")
+        return int(text)
+    if kind == _BOOL:
+        if field.quoted or text not in ("true", "false", "True", "False", "t", "f", "1", "0"):
+            reader.fail(field.line, f"{field.name} must be true or false, received: {text!r}")
+        return text in ("true", "True", "t", "1")
+    if kind == _STRING:
+        return text
+    enum, names = kind
+    if _INT_TEXT.fullmatch(text) and 0 <= int(text) < len(names):
+        return names[int(text)]
+    if text not in names:
+        allowed = ", ".join(names)
+        reader.fail(field.line, f"{field.name} must be one of {allowed} (Caffe's {enum}), "
+                                f"received: {text!r}")
+    return text
+
+
+def _read_prototxt(text: str, source: str) -> tuple[dict, dict, _Prototxt]:
+    """The training fields of a solver.prototxt (``{name: value}``, repeated ones as lists)
+    and the line each was given on."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, received: {type(text).__name__}")
+    reader = _Prototxt(text, source)
+    values, lines = {}, {}
+    for field in reader.fields():
+        if field.name in _REFUSED:
+            reader.fail(field.line, f"{field.name} is not supported: {_REFUSED[field.name]}")
+        kind = _TRAINING_FIELDS.get(field.name, _CAFFE_ONLY_TYPES.get(field.name))
+        if kind is None:
+            reader.fail(field.line, f"unknown solver field {field.name!r} (not one of Caffe's "
+                                    f"SolverParameter fields the workbench knows)")
+        value = _convert(reader, field, kind)
+        if field.name in _REPEATED:
+            values.setdefault(field.name, []).append(value)
+        elif field.name in lines:
+            reader.fail(field.line, f"{field.name} is given twice (first on line "
+                                    f"{lines[field.name]}); Caffe allows it once")
+        else:
+            values[field.name] = value
+        lines.setdefault(field.name, field.line)
+    for name in CAFFE_ONLY_FIELDS:
+        values.pop(name, None)
+    return values, lines, reader
+
+
+def _config_from_prototxt(cls, text: str, source: str) -> SolverConfig:
+    values, lines, reader = _read_prototxt(text, source)
+
+    def fail(name, message):
+        reader.fail(lines.get(name), message)
+
+    if "type" in values and "solver_type" in values:
+        fail("solver_type", "solver_type (old enum) and type cannot both be given; Caffe "
+                            "refuses such a file")
+    kind = values.get("type", values.get("solver_type", "SGD"))
+    if kind.lower() not in _CAFFE_TYPES:
+        fail("type", f"type must be one of SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam, "
+                     f"received: {kind!r}")
+    optimizer = _CAFFE_TYPES[kind.lower()]
+
+    if "lr_policy" not in values:
+        fail(None, "lr_policy is missing; Caffe has no default for it (it stops with "
+                   "'Unknown learning rate policy'): add lr_policy: \"fixed\"")
+    policy = values["lr_policy"]
+    if policy not in _CAFFE_POLICIES:
+        fail("lr_policy", f"lr_policy must be one of {', '.join(_CAFFE_POLICIES)}, "
+                          f"received: {policy!r}")
+    if "base_lr" not in values:
+        fail(None, "base_lr is missing (Caffe would train with learning rate 0)")
+
+    # Caffe's defaults (caffe.proto) for every field the file leaves out.
+    fields = {
+        "optimizer": optimizer, "base_lr": values["base_lr"],
+        "lr_policy": _CAFFE_POLICIES[policy], "gamma": values.get("gamma", 0.0),
+        "power": values.get("power", 0.0), "momentum": values.get("momentum", 0.0),
+        "momentum2": values.get("momentum2", 0.999),
+        "weight_decay": values.get("weight_decay", 0.0),
+        "regularization": values.get("regularization_type", "L2"),
+        "delta": values.get("delta", 1e-8), "rms_decay": values.get("rms_decay", 0.99),
+        "iter_size": values.get("iter_size", 1),
+        "stepvalues": tuple(values.get("stepvalue", ())),
+    }
+    if fields["regularization"] not in ("L2", "L1"):
+        fail("regularization_type", f"regularization_type must be \"L2\" or \"L1\", "
+                                    f"received: {fields['regularization']!r}")
+    if policy in ("step", "sigmoid") and values.get("stepsize", 0) <= 0:
+        fail("stepsize", f"lr_policy {policy!r} needs stepsize > 0 (Caffe checks it), "
+                         f"received: {values.get('stepsize', 'no stepsize')}")
+    if "stepsize" in values:
+        fields["stepsize"] = values["stepsize"]
+    if "max_iter" in values:
+        fields["max_iter"] = values["max_iter"]
+    elif policy == "poly":
+        fail(None, "lr_policy 'poly' needs max_iter, where its rate reaches 0")
+    if policy == "multistep" and not fields["stepvalues"]:
+        fail("lr_policy", "lr_policy 'multistep' needs at least one stepvalue")
+    if optimizer in ("adagrad", "rmsprop") and fields["momentum"] != 0:
+        fail("momentum", f"momentum must be 0 for type {kind!r} (Caffe checks it), "
+                         f"received: {fields['momentum']!r}")
+    clip = values.get("clip_gradients", -1.0)
+    if clip == 0:
+        fail("clip_gradients", "clip_gradients must be > 0 to clip, or < 0 not to (0 would "
+                               "zero every gradient), received: 0")
+    fields["clip_gradients"] = clip if clip > 0 else None
+    # Intervals in iterations; 0 is Caffe's "never", which leaves the workbench's per-epoch
+    # default in place (validation and checkpoints do not change the trained weights).
+    for caffe_name, name in (("test_interval", "test_interval_iters"),
+                             ("snapshot", "snapshot_iters"), ("display", "display_iters")):
+        interval = values.get(caffe_name, 0)
+        if interval < 0:
+            fail(caffe_name, f"{caffe_name} must be >= 0, received: {interval}")
+        fields[name] = interval or None
+    try:
         return cls(**fields)
+    except ValueError as error:  # a value out of range: say where it was given
+        problem = str(error)
+    field = next((name for name in fields if problem.startswith(name + " ")), None)
+    caffe_names = {"regularization": "regularization_type", "stepvalues": "stepvalue",
+                   "optimizer": "type"}
+    fail(caffe_names.get(field, field), problem)
+
+
+# ----------------------------------------------------------------------------- schedule
 
 
 @keras.saving.register_keras_serializable(package="workbench")
 class SolverSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Caffe's learning-rate policies plus cosine and one-cycle, with linear warm-up.
 
+    The rate at iteration ``it`` (Caffe's ``GetLearningRate``): ``constant`` (Caffe's fixed)
+    ``base_lr``; ``step`` ``base_lr * gamma ^ floor(it / stepsize)``; ``exp``
+    ``base_lr * gamma ^ it``; ``inv`` ``base_lr * (1 + gamma * it) ^ (-power)``; ``multistep``
+    ``base_lr * gamma ^ (number of stepvalues <= it)``; ``poly``
+    ``base_lr * (1 - it / max_iter) ^ power`` (0 from ``max_iter`` on); ``sigmoid``
+    ``base_lr / (1 + exp(-gamma * (it - stepsize)))``.
+
     Args:
         policy: one of ``LR_POLICIES``.
         base_lr: peak learning rate.
-        total_steps: iterations in the whole schedule (for cosine and one-cycle).
-        gamma: drop factor for step and multistep.
-        stepsize: iterations between drops (step).
+        total_steps: iterations in the whole schedule (for cosine and one-cycle, and for poly
+            when ``max_iter`` is None).
+        gamma: drop factor for step and multistep; rate of exp, inv and sigmoid.
+        stepsize: iterations between drops (step); centre of sigmoid.
         stepvalues: iterations of the drops (multistep).
         warmup_steps: linear warm-up iterations.
+        power: exponent of inv and poly.
+        max_iter: the iteration where poly reaches 0 (default ``total_steps``).
+        iter_size: optimizer steps per iteration. Keras calls a schedule with its count of
+            optimizer steps, which counts every batch when it accumulates gradients over
+            ``iter_size`` batches; the iteration is that count // ``iter_size``.
     """
 
     def __init__(self, policy, base_lr, total_steps, gamma=0.1, stepsize=1000, stepvalues=(),
-                 warmup_steps=0):
+                 warmup_steps=0, power=1.0, max_iter=None, iter_size=1):
         self.policy = check_choice("policy", policy, LR_POLICIES)
         self.base_lr = float(base_lr)
         self.total_steps = check_int("total_steps", total_steps, minimum=1)
@@ -193,64 +600,187 @@ class SolverSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.stepsize = int(stepsize)
         self.stepvalues = [int(v) for v in stepvalues]
         self.warmup_steps = int(warmup_steps)
+        self.power = float(power)
+        self.max_iter = check_int("max_iter", total_steps if max_iter is None else max_iter,
+                                  minimum=1)
+        self.iter_size = check_int("iter_size", iter_size, minimum=1)
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
+        iteration = ops.convert_to_tensor(step)
+        if self.iter_size > 1:
+            iteration = ops.floor_divide(iteration, self.iter_size)
+        it = ops.cast(iteration, "float32")
         if self.policy == "constant":
             lr = ops.convert_to_tensor(self.base_lr, "float32")
         elif self.policy == "step":
-            lr = self.base_lr * ops.power(self.gamma, ops.floor(step / self.stepsize))
-        elif self.policy == "multistep":
-            drops = sum(ops.cast(step >= value, "float32") for value in self.stepvalues)
+            drops = ops.cast(ops.floor_divide(iteration, self.stepsize), "float32")
             lr = self.base_lr * ops.power(self.gamma, drops)
+        elif self.policy == "exp":
+            lr = self.base_lr * ops.power(self.gamma, it)
+        elif self.policy == "inv":
+            lr = self.base_lr * ops.power(1.0 + self.gamma * it, -self.power)
+        elif self.policy == "multistep":
+            drops = sum(ops.cast(iteration >= value, "float32") for value in self.stepvalues)
+            lr = self.base_lr * ops.power(self.gamma, drops)
+        elif self.policy == "poly":
+            # (max_iter - it) first: exact in float32, where 1 - it / max_iter loses digits.
+            left = ops.maximum(0.0, (self.max_iter - it) / self.max_iter)
+            lr = self.base_lr * ops.power(left, self.power)
+        elif self.policy == "sigmoid":
+            lr = self.base_lr / (1.0 + ops.exp(-self.gamma * (it - self.stepsize)))
         elif self.policy == "cosine":
-            progress = ops.clip(step / self.total_steps, 0.0, 1.0)
+            progress = ops.clip(it / self.total_steps, 0.0, 1.0)
             lr = 0.5 * self.base_lr * (1.0 + ops.cos(math.pi * progress))
         else:  # one_cycle: up for 30% of the steps, then cosine down to base_lr / 1e4
             peak = 0.3 * self.total_steps
-            up = ops.clip(step / peak, 0.0, 1.0)
-            down = ops.clip((step - peak) / (self.total_steps - peak), 0.0, 1.0)
+            up = ops.clip(it / peak, 0.0, 1.0)
+            down = ops.clip((it - peak) / (self.total_steps - peak), 0.0, 1.0)
             start, floor = self.base_lr / 25.0, self.base_lr / 1e4
             rising = start + (self.base_lr - start) * 0.5 * (1.0 - ops.cos(math.pi * up))
             falling = floor + (self.base_lr - floor) * 0.5 * (1.0 + ops.cos(math.pi * down))
-            lr = ops.where(step < peak, rising, falling)
+            lr = ops.where(it < peak, rising, falling)
         if self.warmup_steps:
-            lr = lr * ops.minimum(1.0, (step + 1.0) / self.warmup_steps)
+            lr = lr * ops.minimum(1.0, (it + 1.0) / self.warmup_steps)
         return lr
 
     def get_config(self):
         return {"policy": self.policy, "base_lr": self.base_lr, "total_steps": self.total_steps,
                 "gamma": self.gamma, "stepsize": self.stepsize, "stepvalues": self.stepvalues,
-                "warmup_steps": self.warmup_steps}
+                "warmup_steps": self.warmup_steps, "power": self.power,
+                "max_iter": self.max_iter, "iter_size": self.iter_size}
 
 
 def learning_rate_schedule(config: SolverConfig, total_steps: int) -> SolverSchedule:
-    """The schedule ``config`` describes over ``total_steps`` iterations."""
-    return SolverSchedule(config.lr_policy, config.base_lr, total_steps, gamma=config.gamma,
+    """The schedule ``config`` describes over ``total_steps`` batches (optimizer steps).
+
+    With ``iter_size`` > 1 that is ``total_steps // iter_size`` iterations; ``poly`` ends at
+    ``config.max_iter`` when it is set.
+    """
+    if not isinstance(config, SolverConfig):
+        raise ValueError(f"config must be a SolverConfig, received: {type(config).__name__}")
+    check_int("total_steps", total_steps, minimum=1)
+    iterations = max(1, total_steps // config.iter_size)
+    return SolverSchedule(config.lr_policy, config.base_lr, iterations, gamma=config.gamma,
                           stepsize=config.stepsize, stepvalues=config.stepvalues,
-                          warmup_steps=config.warmup_iters)
+                          warmup_steps=config.warmup_iters, power=config.power,
+                          max_iter=config.max_iter, iter_size=config.iter_size)
+
+
+# ---------------------------------------------------------------------------- optimizers
+
+
+class _CaffeRMSpropStep(keras.optimizers.RMSprop):
+    """Keras's RMSprop with Caffe's step: ``lr * g / (sqrt(mean_square) + delta)``.
+
+    Keras divides by ``sqrt(mean_square + epsilon)`` instead, a different step wherever the
+    gradients are small. Momentum, if any, accumulates the steps as Keras's does.
+    """
+
+    def __init__(self, learning_rate=0.01, rho=0.99, momentum=0.0, epsilon=1e-8, centered=False,
+                 **kwargs):
+        if centered:
+            raise ValueError("centered must be False (Caffe's RMSProp is not centered), "
+                             f"received: {centered!r}")
+        super().__init__(learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
+                         centered=False, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        index = self._get_variable_index(variable)
+        mean_square = self._velocities[index]
+        self.assign(mean_square, ops.add(ops.multiply(self.rho, mean_square),
+                                         ops.multiply(1 - self.rho, ops.square(gradient))))
+        step = ops.divide(ops.multiply(lr, gradient),
+                          ops.add(ops.sqrt(mean_square), self.epsilon))
+        if self.momentum > 0:
+            momentum = self._momentums[index]
+            self.assign(momentum, ops.add(ops.multiply(self.momentum, momentum), step))
+            step = momentum
+        self.assign_sub(variable, step)
+
+
+class _CaffeAdagradStep(keras.optimizers.Adagrad):
+    """Keras's Adagrad with Caffe's step: the sum of squares starts at 0 (Keras: 0.1) and the
+    step is ``lr * g / (sqrt(sum) + delta)`` (Keras: ``sqrt(sum + epsilon)``)."""
+
+    def __init__(self, learning_rate=0.01, epsilon=1e-8, initial_accumulator_value=0.0,
+                 **kwargs):
+        if initial_accumulator_value != 0:
+            raise ValueError("initial_accumulator_value must be 0 (Caffe's AdaGrad starts from "
+                             f"0), received: {initial_accumulator_value!r}")
+        super().__init__(learning_rate, initial_accumulator_value=0.0, epsilon=epsilon,
+                         **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        squares = self._accumulators[self._get_variable_index(variable)]
+        self.assign_add(squares, ops.square(gradient))
+        self.assign_sub(variable, ops.divide(ops.multiply(lr, gradient),
+                                             ops.add(ops.sqrt(squares), self.epsilon)))
+
+
+@keras.saving.register_keras_serializable(package="workbench")
+class CaffeRMSprop(LRMultiplierMixin, _CaffeRMSpropStep):
+    """Caffe's RMSProp (``rho`` is its ``rms_decay``, ``epsilon`` its ``delta``), with the
+    per-weight multipliers and regularization of ``lr_mult.LRMultiplierMixin``."""
+
+
+@keras.saving.register_keras_serializable(package="workbench")
+class CaffeAdagrad(LRMultiplierMixin, _CaffeAdagradStep):
+    """Caffe's AdaGrad (``epsilon`` is its ``delta``), with the per-weight multipliers and
+    regularization of ``lr_mult.LRMultiplierMixin``."""
 
 
 def build_optimizer(config: SolverConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """A Keras optimizer for ``config`` (weight decay is applied by the lr-multiplier wrapper).
+    """A Keras optimizer that trains as ``config`` says.
+
+    Every optimizer follows the Caffe solver of its name (SGD, Nesterov, Adam, RMSProp,
+    AdaGrad, AdaDelta; AdamW is Adam with decoupled decay). It is an ``LRMultiplier*``
+    optimizer (see ``lr_mult``) without rules, which applies ``weight_decay`` as
+    ``config.regularization`` says; pass it to ``lr_mult.with_lr_multipliers`` for per-layer
+    ``lr_mult`` and ``decay_mult``. ``iter_size`` > 1 accumulates gradients over that many
+    batches (Keras's ``gradient_accumulation_steps``, whose average is Caffe's normalised
+    sum), and ``clip_gradients`` clips their global norm (Keras's ``global_clipnorm``, on the
+    average, so at ``clip_gradients / iter_size`` to match Caffe's clipping of the sum).
 
     Args:
         config: the solver settings.
-        total_steps: iterations the schedule spans.
+        total_steps: batches (optimizer steps) the schedule spans.
 
     Returns:
-        An optimizer with a :class:`SolverSchedule` and ``weight_decay`` set from the config.
+        The optimizer, with a :class:`SolverSchedule` as its learning rate.
+
+    Raises:
+        ValueError: if ``config`` is not a SolverConfig or ``total_steps`` < 1.
     """
     lr = learning_rate_schedule(config, total_steps)
-    decay = config.weight_decay or None
+    steps = config.iter_size
+    common = {
+        "weight_decay": config.weight_decay or None,
+        "regularization": config.regularization,
+        "global_clipnorm": (None if config.clip_gradients is None
+                            else config.clip_gradients / steps),
+        "gradient_accumulation_steps": steps if steps > 1 else None,
+    }
+    momentum = config.momentum
     if config.optimizer in ("sgd", "nesterov"):
-        return keras.optimizers.SGD(lr, momentum=config.momentum,
-                                    nesterov=config.optimizer == "nesterov", weight_decay=decay)
+        return LRMultiplierSGD(lr, momentum=momentum, nesterov=config.optimizer == "nesterov",
+                               **common)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(lr, beta_1=config.momentum, weight_decay=decay)
+        return LRMultiplierAdam(lr, beta_1=momentum, beta_2=config.momentum2,
+                                epsilon=config.delta, **common)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, beta_1=config.momentum, weight_decay=decay or 0.0)
-    return keras.optimizers.RMSprop(lr, momentum=config.momentum, weight_decay=decay)
+        return LRMultiplierAdamW(lr, beta_1=momentum, beta_2=config.momentum2,
+                                 epsilon=config.delta,
+                                 **{**common, "weight_decay": config.weight_decay})
+    if config.optimizer == "rmsprop":
+        return CaffeRMSprop(lr, rho=config.rms_decay, momentum=momentum, epsilon=config.delta,
+                            **common)
+    if config.optimizer == "adagrad":
+        return CaffeAdagrad(lr, epsilon=config.delta, **common)
+    return LRMultiplierAdadelta(lr, rho=momentum, epsilon=config.delta, **common)
 
 
 @keras.saving.register_keras_serializable(package="workbench")
