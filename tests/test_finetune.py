@@ -211,3 +211,18 @@ def test_early_stopping_ends_the_run_and_says_so(splits, tmp_path):
                    solver=SOLVER.replace(epochs=6, base_lr=1e-9, early_stopping=1))
     assert run.metrics["status"] == "stopped_early"
     assert run.metrics["epochs"] == 2 and list(run.history["epoch"]) == [1, 2]
+
+
+def test_max_iter_stops_at_that_iteration_and_decay_mult_reaches_the_optimizer(splits, tmp_path):
+    # 60 training images at batch 16 give 3 batches an epoch: max_iter 7 ends inside epoch 3
+    run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+                   image_size=16, progress="none", monitoring=Monitoring(resources=False),
+                   decay_mult_rules={"*/bias": 0, "*": 2},
+                   solver=SOLVER.replace(max_iter=7, lr_policy="constant"))
+    steps = pd.read_csv(run.run_dir / "steps.csv")
+    assert list(steps["step"]) == list(range(1, 8)) and list(run.history["epoch"]) == [1, 2, 3]
+    assert json.loads((run.run_dir / "config.json").read_text())["decay_mult_rules"] == \
+        {"*/bias": 0, "*": 2}
+    optimizer = checkpoint.load_compiled(run.run_dir / "model.keras").optimizer
+    assert [list(rule) for rule in optimizer.decay_mult_rules] == [["*/bias", 0.0], ["*", 2.0]]
+

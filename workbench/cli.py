@@ -211,7 +211,12 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-mult", type=_arg_type("PATTERN=VALUE", _lr_rule), action="append",
                         default=[], metavar="PATTERN=VALUE",
                         help="extra learning-rate multiplier for layers matching a glob "
-                             "pattern, checked before the recipe's (repeatable; 0 freezes)")
+                             "pattern, checked before the recipe's (repeatable; 0 freezes; a "
+                             "pattern with '/' names weights: '*/bias=2' as in Caffe)")
+    parser.add_argument("--decay-mult", type=_arg_type("PATTERN=VALUE", _lr_rule),
+                        action="append", default=[], metavar="PATTERN=VALUE",
+                        help="weight-decay multiplier (Caffe's decay_mult) for layers or "
+                             "weights matching a pattern, e.g. '*/bias=0' (repeatable)")
     parser.add_argument("--solver", metavar="FILE",
                         help="solver settings: a .json file or a Caffe solver.prototxt")
     parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N")
@@ -244,7 +249,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         run = finetune(args.splits, args.out, backbone=args.backbone, weights=weights,
                        source=args.source, cut_at=args.cut_at, recipe=args.recipe,
-                       lr_mult_rules=dict(args.lr_mult), solver=solver,
+                       lr_mult_rules=dict(args.lr_mult),
+                       decay_mult_rules=dict(args.decay_mult) or None, solver=solver,
                        image_size=args.image_size, seed=args.seed, resume=args.resume,
                        progress="lines")
     except TrainingDiverged as error:

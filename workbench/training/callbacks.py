@@ -172,6 +172,19 @@ class BestModel(keras.callbacks.Callback):
             self.state.wait += 1
 
 
+class StopAtStep(keras.callbacks.Callback):
+    """Stops after ``total`` training batches over all stages (Caffe's ``max_iter`` need not
+    fill whole epochs); counts with :class:`HistoryLogger`, which must come before it."""
+
+    def __init__(self, state: RunState, total: int):
+        super().__init__()
+        self.state, self.total = state, total
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.state.step >= self.total:
+            self.model.stop_training = True
+
+
 class EarlyStop(keras.callbacks.Callback):
     """Stops training after ``patience`` validation passes without improvement (0: never).
 

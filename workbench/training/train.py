@@ -72,6 +72,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              backbone: str = "mobilenet_v2", weights: str | Path | None = "imagenet",
              source: str | Path | None = None, cut_at: str | None = None,
              recipe: str = "two_stage", lr_mult_rules: dict | None = None,
+             decay_mult_rules: dict | None = None,
              solver: SolverConfig | None = None, image_size: int | None = None,
              resize_mode: str = "squash", augment: pipeline.Augment | None = None,
              dropout: float = 0.2, seed: int = 0, resume: bool = False,
@@ -91,7 +92,11 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         cut_at: the layer of ``source`` whose output becomes the features.
         recipe: one of ``recipes.RECIPES``.
         lr_mult_rules: extra ``{layer pattern: multiplier}`` rules, checked before the
-            recipe's own in every stage (e.g. ``{"conv1*": 0}`` to keep conv1 frozen).
+            recipe's own in every stage (e.g. ``{"conv1*": 0}`` to keep conv1 frozen; a
+            pattern with a ``/`` names weights, e.g. ``{"*/bias": 2}``, Caffe's convention).
+        decay_mult_rules: ``{pattern: multiplier}`` of the weight decay (Caffe's
+            ``decay_mult``, e.g. ``{"*/bias": 0}``); by default 2-D and larger weights are
+            decayed and biases and normalisation parameters are not.
         solver: the :class:`SolverConfig`; defaults to its defaults.
         image_size: side of the square input images; default the source model's input or the
             backbone's natural size (``models.natural_image_size``).
@@ -139,7 +144,9 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         "backbone": None if source else backbone, "weights": str(weights) if weights else None,
         "source": str(Path(source).resolve()) if source else None, "cut_at": cut_at,
         "recipe": recipe,
-        "lr_mult_rules": dict(lr_mult_rules or {}), "solver": solver.to_dict(),
+        "lr_mult_rules": dict(lr_mult_rules or {}),
+        "decay_mult_rules": dict(decay_mult_rules) if decay_mult_rules else None,
+        "solver": solver.to_dict(),
         "image_size": image_size, "resize_mode": resize_mode,
         "augment": dataclasses.asdict(augment) if augment else None, "dropout": dropout,
         "seed": seed, **execution.to_dict(),
@@ -192,7 +199,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
             if monitoring.resources else None
         with recorder or contextlib.nullcontext():  # stops sampling even if training fails
             outcome = _train_stages(model, state, recipe_, train=train, val=val, solver=solver,
-                                    run_dir=run_dir, extra_rules=lr_mult_rules, seed=seed,
+                                    run_dir=run_dir, extra_rules=lr_mult_rules,
+                                    decay_rules=decay_mult_rules, seed=seed,
                                     resumed=resumed is not None, progress=progress,
                                     extra_callbacks=_monitor_callbacks(run_dir, recorder),
                                     tensorboard=monitoring.tensorboard,
@@ -221,8 +229,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
 
 
 def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solver, run_dir,
-                  extra_rules, seed, resumed, progress, extra_callbacks, tensorboard,
-                  num_classes):
+                  extra_rules, decay_rules, seed, resumed, progress, extra_callbacks,
+                  tensorboard, num_classes):
     """Trains the recipe's stages from ``state.epoch`` on.
 
     Returns:
@@ -230,6 +238,9 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
         early stopping ended the run, and the number of images trained on in this call.
     """
     epochs = solver.total_epochs(train.steps_per_epoch)
+    total_batches = solver.total_batches(train.steps_per_epoch)  # max_iter need not fill epochs
+    test_every = _epochs_between(solver.test_interval, solver.test_interval_iters, solver, train)
+    save_every = _epochs_between(solver.snapshot_interval, solver.snapshot_iters, solver, train)
     trained_images, stage_start = 0, 0
     if progress == "auto":
         progress = "plot" if watched_notebook() else "lines"
@@ -247,7 +258,8 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
             continue
         if not (resumed and state.stage == index and state.epoch > stage_start):
             compile_stage(model, stage, extra_rules, solver, train_bn=recipe.train_bn,
-                           total_steps=count * train.steps_per_epoch, num_classes=num_classes)
+                          total_steps=count * train.steps_per_epoch, num_classes=num_classes,
+                          decay_rules=decay_rules)
         state.stage = index
         lr_tables.append(lr_mult.lr_table(model, model.optimizer, base_lr=solver.base_lr)
                          .assign(stage=stage.name))
@@ -255,7 +267,8 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
         early_stop = cb.EarlyStop(state, patience=solver.early_stopping)
         callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
                      guard, cb.BestModel(run_dir, state, guard=guard), early_stop,
-                     cb.Checkpointer(run_dir, state, interval=solver.snapshot_interval,
+                     cb.StopAtStep(state, total_batches),
+                     cb.Checkpointer(run_dir, state, interval=save_every,
                                      stage_end=stage_end, guard=guard),
                      *_progress_callbacks(progress, live, epochs, stage.name),
                      *extra_callbacks]
@@ -266,7 +279,7 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
                   epochs=stage_end, initial_epoch=state.epoch,
                   validation_data=val.for_keras() if val else None,
                   validation_steps=val.steps_per_epoch if val else None,
-                  validation_freq=solver.test_interval, callbacks=callbacks, shuffle=False,
+                  validation_freq=test_every, callbacks=callbacks, shuffle=False,
                   verbose=0)
         trained_images += (state.epoch - first_epoch) * train.steps_per_epoch * train.batch_size
         write_text(run_dir / "lr_table.csv",
@@ -330,8 +343,10 @@ def _build_model(recipe: Recipe, *, backbone, weights, source, cut_at, num_class
 
 
 def compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, *,
-                   train_bn: bool, total_steps: int, num_classes: int) -> None:
-    """Sets the stage's learning-rate multipliers (freezing multiplier 0) and compiles."""
+                  train_bn: bool, total_steps: int, num_classes: int,
+                  decay_rules: dict | None = None) -> None:
+    """Sets the stage's learning-rate and weight-decay multipliers (freezing multiplier 0) and
+    compiles. ``total_steps`` counts batches (``build_optimizer`` divides by ``iter_size``)."""
     models.set_trainable(model, train_bn=train_bn)  # undoes the previous stage's freezing
     rules = {**(extra_rules or {}), **stage.rules}
     if stage.backbone_thirds is not None:
@@ -340,9 +355,18 @@ def compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, 
         for pattern, value in thirds.items():
             rules.setdefault(pattern, value)
     optimizer = lr_mult.with_lr_multipliers(build_optimizer(solver, total_steps), model, rules,
-                                            default=stage.default)
+                                            default=stage.default, decay_rules=decay_rules)
     model.compile(optimizer=optimizer, loss=SparseCrossentropy(solver.label_smoothing),
                   metrics=_metrics(num_classes), steps_per_execution=solver.steps_per_execution)
+
+
+def _epochs_between(epochs: int, iterations: int | None, solver: SolverConfig, train) -> int:
+    """An interval in epochs: ``epochs``, or Caffe's interval in iterations (``iter_size``
+    batches each) rounded to the nearest whole epoch, as validation and checkpoints run at the
+    end of an epoch."""
+    if iterations is None:
+        return epochs
+    return max(1, round(iterations * solver.iter_size / train.steps_per_epoch))
 
 
 def _metrics(num_classes: int) -> list:
