@@ -1,8 +1,12 @@
-"""Shared by the web-service tests: one tiny trained run per session, a server in a thread and a
-photo-like test image."""
+"""Shared by the web-service tests: one tiny trained run per session, a server in a thread, a
+``workbench serve`` process and a photo-like test image."""
 
 import contextlib
 import io
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -63,3 +67,44 @@ def photo(image: bytes, *, size=(1600, 1200), seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
     return buffer.getvalue()
+
+
+class ServeProcess:
+    """A ``workbench serve`` process: its URL, host and port, and its log once it has stopped."""
+
+    def __init__(self, process: subprocess.Popen, url: str):
+        self.process, self.url = process, url
+        self.port = int(re.search(r":(\d+)/$", url).group(1))
+        self.log = None
+
+    def stop(self) -> str:
+        """Stops it as Ctrl+C does; returns its log (stderr)."""
+        if self.log is None:
+            self.process.send_signal(signal.SIGINT)
+            _, self.log = self.process.communicate(timeout=60)
+        return self.log
+
+
+@contextlib.contextmanager
+def serve_process(run, *options: str, preexec_fn=None):
+    """Runs ``workbench serve RUN --port 0 OPTIONS`` until the block ends; yields a
+    :class:`ServeProcess` once it prints its URL (the model is loaded and the port bound)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", "serve", str(run), "--port", "0", *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+    server = None
+    try:
+        line = process.stdout.readline()
+        found = re.search(r"at (http://127\.0\.0\.1:\d+/) ", line)
+        if found is None:
+            process.kill()
+            raise RuntimeError(f"workbench serve did not start: {line!r} "
+                               f"{process.communicate(timeout=30)[1][-2000:]}")
+        server = ServeProcess(process, found.group(1))
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        elif process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)

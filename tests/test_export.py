@@ -142,6 +142,35 @@ def test_a_converter_crash_leaves_no_half_file(run, monkeypatch):
     assert _files_in(run / "export") == before  # no temporary file, nothing replaced
 
 
+def test_a_folder_export_is_replaced_whole_or_not_at_all(run, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+
+    def writes(*names, crash=False):
+        def convert(network, target, **kwargs):
+            target.mkdir()
+            for name in names:
+                (target / name).write_text(name)
+            if crash:
+                raise RuntimeError("killed half way")
+        return convert
+
+    monkeypatch.setattr(exporting, "_convert", writes("saved_model.pb", "old.txt"))
+    path = export(copy, format="saved_model", check=False).path
+    assert path == copy / "export" / "saved_model" and _files_in(path) == ["old.txt",
+                                                                         "saved_model.pb"]
+    monkeypatch.setattr(exporting, "_convert", writes("saved_model.pb", crash=True))
+    with pytest.raises(ExportError, match="killed half way"):
+        export(copy, format="saved_model", check=False)
+    assert _files_in(path) == ["old.txt", "saved_model.pb"]  # the old folder, untouched
+    assert _files_in(copy / "export") == ["saved_model", "saved_model.json"]
+    monkeypatch.setattr(exporting, "_convert", writes("saved_model.pb", "new.txt"))
+    export(copy, format="saved_model", check=False)
+    assert _files_in(path) == ["new.txt", "saved_model.pb"]  # replaced whole, nothing merged
+    assert _files_in(copy / "export") == ["saved_model", "saved_model.json"]
+    assert find_export(copy, format="saved_model") == path
+
+
 def test_bad_options_name_the_argument(run):
     with pytest.raises(ValueError, match="format must be one of .* received: 'tflite'"):
         export(run, format="tflite")

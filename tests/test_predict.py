@@ -72,6 +72,10 @@ def test_garbage_is_rejected_not_predicted(classifier, tmp_path):
         classifier.predict([3.5])
     with pytest.raises(ValueError, match="top_k must be >= 1, received: 0"):
         classifier.predict(b"x", top_k=0)
+    whole = truncated.getvalue()
+    with pytest.raises(ImageRejected, match="64x64 exceeds max_pixels=4000"):  # a server's limit
+        classifier.predict(whole, max_pixels=4000)
+    assert len(classifier.predict(whole, max_pixels=4096)) == 5
 
 
 def test_cli_prints_a_table_or_json_lines_and_survives_a_bad_file(run, tmp_path, capsys):
@@ -165,3 +169,24 @@ def test_a_failed_export_falls_back_to_keras_with_a_warning(run, monkeypatch):
     assert fallback.backend == "keras"
     with pytest.raises(exporting.ExportError, match="cannot handle"):
         Classifier.load(run["run"], backend="litert")
+
+
+def test_a_run_without_a_model_fails_at_once_in_one_line(run, tmp_path):
+    import shutil
+
+    bare = tmp_path / "unfinished"  # a run killed before it saved a model: config, no .keras
+    shutil.copytree(run["run"], bare, ignore=shutil.ignore_patterns("*.keras", "export"))
+    image = str(next((run["data"] / "1").glob("*.png")))
+    script = ("import json, sys\nfrom workbench.cli import main\n"
+              f"codes = [main(['predict', {str(bare)!r}, {image!r}]),\n"
+              f"         main(['serve', {str(bare)!r}, '--port', '0'])]\n"
+              "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]\n"
+              "print(json.dumps({'codes': codes, 'heavy': heavy}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    # no export attempted and no Keras imported to find out (that took 17-20 s)
+    assert json.loads(done.stdout.splitlines()[-1]) == {"codes": [2, 2], "heavy": []}
+    errors = done.stderr.splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: run_dir holds no finished model")
+                                    for line in errors), done.stderr
+    assert not (bare / "export").exists()

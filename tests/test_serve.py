@@ -1,23 +1,31 @@
 """The web service: every endpoint, every error, concurrency, and the real server from the CLI."""
 
+import asyncio
 import io
 import json
 import logging
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from serving import digit, running_server
+from serving import digit, running_server, serve_process
 from workbench.cli import main
+from workbench.data.images import DEFAULT_MAX_PIXELS
+from workbench.deploy.limits import (DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_DECODE_WAIT,
+                                     DEFAULT_MAX_CONNECTIONS, DEFAULT_UPLOAD_TIMEOUT,
+                                     DecodeBudget, decode_estimate, max_pixels_for)
 from workbench.deploy.serve import create_app
 
 
@@ -189,3 +197,350 @@ def test_cli_errors_are_one_line(served_run, tmp_path, capsys):  # noqa: F811
     assert error.startswith(f"error: cannot listen on 127.0.0.1:{port}") and error.count("\n") == 1
     assert main(["serve", str(served_run.run), "--port", "70000"]) == 2
     assert "--port: must be a TCP port" in capsys.readouterr().err
+
+
+# --- limits: memory, slow clients, connections ---------------------------------------------------
+
+def _png(mode: str, size: tuple, **options) -> bytes:
+    """A PNG of one colour: a few kilobytes however many pixels it has."""
+    image = Image.new(mode, size)
+    if mode == "P":
+        image.putpalette([0, 0, 0, 255, 255, 255])
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far (Linux's VmHWM), in bytes."""
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+MiB = 1024 * 1024
+BASE_SLACK = 32 * MiB  # beyond the budget: request bodies, thread stacks, the allocator's slack
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM (Linux)")
+def test_pixel_heavy_uploads_stay_within_the_decode_budget(served_run):  # noqa: F811
+    # 1.1 kB each, 9 million pixels: ~45 MB to decode and convert; 16 at once took 16 times that
+    image = _png("1", (3000, 3000))
+    assert len(image) < 2000 and decode_estimate(image, 16).bytes > 48 * MiB
+    budget = 96 * MiB  # room for one decode at a time
+    expected = {"predictions": served_run.classifier.predict(image)}
+    with serve_process(served_run.run, "--decode-budget-mb", "96") as server:
+        process = psutil.Process(server.process.pid)
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            assert http.post("api/predict", content=digit(served_run, 1)).status_code == 200
+            health = http.get("api/health").json()
+        assert health["limits"]["decode_budget_bytes"] == budget
+        base = process.memory_info().rss  # the model loaded and one prediction made
+        barrier, answers = threading.Barrier(16), []
+
+        def post():
+            with httpx.Client(base_url=server.url, timeout=120) as http:
+                barrier.wait()
+                answers.append(http.post("api/predict", content=image))
+
+        threads = [threading.Thread(target=post) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        peak = _peak_rss(server.process.pid)
+    assert [a.status_code for a in answers] == [200] * 16  # queued, not refused
+    assert all(a.json() == expected for a in answers)
+    assert peak <= base + budget + BASE_SLACK, (
+        f"peak RSS {peak / MiB:.0f} MiB, base {base / MiB:.0f} MiB + budget 96 MiB + "
+        f"{BASE_SLACK / MiB:.0f} MiB")
+
+
+_MEASURE = """
+import io, json, os, resource, sys
+from PIL import Image
+from workbench.data.images import load_array
+from workbench.deploy.limits import decode_estimate
+for format in ("PNG", "WEBP", "TIFF", "JPEG"):  # load the plugins first: measure decoding only
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format)
+    load_array(buffer.getvalue(), 16)
+rows = []
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    read, write = os.pipe()
+    if os.fork() == 0:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        load_array(data, 16, max_pixels=10**9)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        os.write(write, str((peak - before) * 1024).encode())
+        os._exit(0)
+    os.close(write)
+    used = int(os.read(read, 64))
+    os.wait()
+    rows.append([os.path.basename(path), used, decode_estimate(data, 16).bytes])
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="measures each decode in a forked child")
+def test_decode_estimates_bound_what_decoding_really_takes(tmp_path):
+    # the estimates are measurements of workbench.data.images: if its conversions change, this
+    # says which image modes the budget no longer bounds
+    size, rotated = (1200, 1000), Image.Exif()
+    rotated[0x0112] = 6  # EXIF orientation: rotate 90 degrees
+    files = {f"{mode}.png": _png(mode, size) for mode in ("1", "L", "P", "RGB", "RGBA", "LA")}
+    for mode, key in [("P", 0), ("L", 0), ("RGB", (0, 0, 0))]:
+        files[f"{mode}_transparent.png"] = _png(mode, size, transparency=key)
+    files["RGB_rotated.png"] = _png("RGB", size, exif=rotated)
+    ramp = np.linspace(0, 1, size[0] * size[1]).reshape(size[::-1])  # deep images need values
+    deep = {"I16.png": Image.fromarray((ramp * 65535).astype(np.uint16)),
+            "F.tif": Image.fromarray(ramp.astype(np.float32))}
+    for name, image, options in [("RGB.webp", Image.new("RGB", size), {"lossless": True}),
+                                 ("RGBA.webp", Image.new("RGBA", size), {"lossless": True}),
+                                 ("CMYK.tif", Image.new("CMYK", size), {}),
+                                 ("RGB.jpg", Image.new("RGB", size), {"exif": rotated.tobytes()}),
+                                 ("CMYK.jpg", Image.new("CMYK", size), {}),
+                                 *[(name, image, {}) for name, image in deep.items()]]:
+        buffer = io.BytesIO()
+        image.save(buffer, name.rsplit(".", 1)[1].upper().replace("TIF", "TIFF")
+                   .replace("JPG", "JPEG"), **options)
+        files[name] = buffer.getvalue()
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *sorted(map(str, tmp_path.iterdir()))],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == len(files) == 17
+    over = [f"{name}: used {used / MiB:.1f} MiB, estimated {estimate / MiB:.1f} MiB"
+            for name, used, estimate in rows if used > estimate]
+    assert not over, over
+    assert {name: used for name, used, _ in rows}["RGBA.png"] > 15 * MiB  # really measured
+
+
+def test_a_rotation_is_estimated_wherever_the_exif_is():
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    plain = _png("RGB", (400, 300))
+    turned, upright = Image.Exif(), Image.Exif()
+    turned[0x0112], upright[0x0112] = 6, 1
+    # an eXIf chunk after the pixels, where Pillow reads it only once they are decoded
+    late = [plain[:-12] + chunk(b"eXIf", exif.tobytes()[6:]) + plain[-12:]  # no "Exif\0\0"
+            for exif in (turned, upright)]
+    base = decode_estimate(plain, 16).bytes
+    assert decode_estimate(late[0], 16).bytes == base + 4 * 400 * 300  # a rotated RGB copy
+    assert decode_estimate(late[1], 16).bytes == base
+    assert decode_estimate(b"not an image", 16) is None
+    with pytest.raises(ValueError, match="side must be >= 1, received: 0"):
+        decode_estimate(plain, 0)
+
+
+def test_images_over_the_budget_or_the_pixel_limit_are_refused(served_run):  # noqa: F811
+    client = TestClient(create_app(served_run.classifier, decode_budget_bytes=16 * MiB))
+    health = client.get("/api/health").json()
+    assert health["limits"]["max_pixels"] == max_pixels_for(16 * MiB) == (12 * MiB) // 5
+    big = client.post("/api/predict", content=_png("1", (2000, 2000)))  # 4 M pixels
+    assert big.status_code == 400 and big.json()["reason"] == "decompression bomb"
+    assert f"2000x2000 exceeds this service's max_pixels={12 * MiB // 5}" in big.json()["error"]
+    costly = client.post("/api/predict", content=_png("RGBA", (1200, 1000)))  # 1.2 M pixels
+    assert costly.status_code == 400 and costly.json()["reason"] == "decompression bomb"
+    assert re.search(r"1200x1000 RGBA needs about \d+ MiB to decode, more than this service's "
+                     r"decode budget of 16 MiB", costly.json()["error"])
+    fits = client.post("/api/predict", content=_png("RGB", (1200, 1000)))
+    assert fits.status_code == 200
+    limited = TestClient(create_app(served_run.classifier, max_pixels=1000))
+    small = limited.post("/api/predict", content=_png("L", (40, 30)))  # 1200 pixels
+    assert small.status_code == 400 and "max_pixels=1000" in small.json()["error"]
+    with pytest.raises(ValueError, match="decode_budget_bytes must be >= 8388608"):
+        create_app(served_run.classifier, decode_budget_bytes=MiB)
+
+
+class _Held:
+    """A classifier whose first prediction waits until ``go`` is set; the others do not."""
+
+    labels, image_size, thread_safe = ["a", "b"], 16, True
+
+    def __init__(self):
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def predict(self, data, *, top_k=5):
+        if not self.started.is_set():
+            self.started.set()
+            assert self.go.wait(60)
+        return [{"label": "a", "probability": 1.0}]
+
+
+def test_busy_answers_are_503_with_a_reason(served_run):  # noqa: F811
+    image = _png("1", (2500, 2500))  # about 46 MiB to decode: two do not fit in 64 MiB
+    held = _Held()
+    app = create_app(held, decode_budget_bytes=64 * MiB, decode_wait=0.2)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        first = threading.Thread(target=lambda: http.post("api/predict", content=image))
+        first.start()
+        assert held.started.wait(60)
+        health = http.get("api/health").json()
+        assert health["in_use"]["uploads"] == 1
+        assert health["in_use"]["decoding_bytes"] == decode_estimate(image, 16).bytes
+        waited = http.post("api/predict", content=image)  # waits 0.2 s for memory, in vain
+        assert waited.status_code == 503 and waited.json()["reason"] == "decoding memory"
+        assert waited.json()["error"].startswith("busy: no decoding memory came free within")
+        assert waited.headers["retry-after"] == "1"
+        assert http.post("api/predict", content=digit(served_run, 2)).status_code == 200
+        held.go.set()
+        first.join(60)
+        assert http.post("api/predict", content=image).status_code == 200  # memory given back
+        assert http.get("api/health").json()["in_use"] == {
+            "uploads": 0, "decoding_bytes": 0, "waiting_to_decode": 0}
+
+    held = _Held()
+    with running_server(create_app(held, max_uploads=1)) as url, \
+            httpx.Client(base_url=url, timeout=60) as http:
+        first = threading.Thread(target=lambda: http.post("api/predict", content=image))
+        first.start()
+        assert held.started.wait(60)
+        second = http.post("api/predict", content=image)
+        assert second.status_code == 503 and second.json()["reason"] == "too many uploads"
+        assert second.headers["connection"] == "close"
+        assert http.get("api/health").status_code == 200
+        held.go.set()
+        first.join(60)
+
+
+def test_the_decode_budget_grants_in_order_and_times_out():
+    async def scenario():
+        budget = DecodeBudget(100)
+        assert await budget.acquire(60, 1)
+        big = asyncio.ensure_future(budget.acquire(80, 30))
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(budget.acquire(30, 30))  # would fit, but big came first
+        await asyncio.sleep(0)
+        assert not big.done() and not small.done() and budget.waiting == 2
+        budget.release(60)
+        assert await big is True and budget.in_use == 80
+        await asyncio.sleep(0)
+        assert not small.done()
+        budget.release(80)
+        assert await small is True and budget.in_use == 30
+        assert await budget.acquire(90, 0.05) is False  # 30 + 90 > 100 until the timeout
+        assert budget.waiting == 0 and budget.in_use == 30
+        waiting = asyncio.ensure_future(budget.acquire(90, 30))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert budget.waiting == 0 and budget.in_use == 30
+        with pytest.raises(ValueError, match="cost must be at most the budget of 100 bytes"):
+            await budget.acquire(101, 1)
+
+    asyncio.run(scenario())
+
+
+def _raw_request(port: int, head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(head)
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:  # closed with our request unread
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+STALLED = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n"
+
+
+def _health_after_the_burst(url: str):
+    """GET /api/health. While the server is still closing a burst of connections over its
+    limit, a new connection may be one of them: that (not a timeout) is retried."""
+    for attempt in range(20):
+        try:
+            return httpx.get(f"{url}api/health", timeout=20)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            time.sleep(0.1)
+    raise AssertionError("every connection to /api/health was closed")
+
+
+def test_stalled_uploads_are_closed_and_health_keeps_answering(served_run):  # noqa: F811
+    import resource
+
+    limit = 128
+
+    def low_open_file_limit():  # as in a small container: 150 stalled sockets would exhaust it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    with serve_process(served_run.run, "--upload-timeout", "3", "--max-connections", "1000",
+                       preexec_fn=low_open_file_limit) as server:
+        stalled = [_raw_request(server.port, STALLED) for _ in range(150)]  # headers, no body
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        health = _health_after_the_burst(server.url)
+        assert health.status_code == 200
+        max_uploads = health.json()["limits"]["max_uploads"]
+        assert max_uploads < limit // 2  # max_connections lowered to fit the open files
+        answers = [_until_closed(sock) for sock in stalled]  # each one is closed by the server
+        for sock in silent:
+            sock.settimeout(60)
+            assert _until_closed(sock) == b""  # no request within the timeout: closed
+        assert httpx.get(f"{server.url}api/health", timeout=30).status_code == 200
+        for sock in stalled + silent:
+            sock.close()
+        log = server.stop()
+    status = [answer.split(b" ", 2)[1] if answer else b"closed" for answer in answers]
+    assert 1 <= status.count(b"408") <= max_uploads  # held until the timeout, then answered
+    assert status.count(b"408") + status.count(b"503") + status.count(b"closed") == 150
+    assert all(b"connection: close" in answer.lower() for answer in answers if answer)
+    assert b'"reason":"too many uploads"' in next(a for a in answers if b" 503 " in a)
+    assert "Too many open files" not in log and "Traceback" not in log
+    assert len(log.splitlines()) < 150  # a line per request at most, nothing per retry
+
+
+def test_a_client_leaving_mid_upload_is_one_log_line(served_run):  # noqa: F811
+    with serve_process(served_run.run, "--max-upload-mb", "1") as server:
+        gone = _raw_request(server.port, b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+                                         b"Content-Length: 100000\r\n\r\n" + bytes(5000))
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.get("api/health").status_code == 200  # the 5000 bytes were read
+            gone.close()
+            data = digit(served_run, 3)
+            assert http.post("api/predict", content=data).json() == {
+                "predictions": served_run.classifier.predict(data)}
+            # an upload far over the limit: refused from its Content-Length, nothing read
+            huge = _raw_request(server.port, b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+                                             b"Content-Length: 10000000000\r\n\r\n")
+            answer = _until_closed(huge)  # and the connection is closed: no need to send it
+            huge.close()
+            assert answer.startswith(b"HTTP/1.1 413 ") and b"connection: close" in answer
+            assert b"upload too large: the limit is 1048576 bytes" in answer
+            left = _raw_request(server.port, STALLED)  # still uploading at Ctrl+C
+            assert http.get("api/health").status_code == 200
+        log = server.stop()
+        left.close()
+    lines = [line for line in log.splitlines() if "/api/predict" in line]
+    assert len([line for line in lines if " disconnected " in line]) == 2, log
+    assert re.search(r"POST /api/predict disconnected [\d.]+ ms 5000 bytes in$", log, re.M)
+    assert re.search(r"POST /api/predict 413 [\d.]+ ms 0 bytes in$", log, re.M)
+    assert "Traceback" not in log and "Exception in ASGI" not in log and "ERROR" not in log
+
+
+def test_serve_help_states_each_limit_and_its_default(capsys):
+    assert main(["serve", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in [("--decode-budget-mb MB", DEFAULT_DECODE_BUDGET_BYTES // MiB),
+                            ("--decode-wait S", f"{DEFAULT_DECODE_WAIT:g}"),
+                            ("--upload-timeout S", f"{DEFAULT_UPLOAD_TIMEOUT:g}"),
+                            ("--max-connections N", DEFAULT_MAX_CONNECTIONS)]:
+        described = text.rsplit(option, 1)[1].split(" --", 1)[0]  # after the usage line
+        assert f"(default {default})" in described, (option, described)
+    assert f"at most {DEFAULT_MAX_PIXELS})" in text.rsplit("--max-pixels N", 1)[1]

@@ -37,16 +37,13 @@ import datetime
 import hashlib
 import io
 import json
-import os
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from workbench._checks import check_choice, check_int
-from workbench._io import atomic_path, write_json
+from workbench._io import atomic_path, remove, write_json
 from workbench.deploy.runtime import runner
 from workbench.runs import MODELS, RunDir
 
@@ -206,6 +203,7 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
     check_int("seed", seed, minimum=0)
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
+    side_px = run.image_size  # reads config.json: not a run directory at all fails here
     source = run.model_path(model)
     stat = source.stat()
     source_sha = _sha256(source)
@@ -218,12 +216,11 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
     from workbench.models import load_model
 
     network = load_model(source)
-    side_px = run.image_size
     network.predict_on_batch(np.zeros((1, side_px, side_px, 3), np.float32))  # ONNX needs a call
     data = run.load_splits() if check or quantize == "int8" else None  # decoded once
     images = _check_images(data, max_images, run_dir) if check else None
     side = sidecar_path(path)
-    with _staged(path) as temporary:
+    with atomic_path(path) as temporary:  # a file, or a folder for saved_model
         try:
             _convert(network, temporary, format=format, quantize=quantize, data=data,
                      count=representative_images, seed=seed)
@@ -236,8 +233,8 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
         if images is not None:
             agreement = _agreement(network, temporary, format, images, float32=quantize is None)
             if agreement["passed"] is False:
-                _remove(side)
-                _remove(path)
+                remove(side)
+                remove(path)
                 raise ExportCheckFailed(
                     f"the {format} export of {source.name} disagrees with the Keras model on "
                     f"the {agreement['split']} split: top-1 agreement "
@@ -256,7 +253,7 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "keras_version": keras.__version__,
         }
-        _remove(side)  # no sidecar may vouch for a half-replaced file
+        remove(side)  # no sidecar may vouch for a half-replaced file
     write_json(side, info)
     return ExportResult(path, side, agreement, info)
 
@@ -335,34 +332,6 @@ def _batched(run, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 
 # --- files ---------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _staged(path: Path):
-    """Yields a temporary path next to ``path`` (a file or a folder) and renames it onto
-    ``path`` when the block succeeds; removes it otherwise."""
-    if path.suffix:  # a file: the atomic rename of workbench._io
-        with atomic_path(path) as temporary:
-            yield temporary
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        yield temporary
-        old = path.with_name(f".{path.name}.old.{uuid.uuid4().hex[:8]}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(temporary, path)
-        _remove(old)
-    finally:
-        _remove(temporary)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
 
 def _size(path: Path) -> int:
     """Bytes of a file, or of every file under a folder."""

@@ -22,7 +22,6 @@ takes the lock per image, so the images of concurrent requests interleave.
 
 from __future__ import annotations
 
-import json
 import threading
 import warnings
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench._checks import check_choice, check_int
-from workbench.data.images import RESIZE_MODES, load_array
+from workbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_array
 from workbench.deploy import export as exporting
 from workbench.deploy.runtime import LiteRTModel
 from workbench.runs import MODELS, RunDir
@@ -105,9 +104,11 @@ class Classifier:
             A warmed-up :class:`Classifier`.
 
         Raises:
-            FileNotFoundError: ``path`` is neither a run directory nor a model file.
+            FileNotFoundError: ``path`` is neither a run directory nor a model file, or a
+                run directory without a finished model (checked first, before any export).
             ValueError: a bad option, or labels missing for a bare model file.
-            workbench.deploy.export.ExportError: ``backend="litert"`` and the run cannot be exported.
+            workbench.deploy.export.ExportError: ``backend="litert"`` and the run cannot be
+                exported.
         """
         check_choice("backend", backend, BACKENDS)
         check_choice("model", model, MODELS)
@@ -148,6 +149,8 @@ class Classifier:
     @classmethod
     def _load_run(cls, run_dir: Path, *, model: str, backend: str, threads: int) -> Classifier:
         facts = _config_facts(run_dir)
+        # No model at all: say so now, before exporting or importing Keras (seconds) would fail.
+        source = RunDir(run_dir).model_path(model)
         options = {"image_size": facts["image_size"], "resize_mode": facts["resize_mode"]}
         if backend != "keras":
             tflite = exporting.find_export(run_dir, model=model)
@@ -169,11 +172,11 @@ class Classifier:
                 return cls(network, facts["labels"], info=info, **options)
         from workbench.models import load_model
 
-        source = RunDir(run_dir).model_path(model)
         return cls(load_model(source), facts["labels"], info={**facts, "model_file": str(source)},
                    **options)
 
-    def predict(self, images, *, top_k: int = 5, batch_size: int = 32):
+    def predict(self, images, *, top_k: int = 5, batch_size: int = 32,
+                max_pixels: int = DEFAULT_MAX_PIXELS):
         """The ``top_k`` most likely classes of one image, or of each image of a list.
 
         Args:
@@ -182,6 +185,8 @@ class Classifier:
             top_k: how many classes to return (at most the number of classes).
             batch_size: images per Keras model call for a list (the LiteRT interpreter
                 takes one image per invoke, which measured as fast on CPU).
+            max_pixels: larger images are refused before decoding (a web service sets its
+                own, from its decoding memory).
 
         Returns:
             For one image, a list of ``{"label", "probability"}`` dicts, best first; for a
@@ -194,13 +199,15 @@ class Classifier:
         """
         check_int("top_k", top_k, minimum=1)
         check_int("batch_size", batch_size, minimum=1)
+        check_int("max_pixels", max_pixels, minimum=1)
         # one image: a path, bytes, an array, a PIL image (getpixel) or a file object (read)
         single = isinstance(images, _SINGLE) or hasattr(images, "getpixel") or \
             hasattr(images, "read")
         batch = [images] if single else list(images)
         if not batch:
             raise ValueError("images must hold at least one image, received: an empty list")
-        pixels = np.stack([load_array(image, self.image_size, self.resize_mode)
+        pixels = np.stack([load_array(image, self.image_size, self.resize_mode,
+                                      max_pixels=max_pixels)
                            for image in batch])
         probabilities = self._probabilities(pixels, batch_size)
         results = [self._top(row, min(top_k, len(self.labels))) for row in probabilities]

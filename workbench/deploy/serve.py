@@ -13,10 +13,12 @@ Endpoints (every error is JSON, ``{"error": "..."}``, with its status code):
   ``top_k`` (query or form field, default 5) -> ``{"predictions": [{"label", "probability"},
   ...]}`` best first. 413 when the body is larger than ``max_upload_bytes`` (checked from
   ``Content-Length`` before reading, and again while the body streams in, so a huge upload is
-  never buffered), 415 when it is not an image and 400 when it is an unusable one (truncated,
-  too small, a decompression bomb; ``reason`` says which), 400 for a missing file or a bad
-  ``top_k``.
-- ``GET /api/health``: ``{"status": "ok", ...}``.
+  never buffered; the connection is then closed), 415 when it is not an image and 400 when it
+  is an unusable one (truncated, too small, a decompression bomb; ``reason`` says which), 400
+  for a missing file or a bad ``top_k``, 408 when the body does not arrive within
+  ``upload_timeout``, 503 (with ``reason`` and ``Retry-After``) when the service is busy: too
+  many uploads at once, or no decoding memory free within ``decode_wait``.
+- ``GET /api/health``: ``{"status": "ok", ...}`` with the limits and what is in use.
 - ``GET /api/model``: the run's name, labels, input size, backbone, recipe and metrics.
 - ``GET /docs``: the OpenAPI page (Swagger UI loads its script from a CDN, so it needs a
   browser with internet; ``/openapi.json`` is served locally).
@@ -34,6 +36,23 @@ Predictions run in Starlette's thread pool so the event loop keeps answering (he
 the page, rejecting oversized uploads) while the model works. A ``Classifier`` serialises its
 model call with its own lock (a LiteRT interpreter must never run in two threads at once) and
 decodes images in parallel; any other classifier object gets one lock around ``predict``.
+
+Limits (``workbench.deploy.limits``; each a :func:`serve` argument and a ``workbench serve``
+option), so that no client can take the service down:
+
+- memory: decoding is admitted against ``decode_budget_bytes`` shared by all requests, by an
+  estimate from the image's header (a 7.6 kB PNG can hold 300 MB of pixels); requests queue
+  for it, in order, for up to ``decode_wait`` seconds (then 503). Images over ``max_pixels``
+  (by default what the budget can decode, at most 64 million) or whose estimate exceeds the
+  whole budget are refused (400, ``decompression bomb``). JPEGs decode at a reduced scale.
+  Besides the budget, memory holds the model and up to ``max_connections / 2`` bodies being
+  uploaded (each at most ``max_upload_bytes``).
+- time: a connection must send its request headers within ``upload_timeout`` seconds and then
+  its body within ``upload_timeout`` more (408), so stalled clients do not hold connections.
+- connections: at most ``max_connections`` open at once (kept under the open-file limit;
+  connections beyond it are closed when accepted), of which at most half may be uploading
+  (503 beyond), so ``/api/health`` and the page keep answering while uploads stall.
+- a client that disconnects mid-upload is logged in one line, as ``disconnected``.
 """
 
 import contextlib
@@ -44,7 +63,13 @@ import threading
 import time
 from pathlib import Path
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import check_choice, check_int, check_number
+from workbench.deploy.limits import (ACCEPT_BATCH, DECODE_ALLOWANCE_BYTES,
+                                     DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_DECODE_WAIT,
+                                     DEFAULT_MAX_CONNECTIONS, DEFAULT_UPLOAD_TIMEOUT, DecodeBudget,
+                                     connection_limit, decode_estimate, guarded_protocol,
+                                     max_pixels_for)
+from workbench.deploy.predict import Classifier
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_TOP_K = 5
@@ -60,6 +85,10 @@ class _TooLarge(Exception):
 
 class _BadRequest(Exception):
     """A request the API answers with 400 and this message."""
+
+
+class _TimedOut(Exception):
+    """The request body did not arrive in time."""
 
 
 def model_info(classifier) -> dict:
@@ -99,7 +128,11 @@ def model_info(classifier) -> dict:
 
 
 def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               top_k_max: int = DEFAULT_TOP_K_MAX):
+               top_k_max: int = DEFAULT_TOP_K_MAX,
+               decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
+               max_pixels: int | None = None, decode_wait: float = DEFAULT_DECODE_WAIT,
+               upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
+               max_uploads: int = DEFAULT_MAX_CONNECTIONS // 2):
     """The FastAPI application serving one classifier.
 
     Args:
@@ -109,6 +142,14 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
         max_upload_bytes: the largest request body accepted; larger ones get 413.
         top_k_max: the largest ``top_k`` a request may ask for (more than the number of
             classes is clipped to it, as ``Classifier.predict`` does).
+        decode_budget_bytes: memory for decoding images, shared by all requests (see
+            ``workbench.deploy.limits``); requests wait for it in turn.
+        max_pixels: the largest image accepted, in pixels; ``None`` for what the budget can
+            decode (``limits.max_pixels_for``).
+        decode_wait: seconds a request may wait for decoding memory before a 503.
+        upload_timeout: seconds the request body may take to arrive before a 408.
+        max_uploads: requests to ``/api/predict`` in progress at once (reading, waiting or
+            predicting); more get a 503 at once.
 
     Returns:
         A ``fastapi.FastAPI`` app; serve it with :func:`serve` or any ASGI server.
@@ -123,6 +164,7 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     from workbench import __version__
     from workbench.data.images import ImageRejected
@@ -130,18 +172,46 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     check_int("max_upload_bytes", max_upload_bytes, minimum=1)
     check_int("top_k_max", top_k_max, minimum=1)
     check_choice("model", model, ("best", "final"))
+    max_pixels = max_pixels_for(decode_budget_bytes) if max_pixels is None else \
+        check_int("max_pixels", max_pixels, minimum=1)
+    check_number("decode_wait", decode_wait, minimum=0.0)
+    check_number("upload_timeout", upload_timeout, minimum=0.0, exclusive_minimum=True)
+    check_int("max_uploads", max_uploads, minimum=1)
     classifier = _load(source, model)
     info = model_info(classifier)
     lock = contextlib.nullcontext() if _thread_safe(classifier) else threading.Lock()
+    # a Classifier applies the service's pixel limit when decoding, too
+    options = {"max_pixels": max_pixels} if isinstance(classifier, Classifier) else {}
+    budget = DecodeBudget(decode_budget_bytes)
+    uploads = [0]  # requests to /api/predict in progress
+    limits = {"max_upload_bytes": max_upload_bytes, "decode_budget_bytes": decode_budget_bytes,
+              "max_pixels": max_pixels, "decode_wait_s": decode_wait,
+              "upload_timeout_s": upload_timeout, "max_uploads": max_uploads}
 
     def predict_locked(data: bytes, top_k: int) -> list[dict]:
         with lock:
-            return classifier.predict(data, top_k=top_k)
+            return classifier.predict(data, top_k=top_k, **options)
+
+    def decoding_cost(data: bytes) -> int:
+        """The bytes to reserve for decoding ``data``; raises ImageRejected for an image too
+        large for this service."""
+        estimate = decode_estimate(data, int(classifier.image_size))
+        if estimate is None:  # no image header: decoding stops at once with the reason
+            return DECODE_ALLOWANCE_BYTES
+        if estimate.pixels > max_pixels:
+            raise ImageRejected("decompression bomb", f"{estimate.width}x{estimate.height} "
+                                f"exceeds this service's max_pixels={max_pixels}")
+        if estimate.bytes > decode_budget_bytes:
+            raise ImageRejected(
+                "decompression bomb", f"{estimate.width}x{estimate.height} {estimate.mode} "
+                f"needs about {estimate.bytes / 2**20:.0f} MiB to decode, more than this "
+                f"service's decode budget of {decode_budget_bytes / 2**20:.0f} MiB")
+        return estimate.bytes
 
     app = FastAPI(title=f"workbench: {info['name']}", version=__version__,
                   description="Top-k image classification with a trained workbench run.")
     app.state.classifier, app.state.info = classifier, info
-    app.state.max_upload_bytes = max_upload_bytes
+    app.state.max_upload_bytes, app.state.limits = max_upload_bytes, limits
     app.add_middleware(_RequestLog)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -166,9 +236,11 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
 
     @app.get("/api/health")
     async def health():
-        """Whether the service is up, with the model it serves."""
+        """Whether the service is up, with the model it serves, its limits and their use."""
         return {"status": "ok", "model": info["name"], "classes": info["classes"],
-                "backend": info["backend"]}
+                "backend": info["backend"], "limits": limits,
+                "in_use": {"uploads": uploads[0], "decoding_bytes": budget.in_use,
+                           "waiting_to_decode": budget.waiting}}
 
     @app.get("/api/model")
     async def model_endpoint():
@@ -178,6 +250,18 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     @app.post("/api/predict", openapi_extra=_PREDICT_OPENAPI)
     async def predict(request: Request):  # Request: the module has no postponed annotations
         """The top-k classes of one image, best first."""
+        if uploads[0] >= max_uploads:  # answered before reading anything; the socket closes
+            return _error(503, f"busy: {max_uploads} uploads are in progress, the most this "
+                               "service takes at once; retry shortly", reason="too many uploads",
+                          close=True)
+        uploads[0] += 1
+        try:
+            return await predict_one(request)
+        finally:
+            uploads[0] -= 1
+
+    async def predict_one(request):
+        deadline = time.monotonic() + upload_timeout
         try:
             length = request.headers.get("content-length", "")
             if length.isdigit() and int(length) > max_upload_bytes:
@@ -187,18 +271,32 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
                 _parse_top_k(query_top_k, top_k_max)  # fail fast, before reading the body
             content_type = request.headers.get("content-type", "")
             if content_type.startswith("multipart/form-data"):
-                data, form_top_k = await _read_multipart(request, max_upload_bytes)
+                data, form_top_k = await _read_multipart(request, max_upload_bytes, deadline)
             else:
-                data, form_top_k = await _read_body(request, max_upload_bytes), None
+                data, form_top_k = await _read_body(request, max_upload_bytes, deadline), None
             top_k = _parse_top_k(query_top_k if query_top_k is not None else form_top_k,
                                  top_k_max)
             if not data:
                 raise _BadRequest("missing file: send an image as the multipart field 'file' "
                                   "or as the request body, received: an empty upload")
-            predictions = await run_in_threadpool(predict_locked, data, top_k)
+            cost = await run_in_threadpool(decoding_cost, data)
+            if not await budget.acquire(cost, decode_wait):
+                return _error(503, f"busy: no decoding memory came free within {decode_wait:g} "
+                                   f"s (this image needs about {cost / 2**20:.0f} MiB of the "
+                                   f"{decode_budget_bytes / 2**20:.0f} MiB budget); retry "
+                                   "shortly", reason="decoding memory")
+            try:
+                predictions = await run_in_threadpool(predict_locked, data, top_k)
+            finally:
+                budget.release(cost)
         except _TooLarge as error:
             return _error(413, f"upload too large: the limit is {max_upload_bytes} bytes, "
-                               f"received: {error}")
+                               f"received: {error}", close=True)
+        except _TimedOut as error:
+            return _error(408, f"upload too slow: the body must arrive within "
+                               f"{upload_timeout:g} s, received: {error}", close=True)
+        except ClientDisconnect:  # nobody to answer; _RequestLog logs one line
+            return _error(400, "client disconnected")
         except _BadRequest as error:
             return _error(400, str(error))
         except ImageRejected as error:
@@ -219,23 +317,24 @@ def _load(source, model: str):
     if not isinstance(source, (str, Path)):
         raise ValueError(f"source must be a run directory, a model file or a Classifier, "
                          f"received: {type(source).__name__}")
-    from workbench.deploy.predict import Classifier
-
     return Classifier.load(source, model=model)
 
 
 def _thread_safe(classifier) -> bool:
     """Whether ``classifier.predict`` may be called from several threads at once."""
-    from workbench.deploy.predict import Classifier
-
     # Classifier documents it: its model call is locked inside, decoding runs in parallel
     return isinstance(classifier, Classifier) or bool(getattr(classifier, "thread_safe", False))
 
 
-def _error(status: int, message: str, **extra):
+def _error(status: int, message: str, *, close: bool = False, **extra):
+    """A JSON error; ``close`` ends the connection after it (the body was not read, or not all
+    of it: the client need not send the rest)."""
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": message, **extra}, status_code=status)
+    headers = {"Connection": "close"} if close else {}
+    if status == 503:
+        headers["Retry-After"] = "1"
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def _parse_top_k(text, maximum: int) -> int:
@@ -251,26 +350,46 @@ def _parse_top_k(text, maximum: int) -> int:
     return value
 
 
-async def _limited(request, limit: int):
-    """The request body in chunks, raising ``_TooLarge`` as soon as it passes ``limit``."""
+async def _limited(request, limit: int, deadline: float):
+    """The request body in chunks.
+
+    Raises:
+        _TooLarge: as soon as it passes ``limit`` bytes.
+        _TimedOut: when it has not all arrived by ``deadline`` (``time.monotonic()``).
+        starlette.requests.ClientDisconnect: when the client goes away first.
+    """
+    import anyio
+    from starlette.requests import ClientDisconnect
+
     received = 0
-    async for chunk in request.stream():
+    while True:
+        message = None
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            message = await request.receive()
+        if message is None:
+            raise _TimedOut(f"{received} bytes by then")
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         received += len(chunk)
         if received > limit:
             raise _TooLarge(f"more than {limit} bytes")
-        yield chunk
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
 
 
-async def _read_body(request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in _limited(request, limit)])
+async def _read_body(request, limit: int, deadline: float) -> bytes:
+    return b"".join([chunk async for chunk in _limited(request, limit, deadline)])
 
 
-async def _read_multipart(request, limit: int) -> tuple[bytes, str | None]:
+async def _read_multipart(request, limit: int, deadline: float) -> tuple[bytes, str | None]:
     """The bytes of the form's ``file`` field and its ``top_k`` field, if any."""
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
-    parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1,
+    parser = MultiPartParser(request.headers, _limited(request, limit, deadline), max_files=1,
                              max_fields=8)
     try:
         form = await parser.parse()
@@ -306,13 +425,18 @@ _PREDICT_OPENAPI = {
             "example": {"predictions": [{"label": "tulip", "probability": 0.91},
                                         {"label": "rose", "probability": 0.05}]}}}},
         "400": {"description": "missing file, unusable image or bad top_k"},
+        "408": {"description": "the body did not arrive within the upload timeout"},
         "413": {"description": "upload larger than the server's limit"},
-        "415": {"description": "not an image"}},
+        "415": {"description": "not an image"},
+        "503": {"description": "busy: too many uploads, or no decoding memory came free"}},
 }
 
 
 class _RequestLog:
-    """ASGI middleware logging one line per request: client, method, path, status, time, bytes."""
+    """ASGI middleware logging one line per request: client, method, path, status, time, bytes.
+
+    A client that went away before its answer is logged with ``disconnected`` for the status.
+    """
 
     def __init__(self, app):
         self.app = app
@@ -321,24 +445,27 @@ class _RequestLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status, received = time.perf_counter(), [500], [0]
+        responded, gone = [False], [False]  # gone: disconnected before the response began
 
         async def counting_receive():
             message = await receive()
             received[0] += len(message.get("body", b""))
+            if message["type"] == "http.disconnect" and not responded[0]:
+                gone[0] = True
             return message
 
         async def status_send(message):
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], responded[0] = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, counting_receive, status_send)
         finally:
             client = scope.get("client") or ("-", 0)
-            logger.info("%s %s %s %d %.1f ms %d bytes in", client[0], scope["method"],
-                        scope["path"], status[0], (time.perf_counter() - started) * 1000,
-                        received[0])
+            logger.info("%s %s %s %s %.1f ms %d bytes in", client[0], scope["method"],
+                        scope["path"], "disconnected" if gone[0] else status[0],
+                        (time.perf_counter() - started) * 1000, received[0])
 
 
 def url(host: str, port: int) -> str:
@@ -369,34 +496,58 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
 
 
 def serve(source, *, host: str = "127.0.0.1", port: int = 8000, model: str = "best",
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, log_level: str = "info",
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+          decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES, max_pixels: int | None = None,
+          decode_wait: float = DEFAULT_DECODE_WAIT,
+          upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS, log_level: str = "info",
           on_ready=None) -> None:
     """Serves a run's model with uvicorn until interrupted (Ctrl+C).
 
     Args:
-        source: a run directory, a loaded Classifier, or an app from :func:`create_app`.
+        source: a run directory, a loaded Classifier, or an app from :func:`create_app` (which
+            then keeps its own upload and decoding limits).
         host: the address to listen on; the default answers this machine only. Use
             ``0.0.0.0`` to reach it from a phone on the same network.
         port: the TCP port (0 picks a free one).
         model: ``"best"`` or ``"final"`` (with a run directory).
         max_upload_bytes: the largest request body accepted (413 beyond).
+        decode_budget_bytes: memory for decoding images, shared by all requests.
+        max_pixels: the largest image accepted; ``None`` for what the budget can decode.
+        decode_wait: seconds a request may wait for decoding memory (503 beyond).
+        upload_timeout: seconds a connection has to send its request headers, and then its
+            body (closed, or 408, beyond).
+        max_connections: open connections at once, lowered to fit the open-file limit;
+            half of them may be uploads, so health checks and the page keep answering.
         log_level: uvicorn's log level; ``"info"`` logs one line per request.
         on_ready: called with the page's URL once the model is loaded and the port is bound,
             just before serving (the CLI prints it).
 
     Raises:
         OSError: the address cannot be bound.
+        ValueError: a bad option, naming the value received.
     """
     import uvicorn
     from fastapi import FastAPI
 
     check_choice("log_level", log_level, ("critical", "error", "warning", "info", "debug"))
+    check_int("max_connections", max_connections, minimum=2)
+    check_number("upload_timeout", upload_timeout, minimum=0.0, exclusive_minimum=True)
     sock = bind(host, port)  # first: a port in use fails before the model loads
     try:
+        connections = connection_limit(max_connections)
         app = source if isinstance(source, FastAPI) else create_app(
-            source, model=model, max_upload_bytes=max_upload_bytes)
+            source, model=model, max_upload_bytes=max_upload_bytes,
+            decode_budget_bytes=decode_budget_bytes, max_pixels=max_pixels,
+            decode_wait=decode_wait, upload_timeout=upload_timeout,
+            max_uploads=max(1, connections // 2))
+        protocol = guarded_protocol(max_connections=connections, header_timeout=upload_timeout)
         config = uvicorn.Config(app, log_config=log_config(), log_level=log_level,
-                                access_log=False, timeout_graceful_shutdown=5)
+                                access_log=False, timeout_graceful_shutdown=5, http=protocol,
+                                backlog=ACCEPT_BATCH)
+        if connections < max_connections:
+            logger.warning("max_connections lowered from %d to %d to fit the open-file limit "
+                           "(ulimit -n)", max_connections, connections)
         if on_ready is not None:
             on_ready(url(host, sock.getsockname()[1]))
         uvicorn.Server(config).run(sockets=[sock])
