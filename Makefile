@@ -1,22 +1,26 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Both create .venv if missing and (re)install only when pyproject.toml changed.
+# On a GPU machine add the extra of the backend, e.g. `KERAS_BACKEND=jax make demo EXTRAS=gpu-jax`
+# (or EXTRAS=gpu-tf; several comma-separated).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+EXTRAS ?=
+comma  := ,
+STAMP  := $(VENV)/.installed$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
 DATA   ?= data/sample
 RUNS   ?= runs/demo
 export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install browser demo test lab clean
+.PHONY: install browser demo test lab clean gpu-wheels
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test$(addprefix $(comma),$(EXTRAS))]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -25,6 +29,7 @@ demo: $(STAMP)
 	$(BIN)/python -m workbench.demo --data $(DATA) --runs $(RUNS)
 
 test: $(STAMP) browser
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The web page's test drives Debian's headless Chromium; install it (as root, or through sudo)
@@ -34,8 +39,14 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+# Wheels and weights the GPU check carries to a machine without network (benchmarks/gpu/README.md).
+gpu-wheels: $(STAMP)
+	PYTHON=$(BIN)/python benchmarks/gpu/wheels.sh build/gpu-wheels
+
+# JupyterLab at the repository root, so that runs/ and data/ are in its file browser; as root
+# (a container) it needs --allow-root.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --ServerApp.root_dir=. $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf $(RUNS) $(DATA) .pytest_cache

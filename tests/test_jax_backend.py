@@ -4,9 +4,11 @@ The backend is fixed when Keras is first imported, so the backend-agnostic test 
 in a fresh interpreter with ``KERAS_BACKEND=jax``.
 """
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ TESTS = Path(__file__).parent
 JAX_RUNS = {
     "lr_mult": ["test_lr_mult.py"],
     "pipeline": ["test_pipeline.py"],
-    "resume": ["test_finetune.py", "-k", "resume_after_a_kill or feature_extraction"],
+    "resume": ["test_finetune.py", "-k",
+               "resume_after_a_kill or feature_extraction or resumes_exactly"],
 }
 
 
@@ -29,3 +32,46 @@ def test_under_jax(name):
                             timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+# The GPU machines have no TensorFlow: everything the training path imports, and a short run of
+# it, must work when ``import tensorflow`` fails.
+WITHOUT_TENSORFLOW = textwrap.dedent("""
+    import importlib, json, sys
+
+    class NoTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+            if name == "tensorflow" or name.startswith("tensorflow."):
+                raise ImportError(f"{name} is blocked: the GPU machine has no TensorFlow")
+            return None
+
+    sys.meta_path.insert(0, NoTensorFlow())
+    for module in ("workbench.training.train", "workbench.data.pipeline", "workbench.monitor",
+                   "workbench.plots", "workbench.studies.throughput"):
+        importlib.import_module(module)  # an ImportError here fails the test
+
+    sys.path.insert(0, sys.argv[2])
+    import tiny_data
+    from pathlib import Path
+    from workbench.studies.throughput import training_images_per_second
+    from workbench.training.solver import SolverConfig
+    from workbench.training.train import finetune
+
+    splits = tiny_data.write_splits(Path(sys.argv[1]), per_class=6, counts=(4, 1, 1))
+    run = finetune(splits, Path(sys.argv[1]) / "run", backbone="lenet", weights=None,
+                   recipe="caffe", image_size=16, progress="none",
+                   solver=SolverConfig(epochs=1, batch_size=8))
+    speed = training_images_per_second("cifar_cnn", image_size=16, batch_size=4, steps=1,
+                                       warmup=1, lr_mult={"head*": 10.0})
+    print(json.dumps({"status": run.metrics["status"], "speed": speed}))
+""")
+
+
+def test_the_training_path_runs_without_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(tmp_path), str(TESTS)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["status"] == "completed" and out["speed"] > 0

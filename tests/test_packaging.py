@@ -1,6 +1,7 @@
 """pyproject.toml and environment.yml list the same packages; the two commands are wired up."""
 
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -38,3 +39,47 @@ def test_ci_runs_what_the_readme_tells_a_user():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("demo:", "test:", "lab:"):
         assert target in makefile
+
+
+def conda_gpu_extras() -> dict[str, set[str]]:
+    """The commented-out GPU lines of environment.yml: ``#- requirement  # extra: name``."""
+    extras: dict[str, set[str]] = {}
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        match = re.match(r"^\s{6}#- (.+?)\s+# extra: (\S+)\s*$", line)
+        if match:
+            extras.setdefault(match.group(2), set()).add(match.group(1))
+    return extras
+
+
+def test_gpu_extras_are_the_same_in_both_files():
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    gpu = {name: set(requirements) for name, requirements in optional.items()
+           if name.startswith("gpu-")}
+    assert set(gpu) == {"gpu-tf", "gpu-jax"}
+    assert any(r.startswith("tensorflow[and-cuda]") for r in gpu["gpu-tf"])
+    assert any(r.startswith("jax[cuda") for r in gpu["gpu-jax"])
+    assert conda_gpu_extras() == gpu
+
+
+def test_uncommenting_a_gpu_extra_gives_a_pip_line_of_the_environment():
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    uncommented = [line.replace("#- ", "- ", 1) if "# extra: gpu-jax" in line else line
+                   for line in lines]
+    start = next(i for i, line in enumerate(uncommented) if line.strip() == "- pip:")
+    pip_items = [re.match(r"^\s{6}- (.+?)(\s+#.*)?$", line) for line in uncommented[start + 1:]]
+    assert "jax[cuda12]" in {match.group(1) for match in pip_items if match}
+
+
+def test_make_installs_the_extras_it_is_given(tmp_path):
+    def install_lines(*variables):
+        result = subprocess.run(["make", "-n", "-C", str(ROOT), "install",
+                                 f"VENV={tmp_path / 'venv'}", *variables],
+                                capture_output=True, text=True, check=True)
+        return [line for line in result.stdout.splitlines() if "pip install --quiet -e" in line]
+
+    assert install_lines()[0].endswith('-e ".[test]"')
+    assert install_lines("EXTRAS=gpu-jax")[0].endswith('-e ".[test,gpu-jax]"')
+    assert install_lines("EXTRAS=gpu-jax,gpu-tf")[0].endswith('-e ".[test,gpu-jax,gpu-tf]"')
+    assert "gpu-wheels:" in (ROOT / "Makefile").read_text()
+    assert "/build/" in (ROOT / ".gitignore").read_text().splitlines()  # gpu-wheels lands there
