@@ -1,8 +1,10 @@
 """``make demo``: the whole workflow on the bundled offline sample data, headless.
 
-Writes the sample data if missing, then runs the numbered notebooks with papermill, exactly as a
-user would run them in JupyterLab, leaving the executed notebooks, the run directories and their
-figures under ``--runs``::
+The demo is one setting of the notebooks' parameters, their defaults: the sample data in
+``data/sample`` and everything the notebooks write in ``runs/demo``, relative to the project
+folder. So after ``make demo`` every notebook opened in JupyterLab runs unchanged. This writes the
+sample data if missing, then runs notebooks 1 to 6 with papermill, exactly as a user would run
+them, leaving the executed notebooks, the run directories and their figures under ``--runs``::
 
     python -m workbench.demo --data data/sample --runs runs/demo
 """
@@ -17,23 +19,28 @@ import time
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+PROJECT = NOTEBOOKS.parent  # what the notebooks' relative paths are relative to
+DATA, RUNS = "data/sample", "runs/demo"  # the notebooks' defaults
+DEMO_RUN = "fine_tune/two_stage-seed0"  # the run notebooks 4 to 6 look at, inside RUNS
 
 
-def demo_parameters(data: Path, runs: Path) -> dict:
-    """The parameters each demo notebook gets: every path inside ``data`` and ``runs``."""
+def demo_parameters(data: str | Path = DATA, runs: str | Path = RUNS) -> dict:
+    """The path parameters of each demo notebook: with the default folders they are the
+    notebooks' own defaults (a test checks it); other folders change only these."""
+    data, runs = Path(data), Path(runs)
+    run = str(runs / DEMO_RUN)
     return {
         "01_prepare_data.ipynb": {"data_dir": str(data / "target"),
                                   "out_dir": str(runs / "splits" / "target")},
         "02_pretrain_source.ipynb": {"source_dir": str(data / "source"),
                                      "splits_dir": str(runs / "splits" / "source"),
-                                     "run_dir": str(runs / "source"), "progress": "lines"},
+                                     "run_dir": str(runs / "source")},
         "03_fine_tune.ipynb": {"splits_dir": str(runs / "splits" / "target"),
                                "source_model": str(runs / "source" / "model.keras"),
                                "runs_dir": str(runs / "fine_tune")},
-        "04_inspect.ipynb": {"run_dir": str(runs / "fine_tune" / "two_stage-seed0"),
-                             "source_model": str(runs / "source" / "model.keras")},
-        "05_evaluate.ipynb": {"run_dir": str(runs / "fine_tune" / "two_stage-seed0")},
-        "06_classify.ipynb": {"run_dir": str(runs / "fine_tune" / "two_stage-seed0")},
+        "04_inspect.ipynb": {"run_dir": run},
+        "05_evaluate.ipynb": {"run_dir": run},
+        "06_classify.ipynb": {"run_dir": run},
     }
 
 
@@ -49,32 +56,37 @@ def run_notebook(name: str, parameters: dict, out_dir: Path) -> Path:
     return output
 
 
-def save_run_figures(run_dir: Path, source_model: Path) -> list[Path]:
+def save_run_figures(run_dir: Path) -> list[Path]:
     """Saves the figures of notebook 4 as PNG files in the run directory (for the README too)."""
     from workbench import inspect, plots
     from workbench.models import load_model
     from workbench.monitor import read_resources
     from workbench.runs import RunDir
 
+    run = RunDir(run_dir)
     figures = {
-        "filters.png": inspect.compare_filters(load_model(source_model),
-                                               load_model(run_dir / "model.keras")),
+        "filters.png": inspect.compare_filters(load_model(run.initial_model_path()),
+                                               load_model(run.model_path("final"))),
         "resources.png": plots.resource_dashboard(read_resources(run_dir),
-                                                  history=RunDir(run_dir).history()),
+                                                  history=run.history()),
         "weight_stats.png": plots.weight_stats(inspect.read_weight_stats(run_dir)),
     }
     for name, figure in figures.items():
-        figure.savefig(run_dir / name, dpi=90)
-    return [run_dir / name for name in figures]
+        figure.savefig(run.path / name, dpi=90)
+    return [run.path / name for name in figures]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench.demo",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="data/sample", help="sample data folder")
-    parser.add_argument("--runs", default="runs/demo", help="where runs and notebooks go")
+    parser.add_argument("--data", default=DATA, help="sample data folder, relative to the "
+                        "project folder (default %(default)s)")
+    parser.add_argument("--runs", default=RUNS, help="where runs and notebooks go, relative to "
+                        "the project folder (default %(default)s)")
     args = parser.parse_args(argv)
-    data, runs = Path(args.data).resolve(), Path(args.runs).resolve()
+    # as the notebooks resolve them (workbench.notebook.project_root); absolute paths stay
+    project = Path(os.environ.get("WORKBENCH_ROOT") or PROJECT)
+    data, runs = project / args.data, project / args.runs
     os.environ.setdefault("WORKBENCH_PROGRESS", "plain")  # the kernel cannot tell it is headless
     # papermill logs what the notebooks print (one line per epoch) at INFO
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -87,11 +99,10 @@ def main(argv=None) -> int:
     if missing:
         print(f"Writing the sample data ({', '.join(missing)}) to {data} ...", flush=True)
         sample.write_sample_data(data, datasets=missing)
-    for name, parameters in demo_parameters(data, runs).items():
+    for name, parameters in demo_parameters(args.data, args.runs).items():
         print(f"\n=== {name} ===", flush=True)
         run_notebook(name, parameters, runs / "notebooks")
-    saved = save_run_figures(runs / "fine_tune" / "two_stage-seed0",
-                             runs / "source" / "model.keras")
+    saved = save_run_figures(runs / DEMO_RUN)
     print(f"Figures: {', '.join(str(path) for path in saved)}")
     print(f"\nDone in {time.monotonic() - started:.0f}s. Executed notebooks: {runs / 'notebooks'}; "
           f"runs and figures: {runs}. Open them with 'make lab'.")

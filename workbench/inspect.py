@@ -79,6 +79,30 @@ def first_conv(model: keras.Model):
     raise ValueError(f"model must have a 2-D convolution, received: {model.name} without one")
 
 
+def default_layers(model) -> list[str]:
+    """The layers worth looking at in a model of any family: its first, middle and last 2-D
+    convolution (depthwise ones left out: their kernels mix no channels), in order, without
+    repeats; fewer when the model has fewer convolutions.
+
+    Args:
+        model: a ``keras.Model`` (nested models included) or the path of a ``.keras`` file.
+
+    Returns:
+        One to three layer names.
+
+    Raises:
+        ValueError: when the model has no 2-D convolution.
+    """
+    model = _as_model(model)
+    convolutions = [layer.name for layer in _all_layers(model)
+                    if len(getattr(getattr(layer, "kernel", None), "shape", ())) == 4
+                    and not isinstance(layer, keras.layers.DepthwiseConv2D)]
+    if not convolutions:
+        raise ValueError(f"model must have a 2-D convolution, received: {model.name} without one")
+    picked = (convolutions[0], convolutions[(len(convolutions) - 1) // 2], convolutions[-1])
+    return list(dict.fromkeys(picked))
+
+
 def _inputs(model: keras.Model):
     return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 

@@ -8,12 +8,14 @@ named ``head*`` so learning-rate rules such as ``{"head*": 10}`` find them.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import keras
 from keras import layers, ops
 
 from workbench._checks import check_choice, check_int, check_number
+from workbench.data.pipeline import AUGMENT_DRAWS, Augment
 
 # name -> (keras.applications constructor, preprocessing mode, extra constructor kwargs).
 # "tf": scale to [-1, 1]; "caffe": RGB->BGR and ImageNet mean subtraction; "none": the Keras
@@ -193,6 +195,74 @@ def _small_network(name: str, inputs):
         x = layers.ReLU(name=f"relu{block}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
     return layers.GlobalAveragePooling2D(name="gap")(x)
+
+
+@keras.saving.register_keras_serializable(package="workbench")
+class RandomAugment(layers.Layer):
+    """An :class:`~workbench.data.pipeline.Augment` inside the model: its ``"model"`` placement.
+
+    In training it crops, rotates, flips (bilinear resampling, edge pixels filling what lies
+    outside) and recolours each image, drawing from the same distribution as the pipeline
+    placement (both compute the transforms with ``Augment.params``); at inference it passes
+    images through. Put it right after the model's input (``classifier(augmentation=...)``) and
+    serve it windows of the stored images (``Batches`` with ``placement="model"``): the host
+    then only copies rows of pixels and the accelerator does the rest. It computes in float32
+    under any dtype policy and returns float32 pixels in [0, 255].
+
+    Its random state is a Keras seed generator, which ``training.callbacks.ReseedRandomLayers``
+    sets from (seed, epoch), so a resumed run draws what an uninterrupted one drew.
+
+    Args:
+        augment: the :class:`Augment` (or its fields as a dict); its ``margin`` and
+            ``placement`` do not matter here.
+        seed: non-negative seed of the layer's draws.
+    """
+
+    def __init__(self, augment: Augment | dict | None = None, seed: int = 0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if isinstance(augment, dict):
+            augment = Augment(**augment)
+        if augment is not None and not isinstance(augment, Augment):
+            raise ValueError(f"augment must be an Augment, a dict of its fields or None, "
+                             f"received: {augment!r}")
+        self.augment = augment or Augment()
+        self.seed = check_int("seed", seed, minimum=0)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+
+    def draw(self, count):
+        """The transforms of ``count`` images, as ``Augment.params`` returns them (tensors)."""
+        uniform = keras.random.uniform((AUGMENT_DRAWS, count), seed=self.seed_generator)
+        return self.augment.params(uniform, xp=ops)
+
+    def call(self, inputs, training=False):
+        if not training or not self.augment.enabled:
+            return inputs
+        x = ops.cast(inputs, "float32")
+        height, width = x.shape[1], x.shape[2]
+        params = self.draw(ops.shape(x)[0])
+        terms = Augment.affine(params, (height, width), (height, width), xp=ops)
+        zeros = ops.zeros_like(terms[0])
+        x = ops.image.affine_transform(x, ops.stack([*terms, zeros, zeros], axis=1),
+                                       interpolation="bilinear", fill_mode="nearest",
+                                       data_format="channels_last")
+        if self.augment.recolours:
+            grey_weights = ops.convert_to_tensor([0.299, 0.587, 0.114], "float32")
+            sample = x[:, ::4, ::4, :]  # the mean grey from every 4th pixel, as the pipeline
+            mean_grey = ops.mean(ops.sum(sample * grey_weights, axis=-1), axis=(1, 2))
+            a, b, c = Augment.recolour_terms(params, mean_grey, xp=ops)
+            grey = ops.sum(x * grey_weights, axis=-1, keepdims=True)
+            x = a[:, None, None, None] * x + b[:, None, None, None] * grey + \
+                c[:, None, None, None]
+            x = ops.clip(x, 0.0, 255.0)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        fields = dataclasses.asdict(self.augment)
+        return {**super().get_config(), "augment": fields, "seed": self.seed}
 
 
 def classifier(features: keras.Model, num_classes: int, *, dropout: float = 0.0,

@@ -8,6 +8,8 @@ A run directory holds everything a training run produces, each file written atom
 ``steps.csv``         the loss of every training step
 ``lr_table.csv``      layer, parameters, multiplier, effective learning rate per stage
 ``labels.txt``        class names, line ``i`` for output ``i``
+``initial.keras``     the model as built, before training: the starting point (pretrained
+                      weights and a new head) that notebook 4 compares the filters with
 ``model.keras``       the final model; ``best.keras`` the best by validation accuracy
 ``checkpoint.*``      the last checkpoint (model with optimizer state + ``checkpoint.json``)
 ``metrics.json``      final numbers for sweeps: status, accuracies, time, images/s
@@ -25,20 +27,19 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from workbench._checks import check_choice
-from workbench._io import stale_temporaries
+from workbench._io import remove, stale_temporaries
 from workbench.data.splitdir import SplitFolder
 
 MODELS = ("best", "final")  # which model file of a run: the best checkpoint or the last epoch
 CHECKPOINT_STATE = "checkpoint.json"
 RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
-             "model.keras", "best.keras", "metrics.json", "curves.png", "resources.csv",
-             "weight_stats.csv", CHECKPOINT_STATE)
+             "initial.keras", "model.keras", "best.keras", "metrics.json", "curves.png",
+             "resources.csv", "weight_stats.csv", CHECKPOINT_STATE)
 
 
 class RunDir:
@@ -142,6 +143,19 @@ class RunDir:
                                     f"{str(self.path)!r}")
         return path
 
+    def initial_model_path(self) -> Path:
+        """``initial.keras``: the model as built before training (its pretrained weights).
+
+        Raises:
+            FileNotFoundError: for a run trained before runs recorded their starting point.
+        """
+        path = self.path / "initial.keras"
+        if not path.is_file():
+            raise FileNotFoundError(f"run_dir holds no initial.keras (trained before runs "
+                                    f"recorded their starting point: compare with the model it "
+                                    f"started from instead), received: {str(self.path)!r}")
+        return path
+
     def split_folder(self) -> SplitFolder:
         """The split folder the run was trained on."""
         return SplitFolder(self.config["splits"])
@@ -180,10 +194,7 @@ class RunDir:
         writes); returns what was removed."""
         stale = stale_temporaries(self.path)
         for path in stale:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            remove(path)
         return stale
 
     def _file(self, name: str) -> Path:

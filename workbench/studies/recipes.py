@@ -2,29 +2,38 @@
 
 ``compare_recipes`` trains a target task with each recipe and seed, as Caffe's flickr-style
 example compared a pretrained network against one trained from scratch. Each run is an ordinary
-run directory, so a re-run skips the finished ones (``resume=True``)::
+run directory, so running it again never gets stuck: finished runs are kept (``resume=True``),
+interrupted ones continue from their last checkpoint, a folder holding only a failed start is
+trained afresh, and a run whose settings changed is trained again, saying so in one line::
 
-    results = compare_recipes("../runs/splits/target", "../runs/fine_tune", seeds=(0, 1, 2),
-                              source="../runs/source/model.keras")
+    results = compare_recipes("runs/demo/splits/target", "runs/demo/fine_tune", seeds=(0, 1, 2),
+                              source="runs/demo/source/model.keras")
     summarize_runs(results)   # mean, std and count of the test accuracy per recipe
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pandas as pd
 
-from workbench._checks import check_int
+from workbench import models
+from workbench._checks import check_bool, check_int
 from workbench.data.splitdir import load_splits
 from workbench.runs import RunDir
-from workbench.training.train import finetune
+from workbench.training.recipes import get_recipe
+from workbench.training.train import SettingsChanged, finetune
 
 
 def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scratch",
                     "feature_extraction", "two_stage", "caffe"), seeds=(0, 1, 2),
-                    solvers: dict | None = None, **finetune_options) -> pd.DataFrame:
+                    solvers: dict | None = None, resume: bool = True,
+                    **finetune_options) -> pd.DataFrame:
     """Trains every recipe with every seed and returns one row per run.
+
+    Before each run it prints one line, ``run 3 of 12: two_stage, seed 1`` (unless
+    ``progress="none"``), above that run's progress.
 
     Args:
         splits: the split folder of the target task (decoded once, shared by all runs).
@@ -33,34 +42,62 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
         seeds: seeds; each changes initialisation, order, augmentation and dropout.
         solvers: optional ``{recipe: SolverConfig}`` for recipes that need their own settings
             (Caffe's recipe trains the whole network, so it wants a lower ``base_lr``).
+        resume: True keeps the finished runs whose settings are unchanged and continues the
+            unfinished ones from their checkpoints; False trains every run again. Either way a
+            run whose settings changed is trained again, and a folder without a checkpoint
+            (a failed start) is trained afresh.
         **finetune_options: passed to :func:`workbench.training.train.finetune` (``source``,
-            ``backbone``, ``solver``, ``image_size``, ``progress``, ...).
+            ``backbone``, ``weights``, ``solver``, ``image_size``, ``progress``, ...);
+            ``image_size`` defaults to the source model's input or the backbone's natural size.
 
     Returns:
         A DataFrame with columns recipe, seed, run_dir, then the numbers of ``metrics.json``.
     """
-    recipes, seeds = list(recipes), [check_int("seeds", seed, minimum=0) for seed in seeds]
+    recipes = [get_recipe(recipe).name for recipe in _as_sequence("recipes", recipes)]
+    seeds = [check_int("seeds", seed, minimum=0) for seed in _as_sequence("seeds", seeds)]
+    check_bool("resume", resume)
     solvers = dict(solvers or {})
     unknown = sorted(set(solvers) - set(recipes))
     if unknown:
         raise ValueError(f"solvers must name recipes being compared ({recipes}), received: "
                          f"{unknown}")
-    if not recipes or not seeds:
-        raise ValueError(f"recipes and seeds must not be empty, received: {recipes!r}, {seeds!r}")
-    image_size = finetune_options.get("image_size", 224)
-    data = load_splits(splits, image_size=image_size,
-                       resize_mode=finetune_options.get("resize_mode", "squash"),
-                       progress=finetune_options.get("progress", "auto") != "none")
-    rows = []
-    for recipe in recipes:
-        for seed in seeds:
-            run_dir = Path(runs_dir) / f"{recipe}-seed{seed}"
-            options = dict(finetune_options)
-            if recipe in solvers:
-                options["solver"] = solvers[recipe]
-            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=True, **options)
-            rows.append({"recipe": recipe, "seed": seed, "run_dir": str(run_dir), **run.metrics})
+    options = dict(finetune_options)
+    if options.get("image_size") is None:
+        options["image_size"] = models.natural_image_size(
+            options.get("backbone", "mobilenet_v2"), source=options.get("source"))
+    talk = options.get("progress", "auto") != "none"
+    data = load_splits(splits, image_size=options["image_size"],
+                       resize_mode=options.get("resize_mode", "squash"), progress=talk)
+    rows, total = [], len(recipes) * len(seeds)
+    for number, (recipe, seed) in enumerate(itertools.product(recipes, seeds), start=1):
+        run_dir = Path(runs_dir) / f"{recipe}-seed{seed}"
+        heading = f"run {number} of {total}: {recipe}, seed {seed}"
+        kept = resume and RunDir(run_dir).finished  # unless its settings changed
+        if talk and not kept:
+            print(heading, flush=True)
+        run_options = {**options, "solver": solvers.get(recipe, options.get("solver"))}
+        try:
+            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=resume, **run_options)
+        except SettingsChanged as changed:
+            if talk:
+                print(f"{heading if kept else run_dir.name}: the settings changed "
+                      f"({', '.join(changed.settings)}), so it starts again", flush=True)
+            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=False, **run_options)
+        else:
+            if talk and kept:
+                print(f"{heading}: finished earlier with the same settings, kept "
+                      "(resume=False trains it again)", flush=True)
+        rows.append({"recipe": recipe, "seed": seed, "run_dir": str(run_dir), **run.metrics})
     return pd.DataFrame(rows)
+
+
+def _as_sequence(name: str, values) -> list:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a list, received: {values!r}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} must not be empty, received: []")
+    return values
 
 
 def summarize_runs(results: pd.DataFrame, *, by: str = "recipe",

@@ -16,9 +16,12 @@ class Execution:
     Attributes:
         precision: ``"float32"``, ``"mixed_float16"``, ``"mixed_bfloat16"``, or ``"auto"``
             (mixed float16 when a GPU is visible, float32 on CPU). The head stays float32.
-        strategy: a ``tf.distribute.Strategy`` to train on several devices (TensorFlow
-            backend), None for one device, or ``"auto"`` (MirroredStrategy over all GPUs when
-            there are several).
+        strategy: a ``tf.distribute.Strategy`` (TensorFlow backend) or a
+            ``keras.distribution.Distribution`` (JAX backend) to train on several devices, None
+            for one device, or ``"auto"``: MirroredStrategy over all GPUs on TensorFlow,
+            ``DataParallel`` over all local devices on JAX, when there are several. With several
+            devices each batch is split between them, so the batch size must be a multiple of
+            their number.
     """
 
     precision: str = "auto"
