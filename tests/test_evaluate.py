@@ -177,12 +177,60 @@ def test_evaluate_a_run_writes_every_file_and_matches_training(run_dir):
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
 
 
+def test_test_time_augmentation_averages_each_image_and_its_mirror_image(run_dir):
+    from workbench.evaluation import split_images
+    from workbench.models import load_model
+
+    plain = evaluate(run_dir, split="test", save=False, backend="keras")
+    both = evaluate(run_dir, split="test", save=False, tta=True, backend="keras")
+    images = split_images(run_dir, split="test").images
+    network = load_model(run_dir / "best.keras")
+    mirrored = network.predict(np.asarray(images)[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(both.probabilities, (plain.probabilities + mirrored) / 2,
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both.probabilities, plain.probabilities)
+    with pytest.raises(ValueError, match="tta must be True or False, received: 'yes'"):
+        evaluate(run_dir, tta="yes")
+
+
+def test_evaluation_through_the_export_equals_the_keras_path(run_dir, tmp_path):
+    import shutil
+
+    from workbench.deploy.export import export_fast
+
+    copy = tmp_path / "run"  # its own copy: the other tests here evaluate with Keras
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "evaluation"))
+    with pytest.raises(FileNotFoundError, match="backend='onnx' needs an up-to-date onnx "
+                                                "export"):
+        evaluate(copy, backend="onnx", save=False)
+    assert evaluate(copy, save=False).backend == "keras"  # no export yet
+    chosen = export_fast(copy, max_images=4).info["runtime"]["chosen"]
+    slow = evaluate(copy, split="test", backend="keras", save=False)
+    fast = evaluate(copy, split="test")
+    assert fast.backend == chosen and slow.backend == "keras"
+    for backend in ("litert", "onnx", "auto"):
+        report = fast if backend == "auto" else evaluate(copy, backend=backend, save=False,
+                                                         batch_size=7)
+        np.testing.assert_allclose(report.probabilities, slow.probabilities, atol=1e-3)
+        assert report.top1 == pytest.approx(slow.top1, abs=1e-3)
+        assert report.topk == pytest.approx(slow.topk, abs=1e-3)
+        np.testing.assert_array_equal(report.confusion, slow.confusion)
+    summary = json.loads((copy / "evaluation" / "test" / "summary.json").read_text())
+    assert summary["backend"] == chosen and "run by " + chosen in fast.format()
+    mirrored = evaluate(copy, save=False, tta=True)
+    np.testing.assert_allclose(mirrored.probabilities,
+                               evaluate(copy, save=False, tta=True, backend="keras").probabilities,
+                               atol=1e-3)
+
+
 def test_evaluate_rejects_bad_arguments(run_dir, tmp_path):
     with pytest.raises(ValueError, match="split must be one of 'train', 'val', 'test', "
                                          "received: 'tset'"):
         evaluate(run_dir, split="tset")
     with pytest.raises(ValueError, match="model must be one of 'best', 'final'"):
         evaluate(run_dir, model="last")
+    with pytest.raises(ValueError, match="backend must be one of .*received: 'tflite'"):
+        evaluate(run_dir, backend="tflite")
     with pytest.raises(FileNotFoundError, match="run_dir must be a run directory"):
         evaluate(tmp_path, split="val")
 
@@ -194,6 +242,13 @@ def test_cli_prints_the_summary_and_the_per_class_table(run_dir, capsys):
     assert "top-1 " in out and "top-5 " in out
     assert "precision" in out and "recall" in out and "support" in out
     assert (run_dir / "evaluation" / "val" / "summary.json").is_file()
+
+
+def test_cli_tta_writes_the_averaged_predictions(run_dir, capsys):
+    assert cli.main(["evaluate", str(run_dir), "--split", "val", "--tta"]) == 0
+    written = pd.read_csv(run_dir / "evaluation" / "val" / "predictions.csv")
+    expected = evaluate(run_dir, split="val", save=False, tta=True).predictions
+    np.testing.assert_allclose(written["probability_1"], expected["probability_1"], rtol=1e-5)
 
 
 def test_cli_rejects_a_bad_split_in_one_line(run_dir, capsys):

@@ -226,3 +226,58 @@ def test_max_iter_stops_at_that_iteration_and_decay_mult_reaches_the_optimizer(s
     optimizer = checkpoint.load_compiled(run.run_dir / "model.keras").optimizer
     assert [list(rule) for rule in optimizer.decay_mult_rules] == [["*/bias", 0.0], ["*", 2.0]]
 
+
+
+@pytest.mark.parametrize("placement", ["model", "pipeline"])
+def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, monkeypatch,
+                                                                      placement):
+    # 24 px originals, a 16 px model: the training images are cached at 18 px (margin 1.15)
+    tiny_data.write_digits(tmp_path / "data", per_class=12, size=24)
+    from workbench.data.split import prepare
+
+    prepare(tmp_path / "data", tmp_path / "splits", counts=(6, "rest", 3), progress=False)
+    options = dict(backbone="lenet", weights=None, recipe="scratch", image_size=16,
+                   solver=SOLVER, seed=2, progress="none", augment=f"on+{placement}",
+                   class_weight="balanced")
+    whole = finetune(tmp_path / "splits", tmp_path / "whole", **options)
+    config = json.loads((whole.run_dir / "config.json").read_text())
+    assert config["augment_placement"] == placement and config["train_stored_size"] == 18
+    assert config["augment"]["scale"] == [0.5, 1.0] and config["class_weight"] == "balanced"
+    assert config["class_weights"] == [1.0] * 10  # 6 images of each class
+    network = models.load_model(whole.run_dir / "model.keras")
+    in_model = [layer for layer in network.layers if isinstance(layer, models.RandomAugment)]
+    assert len(in_model) == (placement == "model")
+
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_die(run_dir, model, state):
+        real_save(run_dir, model, state)
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tmp_path / "splits", tmp_path / "resumed", **options)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    resumed = finetune(tmp_path / "splits", tmp_path / "resumed", resume=True, **options)
+    for a, b in zip(weights_of(whole.run_dir / "model.keras"),
+                    weights_of(resumed.run_dir / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_augments_few_images_only_and_balanced_weights_follow_the_counts(splits, tmp_path):
+    from workbench.training.train import balanced_class_weights
+
+    run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+                   image_size=16, solver=SOLVER.replace(epochs=1), progress="none")
+    config = json.loads((run.run_dir / "config.json").read_text())
+    assert config["augment"]["placement"] == "auto" and config["augment_placement"] in (
+        "model", "pipeline")  # 6 images per class: augmented by default
+    plain = finetune(splits, tmp_path / "plain", backbone="lenet", weights=None,
+                     recipe="scratch", image_size=16, solver=SOLVER.replace(epochs=1),
+                     progress="none", augment="off")
+    assert json.loads((plain.run_dir / "config.json").read_text())["augment"] is None
+    assert balanced_class_weights(np.array([0, 0, 0, 1]), 3) == {0: 4 / 6, 1: 2.0, 2: 1.0}
+    with pytest.raises(ValueError, match="class_weight must be one of None, 'balanced'"):
+        finetune(splits, tmp_path / "bad", backbone="lenet", weights=None, image_size=16,
+                 class_weight="inverse", progress="none")

@@ -1,5 +1,6 @@
 """Tests for workbench.data.pipeline: the decode-once cache and deterministic batches."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -73,6 +74,19 @@ def test_cache_is_reused_when_nothing_changed(photo_dir, tmp_path, counted_loads
     assert second.filename == first.filename
     assert os.stat(second.filename).st_mtime_ns == written
     np.testing.assert_array_equal(first, second)
+
+
+def test_cache_files_get_the_mode_of_any_new_file(photo_dir, tmp_path):
+    # a temporary file from mkstemp is 0600 and would keep that mode after its rename, so a
+    # cache shared by a group could not be read by its other users
+    umask = os.umask(0)
+    os.umask(umask)
+    cache = _build(photo_dir, tmp_path / "cache")
+    info = Path(cache.filename).with_suffix(".json")
+    for path in (Path(cache.filename), info):
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask, path.name
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == \
+        sorted([Path(cache.filename).name, info.name])  # no temporary file left
 
 
 @pytest.mark.parametrize("change", ["size", "mode"])
@@ -162,8 +176,8 @@ def _indices(x):
 
 def test_same_seed_and_epoch_give_identical_batches():
     x, y = _data()
-    a = Batches(x, y, batch_size=4, seed=7, augment=Augment(zoom=0.3, translate=0.2))
-    b = Batches(x, y, batch_size=4, seed=7, augment=Augment(zoom=0.3, translate=0.2))
+    a = Batches(x, y, batch_size=4, seed=7, augment=Augment(flip=True, placement="pipeline"))
+    b = Batches(x, y, batch_size=4, seed=7, augment=Augment(flip=True, placement="pipeline"))
     for (xa, ya), (xb, yb) in zip(a.epoch(3), b.epoch(3), strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
@@ -206,16 +220,22 @@ def test_drop_remainder_drops_only_the_last_short_batch():
         batches.batch(0, 2)
 
 
+NO_AUGMENT = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, rotation=0.0, brightness=0.0,
+                  contrast=0.0, saturation=0.0, placement="pipeline")
+
+
 def test_augmentation_changes_pixels_only_when_enabled_and_is_seeded():
     x, y = _data(count=8, side=16)
-    plain = Batches(x, y, batch_size=8, seed=0, augment=Augment()).batch(0, 0)[0]
+    plain = Batches(x, y, batch_size=8, seed=0, augment=Augment(**NO_AUGMENT)).batch(0, 0)[0]
     reference = Batches(x, y, batch_size=8, seed=0).batch(0, 0)[0]
     np.testing.assert_array_equal(plain, reference)
-    for augment in (Augment(flip=True), Augment(zoom=0.5), Augment(translate=0.3)):
-        seeded = Batches(x, y, batch_size=8, seed=0, augment=augment)
+    for change in ({"flip": True}, {"scale": (0.5, 0.5)}, {"ratio": (0.5, 2.0)},
+                   {"rotation": 30.0}, {"brightness": 0.5}, {"contrast": 0.5},
+                   {"saturation": 0.9}):
+        seeded = Batches(x, y, batch_size=8, seed=0, augment=Augment(**{**NO_AUGMENT, **change}))
         augmented = seeded.batch(0, 0)[0]
         assert augmented.shape == reference.shape and augmented.dtype == np.uint8
-        assert not np.array_equal(augmented, reference), augment
+        assert not np.array_equal(augmented, reference), change
         np.testing.assert_array_equal(seeded.batch(0, 0)[0], augmented)  # deterministic
         assert not np.array_equal(seeded.batch(1, 0)[0], augmented)  # a new draw each epoch
     # The order does not depend on the augmentation, so labels still match the images.
@@ -225,18 +245,162 @@ def test_augmentation_changes_pixels_only_when_enabled_and_is_seeded():
 
 def test_flip_mirrors_whole_images():
     x, y = _data(count=16, side=5)
-    flipped = Batches(x, y, batch_size=16, shuffle=False, augment=Augment(flip=True)).batch(0, 0)[0]
+    augment = Augment(**{**NO_AUGMENT, "flip": True})
+    flipped = Batches(x, y, batch_size=16, shuffle=False, augment=augment).batch(0, 0)[0]
     mirrored = [np.array_equal(f, o[:, ::-1]) for f, o in zip(flipped, x)]
     unchanged = [np.array_equal(f, o) for f, o in zip(flipped, x)]
     assert all(m or u for m, u in zip(mirrored, unchanged))
     assert 0 < sum(mirrored) < 16
 
 
-def test_translate_fills_with_black_and_keeps_the_rest():
-    x = np.full((4, 10, 10, 3), 200, np.uint8)
-    shifted = Augment(translate=0.3).apply(x, np.random.default_rng(0))
-    assert set(np.unique(shifted)) <= {0, 200}
-    assert (shifted == 0).any() and (shifted == 200).mean() > 0.4
+def _windows_of(stored, served):
+    """The (top, left) of each served image inside its stored image, or None where it is not
+    an exact window of it."""
+    size = served.shape[1:3]
+    found = []
+    for image, window in zip(stored, served):
+        spots = [(top, left) for top in range(image.shape[0] - size[0] + 1)
+                 for left in range(image.shape[1] - size[1] + 1)
+                 if np.array_equal(image[top:top + size[0], left:left + size[1]], window)]
+        found.append(spots[0] if len(spots) == 1 else None)
+    return found
+
+
+@pytest.mark.parametrize("placement", ["pipeline", "model"])
+def test_images_stored_larger_are_served_as_windows_at_stored_resolution(placement):
+    # the margin of a larger cache: without a crop, the served pixels are stored pixels, cut at
+    # random offsets with an augment and at the centre without
+    stored = np.random.default_rng(0).integers(0, 256, (40, 12, 14, 3), dtype=np.uint8)
+    y = np.zeros(40, int)
+    augment = Augment(**{**NO_AUGMENT, "placement": placement})
+    served = Batches(stored, y, batch_size=40, shuffle=False, augment=augment,
+                     image_size=(10, 11)).batch(0, 0)[0]
+    assert served.shape == (40, 10, 11, 3)
+    spots = _windows_of(stored, served)
+    assert None not in spots and len(set(spots)) == 3 * 4  # every offset turns up
+    centred = Batches(stored, y, batch_size=40, shuffle=False, image_size=(10, 11)).batch(0, 0)[0]
+    assert set(_windows_of(stored, centred)) == {(1, 1)}
+    with pytest.raises(ValueError, match="image_size must not exceed the stored images' 12x14"):
+        Batches(stored, y, batch_size=4, image_size=13)
+
+
+def test_pipeline_rotation_and_crops_move_pixels_without_inventing_any():
+    stored = np.random.default_rng(1).integers(0, 256, (8, 20, 20, 3), dtype=np.uint8)
+    augment = Augment(scale=(0.3, 1.0), rotation=45.0, flip=True, brightness=0.0,
+                      contrast=0.0, saturation=0.0, placement="pipeline")
+    served = augment.apply(stored, np.random.default_rng(0), size=16)
+    assert served.shape == (8, 16, 16, 3)
+    for image, out in zip(stored, served):  # nearest neighbour: every pixel is a stored one
+        palette = {tuple(pixel) for pixel in image.reshape(-1, 3)}
+        assert {tuple(pixel) for pixel in out.reshape(-1, 3)} <= palette
+
+
+def _coordinate_images(count, height, width):
+    """Images whose red channel is 3 x column and green 4 x row, so the pixels served tell
+    where in the stored image they came from."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    image = np.stack([columns * 3, rows * 4, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    return np.repeat(image[None], count, axis=0)
+
+
+def _points(batch):
+    """Stored (column, row) that output pixels at a quarter and three quarters of each side
+    came from, rounded as nearest-neighbour sampling rounds them: 8 numbers per image."""
+    batch = np.asarray(batch, np.float64)
+    height, width = batch.shape[1:3]
+    picks = [batch[:, r, c, :2] for r in (height // 4, 3 * height // 4)
+             for c in (width // 4, 3 * width // 4)]
+    return np.floor(np.concatenate(picks, axis=1) / np.tile([3, 4], 4) + 0.5)
+
+
+def _both_placements(augment, stored, size, rounds=4, batch=250):
+    """What the pipeline placement serves, and what the model placement's layer makes of the
+    windows it is served, over ``rounds * 2`` batches of each."""
+    keras = pytest.importorskip("keras")
+    from workbench.models import RandomAugment
+
+    labels = np.zeros(len(stored), int)
+    pipe = Batches(stored, labels, batch_size=batch, seed=0, image_size=size,
+                   augment=dataclasses.replace(augment, placement="pipeline"))
+    model = Batches(stored, labels, batch_size=batch, seed=1, image_size=size,
+                    augment=dataclasses.replace(augment, placement="model"))
+    layer = RandomAugment(augment, seed=5)
+    served, layered = [], []
+    for epoch in range(rounds):
+        for index in range(pipe.steps_per_epoch):
+            served.append(pipe.batch(epoch, index)[0])
+            windows = model.batch(epoch, index)[0].astype("float32")
+            layered.append(keras.ops.convert_to_numpy(layer(windows, training=True)))
+    return np.concatenate(served), np.concatenate(layered)
+
+
+def test_both_placements_draw_the_same_crops():
+    stats = pytest.importorskip("scipy.stats")
+    augment = Augment(scale=(0.3, 1.0), ratio=(0.6, 1.6), flip=True, rotation=15.0,
+                      brightness=0.0, contrast=0.0, saturation=0.0)
+    stored = _coordinate_images(500, 60, 72)  # a margin of about 1.15 around (52, 62)
+    served, layered = _both_placements(augment, stored, (52, 62))
+    ours, theirs = _points(served), _points(layered)
+    for column in range(ours.shape[1]):
+        assert stats.ks_2samp(ours[:, column], theirs[:, column]).pvalue > 1e-3, column
+    # and they are crops: points spread over the stored image, mirrored in about half
+    left, right = ours[:, 0], ours[:, 2]
+    assert 0.4 < np.mean(left > right) < 0.6 and np.ptp(left) > 40
+
+
+def test_both_placements_draw_the_same_colours():
+    stats = pytest.importorskip("scipy.stats")
+    augment = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), brightness=0.3, contrast=0.3,
+                      saturation=0.5, rotation=0.0)
+    rng = np.random.default_rng(2)
+    image = np.repeat(np.repeat(rng.integers(30, 220, (6, 6, 3)), 4, axis=0), 4, axis=1)
+    stored = np.repeat(image[None].astype(np.uint8), 500, axis=0)
+    served, layered = _both_placements(augment, stored, (24, 24), rounds=2)
+    for statistic in (lambda b: b.mean(axis=(1, 2)), lambda b: b.std(axis=(1, 2))):
+        ours, theirs = statistic(served.astype(np.float64)), statistic(layered)
+        for channel in range(3):
+            assert stats.ks_2samp(ours[:, channel], theirs[:, channel]).pvalue > 1e-3
+    assert served.mean(axis=(1, 2, 3)).std() > 10  # the colours did change
+
+
+def test_params_stay_in_range():
+    augment = Augment(scale=(0.2, 0.9), ratio=(0.5, 2.0), rotation=20.0, flip=True)
+    params = augment.params(np.random.default_rng(0).random((pipeline.AUGMENT_DRAWS, 5000)))
+    area = params["width"] * params["height"]
+    assert params["width"].max() <= 1 and params["height"].max() <= 1
+    assert area.min() >= 0.2 - 1e-9 and area.max() <= 0.9 + 1e-9
+    assert (params["left"] + params["width"]).max() <= 1 and params["top"].min() >= 0
+    assert set(np.unique(params["mirrored"])) == {0.0, 1.0}
+    assert np.abs(params["angle"]).max() <= np.radians(20)
+    assert 0.8 <= params["brightness"].min() and params["brightness"].max() <= 1.2
+
+
+def test_stored_size_never_exceeds_the_images():
+    assert pipeline.stored_size(224, 1.15) == 258
+    assert pipeline.stored_size(224, 1.15, short_sides=[300, 400, 240]) == 258
+    assert pipeline.stored_size(224, 1.15, short_sides=[230, 240, 3000]) == 240
+    assert pipeline.stored_size(32, 1.15, short_sides=[32, 32, 32]) == 32  # no upsampling
+    assert pipeline.stored_size(32, 1.15, short_sides=[20]) == 32
+
+
+def test_few_images_rule_and_the_text_forms_of_augment():
+    assert pipeline.few_images(np.repeat(np.arange(3), 99))
+    assert not pipeline.few_images(np.repeat(np.arange(3), 100))
+    assert pipeline.few_images(np.r_[np.repeat(0, 5000), np.repeat([1, 2], 10)])  # the median
+    assert pipeline.augment_argument("auto") == "auto"
+    assert pipeline.augment_argument("off") is None and pipeline.augment_argument("") is None
+    assert pipeline.augment_argument("on") == Augment()
+    assert pipeline.augment_argument("on+flip+model") == Augment(flip=True, placement="model")
+    assert pipeline.augment_argument("auto+flip") == ("auto", Augment(flip=True))
+    few, many = np.repeat(np.arange(2), 10), np.repeat(np.arange(2), 1000)
+    assert pipeline.resolve_augment("auto", few) == Augment()
+    assert pipeline.resolve_augment("auto", many) is None
+    assert pipeline.resolve_augment("auto+flip", few) == Augment(flip=True)
+    assert pipeline.resolve_augment("on", many) == Augment()
+    assert pipeline.resolve_augment(None, few) is None
+    for bad in ("yes", "on+mirror", "off+flip", "on+model+pipeline"):
+        with pytest.raises(ValueError, match="augment"):
+            pipeline.augment_argument(bad)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -257,8 +421,12 @@ def test_batches_reject_bad_arrays():
         Batches(x.astype(np.float32), y, batch_size=2)
     with pytest.raises(ValueError, match="labels must be 10 integers"):
         Batches(x, y[:5], batch_size=2)
-    with pytest.raises(ValueError, match="zoom must be <= 0.9, received: 1.5"):
-        Augment(zoom=1.5)
+    with pytest.raises(ValueError, match="rotation must be <= 45.0, received: 90"):
+        Augment(rotation=90)
+    with pytest.raises(ValueError, match=r"scale must be \(min, max\) with min <= max"):
+        Augment(scale=(0.9, 0.5))
+    with pytest.raises(ValueError, match="placement must be one of"):
+        Augment(placement="gpu")
 
 
 def _expected_stream(batches, start_epoch, epochs):
@@ -275,7 +443,7 @@ def _assert_same_stream(served, expected):
 
 def test_py_dataset_serves_consecutive_epochs_and_ignores_peeking():
     x, y = _data(count=10)
-    batches = Batches(x, y, batch_size=4, seed=5, augment=Augment(zoom=0.2))
+    batches = Batches(x, y, batch_size=4, seed=5, augment=Augment(placement="pipeline"))
     dataset = batches.as_py_dataset(start_epoch=2)
     assert dataset.num_batches is None  # infinite: Keras is given steps_per_epoch
     # What Keras does before training: peek at the first batch, then end the "epoch".
@@ -318,14 +486,17 @@ def test_tf_dataset_starting_at_epoch_k_matches_batches():
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf.data is used only on the TensorFlow backend")
     x, y = _data(count=10)
-    batches = Batches(x, y, batch_size=4, seed=9, augment=Augment(flip=True, zoom=0.2))
-    dataset = batches.as_tf_dataset(start_epoch=3, epochs=2)
-    served = [(xb.numpy(), yb.numpy()) for xb, yb in dataset]
-    assert served[0][0].dtype == np.uint8 and served[0][1].dtype == np.int32
-    _assert_same_stream(served, _expected_stream(batches, 3, 2))
-    forever = batches.as_tf_dataset(start_epoch=3).take(7)
-    _assert_same_stream([(a.numpy(), b.numpy()) for a, b in forever],
-                        _expected_stream(batches, 3, 3)[:7])
+    for placement, size in (("pipeline", None), ("pipeline", 5), ("model", 5)):
+        batches = Batches(x, y, batch_size=4, seed=9, image_size=size,
+                          augment=Augment(flip=True, placement=placement))
+        dataset = batches.as_tf_dataset(start_epoch=3, epochs=2)
+        served = [(xb.numpy(), yb.numpy()) for xb, yb in dataset]
+        assert served[0][0].dtype == np.uint8 and served[0][1].dtype == np.int32
+        assert served[0][0].shape[1:3] == ((size, size) if size else (6, 6))
+        _assert_same_stream(served, _expected_stream(batches, 3, 2))
+        forever = batches.as_tf_dataset(start_epoch=3).take(7)
+        _assert_same_stream([(a.numpy(), b.numpy()) for a, b in forever],
+                            _expected_stream(batches, 3, 3)[:7])
 
 
 def test_for_keras_picks_the_backend_native_dataset():
@@ -336,19 +507,25 @@ def test_for_keras_picks_the_backend_native_dataset():
     assert any(cls.__name__.endswith(expected) for cls in type(dataset).__mro__)
 
 
-def test_augmentation_layers_are_active_only_in_training():
+def test_random_augment_layer_is_active_only_in_training_and_saved_with_the_model(tmp_path):
     keras = pytest.importorskip("keras")
-    assert len(pipeline.augmentation_layers().layers) == 0
-    layers = pipeline.augmentation_layers(flip=True, zoom=0.2, rotation=0.1, translate=0.1,
-                                          seed=3)
-    assert [type(layer).__name__ for layer in layers.layers] == [
-        "RandomFlip", "RandomZoom", "RandomRotation", "RandomTranslation"]
+    from workbench.models import RandomAugment, load_model
+
+    layer = RandomAugment(Augment(flip=True), seed=3)
     batch = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layers(batch, training=False)), batch)
-    trained = keras.ops.convert_to_numpy(layers(batch, training=True))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(batch, training=False)), batch)
+    trained = keras.ops.convert_to_numpy(layer(batch, training=True))
     assert trained.shape == batch.shape and not np.allclose(trained, batch)
-    with pytest.raises(ValueError, match="rotation must be <= 0.5, received: 2"):
-        pipeline.augmentation_layers(rotation=2)
+    assert trained.min() >= 0 and trained.max() <= 255
+    assert not np.allclose(keras.ops.convert_to_numpy(layer(batch, training=True)), trained)
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Flatten()(RandomAugment(Augment(), seed=1)(inputs)))
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert loaded.layers[1].augment == Augment() and loaded.layers[1].seed == 1
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(batch)), batch.reshape(4, -1))
+    with pytest.raises(ValueError, match="augment must be an Augment"):
+        RandomAugment("flip")
 
 
 def test_tf_dataset_reads_from_the_array_when_it_is_too_large_to_copy(monkeypatch):
@@ -357,7 +534,7 @@ def test_tf_dataset_reads_from_the_array_when_it_is_too_large_to_copy(monkeypatc
         pytest.skip("tf.data is used only on the TensorFlow backend")
     monkeypatch.setattr(pipeline, "_memory_bytes", lambda: 0)
     x, y = _data(count=10)
-    for augment in (None, Augment(flip=True, translate=0.2)):
+    for augment in (None, Augment(flip=True, placement="pipeline")):
         batches = Batches(x, y, batch_size=3, seed=4, augment=augment, drop_remainder=True)
         served = [(a.numpy(), b.numpy()) for a, b in batches.as_tf_dataset(start_epoch=1,
                                                                            epochs=2)]

@@ -206,7 +206,8 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cut-at", metavar="LAYER",
                         help="layer of --source whose output becomes the features")
     parser.add_argument("--weights", default="imagenet", metavar="imagenet|PATH|none",
-                        help="backbone weights (default imagenet; 'none' for random)")
+                        help="backbone weights: imagenet (default; downloaded once), a local "
+                             "weights file (machines without internet), or none (random)")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="two_stage")
     parser.add_argument("--lr-mult", type=_arg_type("PATTERN=VALUE", _lr_rule), action="append",
                         default=[], metavar="PATTERN=VALUE",
@@ -222,14 +223,27 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N")
     parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), metavar="N")
     parser.add_argument("--base-lr", type=_arg_type("LR", float), metavar="LR")
-    parser.add_argument("--image-size", type=_arg_type("N", _int_at_least(8)), default=224,
-                        metavar="N", help="side of the square input images (default 224)")
+    parser.add_argument("--image-size", type=_arg_type("N", _int_at_least(8)), default=None,
+                        metavar="N", help="side of the square input images (default: the "
+                                          "--source model's input, or the backbone's natural "
+                                          "size: 224 for the keras.applications families, 28 "
+                                          "for lenet, 32 for cifar_cnn)")
     parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S")
+    parser.add_argument("--augment", default="auto", metavar="auto|on|off[+flip]",
+                        help="augment the training images: random resized crops, small "
+                             "rotation and colour changes; '+flip' mirrors too (photos, never "
+                             "digits or text); '+model' or '+pipeline' says where it runs. "
+                             "auto (default): on when the median class has fewer than 100 "
+                             "training images")
+    parser.add_argument("--class-weight", choices=("balanced",), default=None,
+                        help="balanced: weigh each image by images / (classes x images of its "
+                             "class), so every class of an imbalanced folder counts alike")
     parser.add_argument("--resume", action="store_true",
                         help="continue RUN_DIR from its last checkpoint")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from workbench import models
     from workbench.training.callbacks import TrainingDiverged
     from workbench.training.recipes import RECIPES
     from workbench.training.solver import SolverConfig
@@ -245,13 +259,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     solver = solver.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.cut_at and not args.source:
         raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
-    weights = None if args.weights.lower() == "none" else args.weights
+    weights = models.weights_argument(args.weights)  # as notebook 03 reads its 'weights'
     try:
         run = finetune(args.splits, args.out, backbone=args.backbone, weights=weights,
                        source=args.source, cut_at=args.cut_at, recipe=args.recipe,
                        lr_mult_rules=dict(args.lr_mult),
                        decay_mult_rules=dict(args.decay_mult) or None, solver=solver,
                        image_size=args.image_size, seed=args.seed, resume=args.resume,
+                       augment=args.augment, class_weight=args.class_weight,
                        progress="lines")
     except TrainingDiverged as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
@@ -378,13 +393,19 @@ def _args_evaluate(parser: argparse.ArgumentParser) -> None:
                              "(default best)")
     parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), default=64,
                         metavar="N", help="images per forward pass (default 64)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average each image with its mirror "
+                             "image (not for digits or text)")
+    parser.add_argument("--backend", choices=("auto", "litert", "onnx", "keras"), default="auto",
+                        help="auto (default): the run's LiteRT or ONNX export when it has one "
+                             "(same numbers to 1e-3, several times faster), else Keras")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from workbench.evaluation import evaluate
 
     report = evaluate(args.run_dir, split=args.split, model=args.model,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, tta=args.tta, backend=args.backend)
     print(report.format(), end="")
     print(f"Wrote {Path(args.run_dir) / 'evaluation' / args.split}")
     return EXIT_OK
@@ -399,9 +420,14 @@ def _args_predict(parser: argparse.ArgumentParser) -> None:
                         metavar="K", help="classes per image (default 5)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line instead of a table")
-    parser.add_argument("--backend", choices=("auto", "litert", "keras"), default="auto",
-                        help="auto (default): the LiteRT export, made on first use, without "
-                             "importing TensorFlow once it exists; keras: the .keras model")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average each image with its mirror "
+                             "image (not for digits or text)")
+    parser.add_argument("--backend", choices=("auto", "litert", "onnx", "keras"),
+                        default="auto",
+                        help="auto (default): the faster of the LiteRT and ONNX exports on this "
+                             "machine, made on first use, without importing TensorFlow once "
+                             "they exist; keras: the .keras model")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -414,7 +440,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.images:
         try:
-            top = classifier.predict(path, top_k=args.top_k)
+            top = classifier.predict(path, top_k=args.top_k, tta=args.tta)
         except ImageRejected as error:  # one bad file must not stop the others
             failed += 1
             print(json.dumps({"image": path, "error": str(error)}) if args.json
@@ -469,15 +495,29 @@ def _port(text: str) -> int:
     return value
 
 
+def _host(text: str) -> str:
+    """An address or a host name that resolves (checked before the model loads)."""
+    import socket
+
+    try:
+        socket.getaddrinfo(text, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ValueError(f"must be an address of this machine or a name that resolves to one "
+                         f"({getattr(error, 'strerror', None) or error})") from None
+    return text
+
+
 def _args_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
-    parser.add_argument("--host", default="127.0.0.1", metavar="HOST",
+    parser.add_argument("--host", type=_arg_type("HOST", _host), default="127.0.0.1",
+                        metavar="HOST",
                         help="address to listen on (default 127.0.0.1, this machine only; "
                              "0.0.0.0 to reach it from a phone on the same network)")
     parser.add_argument("--port", type=_arg_type("PORT", _port), default=8000, metavar="PORT",
                         help="TCP port (default 8000; 0 picks a free one)")
-    parser.add_argument("--max-upload-mb", type=_arg_type("MB", _positive("megabytes")), default=20.0,
-                        metavar="MB", help="largest upload accepted, in MiB (default 20)")
+    parser.add_argument("--max-upload-mb", type=_arg_type("MB", _positive("megabytes")),
+                        default=20.0, metavar="MB",
+                        help="largest upload accepted, in MiB (default 20)")
     parser.add_argument("--model", default="best", choices=("best", "final"),
                         help="the best checkpoint by validation accuracy, or the final model "
                              "(default best)")

@@ -29,6 +29,7 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,13 @@ import pandas as pd
 from sklearn import metrics
 
 from workbench import plots
-from workbench._checks import check_choice, check_int
+from workbench._checks import check_bool, check_choice, check_int
 from workbench._io import atomic_path, write_json, write_text
+from workbench.deploy import export as exporting
 from workbench.runs import MODELS, RunDir
 
 SPLITS = ("train", "val", "test")
+BACKENDS = ("auto", "litert", "onnx", "keras")
 TOP_K = 5
 FILES = ("summary.json", "per_class.csv", "confusion.csv", "most_confused.csv", "worst.csv",
          "predictions.csv", "confusion.png", "worst.png")
@@ -252,6 +255,8 @@ class EvaluationReport:
         split: the split evaluated, if known.
         model: which model of the run (``"best"`` or ``"final"``), if known.
         run_dir: the run directory, if any.
+        backend: what computed the probabilities, if known: ``"litert"`` or ``"onnx"`` (the
+            run's export) or ``"keras"``.
         images: uint8 images (images, H, W, 3), if known, for :meth:`plot_worst`.
         paths: image paths relative to the dataset folder, if known.
         figure_: the ``matplotlib.figure.Figure`` last drawn by :meth:`plot_confusion` or
@@ -273,6 +278,7 @@ class EvaluationReport:
     split: str | None = None
     model: str | None = None
     run_dir: Path | None = None
+    backend: str | None = None
     images: np.ndarray | None = dataclasses.field(default=None, repr=False)
     paths: list | None = dataclasses.field(default=None, repr=False)
     figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
@@ -333,7 +339,7 @@ class EvaluationReport:
     def summary(self) -> dict:
         """The headline numbers as a JSON-ready dict."""
         return {
-            "split": self.split, "model": self.model,
+            "split": self.split, "model": self.model, "backend": self.backend,
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
             "images": int(len(self.labels)), "classes": len(self.classes),
             "top1": round(self.top1, 6), "top5": round(self.topk, 6), "k": self.k,
@@ -346,7 +352,8 @@ class EvaluationReport:
         """The summary, the per-class table and the most confused pairs as text."""
         summary = self.summary()
         lines = [f"split {summary['split'] or '-'}  model {summary['model'] or '-'}  "
-                 f"images {summary['images']}  classes {summary['classes']}",
+                 f"images {summary['images']}  classes {summary['classes']}"
+                 f"{'  run by ' + self.backend if self.backend else ''}",
                  f"top-1 {self.top1:.4f}  top-{self.k} {self.topk:.4f}  "
                  f"macro F1 {summary['macro_f1']:.4f}", ""]
         lines.append(self.per_class.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -479,11 +486,16 @@ def split_images(run_dir: str | Path, *, split: str = "test") -> SplitImages:
 
 
 def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
-             batch_size: int = 64, save: bool = True) -> EvaluationReport:
+             batch_size: int = 64, save: bool = True, tta: bool = False,
+             backend: str = "auto") -> EvaluationReport:
     """Evaluates a run's model on one split of its dataset and saves the report in the run.
 
     The images are decoded exactly as in training (the run's image size and resize mode, the
-    same cache), so the accuracy matches ``metrics.json``.
+    same cache), so the accuracy matches ``metrics.json``. When the run has an up-to-date
+    export (``workbench.deploy.export``: made by ``workbench export`` or on the first
+    prediction), the images run through it in batches, on the runtime chosen for this machine
+    (about 5x Keras ``predict`` for MobileNetV2 on a 2-core CPU), with the same probabilities
+    to 1e-3 (every float32 export is checked to that); otherwise through the Keras model.
 
     Args:
         run_dir: a run directory written by :func:`workbench.training.train.finetune`.
@@ -491,9 +503,13 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
         model: ``"best"`` (the best checkpoint by validation accuracy) or ``"final"``.
         batch_size: images per forward pass.
         save: write the files of the module doc into ``<run_dir>/evaluation/<split>/``.
+        tta: test-time augmentation: average the probabilities of each image and its mirror
+            image (only for tasks whose images may be flipped: not digits or text).
+        backend: ``"auto"`` (the run's export when it has an up-to-date one, else Keras),
+            ``"litert"`` or ``"onnx"`` (that export, or an error) or ``"keras"``.
 
     Returns:
-        An :class:`EvaluationReport`.
+        An :class:`EvaluationReport`; its ``backend`` says what ran.
 
     Raises:
         ValueError: for an unknown split or model, or a split the dataset does not have.
@@ -502,18 +518,52 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
     check_choice("split", split, SPLITS)
     check_choice("model", model, MODELS)
     check_int("batch_size", batch_size, minimum=1)
+    check_bool("tta", tta)
+    check_choice("backend", backend, BACKENDS)
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     run.config  # noqa: B018 (fails first, naming the folder, when run_dir holds no run)
     path = run.model_path(model)
     data = split_images(run_dir, split=split)
-    from workbench.models import load_model
-
-    network = load_model(path)
-    probabilities = network.predict(np.asarray(data.images), batch_size=batch_size, verbose=0)
+    predict, used = _predictor(run_dir, path, model=model, backend=backend,
+                               batch_size=batch_size)
+    probabilities = predict(data.images)
+    if tta:
+        probabilities = (probabilities + predict(np.asarray(data.images)[:, :, ::-1])) / 2
     report = EvaluationReport.from_probabilities(
         probabilities, data.labels, data.classes, paths=data.paths, images=data.images,
         split=split, model=model, run_dir=run_dir)
+    report.backend = used
     if save:
         report.save(run_dir / "evaluation" / split)
     return report
+
+
+def _predictor(run_dir: Path, path: Path, *, model: str, backend: str, batch_size: int):
+    """A function from uint8 images to probabilities, and the name of what runs it: the run's
+    export (LiteRT or ONNX Runtime, batch by batch) when there is one, else the Keras model."""
+    if backend != "keras":
+        try:
+            fast = exporting.load_fast(run_dir, model=model,
+                                       runtime_name=None if backend == "auto" else backend)
+        except exporting.ExportError as error:  # an export is there but loads nowhere
+            if backend != "auto":
+                raise
+            warnings.warn(f"evaluate: {error}; using the Keras model", RuntimeWarning,
+                          stacklevel=3)
+            fast = None
+        if fast is not None:
+            def run(images):
+                return np.concatenate([
+                    np.asarray(fast(np.asarray(images[i:i + batch_size], np.float32)))
+                    for i in range(0, len(images), batch_size)])
+            return run, fast.runtime
+        if backend != "auto":
+            raise FileNotFoundError(f"backend={backend!r} needs an up-to-date {backend} export "
+                                    f"of {run_dir} ('workbench export {run_dir} --format "
+                                    f"{backend}'), received: none")
+    from workbench.models import load_model
+
+    network = load_model(path)
+    return (lambda images: network.predict(np.asarray(images), batch_size=batch_size,
+                                           verbose=0)), "keras"

@@ -110,8 +110,9 @@ def check_weights(weights) -> None:
         ValueError: naming the value when it is none of these.
     """
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        shown = str(weights) if isinstance(weights, Path) else weights  # 'x.h5', not PosixPath
         raise ValueError(f"weights must be 'imagenet', None or an existing file, "
-                         f"received: {weights!r}")
+                         f"received: {shown!r}")
 
 
 def natural_image_size(backbone: str | None = "mobilenet_v2", *,

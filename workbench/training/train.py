@@ -403,7 +403,7 @@ def _train_images(splits, data: SplitData, augment, image_size: int, resize_mode
     if side == image_size:
         return data.images["train"]
     return pipeline.build_cache(folder.paths("train"), root=folder.data_root, image_size=side,
-                                resize_mode=resize_mode, cache_dir=folder.path / "cache",
+                                resize_mode=resize_mode, cache_dir=folder.cache_dir,
                                 progress=progress != "none")
 
 
