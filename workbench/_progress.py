@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 
 _STYLES = ("bar", "plain", "off")
@@ -41,7 +42,9 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "") ->
     if style == "off":
         return iterable
     if style == "bar" or (style is None and in_notebook()):
-        from tqdm.auto import tqdm
+        with warnings.catch_warnings():  # tqdm.auto's "experimental" notice, not for users
+            warnings.simplefilter("ignore", category=Warning)
+            from tqdm.auto import tqdm
         return tqdm(iterable, total=total, desc=desc or None)
     if style is None and _stderr_is_tty():
         from tqdm import tqdm

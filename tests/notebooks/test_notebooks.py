@@ -39,7 +39,7 @@ SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")  # durations differ be
 
 
 def tiny_parameters(data: Path, runs: Path) -> dict:
-    """01 to 06 take their default paths; 07 and 08 are given theirs."""
+    """01 to 07 take their default paths; 08 is given its own."""
     return {
         "01_prepare_data.ipynb": {"split": "3,rest,5", "min_per_class": 5, "image_size": 16},
         "02_pretrain_source.ipynb": {"image_size": 16, "epochs": 1, "progress": "plot"},
@@ -47,10 +47,7 @@ def tiny_parameters(data: Path, runs: Path) -> dict:
         "04_inspect.ipynb": {},
         "05_evaluate.ipynb": {},
         "06_classify.ipynb": {"top_k": 3},
-        "07_batch_size_study.ipynb": {"source_dir": str(data / "source"),
-                                      "splits_dir": str(runs / "splits" / "source"),
-                                      "out_dir": str(runs / "batch_size_study"),
-                                      "batch_sizes": [8, 16], "epochs": [1], "workers": 2,
+        "07_batch_size_study.ipynb": {"batch_sizes": [8, 16], "epochs": [1], "workers": 2,
                                       "image_size": 16, "throughput_models": ["cifar_cnn:16"],
                                       "throughput_steps": 2},
         "08_split_computing.ipynb": {"model_path": str(runs / "source" / "model.keras"),
@@ -64,6 +61,7 @@ def tiny_parameters(data: Path, runs: Path) -> dict:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     project = tmp_path_factory.mktemp("project")
+    (project / "notebooks").symlink_to(NOTEBOOKS)  # a project keeps its notebooks beside runs/
     sample.write_sample_data(project / DATA, image_size=16, source_per_class=12, progress=False)
     return {"project": project, "data": project / DATA, "work": project / RUNS, "executed": {}}
 
