@@ -1,5 +1,6 @@
 """The web page in a real headless browser (Debian's Chromium): upload a large photo, see the
-top-5 bars, and check the page shrank the photo before sending it."""
+top-5 bars, check the page shrank the photo before sending it, and that on a phone's screen the
+answer shows without scrolling."""
 
 import shutil
 import tempfile
@@ -63,9 +64,11 @@ def _choose(browser, input_id, path):
 
 
 def test_page_shows_the_model(browser, page):
-    assert browser.find_element("id", "model-name").text == "run"
+    assert browser.find_element("id", "run-name").text == "run"  # the run's folder
+    assert browser.find_element("id", "model-origin").text == "lenet trained from scratch"
+    assert browser.title == "run · lenet trained from scratch · workbench"
     details = browser.find_element("id", "model-details").text
-    assert "lenet" in details and "16 × 16 px" in details and "10 classes" in details
+    assert "recipe scratch" in details and "16 × 16 px" in details and "10 classes" in details
     assert browser.find_element("id", "class-count").get_attribute("textContent") == "10"
 
 
@@ -114,3 +117,69 @@ def test_a_file_that_is_not_an_image_shows_the_reason(browser, page, tmp_path):
     assert alert.is_displayed() and alert.text.startswith("not an image")
     assert alert.get_attribute("role") == "alert"
     assert not browser.find_elements("css selector", "#predictions li")
+
+
+# The answer must show on a phone's first screen: (CSS pixels) a small and a tall Android phone.
+PHONES = [(360, 640), (412, 915)]
+INSIDE = """
+const rect = arguments[0].getBoundingClientRect();
+return [rect.left, rect.top, rect.right, rect.bottom, rect.width, rect.height];
+"""
+
+
+@pytest.fixture
+def phone(browser, request):
+    """The browser as a phone of ``request.param`` CSS pixels (touch, the page's viewport meta
+    applied), back to the plain window afterwards."""
+    width, height = request.param
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
+    try:
+        yield width, height
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+@pytest.mark.parametrize("orientation", ["portrait", "landscape"])
+@pytest.mark.parametrize("phone", PHONES, indirect=True, ids=lambda size: "%dx%d" % size)
+def test_on_a_phone_the_answer_shows_without_scrolling(
+        served_run, browser, page, phone, orientation, tmp_path):  # noqa: F811
+    width, height = phone
+    browser.get(page)  # a fresh page at this size, as a phone opens it
+    _wait_for_state(browser, {"ready"})
+    assert browser.execute_script("return [innerWidth, innerHeight]") == [width, height]
+    size = (1200, 1600) if orientation == "portrait" else (1600, 1200)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(photo(digit(served_run, 3), size=size))
+    _choose(browser, "file", path)
+    assert _wait_for_state(browser, {"done", "error"}) == "done", \
+        browser.find_element("id", "error").text
+    browser.save_screenshot(f"/tmp/workbench_phone_{width}x{height}_{orientation}.png")
+
+    assert browser.execute_script("return scrollY") == 0
+    # nothing wider than the screen (no sideways scrolling)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= width
+    top = browser.find_element("css selector", "#predictions li.prediction .label")
+    assert top.text == browser.find_element(
+        "css selector", "#predictions li.prediction").get_attribute("data-label")
+    shown = [("top-1 label", top)]
+    for item in browser.find_elements("css selector", "#predictions li.prediction"):
+        label = item.get_attribute("data-label")
+        shown += [(f"{label} track", item.find_element("class name", "track")),
+                  (f"{label} bar", item.find_element("class name", "bar")),
+                  (f"{label} percent", item.find_element("class name", "percent"))]
+    assert len(shown) == 1 + 5 * 3
+    for name, element in shown:
+        left, top_, right, bottom, box_width, box_height = browser.execute_script(
+            INSIDE, element)
+        assert 0 <= left and 0 <= top_ and right <= width and bottom <= height, \
+            f"{name} at {left:.0f},{top_:.0f}-{right:.0f},{bottom:.0f} is off a {width}x{height} " \
+            f"screen (see /tmp/workbench_phone_{width}x{height}_{orientation}.png)"
+        assert box_height > 0 and (box_width > 0 or name.endswith(" bar"))  # a 0% bar is empty
+    photo_box = browser.execute_script(INSIDE, browser.find_element("id", "photo"))
+    assert photo_box[4] > 50 and photo_box[5] > 50  # the photo is shown too, if smaller
+
+    # the model's name: the run's folder and what it was fine-tuned from, not a model file
+    name = browser.find_element("id", "model-name").text
+    assert served_run.run.name in name and "lenet" in name and ".keras" not in name
+    assert browser.execute_script(INSIDE, browser.find_element("id", "model-name"))[3] <= height

@@ -37,8 +37,11 @@
       const info = await response.json();
       if (!response.ok) throw new Error(info.error || response.statusText);
       inputSize = info.image_size;
-      $("model-name").textContent = info.name;
-      const parts = [info.backbone ? "backbone " + info.backbone : null,
+      // the run's folder name and what it was fine-tuned from; never a file name like best.keras
+      $("run-name").textContent = info.name;
+      $("model-origin").textContent = info.origin || "";
+      document.title = info.title + " · workbench";
+      const parts = [info.backbone && !info.origin ? "backbone " + info.backbone : null,
                      info.recipe ? "recipe " + info.recipe : null,
                      "input " + info.image_size + " × " + info.image_size + " px",
                      info.classes + " classes"];
@@ -131,8 +134,9 @@
   async function classify(file) {
     $("error").hidden = true;
     $("predictions").replaceChildren();
+    if ($("photo").src) URL.revokeObjectURL($("photo").src);
     $("photo").src = URL.createObjectURL(file);
-    $("preview").hidden = false;
+    $("result").hidden = false;
     setState("busy", "Shrinking the photo…");
     let upload = file, caption, sent = "";
     try {
@@ -162,6 +166,7 @@
     }
     if (!response.ok) throw new Error(answer.error || response.statusText);
     render(answer.predictions);
+    $("result").scrollIntoView({ block: "nearest" });  // in view if the page was scrolled away
     const top = answer.predictions[0];
     setState("done", "Most likely " + top.label + " (" + (100 * top.probability).toFixed(1) +
       "%), answered in " + Math.round(performance.now() - started) + " ms.");
