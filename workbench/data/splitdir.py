@@ -4,13 +4,20 @@ A split folder holds ``splits.csv`` (path, label, label_index, split, ...), ``la
 ``i`` names label index ``i``), ``split.json`` (where the images are: ``data_root``, relative to
 the folder) and the Caffe-style lists ``train.txt``/``val.txt``/``test.txt``. Training, the
 evaluation, the export check, the notebooks and the studies read it through this class.
+
+**The image cache.** Each split is decoded once into a uint8 array of ``N x size x size x 3``
+bytes (:func:`workbench.data.pipeline.build_cache`), kept in ``<split folder>/cache``; with
+``$WORKBENCH_CACHE_DIR`` set (local scratch on a cluster node), in a folder of its own under it,
+named by the split folder and a hash of its resolved path, so two split folders never share one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +27,7 @@ from workbench._checks import check_choice, check_int
 from workbench.data import pipeline
 
 SPLITS = ("train", "val", "test")
+CACHE_VARIABLE = "WORKBENCH_CACHE_DIR"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +88,18 @@ class SplitFolder:
         return self.path / json.loads(meta_path.read_text(encoding="utf-8"))["data_root"]
 
     @property
+    def cache_dir(self) -> Path:
+        """Where the decoded images are cached: ``<split folder>/cache``, or, when
+        ``$WORKBENCH_CACHE_DIR`` is set, ``$WORKBENCH_CACHE_DIR/<folder name>-<hash>``, the hash
+        being of the split folder's resolved path (one cache folder per split folder)."""
+        root = os.environ.get(CACHE_VARIABLE, "").strip()
+        if not root:
+            return self.path / "cache"
+        resolved = self.path.resolve()
+        digest = hashlib.sha256(str(resolved).encode("utf-8")).hexdigest()[:16]
+        return Path(root).expanduser() / f"{resolved.name}-{digest}"
+
+    @property
     def splits(self) -> list[str]:
         """The splits that hold images, in the order train, val, test."""
         present = set(self.table["split"])
@@ -122,7 +142,8 @@ class SplitFolder:
         Args:
             image_size: side of the square images the model takes.
             resize_mode: ``"squash"``, ``"crop"`` or ``"pad"``.
-            cache_dir: where the caches go; default ``<split folder>/cache``.
+            cache_dir: where the caches go; default :attr:`cache_dir` (``<split folder>/cache``,
+                or a folder under ``$WORKBENCH_CACHE_DIR`` when that is set).
             progress: show a progress bar while decoding.
 
         Returns:
@@ -132,7 +153,7 @@ class SplitFolder:
         for name in self.splits:
             images[name] = pipeline.build_cache(
                 self.paths(name), root=self.data_root, image_size=image_size,
-                resize_mode=resize_mode, cache_dir=cache_dir or self.path / "cache",
+                resize_mode=resize_mode, cache_dir=cache_dir or self.cache_dir,
                 progress=progress)
             labels[name] = self.labels(name)
         if "train" not in images:
