@@ -4,6 +4,9 @@ Each verb is two functions registered in :data:`VERBS`: ``_args_<verb>(parser)``
 arguments and ``_cmd_<verb>(args)`` runs it and returns the exit status. A bad argument or a
 missing file ends the command with exit status 2 and one line on stderr, ``error: ...``, naming
 the argument and the value received; never a traceback.
+
+Each verb imports the library it calls inside its function, so that ``workbench predict`` (the
+LiteRT fast path) and ``workbench monitor -- CMD`` start without loading Keras or TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 from workbench._checks import one_line
+from workbench._quiet import start_keras_quietly
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -707,6 +711,10 @@ VERBS = {
 }
 
 
+# Verbs that always run Keras; predict, serve and monitor must start without TensorFlow.
+STARTS_KERAS = ("train", "evaluate", "export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``workbench`` parser with one sub-command per entry of :data:`VERBS`."""
     from workbench import __version__
@@ -731,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a one-line usage error already printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
+        if args.verb in STARTS_KERAS:
+            start_keras_quietly()  # without TensorFlow's start-up lines on the terminal
         return args.run(args)
     except (ValueError, OSError) as error:  # bad input: an argument, a file, a folder
         print(f"error: {one_line(error)}", file=sys.stderr)
