@@ -19,6 +19,13 @@ def check_int(name: str, value, *, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_bool(name: str, value) -> bool:
+    """Returns ``value`` if it is True or False (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, received: {value!r}")
+    return value
+
+
 def check_number(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
                  exclusive_minimum: bool = False) -> float:
     """Returns ``value`` as a float after checking its type and bounds."""
@@ -32,6 +39,17 @@ def check_number(name: str, value, *, minimum: float | None = None, maximum: flo
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, received: {value!r}")
     return float(value)
+
+
+def one_line(text) -> str:
+    """``text`` (a message or an exception) on one line, each run of whitespace one space.
+
+    An exception with an empty message gives its class name, so an error line is never blank.
+    """
+    line = " ".join(str(text).split())
+    if not line and isinstance(text, BaseException):
+        return type(text).__name__
+    return line
 
 
 def check_choice(name: str, value, choices: Iterable):
