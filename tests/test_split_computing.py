@@ -10,13 +10,17 @@ import pytest
 
 import tiny_data
 from workbench import models
-from workbench.studies.bottleneck import (bottleneck_model, bottleneck_study, published_cifar10,
+from workbench.studies.bottleneck import (METHODS, bottleneck_model, bottleneck_study,
+                                          fine_tune, published_cifar10,
                                           published_cifar10_finding)
+from workbench.studies.narrow import kept_channels, narrowed_layers, narrowed_model
 from workbench.studies.split_chain import DECODE, ENCODE, candidate_layers, split_model
 from workbench.studies.split_profile import (QUANT_HEADER_BYTES, SplitProfile, profile_splits,
                                              quantize_roundtrip, split_latency)
 from workbench.training.solver import SolverConfig
+from workbench.data.pipeline import Batches
 from workbench.data.splitdir import load_splits
+from workbench.training.lr_mult import lr_table
 from workbench.training.options import Monitoring
 from workbench.training.train import finetune
 
@@ -181,6 +185,154 @@ def test_pca_start_with_every_channel_reproduces_the_model(cnn, images):
     assert np.allclose(encoder.T @ encoder, np.eye(2), atol=1e-5)
 
 
+def test_narrowed_conv_has_k_channels_at_the_split_and_keeps_the_other_weights(cnn):
+    assert narrowed_layers(cnn, "pool2") == ("conv2", "conv3")
+    kept = kept_channels(cnn, "pool2", 3)
+    model = narrowed_model(cnn, "pool2", 3)
+    assert model.get_layer("pool2").output.shape[1:] == (4, 4, 3)
+    backbone = cnn.get_layer("backbone")
+    conv2, conv3 = backbone.get_layer("conv2").get_weights(), backbone.get_layer("conv3")
+    assert np.array_equal(model.get_layer("conv2").get_weights()[0], conv2[0][..., kept])
+    assert np.array_equal(model.get_layer("conv3").get_weights()[0],
+                          conv3.get_weights()[0][:, :, kept, :])
+    for new, old in zip(model.get_layer("bn2").get_weights(),
+                        backbone.get_layer("bn2").get_weights()):  # gamma, beta, mean, var
+        assert np.array_equal(new, old[kept])
+    for name in ("conv1", "bn1", "bn3"):  # the untouched layers keep their trained weights
+        for new, old in zip(model.get_layer(name).get_weights(),
+                            backbone.get_layer(name).get_weights()):
+            assert np.array_equal(new, old)
+    for new, old in zip(model.get_layer("head").get_weights(), cnn.get_layer("head").get_weights()):
+        assert np.array_equal(new, old)
+    model.get_layer("conv1").set_weights([np.zeros_like(w)
+                                          for w in model.get_layer("conv1").get_weights()])
+    assert np.abs(backbone.get_layer("conv1").get_weights()[0]).sum() > 0  # copies, not shared
+    device, _ = split_model(model, "pool2")
+    assert device.output.shape[1:] == (4, 4, 3)  # what crosses the network
+
+
+@pytest.mark.parametrize("name, at, consumer", [("cifar_cnn", "pool2", "conv3"),
+                                                ("cifar_cnn", "pool3", "head"),
+                                                ("lenet", "pool2", "ip1")])
+def test_narrowing_drops_exactly_the_other_channels(name, at, consumer):
+    """The narrowed model computes what the original computes when the layer reading the split
+    ignores the dropped channels (its weights for them zeroed): the right rows are kept, also
+    after lenet's flatten of 4x4x50 and cifar_cnn's global pooling."""
+    keras.utils.set_random_seed(2)
+    model = models.classifier(models.backbone(name, input_shape=(28, 28, 3)), 10)
+    images = np.random.default_rng(1).integers(0, 256, (4, 28, 28, 3), dtype=np.uint8)
+    assert narrowed_layers(model, at)[1] == consumer
+    channels = model.get_layer("backbone").get_layer(at).output.shape[-1]
+    everything = narrowed_model(model, at, channels)
+    assert np.array_equal(everything.predict(images, verbose=0), model.predict(images, verbose=0))
+    kept = kept_channels(model, at, 5)
+    narrowed = narrowed_model(model, at, 5).predict(images, verbose=0)
+    layer = (model.get_layer(consumer) if consumer == "head"
+             else model.get_layer("backbone").get_layer(consumer))
+    kernel, *rest = layer.get_weights()
+    dropped = np.setdiff1d(np.arange(channels), kept)
+    if kernel.ndim == 4:
+        kernel[:, :, dropped, :] = 0
+    else:  # a Dense layer: its rows are (H, W, C) positions flattened
+        rows = kernel.reshape(-1, channels, kernel.shape[-1])
+        rows[:, dropped, :] = 0
+        kernel = rows.reshape(kernel.shape)
+    layer.set_weights([kernel, *rest])
+    assert np.allclose(narrowed, model.predict(images, verbose=0), atol=1e-5)
+    assert not np.allclose(narrowed, everything.predict(images, verbose=0), atol=1e-3)
+
+
+def test_least_squares_start_folds_the_dropped_channels_into_the_next_layer():
+    """Two of four channels are affine in the other two, so the next layer, given images, takes
+    them over exactly (a 'valid' convolution: no padding at the borders); without images their
+    part is lost."""
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 1, name="conv")(inputs)
+    x = keras.layers.Conv2D(2, 3, use_bias=False, name="next")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    rng = np.random.default_rng(0)
+    v0, v1, b = rng.normal(size=3), rng.normal(size=3), rng.normal(size=2)
+    kernel = np.stack([v0, v1, 0.1 * (v0 + v1), 0.1 * (v0 - 2 * v1)], axis=-1)
+    bias = [b[0], b[1], 0.1 * (b[0] + b[1]), 0.1 * (b[0] - 2 * b[1]) + 0.5]
+    model.get_layer("conv").set_weights([kernel[None, None].astype(np.float32),
+                                         np.asarray(bias, np.float32)])
+    images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    assert list(kept_channels(model, "conv", 2)) == [0, 1]
+    fitted = narrowed_model(model, "conv", 2, init_images=images)
+    assert fitted.get_layer("next").get_weights()[0].shape == (3, 3, 2, 2)
+    assert len(fitted.get_layer("next").get_weights()) == 2  # it got a bias for the constant
+    whole = model.predict(images, verbose=0)
+    assert np.allclose(fitted.predict(images, verbose=0), whole, rtol=1e-4, atol=1e-3)
+    lost = narrowed_model(model, "conv", 2).predict(images, verbose=0)
+    assert not np.allclose(lost, whole, rtol=1e-2, atol=1e-1)
+    with pytest.raises(ValueError, match="images must be a uint8 array"):
+        narrowed_model(model, "conv", 2, init_images=images.astype(np.float32))
+
+
+def test_kept_filters_are_the_largest_norm_with_batch_norm_folded_in():
+    keras.utils.set_random_seed(3)
+    model = tiny("cifar_cnn")
+    backbone = model.get_layer("backbone")
+    kernel = np.ones((3, 3, 32, 64), np.float32) * np.arange(1, 65, dtype=np.float32)
+    backbone.get_layer("conv2").set_weights([kernel])  # norm grows with the channel index
+    assert list(kept_channels(model, "pool2", 3)) == [61, 62, 63]
+    gamma, beta, mean, variance = backbone.get_layer("bn2").get_weights()
+    gamma = np.full(64, 0.01, np.float32)
+    gamma[[5, 9]] = -100.0  # |gamma| counts, not its sign
+    variance = np.ones(64, np.float32)
+    variance[40] = 1e-6  # a tiny variance: a large scale
+    backbone.get_layer("bn2").set_weights([gamma, beta, mean, variance])
+    assert list(kept_channels(model, "pool2", 3)) == [5, 9, 40]  # in the channels' order
+    drawn = kept_channels(model, "pool2", 6, keep="random", seed=4)
+    assert np.array_equal(drawn, kept_channels(model, "pool2", 6, keep="random", seed=4))
+    assert not np.array_equal(drawn, kept_channels(model, "pool2", 6, keep="random", seed=5))
+    assert list(drawn) == sorted(set(drawn)) and len(drawn) == 6
+
+
+def test_narrowing_refuses_what_it_cannot_narrow(cnn):
+    with pytest.raises(ValueError, match=r"filters must be <= 64 \(the filters of conv2\)"):
+        narrowed_model(cnn, "pool2", 65)
+    with pytest.raises(ValueError, match="filters must be >= 1"):
+        narrowed_model(cnn, "pool2", 0)
+    with pytest.raises(ValueError, match="keep must be one of 'norm', 'random'"):
+        narrowed_model(cnn, "pool2", 4, keep="l1")
+    with pytest.raises(ValueError, match="an \\(H, W, C\\) output"):
+        narrowed_model(cnn, "gap", 4)
+    with pytest.raises(ValueError, match="whose channels come from 'preprocess'"):
+        narrowed_model(cnn, "preprocess", 4)
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.DepthwiseConv2D(1, name="depthwise")(x)  # mixes no channels: no reader
+    outputs = keras.layers.Dense(2, name="head")(keras.layers.Flatten(name="flat")(x))
+    with pytest.raises(ValueError, match=r"reach 'depthwise' \(DepthwiseConv2D\)"):
+        narrowed_layers(keras.Model(inputs, outputs), "pool")
+
+
+def test_fine_tune_trains_through_the_per_layer_learning_rates(trained):
+    model_path, splits = trained
+    data = load_splits(splits, image_size=16, progress=False)
+    train = Batches(data.images["train"], data.labels["train"], batch_size=16,
+                    drop_remainder=True)
+    solver = SolverConfig(epochs=1, batch_size=16, optimizer="adam", base_lr=0.01)
+    narrowed = narrowed_model(model_path, "pool2", 4)
+    before = {layer.name: layer.get_weights() for layer in narrowed.layers}
+    fine_tune(narrowed, train, rules={"conv2": 1.0, "conv3": 1.0}, solver=solver,
+              rest_lr_mult=0.0)
+    rates = lr_table(narrowed, narrowed.optimizer).set_index("layer")["multiplier"]
+    assert rates["conv2"] == 1 and rates["conv3"] == 1
+    assert rates["conv1"] == 0 and rates["head"] == 0
+    for layer in narrowed.layers:
+        changed = any(not np.array_equal(new, old)
+                      for new, old in zip(layer.get_weights(), before[layer.name]))
+        assert changed == (layer.name in ("conv2", "conv3")), layer.name
+    with pytest.raises(ValueError, match="train must be pipeline.Batches"):
+        fine_tune(narrowed, data.images["train"], rules={}, solver=solver)
+    with pytest.raises(ValueError, match="rest_lr_mult must be >= 0"):
+        fine_tune(narrowed, train, rules={}, solver=solver, rest_lr_mult=-1)
+
+
 def test_quantize_roundtrip_is_within_half_a_step():
     values = np.random.default_rng(0).normal(size=(3, 4, 4, 2)).astype(np.float32)
     back = quantize_roundtrip(values)
@@ -226,11 +378,14 @@ def test_a_slow_device_on_a_fast_link_sends_the_raw_image(cnn, images):
 
 def test_study_bytes_fall_with_filters_and_accuracies_are_fractions(study, trained):
     table = study.table
-    assert list(table["filters"]) == [1, 4]
-    assert list(table["split_shape"]) == ["4x4x1", "4x4x4"]
-    assert list(table["bytes_float32"]) == [4 * 4 * 1 * 4, 4 * 4 * 4 * 4]
-    assert list(table["bytes_uint8"]) == [16 + 8, 64 + 8]
-    assert np.allclose(table["fraction_of_raw"], [24 / 768, 72 / 768])
+    assert list(table["method"]) == ["bottleneck", "bottleneck", "narrowed_conv",
+                                     "narrowed_conv"]  # both methods for every k
+    assert list(table["init"]) == ["pca", "pca", "norm+lstsq", "norm+lstsq"]
+    assert list(table["filters"]) == [1, 4, 1, 4]
+    assert list(table["split_shape"]) == ["4x4x1", "4x4x4"] * 2
+    assert list(table["bytes_float32"]) == [4 * 4 * 1 * 4, 4 * 4 * 4 * 4] * 2
+    assert list(table["bytes_uint8"]) == [16 + 8, 64 + 8] * 2
+    assert np.allclose(table["fraction_of_raw"], [24 / 768, 72 / 768] * 2)
     assert table[["accuracy", "accuracy_uint8"]].stack().between(0, 1).all()
     assert study.reference["filters"] == 64 and study.reference["bytes_float32"] == 4096
     # the reference is the unmodified model's own accuracy on the test split
@@ -244,13 +399,33 @@ def test_study_bytes_fall_with_filters_and_accuracies_are_fractions(study, train
                        study.reference["accuracy_finetuned"] - table["accuracy"])
 
 
+def test_study_runs_one_method_alone(trained):
+    model_path, splits = trained
+    alone = bottleneck_study(model_path, splits, at="pool2", filters=[2], epochs=1,
+                             batch_size=16, methods=["narrowed_conv"], keep="random",
+                             progress=False)
+    assert list(alone.table["method"]) == ["narrowed_conv"]
+    assert list(alone.table["init"]) == ["random+lstsq"]
+    assert alone.table["split_shape"].item() == "4x4x2"
+
+
 def test_study_next_to_the_published_table(study):
     both = study.compare_published()
     assert list(both["filters"]) == [1, 4, 8, 12, 16, 20, 24, 28, 32]
+    assert list(both.columns) == [
+        "filters", "published_accuracy", "published_fraction_of_raw", "fraction_of_raw",
+        "bottleneck_accuracy", "bottleneck_accuracy_uint8", "narrowed_conv_accuracy",
+        "narrowed_conv_accuracy_uint8"]
     row = both.set_index("filters").loc[8]
     assert row["published_accuracy"] == pytest.approx(0.766)
     assert row["published_fraction_of_raw"] == pytest.approx(1 / 6)
-    assert np.isnan(row["accuracy"]) and not np.isnan(both.set_index("filters").loc[4, "accuracy"])
+    assert np.isnan(row["bottleneck_accuracy"]) and np.isnan(row["narrowed_conv_accuracy"])
+    table = study.table.set_index(["method", "filters"])
+    four = both.set_index("filters").loc[4]
+    for method in METHODS:
+        assert four[f"{method}_accuracy"] == table.loc[(method, 4), "accuracy"]
+        assert four[f"{method}_accuracy_uint8"] == table.loc[(method, 4), "accuracy_uint8"]
+    assert four["fraction_of_raw"] == pytest.approx(72 / 768)
 
 
 def test_the_published_table_comes_with_its_source_and_finding():
@@ -275,6 +450,16 @@ def test_study_refuses_bad_options(trained):
         bottleneck_study(model_path, splits, at="nope")
     with pytest.raises(ValueError, match="filters must be a non-empty list"):
         bottleneck_study(model_path, splits, at="pool2", filters=[])
+    with pytest.raises(ValueError, match=r"filters must be <= 64 \(the channels at pool2\)"):
+        bottleneck_study(model_path, splits, at="pool2", filters=[4, 65])
+    with pytest.raises(ValueError, match="methods must be a non-empty list"):
+        bottleneck_study(model_path, splits, at="pool2", methods="bottleneck")
+    with pytest.raises(ValueError, match="methods must be one of 'bottleneck', 'narrowed_conv'"):
+        bottleneck_study(model_path, splits, at="pool2", methods=["bottleneck", "pruned"])
+    with pytest.raises(ValueError, match="keep must be one of 'norm', 'random'"):
+        bottleneck_study(model_path, splits, at="pool2", keep="l1")
+    with pytest.raises(ValueError, match="an \\(H, W, C\\) output"):
+        bottleneck_study(model_path, splits, at="gap")
 
 
 def test_plots_draw_bytes_times_latency_and_accuracy(cnn, images, study):
@@ -294,11 +479,19 @@ def test_plots_draw_bytes_times_latency_and_accuracy(cnn, images, study):
 
     accuracy_ax, bytes_ax = study.plot().axes
     labels = [line.get_label() for line in accuracy_ax.lines]
-    assert labels[:2] == ["ours, float32 sent", "ours, uint8 sent"]
+    assert labels[:4] == ["bottleneck, float32 sent", "bottleneck, uint8 sent",
+                          "narrowed_conv, float32 sent", "narrowed_conv, uint8 sent"]
     assert "published CIFAR-10 (other data)" in labels
     assert "ours unmodified, fine-tuned alike" in labels
-    assert list(accuracy_ax.lines[0].get_ydata()) == list(study.table["accuracy"])
-    assert list(bytes_ax.lines[0].get_ydata()) == list(study.table["bytes_uint8"])
+    table = study.table
+    for line, method in zip(accuracy_ax.lines[:4:2], METHODS):  # one line per method
+        rows = table[table["method"] == method]
+        assert list(line.get_xdata()) == list(rows["filters"])
+        assert list(line.get_ydata()) == list(rows["accuracy"])
+    published = accuracy_ax.lines[labels.index("published CIFAR-10 (other data)")]
+    assert list(published.get_ydata()) == list(published_cifar10()["accuracy"])
+    assert list(bytes_ax.lines[0].get_xdata()) == [1, 4]  # the same bytes for both methods
+    assert list(bytes_ax.lines[0].get_ydata()) == [16 + 8, 64 + 8]
     assert math.isclose(accuracy_ax.get_ylim()[1], 1.02)
 
 
@@ -334,6 +527,7 @@ def test_save_writes_every_table_and_figure_atomically(cnn, images, study, tmp_p
                                   check_dtype=False)
     pd.testing.assert_frame_equal(pd.read_csv(out / "bottleneck.csv"), study.table,
                                   check_dtype=False)
+    assert set(pd.read_csv(out / "bottleneck.csv")["method"]) == set(METHODS)
     assert pd.read_csv(out / "bottleneck_reference.csv").iloc[0].to_dict() == pytest.approx(
         study.reference)
     assert list(pd.read_csv(out / "published_comparison.csv")["filters"]) == \

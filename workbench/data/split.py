@@ -38,7 +38,7 @@ import pandas as pd
 
 from workbench._checks import check_int, check_number
 from workbench._io import write_json, write_text
-from workbench.data.scan import OK
+from workbench.data.scan import OK, scan
 
 TRAIN, VAL, TEST = "train", "val", "test"
 SPLITS = (TRAIN, VAL, TEST)
@@ -433,8 +433,6 @@ def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_clas
         FileNotFoundError: if ``data_dir`` is not a folder.
         ValueError: for a bad option, or ``out_dir`` inside ``data_dir``.
     """
-    from workbench.data.scan import scan
-
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data_dir must be an existing folder, received: {str(data_dir)!r}")
     data, out = Path(data_dir).resolve(), Path(out_dir).resolve()

@@ -62,7 +62,9 @@ def bottleneck_accuracy(table: pd.DataFrame, *, reference: dict | None = None,
     """Accuracy against the filters kept at the split, bytes sent on a second axis.
 
     Args:
-        table: ``BottleneckStudy.table`` (filters, accuracy, accuracy_uint8, bytes_uint8).
+        table: ``BottleneckStudy.table`` (filters, accuracy, accuracy_uint8, bytes_uint8, and
+            optionally ``method``: one line per method, in the table's order, each labelled
+            with its name; without it one line labelled ``ours``).
         reference: the unmodified model (``filters``, ``accuracy``, optionally
             ``accuracy_finetuned``), drawn as dotted lines.
         published: a published table (filters, accuracy), drawn dashed for its shape.
@@ -70,12 +72,19 @@ def bottleneck_accuracy(table: pd.DataFrame, *, reference: dict | None = None,
         title: the axes title.
     """
     figure, ax = figure_and_axes(ax, figsize=(7, 3.8), layout="constrained")
-    ax.plot(table["filters"], table["accuracy"], "o-", color="C0", label="ours, float32 sent")
-    if "accuracy_uint8" in table:
-        ax.plot(table["filters"], table["accuracy_uint8"], "s--", color="C0", alpha=0.6,
-                label="ours, uint8 sent")
+    groups = (table.groupby("method", sort=False) if "method" in table
+              else [("ours", table)])
+    colors = ("C0", "C1", "C4", "C5", "C6")  # C2: the reference, C3: the bytes
+    for index, (method, rows) in enumerate(groups):
+        color = colors[index % len(colors)]
+        rows = rows.sort_values("filters")
+        ax.plot(rows["filters"], rows["accuracy"], "o-", color=color,
+                label=f"{method}, float32 sent")
+        if "accuracy_uint8" in rows:
+            ax.plot(rows["filters"], rows["accuracy_uint8"], "s--", color=color, alpha=0.6,
+                    label=f"{method}, uint8 sent")
     if reference is not None:
-        ax.axhline(reference["accuracy"], color="C0", linestyle=":",
+        ax.axhline(reference["accuracy"], color="C7", linestyle=":",
                    label=f"ours unmodified ({reference['filters']} channels)")
         if "accuracy_finetuned" in reference:
             ax.axhline(reference["accuracy_finetuned"], color="C2", linestyle=":",
@@ -83,12 +92,13 @@ def bottleneck_accuracy(table: pd.DataFrame, *, reference: dict | None = None,
     if published is not None:
         ax.plot(published["filters"], published["accuracy"], "^--", color="gray",
                 label="published CIFAR-10 (other data)")
+    sizes = table.drop_duplicates("filters").sort_values("filters")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(table["filters"], [str(k) for k in table["filters"]])
+    ax.set_xticks(sizes["filters"], [str(k) for k in sizes["filters"]])
     ax.set(xlabel="filters at the split", ylabel="accuracy", ylim=(0, 1.02),
            title=title or "Accuracy against filters kept")
     sent = ax.twinx()
-    sent.plot(table["filters"], table["bytes_uint8"], "d-", color="C3", alpha=0.7,
+    sent.plot(sizes["filters"], sizes["bytes_uint8"], "d-", color="C3", alpha=0.7,
               label="bytes sent (uint8)")
     sent.set(yscale="log")
     sent.set_ylabel("bytes sent per image (uint8)", color="C3")

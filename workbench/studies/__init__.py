@@ -11,7 +11,10 @@ files).
 :mod:`.throughput`         training images/s on the CPU and the GPU
 :mod:`.split_chain`        a chain-shaped model, its split points, its device and server parts
 :mod:`.split_profile`      bytes and compute per split, end-to-end latency per bandwidth
-:mod:`.bottleneck`         a bottleneck at the split, fine-tuned: accuracy against bytes sent
+:mod:`.bottleneck`         fewer channels at the split (a 1x1 bottleneck, or the narrowed
+                           convolution), fine-tuned: accuracy against bytes sent
+:mod:`.narrow`             the published method: the convolution before a split narrowed to
+                           k filters, starting from the k of largest norm
 :mod:`.published`          the published numbers (``published.json``) and their sources
 =========================  ===================================================================
 """

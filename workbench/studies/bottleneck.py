@@ -1,19 +1,27 @@
-"""A 1x1-convolution bottleneck at a split layer: fewer bytes sent, at what cost in accuracy.
+"""Fewer channels at a split layer: fewer bytes sent, at what cost in accuracy.
 
 Where a network is split between a device and a server (see
-:mod:`workbench.studies.split_chain`), a bottleneck with ``k`` filters compresses the
-activations on the device and a second 1x1 convolution restores the channels on the server.
+:mod:`workbench.studies.split_chain`), two ways to send ``k`` channels instead of ``C``
+(:data:`METHODS`):
 
-* :func:`bottleneck_model`: a copy of a trained model with a bottleneck at a layer.
-* :func:`bottleneck_study`: each size fine-tuned (as one ``finetune`` stage), then accuracy
-  against the bytes it sends, next to the published CIFAR-10 table
-  (:func:`published_cifar10`).
+* ``"bottleneck"``: a 1x1 convolution with ``k`` filters compresses the activations on the
+  device and a second 1x1 convolution restores the channels on the server
+  (:func:`bottleneck_model`; it starts from the principal components of the activations).
+* ``"narrowed_conv"``: the published method: the convolution before the split keeps ``k`` of
+  its filters and the next layer reads ``k`` channels
+  (:func:`workbench.studies.narrow.narrowed_model`; it starts from the ``k`` filters of the
+  largest norm, the next layer taking over the dropped channels' part by least squares).
+
+:func:`bottleneck_study` fine-tunes each method at each size (as one ``finetune`` stage, see
+:func:`fine_tune`), then measures accuracy against the bytes sent, next to the published
+CIFAR-10 table (:func:`published_cifar10`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import math
 import os
 import time
@@ -30,6 +38,7 @@ from workbench._io import write_outputs
 from workbench._progress import progress as progress_bar
 from workbench.data import pipeline
 from workbench.data.splitdir import SplitData, load_splits
+from workbench.studies.narrow import KEEPS, narrowed_layers, narrowed_model
 from workbench.studies.published import read_published
 from workbench.studies.split_chain import (DECODE, ENCODE, Chain, as_model, check_images,
                                            split_functional)
@@ -40,6 +49,7 @@ from workbench.training.solver import SolverConfig
 from workbench.training.train import compile_stage
 
 INITS = ("pca", "random")
+METHODS = ("bottleneck", "narrowed_conv")
 
 
 def published_cifar10() -> pd.DataFrame:
@@ -133,16 +143,19 @@ class BottleneckStudy:
     """The result of :func:`bottleneck_study`.
 
     Attributes:
-        table: one row per filter count: ``filters``, ``split_shape``, ``bytes_float32`` and
-            ``bytes_uint8`` sent per image, ``fraction_of_raw`` (uint8 bytes over the raw uint8
-            image), ``accuracy`` (float32 sent), ``accuracy_uint8`` (quantised sent),
-            ``drop_vs_reference`` (against ``accuracy_finetuned`` of the reference) and
-            ``train_seconds``.
+        table: one row per method and filter count: ``method`` (one of :data:`METHODS`),
+            ``init`` (how it started: ``"pca"`` or ``"random"`` for the bottleneck,
+            ``"norm+lstsq"`` or ``"random+lstsq"`` for the narrowed convolution),
+            ``filters``, ``split_shape``, ``bytes_float32`` and ``bytes_uint8`` sent per image,
+            ``fraction_of_raw`` (uint8 bytes over the raw uint8 image), ``accuracy`` (float32
+            sent), ``accuracy_uint8`` (quantised sent), ``drop_vs_reference`` (against
+            ``accuracy_finetuned`` of the reference) and ``train_seconds``. Both methods send
+            the same shape for a ``k``.
         reference: the unmodified model split at the same layer: ``filters`` (its channels),
             ``bytes_float32``, ``bytes_uint8``, ``fraction_of_raw``, ``accuracy`` and
             ``accuracy_uint8`` as trained, and ``accuracy_finetuned``: after the same
-            fine-tuning as the bottlenecks get (without one), so that extra training is not
-            mistaken for an effect of the bottleneck.
+            fine-tuning as the methods get (without a change), so that extra training is not
+            mistaken for an effect of sending fewer channels.
         at: the split layer; split: the evaluated split of the data; raw_bytes: one raw image.
         figure_: the Figure :meth:`plot` drew last (set by it, like scikit-learn's Displays).
         ax_: its accuracy axes.
@@ -159,18 +172,25 @@ class BottleneckStudy:
 
         Returns:
             Columns ``filters``, ``published_accuracy``, ``published_fraction_of_raw``,
-            ``accuracy``, ``accuracy_uint8``, ``fraction_of_raw`` (NaN where one side did not
-            try that count). The data differ (ours: the workbench's data; theirs: CIFAR-10), so
-            compare the shape: how fast accuracy falls as filters shrink.
+            ``fraction_of_raw`` (ours), then ``<method>_accuracy`` and
+            ``<method>_accuracy_uint8`` for each method of :attr:`table`, e.g.
+            ``narrowed_conv_accuracy`` (NaN where one side did not try that count). The data
+            differ (ours: the workbench's data; theirs: CIFAR-10), so compare the shape: how
+            fast accuracy falls as filters shrink. Theirs is the narrowed convolution.
         """
         published = published_cifar10().rename(columns={
             "accuracy": "published_accuracy", "fraction_of_raw": "published_fraction_of_raw"})
-        ours = self.table[["filters", "accuracy", "accuracy_uint8", "fraction_of_raw"]]
+        ours = self.table[["filters", "fraction_of_raw"]].drop_duplicates("filters")
+        for method, rows in self.table.groupby("method", sort=False):
+            ours = ours.merge(rows[["filters", "accuracy", "accuracy_uint8"]].rename(columns={
+                "accuracy": f"{method}_accuracy",
+                "accuracy_uint8": f"{method}_accuracy_uint8"}), on="filters", how="left")
         return published.merge(ours, on="filters", how="outer").sort_values("filters") \
             .reset_index(drop=True)
 
     def plot(self, ax=None):
-        """Accuracy against filters, bytes sent on a second axis, the published curve dashed.
+        """Accuracy against filters, one line per method (float32 and uint8 sent), bytes sent
+        on a second axis, the published curve dashed.
 
         Keeps the Figure and axes in ``figure_`` and ``ax_``.
 
@@ -184,9 +204,9 @@ class BottleneckStudy:
     def save(self, folder: str | Path, *, prefix: str = "") -> Path:
         """Writes the study's files into ``folder``, each atomically.
 
-        ``bottleneck.csv`` (:attr:`table`), ``bottleneck_reference.csv`` (:attr:`reference`,
-        one row), ``published_comparison.csv`` (:meth:`compare_published`) and
-        ``bottleneck.png`` (a fresh :meth:`plot`).
+        ``bottleneck.csv`` (:attr:`table`, every method), ``bottleneck_reference.csv``
+        (:attr:`reference`, one row), ``published_comparison.csv`` (:meth:`compare_published`)
+        and ``bottleneck.png`` (a fresh :meth:`plot`).
 
         Args:
             folder: the folder (created if missing).
@@ -207,37 +227,47 @@ class BottleneckStudy:
     def _draw(self, ax):
         return plots.bottleneck_accuracy(self.table, reference=self.reference,
                                          published=published_cifar10(), ax=ax,
-                                         title=f"Bottleneck at {self.at}: accuracy ({self.split})"
-                                               " against filters kept")
+                                         title=f"Fewer channels at {self.at}: accuracy "
+                                               f"({self.split}) against filters kept")
 
 
 def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4, 8, 16, 32),
-                     epochs: int = 2, batch_size: int = 32, base_lr: float = 1e-3,
-                     rest_lr_mult: float = 0.1, init: str = "pca", image_size: int | None = None,
-                     split: str = "test", seed: int = 0, progress: bool = True
-                     ) -> BottleneckStudy:
-    """Inserts a bottleneck of each size at ``at``, fine-tunes it, and measures accuracy.
+                     methods: Sequence[str] = METHODS, epochs: int = 2, batch_size: int = 32,
+                     base_lr: float = 1e-3, rest_lr_mult: float = 0.1, init: str = "pca",
+                     keep: str = "norm", image_size: int | None = None, split: str = "test",
+                     seed: int = 0, progress: bool = True) -> BottleneckStudy:
+    """Sends ``k`` channels at ``at`` by each method, fine-tunes, and measures accuracy.
 
-    For each ``k`` in ``filters``: :func:`bottleneck_model` (PCA start by default), then
-    training on the train split with the workbench's solver pieces: Adam with a cosine schedule
-    (``SolverConfig``), Caffe-style ``lr_mult`` (the bottleneck at 1, every other layer at
-    ``rest_lr_mult``; 0 freezes them), batch norm in inference mode, seeded batches. Accuracy
-    is measured on ``split`` twice, through the device/server halves: with float32 activations
-    sent and with uint8-quantised ones. The unmodified model is measured the same way, as
-    trained and after the same fine-tuning without a bottleneck (the fair reference: the rest of
-    the network trains too, which alone can raise accuracy).
+    For each method and each ``k`` in ``filters``: ``"bottleneck"``, :func:`bottleneck_model`
+    (a 1x1 encoder and decoder, PCA start by default), or ``"narrowed_conv"``,
+    :func:`workbench.studies.narrow.narrowed_model` (the convolution before ``at`` keeps the
+    ``k`` filters of the largest norm by default, the next layer reads ``k`` channels, its
+    weights for the dropped ones folded into the kept ones' by least squares on the
+    activations of 512 training images); then
+    :func:`fine_tune` on the train split: Adam with a cosine schedule (``SolverConfig``),
+    Caffe-style ``lr_mult`` (the new or narrowed layers at 1: the bottleneck's two, or the
+    narrowed convolution and the layer after it; every other layer at ``rest_lr_mult``, 0
+    freezes them), batch norm in inference mode, seeded batches. Accuracy is measured on
+    ``split`` twice, through the device/server halves: with float32 activations sent and with
+    uint8-quantised ones. The unmodified model is measured the same way, as trained and after
+    the same fine-tuning without a change (the fair reference: the rest of the network trains
+    too, which alone can raise accuracy).
 
     Args:
         model: the trained chain-shaped classifier, or its ``.keras`` path.
         data: a split directory (see ``workbench split``) or a ``SplitData``.
         at: the split layer, e.g. ``"pool2"``.
-        filters: bottleneck sizes to try, each 1 to the channels at ``at``.
-        epochs: fine-tuning epochs per size.
+        filters: sizes to try, each 1 to the channels at ``at``.
+        methods: which of :data:`METHODS` to run, in this order.
+        epochs: fine-tuning epochs per method and size.
         batch_size: images per step.
         base_lr: Adam's peak learning rate.
         rest_lr_mult: learning-rate multiplier of the pretrained layers.
-        init: ``"pca"`` (start from the principal components of the training activations) or
-            ``"random"``.
+        init: the bottleneck's start: ``"pca"`` (the principal components of the training
+            activations) or ``"random"``.
+        keep: the filters the narrowed convolution keeps: ``"norm"`` (the largest norm, batch
+            norm folded in) or ``"random"`` (see
+            :func:`workbench.studies.narrow.kept_channels`).
         image_size: side of the images; default the model's input size (must match it).
         split: ``"test"`` or ``"val"``.
         seed: seeds initialisation, batch order and dropout.
@@ -247,21 +277,36 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
         A :class:`BottleneckStudy`.
 
     Raises:
-        ValueError: for an invalid option, an unknown layer, or a split the data lacks.
+        ValueError: for an invalid option, an unknown layer, a layer a method cannot change,
+            or a split the data lacks.
     """
 
     model = as_model(model)
     chain = Chain(model)
     chain.check_layer(at, "at", allow_ends=False)
+    shape = chain.shapes[at]
+    if len(shape) != 3:
+        raise ValueError(f"at must name a layer with an (H, W, C) output, received: {at!r} "
+                         f"with output shape {shape}")
     if isinstance(filters, (int, str)) or not len(filters):
         raise ValueError(f"filters must be a non-empty list of integers, received: {filters!r}")
     filters = sorted({check_int("filters", k, minimum=1) for k in filters})
+    if filters[-1] > shape[-1]:
+        raise ValueError(f"filters must be <= {shape[-1]} (the channels at {at}), "
+                         f"received: {filters[-1]}")
+    if isinstance(methods, str) or not len(methods):
+        raise ValueError(f"methods must be a non-empty list of {', '.join(METHODS)}, "
+                         f"received: {methods!r}")
+    methods = list(dict.fromkeys(check_choice("methods", method, METHODS)
+                                 for method in methods))
     check_int("epochs", epochs, minimum=1)
     check_int("batch_size", batch_size, minimum=1)
     check_number("rest_lr_mult", rest_lr_mult, minimum=0.0)
     check_choice("init", init, INITS)
+    check_choice("keep", keep, KEEPS)
     check_choice("split", split, ("test", "val"))
     check_int("seed", seed, minimum=0)
+    narrowed = narrowed_layers(model, at) if "narrowed_conv" in methods else ()
     size = chain.input_shape[0]
     if image_size is not None and check_int("image_size", image_size, minimum=1) != size:
         raise ValueError(f"image_size must match the model's input size {size}, "
@@ -281,36 +326,44 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
     if tuple(train_x.shape[1:]) != chain.input_shape:
         raise ValueError(f"data images must be {chain.input_shape}, received: {train_x.shape[1:]}")
 
-    shape = chain.shapes[at]
     raw_bytes = math.prod(chain.input_shape)
     train = pipeline.Batches(train_x, train_y, batch_size=min(batch_size, len(train_y)),
                              seed=seed, drop_remainder=True)
-    fine_tune = functools.partial(_fine_tune, train=train, solver=solver,
-                                  rest_lr_mult=rest_lr_mult, seed=seed)
+    tune = functools.partial(fine_tune, train=train, solver=solver, rest_lr_mult=rest_lr_mult,
+                             seed=seed)
     accuracy, accuracy_uint8 = _split_accuracy(chain.build(), at, test_x, test_y, batch_size)
     reference = {"filters": int(shape[-1]), "bytes_float32": activation_bytes(shape, "float32"),
                  "bytes_uint8": activation_bytes(shape, "uint8"),
                  "fraction_of_raw": activation_bytes(shape, "uint8") / raw_bytes,
                  "accuracy": accuracy, "accuracy_uint8": accuracy_uint8}
-    if rest_lr_mult > 0:  # the same fine-tuning without a bottleneck: the fair comparison
-        keras.utils.set_random_seed(seed)
-        control = fine_tune(chain.build(), rules={})
+    if rest_lr_mult > 0:  # the same fine-tuning without a change: the fair comparison
+        control = tune(chain.build(), rules={})
         reference["accuracy_finetuned"] = _split_accuracy(control, at, test_x, test_y,
                                                           batch_size)[0]
     else:
         reference["accuracy_finetuned"] = accuracy
-    init_images = train_x[np.random.default_rng(seed).permutation(len(train_x))[:512]] \
-        if init == "pca" else None
+    init_images = train_x[np.random.default_rng(seed).permutation(len(train_x))[:512]]
+    runs = [(method, k) for method in methods for k in filters]
     rows = []
-    for k in (progress_bar(filters, desc=f"bottleneck at {at}") if progress else filters):
+    for method, k in (progress_bar(runs, desc=f"fewer channels at {at}") if progress
+                      else runs):
         started = time.monotonic()
-        bottlenecked = fine_tune(bottleneck_model(model, at, k, init_images=init_images,
-                                                  seed=seed), rules={"bottleneck_*": 1.0})
+        if method == "bottleneck":
+            changed = tune(bottleneck_model(model, at, k, seed=seed,
+                                            init_images=init_images if init == "pca" else None),
+                           rules={"bottleneck_*": 1.0})
+            sent_at, start = ENCODE, init
+        else:
+            changed = tune(narrowed_model(model, at, k, keep=keep, init_images=init_images,
+                                          seed=seed),
+                           rules={glob.escape(name): 1.0 for name in narrowed})
+            sent_at, start = at, f"{keep}+lstsq"
         seconds = time.monotonic() - started
         split_shape = (*shape[:-1], k)
-        accuracy, accuracy_uint8 = _split_accuracy(bottlenecked, ENCODE, test_x, test_y,
+        accuracy, accuracy_uint8 = _split_accuracy(changed, sent_at, test_x, test_y,
                                                    batch_size)
-        rows.append({"filters": k, "split_shape": "x".join(map(str, split_shape)),
+        rows.append({"method": method, "init": start, "filters": k,
+                     "split_shape": "x".join(map(str, split_shape)),
                      "bytes_float32": activation_bytes(split_shape, "float32"),
                      "bytes_uint8": activation_bytes(split_shape, "uint8"),
                      "fraction_of_raw": activation_bytes(split_shape, "uint8") / raw_bytes,
@@ -320,17 +373,46 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
     return BottleneckStudy(pd.DataFrame(rows), reference, at, split, raw_bytes)
 
 
-def _fine_tune(model, *, rules: dict, train, solver, rest_lr_mult: float, seed: int):
-    """Trains ``model`` in place as one ``finetune`` stage; returns it.
+def fine_tune(model, train: pipeline.Batches, *, rules: dict, solver: SolverConfig,
+              rest_lr_mult: float = 0.1, seed: int = 0):
+    """Trains ``model`` in place as one ``finetune`` stage and returns it.
 
-    Batch norm stays in inference mode; layers matching ``rules`` get their multiplier, the
-    others ``rest_lr_mult`` (0 freezes them).
+    The stage is compiled by ``workbench.training.train.compile_stage``, as ``finetune``
+    compiles its stages: layers matching ``rules`` get their learning-rate multiplier (Caffe's
+    ``lr_mult``), the others ``rest_lr_mult`` (0 freezes them), and batch norm stays in
+    inference mode. Keras's random seed is set from ``seed`` first, and random layers are
+    reseeded each epoch, so the same call trains the same way.
+
+    Args:
+        model: a flat ``keras.Model`` classifier (e.g. from :func:`bottleneck_model`).
+        train: the training batches.
+        rules: ``{layer-name pattern: multiplier}``, first match wins (``fnmatch``).
+        solver: the optimiser, learning rate, schedule and epochs.
+        rest_lr_mult: multiplier of the layers no rule matches, >= 0.
+        seed: seeds Keras's random state and the random layers.
+
+    Returns:
+        ``model``, trained and compiled (its optimizer holds the multipliers).
+
+    Raises:
+        ValueError: for an argument of the wrong type or out of range.
     """
-
-    stage = Stage("bottleneck", 1.0, rules, rest_lr_mult)
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model must be a keras.Model, received: {type(model).__name__}")
+    if not isinstance(train, pipeline.Batches):
+        raise ValueError(f"train must be pipeline.Batches, received: {type(train).__name__}")
+    if not isinstance(rules, dict):
+        raise ValueError(f"rules must be a dict of layer pattern to multiplier, received: "
+                         f"{type(rules).__name__}")
+    if not isinstance(solver, SolverConfig):
+        raise ValueError(f"solver must be a SolverConfig, received: {type(solver).__name__}")
+    check_number("rest_lr_mult", rest_lr_mult, minimum=0.0)
+    check_int("seed", seed, minimum=0)
+    keras.utils.set_random_seed(seed)
+    stage = Stage("split", 1.0, rules, rest_lr_mult)
     compile_stage(model, stage, None, solver, train_bn=False,
-                   total_steps=solver.epochs * train.steps_per_epoch,
-                   num_classes=int(model.output_shape[-1]))
+                  total_steps=solver.epochs * train.steps_per_epoch,
+                  num_classes=int(model.output_shape[-1]))
     model.fit(train.for_keras(), steps_per_epoch=train.steps_per_epoch, epochs=solver.epochs,
               callbacks=[callbacks.ReseedRandomLayers(seed)], shuffle=False, verbose=0)
     return model

@@ -17,7 +17,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from workbench import plots
 from workbench._io import atomic_path
+from workbench.monitor import read_resources
+from workbench.runs import RunDir
 from workbench.training import checkpoint
 
 WEIGHT_STATS_COLUMNS = ["epoch", "layer", "weight", "mean_abs", "update_ratio"]
@@ -361,10 +364,6 @@ class LivePlot(keras.callbacks.Callback):
         self.run_dir, self.handles = run_dir, {}
 
     def on_epoch_end(self, epoch, logs=None):
-        from workbench import plots
-        from workbench.monitor import read_resources
-        from workbench.runs import RunDir
-
         history = RunDir(self.run_dir).history()  # HistoryLogger has written this epoch
         self._show("curves", plots.training_curves({self.run_dir.name: history}))
         resources = self.run_dir / "resources.csv"

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from workbench._checks import check_int, check_number
+from workbench.training.solver import SparseCrossentropy
 
 
 @dataclasses.dataclass
@@ -74,8 +75,6 @@ def lr_find(model: keras.Model, batches, *, start_lr: float = 1e-6, end_lr: floa
     check_int("steps", steps, minimum=5)
     check_number("smoothing", smoothing, minimum=0.0, maximum=0.999)
     check_number("diverge", diverge, minimum=1.0, exclusive_minimum=True)
-    from workbench.training.solver import SparseCrossentropy
-
     keras.utils.set_random_seed(seed)
     probe = keras.models.clone_model(model)
     probe.set_weights(model.get_weights())
