@@ -38,8 +38,8 @@ REPO = NOTEBOOKS.parent
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")  # durations differ between runs
 
 
-def tiny_parameters(data: Path, runs: Path) -> dict:
-    """01 to 07 take their default paths; 08 is given its own."""
+def tiny_parameters() -> dict:
+    """Every notebook takes its default paths, relative to the test's project folder."""
     return {
         "01_prepare_data.ipynb": {"split": "3,rest,5", "min_per_class": 5, "image_size": 16},
         "02_pretrain_source.ipynb": {"image_size": 16, "epochs": 1, "progress": "plot"},
@@ -50,11 +50,8 @@ def tiny_parameters(data: Path, runs: Path) -> dict:
         "07_batch_size_study.ipynb": {"batch_sizes": [8, 16], "epochs": [1], "workers": 2,
                                       "image_size": 16, "throughput_models": ["cifar_cnn:16"],
                                       "throughput_steps": 2},
-        "08_split_computing.ipynb": {"model_path": str(runs / "source" / "model.keras"),
-                                     "splits_dir": str(runs / "splits" / "source"),
-                                     "image_size": 16, "filters": [1, 4], "epochs": 1,
-                                     "profile_images": 32, "repeats": 3,
-                                     "out_dir": str(runs / "split_computing")},
+        "08_split_computing.ipynb": {"image_size": 16, "filters": [1, 4], "epochs": 1,
+                                     "profile_images": 32, "repeats": 3},
     }
 
 
@@ -68,7 +65,7 @@ def workspace(tmp_path_factory):
 
 def executed(workspace, name):
     """Runs the notebooks up to ``name`` in order (once each) and returns ``name``'s output."""
-    parameters = tiny_parameters(workspace["data"], workspace["work"])
+    parameters = tiny_parameters()
     for earlier in ALL[: ALL.index(name) + 1]:
         if earlier not in workspace["executed"]:
             with pytest.MonkeyPatch.context() as patch:  # what the kernels inherit
@@ -95,7 +92,7 @@ def defaults(name) -> dict:
 
 def test_every_notebook_has_tiny_parameters():
     assert ALL, "no notebooks found"
-    assert sorted(tiny_parameters(Path("d"), Path("w"))) == ALL
+    assert sorted(tiny_parameters()) == ALL
 
 
 @pytest.mark.parametrize("name", ALL)
