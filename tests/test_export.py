@@ -36,7 +36,7 @@ def _files_in(folder):
 
 
 def test_litert_float32_agrees_and_carries_its_preprocessing(run, keras_model, test_images):
-    from workbench.deploy.predict import LiteRTModel
+    from workbench.deploy.runtime import LiteRTModel
 
     result = export(run)
     assert result.path == run / "export" / "model.tflite" and result.path.is_file()
@@ -112,7 +112,7 @@ def test_a_changed_model_makes_the_export_stale(run, tmp_path):
     save_model(model, copy / "best.keras")
     assert find_export(copy) is None
     classifier = Classifier.load(copy)  # re-exports on first use
-    assert classifier.backend == "litert"
+    assert classifier.backend in ("litert", "onnx")
     side = json.loads(first.sidecar_path.read_text())
     assert side["source_sha256"] == hashlib.sha256((copy / "best.keras").read_bytes()).hexdigest()
     assert classifier.predict(np.zeros((16, 16, 3), np.uint8), top_k=1)[0]["label"] == "9"
@@ -189,3 +189,59 @@ def test_cli_export_prints_the_file_and_the_agreement(run, capsys):
     assert "model_float16.tflite" in out and "on 6 test images: top-1" in out
     assert main(["export", str(run), "--format", "tflite"]) == 2
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+# --- both fast runtimes, and the faster one chosen -----------------------------------------------
+
+def test_export_fast_checks_both_runtimes_and_records_the_faster(run, tmp_path, capsys):
+    from workbench.deploy.export import export_fast, export_path, read_sidecar
+    from workbench.deploy.runtime import machine
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    result = export_fast(copy, max_images=8)
+    assert result.path == export_path(copy, format="litert")
+    record = read_sidecar(result.path)["runtime"]
+    assert record == result.info["runtime"] and record["machine"] == machine()
+    assert record["chosen"] in ("litert", "onnx") and record["fallback"] in ("litert", "onnx")
+    assert record["chosen"] != record["fallback"] and set(record["p50_ms"]) == {"litert", "onnx"}
+    for format in ("litert", "onnx"):  # both checked against the Keras model, both current
+        agreement = read_sidecar(export_path(copy, format=format))["agreement"]
+        assert agreement["passed"] is True and agreement["images"] == 8
+        assert find_export(copy, format=format) == export_path(copy, format=format)
+    print(result.format(), end="")
+    out = capsys.readouterr().out
+    assert f"runtime for prediction: {record['chosen']} (fallback {record['fallback']})" in out
+
+
+def test_export_fast_keeps_litert_when_onnx_cannot_be_made(run, tmp_path, monkeypatch):
+    from workbench.deploy.export import export_fast, export_path
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    convert = exporting._convert
+
+    def no_onnx(network, target, *, format, **kwargs):
+        if format == "onnx":
+            raise RuntimeError("tf2onnx is not installed")
+        return convert(network, target, format=format, **kwargs)
+
+    monkeypatch.setattr(exporting, "_convert", no_onnx)
+    record = export_fast(copy, max_images=4).info["runtime"]
+    assert record["chosen"] == "litert" and record["fallback"] is None
+    assert "tf2onnx is not installed" in record["unavailable"]["onnx"]
+    assert not export_path(copy, format="onnx").exists()
+
+
+def test_export_fast_computes_the_keras_reference_once(run, tmp_path, monkeypatch):
+    """The slow half of the check (Keras over the test split) serves both exports."""
+    from workbench.deploy.export import export_fast
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    calls = []
+    batched = exporting._batched
+    monkeypatch.setattr(exporting, "_batched",
+                        lambda run_, pixels, **kw: calls.append(run_) or batched(run_, pixels))
+    export_fast(copy, max_images=6)
+    assert len(calls) == 3  # Keras once, then LiteRT and ONNX

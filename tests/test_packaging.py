@@ -59,7 +59,16 @@ def test_gpu_extras_are_the_same_in_both_files():
     assert set(gpu) == {"gpu-tf", "gpu-jax"}
     assert any(r.startswith("tensorflow[and-cuda]") for r in gpu["gpu-tf"])
     assert any(r.startswith("jax[cuda") for r in gpu["gpu-jax"])
-    assert conda_gpu_extras() == gpu
+    assert {name: lines for name, lines in conda_gpu_extras().items()
+            if name.startswith("gpu-")} == gpu
+
+
+def test_the_bench_extra_is_the_same_in_both_files_and_needed_by_nothing_else():
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert set(optional["bench"]) == {"torch", "timm"}
+    assert conda_gpu_extras()["bench"] == set(optional["bench"])  # commented out: optional
+    assert not {"torch", "timm"} & pyproject_requirements()  # make demo/test install these
 
 
 def test_uncommenting_a_gpu_extra_gives_a_pip_line_of_the_environment():

@@ -13,9 +13,10 @@ from PIL import Image
 
 import tiny_data
 from workbench.cli import main
-from workbench.data.images import ImageRejected
+from workbench.data.images import ImageRejected, load_array
 from workbench.evaluation import evaluate
 from workbench.deploy.predict import Classifier
+from workbench.deploy.runtime import RUNTIMES
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +55,24 @@ def test_predictions_match_the_evaluation_of_the_same_images(run, classifier):
         assert top["probability"] == pytest.approx(row["probability_1"], rel=1e-4)
 
 
+def test_test_time_augmentation_matches_the_evaluation_with_it(run, classifier):
+    table = evaluate(run["run"], split="test", save=False, tta=True).predictions
+    path = run["data"] / table["path"][0]
+    top = classifier.predict(path, top_k=1, tta=True)[0]
+    assert str(top["label"]) == str(table["label_1"][0])
+    assert top["probability"] == pytest.approx(table["probability_1"][0], rel=1e-4)
+    assert top != classifier.predict(path, top_k=1)[0]  # the mirror image counted
+    with pytest.raises(ValueError, match="tta must be True or False"):
+        classifier.predict(path, tta=1)
+
+
 def test_top_k_is_clipped_to_the_classes(run, classifier):
     path = next((run["data"] / "0").glob("*.png"))
     assert len(classifier.predict(path, top_k=50)) == 10
 
 
 def test_garbage_is_rejected_not_predicted(classifier, tmp_path):
-    assert classifier.backend == "litert"  # the fast path checks its input the same way
+    assert classifier.backend in RUNTIMES  # the fast path checks its input the same way
     with pytest.raises(ImageRejected, match="not an image"):
         classifier.predict(b"this is not an image")
     truncated = io.BytesIO()
@@ -91,7 +103,7 @@ def test_cli_prints_a_table_or_json_lines_and_survives_a_bad_file(run, tmp_path,
     assert second["image"] == str(bad) and "not an image" in second["error"]
 
 
-# --- the LiteRT fast path ------------------------------------------------------------------------
+# --- the fast path: LiteRT or ONNX Runtime -------------------------------------------------------
 
 def _by_label(top):
     return {entry["label"]: entry["probability"] for entry in top}
@@ -99,7 +111,7 @@ def _by_label(top):
 
 def test_the_fast_path_agrees_with_keras(run, classifier):
     keras_classifier = Classifier.load(run["run"], backend="keras")
-    assert classifier.backend == "litert" and keras_classifier.backend == "keras"
+    assert classifier.backend in RUNTIMES and keras_classifier.backend == "keras"
     assert (run["run"] / "export" / "model.tflite").is_file()  # exported on first use
     paths = sorted(run["data"].glob("*/*.png"))[::7]
     fast, slow = classifier.predict(paths, top_k=10), keras_classifier.predict(paths, top_k=10)
@@ -107,7 +119,9 @@ def test_the_fast_path_agrees_with_keras(run, classifier):
         assert a[0]["label"] == b[0]["label"]
         expected = _by_label(b)
         assert all(abs(p - expected[label]) <= 1e-3 for label, p in _by_label(a).items())
-    assert classifier.info["backend"] == "litert" and classifier.info["backbone"] == "lenet"
+    assert classifier.info["backend"] == classifier.backend
+    assert classifier.info["runtime"]["chosen"] == classifier.backend
+    assert classifier.info["backbone"] == "lenet"
     assert classifier.info["labels"] == classifier.labels and classifier.info["image_size"] == 16
     assert classifier.info["metrics"]["test_images"] == 20
     json.dumps(classifier.info)  # the web service serves it as is
@@ -115,9 +129,11 @@ def test_the_fast_path_agrees_with_keras(run, classifier):
 
 def test_a_tflite_or_keras_file_loads_with_its_labels(run, classifier, tmp_path):
     image = next((run["data"] / "7").glob("*.png"))
-    expected = classifier.predict(image)
+    expected = Classifier.load(run["run"], backend="litert").predict(image)
     tflite = run["run"] / "export" / "model.tflite"
     assert Classifier.load(tflite).predict(image) == expected  # labels from the sidecar
+    onnx = Classifier.load(run["run"] / "export" / "model.onnx")
+    assert onnx.backend == "onnx" and onnx.labels == classifier.labels
     bare = tmp_path / "bare.tflite"
     bare.write_bytes(tflite.read_bytes())
     with pytest.raises(ValueError, match="labels are needed for bare.tflite"):
@@ -134,7 +150,7 @@ def test_a_tflite_or_keras_file_loads_with_its_labels(run, classifier, tmp_path)
 
 
 def test_predict_from_the_cli_imports_no_tensorflow(run, classifier):
-    assert classifier.backend == "litert"  # the export exists
+    assert classifier.backend in RUNTIMES  # the export exists
     path = str(next((run["data"] / "2").glob("*.png")))
     script = ("import json, sys\nfrom workbench.cli import main\n"
               f"code = main(['predict', {str(run['run'])!r}, {path!r}, '--json'])\n"
@@ -164,6 +180,7 @@ def test_a_failed_export_falls_back_to_keras_with_a_warning(run, monkeypatch):
 
     monkeypatch.setattr(exporting, "find_export", lambda *args, **kwargs: None)
     monkeypatch.setattr(exporting, "export", fail)
+    monkeypatch.setattr(exporting, "export_fast", fail)
     with pytest.warns(RuntimeWarning, match="cannot handle this model.*using the Keras model"):
         fallback = Classifier.load(run["run"])
     assert fallback.backend == "keras"
@@ -190,3 +207,113 @@ def test_a_run_without_a_model_fails_at_once_in_one_line(run, tmp_path):
     assert len(errors) == 2 and all(line.startswith("error: run_dir holds no finished model")
                                     for line in errors), done.stderr
     assert not (bare / "export").exists()
+
+
+# --- the choice of runtime -----------------------------------------------------------------------
+
+def test_the_chosen_runtime_agrees_with_the_other_and_the_sidecar_records_it(run, classifier):
+    from workbench.deploy import runtime
+    from workbench.deploy.export import read_sidecar
+
+    record = read_sidecar(run["run"] / "export" / "model.tflite")["runtime"]
+    assert record["chosen"] == classifier.backend
+    assert {record["chosen"], record["fallback"]} == set(RUNTIMES)
+    assert set(record["p50_ms"]) == set(RUNTIMES) and min(record["p50_ms"].values()) > 0
+    assert record["machine"] == runtime.machine() and record["threads"] == 2
+    faster = min(record["p50_ms"], key=record["p50_ms"].get)
+    assert record["chosen"] == faster or record["p50_ms"]["onnx"] > \
+        record["p50_ms"]["litert"] * (1 - 0.03)  # LiteRT keeps near-ties
+    litert = Classifier.load(run["run"], backend="litert")
+    onnx = Classifier.load(run["run"], backend="onnx")
+    assert (litert.backend, onnx.backend) == ("litert", "onnx")
+    pixels = np.stack([np.asarray(Image.open(path).convert("RGB"))
+                       for path in sorted(run["data"].glob("*/*.png"))[::5]]).astype(np.float32)
+    np.testing.assert_allclose(litert.model(pixels), onnx.model(pixels), atol=1e-5)
+    paths = sorted(run["data"].glob("*/*.png"))[:6]
+    for a, b in zip(litert.predict(paths, top_k=10), onnx.predict(paths, top_k=10)):
+        assert a[0]["label"] == b[0]["label"]
+        assert all(abs(p - _by_label(b)[label]) <= 1e-5 for label, p in _by_label(a).items())
+
+
+def _damaged_copy(run, tmp_path, broken: str, chosen: str):
+    """A copy of the run whose sidecar chose ``chosen`` and whose ``broken`` export is zeros."""
+    import shutil
+
+    from workbench.deploy.export import export_path, read_sidecar, sidecar_path
+
+    copy = tmp_path / f"run-{broken}"
+    shutil.copytree(run["run"], copy)
+    tflite = copy / "export" / "model.tflite"
+    side = read_sidecar(tflite)
+    others = [name for name in RUNTIMES if name != chosen]
+    side["runtime"] = {**side["runtime"], "chosen": chosen, "fallback": others[0]}
+    sidecar_path(tflite).write_text(json.dumps(side))
+    target = export_path(copy, format=broken)
+    target.write_bytes(bytes(target.stat().st_size))  # same size: the sidecar still vouches
+    return copy
+
+
+@pytest.mark.parametrize("broken", RUNTIMES)
+def test_the_fallback_runs_when_the_chosen_runtime_fails_to_load(run, tmp_path, broken):
+    copy = _damaged_copy(run, tmp_path, broken, chosen=broken)
+    other = next(name for name in RUNTIMES if name != broken)
+    with pytest.warns(RuntimeWarning, match=f"the {broken} export of .* does not load.*"
+                                            f"using {other} instead"):
+        fallback = Classifier.load(copy)
+    assert fallback.backend == other
+    path = next((run["data"] / "4").glob("*.png"))
+    expected = Classifier.load(run["run"], backend=other).predict(path)
+    assert fallback.predict(path) == expected
+    from workbench.deploy.export import ExportError
+
+    with pytest.raises(ExportError, match=f"no exported model of .* loads \\({broken}: "):
+        Classifier.load(copy, backend=broken)  # asked for by name: no silent substitute
+
+
+def test_both_runtimes_broken_falls_back_to_keras(run, tmp_path):
+    from workbench.deploy.export import export_path
+
+    copy = _damaged_copy(run, tmp_path, "onnx", chosen="onnx")
+    tflite = export_path(copy, format="litert")
+    tflite.write_bytes(bytes(tflite.stat().st_size))
+    with pytest.warns(RuntimeWarning, match="no LiteRT or ONNX model .* using the Keras model"):
+        fallback = Classifier.load(copy)
+    assert fallback.backend == "keras"
+
+
+def test_another_cpu_times_the_runtimes_again(run, monkeypatch):
+    from workbench.deploy import runtime
+    from workbench.deploy.export import load_fast, read_sidecar
+
+    record = read_sidecar(run["run"] / "export" / "model.tflite")["runtime"]
+    other = record["fallback"]
+    timed = []
+
+    def fake_timing(models, pixels, **kwargs):
+        timed.append(sorted(models))
+        return {name: 1.0 if name == other else 9.0 for name in models}
+
+    monkeypatch.setattr(runtime, "time_runtimes", fake_timing)
+    assert load_fast(run["run"]).runtime == record["chosen"]  # the CPU that chose: no timing
+    assert timed == []
+    monkeypatch.setattr(runtime, "machine", lambda: "another CPU, 64 cores")
+    assert load_fast(run["run"]).runtime == other  # here the other one is faster
+    assert timed == [sorted(RUNTIMES)]
+    assert read_sidecar(run["run"] / "export" / "model.tflite")["runtime"] == record  # unwritten
+
+
+def test_a_decoded_array_of_the_input_size_goes_straight_to_the_model(run, classifier,
+                                                                      monkeypatch):
+    from workbench.deploy import predict as predicting
+
+    path = next((run["data"] / "8").glob("*.png"))
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    expected = classifier.predict(pixels)
+    decoded = []
+    monkeypatch.setattr(predicting, "load_array",
+                        lambda *args, **kwargs: decoded.append(args) or load_array(*args,
+                                                                                   **kwargs))
+    assert classifier.predict(pixels) == expected and decoded == []
+    assert classifier.predict(path) == expected and len(decoded) == 1
+    small = pixels[:8, :8]  # another size is resized as before
+    assert classifier.predict(small) == classifier.predict(Image.fromarray(small))

@@ -43,9 +43,52 @@ def test_health_and_model_describe_the_run(served_run):  # noqa: F811
     assert model["name"] == "run" and model["labels"] == [str(i) for i in range(10)]
     assert model["image_size"] == 16 and model["input_shape"] == [16, 16, 3]
     assert model["backbone"] == "lenet" and model["recipe"] == "scratch"
+    # the name people see: the run's folder and what it started from, not best.keras
+    assert model["run"] == "run" and model["starting_point"] == "lenet"
+    assert model["origin"] == "lenet trained from scratch"
+    assert model["title"] == "run · lenet trained from scratch"
+    assert client.get("/openapi.json").json()["info"]["title"] == f"workbench: {model['title']}"
     metrics = json.loads((served_run.run / "metrics.json").read_text())
     assert model["metrics"] == metrics and "test_accuracy" in model["metrics"]
     assert "run_dir" not in model and str(served_run.run) not in json.dumps(model)
+
+
+def test_model_names_come_from_the_run_never_from_its_model_file(tmp_path):
+    from types import SimpleNamespace
+
+    from workbench.deploy.serve import model_info
+
+    def named(model_file, **facts):
+        classifier = SimpleNamespace(labels=["a", "b"], image_size=32,
+                                     info={"model_file": str(model_file), **facts})
+        info = model_info(classifier)
+        return {key: info[key] for key in ("name", "run", "starting_point", "origin", "title")}
+
+    def run(name, **config):
+        (tmp_path / name / "export").mkdir(parents=True)
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        return tmp_path / name
+
+    flowers = run("flowers", backbone="mobilenet_v2", weights="imagenet", recipe="caffe")
+    tuned = run("tuned", backbone=None, weights=None, recipe="caffe",
+                source=str(tmp_path / "source_run" / "model.keras"))
+    expected = {"name": "flowers", "run": "flowers", "starting_point": "mobilenet_v2",
+                "origin": "fine-tuned from mobilenet_v2 (imagenet)",
+                "title": "flowers · fine-tuned from mobilenet_v2 (imagenet)"}
+    # a run's model file, or its export, found by its folder: the run's facts, not the sidecar's
+    assert named(flowers / "best.keras") == expected
+    assert named(flowers / "export" / "model.tflite", backbone="other") == expected
+    assert named(tuned / "model.keras") == {
+        "name": "tuned", "run": "tuned", "starting_point": "model.keras",
+        "origin": "fine-tuned from source_run/model.keras",
+        "title": "tuned · fine-tuned from source_run/model.keras"}
+    # a bare model file: its folder's name when the file is named like a run's, else its own
+    (tmp_path / "pets").mkdir()
+    assert named(tmp_path / "pets" / "best.keras", backbone="resnet50") == {
+        "name": "pets", "run": None, "starting_point": "resnet50", "origin": "from resnet50",
+        "title": "pets · from resnet50"}
+    assert named(tmp_path / "pets" / "dogs_v2.tflite")["name"] == "dogs_v2"
+    assert named(tmp_path / "pets" / "export" / "model.tflite")["title"] == "pets"
 
 
 def test_page_is_self_contained_and_phone_ready(client):
@@ -197,6 +240,36 @@ def test_cli_errors_are_one_line(served_run, tmp_path, capsys):  # noqa: F811
     assert error.startswith(f"error: cannot listen on 127.0.0.1:{port}") and error.count("\n") == 1
     assert main(["serve", str(served_run.run), "--port", "70000"]) == 2
     assert "--port: must be a TCP port" in capsys.readouterr().err
+
+
+def test_a_host_that_does_not_resolve_is_one_line_naming_host(served_run, capsys):  # noqa: F811
+    from workbench.deploy.serve import bind
+
+    assert main(["serve", str(served_run.run), "--host", "nosuch.invalid"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--host" in error and "'nosuch.invalid'" in error
+    assert "resolves" in error
+    with pytest.raises(ValueError, match="host must be an address of this machine .* "
+                                         "received: 'nosuch.invalid'"):
+        bind("nosuch.invalid", 0)
+    with pytest.raises(ValueError, match="host must be an address or a host name"):
+        bind("", 0)
+
+
+def test_accepted_connections_send_without_waiting_for_acks():
+    """uvicorn writes headers and body apart; with Nagle's algorithm on, each answer waited
+    40 ms for the client's delayed ACK. The listening socket passes TCP_NODELAY on."""
+    from workbench.deploy.serve import bind
+
+    server = bind("127.0.0.1", 0)
+    try:
+        with socket.create_connection(server.getsockname()) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    finally:
+        server.close()
 
 
 # --- limits: memory, slow clients, connections ---------------------------------------------------

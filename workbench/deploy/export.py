@@ -20,13 +20,22 @@ and top-1 agreement and the largest probability difference are recorded. A float
 agree on at least 99% of the images with probabilities within 1e-3, or :class:`ExportCheckFailed`
 is raised and no file is left at the export's path; quantized exports only report the numbers.
 
+**The fast runtime.** :func:`export_fast` (what prediction and evaluation make on first use)
+writes both ``model.tflite`` and ``model.onnx``, checks both against one pass of the Keras model,
+times one image through each on this machine (interleaved, :func:`runtime.time_runtimes`) and
+records the faster in ``model.tflite.json`` under ``"runtime"``: ``chosen``, ``fallback``, the
+p50 of each in ms, the threads and the CPU it was measured on. :func:`load_fast` loads the chosen
+runtime, the other one when the chosen one fails to load, and re-times both when it runs on
+another CPU than the one that chose.
+
 Files are written to a temporary name and renamed; the old sidecar is removed before the new
 file is renamed in and the new sidecar written last, so a killed export never leaves a file that
 a sidecar vouches for. :func:`find_export` returns an export only while its sidecar matches the
 run's current ``.keras`` file (by sha256), so retraining makes an export stale.
 
-This module imports TensorFlow only inside :func:`export`: :func:`find_export` and
-:func:`read_sidecar` are what the no-TensorFlow fast path of ``workbench.deploy.predict`` uses.
+This module imports TensorFlow only inside :func:`export` and :func:`export_fast`:
+:func:`find_export`, :func:`read_sidecar` and :func:`load_fast` are what the no-TensorFlow fast
+path of ``workbench.deploy.predict`` uses.
 """
 
 from __future__ import annotations
@@ -44,13 +53,17 @@ import numpy as np
 
 from workbench._checks import check_choice, check_int
 from workbench._io import atomic_path, remove, write_json
-from workbench.deploy.runtime import runner
+from workbench.deploy import runtime
+from workbench.deploy.runtime import RUNTIMES, runner
 from workbench.runs import MODELS, RunDir
 
 FORMATS = ("litert", "saved_model", "onnx")
 QUANTIZATIONS = (None, "float16", "int8")
 MIN_AGREEMENT = 0.99   # float32 exports: top-1 agreement with the Keras model, at least
 MAX_PROB_DIFF = 1e-3   # float32 exports: largest |probability difference|, at most
+# ONNX Runtime replaces LiteRT only when its p50 is at least this much lower: LiteRT starts
+# faster (0.31 s against 0.45 s to a first prediction) and timings on a shared CPU are noisy.
+ONNX_MARGIN = 0.03
 INPUT = {"dtype": "float32", "layout": "NHWC", "channels": "RGB", "value_range": [0, 255],
          "preprocessing": "none: feed raw 0-255 pixels; the model scales them itself"}
 
@@ -102,6 +115,15 @@ class ExportResult:
             lines.append(f"agreement with the Keras model on {a['images']} {a['split']} images: "
                          f"top-1 {a['top1_agreement']:.2%}, max |dp| {a['max_abs_diff']:.2e} "
                          f"({verdict})")
+        record = self.info.get("runtime")
+        if record:
+            timed = ", ".join(f"{name} {ms:.2f} ms" for name, ms in record["p50_ms"].items())
+            lines.append(f"runtime for prediction: {record['chosen']}"
+                         f"{' (fallback ' + record['fallback'] + ')' if record['fallback'] else ''}"
+                         f"{'; p50 of one image: ' + timed if timed else ''} "
+                         f"on {record['machine']}")
+            for name, reason in record.get("unavailable", {}).items():
+                lines.append(f"{name}: not available: {reason}")
         return "\n".join(lines) + "\n"
 
 
@@ -201,57 +223,214 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
     check_int("max_images", max_images, minimum=1)
     check_int("representative_images", representative_images, minimum=1)
     check_int("seed", seed, minimum=0)
-    run_dir = Path(run_dir)
-    run = RunDir(run_dir)
-    side_px = run.image_size  # reads config.json: not a run directory at all fails here
-    source = run.model_path(model)
-    stat = source.stat()
-    source_sha = _sha256(source)
+    source = _Source(run_dir, model, check=check, data=check or quantize == "int8",
+                     max_images=max_images)
+    return _export(source, path, format=format, quantize=quantize,
+                   representative_images=representative_images, seed=seed)
 
-    import keras
 
-    if keras.backend.backend() != "tensorflow":
-        raise ExportError(f"export needs Keras on TensorFlow (KERAS_BACKEND=tensorflow), "
-                          f"received backend: {keras.backend.backend()!r}")
-    from workbench.models import load_model
+def export_fast(run_dir: str | Path, *, model: str = "best", check: bool = True,
+                max_images: int = 1000, threads: int = 2) -> ExportResult:
+    """Exports LiteRT and ONNX (float32), checks both, and records the faster one here.
 
-    network = load_model(source)
-    network.predict_on_batch(np.zeros((1, side_px, side_px, 3), np.float32))  # ONNX needs a call
-    data = run.load_splits() if check or quantize == "int8" else None  # decoded once
-    images = _check_images(data, max_images, run_dir) if check else None
+    Both are checked against one pass of the Keras model over the test split (as
+    :func:`export` does), then one image is timed through each on this machine with
+    ``threads`` threads, interleaved (:func:`workbench.deploy.runtime.time_runtimes`).
+    ONNX Runtime is chosen when its p50 is at least ``ONNX_MARGIN`` (3%) below LiteRT's;
+    the other runtime stays as the fallback. An ONNX export that fails (the converter, or
+    its check) leaves LiteRT chosen without a fallback, and says why in the record.
+
+    Args:
+        run_dir: a run directory written by ``finetune``.
+        model: ``"best"`` or ``"final"``.
+        check: compare both exports with the Keras model (see :func:`export`).
+        max_images: at most this many test images are compared.
+        threads: CPU threads of each runtime while timing (as prediction will use them).
+
+    Returns:
+        The LiteRT :class:`ExportResult`; its ``info["runtime"]`` (also in
+        ``model.tflite.json``) is the choice: ``chosen``, ``fallback``, ``p50_ms``,
+        ``threads``, ``machine``, and ``unavailable`` (runtime: reason) when ONNX failed.
+
+    Raises:
+        ExportError, ExportCheckFailed, FileNotFoundError: as :func:`export`, for LiteRT.
+    """
+    check_choice("model", model, MODELS)
+    check_int("max_images", max_images, minimum=1)
+    check_int("threads", threads, minimum=1)
+    source = _Source(run_dir, model, check=check, data=check, max_images=max_images)
+    results, unavailable = {}, {}
+    for format in RUNTIMES:
+        try:
+            results[format] = _export(source, export_path(run_dir, format=format, model=model),
+                                      format=format)
+        except ExportError as error:
+            if format == "litert":
+                raise
+            unavailable[format] = str(error)
+    loaded = {format: runtime.load_runtime(result.path, format, threads=threads)
+              for format, result in results.items()}
+    record = choose_runtime(loaded, source.side_px, threads=threads)
+    if unavailable:
+        record["unavailable"] = unavailable
+    litert = results["litert"]
+    info = {**litert.info, "runtime": record}
+    write_json(litert.sidecar_path, info)
+    return dataclasses.replace(litert, info=info)
+
+
+def choose_runtime(models: dict, side: int, *, threads: int = 2) -> dict:
+    """Times ``{runtime: model}`` on one image of ``side`` pixels; the record of the choice.
+
+    Returns:
+        ``{"chosen", "fallback", "p50_ms", "threads", "machine", "rule"}``: ONNX Runtime is
+        chosen over LiteRT only when at least ``ONNX_MARGIN`` faster.
+    """
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype(np.float32)
+    p50 = runtime.time_runtimes(models, pixels) if len(models) > 1 else {}
+    chosen = "litert" if "litert" in models else next(iter(models))
+    if "onnx" in p50 and "litert" in p50 and p50["onnx"] <= p50["litert"] * (1 - ONNX_MARGIN):
+        chosen = "onnx"
+    others = [name for name in models if name != chosen]
+    return {"chosen": chosen, "fallback": others[0] if others else None, "p50_ms": p50,
+            "threads": threads, "machine": runtime.machine(),
+            "rule": f"onnx when its p50 is at least {ONNX_MARGIN:.0%} below litert's"}
+
+
+def load_fast(run_dir: str | Path, *, model: str = "best", runtime_name: str | None = None,
+              threads: int = 2):
+    """The fast runtime of a run's up-to-date export, or None when there is no such export.
+
+    Reads the choice that :func:`export_fast` recorded in ``model.tflite.json``: the chosen
+    runtime loads first; when it fails to load (a missing package, a damaged file), the
+    other one does, with a warning. On a CPU other than the one recorded, both are timed
+    again (a second or less) and the faster is used, without writing anything. Imports no
+    TensorFlow.
+
+    Args:
+        run_dir: a run directory.
+        model: ``"best"`` or ``"final"``.
+        runtime_name: ``"litert"`` or ``"onnx"`` to load that one or fail; None for the
+            recorded choice (LiteRT when none was recorded) with the fallback.
+        threads: CPU threads of the runtime.
+
+    Returns:
+        A :class:`~workbench.deploy.runtime.LiteRTModel` or
+        :class:`~workbench.deploy.runtime.OnnxModel`, or None when the run has no
+        up-to-date export of the runtimes asked for.
+
+    Raises:
+        ExportError: every export there is failed to load (each reason named).
+    """
+    check_choice("model", model, MODELS)
+    check_choice("runtime_name", runtime_name, (None, *RUNTIMES))
+    check_int("threads", threads, minimum=1)
+    tflite = find_export(run_dir, model=model)
+    record = (read_sidecar(tflite).get("runtime") or {}) if tflite is not None else {}
+    order = [runtime_name] if runtime_name else \
+        [record.get("chosen") or "litert", *(name for name in RUNTIMES
+                                             if name != (record.get("chosen") or "litert"))]
+    paths = {name: find_export(run_dir, format=name, model=model) for name in order}
+    if not any(paths.values()):
+        return None
+    loaded, failures = {}, []
+    for name in order:
+        if paths[name] is None:
+            continue
+        try:
+            loaded[name] = runtime.load_runtime(paths[name], name, threads=threads)
+        except Exception as error:  # an import error, a damaged file: the next one may load
+            failures.append(f"{name}: {type(error).__name__}: {error}")
+            continue
+        if runtime_name or record.get("machine") in (None, runtime.machine()):
+            break  # the choice holds here: no need to load the other one
+    if not loaded:
+        raise ExportError(f"no exported model of {run_dir} loads ({'; '.join(failures)})")
+    if failures:
+        warnings.warn(f"the {failures[0].split(':')[0]} export of {run_dir} does not load "
+                      f"({'; '.join(failures)}); using {next(iter(loaded))} instead",
+                      RuntimeWarning, stacklevel=2)
+    if len(loaded) > 1:  # measured on another CPU: choose again, here
+        side = loaded[next(iter(loaded))].input_shape[1]
+        return loaded[choose_runtime(loaded, side, threads=threads)["chosen"]]
+    return next(iter(loaded.values()))
+
+
+class _Source:
+    """A run's model, loaded once for one or several exports: the Keras model, the facts of its
+    file, the images that check an export, and the Keras model's probabilities on them
+    (computed once, on first use)."""
+
+    def __init__(self, run_dir: str | Path, model: str, *, check: bool, data: bool,
+                 max_images: int):
+        self.run_dir = Path(run_dir)
+        self.run = RunDir(self.run_dir)
+        self.side_px = self.run.image_size  # reads config.json: not a run directory fails here
+        self.source = self.run.model_path(model)
+        self.model = model
+        self.stat = self.source.stat()
+        self.sha256 = _sha256(self.source)
+
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise ExportError(f"export needs Keras on TensorFlow (KERAS_BACKEND=tensorflow), "
+                              f"received backend: {keras.backend.backend()!r}")
+        from workbench.models import load_model
+
+        self.keras_version = keras.__version__
+        self.network = load_model(self.source)
+        side = self.side_px
+        self.network.predict_on_batch(np.zeros((1, side, side, 3), np.float32))  # ONNX needs it
+        self.data = self.run.load_splits() if data else None  # decoded once
+        self.images = _check_images(self.data, max_images, self.run_dir) if check else None
+        self._expected = None
+
+    def expected(self) -> np.ndarray:
+        """The Keras model's probabilities on the check images."""
+        if self._expected is None:
+            self._expected = _batched(lambda x: self.network.predict_on_batch(x),
+                                      self.images[1])
+        return self._expected
+
+
+def _export(source: _Source, path: Path, *, format: str, quantize: str | None = None,
+            representative_images: int = 200, seed: int = 0) -> ExportResult:
+    """Converts, checks and writes one export of ``source`` at ``path``, with its sidecar."""
+    run, side_px = source.run, source.side_px
     side = sidecar_path(path)
     with atomic_path(path) as temporary:  # a file, or a folder for saved_model
         try:
-            _convert(network, temporary, format=format, quantize=quantize, data=data,
-                     count=representative_images, seed=seed)
+            _convert(source.network, temporary, format=format, quantize=quantize,
+                     data=source.data, count=representative_images, seed=seed)
         except Exception as error:  # the converters raise many types; name the model and why
-            raise ExportError(f"the {format} converter cannot handle {source}"
+            raise ExportError(f"the {format} converter cannot handle {source.source}"
                               f"{' with quantize=' + repr(quantize) if quantize else ''}: "
                               f"{type(error).__name__}: {' '.join(str(error).split())[:800]}"
                               ) from error
         agreement = None
-        if images is not None:
-            agreement = _agreement(network, temporary, format, images, float32=quantize is None)
+        if source.images is not None:
+            agreement = _agreement(source, runner(temporary, format), float32=quantize is None)
             if agreement["passed"] is False:
                 remove(side)
                 remove(path)
                 raise ExportCheckFailed(
-                    f"the {format} export of {source.name} disagrees with the Keras model on "
-                    f"the {agreement['split']} split: top-1 agreement "
+                    f"the {format} export of {source.source.name} disagrees with the Keras "
+                    f"model on the {agreement['split']} split: top-1 agreement "
                     f"{agreement['top1_agreement']:.4f} (at least {MIN_AGREEMENT} required), "
                     f"max |probability difference| {agreement['max_abs_diff']:.2e} (at most "
                     f"{MAX_PROB_DIFF} allowed); the export was removed", agreement)
         info = {
-            "format": format, "quantize": quantize, "file": path.name, "model": model,
+            "format": format, "quantize": quantize, "file": path.name, "model": source.model,
             "labels": run.classes, "image_size": run.image_size,
             "resize_mode": run.resize_mode, "backbone": run.starting_point,
             "input": {**INPUT, "shape": [None, side_px, side_px, 3]},
             "output": "float32 softmax probabilities, one per label, in the order of labels",
-            "source_model": source.name, "source_sha256": source_sha,
-            "source_bytes": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
+            "source_model": source.source.name, "source_sha256": source.sha256,
+            "source_bytes": source.stat.st_size, "source_mtime_ns": source.stat.st_mtime_ns,
             "bytes": _size(temporary), "agreement": agreement,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "keras_version": keras.__version__,
+            "keras_version": source.keras_version,
         }
         remove(side)  # no sidecar may vouch for a half-replaced file
     write_json(side, info)
@@ -312,10 +491,11 @@ def _check_images(data, max_images: int, run_dir: Path) -> tuple[str, np.ndarray
                      "has neither (use check=False)")
 
 
-def _agreement(network, path: Path, format: str, images, *, float32: bool) -> dict:
-    split, pixels = images
-    expected = _batched(lambda x: network.predict_on_batch(x), pixels)
-    got = _batched(runner(path, format), pixels)
+def _agreement(source: _Source, run, *, float32: bool) -> dict:
+    """How the exported model ``run`` agrees with the Keras model on the check images."""
+    split, pixels = source.images
+    expected = source.expected()
+    got = _batched(run, pixels)
     diff = np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64))
     top1 = float(np.mean(np.argmax(got, axis=1) == np.argmax(expected, axis=1)))
     max_diff = float(diff.max())

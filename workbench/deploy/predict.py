@@ -8,16 +8,24 @@ conversion, the same resize), so a photo gets the prediction the evaluation meas
     classifier.predict("photo.jpg", top_k=5)
     # [{"label": "tulip", "probability": 0.91}, {"label": "rose", "probability": 0.05}, ...]
 
-The fast path (``backend="auto"``, the default) runs ``<run_dir>/export/model.tflite`` with the
-LiteRT interpreter and imports no TensorFlow or Keras at all; when that export is missing or
-stale (the run's ``.keras`` file changed) it is made on first use with ``workbench.deploy.export``,
-which does import TensorFlow, once. If the conversion fails, the Keras model is used instead,
-with one warning. ``backend="keras"`` always uses the Keras model (loaded in safe mode).
+The fast path (``backend="auto"``, the default) runs the run's export with the faster of the
+LiteRT interpreter and ONNX Runtime on this machine, as ``workbench.deploy.export.export_fast``
+timed and recorded it in ``export/model.tflite.json`` (the other is the fallback, used with a
+warning when the chosen one fails to load), and imports no TensorFlow or Keras at all; when the
+export is missing or stale (the run's ``.keras`` file changed) it is made on first use, which
+does import TensorFlow, once. If the conversion fails, the Keras model is used instead, with
+one warning. ``backend="litert"`` or ``"onnx"`` uses that runtime or fails;
+``backend="keras"`` always uses the Keras model (loaded in safe mode).
+
+A decoded uint8 array of exactly the model's input size goes to the model as it is; anything
+else is decoded and resized by ``images.load_array`` (a JPEG at a reduced scale first, when it
+is at least twice the input size: libjpeg's DCT scaling).
 
 Thread safety: one :class:`Classifier` may be shared by the threads of a web server. Decoding
 and resizing run in parallel; the model itself runs one call at a time, behind a lock inside
 the classifier (a LiteRT interpreter must never be invoked from two threads at once). LiteRT
-takes the lock per image, so the images of concurrent requests interleave.
+takes the lock per image, so the images of concurrent requests interleave; ONNX Runtime runs
+concurrent calls side by side.
 """
 
 from __future__ import annotations
@@ -28,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import check_bool, check_choice, check_int
 from workbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_array
 from workbench.deploy import export as exporting
-from workbench.deploy.runtime import LiteRTModel
+from workbench.deploy.runtime import RUNTIMES, load_runtime
 from workbench.runs import MODELS, RunDir
 
-BACKENDS = ("auto", "litert", "keras")
+BACKENDS = ("auto", *RUNTIMES, "keras")
 AUTO_EXPORT_CHECK_IMAGES = 256  # test images compared when exporting on first use
 _SINGLE = (str, Path, bytes, bytearray, memoryview, np.ndarray)
 
@@ -43,14 +51,15 @@ class Classifier:
     """A trained model with its labels and its training preprocessing.
 
     Args:
-        model: a Keras classifier taking raw 0-255 pixels, or a :class:`LiteRTModel`.
+        model: a Keras classifier taking raw 0-255 pixels, or a fast runtime
+            (``workbench.deploy.runtime.LiteRTModel`` or ``OnnxModel``).
         labels: the class names, in output order.
         image_size: the side of the square images the model takes.
         resize_mode: how images were resized in training (``squash``, ``crop``, ``pad``).
         info: extra facts for :attr:`info` (backbone, files, run metrics, ...).
 
     Attributes:
-        backend: ``"litert"`` or ``"keras"``: what runs the model.
+        backend: ``"litert"``, ``"onnx"`` or ``"keras"``: what runs the model.
         info: a JSON-serialisable dict describing the model: ``labels``, ``num_classes``,
             ``image_size``, ``resize_mode``, ``backend``, ``backbone``, ``model_file``,
             ``metrics`` (the run's ``metrics.json`` when there is one), ...
@@ -72,7 +81,7 @@ class Classifier:
         if None not in side and side != (self.image_size, self.image_size):
             raise ValueError(f"image_size must match the model's input {side}, "
                              f"received: {image_size}")
-        self.backend = "litert" if isinstance(model, LiteRTModel) else "keras"
+        self.backend = getattr(model, "runtime", "keras")
         self._lock = threading.Lock()  # the Keras model call; LiteRTModel locks each invoke
         self.info = {**(info or {}), "labels": list(self.labels),
                      "num_classes": len(self.labels), "image_size": self.image_size,
@@ -83,22 +92,24 @@ class Classifier:
     def load(cls, path: str | Path, *, model: str = "best", backend: str = "auto",
              labels: list | None = None, image_size: int | None = None,
              resize_mode: str | None = None, threads: int = 2) -> Classifier:
-        """Loads a run directory, a ``.tflite`` file or a ``.keras`` file.
+        """Loads a run directory, a ``.tflite`` or ``.onnx`` file or a ``.keras`` file.
 
         Args:
-            path: a run directory written by ``finetune``; or a ``.tflite`` file (its labels
-                and preprocessing from the sidecar ``<file>.json`` that ``workbench export``
-                writes, or from ``labels`` and ``image_size``); or a ``.keras`` file (labels
-                from ``labels`` or the ``config.json`` beside it; always run by Keras).
+            path: a run directory written by ``finetune``; or a ``.tflite`` or ``.onnx`` file
+                (its labels and preprocessing from the sidecar ``<file>.json`` that
+                ``workbench export`` writes, or from ``labels`` and ``image_size``); or a
+                ``.keras`` file (labels from ``labels`` or the ``config.json`` beside it;
+                always run by Keras).
             model: for a run directory: ``"best"`` (best validation accuracy; the final model
                 if there is none) or ``"final"``.
-            backend: ``"auto"`` (LiteRT, exporting the run on first use; Keras with a warning
-                when that fails), ``"litert"`` (LiteRT or an error) or ``"keras"`` (the
-                ``.keras`` model in Keras's safe mode).
+            backend: ``"auto"`` (the faster of LiteRT and ONNX Runtime, exporting the run
+                on first use; Keras with a warning when that fails), ``"litert"`` or
+                ``"onnx"`` (that runtime or an error) or ``"keras"`` (the ``.keras`` model in
+                Keras's safe mode).
             labels: class names for a model file without a sidecar or config.
             image_size: input side for such a file (a ``.keras`` file's own by default).
             resize_mode: resize mode for such a file (``"squash"`` by default).
-            threads: CPU threads of the LiteRT interpreter.
+            threads: CPU threads of the runtime (LiteRT or ONNX Runtime).
 
         Returns:
             A warmed-up :class:`Classifier`.
@@ -107,8 +118,8 @@ class Classifier:
             FileNotFoundError: ``path`` is neither a run directory nor a model file, or a
                 run directory without a finished model (checked first, before any export).
             ValueError: a bad option, or labels missing for a bare model file.
-            workbench.deploy.export.ExportError: ``backend="litert"`` and the run cannot be
-                exported.
+            workbench.deploy.export.ExportError: ``backend="litert"`` or ``"onnx"`` and the
+                run cannot be exported or its export does not load.
         """
         check_choice("backend", backend, BACKENDS)
         check_choice("model", model, MODELS)
@@ -121,20 +132,21 @@ class Classifier:
                 raise ValueError(f"{given[0]} applies to a model file; a run directory has its "
                                  f"own in config.json, received: {given[0]} for {str(path)!r}")
             return cls._load_run(path, model=model, backend=backend, threads=threads)
-        if path.suffix == ".tflite" and path.is_file():
-            if backend == "keras":
-                raise ValueError(f"backend must be 'auto' or 'litert' for a .tflite file, "
-                                 f"received: {backend!r}")
+        if path.suffix in (".tflite", ".onnx") and path.is_file():
+            runtime = "litert" if path.suffix == ".tflite" else "onnx"
+            if backend not in ("auto", runtime):
+                raise ValueError(f"backend must be 'auto' or {runtime!r} for a {path.suffix} "
+                                 f"file, received: {backend!r}")
             facts = _sidecar_facts(path)
-            network = LiteRTModel(path, threads=threads)
+            network = load_runtime(path, runtime, threads=threads)
             labels, image_size, resize_mode = _file_labels(
                 path, labels, image_size, resize_mode, facts, network)
             return cls(network, labels, image_size=image_size, resize_mode=resize_mode,
                        info={**facts, "model_file": str(path)})
         if path.suffix == ".keras" and path.is_file():
-            if backend == "litert":
-                raise ValueError(f"backend='litert' needs a run directory or a .tflite file, "
-                                 f"received: {str(path)!r}")
+            if backend in RUNTIMES:
+                raise ValueError(f"backend={backend!r} needs a run directory or an exported "
+                                 f"file, received: {str(path)!r}")
             from workbench.models import load_model
 
             facts = _config_facts(path.parent) if (path.parent / "config.json").is_file() else {}
@@ -143,8 +155,8 @@ class Classifier:
                 path, labels, image_size, resize_mode, facts, network)
             return cls(network, labels, image_size=image_size, resize_mode=resize_mode,
                        info={**facts, "model_file": str(path)})
-        raise FileNotFoundError(f"path must be a run directory (with config.json), a .tflite "
-                                f"or a .keras file, received: {str(path)!r}")
+        raise FileNotFoundError(f"path must be a run directory (with config.json), a .tflite, "
+                                f".onnx or .keras file, received: {str(path)!r}")
 
     @classmethod
     def _load_run(cls, run_dir: Path, *, model: str, backend: str, threads: int) -> Classifier:
@@ -153,22 +165,33 @@ class Classifier:
         source = RunDir(run_dir).model_path(model)
         options = {"image_size": facts["image_size"], "resize_mode": facts["resize_mode"]}
         if backend != "keras":
-            tflite = exporting.find_export(run_dir, model=model)
+            asked = None if backend == "auto" else backend
             try:
-                if tflite is None:  # missing or stale: export now (imports TensorFlow, once)
-                    tflite = exporting.export(run_dir, model=model,
-                                              max_images=AUTO_EXPORT_CHECK_IMAGES).path
-                network = LiteRTModel(tflite, threads=threads)
+                network = exporting.load_fast(run_dir, model=model, runtime_name=asked,
+                                              threads=threads)
+                if network is None:  # missing or stale: export now (imports TensorFlow, once)
+                    if asked is None:
+                        exporting.export_fast(run_dir, model=model, threads=threads,
+                                              max_images=AUTO_EXPORT_CHECK_IMAGES)
+                    else:
+                        exporting.export(run_dir, format=asked, model=model,
+                                         max_images=AUTO_EXPORT_CHECK_IMAGES)
+                    network = exporting.load_fast(run_dir, model=model, runtime_name=asked,
+                                                  threads=threads)
             except Exception as error:  # any converter or runtime failure: Keras takes over
-                if backend == "litert":
+                if asked is not None:
                     raise
-                warnings.warn(f"Classifier: no LiteRT model for {run_dir} ({type(error).__name__}"
-                              f": {error}); using the Keras model instead ('workbench export "
-                              f"{run_dir}' says why; add --no-check where the dataset is not "
-                              "available)", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"Classifier: no LiteRT or ONNX model for {run_dir} "
+                              f"({type(error).__name__}: {error}); using the Keras model "
+                              f"instead ('workbench export {run_dir}' says why; add --no-check "
+                              "where the dataset is not available)", RuntimeWarning,
+                              stacklevel=3)
             else:
-                info = {**facts, "model_file": str(tflite),
-                        "export": exporting.read_sidecar(tflite).get("agreement")}
+                side = exporting.read_sidecar(network.path)
+                tflite = exporting.find_export(run_dir, model=model)
+                record = exporting.read_sidecar(tflite).get("runtime") if tflite else None
+                info = {**facts, "model_file": str(network.path),
+                        "export": side.get("agreement"), "runtime": record}
                 return cls(network, facts["labels"], info=info, **options)
         from workbench.models import load_model
 
@@ -176,17 +199,19 @@ class Classifier:
                    **options)
 
     def predict(self, images, *, top_k: int = 5, batch_size: int = 32,
-                max_pixels: int = DEFAULT_MAX_PIXELS):
+                max_pixels: int = DEFAULT_MAX_PIXELS, tta: bool = False):
         """The ``top_k`` most likely classes of one image, or of each image of a list.
 
         Args:
             images: a path, ``bytes``, a binary file object, a PIL image or a uint8 NumPy array;
                 or a list of them.
             top_k: how many classes to return (at most the number of classes).
-            batch_size: images per Keras model call for a list (the LiteRT interpreter
-                takes one image per invoke, which measured as fast on CPU).
+            batch_size: images per model call for a list (the LiteRT interpreter takes
+                one image per invoke, which measured as fast on CPU).
             max_pixels: larger images are refused before decoding (a web service sets its
                 own, from its decoding memory).
+            tta: test-time augmentation: average the probabilities of each image and its
+                mirror image (twice the work; not for digits, text or other handed things).
 
         Returns:
             For one image, a list of ``{"label", "probability"}`` dicts, best first; for a
@@ -200,25 +225,39 @@ class Classifier:
         check_int("top_k", top_k, minimum=1)
         check_int("batch_size", batch_size, minimum=1)
         check_int("max_pixels", max_pixels, minimum=1)
+        check_bool("tta", tta)
         # one image: a path, bytes, an array, a PIL image (getpixel) or a file object (read)
         single = isinstance(images, _SINGLE) or hasattr(images, "getpixel") or \
             hasattr(images, "read")
         batch = [images] if single else list(images)
         if not batch:
             raise ValueError("images must hold at least one image, received: an empty list")
-        pixels = np.stack([load_array(image, self.image_size, self.resize_mode,
-                                      max_pixels=max_pixels)
-                           for image in batch])
+        pixels = np.stack([self._pixels(image, max_pixels) for image in batch])
         probabilities = self._probabilities(pixels, batch_size)
+        if tta:
+            probabilities = (probabilities + self._probabilities(
+                np.ascontiguousarray(pixels[:, :, ::-1]), batch_size)) / 2
         results = [self._top(row, min(top_k, len(self.labels))) for row in probabilities]
         return results[0] if single else results
 
+    def _pixels(self, image, max_pixels: int) -> np.ndarray:
+        """One image as uint8 ``(size, size, 3)``: an array of that shape as it is (what
+        ``load_array`` would return for it), anything else decoded and resized."""
+        side = self.image_size
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and \
+                image.shape == (side, side, 3):
+            return image
+        return load_array(image, side, self.resize_mode, max_pixels=max_pixels)
+
     def _probabilities(self, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-        """Runs the model on uint8 pixels: LiteRT one image per invoke, Keras ``batch_size``
-        images per call."""
+        """Runs the model on uint8 pixels: LiteRT one image per invoke, ONNX Runtime and Keras
+        ``batch_size`` images per call."""
         pixels = pixels.astype(np.float32)
         if self.backend == "litert":
             return self.model(pixels)
+        if self.backend == "onnx":
+            return np.concatenate([self.model(pixels[i:i + batch_size])
+                                   for i in range(0, len(pixels), batch_size)])
         with self._lock:
             parts = [np.asarray(self.model.predict_on_batch(pixels[i:i + batch_size]))
                      for i in range(0, len(pixels), batch_size)]

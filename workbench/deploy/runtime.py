@@ -1,16 +1,27 @@
 """The runtimes that run an exported model without Keras: a LiteRT interpreter, ONNX Runtime,
 or a TensorFlow SavedModel. Each is a callable from a float32 batch of raw pixels to
 probabilities.
+
+:class:`LiteRTModel` and :class:`OnnxModel` are the two fast runtimes a run's prediction and
+evaluation use; which of them is faster depends on the model and the machine, so
+``workbench.deploy.export.export_fast`` times both with :func:`time_runtimes` and records the
+faster one. Neither imports TensorFlow.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import statistics
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import check_int
+from workbench._checks import check_choice, check_int, check_number
+
+RUNTIMES = ("litert", "onnx")  # the fast runtimes, by the name of their export format
 
 
 class LiteRTModel:
@@ -26,7 +37,12 @@ class LiteRTModel:
     Args:
         path: the ``.tflite`` file.
         threads: CPU threads of the interpreter.
+
+    Attributes:
+        runtime: ``"litert"``.
     """
+
+    runtime = "litert"
 
     def __init__(self, path: str | Path, *, threads: int = 2):
         from ai_edge_litert.interpreter import Interpreter
@@ -71,6 +87,134 @@ class LiteRTModel:
         return _dequantize(np.concatenate(rows), self._output)
 
 
+class OnnxModel:
+    """A ``.onnx`` classifier run by ONNX Runtime on the CPU.
+
+    Calling it with a batch ``(N, H, W, 3)`` of raw pixels returns the ``(N, classes)``
+    probabilities in one ``session.run``. ONNX Runtime's sessions may be run by several
+    threads at once, so one instance may be shared by threads.
+
+    Args:
+        path: the ``.onnx`` file (as ``workbench.deploy.export`` writes it: float32 NHWC input).
+        threads: CPU threads of one run (ONNX Runtime's intra-op threads).
+
+    Attributes:
+        runtime: ``"onnx"``.
+    """
+
+    runtime = "onnx"
+
+    def __init__(self, path: str | Path, *, threads: int = 2):
+        import onnxruntime
+
+        self.path = Path(path)
+        self.threads = check_int("threads", threads, minimum=1)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"path must be a .onnx file, received: {str(path)!r}")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: not a line per unused initializer
+        self._session = onnxruntime.InferenceSession(str(self.path), options,
+                                                     providers=["CPUExecutionProvider"])
+        source, target = self._session.get_inputs()[0], self._session.get_outputs()[0]
+        if len(source.shape) != 4:
+            raise ValueError(f"the model must take (N, H, W, 3) images, received input shape: "
+                             f"{list(source.shape)}")
+        self._name = source.name
+        self._input_shape = (None, *(d if isinstance(d, int) else None for d in source.shape[1:]))
+        self._output_shape = (None, target.shape[-1] if isinstance(target.shape[-1], int)
+                              else None)
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(None, height, width, channels)``, like a Keras model's."""
+        return self._input_shape
+
+    @property
+    def output_shape(self) -> tuple:
+        """``(None, classes)``, like a Keras model's."""
+        return self._output_shape
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4:
+            raise ValueError(f"pixels must be a batch (N, H, W, 3), received shape: "
+                             f"{pixels.shape}")
+        return self._session.run(None, {self._name: pixels})[0]
+
+
+def load_runtime(path: str | Path, runtime: str, *, threads: int = 2):
+    """A :class:`LiteRTModel` (``runtime="litert"``) or :class:`OnnxModel` (``"onnx"``)."""
+    check_choice("runtime", runtime, RUNTIMES)
+    return (LiteRTModel if runtime == "litert" else OnnxModel)(path, threads=threads)
+
+
+SETTLE_SECONDS = 0.06  # ONNX Runtime's threads spin (a core's worth) for ~50 ms after a call
+
+
+def time_runtimes(models: dict, pixels: np.ndarray, *, rounds: int = 8, block: int = 4,
+                  seconds: float = 1.5, warmup: int = 3,
+                  settle: float = SETTLE_SECONDS) -> dict:
+    """Median milliseconds of one call of each model on ``pixels``, measured interleaved.
+
+    The models take turns, ``block`` timed calls each after one untimed call, so that load
+    from other processes falls on all of them alike; after each turn it waits ``settle``
+    seconds, for the threads that a runtime leaves spinning after its calls (ONNX Runtime's
+    spin for about 50 ms) would otherwise slow the next runtime. It stops after ``rounds``
+    turns or, past 2 turns, ``seconds``.
+
+    Args:
+        models: ``{name: callable}``, each called with ``pixels``.
+        pixels: the input of every call (one image: ``(1, H, W, 3)`` float32).
+        rounds: at most this many turns of each model.
+        block: timed calls of each model per turn.
+        seconds: stop early (after at least 2 turns) once this much time has passed.
+        warmup: untimed calls of each model first.
+        settle: seconds of rest after each turn.
+
+    Returns:
+        ``{name: p50 in milliseconds}``.
+    """
+    check_int("rounds", rounds, minimum=1)
+    check_number("settle", settle, minimum=0.0)
+    check_int("block", block, minimum=1)
+    check_int("warmup", warmup, minimum=0)
+    check_number("seconds", seconds, minimum=0.0, exclusive_minimum=True)
+    if not models:
+        raise ValueError("models must name at least one model, received: {}")
+    for run in models.values():
+        for _ in range(warmup):
+            run(pixels)
+    times = {name: [] for name in models}
+    started = time.perf_counter()
+    for turn in range(rounds):
+        for name, run in models.items():
+            run(pixels)  # untimed: the previous runtime's threads may still be spinning
+            for _ in range(block):
+                begun = time.perf_counter()
+                run(pixels)
+                times[name].append(time.perf_counter() - begun)
+            time.sleep(settle)
+        if turn >= 1 and time.perf_counter() - started > seconds:
+            break
+    return {name: round(statistics.median(values) * 1e3, 3) for name, values in times.items()}
+
+
+def machine() -> str:
+    """The CPU this process runs on, e.g. ``"Intel(R) Xeon(R) ... x86_64, 2 cores"``: a choice
+    of runtime measured on one machine is re-measured on another."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info
+                         if line.startswith("model name")), "")
+    except OSError:  # not Linux
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name or platform.processor() or 'unknown CPU'} {platform.machine()}, {cores} cores"
+
+
 def _quantize(pixels: np.ndarray, details: dict) -> np.ndarray:
     """Pixels in the interpreter's input dtype (scaled for an integer-quantized input)."""
     dtype = details["dtype"]
@@ -88,16 +232,11 @@ def _dequantize(output: np.ndarray, details: dict) -> np.ndarray:
     return output.astype(np.float32, copy=False)
 
 
-def runner(path: str | Path, format: str):
-    """A function from a float32 batch to probabilities, running the exported model."""
-    if format == "litert":
-        return LiteRTModel(path)
-    if format == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})[0]
+def runner(path: str | Path, format: str, *, threads: int = 2):
+    """A function from a float32 batch to probabilities, running the exported model
+    (``format``: ``"litert"``, ``"onnx"`` or ``"saved_model"``, which imports TensorFlow)."""
+    if format in RUNTIMES:
+        return load_runtime(path, format, threads=threads)
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))

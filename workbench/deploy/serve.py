@@ -19,7 +19,8 @@ Endpoints (every error is JSON, ``{"error": "..."}``, with its status code):
   ``upload_timeout``, 503 (with ``reason`` and ``Retry-After``) when the service is busy: too
   many uploads at once, or no decoding memory free within ``decode_wait``.
 - ``GET /api/health``: ``{"status": "ok", ...}`` with the limits and what is in use.
-- ``GET /api/model``: the run's name, labels, input size, backbone, recipe and metrics.
+- ``GET /api/model``: the run's name (its folder) and what it was fine-tuned from, labels,
+  input size, backbone, recipe and metrics.
 - ``GET /docs``: the OpenAPI page (Swagger UI loads its script from a CDN, so it needs a
   browser with internet; ``/openapi.json`` is served locally).
 
@@ -34,8 +35,9 @@ would work too, but ties up a worker thread per slow upload.
 
 Predictions run in Starlette's thread pool so the event loop keeps answering (health checks,
 the page, rejecting oversized uploads) while the model works. A ``Classifier`` serialises its
-model call with its own lock (a LiteRT interpreter must never run in two threads at once) and
-decodes images in parallel; any other classifier object gets one lock around ``predict``.
+model call where it must (a LiteRT interpreter never runs in two threads at once; ONNX Runtime
+runs concurrent calls side by side) and decodes images in parallel; any other classifier
+object gets one lock around ``predict``.
 
 Limits (``workbench.deploy.limits``; each a :func:`serve` argument and a ``workbench serve``
 option), so that no client can take the service down:
@@ -56,6 +58,7 @@ option), so that no client can take the service down:
 """
 
 import contextlib
+import errno
 import json
 import logging
 import socket
@@ -70,6 +73,7 @@ from workbench.deploy.limits import (ACCEPT_BATCH, DECODE_ALLOWANCE_BYTES,
                                      connection_limit, decode_estimate, guarded_protocol,
                                      max_pixels_for)
 from workbench.deploy.predict import Classifier
+from workbench.runs import RunDir
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_TOP_K = 5
@@ -100,31 +104,89 @@ def model_info(classifier) -> dict:
             recipe, the run's metrics).
 
     Returns:
-        A JSON-serialisable dict with at least ``name``, ``labels``, ``classes``,
-        ``image_size``, ``input_shape``, ``resize_mode``, ``backbone``, ``recipe``,
-        ``backend`` and ``metrics``; no server paths (the page may be on a phone).
+        A JSON-serialisable dict with at least ``name``, ``run``, ``starting_point``,
+        ``origin``, ``title``, ``labels``, ``classes``, ``image_size``, ``input_shape``,
+        ``resize_mode``, ``backbone``, ``recipe``, ``backend`` and ``metrics``; no server
+        paths (the page may be on a phone). ``name`` is the run's folder name (for a model
+        file outside a run: its name, or its folder's when it is named like a run's
+        ``best.keras``); ``run`` the run's folder name or None; ``starting_point`` what the
+        run was fine-tuned from (``RunDir.starting_point``: the backbone or the source model's
+        file); ``origin`` says how, e.g. ``"fine-tuned from resnet50 (imagenet)"`` or
+        ``"lenet trained from scratch"``; ``title`` is ``"<name> · <origin>"``.
     """
     extra = getattr(classifier, "info", None)
     info = dict(extra) if isinstance(extra, dict) else {}
     run_dir = info.pop("run_dir", None)
     model_file = Path(info["model_file"]) if info.get("model_file") else None
+    run = _run_of(run_dir, model_file)
     if model_file is not None:
         info["model_file"] = model_file.name
+    if run_dir or run is not None:
+        name = (run.path if run is not None else Path(run_dir)).resolve().name
+    else:
+        name = info.get("name") or _file_name(model_file)
+    config = run.config if run is not None else {}
+    starting_point = run.starting_point if run is not None else info.get("backbone")
+    origin = _origin(config, starting_point)
     size = int(classifier.image_size)
     info.update({
-        "name": Path(run_dir).resolve().name if run_dir else
-        info.get("name") or (model_file.stem if model_file else "model"),
+        "name": name,
+        "run": name if run is not None else None,
+        "starting_point": starting_point,
+        "origin": origin,
+        "title": f"{name} · {origin}" if origin else name,
         "labels": [str(label) for label in classifier.labels],
         "classes": len(classifier.labels),
         "image_size": size,
         "input_shape": [size, size, 3],
         "resize_mode": getattr(classifier, "resize_mode", info.get("resize_mode")),
         "backbone": info.get("backbone"),
-        "recipe": info.get("recipe"),
+        "recipe": info.get("recipe") or config.get("recipe"),
         "backend": str(getattr(classifier, "backend", info.get("backend", "keras"))),
         "metrics": info.get("metrics") or {},
     })
     return info
+
+
+_RUN_MODEL_STEMS = ("model", "best", "initial")  # names of a run's model files say nothing
+
+
+def _run_of(run_dir, model_file: Path | None) -> RunDir | None:
+    """The run a model comes from: ``run_dir``, or the run folder holding ``model_file``
+    (``<run>/best.keras``, ``<run>/export/model.tflite``); None when there is none."""
+    folders = [Path(run_dir)] if run_dir else []
+    if model_file is not None:
+        folders.append(model_file.parent)
+        if model_file.parent.name == "export":
+            folders.append(model_file.parent.parent)
+    return next((RunDir(folder) for folder in folders if RunDir(folder).exists), None)
+
+
+def _file_name(model_file: Path | None) -> str:
+    """A model file's name for people: its stem, or its folder's name for ``best.keras``."""
+    if model_file is None:
+        return "model"
+    stem = model_file.stem
+    if stem not in _RUN_MODEL_STEMS and not stem.startswith("checkpoint"):
+        return stem
+    folder = model_file.resolve().parent
+    return (folder.parent if folder.name == "export" else folder).name or stem
+
+
+def _origin(config: dict, starting_point: str | None) -> str | None:
+    """How a run began, in words: fine-tuned from what, or trained from scratch."""
+    if not starting_point:
+        return None
+    if not config:  # a model file's own metadata: the backbone, nothing about its weights
+        return f"from {starting_point}"
+    if config.get("source"):
+        source = Path(config["source"])  # its folder (a run's name) and file; no full path
+        where = f"{source.parent.name}/{source.name}" if source.parent.name else source.name
+        return f"fine-tuned from {where}"
+    weights = config.get("weights")
+    if not weights or config.get("recipe") == "scratch":
+        return f"{starting_point} trained from scratch"
+    return f"fine-tuned from {starting_point} ({Path(str(weights)).name})"
 
 
 def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -208,7 +270,7 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
                 f"service's decode budget of {decode_budget_bytes / 2**20:.0f} MiB")
         return estimate.bytes
 
-    app = FastAPI(title=f"workbench: {info['name']}", version=__version__,
+    app = FastAPI(title=f"workbench: {info['title']}", version=__version__,
                   description="Top-k image classification with a trained workbench run.")
     app.state.classifier, app.state.info = classifier, info
     app.state.max_upload_bytes, app.state.limits = max_upload_bytes, limits
@@ -474,23 +536,39 @@ def url(host: str, port: int) -> str:
 
 
 def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
-    """A listening TCP socket for ``host:port`` (port 0 picks a free one).
+    """A listening TCP socket for ``host:port`` (port 0 picks a free one), ``TCP_NODELAY`` set
+    for the connections it accepts.
 
     Raises:
-        ValueError: a port outside 0-65535.
+        ValueError: a port outside 0-65535, or a host that is neither an address nor a name
+            that resolves.
         OSError: the address cannot be bound (in use, not this machine's, no permission).
     """
     check_int("port", port, minimum=0)
     if port > 65535:
         raise ValueError(f"port must be <= 65535, received: {port}")
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host must be an address or a host name, received: {host!r}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as error:  # a name no resolver knows
+        raise ValueError(f"host must be an address of this machine or a name that resolves "
+                         f"to one, received: {host!r} ({getattr(error, 'strerror', None) or error})"
+                         ) from error
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Inherited by every accepted connection: uvicorn writes a response's headers and body
+    # separately, and Nagle's algorithm then held the body until the client's delayed ACK,
+    # 40 ms later (every request took 44 ms on loopback instead of 1-2 ms).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+        hint = " (host is not an address of this machine)" \
+            if error.errno == errno.EADDRNOTAVAIL else ""
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}"
+                      ) from error
     sock.listen(128)
     return sock
 
