@@ -1,5 +1,6 @@
 """The learning-rate range test."""
 
+import keras
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -31,11 +32,28 @@ def test_the_loss_falls_then_diverges_and_the_suggestion_is_on_the_descent(batch
     assert ax.lines[1].get_xdata()[0] == pytest.approx(finder.suggestion)
 
 
-def test_frozen_layers_stay_frozen_in_the_copy(batches):
+def test_frozen_layers_stay_frozen_in_the_copy(batches, monkeypatch):
     model = models.classifier(models.backbone("lenet", input_shape=(16, 16, 3)), 10)
     model.get_layer("backbone").trainable = False
+    copies, clone = [], keras.models.clone_model
+
+    def keep_the_copy(*args, **kwargs):  # the copy lr_find trains, to look at afterwards
+        copies.append(clone(*args, **kwargs))
+        return copies[-1]
+
+    monkeypatch.setattr(keras.models, "clone_model", keep_the_copy)
+    before = model.get_weights()
     finder = lr_find(model, batches, steps=10, end_lr=1e-2)
     assert len(finder.lrs) == 10
+    (probe,) = copies
+    frozen = {id(v) for v in probe.get_layer("backbone").weights}
+    for original, trained in zip(before, probe.weights):
+        if id(trained) in frozen:
+            np.testing.assert_array_equal(original, trained.numpy())
+    assert any(not np.array_equal(original, trained.numpy())  # the head did train
+               for original, trained in zip(before, probe.weights) if id(trained) not in frozen)
+    for original, now in zip(before, model.get_weights()):  # and the model itself is untouched
+        np.testing.assert_array_equal(original, now)
 
 
 def test_bad_arguments_are_named(batches):
