@@ -41,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from input_pipeline import rate_for  # noqa: E402  (the same measurement as the cache rows)
 from workbench.data.pipeline import Augment, Batches, stored_size  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "augmentation.md"
@@ -116,15 +117,6 @@ def photo_like_cache(folder: Path, count: int, side: int) -> np.memmap:
         cache[i] = np.asarray(Image.fromarray(small).resize((side, side), Image.BILINEAR))
     cache.flush()
     return np.load(folder / f"cache-{side}.npy", mmap_mode="r")
-
-
-def rate_for(seconds: float, run_once) -> float:
-    """Images per second of ``run_once()`` (which returns an image count), run for ``seconds``."""
-    run_once()  # warm up
-    images, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        images += run_once()
-    return images / (time.perf_counter() - started)
 
 
 def batch_loop(batches: Batches, transform=None):
