@@ -196,8 +196,8 @@ def measure_cache(args, cache: np.memmap) -> list[tuple]:
         rows.append((f"cache: plain memmap random batch {batch_size} (baseline)", 1, baseline,
                      None, "", ""))
         variants = [("Batches.epoch", None, "epoch"),
-                    ("Batches.epoch + Augment(zoom=0.1, flip)", Augment(flip=True, zoom=0.1),
-                     "epoch"),
+                    ("Batches.epoch + Augment(flip, in the pipeline)",
+                     Augment(flip=True, placement="pipeline"), "epoch"),
                     ("Batches.as_tf_dataset", None, "tf")]
         for label, augment, how in variants:
             batches = Batches(cache, labels, batch_size=batch_size, seed=0, augment=augment)

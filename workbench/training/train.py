@@ -330,8 +330,8 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
     return None, False, trained_images
 
 
-JAX_ON_CPU = ("Keras runs on JAX and no GPU is visible: on a CPU, JAX trains MobileNetV2 about 18x "
-              "slower than TensorFlow (6 against 107 images/s at 96 px on 2 cores); set "
+JAX_ON_CPU = ("Keras runs on JAX and no GPU is visible: on a CPU, JAX trains MobileNetV2 14-18x "
+              "slower than TensorFlow (16 against 221 images/s at 96 px on 2 cores); set "
               "KERAS_BACKEND=tensorflow before Python starts to train on the CPU")
 _WARNED = set()  # what this process has already been told, so that it is said once
 
