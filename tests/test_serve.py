@@ -25,7 +25,8 @@ from workbench.cli import main
 from workbench.data.images import DEFAULT_MAX_PIXELS
 from workbench.deploy.limits import (DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_DECODE_WAIT,
                                      DEFAULT_MAX_CONNECTIONS, DEFAULT_UPLOAD_TIMEOUT,
-                                     DecodeBudget, decode_estimate, max_pixels_for)
+                                     DECODE_ALLOWANCE_BYTES, DecodeBudget, decode_estimate,
+                                     max_pixels_for)
 from workbench.deploy.serve import create_app
 
 
@@ -416,10 +417,11 @@ def test_a_rotation_is_estimated_wherever_the_exif_is():
 def test_images_over_the_budget_or_the_pixel_limit_are_refused(served_run):  # noqa: F811
     client = TestClient(create_app(served_run.classifier, decode_budget_bytes=16 * MiB))
     health = client.get("/api/health").json()
-    assert health["limits"]["max_pixels"] == max_pixels_for(16 * MiB) == (12 * MiB) // 5
+    max_pixels = (16 * MiB - DECODE_ALLOWANCE_BYTES) // 5  # the cheapest decode: 5 bytes a pixel
+    assert health["limits"]["max_pixels"] == max_pixels_for(16 * MiB) == max_pixels
     big = client.post("/api/predict", content=_png("1", (2000, 2000)))  # 4 M pixels
     assert big.status_code == 400 and big.json()["reason"] == "decompression bomb"
-    assert f"2000x2000 exceeds this service's max_pixels={12 * MiB // 5}" in big.json()["error"]
+    assert f"2000x2000 exceeds this service's max_pixels={max_pixels}" in big.json()["error"]
     costly = client.post("/api/predict", content=_png("RGBA", (1200, 1000)))  # 1.2 M pixels
     assert costly.status_code == 400 and costly.json()["reason"] == "decompression bomb"
     assert re.search(r"1200x1000 RGBA needs about \d+ MiB to decode, more than this service's "
@@ -429,7 +431,7 @@ def test_images_over_the_budget_or_the_pixel_limit_are_refused(served_run):  # n
     limited = TestClient(create_app(served_run.classifier, max_pixels=1000))
     small = limited.post("/api/predict", content=_png("L", (40, 30)))  # 1200 pixels
     assert small.status_code == 400 and "max_pixels=1000" in small.json()["error"]
-    with pytest.raises(ValueError, match="decode_budget_bytes must be >= 8388608"):
+    with pytest.raises(ValueError, match="decode_budget_bytes must be >= 16777216"):
         create_app(served_run.classifier, decode_budget_bytes=MiB)
 
 
