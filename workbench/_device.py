@@ -17,7 +17,9 @@ uses the GPU, so the workbench leaves them to you.
 Several devices. ``execution_context(..., strategy="auto")`` trains data-parallel when the
 backend sees several devices: ``tf.distribute.MirroredStrategy`` over the GPUs on TensorFlow,
 ``keras.distribution.DataParallel`` over the local devices on JAX (each batch is split across
-them, so the batch size must be a multiple of the device count).
+them, so the batch size must be a multiple of the device count). ``strategy="distributed"``
+trains over the devices of several worker processes, on one or several machines
+(``workbench._cluster``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import warnings
 
 import keras
+
+from workbench._cluster import start as join_cluster
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 MEMORY_GROWTH_ENV = "WORKBENCH_GPU_MEMORY_GROWTH"
@@ -172,6 +176,37 @@ def auto_distribution():
     return None
 
 
+def resolve_strategy(strategy):
+    """The strategy object a setting names.
+
+    Args:
+        strategy: a strategy or distribution object (returned as is), None (one device),
+            ``"auto"`` (:func:`auto_distribution`) or ``"distributed"``: this process is one
+            worker of several, started by a launcher (``workbench._cluster``); their runtime
+            is started here, so it must come before anything else runs on the backend.
+
+    Raises:
+        ValueError: any other string, or ``"distributed"`` without a launcher's environment.
+    """
+    if strategy == "distributed":
+        return join_cluster(keras.backend.backend())
+    if strategy == "auto":
+        return auto_distribution()
+    if isinstance(strategy, str):
+        raise ValueError(f"strategy must be a strategy object, None, 'auto' or 'distributed', "
+                         f"received: {strategy!r}")
+    return strategy
+
+
+def replica_count(strategy) -> int:
+    """The devices each batch is split between under ``strategy`` (1 for None)."""
+    if strategy is None:
+        return 1
+    if hasattr(strategy, "num_replicas_in_sync"):  # a tf.distribute strategy
+        return int(strategy.num_replicas_in_sync)
+    return int(strategy.device_mesh.devices.size)  # a keras.distribution.Distribution
+
+
 @contextlib.contextmanager
 def execution_context(precision: str, strategy):
     """Sets the dtype policy and the distribution strategy for building and training.
@@ -179,31 +214,28 @@ def execution_context(precision: str, strategy):
     Args:
         precision: one of ``PRECISIONS``; ``"auto"`` is mixed float16 when a GPU is visible.
         strategy: a ``tf.distribute.Strategy`` or a ``keras.distribution.Distribution`` (JAX),
-            None for one device, or ``"auto"`` (:func:`auto_distribution`: MirroredStrategy
-            over several GPUs on TensorFlow, DataParallel over several local devices on JAX).
+            None for one device, or a name :func:`resolve_strategy` knows (``"auto"``:
+            MirroredStrategy over several GPUs on TensorFlow, DataParallel over several local
+            devices on JAX; ``"distributed"``: several worker processes).
 
-    Yields the policy name and the strategy's class name (or None). The global dtype policy is
+    Yields the policy name and the strategy object (or None). The global dtype policy is
     restored afterwards; it must be set before a checkpoint is loaded, so that the optimizer's
     loss-scaling state is restored with it.
 
     Raises:
         ValueError: ``precision`` is not one of ``PRECISIONS``, or ``strategy`` is a string
-            other than ``"auto"``.
+            :func:`resolve_strategy` does not know.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
                          f"received: {precision!r}")
-    if isinstance(strategy, str) and strategy != "auto":
-        raise ValueError(f"strategy must be a strategy object, None or 'auto', "
-                         f"received: {strategy!r}")
+    strategy = resolve_strategy(strategy)
     gpus = gpu_count()
     policy = ("mixed_float16" if gpus else "float32") if precision == "auto" else precision
-    if strategy == "auto":
-        strategy = auto_distribution()
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            yield policy, type(strategy).__name__ if strategy is not None else None
+            yield policy, strategy
     finally:
         keras.mixed_precision.set_global_policy(previous)

@@ -28,14 +28,24 @@ def stderr_silenced():
         os.close(devnull)
 
 
-def start_keras_quietly() -> None:
+def start_keras_quietly(first=None) -> None:
     """Imports Keras and its backend, and lets the backend probe its devices, with the start-up
-    lines silenced; errors still raise (and are shown) once stderr is back."""
+    lines silenced; errors still raise (and are shown) once stderr is back.
+
+    Args:
+        first: called once Keras is imported, before the backend probes its devices (a
+            multi-process runtime must start before that).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" in sys.modules:
+        if first is not None:
+            first()
         return
     with stderr_silenced():
         import keras
+
+        if first is not None:
+            first()
 
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf

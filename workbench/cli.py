@@ -244,11 +244,19 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
                              "class), so every class of an imbalanced folder counts alike")
     parser.add_argument("--resume", action="store_true",
                         help="continue RUN_DIR from its last checkpoint")
+    parser.add_argument("--distributed", action="store_true",
+                        help="this process is one of several workers, on one or several "
+                             "machines (JAX backend), started by srun (SLURM) or a "
+                             "torchrun-style launcher (RANK, WORLD_SIZE, MASTER_ADDR, "
+                             "MASTER_PORT); every worker runs the same command, worker 0 "
+                             "writes RUN_DIR (on a filesystem all of them see)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from workbench import models
+    from workbench._cluster import joined
     from workbench.training.callbacks import TrainingDiverged
+    from workbench.training.options import Execution
     from workbench.training.recipes import RECIPES
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
@@ -271,7 +279,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        decay_mult_rules=dict(args.decay_mult) or None, solver=solver,
                        image_size=args.image_size, seed=args.seed, resume=args.resume,
                        augment=args.augment, class_weight=args.class_weight,
-                       progress="lines")
+                       progress="lines",
+                       execution=Execution(strategy="distributed") if args.distributed else None)
     except TrainingDiverged as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
@@ -279,8 +288,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted: continue with 'workbench train ... --out {args.out} --resume'",
               file=sys.stderr)
         return 130
-    print(_format_metrics(run.metrics))
-    print(f"Run directory: {run.run_dir}")
+    cluster = joined()
+    if cluster is None or cluster.chief:  # one report, not one per worker
+        print(_format_metrics(run.metrics))
+        print(f"Run directory: {run.run_dir}")
     return EXIT_OK
 
 
@@ -711,6 +722,13 @@ VERBS = {
 }
 
 
+def _start_workers() -> None:
+    """Joins the other workers of ``train --distributed``, before the backend starts."""
+    from workbench._device import resolve_strategy
+
+    resolve_strategy("distributed")
+
+
 # Verbs that always run Keras; predict, serve and monitor must start without TensorFlow.
 STARTS_KERAS = ("train", "evaluate", "export")
 
@@ -739,8 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a one-line usage error already printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
-        if args.verb in STARTS_KERAS:
-            start_keras_quietly()  # without TensorFlow's start-up lines on the terminal
+        if args.verb in STARTS_KERAS:  # without TensorFlow's start-up lines on the terminal
+            start_keras_quietly(first=_start_workers if getattr(args, "distributed", False)
+                                else None)
         return args.run(args)
     except (ValueError, OSError) as error:  # bad input: an argument, a file, a folder
         print(f"error: {one_line(error)}", file=sys.stderr)

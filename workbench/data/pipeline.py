@@ -596,6 +596,14 @@ class Batches:
         drop_remainder: drop the last, smaller batch of each epoch.
         image_size: side (or ``(height, width)``) of the images served; default the stored
             size. It may not exceed the stored size.
+        shard: ``(index, count)``: serve only part ``index`` of ``count`` equal parts of every
+            batch, for one of ``count`` worker processes that train together (each feeds its
+            part of the same batches). Default ``(0, 1)``: whole batches.
+        pad_to: for evaluation on several devices, which split every batch evenly: a batch
+            with fewer images (the last) is padded to a multiple of ``pad_to`` with copies
+            weighted 0, and batches come as ``(x, y, weights)``. The real images weigh
+            ``(N + padding) / N``, so that Keras's averages over padded batch sizes come out
+            as the averages over the N images. Default 1: no padding, no weights.
 
     Raises:
         ValueError: if an argument is invalid.
@@ -603,7 +611,8 @@ class Batches:
 
     def __init__(self, images: np.ndarray, labels, *, batch_size: int, shuffle: bool = True,
                  seed: int = 0, augment: Augment | None = None, drop_remainder: bool = False,
-                 image_size: int | tuple[int, int] | None = None):
+                 image_size: int | tuple[int, int] | None = None,
+                 shard: tuple[int, int] = (0, 1), pad_to: int = 1):
         if not (isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 3
                 and images.dtype == np.uint8):
             described = (f"{images.dtype} array of shape {images.shape}"
@@ -633,6 +642,14 @@ class Batches:
         if self.image_size[0] > images.shape[1] or self.image_size[1] > images.shape[2]:
             raise ValueError(f"image_size must not exceed the stored images' "
                              f"{images.shape[1]}x{images.shape[2]}, received: {image_size!r}")
+        self.shard = _check_shard(shard, self.batch_size, drop_remainder or pad_to > 1)
+        self.pad_to = check_int("pad_to", pad_to, minimum=1)
+        if pad_to > 1 and (self.batch_size % pad_to or pad_to % self.shard[1]):
+            raise ValueError(f"pad_to must divide batch_size={self.batch_size} and be a "
+                             f"multiple of the {self.shard[1]} shards, received: {pad_to}")
+        rest = len(images) % self.batch_size  # the last batch's images, when it is smaller
+        padding = -rest % pad_to if rest and not drop_remainder else 0
+        self._weight = (len(images) + padding) / len(images)
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     @property
@@ -662,7 +679,8 @@ class Batches:
             index: the batch within the epoch, ``0 <= index < steps_per_epoch``.
 
         Returns:
-            ``(x, y)``: uint8 images (B, H, W, 3) and int32 labels (B,).
+            ``(x, y)``: uint8 images (B, H, W, 3) and int32 labels (B,), this shard's part of
+            them; with ``pad_to > 1``, ``(x, y, weights)`` (float32 (B,)).
 
         Raises:
             ValueError: if ``epoch`` or ``index`` is out of range.
@@ -675,7 +693,17 @@ class Batches:
         # The order within a batch does not matter to training; file order reads a memmap
         # sequentially and needs one copy instead of two.
         picked = np.sort(picked)
-        return self._images_of(picked, epoch, index), self.labels[picked]
+        weights = np.full(len(picked), self._weight, np.float32)
+        if self.pad_to > 1 and len(picked) % self.pad_to:
+            padding = -len(picked) % self.pad_to
+            picked = np.concatenate([picked, np.repeat(picked[:1], padding)])
+            weights = np.concatenate([weights, np.zeros(padding, np.float32)])
+        part, parts = self.shard
+        if parts > 1:
+            share = len(picked) // parts
+            picked, weights = (a[part * share:(part + 1) * share] for a in (picked, weights))
+        x, y = self._images_of(picked, epoch, index), self.labels[picked]
+        return (x, y, weights) if self.pad_to > 1 else (x, y)
 
     @property
     def _transforms(self) -> bool:
@@ -689,8 +717,9 @@ class Batches:
         if not self._transforms:
             return self.images[picked]
         stored = tuple(self.images.shape[1:3])
-        rng = None if self.augment is None else \
-            np.random.default_rng([self.seed, int(epoch), int(index)])
+        stream = [self.seed, int(epoch), int(index)] + ([self.shard[0]] if self.shard[1] > 1
+                                                         else [])  # shards draw apart
+        rng = None if self.augment is None else np.random.default_rng(stream)
         if rng is not None and self.augment.enabled and self.augment.placement != "model":
             return _augmented_rows(self.images, picked, self.augment, rng, self.image_size)
         top, left = _window_offsets(rng, len(picked), stored, self.image_size)
@@ -738,6 +767,9 @@ class Batches:
             A dataset of ``(uint8 images (B, H, W, 3), int32 labels (B,))``.
         """
         self._stream_length(start_epoch, epochs)
+        if self.shard != (0, 1) or self.pad_to > 1:
+            raise ValueError("as_tf_dataset serves whole batches: TensorFlow's strategies "
+                             "split them between workers and devices themselves")
         import tensorflow as tf  # only here, so the JAX backend never loads TensorFlow
 
         # Not from_generator: it runs Python per batch under the GIL, and TensorFlow lowers
@@ -776,9 +808,12 @@ class Batches:
 
         epochs_served = (tf.data.Dataset.counter(start_epoch) if epochs is None
                          else tf.data.Dataset.range(start_epoch, start_epoch + epochs))
+        options = tf.data.Options()  # several workers: each takes its part of every batch
+        policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = policy
         return (epochs_served.flat_map(epoch_batches)
                 .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .prefetch(tf.data.AUTOTUNE))
+                .prefetch(tf.data.AUTOTUNE).with_options(options))
 
     def as_py_dataset(self, start_epoch: int = 0, epochs: int | None = None, *,
                       prefetch: int = 2):
@@ -810,6 +845,19 @@ class Batches:
         if keras.backend.backend() == "tensorflow":
             return self.as_tf_dataset(start_epoch, epochs)
         return self.as_py_dataset(start_epoch, epochs)
+
+
+def _check_shard(shard, batch_size: int, whole_batches: bool) -> tuple[int, int]:
+    """``shard`` as ``(index, count)``, checked: every batch must split into equal parts."""
+    if not (isinstance(shard, tuple) and len(shard) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, "
+                         f"received: {shard!r}")
+    if shard[1] > 1 and (batch_size % shard[1] or not whole_batches):
+        raise ValueError(f"batch_size must be a multiple of the {shard[1]} shards, and the "
+                         f"last batch dropped or padded, received: batch_size={batch_size}")
+    return shard
 
 
 def _memory_bytes() -> int:

@@ -19,9 +19,13 @@ class Execution:
         strategy: a ``tf.distribute.Strategy`` (TensorFlow backend) or a
             ``keras.distribution.Distribution`` (JAX backend) to train on several devices, None
             for one device, or ``"auto"``: MirroredStrategy over all GPUs on TensorFlow,
-            ``DataParallel`` over all local devices on JAX, when there are several. With several
-            devices each batch is split between them, so the batch size must be a multiple of
-            their number.
+            ``DataParallel`` over all local devices on JAX, when there are several; or
+            ``"distributed"`` (JAX backend): this process is one of several workers, on one
+            machine or many, started by ``srun`` or a torchrun-style launcher (see
+            ``workbench._cluster``), training ``DataParallel`` over every worker's devices.
+            Worker 0 writes the run directory, which every worker must see (a shared
+            filesystem) to resume. With several devices each batch is split between them, so
+            the batch size must be a multiple of their number.
     """
 
     precision: str = "auto"
@@ -29,6 +33,8 @@ class Execution:
 
     def __post_init__(self):
         check_choice("precision", self.precision, PRECISIONS)
+        if isinstance(self.strategy, str):
+            check_choice("strategy", self.strategy, ("auto", "distributed"))
 
     def to_dict(self) -> dict:
         """The settings as ``config.json`` records them (a strategy object by its class name)."""

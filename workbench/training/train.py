@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +18,9 @@ import numpy as np
 import pandas as pd
 
 from workbench import models, plots
-from workbench._device import execution_context, gpu_count, gpu_name, local_device_count
+from workbench._cluster import Cluster, barrier, joined
+from workbench._device import (execution_context, gpu_count, gpu_name, replica_count,
+                               resolve_strategy)
 from workbench._checks import check_choice, check_int, check_number
 from workbench._progress import watched_notebook
 from workbench._io import atomic_path, write_json, write_text
@@ -33,7 +37,8 @@ from workbench.training.solver import SolverConfig, SparseCrossentropy, build_op
 PROGRESS = ("auto", "lines", "plot", "none")
 CLASS_WEIGHTS = (None, "balanced")
 _RESOLVED_AT_RUN_TIME = {"classes", "dtype_policy", "distribution",  # not compared on resume
-                         "augment_placement", "train_stored_size", "class_weights"}
+                         "augment_placement", "train_stored_size", "class_weights",
+                         "workers"}
 
 
 class SettingsChanged(ValueError):
@@ -124,7 +129,9 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         progress: ``"lines"`` (one line per epoch), ``"plot"`` (live curves in a notebook),
             ``"none"``, or ``"auto"`` (plot in a notebook, lines elsewhere).
         execution: precision and distribution (:class:`~workbench.training.options.Execution`;
-            by default mixed float16 on a GPU, float32 on the CPU, mirrored over several GPUs).
+            by default mixed float16 on a GPU, float32 on the CPU, mirrored over several GPUs;
+            ``strategy="distributed"`` for one of several worker processes, of which worker 0
+            writes ``run_dir`` and the others return its :class:`Run` once it is written).
         monitoring: what is recorded beside the history
             (:class:`~workbench.training.options.Monitoring`; by default resources and weight
             statistics, no TensorBoard).
@@ -139,6 +146,11 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     check_choice("progress", progress, PROGRESS)
     execution = execution or Execution()
     monitoring = monitoring or Monitoring()
+    # first: several workers must start their runtime before the backend does anything else
+    strategy = resolve_strategy(execution.strategy)
+    cluster = joined() if execution.strategy == "distributed" else None
+    if cluster is not None and not cluster.chief:
+        progress = "none"  # worker 0 reports
     if image_size is None:
         image_size = models.natural_image_size(backbone, source=source)
     check_int("image_size", image_size, minimum=8)
@@ -181,6 +193,11 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                                   "resume=False to start over", changed)
         if run.finished:
             return Run.load(run_dir)
+    if cluster is not None:  # every worker has read the run before worker 0 may clear it
+        barrier("workbench: run directory read")
+    # Worker 0 writes the run; the others write what they must to a scratch folder.
+    out = run_dir if cluster is None or cluster.chief else Path(
+        tempfile.mkdtemp(prefix=f"workbench-worker{cluster.rank}-"))
 
     data = splits if isinstance(splits, SplitData) else load_splits(
         splits, image_size=image_size, resize_mode=resize_mode, progress=progress != "none")
@@ -195,23 +212,29 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         if class_weight == "balanced" else None
     config["class_weights"] = list(weights_by_class.values()) if weights_by_class else None
 
-    train = pipeline.Batches(train_images, data.labels["train"],
-                             batch_size=min(solver.batch_size, len(data.labels["train"])),
+    batch_size = min(solver.batch_size, len(data.labels["train"]))
+    devices, strategy_name = replica_count(strategy), _name(strategy)
+    if batch_size % devices:  # each batch is split evenly between the devices
+        raise ValueError(f"batch_size must be a multiple of the {devices} devices "
+                         f"{strategy_name} trains on, received: {batch_size}")
+    # each worker feeds its part of every batch, and evaluation batches split evenly
+    shard = (cluster.rank, cluster.size) if cluster else (0, 1)
+    pad_to = devices if hasattr(strategy, "device_mesh") else 1  # a keras.distribution
+    train = pipeline.Batches(train_images, data.labels["train"], batch_size=batch_size,
                              seed=seed, augment=augment, drop_remainder=True,
-                             image_size=image_size)
-    val = _eval_batches(data, "val", solver.batch_size)
+                             image_size=image_size, shard=shard)
+    val = _eval_batches(data, "val", batch_size if pad_to > 1 else solver.batch_size,
+                        shard=shard, pad_to=pad_to)
     recipe_.stage_epochs(solver.total_epochs(train.steps_per_epoch))  # enough for its stages?
 
     _warn_if_jax_on_cpu()
     started = time.monotonic()
-    with execution_context(execution.precision, execution.strategy) as (policy, strategy_name):
+    with execution_context(execution.precision, strategy) as (policy, _):
         config.update(dtype_policy=policy, distribution=strategy_name)
-        devices = local_device_count() if strategy_name else 1
-        if train.batch_size % devices:  # each batch is split evenly between the devices
-            raise ValueError(f"batch_size must be a multiple of the {devices} devices "
-                             f"{strategy_name} trains on, received: {train.batch_size}")
-        if progress != "none":  # what a user should know before the first epoch, once
-            print(f"{run_dir.name}: {recipe} on {_device_words()}, {policy}"
+        if cluster is not None:
+            config["workers"] = cluster.size
+        if progress != "none" and out == run_dir:  # what to know before the first epoch, once
+            print(f"{run_dir.name}: {recipe} on {_device_words(cluster)}, {policy}"
                   f"{', resuming' if resume else ''}", flush=True)
         resumed = checkpoint.load_checkpoint(run_dir) if resume else None
         if resumed is not None:
@@ -227,50 +250,62 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                                  if augment is not None and augment.placement == "model"
                                  else None)
             state = cb.RunState()
-            run.clear()  # every input is good and the model is built: the old run may go
-        run.remove_partial_files()
-        write_json(run_dir / "config.json", config)
-        write_text(run_dir / "labels.txt", "".join(f"{c}\n" for c in data.classes))
+            RunDir(out).clear()  # every input is good and the model is built: the old run may go
+        RunDir(out).remove_partial_files()
+        write_json(out / "config.json", config)
+        write_text(out / "labels.txt", "".join(f"{c}\n" for c in data.classes))
         if resumed is None:  # the starting point, for comparing filters before and after
-            checkpoint.save_model(model, run_dir / "initial.keras")
-        recorder = ResourceMonitor(run_dir / "resources.csv").start() \
-            if monitoring.resources else None
+            checkpoint.save_model(model, out / "initial.keras")
+        recorder = ResourceMonitor(out / "resources.csv").start() \
+            if monitoring.resources and out == run_dir else None
         with recorder or contextlib.nullcontext():  # stops sampling even if training fails
             outcome = _train_stages(model, state, recipe_, train=train, val=val, solver=solver,
-                                    run_dir=run_dir, extra_rules=lr_mult_rules,
+                                    run_dir=out, extra_rules=lr_mult_rules,
                                     decay_rules=decay_mult_rules, seed=seed,
-                                    resumed=resumed is not None, progress=progress,
-                                    extra_callbacks=_monitor_callbacks(run_dir, recorder),
+                                    resumed_from=run if resumed is not None else None,
+                                    progress=progress if out == run_dir else "none",
+                                    extra_callbacks=_monitor_callbacks(out, recorder),
                                     tensorboard=monitoring.tensorboard,
                                     num_classes=len(data.classes),
                                     class_weight=weights_by_class)
     problem, stopped_early, trained_images = outcome
+    if out != run_dir:  # a worker: worker 0 writes the run; wait for it
+        shutil.rmtree(out, ignore_errors=True)
+        barrier("workbench: run written")
+        if problem:
+            raise cb.TrainingDiverged(f"Training stopped: {problem} (see {run_dir})")
+        return Run.load(run_dir)
 
     seconds = time.monotonic() - started
-    if problem:
-        metrics = {"status": "diverged", "error": problem, "epochs": state.epoch}
+    try:
+        if problem:
+            metrics = {"status": "diverged", "error": problem, "epochs": state.epoch}
+            write_json(run_dir / "metrics.json", metrics)
+            raise cb.TrainingDiverged(
+                f"Training stopped: {problem} in epoch {state.epoch + 1}. The last good "
+                f"checkpoint (epoch {state.epoch}) is in {run_dir}; train again with a lower "
+                f"base_lr (now {solver.base_lr}), or resume=True to retry from the checkpoint.")
+        checkpoint.save_model(model, run_dir / "model.keras")
+        metrics = _final_metrics(run_dir, data, solver.batch_size, state,
+                                 status="stopped_early" if stopped_early else "completed")
+        metrics.update({"train_seconds": round(seconds, 3), "images_per_second":
+                        round(trained_images / seconds, 1) if seconds else None})
+        if monitoring.resources:
+            metrics.update(_resource_summary(run_dir))
         write_json(run_dir / "metrics.json", metrics)
-        raise cb.TrainingDiverged(
-            f"Training stopped: {problem} in epoch {state.epoch + 1}. The last good checkpoint "
-            f"(epoch {state.epoch}) is in {run_dir}; train again with a lower base_lr (now "
-            f"{solver.base_lr}), or resume=True to retry from the checkpoint.")
-    checkpoint.save_model(model, run_dir / "model.keras")
-    metrics = _final_metrics(run_dir, data, solver.batch_size, state,
-                             status="stopped_early" if stopped_early else "completed")
-    metrics.update({"train_seconds": round(seconds, 3),
-                    "images_per_second": round(trained_images / seconds, 1) if seconds else None})
-    if monitoring.resources:
-        metrics.update(_resource_summary(run_dir))
-    write_json(run_dir / "metrics.json", metrics)
-    with atomic_path(run_dir / "curves.png") as temporary:
-        plots.training_curves({run_dir.name: run.history()}).savefig(temporary, dpi=100)
+        with atomic_path(run_dir / "curves.png") as temporary:
+            plots.training_curves({run_dir.name: run.history()}).savefig(temporary, dpi=100)
+    finally:
+        if cluster is not None:  # the other workers return once the run is written
+            barrier("workbench: run written")
     return Run.load(run_dir)
 
 
 def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solver, run_dir,
-                  extra_rules, decay_rules, seed, resumed, progress, extra_callbacks,
+                  extra_rules, decay_rules, seed, resumed_from, progress, extra_callbacks,
                   tensorboard, num_classes, class_weight=None):
-    """Trains the recipe's stages from ``state.epoch`` on.
+    """Trains the recipe's stages from ``state.epoch`` on, writing to ``run_dir``;
+    ``resumed_from`` is the :class:`RunDir` the checkpoint came from, or None.
 
     Returns:
         ``(problem, stopped_early, trained_images)``: the divergence message or None, whether
@@ -288,17 +323,17 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
     counts = recipe.stage_epochs(epochs)
     done = [stage.name for stage, end in zip(recipe.stages, itertools.accumulate(counts))
             if end <= state.epoch]
-    earlier = RunDir(run_dir).lr_table() if resumed else pd.DataFrame()
+    earlier = resumed_from.lr_table() if resumed_from else pd.DataFrame()
     lr_tables = [earlier[earlier["stage"].isin(done)]] if len(earlier) else []
     for index, (stage, count) in enumerate(zip(recipe.stages, counts)):
         stage_end = stage_start + count
         if state.epoch >= stage_end:
             stage_start = stage_end
             continue
-        if not (resumed and state.stage == index and state.epoch > stage_start):
+        if not (resumed_from and state.stage == index and state.epoch > stage_start):
             compile_stage(model, stage, extra_rules, solver, train_bn=recipe.train_bn,
                           total_steps=count * train.steps_per_epoch, num_classes=num_classes,
-                          decay_rules=decay_rules)
+                          decay_rules=decay_rules, weighted=bool(val and val.pad_to > 1))
         state.stage = index
         lr_tables.append(lr_mult.lr_table(model, model.optimizer, base_lr=solver.base_lr)
                          .assign(stage=stage.name))
@@ -344,11 +379,18 @@ def _warn_if_jax_on_cpu() -> None:
     warnings.warn(JAX_ON_CPU, RuntimeWarning, stacklevel=3)
 
 
-def _device_words() -> str:
-    """``"1 GPU (NVIDIA H200)"`` or ``"the CPU (no GPU found)"``."""
+def _device_words(cluster: Cluster | None = None) -> str:
+    """``"1 GPU (NVIDIA H200)"``, ``"the CPU (no GPU found)"``, or for several workers
+    ``"4 workers, 8 GPUs (NVIDIA H200)"`` (JAX counts every worker's GPUs)."""
     gpus = gpu_count()
-    return f"{gpus} GPU{'s' if gpus > 1 else ''} ({gpu_name()})" if gpus \
+    words = f"{gpus} GPU{'s' if gpus > 1 else ''} ({gpu_name()})" if gpus \
         else "the CPU (no GPU found)"
+    return f"{cluster.size} workers, {words}" if cluster else words
+
+
+def _name(strategy) -> str | None:
+    """A strategy's class name as ``config.json`` records it, None for one device."""
+    return type(strategy).__name__ if strategy is not None else None
 
 
 def _monitor_callbacks(run_dir: Path, recorder) -> list:
@@ -373,11 +415,12 @@ def _changed_settings(run: RunDir, config: dict) -> list[str]:
                   if key not in _RESOLVED_AT_RUN_TIME and saved.get(key) != now.get(key))
 
 
-def _eval_batches(data: SplitData, split: str, batch_size: int) -> pipeline.Batches | None:
+def _eval_batches(data: SplitData, split: str, batch_size: int, *, shard=(0, 1),
+                  pad_to: int = 1) -> pipeline.Batches | None:
     if split not in data.images:
         return None
     return pipeline.Batches(data.images[split], data.labels[split], batch_size=batch_size,
-                            shuffle=False)
+                            shuffle=False, shard=shard, pad_to=pad_to)
 
 
 def _placement(augment: pipeline.Augment) -> str:
@@ -448,9 +491,12 @@ def _build_model(recipe: Recipe, *, backbone, weights, source, cut_at, num_class
 
 def compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, *,
                   train_bn: bool, total_steps: int, num_classes: int,
-                  decay_rules: dict | None = None) -> None:
+                  decay_rules: dict | None = None, weighted: bool = False) -> None:
     """Sets the stage's learning-rate and weight-decay multipliers (freezing multiplier 0) and
-    compiles. ``total_steps`` counts batches (``build_optimizer`` divides by ``iter_size``)."""
+    compiles. ``total_steps`` counts batches (``build_optimizer`` divides by ``iter_size``).
+    ``weighted``: the accuracies count sample weights (Keras's ``weighted_metrics``), as the
+    padded evaluation batches of several JAX devices need (padding weighs 0); with a
+    ``class_weight`` the training accuracies are then class-weighted too."""
     models.set_trainable(model, train_bn=train_bn)  # undoes the previous stage's freezing
     rules = {**(extra_rules or {}), **stage.rules}
     if stage.backbone_thirds is not None:
@@ -460,8 +506,11 @@ def compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, 
             rules.setdefault(pattern, value)
     optimizer = lr_mult.with_lr_multipliers(build_optimizer(solver, total_steps), model, rules,
                                             default=stage.default, decay_rules=decay_rules)
+    metrics = _metrics(num_classes)
     model.compile(optimizer=optimizer, loss=SparseCrossentropy(solver.label_smoothing),
-                  metrics=_metrics(num_classes), steps_per_execution=solver.steps_per_execution)
+                  metrics=None if weighted else metrics,
+                  weighted_metrics=metrics if weighted else None,
+                  steps_per_execution=solver.steps_per_execution)
 
 
 def _epochs_between(epochs: int, iterations: int | None, solver: SolverConfig, train) -> int:
