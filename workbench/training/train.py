@@ -233,7 +233,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         config.update(dtype_policy=policy, distribution=strategy_name)
         if cluster is not None:
             config["workers"] = cluster.size
-        if progress != "none" and out == run_dir:  # what to know before the first epoch, once
+        if progress != "none":  # what a user should know before the first epoch, once
             print(f"{run_dir.name}: {recipe} on {_device_words(cluster)}, {policy}"
                   f"{', resuming' if resume else ''}", flush=True)
         resumed = checkpoint.load_checkpoint(run_dir) if resume else None
@@ -263,7 +263,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
                                     run_dir=out, extra_rules=lr_mult_rules,
                                     decay_rules=decay_mult_rules, seed=seed,
                                     resumed_from=run if resumed is not None else None,
-                                    progress=progress if out == run_dir else "none",
+                                    progress=progress,
                                     extra_callbacks=_monitor_callbacks(out, recorder),
                                     tensorboard=monitoring.tensorboard,
                                     num_classes=len(data.classes),
