@@ -13,6 +13,8 @@ A run directory holds everything a training run produces, each file written atom
 ``model.keras``       the final model; ``best.keras`` the best by validation accuracy
 ``checkpoint.*``      the last checkpoint (model with optimizer state + ``checkpoint.json``)
 ``metrics.json``      final numbers for sweeps: status, accuracies, time, images/s
+``calibration.json``  the temperature that calibrates the probabilities (fitted on the
+                      validation split; ``workbench.calibration``), before/after NLL and ECE
 ``curves.png``        loss, accuracy and learning rate per epoch
 ``resources.csv``     GPU, CPU and RAM use over time (``workbench.monitor``)
 ``weight_stats.csv``  mean |w| and |dw|/|w| per layer and epoch
@@ -32,14 +34,14 @@ from pathlib import Path
 import pandas as pd
 
 from workbench._checks import check_choice
-from workbench._io import remove, stale_temporaries
+from workbench._io import remove, stale_temporaries, write_json
 from workbench.data.splitdir import SplitFolder
 
 MODELS = ("best", "final")  # which model file of a run: the best checkpoint or the last epoch
 CHECKPOINT_STATE = "checkpoint.json"
 RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
              "initial.keras", "model.keras", "best.keras", "metrics.json", "curves.png",
-             "resources.csv", "weight_stats.csv", CHECKPOINT_STATE)
+             "resources.csv", "weight_stats.csv", "calibration.json", CHECKPOINT_STATE)
 
 
 class RunDir:
@@ -97,6 +99,31 @@ class RunDir:
         """Whether the run completed (or stopped early); a diverged run can still resume."""
         metrics = self.metrics
         return metrics is not None and metrics.get("status") != "diverged"
+
+    @property
+    def calibration(self) -> dict | None:
+        """``calibration.json`` (read afresh), or None for a run trained before runs were
+        calibrated, or not finished."""
+        path = self.path / "calibration.json"
+        return self._json("calibration.json") if path.is_file() else None
+
+    def temperature(self, model: str = "best") -> float:
+        """The temperature that calibrates ``model``'s probabilities (see
+        ``workbench.calibration``); 1.0 (none) when the run has no calibration for that file.
+
+        Raises:
+            FileNotFoundError: when the run has no finished model.
+        """
+        fitted = (self.calibration or {}).get("models", {})
+        return float(fitted.get(self.model_path(model).name, {}).get("temperature", 1.0))
+
+    def write_calibration(self, record: dict) -> None:
+        """Writes ``calibration.json`` atomically: ``record["models"]`` maps each model file's
+        name to its fitted ``temperature`` (and the numbers before and after)."""
+        if not isinstance(record, dict) or not isinstance(record.get("models"), dict):
+            raise ValueError(f"record must be a dict with a 'models' dict, received: "
+                             f"{record!r}"[:300])
+        write_json(self.path / "calibration.json", record)
 
     def history(self) -> pd.DataFrame:
         """``history.csv``: one row per epoch."""

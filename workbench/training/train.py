@@ -30,6 +30,7 @@ from workbench.monitor import ResourceMonitor, read_resources, summarize_resourc
 from workbench.runs import RunDir
 from workbench.training import callbacks as cb
 from workbench.training import checkpoint, lr_mult
+from workbench.training.calibrate import calibrate_run
 from workbench.training.recipes import Recipe, get_recipe
 from workbench.training.options import Execution, Monitoring
 from workbench.training.solver import SolverConfig, SparseCrossentropy, build_optimizer
@@ -538,7 +539,8 @@ def _progress_callbacks(progress: str, live, epochs: int, stage_name: str) -> li
 def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.RunState, *,
                    status: str) -> dict:
     """Evaluates the best model (or the final one) on the validation and test splits."""
-    model = checkpoint.load_compiled(RunDir(run_dir).model_path("best"))
+    path = RunDir(run_dir).model_path("best")
+    model = checkpoint.load_compiled(path)
     metrics = {"status": status, "epochs": state.epoch, "best_epoch": state.best_epoch,
                "classes": len(data.classes), "train_images": int(len(data.labels["train"]))}
     for split in ("val", "test"):
@@ -550,5 +552,11 @@ def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.Ru
         metrics.update({f"{split}_{name}": round(float(value), 6)
                         for name, value in values.items()})
         metrics[f"{split}_images"] = int(len(data.labels[split]))
+    # one temperature per model file, fitted on val (calibration.json): predictions use it
+    fitted = calibrate_run(run_dir, data.images.get("val"), data.labels.get("val"),
+                           batch_size=batch_size, loaded={path.name: model})
+    best = fitted["models"][path.name]
+    metrics.update({"temperature": fitted["temperature"],
+                    **{f"val_{k}": best[k] for k in ("ece_raw", "ece") if k in best}})
     return metrics
 

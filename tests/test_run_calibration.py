@@ -1,0 +1,64 @@
+"""A finished run is calibrated: calibration.json, the temperature in metrics.json."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tiny_data
+from workbench import calibration, models
+from workbench.runs import RunDir
+from workbench.training.calibrate import NO_VALIDATION, calibrate_run, predict_probabilities
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_data.write_run(tmp_path_factory.mktemp("calibrated"), epochs=3)
+
+
+@pytest.mark.slow
+def test_the_run_records_one_temperature_per_model_fitted_on_val(run_dir):
+    run = RunDir(run_dir)
+    record = run.calibration
+    assert record["split"] == "val" and set(record["models"]) == {"best.keras", "model.keras"}
+    metrics = run.metrics
+    assert metrics["temperature"] == record["temperature"] == run.temperature("best") \
+        == record["models"]["best.keras"]["temperature"]
+    assert run.temperature("final") == record["models"]["model.keras"]["temperature"]
+    assert {"val_ece", "val_ece_raw"} <= set(metrics)
+
+    # the recorded numbers are those of the best model's validation predictions
+    data = run.load_splits()
+    for name, model in (("best.keras", "best"), ("model.keras", "final")):
+        network = models.load_model(run.model_path(model))
+        raw = predict_probabilities(network, data.images["val"], batch_size=8)
+        fitted = record["models"][name]
+        assert fitted["images"] == len(data.labels["val"])
+        assert calibration.negative_log_likelihood(raw, data.labels["val"]) == \
+            pytest.approx(fitted["nll_raw"], abs=1e-5)
+        calibrated = calibration.apply_temperature(raw, fitted["temperature"])
+        assert calibration.negative_log_likelihood(calibrated, data.labels["val"]) == \
+            pytest.approx(fitted["nll"], abs=1e-5)
+        assert fitted["nll"] <= fitted["nll_raw"]
+        np.testing.assert_array_equal(calibrated.argmax(1), raw.argmax(1))
+
+
+@pytest.mark.slow
+def test_without_a_validation_split_the_temperature_is_1_with_a_note(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    record = calibrate_run(copy, None, None)
+    assert record["temperature"] == 1.0 and record["note"] == NO_VALIDATION
+    assert RunDir(copy).temperature("best") == RunDir(copy).temperature("final") == 1.0
+    assert json.loads((copy / "calibration.json").read_text()) == record
+
+
+def test_a_run_without_calibration_json_has_temperature_1(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.keras").write_bytes(b"")
+    assert RunDir(tmp_path).calibration is None
+    assert RunDir(tmp_path).temperature() == 1.0
+    with pytest.raises(ValueError, match="record must be a dict with a 'models' dict"):
+        RunDir(tmp_path).write_calibration({"temperature": 2})

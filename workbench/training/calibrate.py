@@ -1,0 +1,66 @@
+"""Calibrates a finished run: one temperature per model file, fitted on the validation split.
+
+``finetune`` calls :func:`calibrate_run` once the run's models are written; it predicts the
+validation images with ``best.keras`` and ``model.keras`` (one pass each; one in all when the run
+kept no separate best model), fits a temperature to each (``workbench.calibration.calibrate``)
+and writes ``calibration.json``. Prediction, evaluation and export read it back through
+``RunDir.temperature``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from workbench import calibration
+from workbench._checks import check_int
+from workbench.models import load_model
+from workbench.runs import RunDir
+
+NO_VALIDATION = "no validation split: the probabilities are not calibrated (temperature 1)"
+
+
+def predict_probabilities(model, images, *, batch_size: int = 64) -> np.ndarray:
+    """The model's probabilities for uint8 images, ``batch_size`` at a time (a memory-mapped
+    array is read one batch at a time)."""
+    check_int("batch_size", batch_size, minimum=1)
+    parts = [np.asarray(model.predict_on_batch(np.asarray(images[i:i + batch_size], np.float32)))
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def calibrate_run(run_dir: str | Path, images, labels, *, batch_size: int = 64,
+                  loaded: dict | None = None) -> dict:
+    """Fits the temperature of each of the run's model files on held-out images and writes
+    ``calibration.json``.
+
+    Args:
+        run_dir: a run directory whose ``model.keras`` (and ``best.keras``) are written.
+        images: the validation split's uint8 images, decoded as in training; None or empty
+            when the run has no validation split (temperature 1, with a note).
+        labels: their class indices.
+        batch_size: images per forward pass.
+        loaded: ``{file name: keras.Model}`` already in memory (to skip loading it again).
+
+    Returns:
+        What ``calibration.json`` holds: ``temperature`` (that of the model the run's metrics
+        describe: ``best.keras`` when there is one), ``split``, and ``models`` mapping each
+        file name to ``workbench.calibration.calibrate``'s record.
+    """
+    run = RunDir(run_dir)
+    files = sorted({run.model_path("best").name, run.model_path("final").name})
+    if images is None or len(images) == 0:
+        record = {"temperature": 1.0, "split": None, "note": NO_VALIDATION, "models": {
+            name: {"temperature": 1.0} for name in files}}
+    else:
+        models = {}
+        for name in files:
+            model = (loaded or {}).get(name) or load_model(run.path / name)
+            probabilities = predict_probabilities(model, images, batch_size=batch_size)
+            fitted = calibration.calibrate(probabilities, np.asarray(labels))
+            models[name] = {k: v for k, v in fitted.items() if k != "method"}  # said once
+        record = {"temperature": models[run.model_path("best").name]["temperature"],
+                  "split": "val", "method": calibration.METHOD, "models": models}
+    run.write_calibration(record)
+    return record
