@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -10,8 +12,10 @@ import workbench._io as atomic_io
 
 import messy_data
 from workbench.data.scan import scan
+import workbench.data.split as split_module
 from workbench.data.split import (BELOW_MIN_PER_CLASS, BEYOND_COUNTS, FILES,
-                                  TOO_SMALL_FOR_COUNTS, SplitResult, parse_counts, split)
+                                  TOO_SMALL_FOR_COUNTS, SplitFolderExists, SplitResult,
+                                  parse_counts, split)
 
 
 def fake_table(sizes, *, start=0, copies=None):
@@ -315,14 +319,141 @@ def test_a_failed_write_leaves_the_previous_files_whole(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(atomic_io.os, "replace", fail)
+    monkeypatch.setattr(atomic_io, "_exchange", lambda first, second: fail())
     with pytest.raises(OSError, match="disk full"):
-        split(fake_table({"a": 10, "b": 10})).write(out)
+        split(fake_table({"a": 10, "b": 10})).write(out, overwrite=True)
     assert {name: (out / name).read_bytes() for name in FILES} == before
     assert sorted(os.listdir(out)) == sorted(FILES)
+    assert not [name for name in os.listdir(out.parent) if name.startswith(f".{out.name}.")]
 
 
-def test_an_empty_table_gives_an_empty_result(tmp_path):
-    result = split(scan(tmp_path, progress=False))
-    assert result.classes == [] and len(result.table) == 0
-    assert len(result.summary()) == 0
-    assert "No class was kept." in result.report()
+# --- rewriting a split folder --------------------------------------------------------------------
+
+def folder_bytes(folder) -> dict | None:
+    """Every file under ``folder`` and its bytes; None when the folder is missing."""
+    if not folder.is_dir():
+        return None
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_rewriting_with_other_settings_needs_overwrite_and_leaves_the_folder_alone(tmp_path):
+    out = split(fake_table({"a": 10, "b": 6}), seed=0).write(tmp_path / "out", data_root=tmp_path)
+    (out / "cache").mkdir()
+    (out / "cache" / "images-x.npy").write_bytes(b"cache")
+    before = folder_bytes(out)
+    other = split(fake_table({"a": 10, "b": 6}), seed=1)
+    with pytest.raises(SplitFolderExists) as caught:
+        other.write(out, data_root=tmp_path)
+    message = str(caught.value)
+    assert "16 images in 2 classes" in message and "seed 0 -> 1" in message
+    assert "overwrite=True" in message and "out_dir" in message
+    assert folder_bytes(out) == before
+
+    other.write(out, data_root=tmp_path, overwrite=True)
+    assert other.outcome == "replaced"
+    assert (out / "splits.csv").read_bytes() == other.table.to_csv(
+        index=False, lineterminator="\n").encode()
+    assert not (out / "cache").exists()  # the old split's cache went with it
+
+
+def test_other_images_with_the_same_settings_also_need_overwrite(tmp_path):
+    out = split(fake_table({"a": 10})).write(tmp_path / "out", data_root=tmp_path)
+    with pytest.raises(SplitFolderExists, match="other files.*2 images added"):
+        split(fake_table({"a": 12})).write(out, data_root=tmp_path)
+
+
+def test_writing_the_same_split_again_writes_nothing(tmp_path):
+    out = split(fake_table({"a": 10})).write(tmp_path / "out", data_root=tmp_path)
+    (out / "cache").mkdir()
+    stamps = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    inode = out.stat().st_ino
+    again = split(fake_table({"a": 10}))
+    assert again.write(out, data_root=tmp_path) == out
+    assert again.outcome == "unchanged" and "already up to date" in again.note
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == stamps
+    assert out.stat().st_ino == inode and (out / "cache").is_dir()
+
+
+def test_a_folder_of_other_files_is_never_replaced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        split(fake_table({"a": 10})).write(out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and os.listdir(out) == ["notes.txt"]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs in the writer (what is on disk stays)."""
+
+
+@pytest.fixture()
+def dead_pid():
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                             capture_output=True, text=True, check=True)
+    return int(process.stdout)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["swap", "rename-aside"])
+def test_a_rewrite_killed_after_any_write_leaves_the_old_or_the_new_folder(
+        tmp_path, monkeypatch, dead_pid, exchange):
+    data = tmp_path / "data"
+    old_result = split(fake_table({"a": 10, "b": 6}), seed=0)
+    new_result = split(fake_table({"a": 10, "b": 6}), seed=1)
+    reference = {name: folder_bytes(result.write(tmp_path / "reference" / name, data_root=data))
+                 for name, result in (("old", old_result), ("new", new_result))}
+    real = {"write": split_module._write_file, "replace": atomic_io.os.replace,
+            "exchange": atomic_io._exchange if exchange else lambda first, second: False}
+
+    def killed_rewrite(out, kill_at: int) -> bool:
+        """Rewrites ``out`` as a process ``dead_pid`` killed after its kill_at-th step (a file
+        written, a rename or a swap) would: True when it was killed."""
+        done = [0]
+
+        def step(function):
+            def counted(*args):
+                result = function(*args)
+                done[0] += 1
+                if done[0] == kill_at:
+                    raise Killed
+                return result
+            return counted
+
+        with monkeypatch.context() as patch:
+            patch.setattr(split_module, "_write_file", step(real["write"]))
+            patch.setattr(atomic_io.os, "replace", step(real["replace"]))
+            patch.setattr(atomic_io, "_exchange", step(real["exchange"]) if exchange
+                          else real["exchange"])
+            patch.setattr(atomic_io, "remove", lambda path: None)  # a kill cleans up nothing
+            patch.setattr(atomic_io.os, "getpid", lambda: dead_pid)
+            try:
+                new_result.write(out, data_root=data, overwrite=True)
+            except Killed:
+                return True
+        return False
+
+    if not exchange:
+        monkeypatch.setattr(atomic_io, "_exchange", real["exchange"])
+    kill_at = 1
+    while True:
+        out = tmp_path / str(kill_at) / "out"
+        old_result.write(out, data_root=data)
+        killed = killed_rewrite(out, kill_at)
+        left = folder_bytes(out)
+        if left is None:  # between the two renames; the next write puts the old one back
+            assert not exchange, f"killed at step {kill_at}"
+            old_result.write(out, data_root=data)
+            assert old_result.outcome == "unchanged"
+            left = folder_bytes(out)
+        assert left in (reference["old"], reference["new"]), f"killed at step {kill_at}"
+        if not killed:
+            assert left == reference["new"]
+            break
+        # the next write clears what the killed one left beside the folder, and finishes
+        new_result.write(out, data_root=data, overwrite=True)
+        assert folder_bytes(out) == reference["new"]
+        assert os.listdir(out.parent) == ["out"], f"killed at step {kill_at}"
+        kill_at += 1
+    # each of the 8 file writes was killed once, then the swap (or each of the two renames)
+    assert kill_at - 1 == len(FILES) + 1 + (1 if exchange else 2)

@@ -3,13 +3,16 @@ one, never half).
 
 Each file or folder is written at a temporary name in the same folder and then renamed onto
 the final one (``os.replace`` is atomic on POSIX and Windows for a file; a folder that already
-exists is first renamed aside, then removed). :func:`atomic_path` is the one mechanism the
-workbench writes with: run files, checkpoints, the image cache, exports.
+exists is swapped with the new one in one step where the system can (Linux ``renameat2``),
+otherwise renamed aside first, then removed). :func:`atomic_path` is the one mechanism the
+workbench writes with: split folders, run files, checkpoints, the image cache, exports.
+:func:`remove_stale_temporaries` clears what a killed writer left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -59,19 +62,39 @@ def atomic_path(path: str | Path, suffix: str | None = None, *, fsync: bool = Fa
 
 
 def _replace_folder(temporary: Path, path: Path) -> None:
-    """Renames the folder ``temporary`` onto ``path``, moving an old ``path`` aside first."""
+    """Renames the folder ``temporary`` onto ``path``: an old ``path`` is swapped with it in one
+    step (it ends up at ``temporary``, which the caller removes), or, where the system cannot
+    swap, moved aside first (a kill between the two renames leaves it set aside, and
+    :func:`remove_stale_temporaries` puts it back)."""
     if path.exists() and not path.is_dir():
         raise ValueError(f"path is a file and the block wrote a folder, received: {str(path)!r}")
+    if path.is_dir() and not path.is_symlink() and _exchange(temporary, path):
+        return
     old = path.with_name(f".{path.name}.old.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     if path.exists():
         os.replace(path, old)
     try:
         os.replace(temporary, path)
     except BaseException:
-        if old.exists():  # put the old folder back
+        if old.exists() and not path.exists():  # the rename failed: put the old folder back
             os.replace(old, path)
         raise
     remove(old)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swaps two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the system or the file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or a C library without it
+        return False
+    return renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                     _RENAME_EXCHANGE) == 0
 
 
 def remove(path: str | Path) -> None:
@@ -99,6 +122,35 @@ def stale_temporaries(folder: str | Path) -> list[Path]:
         if match and not _running(int(match["pid"])):
             stale.append(path)
     return sorted(stale)
+
+
+def remove_stale_temporaries(folder: str | Path, *, name: str | None = None) -> list[Path]:
+    """Clears what killed :func:`atomic_path` writers left in ``folder`` (see
+    :func:`stale_temporaries`; those of running processes stay).
+
+    A folder that a killed replace had set aside while its successor was not yet in place is
+    renamed back to its name (the old one is whole; the new one may not be); everything else
+    is removed.
+
+    Args:
+        folder: the folder to clear.
+        name: only the temporaries of this file or folder of ``folder``; all by default.
+
+    Returns:
+        The temporaries removed or put back.
+    """
+    cleared = []
+    for path in stale_temporaries(folder):
+        base = _TEMPORARY.match(path.name)["name"]
+        if name is not None and base not in (name, f"{name}.old"):
+            continue
+        original = path.with_name(base.removesuffix(".old") or base)
+        if base.endswith(".old") and path.is_dir() and not original.exists():
+            os.replace(path, original)
+        else:
+            remove(path)
+        cleared.append(path)
+    return cleared
 
 
 def _running(pid: int) -> bool:

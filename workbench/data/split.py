@@ -24,11 +24,18 @@ Example::
     result = split(scan("data/flowers"), min_per_class=30, counts=(10, "rest", 10))
     result.summary()
     result.write("runs/flowers/data")
+
+A split folder is written whole or not at all: into a sibling temporary folder that then takes
+its place in one step. Writing the same split again leaves it untouched; replacing a different
+split (other settings, or other images) needs ``overwrite=True``, since the runs trained on it
+would then evaluate on another test set.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +43,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench._checks import check_int, check_number
-from workbench._io import write_json, write_text
+from workbench._checks import check_bool, check_int, check_number
+from workbench._io import atomic_path, remove_stale_temporaries
 from workbench.data.scan import OK, scan
+from workbench.data.splitdir import SplitFolder
 
 TRAIN, VAL, TEST = "train", "val", "test"
 SPLITS = (TRAIN, VAL, TEST)
@@ -54,6 +62,31 @@ CLASS_REASONS = (BELOW_MIN_PER_CLASS, TOO_SMALL_FOR_COUNTS)  # the whole class i
 REJECTED_COLUMNS = ("path", "label", "reason", "detail")
 FILES = ("splits.csv", "rejected.csv", "train.txt", "val.txt", "test.txt", "labels.txt",
          "report.md")
+META = "split.json"
+CACHE = "cache"  # the image cache a split folder may hold (SplitFolder.cache_dir)
+
+# What SplitResult.write did: wrote a new folder, replaced another split, or found it up to date.
+WRITTEN, REPLACED, UNCHANGED = "written", "replaced", "unchanged"
+
+
+class SplitFolderExists(FileExistsError):
+    """The split folder holds another split and ``overwrite`` was not given.
+
+    ``str(error)`` names the library's keywords; :meth:`message` can name a command's flags.
+
+    Attributes:
+        folder: the split folder.
+        state: what it holds and how it differs, e.g. "... made with other settings (seed 0 -> 1)".
+    """
+
+    def __init__(self, folder, state: str):
+        self.folder, self.state = Path(folder), state
+        super().__init__(self.message())
+
+    def message(self, *, overwrite: str = "overwrite=True", out: str = "out_dir") -> str:
+        """The one-line error, naming ``overwrite`` and ``out`` as the caller spells them."""
+        return (f"{self.state}; pass {overwrite} to replace it (runs trained on it will then "
+                f"evaluate on a different test set), or choose another {out}")
 
 _DEFAULT_VAL = 0.1
 _DEFAULT_TEST = 0.1
@@ -117,6 +150,10 @@ class SplitResult:
         classes: the sorted names of the classes kept.
         dropped: one row per dropped class: ``label``, ``images``, ``reason``, ``detail``.
         settings: the options the split was made with.
+        outcome: what the last :meth:`write` did: ``"written"`` (a new folder),
+            ``"replaced"`` (another split, with ``overwrite``) or ``"unchanged"`` (the folder
+            already held this split); ``""`` before any write.
+        note: one line saying the same, naming the folder (for the terminal or a notebook).
     """
 
     table: pd.DataFrame
@@ -125,6 +162,8 @@ class SplitResult:
     dropped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=["label", "images", "reason", "detail"]))
     settings: dict = field(default_factory=dict)
+    outcome: str = ""
+    note: str = ""
 
     def summary(self) -> pd.DataFrame:
         """Images per class and split: columns label, label_index, train, val, test, total."""
@@ -199,8 +238,9 @@ class SplitResult:
             lines.append("None.")
         return "\n".join(lines) + "\n"
 
-    def write(self, out_dir, *, data_root=None) -> Path:
-        """Writes the split files into ``out_dir`` (created if needed), each one atomically.
+    def write(self, out_dir, *, data_root=None, overwrite: bool = False) -> Path:
+        """Writes the split folder ``out_dir`` whole: into a sibling temporary folder that then
+        takes its place in one step, so a killed write leaves the old folder or the new one.
 
         Files: ``splits.csv`` (the table), ``rejected.csv``, ``train.txt``, ``val.txt`` and
         ``test.txt`` (Caffe lists, ``path label_index`` per line, in a seeded shuffled order),
@@ -208,14 +248,49 @@ class SplitResult:
         ``report.md``.
 
         With ``data_root`` (the folder the paths are relative to) it also writes ``split.json``
-        naming that folder relative to ``out_dir``, so training finds the images from the split
-        folder alone and both folders may move together.
+        naming that folder relative to ``out_dir`` and the settings, so training finds the
+        images from the split folder alone and both folders may move together.
+
+        When ``out_dir`` already holds exactly these files, nothing is written (its image cache
+        stays). What a killed write left beside ``out_dir`` is cleared first. Sets
+        :attr:`outcome` and :attr:`note`.
+
+        Args:
+            out_dir: the split folder: new, empty, or holding a split.
+            data_root: the dataset folder, recorded in ``split.json``.
+            overwrite: replace a split folder that holds another split (other settings or
+                other images); its image cache goes with it.
 
         Returns:
             ``out_dir`` as a ``Path``.
+
+        Raises:
+            SplitFolderExists: ``out_dir`` holds another split and ``overwrite`` is False.
+            FileExistsError: ``out_dir`` is a file, or holds files that are not a split's.
         """
+        check_bool("overwrite", overwrite)
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        texts = self._texts(out_dir, data_root)
+        remove_stale_temporaries(out_dir.parent, name=out_dir.name)
+        state = _folder_state(out_dir, texts)
+        if state == UNCHANGED:
+            self.outcome = UNCHANGED
+            self.note = (f"{out_dir} is already up to date (same settings, same images); "
+                         "nothing was written")
+            return out_dir
+        if state is not None and not overwrite:
+            raise SplitFolderExists(out_dir, state)
+        with atomic_path(out_dir) as temporary:
+            temporary.mkdir()
+            for name, text in texts.items():
+                _write_file(temporary / name, text)
+        self.outcome = WRITTEN if state is None else REPLACED
+        self.note = (f"{'Wrote' if state is None else 'Replaced the split in'} {out_dir}: "
+                     f"{', '.join(texts)}")
+        return out_dir
+
+    def _texts(self, out_dir: Path, data_root) -> dict:
+        """The split folder's files: ``{name: text}``."""
         seed = self.settings.get("seed", 0)
         texts = {
             "splits.csv": self.table.to_csv(index=False, lineterminator="\n"),
@@ -228,13 +303,106 @@ class SplitResult:
             ordered = sorted(zip(rows["path"], rows["label_index"]),
                              key=lambda item: (_unit(f"{seed}:order:{item[0]}"), item[0]))
             texts[f"{name}.txt"] = "".join(f"{path} {index}\n" for path, index in ordered)
-        for name in FILES:
-            write_text(out_dir / name, texts[name])
+        texts = {name: texts[name] for name in FILES}
         if data_root is not None:
             root = os.path.relpath(Path(data_root).resolve(), out_dir.resolve())
-            write_json(out_dir / "split.json", {"data_root": Path(root).as_posix(),
-                                                "settings": _json_settings(self.settings)})
-        return out_dir
+            texts[META] = json.dumps({"data_root": Path(root).as_posix(),
+                                      "settings": _json_settings(self.settings)},
+                                     indent=2, sort_keys=True) + "\n"
+        return texts
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Writes one file of a split folder (into the temporary folder; tests count the calls)."""
+    path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def _folder_state(out_dir: Path, texts: dict) -> str | None:
+    """``None`` when ``out_dir`` is missing or empty, ``"unchanged"`` when it holds exactly
+    ``texts``, else a sentence on the split it holds and how it differs from ``texts``.
+
+    Raises:
+        FileExistsError: ``out_dir`` is a file, or holds files that are not a split's.
+    """
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        raise FileExistsError(f"out_dir must be a folder (new or existing), received: "
+                              f"{str(out_dir)!r}, which is a file")
+    remove_stale_temporaries(out_dir)  # left inside by an older, file-by-file writer
+    names = {path.name for path in out_dir.iterdir()}
+    foreign = sorted(names - set(FILES) - {META, CACHE})
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise FileExistsError(f"out_dir must be a new or empty folder or a split folder, "
+                              f"received: {str(out_dir)!r}, which holds {shown}; choose another "
+                              "folder (a split folder is replaced whole)")
+    if not names - {CACHE}:
+        return None
+    if names - {CACHE} == set(texts) and all(
+            (out_dir / name).read_bytes() == text.encode("utf-8") for name, text in texts.items()):
+        return UNCHANGED
+    return _difference(out_dir, texts)
+
+
+def _difference(out_dir: Path, texts: dict) -> str:
+    """What ``out_dir`` holds and how it differs from the split in ``texts``, in one sentence."""
+    if not (out_dir / "splits.csv").is_file():
+        return f"{out_dir} holds an incomplete split folder (no splits.csv)"
+    folder = SplitFolder(out_dir)
+    try:
+        old = folder.table
+        held = (f"{out_dir} already holds a split of {len(old)} images in "
+                f"{old['label'].nunique()} classes")
+    except (OSError, ValueError, KeyError):  # damaged: say so rather than fail
+        return f"{out_dir} holds a split folder whose splits.csv cannot be read"
+    changed = _meta_change(folder.meta, json.loads(texts[META]) if META in texts else {})
+    if changed:
+        return f"{held} {changed}"
+    new = pd.read_csv(io.StringIO(texts["splits.csv"]), dtype={"path": str, "label": str})
+    before = dict(zip(old["path"], old["split"]))
+    after = dict(zip(new["path"], new["split"]))
+    counts = {"added": len(after.keys() - before.keys()),
+              "removed": len(before.keys() - after.keys()),
+              "moved to another split": sum(before[path] != after[path]
+                                            for path in before.keys() & after.keys())}
+    said = ", ".join(f"{count} images {what}" for what, count in counts.items() if count)
+    return f"{held} made from other files ({said or 'changed image files or labels'})"
+
+
+def _meta_change(old: dict, new: dict) -> str | None:
+    """How the settings or the dataset folder of two ``split.json`` differ, or None."""
+    changes = [f"{key} {_shown(old['settings'].get(key))} -> {_shown(value)}"
+               for key, value in new.get("settings", {}).items()
+               if "settings" in old and old["settings"].get(key) != value]
+    if changes:
+        return f"made with other settings ({', '.join(changes)})"
+    if new and "data_root" in old and old["data_root"] != new["data_root"]:
+        return (f"of another dataset folder (data_root {old['data_root']!r} -> "
+                f"{new['data_root']!r})")
+    return None
+
+
+def _refusal_before_scan(out_dir: Path, settings: dict, data_root) -> SplitFolderExists | None:
+    """The refusal :meth:`SplitResult.write` will give when ``out_dir``'s ``split.json``
+    already shows other settings or another dataset folder (known before the long scan)."""
+    try:
+        folder = SplitFolder(out_dir)
+        old, held = folder.meta, len(folder.table)
+        classes = folder.table["label"].nunique()
+    except (OSError, ValueError, KeyError):  # no split here, or a damaged one: write decides
+        return None
+    root = Path(os.path.relpath(Path(data_root).resolve(), out_dir.resolve())).as_posix()
+    changed = _meta_change(old, {"data_root": root, "settings": _json_settings(settings)})
+    if changed is None:
+        return None
+    return SplitFolderExists(out_dir, f"{out_dir} already holds a split of {held} images in "
+                                      f"{classes} classes {changed}")
+
+
+def _shown(value) -> str:
+    return ",".join(str(item) for item in value) if isinstance(value, list) else str(value)
 
 
 def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_VAL,
@@ -415,23 +583,30 @@ def _json_settings(settings: dict) -> dict:
 
 def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_class: int = 1,
             val: float = _DEFAULT_VAL, test: float = _DEFAULT_TEST, counts=None, seed: int = 0,
-            min_side: int = 8, workers: int | None = None, progress: bool = True) -> SplitResult:
+            min_side: int = 8, workers: int | None = None, progress: bool = True,
+            overwrite: bool = False) -> SplitResult:
     """Scans a dataset, splits it and writes the split folder: the whole first step in one call.
 
     The notebook and ``workbench split`` both call this. Arguments are those of
-    :func:`workbench.data.scan.scan` and :func:`split`.
+    :func:`workbench.data.scan.scan` and :func:`split`. Run again with the same settings on the
+    same images, it writes nothing (``result.outcome == "unchanged"``).
 
     Args:
         data_dir: the dataset folder (class sub-folders, or the root of ``list_file``'s paths).
         out_dir: the split folder to write; it must not lie inside ``data_dir``, which is never
             written to.
+        overwrite: replace a split folder that holds another split (see
+            :meth:`SplitResult.write`); without it, other settings are refused before the scan.
 
     Returns:
-        The :class:`SplitResult`, already written to ``out_dir`` (with ``split.json``).
+        The :class:`SplitResult`, already written to ``out_dir`` (with ``split.json``); its
+        ``note`` says what was written.
 
     Raises:
         FileNotFoundError: if ``data_dir`` is not a folder.
         ValueError: for a bad option, or ``out_dir`` inside ``data_dir``.
+        SplitFolderExists: ``out_dir`` holds another split and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` is a file or holds files that are not a split's.
     """
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data_dir must be an existing folder, received: {str(data_dir)!r}")
@@ -440,12 +615,17 @@ def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_clas
         raise ValueError(f"out_dir must not be inside data_dir (the dataset is never written "
                          f"to), received: {str(out_dir)!r}")
     options = {"counts": counts} if counts is not None else {"val": val, "test": test}
-    split(pd.DataFrame(columns=["path", "label", "sha256", "status"]), min_per_class=min_per_class,
-          seed=seed, **options)  # validates the options before the (long) scan
+    check_bool("overwrite", overwrite)
+    settings = split(pd.DataFrame(columns=["path", "label", "sha256", "status"]),
+                     min_per_class=min_per_class, seed=seed,
+                     **options).settings  # validates the options before the (long) scan
+    refusal = None if overwrite else _refusal_before_scan(Path(out_dir), settings, data_dir)
+    if refusal is not None:
+        raise refusal
     table = scan(data_dir, list_file=list_file, labels_file=labels_file, min_side=min_side,
                  workers=workers, progress=progress)
     result = split(table, min_per_class=min_per_class, seed=seed, **options)
-    result.write(out_dir, data_root=data_dir)
+    result.write(out_dir, data_root=data_dir, overwrite=overwrite)
     return result
 
 

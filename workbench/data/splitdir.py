@@ -72,6 +72,23 @@ class SplitFolder:
         """The class names, index ``i`` naming label index ``i``."""
         return (self.path / "labels.txt").read_text(encoding="utf-8").splitlines()
 
+    @functools.cached_property
+    def meta(self) -> dict:
+        """``split.json``: ``data_root`` (relative to the folder) and the ``settings`` of the
+        split; ``{}`` when the folder has none (written without a dataset folder).
+
+        Raises:
+            ValueError: ``split.json`` is not readable JSON.
+        """
+        meta_path = self.path / "split.json"
+        if not meta_path.is_file():
+            return {}
+        try:
+            return json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ValueError(f"{meta_path} is not readable JSON ({error}); write the split "
+                             "again") from None
+
     @property
     def data_root(self) -> Path:
         """The folder the image paths are relative to.
@@ -81,11 +98,10 @@ class SplitFolder:
         """
         if self._data_root is not None:
             return self._data_root
-        meta_path = self.path / "split.json"
-        if not meta_path.is_file():
+        if "data_root" not in self.meta:
             raise FileNotFoundError(f"data_root is needed: the split folder {str(self.path)!r} "
                                     "has no split.json naming its dataset")
-        return self.path / json.loads(meta_path.read_text(encoding="utf-8"))["data_root"]
+        return self.path / self.meta["data_root"]
 
     @property
     def cache_dir(self) -> Path:
