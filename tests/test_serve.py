@@ -22,7 +22,7 @@ from PIL import Image
 
 from serving import digit, running_server, serve_process
 from workbench.cli import main
-from workbench.data.images import DEFAULT_MAX_PIXELS
+from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected
 from workbench.deploy.limits import (DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_DECODE_WAIT,
                                      DEFAULT_MAX_CONNECTIONS, DEFAULT_UPLOAD_TIMEOUT,
                                      DECODE_ALLOWANCE_BYTES, DecodeBudget, decode_estimate,
@@ -409,7 +409,8 @@ def test_a_rotation_is_estimated_wherever_the_exif_is():
     base = decode_estimate(plain, 16).bytes
     assert decode_estimate(late[0], 16).bytes == base + 4 * 400 * 300  # a rotated RGB copy
     assert decode_estimate(late[1], 16).bytes == base
-    assert decode_estimate(b"not an image", 16) is None
+    with pytest.raises(ImageRejected, match="not an image"):  # answered 415, nothing decoded
+        decode_estimate(b"not an image", 16)
     with pytest.raises(ValueError, match="side must be >= 1, received: 0"):
         decode_estimate(plain, 0)
 

@@ -5,6 +5,12 @@ Scanning, the input pipeline and prediction all call :func:`decode` (or :func:`o
 (truncation is caught), EXIF orientation applied, any mode (CMYK, 16-bit, float, palette, grey,
 alpha) converted to 8-bit RGB.
 
+**Formats.** Only :data:`ACCEPTED_FORMATS` are read: JPEG, PNG, WebP, GIF, BMP and TIFF. Every
+file from outside is opened by :func:`open_header` (scan, the cache build, prediction, the web
+service's memory estimate), which hands Pillow that list, so none of the forty other formats
+Pillow knows is ever parsed: some allocate whatever their header claims (BLP, DDS), EPS runs
+Ghostscript. Such a file is rejected as ``"unsupported format"``, naming its format.
+
 **Images deeper than 8 bits** (PIL modes ``I;16*``, ``I``, ``F``: 12/16/32-bit integer and
 32-bit float greyscale; 16-bit colour is reduced by Pillow itself) are mapped linearly from the
 range the file declares to 0..255, so that what the file says is kept:
@@ -43,6 +49,7 @@ import ctypes
 import io
 import os
 import platform
+import struct
 import sys
 import threading
 import warnings
@@ -55,6 +62,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from workbench._checks import check_choice, check_int, one_line
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# The formats read from outside, by Pillow's names (a multi-picture JPEG, MPO, is a JPEG), and as
+# messages name them; the memory estimates of workbench.deploy.limits are measured for these.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ACCEPTED_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF"
+_PREFIX_BYTES = 16  # what Pillow reads to pick a format
 RESIZE_MODES = ("squash", "crop", "pad")
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; larger headers are treated as decompression bombs
 
@@ -82,8 +94,8 @@ class ImageRejected(ValueError):
         messages: the warnings and libtiff errors the decoder gave, one string each.
     """
 
-    REASONS = ("zero bytes", "not an image", "truncated or corrupt", "decompression bomb",
-               "too small", "unusable pixel values", "unreadable")
+    REASONS = ("zero bytes", "not an image", "unsupported format", "truncated or corrupt",
+               "decompression bomb", "too small", "unusable pixel values", "unreadable")
 
     def __init__(self, reason: str, detail: str = "", messages=()):
         assert reason in self.REASONS, reason
@@ -195,16 +207,7 @@ def _decode(source, max_pixels: int, min_side: int, draft_size: int | None) -> D
         raise TypeError("source must be a path, bytes, a file object, a PIL image or a NumPy "
                         f"array, received: {type(source).__name__}")
     with stream:
-        try:
-            image = Image.open(stream)
-        except Image.DecompressionBombError as error:
-            raise ImageRejected("decompression bomb", str(error)) from error
-        except UnidentifiedImageError as error:  # its message names a memory address
-            raise ImageRejected("not an image", "not a recognised image format"
-                                + _first_bytes(stream)) from error
-        except (OSError, ValueError, SyntaxError, EOFError) as error:  # a known format, broken
-            raise ImageRejected("truncated or corrupt",
-                                f"cannot read the header: {error}") from error
+        image = open_header(stream)
         mode, (width, height) = image.mode, image.size
         if width * height > max_pixels:
             raise ImageRejected("decompression bomb",
@@ -230,6 +233,92 @@ def _decode(source, max_pixels: int, min_side: int, draft_size: int | None) -> D
     return Decoded(_orient(_to_rgb(image), orientation), mode, width, height)
 
 
+def open_header(source) -> Image.Image:
+    """Opens an image from outside, reading its header only, if it is in an accepted format.
+
+    The one place a file or upload is handed to Pillow: only :data:`ACCEPTED_FORMATS` are tried,
+    so no other format's parser runs, and nothing is decoded until the image is loaded.
+
+    Args:
+        source: a path, ``bytes`` or a binary file object (read from its current position;
+            the caller closes it).
+
+    Returns:
+        A lazy ``PIL.Image``: size, mode, format and metadata known, pixels not yet decoded.
+
+    Raises:
+        ImageRejected: ``"unsupported format"`` (the detail names the format, when Pillow
+            knows it, and the accepted ones), ``"not an image"``, ``"decompression bomb"`` (a
+            header over Pillow's own pixel limit) or ``"truncated or corrupt"`` (a header that
+            cannot be read).
+        TypeError: if ``source`` is of an unsupported type.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    elif not isinstance(source, (str, os.PathLike)) and not hasattr(source, "read"):
+        raise TypeError("source must be a path, bytes or a binary file object, received: "
+                        f"{type(source).__name__}")
+    start = _position(source)
+    try:
+        return Image.open(source, formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as error:
+        raise ImageRejected("decompression bomb", str(error)) from error
+    except UnidentifiedImageError as error:  # its message names a memory address
+        prefix = _prefix(source, start)
+        known = _format_of(prefix)
+        if known is not None and known not in ACCEPTED_FORMATS:
+            # named by its signature alone, which some formats share (a TGA reads as CUR)
+            raise ImageRejected("unsupported format", f"format {known} (by its first bytes) "
+                                f"is not one of {ACCEPTED_FORMAT_NAMES}") from error
+        shown = f"; it starts with {prefix[:12]!r}" if prefix is not None else ""
+        raise ImageRejected("not an image", "not a recognised image format (the formats read "
+                            f"are {ACCEPTED_FORMAT_NAMES}){shown}") from error
+    except (OSError, ValueError, SyntaxError, EOFError) as error:  # a known format, broken
+        raise ImageRejected("truncated or corrupt", f"cannot read the header: {error}") from error
+
+
+def _position(source) -> int | None:
+    """Where a file object is (0 for a path), or None if it cannot say (not seekable)."""
+    if isinstance(source, (str, os.PathLike)):
+        return 0
+    try:
+        return source.tell()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _prefix(source, start: int | None) -> bytes | None:
+    """The first bytes Pillow looked at, or None if they cannot be read again."""
+    if start is None:
+        return None
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as stream:
+                return stream.read(_PREFIX_BYTES)
+        source.seek(start)
+        return source.read(_PREFIX_BYTES)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _format_of(prefix: bytes | None) -> str | None:
+    """The format Pillow takes a file starting with ``prefix`` for, by the signature checks of
+    its plugins (nothing is parsed), or None when none recognises it."""
+    if not prefix:
+        return None
+    Image.init()
+    for name in Image.ID:  # in the order Image.open tries them
+        accept = Image.OPEN[name][1]
+        if accept is None:  # a format told only by parsing (TGA, ...): not named
+            continue
+        try:
+            if accept(prefix):  # a string means "recognised, but not readable here"
+                return name
+        except (struct.error, IndexError, ValueError, TypeError):  # a check of a short prefix
+            continue
+    return None
+
+
 def _orientation(image: Image.Image) -> int | None:
     """The EXIF (or XMP) orientation, 1..8, or None; ImageRejected if the EXIF is broken."""
     try:
@@ -243,15 +332,6 @@ def _orient(image: Image.Image, orientation: int | None) -> Image.Image:
     """``image`` turned upright, as ``ImageOps.exif_transpose`` does (a new image if turned)."""
     method = _TRANSPOSES.get(orientation)
     return image if method is None else image.transpose(method)
-
-
-def _first_bytes(stream) -> str:
-    """``"; it starts with b'...'"`` for a seekable stream, else ``""``."""
-    try:
-        stream.seek(0)
-        return f"; it starts with {stream.read(12)!r}"
-    except (OSError, ValueError, AttributeError):
-        return ""
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -38,6 +38,7 @@ REJECTED = "rejected"
 # Why a file is rejected: the ``reason`` column holds exactly one of these.
 ZERO_BYTES = "zero bytes"
 NOT_AN_IMAGE = "not an image"
+UNSUPPORTED_FORMAT = "unsupported format"  # an image, but in none of images.ACCEPTED_FORMATS
 TRUNCATED = "truncated or corrupt"
 DECOMPRESSION_BOMB = "decompression bomb"
 TOO_SMALL = "too small"
@@ -49,8 +50,9 @@ CONFLICTING_LABELS = "conflicting labels"
 BAD_LIST_ENTRY = "bad list entry"
 NOT_IN_CLASS_FOLDER = "not in a class folder"
 
-REASONS = (ZERO_BYTES, NOT_AN_IMAGE, TRUNCATED, DECOMPRESSION_BOMB, TOO_SMALL, UNUSABLE_PIXELS,
-           UNREADABLE, HIDDEN, DUPLICATE, CONFLICTING_LABELS, BAD_LIST_ENTRY, NOT_IN_CLASS_FOLDER)
+REASONS = (ZERO_BYTES, NOT_AN_IMAGE, UNSUPPORTED_FORMAT, TRUNCATED, DECOMPRESSION_BOMB, TOO_SMALL,
+           UNUSABLE_PIXELS, UNREADABLE, HIDDEN, DUPLICATE, CONFLICTING_LABELS, BAD_LIST_ENTRY,
+           NOT_IN_CLASS_FOLDER)
 JPEG_DECODES = ("draft", "full")  # how scan decodes a JPEG (its decode_jpeg argument)
 
 COLUMNS = ("path", "label", "width", "height", "mode", "sha256", "status", "reason", "detail")

@@ -5,9 +5,13 @@ Decoding memory. A small file can hold a huge image (a 7.6 kB PNG of 7900x7900 o
 takes 300 MB to decode and convert to RGB), so the size of an upload says nothing about what it
 costs. :func:`decode_estimate` reads only the image's header and estimates the bytes that
 decoding, converting and resizing it will take (JPEGs are decoded at a reduced scale, about the
-model's input size, so they cost little); :class:`DecodeBudget` lets decodes start only while the
-estimates of those running fit in a budget shared by all requests, in arrival order. A request
-that waits too long is turned away (503), one whose image could never fit is rejected (400).
+model's input size, so they cost little). It opens the image as decoding will, with
+``workbench.data.images.open_header``: only the accepted formats (JPEG, PNG, WebP, GIF, BMP,
+TIFF), whose decoders allocate what the header says, so an image is estimated before any of it
+is decoded, and anything else is refused unread. :class:`DecodeBudget` lets decodes start only
+while the estimates of those running fit in a budget shared by all requests, in arrival order. A
+request that waits too long is turned away (503), one whose image could never fit is rejected
+(400).
 
 The estimates come from measuring the peak memory of ``workbench.data.images.load_array`` per
 image mode (``tests/test_serve.py`` checks they still bound it): bytes per pixel of the decoded
@@ -29,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import io
 import logging
 import os
 import struct
@@ -37,11 +40,12 @@ import struct
 from PIL import Image
 
 from workbench._checks import check_int
-from workbench.data.images import DEFAULT_MAX_PIXELS
+from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected, open_header
 
 DEFAULT_DECODE_BUDGET_BYTES = 512 * 1024 * 1024
 DEFAULT_DECODE_WAIT = 10.0  # seconds a request may wait for decoding memory before a 503
 DEFAULT_UPLOAD_TIMEOUT = 30.0  # seconds to send the request headers, then the body
+MAX_UPLOAD_TIMEOUT = 3600.0  # longer would let stalled clients hold connections for ever
 DEFAULT_MAX_CONNECTIONS = 128  # open connections at once; half of them may be uploads
 # Decoder buffers, the resized copy, the arrays, and the 2 MiB pages the kernel may back them
 # with (transparent huge pages: a JPEG decoded at 1/8 scale measured 2.7 MiB here, 5.1 MiB on a
@@ -107,25 +111,28 @@ def decode_estimate(data: bytes, side: int) -> DecodeEstimate | None:
             that keeps both sides at least this large, as ``load_array`` does).
 
     Returns:
-        A :class:`DecodeEstimate`, or ``None`` when PIL cannot read the header (decoding will
-        then fail at once, reading nothing more).
+        A :class:`DecodeEstimate`.
 
     Raises:
+        ImageRejected: the header cannot be read, or the image is in none of
+            ``workbench.data.images.ACCEPTED_FORMATS`` (opened the way ``load_array`` opens it,
+            so an image without an estimate is never decoded); its ``reason`` says which.
         ValueError: ``data`` is not bytes, or ``side`` is not a positive integer.
     """
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"data must be bytes, received: {type(data).__name__}")
     check_int("side", side, minimum=1)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
+    with open_header(data) as image:
+        try:
             width, height = image.size
             transparent = "transparency" in image.info
             rotation = _may_rotate(image, data)
             if image.format == "JPEG":  # the reduced-scale decode load_array asks for
                 image.draft("RGB", (side, side))
             mode, format, decoded = image.mode, image.format or "", image.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+        except (OSError, ValueError, SyntaxError, EOFError) as error:
+            raise ImageRejected("truncated or corrupt",
+                                f"cannot read the header: {error}") from error
     per_pixel = _BYTES_PER_PIXEL.get(mode, _UNKNOWN_BYTES_PER_PIXEL)
     if transparent:
         per_pixel = _TRANSPARENT_BYTES_PER_PIXEL.get(mode, per_pixel)

@@ -13,9 +13,10 @@ Endpoints (every error is JSON, ``{"error": "..."}``, with its status code):
   ``top_k`` (query or form field, default 5) -> ``{"predictions": [{"label", "probability"},
   ...]}`` best first. 413 when the body is larger than ``max_upload_bytes`` (checked from
   ``Content-Length`` before reading, and again while the body streams in, so a huge upload is
-  never buffered; the connection is then closed), 415 when it is not an image and 400 when it
-  is an unusable one (truncated, too small, a decompression bomb; ``reason`` says which), 400
-  for a missing file or a bad ``top_k``, 408 when the body does not arrive within
+  never buffered; the connection is then closed), 415 when it is not an image in a format the
+  service reads (JPEG, PNG, WebP, GIF, BMP, TIFF; no other format's decoder is ever run), 400
+  when it is an unusable one (truncated, too small, a decompression bomb; ``reason`` says
+  which), 400 for a missing file or a bad ``top_k``, 408 when the body does not arrive within
   ``upload_timeout``, 503 (with ``reason`` and ``Retry-After``) when the service is busy: too
   many uploads at once, or no decoding memory free within ``decode_wait``.
 - ``GET /api/health``: ``{"status": "ok", ...}`` with the limits and what is in use.
@@ -67,11 +68,11 @@ import time
 from pathlib import Path
 
 from workbench._checks import check_choice, check_int, check_number
-from workbench.deploy.limits import (ACCEPT_BATCH, DECODE_ALLOWANCE_BYTES,
-                                     DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_DECODE_WAIT,
-                                     DEFAULT_MAX_CONNECTIONS, DEFAULT_UPLOAD_TIMEOUT, DecodeBudget,
-                                     connection_limit, decode_estimate, guarded_protocol,
-                                     max_pixels_for)
+from workbench.deploy.limits import (ACCEPT_BATCH, DEFAULT_DECODE_BUDGET_BYTES,
+                                     DEFAULT_DECODE_WAIT, DEFAULT_MAX_CONNECTIONS,
+                                     DEFAULT_UPLOAD_TIMEOUT, MAX_UPLOAD_TIMEOUT,
+                                     DecodeBudget, connection_limit,
+                                     decode_estimate, guarded_protocol, max_pixels_for)
 from workbench.deploy.predict import Classifier
 from workbench.runs import RunDir
 
@@ -229,15 +230,16 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     from starlette.requests import ClientDisconnect
 
     from workbench import __version__
-    from workbench.data.images import ImageRejected
+    from workbench.data.images import ACCEPTED_FORMAT_NAMES, ImageRejected
 
     check_int("max_upload_bytes", max_upload_bytes, minimum=1)
     check_int("top_k_max", top_k_max, minimum=1)
     check_choice("model", model, ("best", "final"))
     max_pixels = max_pixels_for(decode_budget_bytes) if max_pixels is None else \
         check_int("max_pixels", max_pixels, minimum=1)
-    check_number("decode_wait", decode_wait, minimum=0.0)
-    check_number("upload_timeout", upload_timeout, minimum=0.0, exclusive_minimum=True)
+    check_number("decode_wait", decode_wait, minimum=0.0, maximum=MAX_UPLOAD_TIMEOUT)
+    check_number("upload_timeout", upload_timeout, minimum=0.0, exclusive_minimum=True,
+                 maximum=MAX_UPLOAD_TIMEOUT)
     check_int("max_uploads", max_uploads, minimum=1)
     classifier = _load(source, model)
     info = model_info(classifier)
@@ -256,10 +258,9 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
 
     def decoding_cost(data: bytes) -> int:
         """The bytes to reserve for decoding ``data``; raises ImageRejected for an image too
-        large for this service."""
+        large for this service, or one that is not an image in an accepted format (then nothing
+        is decoded)."""
         estimate = decode_estimate(data, int(classifier.image_size))
-        if estimate is None:  # no image header: decoding stops at once with the reason
-            return DECODE_ALLOWANCE_BYTES
         if estimate.pixels > max_pixels:
             raise ImageRejected("decompression bomb", f"{estimate.width}x{estimate.height} "
                                 f"exceeds this service's max_pixels={max_pixels}")
@@ -364,7 +365,10 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
         except ImageRejected as error:
             if error.reason == "not an image":  # PIL's detail names a BytesIO object
                 return _error(415, "not an image: the upload is in no image format the server "
-                                   "reads (JPEG, PNG, WebP, GIF, BMP, TIFF)", reason=error.reason)
+                                   f"reads ({ACCEPTED_FORMAT_NAMES})", reason=error.reason)
+            if error.reason == "unsupported format":  # the detail names the format and the list
+                return _error(415, f"unsupported format: {error.detail}, the formats the server "
+                                   "reads", reason=error.reason)
             return _error(400, f"not a usable image ({error.reason}): {error.detail}",
                           reason=error.reason)
         return {"predictions": predictions}
@@ -489,7 +493,7 @@ _PREDICT_OPENAPI = {
         "400": {"description": "missing file, unusable image or bad top_k"},
         "408": {"description": "the body did not arrive within the upload timeout"},
         "413": {"description": "upload larger than the server's limit"},
-        "415": {"description": "not an image"},
+        "415": {"description": "not an image, or in a format the service does not read"},
         "503": {"description": "busy: too many uploads, or no decoding memory came free"}},
 }
 
@@ -610,7 +614,8 @@ def serve(source, *, host: str = "127.0.0.1", port: int = 8000, model: str = "be
 
     check_choice("log_level", log_level, ("critical", "error", "warning", "info", "debug"))
     check_int("max_connections", max_connections, minimum=2)
-    check_number("upload_timeout", upload_timeout, minimum=0.0, exclusive_minimum=True)
+    check_number("upload_timeout", upload_timeout, minimum=0.0, exclusive_minimum=True,
+                 maximum=MAX_UPLOAD_TIMEOUT)
     sock = bind(host, port)  # first: a port in use fails before the model loads
     try:
         connections = connection_limit(max_connections)
