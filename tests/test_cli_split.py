@@ -164,3 +164,81 @@ def test_the_command_exits_with_the_status_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: DATA folder not found, received: {str(tmp_path / 'nowhere')!r}"]
+
+
+# --- an existing split folder ------------------------------------------------------------------
+
+def folder_bytes(folder) -> dict:
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_other_settings_are_refused_before_the_scan_and_the_folder_is_left_alone(
+        data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert main(["split", str(data), "--out", str(out), "--seed", "0"]) == 0
+    before = folder_bytes(out)
+    capsys.readouterr()
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("scanned although the answer was known before the scan")
+
+    monkeypatch.setattr("workbench.data.split.scan", no_scan)
+    assert main(["split", str(data), "--out", str(out), "--seed", "1", "--counts",
+                 "2,rest,2"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {out} already holds a split of ")
+    assert "made with other settings (" in error[0] and "seed 0 -> 1" in error[0]
+    assert "counts None -> 2,rest,2" in error[0]
+    assert "pass --overwrite to replace it" in error[0] and "another --out" in error[0]
+    assert "overwrite=True" not in error[0]
+    assert folder_bytes(out) == before
+
+
+def test_the_same_split_again_is_a_no_op_that_says_so(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["split", str(data), "--out", str(out), "--seed", "3"]) == 0
+    stamps = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    capsys.readouterr()
+    assert main(["split", str(data), "--out", str(out), "--seed", "3"]) == 0
+    assert f"{out} is already up to date" in capsys.readouterr().out
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == stamps
+
+
+PAUSED_SPLIT = """
+import sys, time
+import workbench.data.split as split
+write, done = split._write_file, []
+def paused(path, text):  # pauses after its third file, to be killed there
+    write(path, text)
+    done.append(path)
+    if len(done) == 3:
+        print("paused", flush=True)
+        time.sleep(600)
+split._write_file = paused
+from workbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_rewrite_killed_with_sigkill_leaves_the_old_split_and_the_next_run_clears_up(
+        data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["split", str(data), "--out", str(out), "--seed", "0"]) == 0
+    before = folder_bytes(out)
+    process = subprocess.Popen([sys.executable, "-c", PAUSED_SPLIT, "split", str(data),
+                                "--out", str(out), "--seed", "1", "--overwrite"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout.readline() == "paused\n"
+    finally:
+        process.kill()  # SIGKILL
+        process.wait()
+    assert folder_bytes(out) == before
+    left = [name for name in os.listdir(tmp_path) if name.startswith(".out.")]
+    assert left == [name for name in left if f".{process.pid}." in name] and len(left) == 1
+
+    assert main(["split", str(data), "--out", str(out), "--seed", "1", "--overwrite"]) == 0
+    assert "Replaced the split in" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["data", "out"]
+    assert json.loads((out / "split.json").read_text())["settings"]["seed"] == 1

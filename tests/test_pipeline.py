@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -573,3 +575,19 @@ def test_enlarging_interpolates_instead_of_repeating_pixels():
     for mode in images.RESIZE_MODES:
         large = np.asarray(images.resize(tiny, 16, mode))
         assert len(np.unique(large)) > 4, mode  # blends between the four pixels
+
+
+def test_a_build_removes_the_temporary_files_of_killed_builds_only(photo_dir, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid, live_pid = int(dead.stdout), os.getppid()
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    # the names atomic_path gives the array and its description while they are written
+    killed = [cache_dir / f".images-0123.npy.{dead_pid}.0a1b2c3d.npy",
+              cache_dir / f".images-0123.json.{dead_pid}.4e5f6a7b.json"]
+    running = [cache_dir / f".images-4567.npy.{live_pid}.0a1b2c3d.npy"]
+    for path in killed + running:
+        path.write_bytes(b"partial")
+    _build(photo_dir, cache_dir)
+    assert [path.exists() for path in killed + running] == [False, False, True]

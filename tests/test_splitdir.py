@@ -51,3 +51,26 @@ def test_workbench_cache_dir_gives_each_split_folder_a_cache_of_its_own(tmp_path
     before = {path: path.stat().st_mtime_ns for path in again.cache_dir.iterdir()}
     again.load(image_size=SIZE, progress=False)
     assert {path: path.stat().st_mtime_ns for path in again.cache_dir.iterdir()} == before
+
+
+def test_a_replaced_split_never_uses_the_old_splits_cache(tmp_path, monkeypatch):
+    """The cache is keyed by the images listed (and their size and time), not by the folder:
+    after the split is replaced by one of other images, even a cache kept outside the split
+    folder ($WORKBENCH_CACHE_DIR, named by the folder's path) is not reused."""
+    from workbench.data.split import prepare
+
+    monkeypatch.setenv(CACHE_VARIABLE, str(tmp_path / "scratch"))
+    splits = tiny_data.write_splits(tmp_path, per_class=5, counts=(2, 1, 2))
+    old = SplitFolder(splits)
+    old_test = old.load(image_size=SIZE, progress=False).images["test"]
+    old_paths = old.paths("test")
+    prepare(tmp_path / "data", splits, counts=(2, 1, 2), seed=1, overwrite=True,
+            progress=False)
+    new = SplitFolder(splits)
+    assert new.cache_dir == old.cache_dir and new.paths("test") != old_paths
+    new_test = new.load(image_size=SIZE, progress=False).images["test"]
+    assert len(cached_files(new.cache_dir)) > 3  # built anew beside the old split's
+    for index in range(len(new_test)):
+        expected = images.load_array(new.image_path("test", index), SIZE, "squash")
+        np.testing.assert_array_equal(new_test[index], expected)
+    assert not np.array_equal(np.asarray(new_test), np.asarray(old_test))

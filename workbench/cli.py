@@ -135,10 +135,14 @@ def _args_split(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-report-files", type=_arg_type("N", _int_at_least(0)), default=50,
                         metavar="N", help="rejected files listed on the terminal (default 50; "
                                           "report.md lists them all)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a split folder made with other settings or other images "
+                             "(runs trained on it will then evaluate on a different test set); "
+                             "the same split again writes nothing")
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from workbench.data.split import FILES, prepare
+    from workbench.data.split import SplitFolderExists, prepare
 
     if args.counts is not None and (args.val is not None or args.test is not None):
         given = "--val" if args.val is not None else "--test"
@@ -167,11 +171,15 @@ def _cmd_split(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must not be inside DATA (the dataset is never written to), "
                          f"received: --out {args.out!r}")
     options = {"counts": args.counts} if args.counts is not None else {"val": val, "test": test}
-    result = prepare(args.data, args.out, list_file=args.list, labels_file=args.labels,
-                     min_per_class=args.min_per_class, seed=args.seed, min_side=args.min_side,
-                     workers=args.workers, **options)
+    try:
+        result = prepare(args.data, args.out, list_file=args.list, labels_file=args.labels,
+                         min_per_class=args.min_per_class, seed=args.seed,
+                         min_side=args.min_side, workers=args.workers,
+                         overwrite=args.overwrite, **options)
+    except SplitFolderExists as error:  # in flags, not keyword names
+        raise FileExistsError(error.message(overwrite="--overwrite", out="--out")) from None
     print(result.report(max_files=args.max_report_files), end="")
-    print(f"Wrote {', '.join(FILES)} to {args.out}")
+    print(result.note)
     if not result.classes:
         print("error: no class was kept; see the report above", file=sys.stderr)
         return EXIT_FAILED
@@ -311,16 +319,20 @@ def _args_sample_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-per-class", type=_arg_type("N", _int_at_least(1)),
                         metavar="N", help="rendered images per source letter (default 400)")
     parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing folders")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace dataset folders that exist (each is replaced whole)")
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
     from workbench.data import sample
 
     per_class = args.source_per_class or sample.DEFAULT_SOURCE_PER_CLASS
-    summary = sample.write_sample_data(args.out, image_size=args.image_size,
-                                       source_per_class=per_class, seed=args.seed,
-                                       overwrite=args.overwrite)
+    try:
+        summary = sample.write_sample_data(args.out, image_size=args.image_size,
+                                           source_per_class=per_class, seed=args.seed,
+                                           overwrite=args.overwrite)
+    except sample.SampleFolderExists as error:  # in flags, not keyword names
+        raise FileExistsError(error.message(overwrite="--overwrite")) from None
     for name, info in summary.items():
         print(f"{name:7s} {info['images']:6d} images in {info['classes']:3d} classes -> "
               f"{info['path']}")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench._checks import check_bool, check_choice, check_int, check_number
-from workbench._io import atomic_path
+from workbench._io import atomic_path, remove_stale_temporaries
 from workbench._progress import progress as progress_bar
 from workbench.data import images
 from workbench.data.images import RESIZE_MODES, ImageRejected
@@ -69,7 +69,8 @@ def build_cache(paths: Sequence[str | os.PathLike], *, root: str | os.PathLike,
     times, the image size and the resize mode, and reused while all of them are unchanged.
     Next to ``images-KEY.npy`` lies ``images-KEY.json`` describing it. Both are written to
     temporary files in ``cache_dir`` and renamed into place, the JSON last, so a killed build
-    never leaves a cache that is later trusted.
+    never leaves a cache that is later trusted; the next build removes such a build's
+    temporary files (those of processes still running stay).
 
     Args:
         paths: image paths, relative to ``root`` (absolute paths are used as they are).
@@ -102,6 +103,7 @@ def build_cache(paths: Sequence[str | os.PathLike], *, root: str | os.PathLike,
     files = [root / path for path in paths]
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache_dir)  # half-built caches of killed processes (not live ones)
 
     key = _cache_key(files, (height, width), resize_mode)
     array_path = cache_dir / f"images-{key[:20]}.npy"
