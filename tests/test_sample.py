@@ -55,7 +55,7 @@ def test_folder_structure_counts_size_and_mode(tmp_path):
     for path in (next(source.rglob("*.png")), next(target.rglob("*.png"))):
         with Image.open(path) as image:
             assert image.size == (10, 10) and image.mode == "RGB"
-    assert not list(tmp_path.glob(".*partial"))
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left
 
 
 def test_existing_folder_is_not_overwritten_unless_asked(tmp_path):
@@ -64,6 +64,53 @@ def test_existing_folder_is_not_overwritten_unless_asked(tmp_path):
         sample.write_sample_data(tmp_path, datasets="source", source_per_class=1, progress=False)
     sample.write_source(tmp_path, per_class=2, image_size=8, characters="XYZ", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "source").iterdir()) == ["X", "Y", "Z"]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (what is on disk stays)."""
+
+
+def test_a_rewrite_killed_before_its_swap_leaves_the_old_dataset_whole(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import workbench._io as atomic_io
+
+    sample.write_source(tmp_path, per_class=1, image_size=8, characters="AB")
+    before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "source").rglob("*"))
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                  capture_output=True, text=True, check=True).stdout)
+
+    def kill(*args):
+        raise Killed
+
+    with monkeypatch.context() as patch:  # killed at the step that puts the new folder in place
+        patch.setattr(atomic_io, "_exchange", kill)
+        patch.setattr(atomic_io.os, "replace", kill)
+        patch.setattr(Path, "rename", kill)
+        patch.setattr(atomic_io, "remove", lambda path: None)  # a kill cleans up nothing
+        patch.setattr(atomic_io.os, "getpid", lambda: dead_pid)
+        with pytest.raises(Killed):
+            sample.write_source(tmp_path, per_class=2, image_size=8, characters="XYZ",
+                                overwrite=True)
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "source").rglob("*")) == \
+        before
+    assert len(list(tmp_path.glob(f".source.{dead_pid}.*"))) == 1  # the killed call's folder
+    sample.write_source(tmp_path, per_class=2, image_size=8, characters="XYZ", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]  # and the next removes it
+    assert sorted(p.name for p in (tmp_path / "source").iterdir()) == ["X", "Y", "Z"]
+
+
+def test_cli_sample_data_refuses_an_existing_folder_in_flags(tmp_path, capsys):
+    from workbench.cli import main
+
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "mine.png").write_bytes(b"mine")
+    assert main(["sample-data", "--out", str(tmp_path), "--image-size", "8"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"error: {tmp_path / 'digits'} already exists and is not empty; pass "
+                     "--overwrite to replace it"]
+    assert [p.name for p in tmp_path.rglob("*")] == ["digits", "mine.png"]
 
 
 def test_digits_are_the_real_sklearn_digits(tmp_path):

@@ -17,14 +17,15 @@ are made from what is already installed:
 Every image has its own random generator seeded by ``(seed, dataset, class, index)``, so the
 files are byte-identical for the same arguments however many threads render them. The
 ``make_*`` functions return arrays (for experiments); the ``write_*`` functions write PNG files
-into a temporary folder and rename it into place, so an interrupted call leaves no half dataset.
+into a sibling temporary folder that then takes the dataset folder's place in one step, so an
+interrupted call leaves the old dataset or the new one, never half (and the next call removes
+its temporary folder).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
-import shutil
 import string
 import threading
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from workbench._checks import check_int, check_number
+from workbench._io import atomic_path, remove_stale_temporaries
 from workbench._progress import progress
 
 DATASETS = ("digits", "source", "target")
@@ -578,31 +580,43 @@ def write_sample_data(out_dir: str | Path, *, image_size: int = 32,
     return summary
 
 
+class SampleFolderExists(FileExistsError):
+    """A dataset folder exists, is not empty, and ``overwrite`` was not given; ``str(error)``
+    names the keyword, :meth:`message` can name a command's flag."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        super().__init__(self.message())
+
+    def message(self, *, overwrite: str = "overwrite=True") -> str:
+        """The one-line error, naming ``overwrite`` as the caller spells it."""
+        return f"{self.folder} already exists and is not empty; pass {overwrite} to replace it"
+
+
 def _check_free(folder: Path, overwrite: bool) -> None:
     if folder.exists() and not overwrite and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"{folder} already exists and is not empty; pass overwrite=True "
-                              "to replace it")
+        raise SampleFolderExists(folder)
 
 
 def _write_folder(out_dir: Path, dataset: str, images: np.ndarray, labels: np.ndarray,
                   names: list[str], files: list[str], *, overwrite: bool, progress: bool,
                   image_size: int) -> dict:
-    """Writes the PNG files into a hidden temporary folder, then renames it into place."""
+    """Writes the PNG files into a sibling temporary folder that then takes the dataset
+    folder's place in one step (:func:`workbench._io.atomic_path`)."""
     final = out_dir / dataset
     _check_free(final, overwrite)
-    partial = out_dir / f".{dataset}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)  # left by an interrupted call; ours by its name
-    for name in names:
-        (partial / name).mkdir(parents=True)
+    remove_stale_temporaries(out_dir, name=dataset)  # left by a killed call
+    if final.exists() and not final.is_dir():
+        final.unlink()  # overwrite=True replaces a file standing in the folder's place
 
-    def save(i: int) -> None:
-        path = partial / names[labels[i]] / files[i]
-        Image.fromarray(images[i], "RGB").save(path, format="PNG")
+    with atomic_path(final) as partial:
+        for name in names:
+            (partial / name).mkdir(parents=True)
 
-    _run(save, range(len(images)), None, progress, f"write {dataset}")
-    if final.exists():
-        shutil.rmtree(final) if final.is_dir() else final.unlink()
-    partial.rename(final)
+        def save(i: int) -> None:
+            path = partial / names[labels[i]] / files[i]
+            Image.fromarray(images[i], "RGB").save(path, format="PNG")
+
+        _run(save, range(len(images)), None, progress, f"write {dataset}")
     return {"path": str(final), "classes": len(names), "images": int(len(images)),
             "image_size": image_size}
