@@ -171,6 +171,35 @@ def test_a_folder_export_is_replaced_whole_or_not_at_all(run, tmp_path, monkeypa
     assert find_export(copy, format="saved_model") == path
 
 
+def test_an_export_removes_what_killed_exports_left_and_keeps_running_ones(run, tmp_path,
+                                                                         monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                  capture_output=True, text=True, check=True).stdout)
+    folder = copy / "export"
+    folder.mkdir()
+    # what atomic_path names an export, its sidecar, and a saved_model folder while writing
+    killed = [folder / f".model.tflite.{dead_pid}.0a1b2c3d.tflite",
+              folder / f".model.tflite.json.{dead_pid}.4e5f6a7b.json",
+              folder / f".saved_model.{dead_pid}.8c9d0e1f"]
+    running = folder / f".model.onnx.{os.getppid()}.0a1b2c3d.onnx"
+    for path in killed[:2] + [running]:
+        path.write_bytes(b"partial")
+    (killed[2] / "variables").mkdir(parents=True)
+
+    def convert(network, target, **kwargs):
+        target.write_bytes(b"converted")
+
+    monkeypatch.setattr(exporting, "_convert", convert)
+    export(copy, format="litert", check=False)
+    assert _files_in(folder) == [running.name, "model.tflite", "model.tflite.json"]
+
+
 def test_bad_options_name_the_argument(run):
     with pytest.raises(ValueError, match="format must be one of .* received: 'tflite'"):
         export(run, format="tflite")

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench._checks import check_choice, check_int
-from workbench._io import atomic_path, remove, write_json
+from workbench._io import atomic_path, remove, remove_stale_temporaries, write_json
 from workbench.deploy import runtime
 from workbench.deploy.runtime import RUNTIMES, runner
 from workbench.runs import MODELS, RunDir
@@ -399,6 +399,7 @@ def _export(source: _Source, path: Path, *, format: str, quantize: str | None = 
     """Converts, checks and writes one export of ``source`` at ``path``, with its sidecar."""
     run, side_px = source.run, source.side_px
     side = sidecar_path(path)
+    remove_stale_temporaries(path.parent)  # what killed exports left (not running ones)
     with atomic_path(path) as temporary:  # a file, or a folder for saved_model
         try:
             _convert(source.network, temporary, format=format, quantize=quantize,
