@@ -11,7 +11,7 @@ from sklearn.metrics import precision_recall_fscore_support
 import tiny_data
 from workbench import cli
 from workbench.evaluation import (FILES, EvaluationReport, confusion_matrix, evaluate,
-                                most_confused, per_class_report, top_k_accuracy,
+                                most_confused, per_class_report, split_images, top_k_accuracy,
                                 worst_predictions)
 from workbench.training.solver import SolverConfig
 from workbench.training.train import finetune
@@ -186,7 +186,8 @@ def test_test_time_augmentation_averages_each_image_and_its_mirror_image(run_dir
     images = split_images(run_dir, split="test").images
     network = load_model(run_dir / "best.keras")
     mirrored = network.predict(np.asarray(images)[:, :, ::-1], verbose=0)
-    np.testing.assert_allclose(both.probabilities, (plain.probabilities + mirrored) / 2,
+    # the model's own probabilities are averaged (the temperature applies to the average)
+    np.testing.assert_allclose(both.raw_probabilities, (plain.raw_probabilities + mirrored) / 2,
                                rtol=1e-5, atol=1e-6)
     assert not np.allclose(both.probabilities, plain.probabilities)
     with pytest.raises(ValueError, match="tta must be True or False, received: 'yes'"):
@@ -256,3 +257,82 @@ def test_cli_rejects_a_bad_split_in_one_line(run_dir, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: split must be one of") and "'tset'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+def test_a_temperature_changes_the_probabilities_shown_but_no_answer():
+    from workbench import calibration
+
+    raw = EvaluationReport.from_probabilities(PROBABILITIES, LABELS, CLASSES)
+    scaled = EvaluationReport.from_probabilities(PROBABILITIES, LABELS, CLASSES, temperature=2.5)
+    np.testing.assert_allclose(scaled.probabilities,
+                               calibration.apply_temperature(PROBABILITIES, 2.5))
+    np.testing.assert_allclose(scaled.raw_probabilities, PROBABILITIES)
+    assert not np.allclose(scaled.probabilities, raw.probabilities)
+    assert scaled.top1 == raw.top1 and scaled.topk == raw.topk
+    np.testing.assert_array_equal(scaled.confusion, raw.confusion)
+    assert list(scaled.predictions["predicted"]) == list(raw.predictions["predicted"])
+    summary = scaled.summary()
+    assert summary["temperature"] == 2.5 and summary["calibrated"] is True
+    assert summary["ece_raw"] == pytest.approx(
+        calibration.expected_calibration_error(PROBABILITIES, LABELS), abs=1e-6)
+    assert summary["ece"] == pytest.approx(calibration.expected_calibration_error(
+        scaled.probabilities, LABELS), abs=1e-6)
+    assert summary["ece"] != summary["ece_raw"] and summary["ece_bins"] == 15
+    assert "temperature 2.5" in scaled.format()
+    shown_raw = EvaluationReport.from_probabilities(PROBABILITIES, LABELS, CLASSES,
+                                                    temperature=2.5, calibrated=False)
+    np.testing.assert_allclose(shown_raw.probabilities, PROBABILITIES)
+    assert shown_raw.ece == pytest.approx(scaled.ece)  # the ECE after scaling, still reported
+    with pytest.raises(ValueError, match="temperature must be > 0.0, received: 0"):
+        EvaluationReport.from_probabilities(PROBABILITIES, LABELS, CLASSES, temperature=0)
+
+
+def test_reliability_diagram_draws_raw_and_calibrated_with_counts():
+    report = EvaluationReport.from_probabilities(PROBABILITIES, LABELS, CLASSES, temperature=2.5,
+                                                 split="test")
+    table = report.reliability()
+    assert len(table) == 30 and set(table["probabilities"]) == {"raw", "calibrated"}
+    assert table.groupby("probabilities")["count"].sum().tolist() == [7, 7]
+    figure = report.plot_reliability()
+    assert report.figure_ is figure
+    ax = report.ax_
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("raw softmax (ECE ") and legend[1].startswith("T = 2.5 (ECE ")
+    raw_line = ax.lines[0]  # the raw curve: one point per non-empty bin
+    raw = table[(table["probabilities"] == "raw") & (table["count"] > 0)]
+    np.testing.assert_allclose(raw_line.get_xdata(), raw["confidence"])
+    np.testing.assert_allclose(raw_line.get_ydata(), raw["accuracy"])
+    bars = [patch.get_height() for other in figure.axes if other is not ax
+            for patch in other.patches]
+    assert sum(bars) == 14  # the images per bin of both
+
+
+def test_evaluate_applies_the_runs_temperature_and_calibrated_false_the_raw_softmax(run_dir,
+                                                                                  tmp_path):
+    import shutil
+
+    from workbench import calibration
+    from workbench.models import load_model
+    from workbench.runs import RunDir
+
+    temperature = RunDir(run_dir).temperature("best")
+    assert temperature != 1.0  # fitted when training finished
+    report = evaluate(run_dir, split="val", backend="keras")
+    raw = evaluate(run_dir, split="val", backend="keras", save=False, calibrated=False)
+    images = split_images(run_dir, split="val").images
+    softmax = load_model(run_dir / "best.keras").predict(np.asarray(images), verbose=0)
+    np.testing.assert_allclose(raw.probabilities, softmax, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(report.probabilities,
+                               calibration.apply_temperature(softmax, temperature), atol=1e-5)
+    assert report.top1 == raw.top1
+    summary = json.loads((run_dir / "evaluation" / "val" / "summary.json").read_text())
+    assert summary["temperature"] == temperature and summary["calibrated"] is True
+    # on the split it was fitted on, the temperature lowers the likelihood's loss
+    assert calibration.negative_log_likelihood(report.probabilities, report.labels) <= \
+        calibration.negative_log_likelihood(raw.probabilities, raw.labels)
+    old = tmp_path / "old"  # a run trained before runs were calibrated
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("calibration.json", "export"))
+    np.testing.assert_allclose(evaluate(old, split="val", save=False, backend="keras")
+                               .probabilities, raw.probabilities)

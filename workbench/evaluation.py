@@ -9,7 +9,9 @@ and the helpers below), so they can be checked by hand and reused on any predict
 atomically:
 
 ===================  ==============================================================
-``summary.json``     split, model, images, top-1, top-k and k, macro averages
+``summary.json``     split, model, images, top-1, top-k and k, macro averages, the temperature
+                     and the expected calibration error before and after it (``ece_raw``,
+                     ``ece``; 15 bins)
 ``per_class.csv``    class, precision, recall, f1, support
 ``confusion.csv``    counts: one row per true class, one column per predicted class
 ``most_confused.csv``  true, predicted, count of the most frequent mistakes
@@ -17,7 +19,14 @@ atomically:
 ``predictions.csv``  path, true, predicted, probability of the true class, top-k labels and
                      probabilities of every image
 ``confusion.png``    the row-normalised confusion matrix; ``worst.png`` the worst predictions
+``reliability.csv``  confidence against accuracy per bin, raw and calibrated
+``reliability.png``  the reliability diagram of both, with the images per bin
 ===================  ==============================================================
+
+The probabilities are calibrated by the run's temperature (``calibration.json``, fitted on the
+validation split when the run finished; ``workbench.calibration``) unless ``calibrated=False``;
+a run without one is shown as it is (temperature 1). Scaling never changes a ranking, so the
+accuracies are the same either way.
 
 Typical use::
 
@@ -36,8 +45,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics
 
-from workbench import plots
-from workbench._checks import check_bool, check_choice, check_int
+from workbench import calibration, plots
+from workbench._checks import check_bool, check_choice, check_int, check_number
 from workbench._io import atomic_path, write_json, write_text
 from workbench.deploy import export as exporting
 from workbench.runs import MODELS, RunDir
@@ -46,7 +55,7 @@ SPLITS = ("train", "val", "test")
 BACKENDS = ("auto", "litert", "onnx", "keras")
 TOP_K = 5
 FILES = ("summary.json", "per_class.csv", "confusion.csv", "most_confused.csv", "worst.csv",
-         "predictions.csv", "confusion.png", "worst.png")
+         "predictions.csv", "confusion.png", "worst.png", "reliability.csv", "reliability.png")
 
 
 # --- pure metrics ------------------------------------------------------------------------------
@@ -243,7 +252,8 @@ class EvaluationReport:
 
     Attributes:
         classes: class names; index ``i`` is output ``i``.
-        probabilities: (images, classes) predicted probabilities.
+        probabilities: (images, classes) predicted probabilities, calibrated by
+            ``temperature`` when ``calibrated``; every table and figure shows these.
         labels: true class index per image.
         k: the k of top-k accuracy, ``min(5, classes)``.
         top1: top-1 accuracy.
@@ -257,6 +267,11 @@ class EvaluationReport:
         run_dir: the run directory, if any.
         backend: what computed the probabilities, if known: ``"litert"`` or ``"onnx"`` (the
             run's export) or ``"keras"``.
+        temperature: the run's temperature (1: none).
+        calibrated: whether :attr:`probabilities` are scaled by ``temperature``.
+        raw_probabilities: the model's own softmax probabilities.
+        ece_raw: expected calibration error (15 bins) of the raw probabilities.
+        ece: the same after scaling by ``temperature``.
         images: uint8 images (images, H, W, 3), if known, for :meth:`plot_worst`.
         paths: image paths relative to the dataset folder, if known.
         figure_: the ``matplotlib.figure.Figure`` last drawn by :meth:`plot_confusion` or
@@ -279,6 +294,11 @@ class EvaluationReport:
     model: str | None = None
     run_dir: Path | None = None
     backend: str | None = None
+    temperature: float = 1.0
+    calibrated: bool = True
+    raw_probabilities: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    ece_raw: float | None = None
+    ece: float | None = None
     images: np.ndarray | None = dataclasses.field(default=None, repr=False)
     paths: list | None = dataclasses.field(default=None, repr=False)
     figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
@@ -287,11 +307,13 @@ class EvaluationReport:
     @classmethod
     def from_probabilities(cls, probabilities, labels, classes, *, paths=None, images=None,
                            split: str | None = None, model: str | None = None,
-                           run_dir: str | Path | None = None) -> EvaluationReport:
+                           run_dir: str | Path | None = None, temperature: float = 1.0,
+                           calibrated: bool = True) -> EvaluationReport:
         """Computes every metric from predicted probabilities and true labels.
 
         Args:
-            probabilities: (images, classes) predicted probabilities.
+            probabilities: (images, classes) probabilities as the model gave them (its
+                softmax, before any temperature).
             labels: true class index per image.
             classes: class names, one per column of ``probabilities``.
             paths: optional path per image (for ``predictions.csv`` and the worst predictions).
@@ -299,6 +321,10 @@ class EvaluationReport:
             split: the split's name, for titles and the summary.
             model: which model made the predictions, for the summary.
             run_dir: the run directory, for the summary.
+            temperature: the run's temperature (``RunDir.temperature``); the expected
+                calibration error is reported before and after it.
+            calibrated: show (and rank, and tabulate) the probabilities scaled by
+                ``temperature``; False shows the raw softmax.
 
         Returns:
             An :class:`EvaluationReport`.
@@ -307,6 +333,11 @@ class EvaluationReport:
             ValueError: when shapes, labels or classes do not agree.
         """
         probabilities, labels, classes = _check_predictions(probabilities, labels, classes)
+        check_number("temperature", temperature, minimum=0.0, exclusive_minimum=True)
+        check_bool("calibrated", calibrated)
+        raw = probabilities
+        scaled = calibration.apply_temperature(raw, temperature)
+        probabilities = scaled if calibrated else raw
         if paths is not None and len(paths) != len(labels):
             raise ValueError(f"paths must hold one path per image ({len(labels)}), "
                              f"received: {len(paths)}")
@@ -324,6 +355,9 @@ class EvaluationReport:
             most_confused=most_confused(confusion, classes),
             predictions=predictions_table(probabilities, labels, classes, paths=paths),
             split=split, model=model, run_dir=Path(run_dir) if run_dir is not None else None,
+            temperature=float(temperature), calibrated=calibrated, raw_probabilities=raw,
+            ece_raw=calibration.expected_calibration_error(raw, labels),
+            ece=calibration.expected_calibration_error(scaled, labels),
             images=images, paths=list(paths) if paths is not None else None)
 
     @property
@@ -346,6 +380,10 @@ class EvaluationReport:
             "macro_precision": round(float(self.per_class["precision"].mean()), 6),
             "macro_recall": round(float(self.per_class["recall"].mean()), 6),
             "macro_f1": round(float(self.per_class["f1"].mean()), 6),
+            "temperature": self.temperature, "calibrated": self.calibrated,
+            "ece_raw": None if self.ece_raw is None else round(self.ece_raw, 6),
+            "ece": None if self.ece is None else round(self.ece, 6),
+            "ece_bins": calibration.BINS,
         }
 
     def format(self, *, max_confused: int = 5) -> str:
@@ -355,7 +393,12 @@ class EvaluationReport:
                  f"images {summary['images']}  classes {summary['classes']}"
                  f"{'  run by ' + self.backend if self.backend else ''}",
                  f"top-1 {self.top1:.4f}  top-{self.k} {self.topk:.4f}  "
-                 f"macro F1 {summary['macro_f1']:.4f}", ""]
+                 f"macro F1 {summary['macro_f1']:.4f}"]
+        if self.ece is not None:
+            lines.append(f"temperature {self.temperature:.3g}  ECE raw {self.ece_raw:.4f}  "
+                         f"calibrated {self.ece:.4f}  (probabilities shown: "
+                         f"{'calibrated' if self.calibrated else 'raw'})")
+        lines.append("")
         lines.append(self.per_class.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         confused = self.most_confused.head(max_confused)
         if len(confused):
@@ -404,6 +447,51 @@ class EvaluationReport:
         self.figure_, self.ax_ = figure, np.array(figure.axes).reshape(grid.nrows, grid.ncols)
         return figure
 
+    def reliability(self, *, bins: int = calibration.BINS) -> pd.DataFrame:
+        """Confidence against accuracy per bin (``workbench.calibration.reliability_bins``),
+        for the raw and the calibrated probabilities.
+
+        Returns:
+            One row per bin and kind: ``probabilities`` (``"raw"`` or ``"calibrated"``),
+            ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``.
+        """
+        raw = self._raw()
+        tables = {"raw": raw, "calibrated": calibration.apply_temperature(raw, self.temperature)}
+        return pd.concat([calibration.reliability_bins(values, self.labels, bins=bins)
+                          .assign(probabilities=name) for name, values in tables.items()],
+                         ignore_index=True)[["probabilities", "lower", "upper", "count",
+                                             "confidence", "accuracy"]]
+
+    def plot_reliability(self, ax=None):
+        """The reliability diagram of the raw and the calibrated probabilities (see
+        :func:`workbench.plots.reliability_diagram`), their ECE in the legend.
+
+        Sets :attr:`figure_` and :attr:`ax_`.
+
+        Returns:
+            The ``matplotlib.figure.Figure``.
+        """
+        figure = self._reliability_figure(ax)
+        self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
+        return figure
+
+    def _raw(self) -> np.ndarray:
+        """The model's own probabilities (those shown, for a report built without them)."""
+        return self.raw_probabilities if self.raw_probabilities is not None \
+            else self.probabilities
+
+    def _reliability_figure(self, ax):
+        table = self.reliability()
+        raw = self._raw()
+        ece = {"raw": calibration.expected_calibration_error(raw, self.labels),
+               "calibrated": calibration.expected_calibration_error(
+                   calibration.apply_temperature(raw, self.temperature), self.labels)}
+        names = {"raw": "raw softmax", "calibrated": f"T = {self.temperature:.3g}"}
+        curves = {f"{names[kind]} (ECE {ece[kind]:.3f})": table[table["probabilities"] == kind]
+                  for kind in ("raw", "calibrated")}
+        title = f"Reliability ({self.split})" if self.split else "Reliability"
+        return plots.reliability_diagram(curves, ax=ax, title=title)
+
     def _confusion_figure(self, ax, *, normalize: bool):
         title = f"Confusion matrix ({self.split})" if self.split else "Confusion matrix"
         matrix = self.confusion_normalized if normalize else self.confusion
@@ -443,6 +531,9 @@ class EvaluationReport:
         write_text(directory / "predictions.csv", self.predictions.to_csv(index=False, **csv))
         with atomic_path(directory / "confusion.png") as temporary:
             self._confusion_figure(None, normalize=True).savefig(temporary, dpi=100)
+        write_text(directory / "reliability.csv", self.reliability().to_csv(index=False, **csv))
+        with atomic_path(directory / "reliability.png") as temporary:
+            self._reliability_figure(None).savefig(temporary, dpi=100)
         if self.images is not None:
             with atomic_path(directory / "worst.png") as temporary:
                 self._worst_figure(worst_count, columns=8).savefig(temporary, dpi=100)
@@ -487,7 +578,7 @@ def split_images(run_dir: str | Path, *, split: str = "test") -> SplitImages:
 
 def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
              batch_size: int = 64, save: bool = True, tta: bool = False,
-             backend: str = "auto") -> EvaluationReport:
+             backend: str = "auto", calibrated: bool = True) -> EvaluationReport:
     """Evaluates a run's model on one split of its dataset and saves the report in the run.
 
     The images are decoded exactly as in training (the run's image size and resize mode, the
@@ -507,6 +598,9 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
             image (only for tasks whose images may be flipped: not digits or text).
         backend: ``"auto"`` (the run's export when it has an up-to-date one, else Keras),
             ``"litert"`` or ``"onnx"`` (that export, or an error) or ``"keras"``.
+        calibrated: show the probabilities scaled by the run's temperature (fitted on the
+            validation split: ``calibration.json``; 1 for a run without one), or False for
+            the raw softmax. The ECE is reported before and after either way.
 
     Returns:
         An :class:`EvaluationReport`; its ``backend`` says what ran.
@@ -520,6 +614,7 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
     check_int("batch_size", batch_size, minimum=1)
     check_bool("tta", tta)
     check_choice("backend", backend, BACKENDS)
+    check_bool("calibrated", calibrated)
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     run.config  # noqa: B018 (fails first, naming the folder, when run_dir holds no run)
@@ -532,7 +627,8 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
         probabilities = (probabilities + predict(np.asarray(data.images)[:, :, ::-1])) / 2
     report = EvaluationReport.from_probabilities(
         probabilities, data.labels, data.classes, paths=data.paths, images=data.images,
-        split=split, model=model, run_dir=run_dir)
+        split=split, model=model, run_dir=run_dir, temperature=run.temperature(model),
+        calibrated=calibrated)
     report.backend = used
     if save:
         report.save(run_dir / "evaluation" / split)

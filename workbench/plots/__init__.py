@@ -11,7 +11,7 @@ workbench but ``workbench._checks``.
 :mod:`.data`               class_counts, image_grid, samples_per_class
 :mod:`.training`           training_curves, compare_accuracy
 :mod:`.resources`          resource_dashboard
-:mod:`.evaluation`         confusion_figure, top_k_chart
+:mod:`.evaluation`         confusion_figure, top_k_chart, reliability_diagram
 :mod:`.inspection`         mosaic, filter_comparison, activation_panels, weight_stats,
                            gradient_check
 :mod:`.studies`            sweep_results, batch_size_study, throughput, split_profile,
@@ -20,7 +20,7 @@ workbench but ``workbench._checks``.
 """
 
 from workbench.plots.data import class_counts, image_grid, samples_per_class
-from workbench.plots.evaluation import confusion_figure, top_k_chart
+from workbench.plots.evaluation import confusion_figure, reliability_diagram, top_k_chart
 from workbench.plots.inspection import (activation_panels, filter_comparison, gradient_check,
                                         mosaic, weight_stats)
 from workbench.plots.resources import resource_dashboard
@@ -32,5 +32,6 @@ __all__ = [
     "activation_panels", "batch_size_study", "bottleneck_accuracy", "class_counts",
     "compare_accuracy", "confusion_figure", "filter_comparison", "gradient_check", "image_grid",
     "mosaic", "resource_dashboard", "samples_per_class", "split_latency", "split_profile",
-    "sweep_results", "throughput", "top_k_chart", "training_curves", "weight_stats",
+    "reliability_diagram", "sweep_results", "throughput", "top_k_chart", "training_curves",
+    "weight_stats",
 ]

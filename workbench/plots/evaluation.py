@@ -113,3 +113,51 @@ def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None) -
     ax.set_xlabel("probability (%)")
     ax.set_title(title or f"Top-{len(predictions)}")
     return figure
+
+
+def reliability_diagram(curves: dict, *, ax=None, title: str | None = None) -> Figure:
+    """Confidence against accuracy per bin, beside the diagonal of a calibrated model, with
+    the number of images in each bin as light bars (right axis).
+
+    Points below the diagonal are over-confident bins (sure, and wrong more often than they
+    say); above it, timid ones.
+
+    Args:
+        curves: ``{name: table}``, each table one row per bin with columns ``lower``,
+            ``upper``, ``count``, ``confidence`` and ``accuracy`` (as
+            ``workbench.calibration.reliability_bins`` returns), e.g. the raw and the
+            calibrated probabilities; the name is the legend's.
+        ax: optional axes to draw on (the counts go on a twin axis).
+        title: the title (default ``"Reliability diagram"``).
+
+    Returns:
+        The figure.
+    """
+    if not isinstance(curves, dict) or not curves:
+        raise ValueError(f"curves must be a non-empty dict of name: table, received: "
+                         f"{curves!r}"[:200])
+    needed = {"lower", "upper", "count", "confidence", "accuracy"}
+    for name, table in curves.items():
+        if not needed <= set(getattr(table, "columns", ())):
+            raise ValueError(f"curves[{name!r}] must have columns {sorted(needed)}, received: "
+                             f"{list(getattr(table, 'columns', []))}")
+    figure, ax = figure_and_axes(ax, figsize=(5.5, 4.5), layout="constrained")
+    counts = ax.twinx()
+    counts.set_zorder(ax.get_zorder() - 1)  # the bars behind the curves
+    ax.patch.set_visible(False)
+    width = None
+    for index, (name, table) in enumerate(curves.items()):
+        lower, upper = np.asarray(table["lower"], float), np.asarray(table["upper"], float)
+        width = (upper - lower) / (len(curves) + 1)
+        counts.bar(lower + width * (index + 1), np.asarray(table["count"]), width=width,
+                   color=f"C{index}", alpha=0.25)
+        used = np.asarray(table["count"]) > 0
+        ax.plot(np.asarray(table["confidence"], float)[used],
+                np.asarray(table["accuracy"], float)[used], "o-", color=f"C{index}",
+                label=str(name))
+    ax.plot([0, 1], [0, 1], "--", color="0.5", label="calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)",
+           ylabel="accuracy", title=title or "Reliability diagram")
+    counts.set_ylabel("images per bin (bars)")
+    ax.legend(loc="upper left")
+    return figure
