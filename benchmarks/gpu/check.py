@@ -327,7 +327,8 @@ def step_data(s: Settings, args, arg: str | None) -> dict:
     work = Path(args.work)
     summary = sample.write_digits(work / "data", image_size=32, overwrite=True)
     options = {"counts": s.split_counts} if s.split_counts else {}
-    result = prepare(work / "data" / "digits", work / "splits", progress=False, **options)
+    result = prepare(work / "data" / "digits", work / "splits", progress=False,
+                     overwrite=True, **options)  # the check's own folder, remade each time
     counts = {split: int(count) for split, count in result.table["split"].value_counts().items()}
     images_path, labels_path = _cache_paths(work, s.image_size)
     images_path.parent.mkdir(parents=True, exist_ok=True)
