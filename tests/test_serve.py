@@ -415,6 +415,36 @@ def test_a_rotation_is_estimated_wherever_the_exif_is():
         decode_estimate(plain, 0)
 
 
+def test_png_text_is_counted_before_pillow_inflates_it():
+    import struct
+    import tracemalloc
+    import zlib
+
+    from workbench.deploy.limits import MAX_PNG_TEXT_BYTES
+
+    def with_text(count: int, inflated: int) -> bytes:  # zTXt chunks before the pixels
+        text = zlib.compress(b"\0" * inflated, 9)  # about 1 kB a MiB
+        chunks = b"".join(struct.pack(">I", len(body)) + b"zTXt" + body
+                          + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+                          for body in (b"k%d\0\0" % i + text for i in range(count)))
+        return plain[:33] + chunks + plain[33:]  # after IHDR
+
+    plain = _png("RGB", (40, 30))
+    bomb = with_text(60, 1_000_000)  # 60 kB that Pillow inflates to 60 MB on opening it
+    assert len(bomb) < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageRejected, match="text chunks inflate to more than 1 MiB") as error:
+            decode_estimate(bomb, 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert error.value.reason == "decompression bomb" and peak < 2 * MiB
+    some = with_text(1, MAX_PNG_TEXT_BYTES // 2)  # held while decoding: in the estimate
+    assert decode_estimate(some, 16).bytes >= decode_estimate(plain, 16).bytes \
+        + MAX_PNG_TEXT_BYTES // 2
+
+
 def test_images_over_the_budget_or_the_pixel_limit_are_refused(served_run):  # noqa: F811
     client = TestClient(create_app(served_run.classifier, decode_budget_bytes=16 * MiB))
     health = client.get("/api/health").json()

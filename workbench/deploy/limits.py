@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import os
 import struct
+import zlib
 
 from PIL import Image
 
@@ -71,6 +72,11 @@ _TRANSPARENT_BYTES_PER_PIXEL = {"1": 23, "L": 23, "P": 23, "RGB": 27}  # a colou
 # transparent (PNG tRNS, a GIF's transparent index): composited through RGBA
 _ROTATION_BYTES_PER_PIXEL = 4  # EXIF orientation turns the RGB image: a copy
 _WEBP_EXTRA_BYTES_PER_PIXEL = 13  # libwebp decodes into its own buffer first
+# Pillow inflates a PNG's compressed text (zTXt, iTXt) as it opens it, up to 64 MiB (a 63 kB
+# file measured 62 MB), before any estimate could be made, so the service refuses more than this.
+MAX_PNG_TEXT_BYTES = 1024 * 1024
+_TEXT_BYTES_PER_BYTE = 5  # the inflated bytes, and the str made of them (<= 4 bytes a character)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ORIENTATION = 0x0112  # the EXIF tag
 _CHEAPEST_BYTES_PER_PIXEL = min(_BYTES_PER_PIXEL.values())
 
@@ -102,7 +108,7 @@ class DecodeEstimate:
         return self.width * self.height
 
 
-def decode_estimate(data: bytes, side: int) -> DecodeEstimate | None:
+def decode_estimate(data: bytes, side: int) -> DecodeEstimate:
     """Estimates the memory ``load_array(data, side)`` needs, from the image's header only.
 
     Args:
@@ -116,12 +122,18 @@ def decode_estimate(data: bytes, side: int) -> DecodeEstimate | None:
     Raises:
         ImageRejected: the header cannot be read, or the image is in none of
             ``workbench.data.images.ACCEPTED_FORMATS`` (opened the way ``load_array`` opens it,
-            so an image without an estimate is never decoded); its ``reason`` says which.
+            so an image without an estimate is never decoded), or a PNG whose compressed text
+            inflates to more than :data:`MAX_PNG_TEXT_BYTES` (counted before Pillow inflates
+            it); its ``reason`` says which.
         ValueError: ``data`` is not bytes, or ``side`` is not a positive integer.
     """
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"data must be bytes, received: {type(data).__name__}")
     check_int("side", side, minimum=1)
+    text = _png_text_bytes(data, MAX_PNG_TEXT_BYTES) if data[:8] == _PNG_SIGNATURE else 0
+    if text > MAX_PNG_TEXT_BYTES:
+        raise ImageRejected("decompression bomb", "its compressed text chunks inflate to more "
+                            f"than {MAX_PNG_TEXT_BYTES / 2**20:g} MiB")
     with open_header(data) as image:
         try:
             width, height = image.size
@@ -140,7 +152,8 @@ def decode_estimate(data: bytes, side: int) -> DecodeEstimate | None:
         per_pixel += _ROTATION_BYTES_PER_PIXEL
     if format == "WEBP":
         per_pixel += _WEBP_EXTRA_BYTES_PER_PIXEL
-    cost = decoded[0] * decoded[1] * per_pixel + DECODE_ALLOWANCE_BYTES
+    cost = (decoded[0] * decoded[1] * per_pixel + DECODE_ALLOWANCE_BYTES
+            + text * _TEXT_BYTES_PER_BYTE)
     return DecodeEstimate(width, height, decoded, mode, format, cost)
 
 
@@ -176,6 +189,45 @@ def _png_may_rotate(data: bytes) -> bool:
             break
         offset += 12 + length  # length, type, data, CRC
     return False
+
+
+def _png_text_bytes(data: bytes, limit: int) -> int:
+    """The bytes a PNG's compressed text chunks (zTXt, compressed iTXt) inflate to, counted in
+    small pieces, up to a little over ``limit``. Reads chunk headers and inflates nothing whole."""
+    total, offset = 0, 8  # after the signature
+    while offset + 8 <= len(data) and total <= limit:
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        body = data[offset + 8:offset + 8 + length]
+        compressed = b""
+        if kind == b"zTXt":  # keyword, 0, method, data
+            compressed = body.partition(b"\0")[2][1:]
+        elif kind == b"iTXt":  # keyword, 0, flag, method, language, 0, keyword, 0, text
+            rest = body.partition(b"\0")[2]
+            parts = rest[2:].split(b"\0", 2)
+            if rest[:1] not in (b"", b"\0") and len(parts) == 3:
+                compressed = parts[2]
+        elif kind == b"IEND":
+            break
+        if compressed:
+            total += _inflated_size(compressed, limit - total)
+        offset += 12 + length  # length, type, data, CRC
+    return total
+
+
+def _inflated_size(compressed: bytes, limit: int) -> int:
+    """The bytes zlib data inflates to, counted 64 KiB at a time, stopping past ``limit``; what
+    inflated before an error (Pillow rejects such a chunk itself)."""
+    inflater, total, pending = zlib.decompressobj(), 0, compressed
+    while total <= limit:
+        try:
+            piece = inflater.decompress(pending, 65536)
+        except zlib.error:
+            break
+        total += len(piece)
+        pending = inflater.unconsumed_tail
+        if not pending and len(piece) < 65536:  # all input used, no output held back
+            break
+    return total
 
 
 def max_pixels_for(decode_budget_bytes: int) -> int:

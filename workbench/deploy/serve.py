@@ -47,9 +47,12 @@ option), so that no client can take the service down:
   estimate from the image's header (a 7.6 kB PNG can hold 300 MB of pixels); requests queue
   for it, in order, for up to ``decode_wait`` seconds (then 503). Images over ``max_pixels``
   (by default what the budget can decode, at most 64 million) or whose estimate exceeds the
-  whole budget are refused (400, ``decompression bomb``). JPEGs decode at a reduced scale.
-  Besides the budget, memory holds the model and up to ``max_connections / 2`` bodies being
-  uploaded (each at most ``max_upload_bytes``).
+  whole budget are refused (400, ``decompression bomb``), as are PNGs whose compressed text
+  inflates past ``limits.MAX_PNG_TEXT_BYTES`` (Pillow inflates it on opening, before any
+  estimate). Only the accepted formats are ever opened (415 otherwise), so the estimate comes
+  before any decoding. JPEGs decode at a reduced scale. Besides the budget, memory holds the
+  model and up to ``max_connections / 2`` bodies being uploaded (each at most
+  ``max_upload_bytes``).
 - time: a connection must send its request headers within ``upload_timeout`` seconds and then
   its body within ``upload_timeout`` more (408), so stalled clients do not hold connections.
 - connections: at most ``max_connections`` open at once (kept under the open-file limit;
