@@ -139,7 +139,8 @@ def test_a_tflite_or_keras_file_loads_with_its_labels(run, classifier, tmp_path)
     with pytest.raises(ValueError, match="labels are needed for bare.tflite"):
         Classifier.load(bare)
     loaded = Classifier.load(bare, labels=classifier.labels, image_size=16)
-    assert loaded.backend == "litert" and loaded.predict(image) == expected
+    assert loaded.backend == "litert" and loaded.temperature == 1.0  # no sidecar: uncalibrated
+    assert loaded.predict(image) == Classifier.load(tflite).predict(image, calibrated=False)
     from_keras = Classifier.load(run["run"] / "best.keras")  # labels from the run's config
     assert from_keras.backend == "keras" and from_keras.labels == classifier.labels
     assert [e["label"] for e in from_keras.predict(image)][:1] == [expected[0]["label"]]
@@ -317,3 +318,37 @@ def test_a_decoded_array_of_the_input_size_goes_straight_to_the_model(run, class
     assert classifier.predict(path) == expected and len(decoded) == 1
     small = pixels[:8, :8]  # another size is resized as before
     assert classifier.predict(small) == classifier.predict(Image.fromarray(small))
+
+
+def test_probabilities_are_calibrated_by_the_runs_temperature(run, classifier):
+    from workbench.calibration import apply_temperature
+    from workbench.deploy.export import find_export, read_sidecar
+    from workbench.models import load_model
+    from workbench.runs import RunDir
+
+    temperature = RunDir(run["run"]).temperature("best")
+    assert temperature != 1.0  # the tiny run was calibrated when it finished
+    keras_classifier = Classifier.load(run["run"], backend="keras")
+    assert keras_classifier.temperature == classifier.temperature == temperature
+    assert keras_classifier.info["temperature"] == temperature
+    path = next((run["data"] / "5").glob("*.png"))
+    raw = keras_classifier.predict(path, top_k=10, calibrated=False)
+    shown = keras_classifier.predict(path, top_k=10)
+    assert [e["label"] for e in raw] == [e["label"] for e in shown]  # the same ranking
+    softmax = load_model(run["run"] / "best.keras").predict(
+        load_array(path, 16, "squash")[None].astype(np.float32), verbose=0)[0]
+    labels = keras_classifier.labels
+    assert [e["probability"] for e in raw] == pytest.approx(
+        [softmax[labels.index(e["label"])] for e in raw], rel=1e-5)
+    calibrated = apply_temperature(softmax[None], temperature)[0]
+    assert [e["probability"] for e in shown] == pytest.approx(
+        [calibrated[labels.index(e["label"])] for e in shown], rel=1e-4)
+    # the export's sidecar carries it, and so does a run's model file loaded on its own
+    tflite = find_export(run["run"])
+    assert read_sidecar(tflite)["temperature"] == temperature
+    assert Classifier.load(tflite).temperature == temperature
+    assert Classifier.load(run["run"] / "best.keras").temperature == temperature
+    assert Classifier.load(run["run"] / "model.keras").temperature == \
+        RunDir(run["run"]).temperature("final")
+    with pytest.raises(ValueError, match="calibrated must be True or False, received: 1"):
+        keras_classifier.predict(path, calibrated=1)

@@ -11,7 +11,9 @@ result under ``<run_dir>/export/`` with a JSON sidecar next to it (``model.tflit
 ``model.onnx``            ONNX, through Keras's own exporter (tf2onnx)
 ``<name>.json``           the sidecar: labels, input size and dtype, value range (raw 0-255 RGB,
                           the model scales its input itself), resize mode, backbone, format,
-                          quantization, the source ``.keras`` file with its sha256, agreement
+                          quantization, the source ``.keras`` file with its sha256, agreement,
+                          and the run's ``temperature`` (the file outputs the raw softmax;
+                          ``Classifier`` calibrates it: ``workbench.calibration``)
 ========================  =====================================================================
 
 Every export is checked before it is put in place: the exported model and the Keras model
@@ -427,6 +429,9 @@ def _export(source: _Source, path: Path, *, format: str, quantize: str | None = 
             "resize_mode": run.resize_mode, "backbone": run.starting_point,
             "input": {**INPUT, "shape": [None, side_px, side_px, 3]},
             "output": "float32 softmax probabilities, one per label, in the order of labels",
+            # the run's calibration travels with the file (workbench.calibration)
+            "temperature": run.temperature(source.model),
+            "calibration": "softmax(log(output) / temperature) gives calibrated probabilities",
             "source_model": source.source.name, "source_sha256": source.sha256,
             "source_bytes": source.stat.st_size, "source_mtime_ns": source.stat.st_mtime_ns,
             "bytes": _size(temporary), "agreement": agreement,

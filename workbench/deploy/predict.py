@@ -21,6 +21,12 @@ A decoded uint8 array of exactly the model's input size goes to the model as it 
 else is decoded and resized by ``images.load_array`` (a JPEG at a reduced scale first, when it
 is at least twice the input size: libjpeg's DCT scaling).
 
+Calibration: the probabilities are those of the run's ``calibration.json`` (one temperature,
+fitted on the validation split when training finished; ``workbench.calibration``), so 0.9 means
+right about nine times in ten on images like the validation split's; ``calibrated=False`` gives
+the network's raw softmax. Scaling changes no ranking. A run trained before runs were calibrated,
+or a bare model file, has temperature 1. An exported file carries the temperature in its sidecar.
+
 Thread safety: one :class:`Classifier` may be shared by the threads of a web server. Decoding
 and resizing run in parallel; the model itself runs one call at a time, behind a lock inside
 the classifier (a LiteRT interpreter must never be invoked from two threads at once). LiteRT
@@ -36,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import check_bool, check_choice, check_int
+from workbench._checks import check_bool, check_choice, check_int, check_number
+from workbench.calibration import apply_temperature
 from workbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_array
 from workbench.deploy import export as exporting
 from workbench.deploy.runtime import RUNTIMES, load_runtime
@@ -57,6 +64,8 @@ class Classifier:
         image_size: the side of the square images the model takes.
         resize_mode: how images were resized in training (``squash``, ``crop``, ``pad``).
         info: extra facts for :attr:`info` (backbone, files, run metrics, ...).
+        temperature: divides the logits before the softmax (``workbench.calibration``): the
+            run's fitted temperature; 1 leaves the probabilities as the network gives them.
 
     Attributes:
         backend: ``"litert"``, ``"onnx"`` or ``"keras"``: what runs the model.
@@ -66,8 +75,10 @@ class Classifier:
     """
 
     def __init__(self, model, labels, *, image_size: int, resize_mode: str = "squash",
-                 info: dict | None = None):
+                 info: dict | None = None, temperature: float = 1.0):
         self.model, self.labels = model, [str(label) for label in labels]
+        self.temperature = check_number("temperature", temperature, minimum=0.0,
+                                        exclusive_minimum=True)
         self.image_size = check_int("image_size", image_size, minimum=8)
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, "
@@ -85,7 +96,8 @@ class Classifier:
         self._lock = threading.Lock()  # the Keras model call; LiteRTModel locks each invoke
         self.info = {**(info or {}), "labels": list(self.labels),
                      "num_classes": len(self.labels), "image_size": self.image_size,
-                     "resize_mode": self.resize_mode, "backend": self.backend}
+                     "resize_mode": self.resize_mode, "backend": self.backend,
+                     "temperature": self.temperature}
         self._probabilities(np.zeros((1, self.image_size, self.image_size, 3), np.uint8), 1)
 
     @classmethod
@@ -142,7 +154,8 @@ class Classifier:
             labels, image_size, resize_mode = _file_labels(
                 path, labels, image_size, resize_mode, facts, network)
             return cls(network, labels, image_size=image_size, resize_mode=resize_mode,
-                       info={**facts, "model_file": str(path)})
+                       info={**facts, "model_file": str(path)},
+                       temperature=float(facts.get("temperature", 1.0)))
         if path.suffix == ".keras" and path.is_file():
             if backend in RUNTIMES:
                 raise ValueError(f"backend={backend!r} needs a run directory or an exported "
@@ -154,7 +167,8 @@ class Classifier:
             labels, image_size, resize_mode = _file_labels(
                 path, labels, image_size, resize_mode, facts, network)
             return cls(network, labels, image_size=image_size, resize_mode=resize_mode,
-                       info={**facts, "model_file": str(path)})
+                       info={**facts, "model_file": str(path)},
+                       temperature=_file_temperature(path) if facts else 1.0)
         raise FileNotFoundError(f"path must be a run directory (with config.json), a .tflite, "
                                 f".onnx or .keras file, received: {str(path)!r}")
 
@@ -163,7 +177,8 @@ class Classifier:
         facts = _config_facts(run_dir)
         # No model at all: say so now, before exporting or importing Keras (seconds) would fail.
         source = RunDir(run_dir).model_path(model)
-        options = {"image_size": facts["image_size"], "resize_mode": facts["resize_mode"]}
+        options = {"image_size": facts["image_size"], "resize_mode": facts["resize_mode"],
+                   "temperature": RunDir(run_dir).temperature(model)}
         if backend != "keras":
             asked = None if backend == "auto" else backend
             try:
@@ -199,7 +214,8 @@ class Classifier:
                    **options)
 
     def predict(self, images, *, top_k: int = 5, batch_size: int = 32,
-                max_pixels: int = DEFAULT_MAX_PIXELS, tta: bool = False):
+                max_pixels: int = DEFAULT_MAX_PIXELS, tta: bool = False,
+                calibrated: bool = True):
         """The ``top_k`` most likely classes of one image, or of each image of a list.
 
         Args:
@@ -212,6 +228,8 @@ class Classifier:
                 own, from its decoding memory).
             tta: test-time augmentation: average the probabilities of each image and its
                 mirror image (twice the work; not for digits, text or other handed things).
+            calibrated: probabilities scaled by :attr:`temperature` (the run's calibration);
+                False: the network's raw softmax. The order of the classes is the same.
 
         Returns:
             For one image, a list of ``{"label", "probability"}`` dicts, best first; for a
@@ -226,6 +244,7 @@ class Classifier:
         check_int("batch_size", batch_size, minimum=1)
         check_int("max_pixels", max_pixels, minimum=1)
         check_bool("tta", tta)
+        check_bool("calibrated", calibrated)
         # one image: a path, bytes, an array, a PIL image (getpixel) or a file object (read)
         single = isinstance(images, _SINGLE) or hasattr(images, "getpixel") or \
             hasattr(images, "read")
@@ -237,6 +256,8 @@ class Classifier:
         if tta:
             probabilities = (probabilities + self._probabilities(
                 np.ascontiguousarray(pixels[:, :, ::-1]), batch_size)) / 2
+        if calibrated and self.temperature != 1.0:
+            probabilities = apply_temperature(probabilities, self.temperature)
         results = [self._top(row, min(top_k, len(self.labels))) for row in probabilities]
         return results[0] if single else results
 
@@ -276,6 +297,12 @@ def _config_facts(run_dir: Path) -> dict:
             "recipe": run.config.get("recipe"), "metrics": run.metrics}
 
 
+def _file_temperature(path: Path) -> float:
+    """The temperature of a run's ``best.keras`` or ``model.keras``; 1 for any other file."""
+    model = {"best.keras": "best", "model.keras": "final"}.get(path.name)
+    return RunDir(path.parent).temperature(model) if model else 1.0
+
+
 def _sidecar_facts(path: Path) -> dict:
     """The sidecar of an exported file, or nothing when there is none."""
     try:
@@ -283,7 +310,7 @@ def _sidecar_facts(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     keep = ("labels", "image_size", "resize_mode", "backbone", "format", "quantize",
-            "source_model", "agreement")
+            "source_model", "agreement", "temperature")
     return {key: side[key] for key in keep if key in side}
 
 
