@@ -247,10 +247,10 @@ def open_header(source) -> Image.Image:
         A lazy ``PIL.Image``: size, mode, format and metadata known, pixels not yet decoded.
 
     Raises:
-        ImageRejected: ``"unsupported format"`` (the detail names the format, when Pillow
-            knows it, and the accepted ones), ``"not an image"``, ``"decompression bomb"`` (a
-            header over Pillow's own pixel limit) or ``"truncated or corrupt"`` (a header that
-            cannot be read).
+        ImageRejected: ``"unsupported format"`` (a format Pillow recognises by its first
+            bytes, named in the detail with the accepted ones), ``"not an image"``,
+            ``"decompression bomb"`` (a header over Pillow's own pixel limit) or ``"truncated or
+            corrupt"`` (a header that cannot be read).
         TypeError: if ``source`` is of an unsupported type.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
