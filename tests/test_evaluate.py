@@ -1,6 +1,7 @@
 """Evaluation report: metrics checked by hand, files of a real (tiny) run, figures, the CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -336,3 +337,35 @@ def test_evaluate_applies_the_runs_temperature_and_calibrated_false_the_raw_soft
     shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("calibration.json", "export"))
     np.testing.assert_allclose(evaluate(old, split="val", save=False, backend="keras")
                                .probabilities, raw.probabilities)
+
+
+def test_the_evaluation_folder_is_replaced_whole_or_not_at_all(run_dir, tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "evaluation"))
+    evaluate(copy, split="val")
+    folder = copy / "evaluation" / "val"
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    def killed_half_way(self, directory, **options):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "summary.json").write_text("half")
+        raise RuntimeError("killed half way")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EvaluationReport, "save", killed_half_way)
+        with pytest.raises(RuntimeError, match="killed half way"):
+            evaluate(copy, split="val")
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                  capture_output=True, text=True, check=True).stdout)
+    left = copy / "evaluation" / f".val.{dead_pid}.0a1b2c3d"  # a killed evaluation's folder
+    left.mkdir()
+    (folder / "extra.txt").write_text("from an older version")
+    evaluate(copy, split="val")
+    assert sorted(path.name for path in (copy / "evaluation").iterdir()) == ["val"]
+    assert sorted(path.name for path in folder.iterdir()) == sorted(before)  # nothing merged

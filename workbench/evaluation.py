@@ -47,7 +47,7 @@ from sklearn import metrics
 
 from workbench import calibration, plots
 from workbench._checks import check_bool, check_choice, check_int, check_number
-from workbench._io import atomic_path, write_json, write_text
+from workbench._io import atomic_path, remove_stale_temporaries, write_json, write_text
 from workbench.deploy import export as exporting
 from workbench.runs import MODELS, RunDir
 
@@ -630,8 +630,11 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
         split=split, model=model, run_dir=run_dir, temperature=run.temperature(model),
         calibrated=calibrated)
     report.backend = used
-    if save:
-        report.save(run_dir / "evaluation" / split)
+    if save:  # the folder whole: a kill leaves the previous evaluation or this one, not a mix
+        folder = run_dir / "evaluation" / split
+        remove_stale_temporaries(folder.parent, name=split)  # a killed evaluation's
+        with atomic_path(folder) as temporary:
+            report.save(temporary)
     return report
 
 
