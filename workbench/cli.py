@@ -12,6 +12,7 @@ LiteRT fast path) and ``workbench monitor -- CMD`` start without loading Keras o
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -70,6 +71,8 @@ def _positive(unit: str):
             raise ValueError(f"must be a number of {unit} > 0") from None
         if not value > 0:
             raise ValueError("must be > 0")
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number of {unit}")
         return value
     return convert
 
@@ -250,8 +253,13 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-weight", choices=("balanced",), default=None,
                         help="balanced: weigh each image by images / (classes x images of its "
                              "class), so every class of an imbalanced folder counts alike")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue RUN_DIR from its last checkpoint")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in RUN_DIR from its last checkpoint (same "
+                            "settings; a finished run is left as it is)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in RUN_DIR: the new run is trained beside it and "
+                            "takes its place only when it finishes")
     parser.add_argument("--distributed", action="store_true",
                         help="this process is one of several workers, on one or several "
                              "machines (JAX backend), started by srun (SLURM) or a "
@@ -267,7 +275,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from workbench.training.options import Execution
     from workbench.training.recipes import RECIPES
     from workbench.training.solver import SolverConfig
-    from workbench.training.train import finetune
+    from workbench.training.train import RunExists, SettingsChanged, finetune
 
     stages = len(RECIPES[args.recipe].stages)
     if args.epochs is not None and args.epochs < stages:
@@ -286,14 +294,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        lr_mult_rules=dict(args.lr_mult),
                        decay_mult_rules=dict(args.decay_mult) or None, solver=solver,
                        image_size=args.image_size, seed=args.seed, resume=args.resume,
-                       augment=args.augment, class_weight=args.class_weight,
-                       progress="lines",
+                       overwrite=args.overwrite, augment=args.augment,
+                       class_weight=args.class_weight, progress="lines",
                        execution=Execution(strategy="distributed") if args.distributed else None)
+    except RunExists as error:  # the library's words are keyword arguments; these are flags
+        print(f"error: {error.advice(resume='--resume', overwrite='--overwrite', out='--out')}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except SettingsChanged as error:
+        print(f"error: {error.advice(overwrite='--overwrite', out='--out')}", file=sys.stderr)
+        return EXIT_USAGE
     except TrainingDiverged as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(error.advice(resume='--resume', base_lr='--base-lr'))}",
+              file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"interrupted: continue with 'workbench train ... --out {args.out} --resume'",
+        print(f"interrupted: {args.out} still holds the run that was there (the replacement "
+              "was not finished)" if args.overwrite else
+              f"interrupted: continue with 'workbench train ... --out {args.out} --resume'",
               file=sys.stderr)
         return 130
     cluster = joined()

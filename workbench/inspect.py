@@ -12,6 +12,10 @@ in ``figure_`` and ``ax_``, like scikit-learn's Display objects.
   weight and the update-to-weight ratio ``|Δw| / |w|`` (around 1e-3 is healthy; 0 means frozen)
   into a CSV; :func:`read_weight_stats` reads it for :func:`workbench.plots.weight_stats`.
 * :func:`gradient_check` compares automatic differentiation with central finite differences.
+* :func:`grad_cam` and :func:`occlusion` say where the model looked in one image (from
+  :mod:`workbench.explain`, where the web service and ``workbench predict --explain`` reach
+  them); :func:`explain` draws the photo beside its map, :func:`explain_worst` the worst
+  predictions of an evaluation with theirs (fastai's top losses with heatmaps).
 
 Training curves of one or several runs are :func:`workbench.plots.training_curves` (of
 ``workbench.runs.RunDir(path).history()``).
@@ -28,9 +32,11 @@ import numpy as np
 import pandas as pd
 
 from workbench import models, plots
-from workbench._checks import check_int, check_number
+from workbench._checks import check_choice, check_int, check_number
 from workbench._io import run_file
 from workbench.data.images import load_array
+from workbench.explain import (METHODS, Explainer, Explanation, all_layers, grad_cam,
+                               last_feature_layer, occlusion)
 from workbench.training.callbacks import WEIGHT_STATS_COLUMNS
 
 
@@ -46,33 +52,23 @@ def _as_model(model, name: str = "model") -> keras.Model:
     return model
 
 
-def _all_layers(model: keras.Model) -> list:
-    """Every layer of ``model`` and of the models nested in it, depth first, in order."""
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(_all_layers(layer))
-    return found
-
-
 def find_layer(model: keras.Model, name: str):
     """The layer called ``name`` in ``model`` or in a model nested in it (e.g. the backbone).
 
     Raises:
         ValueError: naming the layer and listing the layers there are.
     """
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if layer.name == name:
             return layer
-    names = [layer.name for layer in _all_layers(model) if not isinstance(layer, keras.Model)]
+    names = [layer.name for layer in all_layers(model) if not isinstance(layer, keras.Model)]
     raise ValueError(f"layer must name a layer of {model.name}, received: {name!r}; layers: "
                      f"{', '.join(names)}")
 
 
 def first_conv(model: keras.Model):
     """The first 2-D convolution of ``model``, nested models included."""
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         kernel = getattr(layer, "kernel", None)
         if kernel is not None and len(kernel.shape) == 4:
             return layer
@@ -94,7 +90,7 @@ def default_layers(model) -> list[str]:
         ValueError: when the model has no 2-D convolution.
     """
     model = _as_model(model)
-    convolutions = [layer.name for layer in _all_layers(model)
+    convolutions = [layer.name for layer in all_layers(model)
                     if len(getattr(getattr(layer, "kernel", None), "shape", ())) == 4
                     and not isinstance(layer, keras.layers.DepthwiseConv2D)]
     if not convolutions:
@@ -114,7 +110,7 @@ def _output_model(model: keras.Model, name: str) -> keras.Model:
     if name in direct:
         return keras.Model(_inputs(model), direct[name].output)
     for sub in model.layers:
-        if not isinstance(sub, keras.Model) or name not in {l.name for l in _all_layers(sub)}:
+        if not isinstance(sub, keras.Model) or name not in {l.name for l in all_layers(sub)}:
             continue
         inner = _output_model(sub, name)
         for node in sub._inbound_nodes:
@@ -597,3 +593,86 @@ def gradient_check(model: keras.Model, x, y, *, loss=None, epsilon: float = 1e-3
         rows.append({"variable": variable.path, "index": tuple(int(i) for i in index),
                      "analytic": exact, "numeric": numeric, "relative_error": error})
     return GradientCheck(pd.DataFrame(rows), float(epsilon), float(tolerance))
+
+
+# --- where the model looked --------------------------------------------------------------------
+
+def explain(model, image, class_index: int | None = None, *, method: str = "grad_cam",
+            max_side: int | None = 512) -> Explanation:
+    """Where the model looked in one image: ``.plot()`` shows the photo beside it.
+
+    Args:
+        model: a run directory, a ``.keras`` file, a ``keras.Model`` or an
+            :class:`~workbench.explain.Explainer` (reused: no reloading).
+        image: a path or a uint8 (H, W, 3) array (or anything ``images.decode`` reads).
+        class_index: the class to explain; None for the predicted one.
+        method: ``"grad_cam"`` (:func:`grad_cam`) or ``"occlusion"`` (:func:`occlusion`).
+        max_side: draw at most this many pixels a side; None for the image's own size.
+
+    Returns:
+        An :class:`~workbench.explain.Explanation` (map, class, probability).
+    """
+    explainer = model if isinstance(model, Explainer) else Explainer.load(model)
+    return explainer.explain(image, class_index, method=method, max_side=max_side)
+
+
+@dataclasses.dataclass
+class ExplainedImages:
+    """Several images, each with where the model looked; ``plot()`` tiles them.
+
+    Attributes:
+        explanations: one :class:`~workbench.explain.Explanation` per image.
+        titles: one caption per image.
+        title: the figure's title.
+        figure_: the ``Figure`` last drawn by :meth:`plot` (None before).
+        ax_: its axes, one per tile.
+    """
+
+    explanations: list
+    titles: list
+    title: str = ""
+    figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    ax_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def plot(self, *, columns: int = 8, alpha: float = 0.5):
+        """Each photo with its map blended in, keeping ``figure_`` and ``ax_``; returns the
+        ``Figure``."""
+        figure = plots.image_grid([item.overlay(alpha=alpha) for item in self.explanations],
+                                  titles=self.titles, columns=min(columns, len(self.titles)),
+                                  size=1.6, title=self.title or None)
+        self.figure_, self.ax_ = figure, np.array(figure.axes)
+        return figure
+
+
+def explain_worst(report, run_dir, *, count: int = 16, model: str = "best",
+                  method: str = "grad_cam") -> ExplainedImages:
+    """The worst predictions of an evaluation, each with the map of the class it predicted.
+
+    Args:
+        report: a ``workbench.evaluation.EvaluationReport`` of ``run_dir`` with its images
+            (what ``evaluate(run_dir)`` returns).
+        run_dir: the run it evaluated.
+        count: how many of the worst predictions.
+        model: ``"best"`` or ``"final"``: the model the report evaluated.
+        method: ``"grad_cam"`` or ``"occlusion"``.
+
+    Returns:
+        :class:`ExplainedImages` titled true → predicted, p(true), as ``report.plot_worst``.
+    """
+    check_int("count", count, minimum=1)
+    check_choice("method", method, METHODS)
+    images = getattr(report, "images", None)
+    if images is None or not hasattr(report, "worst"):
+        raise ValueError(f"report must be an EvaluationReport with its images (evaluate("
+                         f"run_dir)), received: {type(report).__name__}")
+    explainer = Explainer.load(run_dir, model=model)
+    worst = report.worst(count)
+    index = {label: i for i, label in enumerate(explainer.labels)}
+    explanations = [explainer.explain(images[row.index], index[row.predicted], method=method)
+                    for row in worst.itertuples()]
+    titles = [f"{row.true} → {row.predicted}\np={row.probability_true:.2f}"
+              for row in worst.itertuples()]
+    name = "Grad-CAM" if method == "grad_cam" else "occlusion"
+    return ExplainedImages(explanations, titles,
+                           f"Worst predictions: true → predicted, p(true); {name} of the "
+                           f"predicted class")

@@ -14,6 +14,7 @@ workbench but ``workbench._checks``.
 :mod:`.evaluation`         confusion_figure, top_k_chart, reliability_diagram
 :mod:`.inspection`         mosaic, filter_comparison, activation_panels, weight_stats,
                            gradient_check
+:mod:`.explain`            explanation (a photo beside its heatmap)
 :mod:`.studies`            sweep_results, batch_size_study, throughput, split_profile,
                            split_latency, bottleneck_accuracy
 =========================  ===================================================================
@@ -21,6 +22,7 @@ workbench but ``workbench._checks``.
 
 from workbench.plots.data import class_counts, image_grid, samples_per_class
 from workbench.plots.evaluation import confusion_figure, reliability_diagram, top_k_chart
+from workbench.plots.explain import explanation
 from workbench.plots.inspection import (activation_panels, filter_comparison, gradient_check,
                                         mosaic, weight_stats)
 from workbench.plots.resources import resource_dashboard
@@ -30,8 +32,8 @@ from workbench.plots.training import compare_accuracy, training_curves
 
 __all__ = [
     "activation_panels", "batch_size_study", "bottleneck_accuracy", "class_counts",
-    "compare_accuracy", "confusion_figure", "filter_comparison", "gradient_check", "image_grid",
-    "mosaic", "resource_dashboard", "samples_per_class", "split_latency", "split_profile",
+    "compare_accuracy", "confusion_figure", "explanation", "filter_comparison", "gradient_check",
+    "image_grid", "mosaic", "resource_dashboard", "samples_per_class", "split_latency", "split_profile",
     "reliability_diagram", "sweep_results", "throughput", "top_k_chart", "training_curves",
     "weight_stats",
 ]
