@@ -1,6 +1,6 @@
 """Running a recipe comparison again never gets stuck: finished runs are kept, interrupted ones
 continue, a failed start is trained afresh, changed settings start a run again (saying so), and
-``resume=False`` trains every run again."""
+``overwrite=True`` trains every run again (``resume=False`` still does, deprecated)."""
 
 import json
 
@@ -81,21 +81,31 @@ def test_changed_settings_start_the_run_again_in_one_line(splits, tmp_path, caps
     assert changed.value.settings == ["solver"] and isinstance(changed.value, ValueError)
 
 
-def test_resume_false_trains_finished_runs_again(splits, tmp_path, capsys):
+def test_overwrite_trains_finished_runs_again(splits, tmp_path, capsys):
     quiet = {**OPTIONS, "progress": "none"}
     compare_recipes(splits, tmp_path, seeds=(0,), **quiet)
     before = stamp(tmp_path / "scratch-seed0")
-    compare_recipes(splits, tmp_path, seeds=(0,), resume=True, **quiet)
+    compare_recipes(splits, tmp_path, seeds=(0,), **quiet)
     assert stamp(tmp_path / "scratch-seed0") == before
-    compare_recipes(splits, tmp_path, seeds=(0,), resume=False, **quiet)
+    compare_recipes(splits, tmp_path, seeds=(0,), overwrite=True, **quiet)
     assert stamp(tmp_path / "scratch-seed0") != before
     assert capsys.readouterr().out == ""  # progress="none" says nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch-seed0"]  # nothing left beside
+
+
+def test_resume_false_still_trains_again_with_a_deprecation_warning(splits, tmp_path):
+    quiet = {**OPTIONS, "progress": "none"}
+    compare_recipes(splits, tmp_path, seeds=(0,), **quiet)
+    before = stamp(tmp_path / "scratch-seed0")
+    with pytest.deprecated_call(match="overwrite=True"):
+        compare_recipes(splits, tmp_path, seeds=(0,), resume=False, **quiet)
+    assert stamp(tmp_path / "scratch-seed0") != before
 
 
 @pytest.mark.parametrize("bad,message", [
     ({"seeds": "0,1"}, "seeds must be a list"), ({"seeds": ()}, "seeds must not be empty"),
     ({"seeds": (-1,)}, "seeds must be"), ({"recipes": ("fast",)}, "recipe must be"),
-    ({"resume": "yes"}, "resume must be True or False"),
+    ({"overwrite": "yes"}, "overwrite must be True or False"),
     ({"solvers": {"caffe": SOLVER}}, "solvers must name recipes"),
 ])
 def test_bad_arguments_are_named_before_any_work(bad, message, tmp_path):

@@ -10,12 +10,15 @@ import numbers
 from collections.abc import Iterable
 
 
-def check_int(name: str, value, *, minimum: int | None = None) -> int:
-    """Returns ``value`` as an int after checking its type and lower bound."""
+def check_int(name: str, value, *, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """Returns ``value`` as an int after checking its type and bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, received: {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, received: {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, received: {value!r}")
     return int(value)
 
 

@@ -26,6 +26,7 @@ run through this class.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -34,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench._checks import check_choice
-from workbench._io import remove, stale_temporaries, write_json
+from workbench._io import atomic_path, remove_stale_temporaries, write_json
 from workbench.data.splitdir import SplitFolder
 
 MODELS = ("best", "final")  # which model file of a run: the best checkpoint or the last epoch
@@ -125,9 +126,53 @@ class RunDir:
                              f"{record!r}"[:300])
         write_json(self.path / "calibration.json", record)
 
+    @property
+    def checkpoint_epoch(self) -> int | None:
+        """The epoch of the last checkpoint (``checkpoint.json``), or None without one."""
+        path = self.path / CHECKPOINT_STATE
+        return int(self._json(CHECKPOINT_STATE)["epoch"]) if path.is_file() else None
+
+    def describe(self) -> str:
+        """What the folder holds, in a few words: ``"finished at epoch 30, test accuracy
+        0.812"``, ``"diverged in epoch 4, last checkpoint at epoch 3"``, ``"interrupted at
+        epoch 12"``, or ``"no run"``."""
+        if not self.resumable:
+            return "no run"
+        metrics, epoch = self.metrics, self.checkpoint_epoch
+        if metrics is None:
+            return f"interrupted at epoch {epoch}"
+        if metrics.get("status") == "diverged":
+            kept = f", last checkpoint at epoch {epoch}" if epoch else ", no checkpoint"
+            return f"diverged in epoch {int(metrics.get('epochs', 0)) + 1}{kept}"
+        accuracy = next((f", {split} accuracy {metrics[f'{split}_accuracy']:.3f}"
+                         for split in ("test", "val") if f"{split}_accuracy" in metrics), "")
+        return f"finished at epoch {metrics.get('epochs')}{accuracy}"
+
+    @contextlib.contextmanager
+    def replacement(self):
+        """Yields a :class:`RunDir` of a new folder beside this one, which replaces this folder
+        in one step when the block succeeds. When the block raises (or the process is killed),
+        this folder stays as it was; what the block wrote is removed (by :meth:`recover` after
+        a kill)."""
+        self.recover()
+        with atomic_path(self.path) as temporary:
+            temporary.mkdir()
+            yield RunDir(temporary)
+        self.__dict__.pop("config", None)
+
+    def recover(self) -> list[Path]:
+        """Clears what a killed :meth:`replacement` left beside this folder (the new run's
+        folder; after a kill in the middle of the swap, the old run set aside is put back).
+        Returns the paths cleared."""
+        return remove_stale_temporaries(self.path.parent, name=self.path.name)
+
     def history(self) -> pd.DataFrame:
         """``history.csv``: one row per epoch."""
         return pd.read_csv(self._file("history.csv"))
+
+    def steps(self) -> pd.DataFrame:
+        """``steps.csv``: the loss of every training step."""
+        return pd.read_csv(self._file("steps.csv"))
 
     def lr_table(self) -> pd.DataFrame:
         """``lr_table.csv`` (empty when the run has none)."""
@@ -219,10 +264,7 @@ class RunDir:
     def remove_partial_files(self) -> list[Path]:
         """Deletes what a killed process left half-written (the temporary files of atomic
         writes); returns what was removed."""
-        stale = stale_temporaries(self.path)
-        for path in stale:
-            remove(path)
-        return stale
+        return remove_stale_temporaries(self.path)
 
     def _file(self, name: str) -> Path:
         path = self.path / name

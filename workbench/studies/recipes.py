@@ -2,9 +2,10 @@
 
 ``compare_recipes`` trains a target task with each recipe and seed, as Caffe's flickr-style
 example compared a pretrained network against one trained from scratch. Each run is an ordinary
-run directory, so running it again never gets stuck: finished runs are kept (``resume=True``),
-interrupted ones continue from their last checkpoint, a folder holding only a failed start is
-trained afresh, and a run whose settings changed is trained again, saying so in one line::
+run directory, so running it again never gets stuck: finished runs are kept, interrupted ones
+continue from their last checkpoint, a folder holding only a failed start is trained afresh, and
+a run whose settings changed is trained again, saying so in one line; ``overwrite=True`` trains
+every run again (each replaces its old run only when it finishes)::
 
     results = compare_recipes("runs/demo/splits/target", "runs/demo/fine_tune", seeds=(0, 1, 2),
                               source="runs/demo/source/model.keras")
@@ -14,6 +15,7 @@ trained afresh, and a run whose settings changed is trained again, saying so in 
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +30,8 @@ from workbench.training.train import SettingsChanged, finetune
 
 def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scratch",
                     "feature_extraction", "two_stage", "caffe"), seeds=(0, 1, 2),
-                    solvers: dict | None = None, resume: bool = True,
-                    **finetune_options) -> pd.DataFrame:
+                    solvers: dict | None = None, overwrite: bool = False,
+                    resume: bool | None = None, **finetune_options) -> pd.DataFrame:
     """Trains every recipe with every seed and returns one row per run.
 
     Before each run it prints one line, ``run 3 of 12: two_stage, seed 1`` (unless
@@ -42,10 +44,12 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
         seeds: seeds; each changes initialisation, order, augmentation and dropout.
         solvers: optional ``{recipe: SolverConfig}`` for recipes that need their own settings
             (Caffe's recipe trains the whole network, so it wants a lower ``base_lr``).
-        resume: True keeps the finished runs whose settings are unchanged and continues the
-            unfinished ones from their checkpoints; False trains every run again. Either way a
-            run whose settings changed is trained again, and a folder without a checkpoint
-            (a failed start) is trained afresh.
+        overwrite: False keeps the finished runs whose settings are unchanged and continues
+            the unfinished ones from their checkpoints; True trains every run again. Either way
+            a run whose settings changed is trained again, and a folder without a checkpoint
+            (a failed start) is trained afresh. A run trained again replaces the old one only
+            when it finishes.
+        resume: deprecated: ``resume=False`` is ``overwrite=True``.
         **finetune_options: passed to :func:`workbench.training.train.finetune` (``source``,
             ``backbone``, ``weights``, ``solver``, ``image_size``, ``progress``, ...);
             ``image_size`` defaults to the source model's input or the backbone's natural size.
@@ -55,7 +59,11 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
     """
     recipes = [get_recipe(recipe).name for recipe in _as_sequence("recipes", recipes)]
     seeds = [check_int("seeds", seed, minimum=0) for seed in _as_sequence("seeds", seeds)]
-    check_bool("resume", resume)
+    if resume is not None:
+        warnings.warn("compare_recipes(resume=...) is deprecated: use overwrite=True to train "
+                      "every run again", DeprecationWarning, stacklevel=2)
+        overwrite = not check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
     solvers = dict(solvers or {})
     unknown = sorted(set(solvers) - set(recipes))
     if unknown:
@@ -72,21 +80,23 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
     for number, (recipe, seed) in enumerate(itertools.product(recipes, seeds), start=1):
         run_dir = Path(runs_dir) / f"{recipe}-seed{seed}"
         heading = f"run {number} of {total}: {recipe}, seed {seed}"
-        kept = resume and RunDir(run_dir).finished  # unless its settings changed
+        kept = not overwrite and RunDir(run_dir).finished  # unless its settings changed
         if talk and not kept:
             print(heading, flush=True)
         run_options = {**options, "solver": solvers.get(recipe, options.get("solver"))}
         try:
-            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=resume, **run_options)
+            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=not overwrite,
+                           overwrite=overwrite, **run_options)
         except SettingsChanged as changed:
             if talk:
                 print(f"{heading if kept else run_dir.name}: the settings changed "
                       f"({', '.join(changed.settings)}), so it starts again", flush=True)
-            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=False, **run_options)
+            run = finetune(data, run_dir, recipe=recipe, seed=seed, overwrite=True,
+                           **run_options)
         else:
             if talk and kept:
                 print(f"{heading}: finished earlier with the same settings, kept "
-                      "(resume=False trains it again)", flush=True)
+                      "(overwrite=True trains it again)", flush=True)
         rows.append({"recipe": recipe, "seed": seed, "run_dir": str(run_dir), **run.metrics})
     return pd.DataFrame(rows)
 

@@ -43,7 +43,32 @@ class RunState:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN, infinite or exploded; the last good checkpoint is kept."""
+    """The loss became NaN, infinite or exploded; the last good checkpoint is kept (or, when
+    the run was replacing another, the run that was there).
+
+    Attributes:
+        problem: what happened (``"the loss became nan at batch 3"``).
+        run_dir: the run directory.
+        epoch: the epoch in which it happened.
+        base_lr: the solver's base learning rate.
+        checkpoint_epoch: the epoch of the checkpoint kept, or None when there is none.
+        replaced: whether the run was to replace one in ``run_dir`` (which stays as it was).
+    """
+
+    def __init__(self, problem: str, *, run_dir, epoch: int, base_lr: float,
+                 checkpoint_epoch: int | None = None, replaced: bool = False):
+        self.problem, self.run_dir, self.epoch, self.base_lr = problem, run_dir, epoch, base_lr
+        self.checkpoint_epoch, self.replaced = checkpoint_epoch, replaced
+        super().__init__(self.advice(resume="resume=True", base_lr="base_lr"))
+
+    def advice(self, *, resume: str, base_lr: str) -> str:
+        """The message, naming the options in the caller's words (``--resume``, ...)."""
+        where = (f"; {self.run_dir} still holds the run that was there" if self.replaced else
+                 f"; the last good checkpoint (epoch {self.checkpoint_epoch}) is in "
+                 f"{self.run_dir}: {resume} retries from it" if self.checkpoint_epoch else
+                 "; no checkpoint was written before it")
+        return (f"Training stopped: {self.problem} in epoch {self.epoch}{where}. Train again "
+                f"with a lower {base_lr} (now {self.base_lr:g}).")
 
 
 class CsvAppender:
@@ -359,13 +384,14 @@ class LivePlot(keras.callbacks.Callback):
     """Redraws the loss and accuracy curves in a notebook after every epoch, and under them the
     GPU / CPU / RAM panels when the run records ``resources.csv``."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *, title: str | None = None):
         super().__init__()
         self.run_dir, self.handles = run_dir, {}
+        self.title = title or Path(run_dir).name
 
     def on_epoch_end(self, epoch, logs=None):
         history = RunDir(self.run_dir).history()  # HistoryLogger has written this epoch
-        self._show("curves", plots.training_curves({self.run_dir.name: history}))
+        self._show("curves", plots.training_curves({self.title: history}))
         resources = self.run_dir / "resources.csv"
         if resources.is_file():
             self._show("resources", plots.resource_dashboard(read_resources(resources)))

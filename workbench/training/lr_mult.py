@@ -390,6 +390,20 @@ def _check_patterns_match(name, rules, model, layers) -> None:
 # ------------------------------------------------------------------------- public API
 
 
+def check_rules(name: str, rules, *, model=None) -> None:
+    """Checks ``{pattern: multiplier}`` rules without changing anything: patterns are
+    non-empty strings and multipliers finite numbers >= 0, and with ``model``, each pattern
+    names a weight of it (as :func:`with_lr_multipliers` requires).
+
+    Raises:
+        ValueError: naming ``name``, the pattern or value, and the model's layers.
+    """
+    checked = _check_rules(name, rules)
+    if model is not None:
+        _check_model(model)
+        _check_patterns_match(name, checked, model, _weighted_layers(model))
+
+
 def with_lr_multipliers(optimizer, model, rules, *, default=1.0, decay_rules=None):
     """Returns a copy of ``optimizer`` that scales each weight's update step by its multiplier.
 

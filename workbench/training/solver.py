@@ -34,6 +34,11 @@ from workbench.training.lr_mult import (
     LRMultiplierSGD,
 )
 
+# Upper bounds that refuse a typo before hours of work start: far beyond any real schedule
+# (Caffe's own solvers reach 10 million iterations) and any batch that fits a GPU.
+MAX_EPOCHS = 100_000
+MAX_ITER = 100_000_000
+MAX_BATCH_SIZE = 65_536
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
 LR_POLICIES = ("constant", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine",
                "one_cycle")
@@ -156,8 +161,9 @@ class SolverConfig:
         if self.lr_policy == "multistep" and not self.stepvalues:
             raise ValueError("lr_policy='multistep' needs stepvalues, received: ()")
         check_int("warmup_iters", self.warmup_iters, minimum=0)
-        check_int("epochs", self.epochs, minimum=1)
-        _check_optional_int("max_iter", self.max_iter, minimum=1)
+        check_int("epochs", self.epochs, minimum=1, maximum=MAX_EPOCHS)
+        if self.max_iter is not None:
+            check_int("max_iter", self.max_iter, minimum=1, maximum=MAX_ITER)
         check_int("iter_size", self.iter_size, minimum=1)
         if self.clip_gradients is not None:
             _check_finite("clip_gradients", self.clip_gradients, minimum=0.0,
@@ -169,7 +175,7 @@ class SolverConfig:
         if self.rms_decay >= 1:
             raise ValueError(f"rms_decay must be < 1, received: {self.rms_decay!r}")
         _check_finite("delta", self.delta, minimum=0.0, exclusive_minimum=True)
-        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
         check_number("label_smoothing", self.label_smoothing, minimum=0.0, maximum=0.5)
         check_int("snapshot_interval", self.snapshot_interval, minimum=1)
         check_int("test_interval", self.test_interval, minimum=1)

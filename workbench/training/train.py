@@ -7,9 +7,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import shutil
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from workbench import models, plots
 from workbench._cluster import Cluster, barrier, joined
 from workbench._device import (execution_context, gpu_count, gpu_name, replica_count,
                                resolve_strategy)
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import check_bool, check_choice, check_int, check_number
 from workbench._progress import watched_notebook
 from workbench._io import atomic_path, write_json, write_text
 from workbench.data import pipeline
@@ -36,22 +34,52 @@ from workbench.training.options import Execution, Monitoring
 from workbench.training.solver import SolverConfig, SparseCrossentropy, build_optimizer
 
 PROGRESS = ("auto", "lines", "plot", "none")
+MAX_IMAGE_SIZE = 4096  # larger inputs do not fit a GPU's memory with any of these backbones
 CLASS_WEIGHTS = (None, "balanced")
 _RESOLVED_AT_RUN_TIME = {"classes", "dtype_policy", "distribution",  # not compared on resume
                          "augment_placement", "train_stored_size", "class_weights",
                          "workers"}
 
 
-class SettingsChanged(ValueError):
-    """``resume=True`` found a run with other settings in the run directory.
+class RunExists(ValueError):
+    """The run directory holds a run (finished, interrupted or diverged) and the call said
+    neither ``resume`` nor ``overwrite``; nothing was changed.
 
     Attributes:
+        run_dir: the run directory.
+        what: what it holds, in a few words (:meth:`RunDir.describe`).
+    """
+
+    def __init__(self, run: RunDir):
+        self.run_dir, self.what = run.path, run.describe()
+        super().__init__(self.advice(resume="resume=True", overwrite="overwrite=True",
+                                     out="run_dir"))
+
+    def advice(self, *, resume: str, overwrite: str, out: str) -> str:
+        """The message, naming the three choices in the caller's words (``--resume``...)."""
+        return (f"{self.run_dir} already holds a run ({self.what}); nothing was changed. "
+                f"Use {resume} to continue it, {overwrite} to replace it once the new run "
+                f"finishes, or another {out}")
+
+
+class SettingsChanged(ValueError):
+    """``resume=True`` found a run with other settings in the run directory; nothing was
+    changed.
+
+    Attributes:
+        run_dir: the run directory.
         settings: the names of the settings that differ.
     """
 
-    def __init__(self, message: str, settings: list[str]):
-        super().__init__(message)
-        self.settings = list(settings)
+    def __init__(self, run: RunDir, settings: list[str]):
+        self.run_dir, self.settings = run.path, list(settings)
+        super().__init__(self.advice(overwrite="overwrite=True", out="run_dir"))
+
+    def advice(self, *, overwrite: str, out: str) -> str:
+        """The message, naming the choices in the caller's words."""
+        return (f"{self.run_dir} holds a run with other settings ({', '.join(self.settings)}), "
+                f"so it cannot be resumed with these; nothing was changed. Use {overwrite} "
+                f"(instead of resuming) to replace it, or another {out}")
 
 
 @dataclasses.dataclass
@@ -85,17 +113,20 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              solver: SolverConfig | None = None, image_size: int | None = None,
              resize_mode: str = "squash", augment: pipeline.Augment | str | None = "auto",
              class_weight: str | None = None, dropout: float = 0.2, seed: int = 0,
-             resume: bool = False,
+             resume: bool = False, overwrite: bool = False,
              progress: str = "auto", execution: Execution | None = None,
              monitoring: Monitoring | None = None) -> Run:
     """Fine-tunes a pretrained network on a split dataset and writes a run directory.
 
+    A run directory that holds a run (finished, interrupted or diverged) is never changed
+    unless asked: without ``resume`` or ``overwrite`` the call raises :class:`RunExists`
+    before any work. With ``overwrite`` the new run is trained in a folder beside it and
+    replaces it in one step only when it finishes, so a failing, diverging or killed
+    replacement leaves the old run as it was.
+
     Args:
         splits: a split directory (see ``workbench split``), or :class:`SplitData`.
-        run_dir: the run directory to write (created). A previous run there is replaced unless
-            ``resume``, but only once every input has been checked and the model built: a call
-            that fails on its inputs (a wrong split folder, weights that cannot be loaded)
-            leaves the folder as it was.
+        run_dir: the run directory to write (created).
         backbone: a name from ``models.BACKBONES``; ignored when ``source`` is given.
         weights: ``"imagenet"``, a local weights file, or None (keras.applications backbones).
         source: a saved ``.keras`` model to transfer from instead of a named backbone.
@@ -125,8 +156,10 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         dropout: dropout rate before the new head.
         seed: seeds initialisation, order, augmentation and dropout; a seeded run is
             reproducible on CPU.
-        resume: continue from the run's last checkpoint (a finished run is returned as is; a
-            folder holding only a failed start, without a checkpoint, starts afresh).
+        resume: continue the run in ``run_dir`` from its last checkpoint (a finished run is
+            returned as is; a folder holding only a failed start, without a checkpoint,
+            starts afresh). Its settings must be the run's (else :class:`SettingsChanged`).
+        overwrite: train a new run that replaces the one in ``run_dir`` when it finishes.
         progress: ``"lines"`` (one line per epoch), ``"plot"`` (live curves in a notebook),
             ``"none"``, or ``"auto"`` (plot in a notebook, lines elsewhere).
         execution: precision and distribution (:class:`~workbench.training.options.Execution`;
@@ -141,10 +174,17 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         A :class:`Run`.
 
     Raises:
+        RunExists: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
         SettingsChanged: ``resume=True`` and ``run_dir`` holds a run with other settings.
-        TrainingDiverged: if the loss became NaN or exploded; the last good checkpoint stays.
+        TrainingDiverged: if the loss became NaN or exploded; the last good checkpoint stays
+            (with ``overwrite``, the run that was there stays instead).
     """
     check_choice("progress", progress, PROGRESS)
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite must not both be True: resume continues the "
+                         "run in run_dir, overwrite replaces it")
     execution = execution or Execution()
     monitoring = monitoring or Monitoring()
     # first: several workers must start their runtime before the backend does anything else
@@ -154,7 +194,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         progress = "none"  # worker 0 reports
     if image_size is None:
         image_size = models.natural_image_size(backbone, source=source)
-    check_int("image_size", image_size, minimum=8)
+    check_int("image_size", image_size, minimum=8, maximum=MAX_IMAGE_SIZE)
     check_int("seed", seed, minimum=0)
     check_number("dropout", dropout, minimum=0.0, maximum=0.99)
     if source is None:
@@ -166,6 +206,9 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     run_dir = Path(run_dir)
     recipe_ = get_recipe(recipe)
     check_choice("class_weight", class_weight, CLASS_WEIGHTS)
+    lr_mult.check_rules("lr_mult_rules", lr_mult_rules or {})
+    if decay_mult_rules:
+        lr_mult.check_rules("decay_mult_rules", decay_mult_rules)
     augment = pipeline.resolve_augment(augment, splits.labels["train"] if isinstance(
         splits, SplitData) else SplitFolder(splits).labels("train"))
     config = {
@@ -185,20 +228,21 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
     }
     run = RunDir(run_dir)
+    run.recover()  # what a killed replacement left beside the run
+    if run.resumable and not (resume or overwrite):
+        raise RunExists(run)
+    if resume and not run.resumable and progress != "none" and run.exists:
+        print(f"{run_dir.name}: no checkpoint to resume from, so it starts afresh", flush=True)
     resume = resume and run.resumable
     if resume:
         changed = _changed_settings(run, config)
         if changed:
-            raise SettingsChanged(f"resume=True but {run_dir} holds a run with other settings "
-                                  f"({', '.join(changed)}); choose another run_dir, or "
-                                  "resume=False to start over", changed)
+            raise SettingsChanged(run, changed)
         if run.finished:
             return Run.load(run_dir)
+    replacing = overwrite and run.resumable
     if cluster is not None:  # every worker has read the run before worker 0 may clear it
         barrier("workbench: run directory read")
-    # Worker 0 writes the run; the others write what they must to a scratch folder.
-    out = run_dir if cluster is None or cluster.chief else Path(
-        tempfile.mkdtemp(prefix=f"workbench-worker{cluster.rank}-"))
 
     data = splits if isinstance(splits, SplitData) else load_splits(
         splits, image_size=image_size, resize_mode=resize_mode, progress=progress != "none")
@@ -229,103 +273,149 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     recipe_.stage_epochs(solver.total_epochs(train.steps_per_epoch))  # enough for its stages?
 
     _warn_if_jax_on_cpu()
-    started = time.monotonic()
-    with execution_context(execution.precision, strategy) as (policy, _):
+    with contextlib.ExitStack() as stack, execution_context(execution.precision, strategy) \
+            as (policy, _):
         config.update(dtype_policy=policy, distribution=strategy_name)
         if cluster is not None:
             config["workers"] = cluster.size
         if progress != "none":  # what a user should know before the first epoch, once
-            print(f"{run_dir.name}: {recipe} on {_device_words(cluster)}, {policy}"
-                  f"{', resuming' if resume else ''}", flush=True)
+            doing = ", resuming" if resume else ", replacing the run there" if replacing else ""
+            print(f"{run_dir.name}: {recipe} on {_device_words(cluster)}, {policy}{doing}",
+                  flush=True)
         resumed = checkpoint.load_checkpoint(run_dir) if resume else None
         if resumed is not None:
             model = resumed[0]
             state = cb.RunState(**resumed[1])
         else:
             keras.utils.set_random_seed(seed)
-            model = _build_model(recipe_, backbone=backbone, weights=weights, source=source,
-                                 cut_at=cut_at, num_classes=len(data.classes),
-                                 image_size=image_size, dropout=dropout,
-                                 augmentation=models.RandomAugment(augment, seed=seed,
-                                                                   name="augmentation")
-                                 if augment is not None and augment.placement == "model"
-                                 else None)
+            model = build_model(recipe_, backbone=backbone, weights=weights, source=source,
+                                cut_at=cut_at, num_classes=len(data.classes),
+                                image_size=image_size, dropout=dropout,
+                                augmentation=models.RandomAugment(augment, seed=seed,
+                                                                  name="augmentation")
+                                if augment is not None and augment.placement == "model"
+                                else None)
+            for stage in recipe_.stages:  # every rule names a weight, in every stage
+                lr_mult.check_rules("lr_mult_rules", _stage_rules(model, stage, lr_mult_rules),
+                                    model=model)
+            if decay_mult_rules:
+                lr_mult.check_rules("decay_mult_rules", decay_mult_rules, model=model)
             state = cb.RunState()
-            RunDir(out).clear()  # every input is good and the model is built: the old run may go
+        # Worker 0 writes the run (into a new folder beside it when replacing one); the
+        # others write what they must to a scratch folder.
+        if cluster is not None and not cluster.chief:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix=f"workbench-worker{cluster.rank}-")))
+        elif replacing:
+            out = stack.enter_context(run.replacement()).path
+        else:
+            out = run_dir
+            if resumed is None:
+                run.clear()  # a failed start: nothing of value (a run would need overwrite)
         RunDir(out).remove_partial_files()
         write_json(out / "config.json", config)
         write_text(out / "labels.txt", "".join(f"{c}\n" for c in data.classes))
         if resumed is None:  # the starting point, for comparing filters before and after
             checkpoint.save_model(model, out / "initial.keras")
         recorder = ResourceMonitor(out / "resources.csv").start() \
-            if monitoring.resources and out == run_dir else None
+            if monitoring.resources and (cluster is None or cluster.chief) else None
         with recorder or contextlib.nullcontext():  # stops sampling even if training fails
-            outcome = _train_stages(model, state, recipe_, train=train, val=val, solver=solver,
-                                    run_dir=out, extra_rules=lr_mult_rules,
-                                    decay_rules=decay_mult_rules, seed=seed,
-                                    resumed_from=run if resumed is not None else None,
-                                    progress=progress,
-                                    extra_callbacks=_monitor_callbacks(out, recorder),
-                                    tensorboard=monitoring.tensorboard,
-                                    num_classes=len(data.classes),
-                                    class_weight=weights_by_class)
-    problem, stopped_early, trained_images = outcome
-    if out != run_dir:  # a worker: worker 0 writes the run; wait for it
-        shutil.rmtree(out, ignore_errors=True)
-        barrier("workbench: run written")
-        if problem:
-            raise cb.TrainingDiverged(f"Training stopped: {problem} (see {run_dir})")
-        return Run.load(run_dir)
-
-    seconds = time.monotonic() - started
-    try:
-        if problem:
-            metrics = {"status": "diverged", "error": problem, "epochs": state.epoch}
-            write_json(run_dir / "metrics.json", metrics)
-            raise cb.TrainingDiverged(
-                f"Training stopped: {problem} in epoch {state.epoch + 1}. The last good "
-                f"checkpoint (epoch {state.epoch}) is in {run_dir}; train again with a lower "
-                f"base_lr (now {solver.base_lr}), or resume=True to retry from the checkpoint.")
-        checkpoint.save_model(model, run_dir / "model.keras")
-        metrics = _final_metrics(run_dir, data, solver.batch_size, state,
-                                 status="stopped_early" if stopped_early else "completed")
-        metrics.update({"train_seconds": round(seconds, 3), "images_per_second":
-                        round(trained_images / seconds, 1) if seconds else None})
-        if monitoring.resources:
-            metrics.update(_resource_summary(run_dir))
-        write_json(run_dir / "metrics.json", metrics)
-        with atomic_path(run_dir / "curves.png") as temporary:
-            plots.training_curves({run_dir.name: run.history()}).savefig(temporary, dpi=100)
-    finally:
-        if cluster is not None:  # the other workers return once the run is written
+            problem, stopped_early = train_stages(
+                model, state, recipe_, train=train, val=val, solver=solver, run_dir=out,
+                extra_rules=lr_mult_rules, decay_rules=decay_mult_rules, seed=seed,
+                resumed_from=run if resumed is not None else None, progress=progress,
+                extra_callbacks=_monitor_callbacks(out, recorder),
+                tensorboard=monitoring.tensorboard, num_classes=len(data.classes),
+                class_weight=weights_by_class, title=run_dir.name)
+        if cluster is not None and not cluster.chief:  # worker 0 writes the run; wait for it
             barrier("workbench: run written")
+            if problem:
+                raise cb.TrainingDiverged(problem, run_dir=run_dir, epoch=state.epoch + 1,
+                                          base_lr=solver.base_lr)
+            return Run.load(run_dir)
+        try:
+            _finish(out, model, data, solver, state, problem=problem, stopped_early=stopped_early,
+                    resources=monitoring.resources, batch_size=train.batch_size)
+            if problem:
+                raise cb.TrainingDiverged(
+                    problem, run_dir=run_dir, epoch=state.epoch + 1, base_lr=solver.base_lr,
+                    checkpoint_epoch=None if replacing else RunDir(out).checkpoint_epoch,
+                    replaced=replacing)
+        finally:
+            if cluster is not None:  # the other workers return once the run is written
+                barrier("workbench: run written")
     return Run.load(run_dir)
 
 
-def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solver, run_dir,
-                  extra_rules, decay_rules, seed, resumed_from, progress, extra_callbacks,
-                  tensorboard, num_classes, class_weight=None):
-    """Trains the recipe's stages from ``state.epoch`` on, writing to ``run_dir``;
-    ``resumed_from`` is the :class:`RunDir` the checkpoint came from, or None.
+def _finish(run_dir: Path, model: keras.Model, data: SplitData, solver: SolverConfig,
+            state: cb.RunState, *, problem: str | None, stopped_early: bool, resources: bool,
+            batch_size: int) -> None:
+    """Writes what a run ends with: ``model.keras``, ``metrics.json`` (the test numbers, and the
+    time of the epochs the run kept summed over every attempt) and ``curves.png``; for a
+    diverged run only ``metrics.json`` saying so."""
+    if problem:
+        write_json(run_dir / "metrics.json",
+                   {"status": "diverged", "error": problem, "epochs": state.epoch})
+        return
+    checkpoint.save_model(model, run_dir / "model.keras")
+    run = RunDir(run_dir)
+    metrics = _final_metrics(run_dir, data, solver.batch_size, state,
+                             status="stopped_early" if stopped_early else "completed")
+    seconds = float(run.history()["seconds"].sum())
+    images = len(run.steps()) * batch_size
+    metrics.update({"train_seconds": round(seconds, 3),
+                    "images_per_second": round(images / seconds, 1) if seconds else None})
+    if resources:
+        metrics.update(_resource_summary(run_dir))
+    write_json(run_dir / "metrics.json", metrics)
+    with atomic_path(run_dir / "curves.png") as temporary:
+        plots.training_curves({run_dir.name: run.history()}).savefig(temporary, dpi=100)
+
+
+def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, train, val,
+                 solver: SolverConfig, run_dir: Path, extra_rules=None, decay_rules=None,
+                 seed: int = 0, resumed_from: RunDir | None = None, progress: str = "none",
+                 extra_callbacks=(), tensorboard: bool = False, num_classes: int,
+                 class_weight=None, title: str | None = None) -> tuple[str | None, bool]:
+    """Trains the recipe's stages from ``state.epoch`` on, writing the run's files to
+    ``run_dir``: each stage is compiled with its multipliers, its rows of ``lr_table.csv``
+    written, then trained with the history, best-model, early-stopping and checkpoint callbacks.
+
+    Args:
+        model: the classifier (``models.classifier``), built or resumed.
+        state: the run state, updated in place (``cb.RunState()`` for a new run).
+        recipe: the :class:`Recipe` whose stages are trained.
+        train: the training ``pipeline.Batches``; ``val`` the validation ones or None.
+        solver: the :class:`SolverConfig`.
+        run_dir: the folder written.
+        extra_rules, decay_rules: the user's ``lr_mult`` and ``decay_mult`` rules.
+        seed: seeds the random layers per epoch (``cb.ReseedRandomLayers``).
+        resumed_from: the :class:`RunDir` the checkpoint came from, or None.
+        progress: ``"lines"``, ``"plot"``, ``"none"`` or ``"auto"``.
+        extra_callbacks: more Keras callbacks (resource monitor, weight statistics).
+        tensorboard: also write TensorBoard logs to ``run_dir/logs``.
+        num_classes: the number of classes (for the top-5 metric).
+        class_weight: ``{class: weight}`` or None.
+        title: the run's name in the live figure (default ``run_dir``'s name).
 
     Returns:
-        ``(problem, stopped_early, trained_images)``: the divergence message or None, whether
-        early stopping ended the run, and the number of images trained on in this call.
+        ``(problem, stopped_early)``: the divergence message or None, and whether early
+        stopping ended the run.
     """
     epochs = solver.total_epochs(train.steps_per_epoch)
     total_batches = solver.total_batches(train.steps_per_epoch)  # max_iter need not fill epochs
     test_every = _epochs_between(solver.test_interval, solver.test_interval_iters, solver, train)
     save_every = _epochs_between(solver.snapshot_interval, solver.snapshot_iters, solver, train)
-    trained_images, stage_start = 0, 0
     if progress == "auto":
         progress = "plot" if watched_notebook() else "lines"
-    live = cb.LivePlot(run_dir) if progress == "plot" else None  # one figure for every stage
+    live = cb.LivePlot(run_dir, title=title) if progress == "plot" else None  # one figure
     # a resumed run keeps the tables of the stages it finished before it was stopped
     counts = recipe.stage_epochs(epochs)
     done = [stage.name for stage, end in zip(recipe.stages, itertools.accumulate(counts))
             if end <= state.epoch]
     earlier = resumed_from.lr_table() if resumed_from else pd.DataFrame()
     lr_tables = [earlier[earlier["stage"].isin(done)]] if len(earlier) else []
+    stage_start = 0
     for index, (stage, count) in enumerate(zip(recipe.stages, counts)):
         stage_end = stage_start + count
         if state.epoch >= stage_end:
@@ -336,8 +426,12 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
                           total_steps=count * train.steps_per_epoch, num_classes=num_classes,
                           decay_rules=decay_rules, weighted=bool(val and val.pad_to > 1))
         state.stage = index
+        # written before the stage trains, so that a kill at any moment keeps every
+        # stage's rows that a resumed run needs
         lr_tables.append(lr_mult.lr_table(model, model.optimizer, base_lr=solver.base_lr)
                          .assign(stage=stage.name))
+        write_text(run_dir / "lr_table.csv",
+                   pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
         guard = cb.DivergenceGuard()
         early_stop = cb.EarlyStop(state, patience=solver.early_stopping)
         callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
@@ -349,7 +443,6 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
                      *extra_callbacks]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
-        first_epoch = state.epoch
         model.fit(train.for_keras(start_epoch=state.epoch), steps_per_epoch=train.steps_per_epoch,
                   epochs=stage_end, initial_epoch=state.epoch,
                   validation_data=val.for_keras() if val else None,
@@ -357,13 +450,10 @@ def _train_stages(model, state: cb.RunState, recipe: Recipe, *, train, val, solv
                   validation_freq=test_every, callbacks=callbacks, shuffle=False,
                   class_weight=class_weight,
                   verbose=0)
-        trained_images += (state.epoch - first_epoch) * train.steps_per_epoch * train.batch_size
-        write_text(run_dir / "lr_table.csv",
-                   pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
         if guard.problem or early_stop.stopped:
-            return guard.problem, early_stop.stopped, trained_images
+            return guard.problem, early_stop.stopped
         stage_start = stage_end
-    return None, False, trained_images
+    return None, False
 
 
 JAX_ON_CPU = ("Keras runs on JAX and no GPU is visible: on a CPU, JAX trains MobileNetV2 14-18x "
@@ -473,9 +563,10 @@ def balanced_class_weights(labels, num_classes: int) -> dict:
             for index, count in enumerate(counts)}
 
 
-def _build_model(recipe: Recipe, *, backbone, weights, source, cut_at, num_classes, image_size,
-                 dropout, augmentation=None) -> keras.Model:
-    """The classifier a recipe starts from: pretrained features, or the same net at random."""
+def build_model(recipe: Recipe, *, backbone, weights, source, cut_at, num_classes, image_size,
+                dropout, augmentation=None) -> keras.Model:
+    """The classifier a recipe starts from: pretrained features, or the same net at random
+    (``finetune``'s, and ``lr_find.range_test``'s)."""
     if source is not None:
         features = models.load_source(source, cut_at=cut_at)
         if not recipe.pretrained:  # same architecture, fresh random weights
@@ -499,12 +590,7 @@ def compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, 
     padded evaluation batches of several JAX devices need (padding weighs 0); with a
     ``class_weight`` the training accuracies are then class-weighted too."""
     models.set_trainable(model, train_bn=train_bn)  # undoes the previous stage's freezing
-    rules = {**(extra_rules or {}), **stage.rules}
-    if stage.backbone_thirds is not None:
-        features = model.get_layer("backbone")
-        thirds = lr_mult.depth_groups(features, multipliers=stage.backbone_thirds)
-        for pattern, value in thirds.items():
-            rules.setdefault(pattern, value)
+    rules = _stage_rules(model, stage, extra_rules)
     optimizer = lr_mult.with_lr_multipliers(build_optimizer(solver, total_steps), model, rules,
                                             default=stage.default, decay_rules=decay_rules)
     metrics = _metrics(num_classes)
@@ -512,6 +598,18 @@ def compile_stage(model: keras.Model, stage, extra_rules, solver: SolverConfig, 
                   metrics=None if weighted else metrics,
                   weighted_metrics=metrics if weighted else None,
                   steps_per_execution=solver.steps_per_execution)
+
+
+def _stage_rules(model: keras.Model, stage, extra_rules) -> dict:
+    """The learning-rate multipliers of a stage: the user's rules, then the stage's own, then
+    for a discriminative stage the backbone's thirds."""
+    rules = {**(extra_rules or {}), **stage.rules}
+    if stage.backbone_thirds is not None:
+        features = model.get_layer("backbone")
+        thirds = lr_mult.depth_groups(features, multipliers=stage.backbone_thirds)
+        for pattern, value in thirds.items():
+            rules.setdefault(pattern, value)
+    return rules
 
 
 def _epochs_between(epochs: int, iterations: int | None, solver: SolverConfig, train) -> int:
