@@ -485,7 +485,8 @@ def step_finetune(s: Settings, args, arg: str | None) -> dict:
     started = time.perf_counter()
     finetune(work / "splits", run_dir, backbone=s.finetune_backbone, weights=weights,
              recipe="two_stage", image_size=s.finetune_size, seed=0, progress="lines",
-             solver=SolverConfig(epochs=s.finetune_epochs, batch_size=s.finetune_batch))
+             solver=SolverConfig(epochs=s.finetune_epochs, batch_size=s.finetune_batch),
+             overwrite=True)  # a measurement: a second check with the same --work trains anew
     seconds = time.perf_counter() - started
     run = RunDir(run_dir)
     metrics, config, history, lr_table = run.metrics, run.config, run.history(), run.lr_table()
@@ -554,7 +555,7 @@ def child_train(options: dict) -> None:
 
     finetune(options["splits"], options["run_dir"], backbone=options["backbone"], weights=None,
              recipe="caffe", image_size=options["image_size"], seed=options["seed"],
-             progress="none", resume=options["resume"],
+             progress="none", resume=options["resume"], overwrite=not options["resume"],
              solver=SolverConfig(epochs=options["epochs"], batch_size=options["batch_size"]))
 
 
