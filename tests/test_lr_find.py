@@ -62,3 +62,85 @@ def test_bad_arguments_are_named(batches):
         lr_find(model, batches, start_lr=0.1, end_lr=0.01)
     with pytest.raises(ValueError, match="steps must be >= 5, received: 2"):
         lr_find(model, batches, steps=2)
+
+
+# --- the rule, the range test of train's model, the CLI ------------------------------------------
+
+def test_the_suggestion_rule_steepest_descent_else_the_minimum_over_10():
+    from workbench.training.lr_find import FIRST, MINIMUM_TENTH, STEEPEST, suggest_rate
+
+    lrs = np.logspace(-5, 1, 61)
+    x = np.log10(lrs)
+    valley = 2.3 - 1.5 / (1 + np.exp(-3 * (x + 2))) + np.maximum(0, x + 0.5) ** 2  # falls, rises
+    rate, rule = suggest_rate(lrs, valley)
+    assert rule == STEEPEST and rate == pytest.approx(1e-2, rel=0.15)  # the sigmoid's middle
+    falling_from_the_start = 2.0 + np.exp(-(x + 5)) + np.maximum(0, x + 1) ** 2  # steepest first
+    rate, rule = suggest_rate(lrs, falling_from_the_start)
+    lowest = lrs[np.argmin(falling_from_the_start)]
+    assert rule == MINIMUM_TENTH and rate == pytest.approx(lowest / 10)
+    rising = 1.0 + (x + 5) ** 2  # lowest at the first rate: nothing to read below it
+    assert suggest_rate(lrs, rising) == (pytest.approx(1e-5), FIRST)
+    with pytest.raises(ValueError, match="lrs must be at least 3 increasing rates"):
+        suggest_rate([1e-3, 1e-4, 1e-2], [1, 1, 1])
+
+
+def test_range_test_sets_up_the_recipes_first_stage(tmp_path, monkeypatch):
+    import tiny_data
+    from workbench.training import lr_find as module
+    from workbench.training.lr_mult import LRMultiplierSGD
+    from workbench.training.solver import SolverConfig
+
+    splits = tiny_data.write_splits(tmp_path, per_class=4, counts=(2, 1, "rest"))
+    seen = {}
+
+    def fake(model, batches, **options):  # what the range test would train, without training
+        seen.update(model=model, batches=batches, **options)
+        return module.LRFinder(np.array([1e-3, 1e-2, 1e-1]), np.array([2.3, 2.0, 2.2]),
+                               suggestion=1e-2, minimum=1e-2)
+
+    monkeypatch.setattr(module, "lr_find", fake)
+    finder = module.range_test(splits, backbone="lenet", weights=None,
+                               recipe="feature_extraction", image_size=16, start_lr=1e-4,
+                               solver=SolverConfig(batch_size=8, weight_decay=1e-3),
+                               lr_mult_rules={"head": 2.0})
+    assert finder.stage == "feature_extraction, stage head"
+    model, optimizer = seen["model"], seen["optimizer"]
+    assert not any(w.trainable for w in model.get_layer("backbone").weights)  # frozen: mult 0
+    assert all(w.trainable for w in model.get_layer("head").weights)
+    assert isinstance(optimizer, LRMultiplierSGD) and optimizer.lr_multiplier("head/kernel") == 2
+    assert optimizer.weight_decay == pytest.approx(1e-3)
+    assert float(np.asarray(optimizer.learning_rate)) == pytest.approx(1e-4)  # a plain rate
+    assert seen["batches"].batch_size == 8 and seen["start_lr"] == 1e-4
+    two = module.range_test(splits, backbone="lenet", weights=None, recipe="two_stage",
+                            image_size=16, solver=SolverConfig(batch_size=8))
+    assert two.stage == "two_stage, stage head (1 of 2: the later ones are not measured)"
+
+
+@pytest.mark.slow
+def test_cli_lr_find_prints_a_rate_it_tried_and_writes_no_run(tmp_path, capsys):
+    import re
+
+    import tiny_data
+    from workbench import cli
+
+    splits = tiny_data.write_splits(tmp_path / "task", per_class=6, counts=(4, 1, "rest"))
+    cache = [p for p in tmp_path.rglob("*")]  # what exists before, the split folder included
+    before = {p for p in cache if p.is_file()}
+    plot = tmp_path / "lr.png"
+    assert cli.main(["lr-find", "--splits", str(splits), "--backbone", "lenet", "--weights",
+                     "none", "--recipe", "scratch", "--image-size", "16", "--batch-size", "8",
+                     "--steps", "40", "--start-lr", "1e-4", "--end-lr", "100",
+                     "--out", str(plot)]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"suggested base_lr: ([0-9.e+-]+) \(([^;]+);", out)
+    assert match, out
+    rate = float(match.group(1))
+    assert 1e-4 <= rate <= 100 and "scratch, stage all" in out
+    assert plot.is_file() and plot.stat().st_size > 0
+    new = {p for p in tmp_path.rglob("*") if p.is_file()} - before - {plot}
+    # only the decoded-image cache of the split folder, as training makes; no run files
+    assert not {p.name for p in new} & {"config.json", "metrics.json", "model.keras",
+                                        "history.csv", "calibration.json"}, new
+    assert all("cache" in str(p.relative_to(tmp_path)).lower() for p in new), new
+    assert cli.main(["lr-find", "--splits", str(splits), "--steps", "2"]) == 2
+    assert "--steps" in capsys.readouterr().err

@@ -205,12 +205,12 @@ def _lr_rule(text: str) -> tuple[str, float]:
         raise ValueError("must be PATTERN=MULTIPLIER with a number after '='") from None
 
 
-def _args_train(parser: argparse.ArgumentParser) -> None:
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options naming the data, the model and how it trains: train's, shared by lr-find."""
     from workbench.training.recipes import RECIPES
 
     parser.add_argument("--splits", required=True, metavar="SPLITS_DIR",
                         help="a folder written by 'workbench split'")
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--backbone", default="mobilenet_v2", metavar="NAME",
                         help="a keras.applications family (mobilenet_v2, mobilenet_v3_small, "
@@ -235,15 +235,20 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
                              "weights matching a pattern, e.g. '*/bias=0' (repeatable)")
     parser.add_argument("--solver", metavar="FILE",
                         help="solver settings: a .json file or a Caffe solver.prototxt")
-    parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N")
     parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), metavar="N")
-    parser.add_argument("--base-lr", type=_arg_type("LR", float), metavar="LR")
     parser.add_argument("--image-size", type=_arg_type("N", _int_at_least(8)), default=None,
                         metavar="N", help="side of the square input images (default: the "
                                           "--source model's input, or the backbone's natural "
                                           "size: 224 for the keras.applications families, 28 "
                                           "for lenet, 32 for cifar_cnn)")
     parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S")
+
+
+def _args_train(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory")
+    parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N")
+    parser.add_argument("--base-lr", type=_arg_type("LR", float), metavar="LR")
     parser.add_argument("--augment", default="auto", metavar="auto|on|off[+flip]",
                         help="augment the training images: random resized crops, small "
                              "rotation and colour changes; '+flip' mirrors too (photos, never "
@@ -325,6 +330,47 @@ def _format_metrics(metrics: dict) -> str:
     keys = ("status", "epochs", "best_epoch", "val_accuracy", "test_accuracy", "test_top5",
             "train_seconds", "images_per_second")
     return "  ".join(f"{key} {metrics[key]}" for key in keys if metrics.get(key) is not None)
+
+
+# --- lr-find -----------------------------------------------------------------------------------
+
+def _args_lr_find(parser: argparse.ArgumentParser) -> None:
+    _model_arguments(parser)
+    parser.add_argument("--out", metavar="PNG",
+                        help="save the plot of loss against learning rate here")
+    parser.add_argument("--start-lr", type=_arg_type("LR", _positive("learning rate")),
+                        default=1e-6, metavar="LR", help="the first rate tried (default 1e-6)")
+    parser.add_argument("--end-lr", type=_arg_type("LR", _positive("learning rate")),
+                        default=10.0, metavar="LR",
+                        help="the last rate tried, unless the loss blows up first (default 10)")
+    parser.add_argument("--steps", type=_arg_type("N", _int_at_least(5)), default=100,
+                        metavar="N", help="batches from --start-lr to --end-lr (default 100)")
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from workbench import models
+    from workbench._io import atomic_path
+    from workbench.training.lr_find import range_test
+    from workbench.training.solver import SolverConfig
+
+    if args.cut_at and not args.source:
+        raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
+    solver = SolverConfig.load(args.solver) if args.solver else SolverConfig()
+    if args.batch_size is not None:
+        solver = solver.replace(batch_size=args.batch_size)
+    finder = range_test(args.splits, backbone=args.backbone,
+                        weights=models.weights_argument(args.weights), source=args.source,
+                        cut_at=args.cut_at, recipe=args.recipe,
+                        lr_mult_rules=dict(args.lr_mult),
+                        decay_mult_rules=dict(args.decay_mult) or None, solver=solver,
+                        image_size=args.image_size, seed=args.seed, start_lr=args.start_lr,
+                        end_lr=args.end_lr, steps=args.steps)
+    print(finder.describe())
+    if args.out:
+        with atomic_path(args.out) as temporary:
+            finder.plot().savefig(temporary, dpi=100)
+        print(f"Wrote {args.out}")
+    return EXIT_OK
 
 
 # --- sample-data -------------------------------------------------------------------------------
@@ -734,6 +780,8 @@ VERBS = {
               _args_split, _cmd_split),
     "train": ("fine-tune a pretrained network on a split dataset into a run directory",
               _args_train, _cmd_train),
+    "lr-find": ("the learning-rate range test of train's model on the training split: a "
+                "suggested base_lr (writes no run)", _args_lr_find, _cmd_lr_find),
     "monitor": ("run a command while recording GPU, CPU and RAM use to DIR/resources.csv",
                 _args_monitor, _cmd_monitor),
     "plot-resources": ("draw a run's resources.csv as an nvidia-smi-style dashboard",
@@ -760,7 +808,7 @@ def _start_workers() -> None:
 
 
 # Verbs that always run Keras; predict, serve and monitor must start without TensorFlow.
-STARTS_KERAS = ("train", "evaluate", "export")
+STARTS_KERAS = ("train", "lr-find", "evaluate", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

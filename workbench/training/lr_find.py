@@ -3,6 +3,17 @@
 Train a copy of the model for a few steps while the learning rate grows exponentially from tiny
 to huge, and watch the loss: it falls once the rate is large enough to learn, then blows up.
 A good ``base_lr`` lies where the loss falls fastest, about ten times below where it is lowest.
+
+The rule: the rate of the steepest descent of the smoothed loss (on a log axis), taken on the
+way down to the lowest loss; when that descent is at an end of the curve (the loss fell fastest
+at the first rate tried, or only at the minimum itself: no valley to read), the rate of the
+lowest loss divided by 10 instead. :attr:`LRFinder.rule` says which.
+
+Its limits: it is one short run from one starting point, so it suggests an order of magnitude,
+not a value to three digits; the smoothed loss of a few images per class is noisy (run it again
+with another ``seed`` to see how much the suggestion moves); and it measures one stage of a
+recipe: :func:`range_test` takes the first (for ``two_stage`` the new head alone on a frozen
+backbone), so the whole-network stage that follows at multipliers of ``base_lr`` is not measured.
 """
 
 from __future__ import annotations
@@ -14,8 +25,18 @@ import keras
 import numpy as np
 from matplotlib.figure import Figure
 
+from workbench import models
 from workbench._checks import check_int, check_number
-from workbench.training.solver import SparseCrossentropy
+from workbench.data import pipeline
+from workbench.data.splitdir import load_splits
+from workbench.training.recipes import get_recipe
+from workbench.training.solver import SolverConfig, SparseCrossentropy
+from workbench.training.train import build_model, compile_stage
+
+STEEPEST = "steepest descent of the smoothed loss"
+MINIMUM_TENTH = "the rate of the lowest loss / 10 (no clear descent before it)"
+FIRST = ("the first rate tried (the loss was lowest within 10x of it: try a lower --start-lr "
+         "/ start_lr)")
 
 
 @dataclasses.dataclass
@@ -25,15 +46,28 @@ class LRFinder:
     Attributes:
         lrs: the learning rate of each step.
         losses: the smoothed training loss after each step.
-        suggestion: the rate where the smoothed loss falls fastest (steepest descent on a log
-            axis), a good ``base_lr``.
+        suggestion: a good ``base_lr``: the rate where the smoothed loss falls fastest
+            (steepest descent on a log axis), or ``minimum / 10`` (see :attr:`rule`).
         minimum: the rate of the lowest smoothed loss (the suggestion should be well below it).
+        rule: which rule gave the suggestion (:data:`STEEPEST`, :data:`MINIMUM_TENTH` or
+            :data:`FIRST`: see :func:`suggest_rate`).
+        stage: for :func:`range_test`, the recipe and stage measured (``"two_stage, stage
+            head"``); None otherwise.
     """
 
     lrs: np.ndarray
     losses: np.ndarray
     suggestion: float
     minimum: float
+    rule: str = STEEPEST
+    stage: str | None = None
+
+    def describe(self) -> str:
+        """One line: the suggestion, the rule and the range tried."""
+        stage = f"; {self.stage}" if self.stage else ""
+        return (f"suggested base_lr: {self.suggestion:.2g} ({self.rule}; tried "
+                f"{self.lrs[0]:.2g} to {self.lrs[-1]:.2g} in {len(self.lrs)} steps, lowest "
+                f"loss at {self.minimum:.2g}{stage})")
 
     def plot(self, ax=None) -> Figure:
         """Loss against learning rate (log axis), the suggestion marked."""
@@ -51,7 +85,7 @@ class LRFinder:
 
 def lr_find(model: keras.Model, batches, *, start_lr: float = 1e-6, end_lr: float = 10.0,
             steps: int = 100, momentum: float = 0.9, loss=None, smoothing: float = 0.9,
-            diverge: float = 4.0, seed: int = 0) -> LRFinder:
+            diverge: float = 4.0, seed: int = 0, optimizer=None) -> LRFinder:
     """Runs the learning-rate range test on a copy of ``model``; ``model`` is not changed.
 
     Args:
@@ -61,11 +95,14 @@ def lr_find(model: keras.Model, batches, *, start_lr: float = 1e-6, end_lr: floa
         start_lr: the first learning rate.
         end_lr: the last learning rate (reached only if the loss has not diverged).
         steps: the number of steps from ``start_lr`` to ``end_lr``.
-        momentum: SGD momentum.
+        momentum: SGD momentum (of the default optimizer).
         loss: the loss; default cross-entropy of integer labels.
         smoothing: exponential smoothing of the loss (0: none).
         diverge: stop once the smoothed loss exceeds this multiple of its minimum.
         seed: seeds the copy's training.
+        optimizer: the optimizer to test, fresh, with a plain number as its learning rate
+            (which the test sets at each step; e.g. one with learning-rate multipliers, whose
+            rules name the model's layers); default SGD with ``momentum``.
 
     Returns:
         An :class:`LRFinder` with the curve and the suggested learning rate.
@@ -80,7 +117,7 @@ def lr_find(model: keras.Model, batches, *, start_lr: float = 1e-6, end_lr: floa
     probe.set_weights(model.get_weights())
     for original, copy in zip(_layers(model), _layers(probe)):
         copy.trainable = original.trainable
-    optimizer = keras.optimizers.SGD(start_lr, momentum=momentum)
+    optimizer = optimizer or keras.optimizers.SGD(start_lr, momentum=momentum)
     probe.compile(optimizer=optimizer, loss=loss or SparseCrossentropy())
 
     factor = (end_lr / start_lr) ** (1.0 / (steps - 1))
@@ -89,7 +126,8 @@ def lr_find(model: keras.Model, batches, *, start_lr: float = 1e-6, end_lr: floa
         lr = start_lr * factor**step
         optimizer.learning_rate.assign(lr)
         x, y = batches.batch(step // batches.steps_per_epoch, step % batches.steps_per_epoch)
-        value = float(np.asarray(probe.train_on_batch(x, y)))
+        # by name: a copy of a compiled model can keep its metrics beside the loss
+        value = float(np.asarray(probe.train_on_batch(x, y, return_dict=True)["loss"]))
         average = smoothing * average + (1 - smoothing) * value
         smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected, as in Adam
         if not math.isfinite(smoothed) or (step > 0 and smoothed > diverge * best):
@@ -102,10 +140,101 @@ def lr_find(model: keras.Model, batches, *, start_lr: float = 1e-6, end_lr: floa
                          f"received: {start_lr}")
     lrs, losses = np.array(lrs), np.array(losses)
     lowest = int(np.argmin(losses))
+    suggestion, rule = suggest_rate(lrs, losses)
+    return LRFinder(lrs, losses, suggestion=suggestion, minimum=float(lrs[lowest]), rule=rule)
+
+
+def suggest_rate(lrs, losses) -> tuple[float, str]:
+    """The suggested ``base_lr`` of a range test's curve, and the rule that gave it.
+
+    Args:
+        lrs: the increasing learning rates tried (at least 3).
+        losses: the smoothed loss at each.
+
+    Returns:
+        ``(rate, rule)``: the rate of the steepest descent of the loss (on a log axis) on the
+        way down to its minimum, strictly between the first rate and the minimum's
+        (:data:`STEEPEST`); otherwise the minimum's rate / 10 (:data:`MINIMUM_TENTH`), but never
+        below the first rate tried (:data:`FIRST`): the suggestion is always a rate the test
+        tried or passed through.
+    """
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    if lrs.ndim != 1 or lrs.shape != losses.shape or len(lrs) < 3 or np.any(np.diff(lrs) <= 0):
+        raise ValueError(f"lrs must be at least 3 increasing rates, one per loss, received: "
+                         f"{len(lrs)} rates and {len(losses)} losses")
+    lowest = int(np.argmin(losses))
     # steepest descent on the way down to the minimum; beyond it the loss is on its way up
     slopes = np.gradient(losses, np.log(lrs))[: lowest + 1]
-    return LRFinder(lrs, losses, suggestion=float(lrs[int(np.argmin(slopes))]),
-                    minimum=float(lrs[lowest]))
+    steepest = int(np.argmin(slopes))
+    if 0 < steepest < lowest:
+        return float(lrs[steepest]), STEEPEST
+    if lrs[lowest] / 10 < lrs[0]:
+        return float(lrs[0]), FIRST
+    return float(lrs[lowest] / 10), MINIMUM_TENTH
+
+
+def range_test(splits, *, backbone: str = "mobilenet_v2", weights="imagenet", source=None,
+               cut_at: str | None = None, recipe: str = "two_stage",
+               lr_mult_rules: dict | None = None, decay_mult_rules: dict | None = None,
+               solver: SolverConfig | None = None, image_size: int | None = None,
+               resize_mode: str = "squash", dropout: float = 0.2, seed: int = 0,
+               start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100,
+               progress: bool = False) -> LRFinder:
+    """The range test of the model ``finetune`` would train with these settings; writes no run.
+
+    The model is built as ``finetune`` builds it and set up for the recipe's first stage (its
+    frozen layers and learning-rate multipliers, the solver's optimizer, weight decay and
+    clipping); a copy of it then trains on the training split without augmentation while the
+    rate grows (see :func:`lr_find`). The suggestion is a ``base_lr``: each layer's rate is it
+    times the layer's multiplier, as in training. Nothing is written but the image cache of the
+    split folder that training uses too.
+
+    Args:
+        splits: a split folder (``workbench split``).
+        backbone, weights, source, cut_at, recipe, lr_mult_rules, decay_mult_rules, solver,
+            image_size, resize_mode, dropout, seed: as for ``finetune`` (the solver's learning
+            rate policy and ``base_lr`` play no part: the test sets the rate).
+        start_lr: the first rate tried.
+        end_lr: the last rate tried, unless the loss diverges first.
+        steps: batches from ``start_lr`` to ``end_lr``.
+        progress: show a progress bar while decoding the images.
+
+    Returns:
+        An :class:`LRFinder` whose ``stage`` names the recipe and stage measured.
+    """
+    recipe_ = get_recipe(recipe)
+    solver = solver or SolverConfig()
+    if image_size is None:
+        image_size = models.natural_image_size(backbone, source=source)
+    check_int("image_size", image_size, minimum=8)
+    data = load_splits(splits, image_size=image_size, resize_mode=resize_mode,
+                       progress=progress)
+    labels = data.labels["train"]
+    train = pipeline.Batches(data.images["train"], labels,
+                             batch_size=min(solver.batch_size, len(labels)), seed=seed,
+                             drop_remainder=True)
+    keras.utils.set_random_seed(seed)
+    model = build_model(recipe_, backbone=backbone, weights=weights, source=source,
+                        cut_at=cut_at, num_classes=len(data.classes), image_size=image_size,
+                        dropout=dropout)
+    stage = recipe_.stages[0]
+    compile_stage(model, stage, lr_mult_rules, solver, train_bn=recipe_.train_bn,
+                  total_steps=steps, num_classes=len(data.classes), decay_rules=decay_mult_rules)
+    finder = lr_find(model, train, start_lr=start_lr, end_lr=end_lr, steps=steps, seed=seed,
+                     loss=SparseCrossentropy(solver.label_smoothing),
+                     optimizer=_at_a_plain_rate(model.optimizer, start_lr))
+    count = len(recipe_.stages)
+    finder.stage = f"{recipe_.name}, stage {stage.name}" + (
+        f" (1 of {count}: the later ones are not measured)" if count > 1 else "")
+    return finder
+
+
+def _at_a_plain_rate(optimizer, rate: float):
+    """A fresh copy of a compiled stage's optimizer (its kind, multipliers, decay, clipping)
+    whose learning rate is a number the range test can set, instead of the solver's schedule."""
+    config = optimizer.get_config()
+    config["learning_rate"] = rate
+    return type(optimizer).from_config(config)
 
 
 def _layers(model: keras.Model) -> list:
