@@ -133,3 +133,87 @@ def test_two_workers_train_like_one_process(tmp_path):
     assert metrics[0]["val_accuracy"] == pytest.approx(metrics[1]["val_accuracy"], abs=1e-6)
     assert metrics[0]["val_images"] == 39
     assert not list(scratch.glob("workbench-worker*"))  # worker 1 wrote only to scratch, gone
+
+
+def _worker_command(tmp_path, port, size, rank, *extra):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(size),
+           "RANK": str(rank), "TMPDIR": str(tmp_path)}
+    return [sys.executable, "-m", "workbench.cli", "train", "--splits", str(tmp_path / "splits"),
+            "--out", str(tmp_path / "run"), *TRAIN, "--distributed", *extra], env
+
+
+def test_workers_meet_at_worker_0_and_a_wrong_one_is_refused():
+    import threading
+
+    port = _free_port()
+    results = {}
+
+    def chief():
+        results[0] = _cluster._meet(_cluster.Cluster(0, 2, f"127.0.0.1:{port}", "torchrun"),
+                                    "127.0.0.1", port, 20)
+
+    thread = threading.Thread(target=chief)
+    thread.start()
+    with pytest.raises(_cluster.ClusterError, match="started for 3 workers, worker 0 for 2"):
+        _cluster._meet(_cluster.Cluster(1, 3, f"127.0.0.1:{port}", "torchrun"), "127.0.0.1",
+                       port, 20)
+    peers, runtime_port = _cluster._meet(_cluster.Cluster(1, 2, f"127.0.0.1:{port}",
+                                                          "torchrun"), "127.0.0.1", port, 20)
+    thread.join(timeout=30)
+    assert list(peers) == [0] and list(results[0][0]) == [1]
+    assert results[0][1] == runtime_port != port  # JAX's service gets a port of its own
+    for sock in [*peers.values(), *results[0][0].values()]:
+        sock.close()
+
+
+def test_a_lone_worker_says_whom_it_waits_for_and_gives_up_after_the_join_timeout(tmp_path):
+    pytest.importorskip("jax")
+    command, env = _worker_command(tmp_path, _free_port(), 2, 0, "--join-timeout", "5")
+    tiny_data.write_splits(tmp_path, per_class=4, counts=(2, 1, 1))
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    first = worker.stdout.readline()
+    assert worker.poll() is None  # said while waiting, not on the way out
+    assert first.startswith("waiting for worker 1 of 2 at 127.0.0.1:") and "5 s" in first
+    _, stderr = worker.communicate(timeout=180)
+    assert worker.returncode == 1
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: worker 1 of 2 did not join at "
+                                                   "127.0.0.1:"), stderr
+
+
+@pytest.mark.slow
+def test_a_survivor_leaves_at_once_with_the_resume_command_when_a_worker_is_killed(tmp_path):
+    pytest.importorskip("jax")
+    import re
+    import signal
+    import time
+
+    tiny_data.write_splits(tmp_path, per_class=10, counts=(4, 2, 4))
+    port = _free_port()
+    workers = []
+    for rank in (0, 1):
+        command, env = _worker_command(tmp_path, port, 2, rank)
+        command[command.index("--epochs") + 1] = "500"  # the run must outlast the kill
+        workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 240
+        lines = []
+        while not any(line.startswith("epoch 2/") for line in lines) \
+                and time.monotonic() < deadline and workers[0].poll() is None:
+            lines.append(workers[0].stdout.readline())
+        assert any(line.startswith("epoch 2/") for line in lines), lines
+        workers[1].send_signal(signal.SIGKILL)
+        _, stderr = workers[0].communicate(timeout=60)  # JAX alone would take 100 s and abort
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert workers[0].returncode == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: worker 1 of 2 stopped during the "
+                                                     "run"), stderr[-3000:]
+    assert errors[0].endswith("--distributed --resume")
+    assert not [line for line in stderr.splitlines() if re.match(r"[EF]\d{4} ", line)]
+    assert list((tmp_path / "run").glob("checkpoint-*.keras"))  # the last checkpoint is kept

@@ -30,6 +30,7 @@ import warnings
 
 import keras
 
+from workbench._cluster import DEFAULT_JOIN_TIMEOUT, joined, leave
 from workbench._cluster import start as join_cluster
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -176,7 +177,8 @@ def auto_distribution():
     return None
 
 
-def resolve_strategy(strategy):
+def resolve_strategy(strategy, *, join_timeout: float = DEFAULT_JOIN_TIMEOUT,
+                     resume_hint: str | None = None):
     """The strategy object a setting names.
 
     Args:
@@ -184,12 +186,18 @@ def resolve_strategy(strategy):
             ``"auto"`` (:func:`auto_distribution`) or ``"distributed"``: this process is one
             worker of several, started by a launcher (``workbench._cluster``); their runtime
             is started here, so it must come before anything else runs on the backend.
+        join_timeout: with ``"distributed"``, seconds to wait for the other workers to start.
+        resume_hint: with ``"distributed"``, what to do when a worker stops mid-run (the
+            command that resumes), printed in the line this worker exits with.
 
     Raises:
-        ValueError: any other string, or ``"distributed"`` without a launcher's environment.
+        ValueError: any other string, ``"distributed"`` without a launcher's environment, or
+            a bad ``join_timeout``.
+        workbench._cluster.ClusterError: the workers did not all join in time.
     """
     if strategy == "distributed":
-        return join_cluster(keras.backend.backend())
+        return join_cluster(keras.backend.backend(), join_timeout=join_timeout,
+                            resume_hint=resume_hint)
     if strategy == "auto":
         return auto_distribution()
     if isinstance(strategy, str):
@@ -220,7 +228,8 @@ def execution_context(precision: str, strategy):
 
     Yields the policy name and the strategy object (or None). The global dtype policy is
     restored afterwards; it must be set before a checkpoint is loaded, so that the optimizer's
-    loss-scaling state is restored with it.
+    loss-scaling state is restored with it. A worker of several tells the others when it leaves
+    the context (``workbench._cluster.leave``), so that none waits for it in vain.
 
     Raises:
         ValueError: ``precision`` is not one of ``PRECISIONS``, or ``strategy`` is a string
@@ -234,8 +243,16 @@ def execution_context(precision: str, strategy):
     policy = ("mixed_float16" if gpus else "float32") if precision == "auto" else precision
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
+    cluster = joined()
     try:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             yield policy, strategy
+    except BaseException as error:
+        if cluster is not None:
+            leave(error)
+        raise
+    else:
+        if cluster is not None:
+            leave()
     finally:
         keras.mixed_precision.set_global_policy(previous)

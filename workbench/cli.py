@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from workbench._checks import one_line
+from workbench._cluster import ClusterError
 from workbench._quiet import start_keras_quietly
 
 EXIT_OK = 0
@@ -271,6 +272,10 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
                              "torchrun-style launcher (RANK, WORLD_SIZE, MASTER_ADDR, "
                              "MASTER_PORT); every worker runs the same command, worker 0 "
                              "writes RUN_DIR (on a filesystem all of them see)")
+    parser.add_argument("--join-timeout", type=_arg_type("SECONDS", _positive("seconds")),
+                        default=120.0, metavar="SECONDS",
+                        help="with --distributed: how long the workers wait for each other to "
+                             "start before giving up, naming the missing ones (default 120)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -800,11 +805,18 @@ VERBS = {
 }
 
 
-def _start_workers() -> None:
-    """Joins the other workers of ``train --distributed``, before the backend starts."""
+def _start_workers(args: argparse.Namespace, argv: list[str]) -> None:
+    """Joins the other workers of ``train --distributed``, before the backend starts; a worker
+    that stops mid-run makes the others exit with the command that resumes (``argv`` again)."""
+    import shlex
+
     from workbench._device import resolve_strategy
 
-    resolve_strategy("distributed")
+    again = [word for word in argv if word != "--overwrite"]
+    again += [] if "--resume" in again else ["--resume"]
+    resolve_strategy("distributed", join_timeout=args.join_timeout,
+                     resume_hint=f"continue on every worker with: "
+                                 f"{shlex.join(['workbench', *again])}")
 
 
 # Verbs that always run Keras; predict, serve and monitor must start without TensorFlow.
@@ -836,12 +848,16 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
         if args.verb in STARTS_KERAS:  # without TensorFlow's start-up lines on the terminal
-            start_keras_quietly(first=_start_workers if getattr(args, "distributed", False)
-                                else None)
+            start_keras_quietly(
+                first=(lambda: _start_workers(args, sys.argv[1:] if argv is None else argv))
+                if getattr(args, "distributed", False) else None)
         return args.run(args)
     except (ValueError, OSError) as error:  # bad input: an argument, a file, a folder
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
+    except ClusterError as error:  # the workers did not all join: the message names them
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:  # anything else failed at run time: one line, not a traceback
         if os.environ.get("WORKBENCH_DEBUG"):
             raise
