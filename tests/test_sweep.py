@@ -6,6 +6,7 @@ combination, and writes ``metrics.json`` with numbers computed from ``a`` and ``
 the process that started its kernel (so a test can tell where it ran).
 """
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -339,3 +340,52 @@ def test_one_line_joins_whitespace_and_never_leaves_an_error_blank():
     assert one_line(ValueError("x\n\ny")) == "x y"
     assert one_line(KeyboardInterrupt()) == "KeyboardInterrupt"
     assert one_line("") == ""
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_with_sigkill_leaves_no_process_and_a_restart_redoes_its_runs(tmp_path):
+    """The workers and their kernels end with the sweep; the runs in flight run again."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    book = write_notebook(tmp_path / "hold.ipynb", PARAMETERS + '\nhold = ""')
+    cells = nbformat.read(book, as_version=4)
+    cells.cells[1].source += ("\nimport time\nwhile hold and os.path.exists(hold):\n"
+                              "    time.sleep(0.1)")
+    nbformat.write(cells, book)
+    out, counter, hold = tmp_path / "out", tmp_path / "count.txt", tmp_path / "hold"
+    hold.touch()
+    command = [sys.executable, "-m", "workbench.cli", "sweep", str(book), "--out", str(out),
+               "--param", "a=1,2", "--param", "b=10", "--set", f"counter={counter}",
+               "--set", f"hold={hold}", "--workers", "2"]
+    sweep_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(executions(counter)) < 2 and time.monotonic() < deadline:  # both in flight
+            time.sleep(0.2)
+        assert len(executions(counter)) == 2, sweep_process.stderr.read() \
+            if sweep_process.poll() is not None else "the runs did not start"
+        family = psutil.Process(sweep_process.pid).children(recursive=True)
+        assert len(family) >= 4  # two workers, each driving a kernel
+        sweep_process.send_signal(signal.SIGKILL)
+        _, stderr = sweep_process.communicate(timeout=30)
+        gone, alive = psutil.wait_procs(family, timeout=30)
+        assert not alive, [process.cmdline() for process in alive]
+        assert "without encryption" not in stderr  # the kernels' start-up warning
+    finally:
+        for process in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+    assert not (out / "results.csv").exists() or \
+        (pd.read_csv(out / "results.csv")["status"] != "ok").all()  # nothing finished
+
+    hold.unlink()
+    result = sweep(book, out, {"a": [1, 2], "b": [10]},
+                   fixed={"counter": str(counter), "hold": str(hold)}, progress=False)
+    assert list(result.table["status"]) == ["ok", "ok"]
+    assert list(result.table["product"]) == [10, 20]
+    assert len(executions(counter)) == 4  # both runs in flight ran again

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,13 +340,45 @@ def _execute(notebook: str, output: str, parameters: dict, cwd: str, kernel_name
     error = None
     try:
         papermill.execute_notebook(notebook, output, parameters=parameters, cwd=cwd,
-                                   kernel_name=kernel_name, progress_bar=False, log_output=False)
+                                   kernel_name=kernel_name, progress_bar=False, log_output=False,
+                                   extra_arguments=_quiet_kernel_arguments(kernel_name))
     except PapermillExecutionError as failure:
         error = f"{failure.ename}: {failure.evalue}"
     except Exception as failure:  # a dead kernel, a timeout: recorded, and the sweep goes on
         error = f"{type(failure).__name__}: {failure}"
     return {"error": one_line(error) if error else None,
             "seconds": round(time.monotonic() - started, 3)}
+
+
+def _quiet_kernel_arguments(kernel_name: str) -> list:
+    """Kernel arguments that keep an IPython kernel's start-up warnings (``Kernel is running
+    over TCP without encryption``) off the sweep's terminal; none for other kernels."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv = KernelSpecManager().get_kernel_spec(kernel_name).argv
+    except NoSuchKernel:
+        return []  # papermill says so, in the run's error
+    return ["--IPKernelApp.log_level=ERROR"] if any("ipykernel" in word for word in argv) else []
+
+
+def _die_with(parent: int) -> None:
+    """Makes this worker process end, and the kernel it drives, when the sweep (``parent``)
+    is gone, even killed with SIGKILL, which it cannot pass on: a thread polls the parent."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        import psutil
+
+        children = psutil.Process().children(recursive=True)  # the kernel, and its children
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(children, timeout=5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="workbench-sweep-parent", daemon=True).start()
 
 
 def _outcome(future) -> dict:
@@ -360,13 +393,16 @@ def _run_local(tasks: list, workers: int):
     """Yields ``(task, outcome)`` as runs finish in ``workers`` spawned processes.
 
     Spawned, not forked: the caller may hold TensorFlow's threads or a Jupyter kernel's event
-    loop, which a fork would copy in an unusable state.
+    loop, which a fork would copy in an unusable state. Each worker ends, with its kernel, when
+    the sweep process is gone (:func:`_die_with`); a run it had in flight is not in
+    ``results.csv`` and runs again when the sweep is started again.
     """
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     before = set(multiprocessing.active_children())
     executor = ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
-                                   mp_context=multiprocessing.get_context("spawn"))
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_die_with, initargs=(os.getpid(),))
     futures, finished = {}, False
     try:
         futures = {executor.submit(_execute, **task["call"]): task for task in tasks}
