@@ -1,6 +1,7 @@
 """Grad-CAM and occlusion: shapes, ranges, alignment with the photo, every backbone family, both
 backends, and faithfulness on a task where only a small object tells the class."""
 
+import base64
 import io
 import json
 import os
@@ -188,3 +189,57 @@ def test_grad_cam_is_the_same_on_jax(shapes, tmp_path):
     maps, classes, _ = explain.Explainer.load(shapes["path"]).maps(images)
     assert out["classes"] == classes.tolist()
     np.testing.assert_allclose(np.array(out["maps"]), maps, atol=1e-4)
+
+
+# --- where the maps are shown ------------------------------------------------------------------
+
+def test_predict_explain_writes_one_overlay_per_image(served_run, tmp_path, capsys):
+    from workbench.cli import main
+
+    first = sorted((served_run.data / "3").glob("*.png"))[0]
+    twin = tmp_path / "other" / first.name  # the same name in another folder
+    twin.parent.mkdir()
+    twin.write_bytes(sorted((served_run.data / "5").glob("*.png"))[0].read_bytes())
+    out = tmp_path / "maps"
+    assert main(["predict", str(served_run.run), str(first), str(twin), "--json",
+                 "--explain", str(out)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    written = [Path(line["explanation"]) for line in lines]
+    assert written == [out / f"{first.stem}.png", out / f"{first.stem}-2.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 100
+
+
+def test_serve_explains_on_request(served_run):
+    from fastapi.testclient import TestClient
+
+    from workbench.deploy.serve import create_app
+
+    client = TestClient(create_app(served_run.classifier))
+    image = sorted((served_run.data / "7").glob("*.png"))[0].read_bytes()
+    plain = client.post("/api/predict", content=image).json()
+    assert "explanation" not in plain
+    answer = client.post("/api/predict?explain=1", content=image).json()
+    assert answer["predictions"] == plain["predictions"]
+    explanation = answer["explanation"]
+    assert explanation["label"] == answer["predictions"][0]["label"]
+    assert explanation["method"] == "grad_cam"
+    head, _, data = explanation["heatmap"].partition(",")
+    assert head == "data:image/png;base64"
+    with Image.open(io.BytesIO(base64.b64decode(data))) as heatmap:
+        assert heatmap.format == "PNG" and heatmap.size == (16, 16)  # the digit's own size
+    wrong = client.post("/api/predict?explain=maybe", content=image)
+    assert wrong.status_code == 400 and "explain must be 1 or 0" in wrong.json()["error"]
+
+
+def test_the_widget_adds_the_map(served_run):
+    from workbench.deploy.widgets import classify_outputs
+
+    image = sorted((served_run.data / "1").glob("*.png"))[0].read_bytes()
+    outputs = classify_outputs(served_run.classifier, {"name": "one.png", "content": image},
+                               top_k=3, explain=True)
+    assert len(outputs) == 3 and "where the model looked" in \
+        outputs[2]["data"]["text/plain"]
+    assert len(classify_outputs(served_run.classifier, {"name": "one.png", "content": image},
+                                top_k=3)) == 2

@@ -524,6 +524,10 @@ def _args_predict(parser: argparse.ArgumentParser) -> None:
                         help="auto (default): the faster of the LiteRT and ONNX exports on this "
                              "machine, made on first use, without importing TensorFlow once "
                              "they exist; keras: the .keras model")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="also write where the model looked for its top class (Grad-CAM, "
+                             "from the run's Keras model) as DIR/<image name>.png: the photo "
+                             "with its map, the class and its probability")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -533,21 +537,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from workbench.deploy.predict import Classifier
 
     classifier = Classifier.load(args.run_dir, backend=args.backend)
-    failed = 0
+    failed, names = 0, set()  # names: of the --explain files written
     for path in args.images:
         try:
             top = classifier.predict(path, top_k=args.top_k, tta=args.tta)
+            if args.explain:
+                stem, count = Path(path).stem, 1
+                while (name := stem if count == 1 else f"{stem}-{count}") in names:
+                    count += 1  # a second photo of the same name gets "-2", ...
+                names.add(name)
+                explained = classifier.explain(path, tta=args.tta).save(
+                    Path(args.explain) / f"{name}.png")
         except ImageRejected as error:  # one bad file must not stop the others
             failed += 1
             print(json.dumps({"image": path, "error": str(error)}) if args.json
                   else f"{path}: error: {error}", file=sys.stdout if args.json else sys.stderr)
             continue
         if args.json:
-            print(json.dumps({"image": path, "predictions": top}))
+            shown = {"explanation": str(explained)} if args.explain else {}
+            print(json.dumps({"image": path, "predictions": top, **shown}))
         else:
             print(path)
             for rank, entry in enumerate(top, start=1):
                 print(f"  {rank}. {entry['label']:<24} {entry['probability']:7.2%}")
+            if args.explain:
+                print(f"  where it looked: {explained}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 
 from workbench import plots
 from workbench._checks import check_choice, check_int, check_number
+from workbench._io import atomic_path
 from workbench.calibration import apply_temperature
 from workbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, decode, resize
 from workbench.models import load_model
@@ -354,6 +355,16 @@ class Explanation:
         Image.fromarray(colorize(_resized(self.heatmap, (height, width)))).save(
             buffer, format="PNG", optimize=True)
         return buffer.getvalue()
+
+    def save(self, path: str | Path, *, beside: bool = False, dpi: int = 100) -> Path:
+        """Writes :meth:`plot`'s figure as a PNG (the photo with its map, titled with the
+        class and probability; ``beside`` adds the photo alone), atomically; returns the
+        path."""
+        path = Path(path)
+        figure = self.plot(beside=beside)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=check_int("dpi", dpi, minimum=1), format="png")
+        return path
 
     def plot(self, ax=None, *, beside: bool = True, alpha: float = 0.5):
         """The photo beside the photo with its map (or only the latter on ``ax`` or with

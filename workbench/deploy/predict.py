@@ -52,6 +52,7 @@ from workbench.runs import MODELS, RunDir
 BACKENDS = ("auto", *RUNTIMES, "keras")
 AUTO_EXPORT_CHECK_IMAGES = 256  # test images compared when exporting on first use
 _SINGLE = (str, Path, bytes, bytearray, memoryview, np.ndarray)
+_EXPLAIN_LOCK = threading.Lock()  # one Keras explainer made, and one map computed, at a time
 
 
 class Classifier:
@@ -207,11 +208,12 @@ class Classifier:
                 record = exporting.read_sidecar(tflite).get("runtime") if tflite else None
                 info = {**facts, "model_file": str(network.path),
                         "export": side.get("agreement"), "runtime": record}
-                return cls(network, facts["labels"], info=info, **options)
+                return _keeping_source(cls(network, facts["labels"], info=info, **options),
+                                       source)
         from workbench.models import load_model
 
-        return cls(load_model(source), facts["labels"], info={**facts, "model_file": str(source)},
-                   **options)
+        return _keeping_source(cls(load_model(source), facts["labels"],
+                                   info={**facts, "model_file": str(source)}, **options), source)
 
     def predict(self, images, *, top_k: int = 5, batch_size: int = 32,
                 max_pixels: int = DEFAULT_MAX_PIXELS, tta: bool = False,
@@ -327,3 +329,74 @@ def _file_labels(path: Path, labels, image_size, resize_mode, facts: dict, netwo
         image_size = facts.get("image_size") or network.input_shape[1]
     resize_mode = resize_mode or facts.get("resize_mode", "squash")
     return list(labels), image_size, resize_mode
+    def explainer(self):
+        """The :class:`workbench.explain.Explainer` of this classifier's Keras model.
+
+        LiteRT and ONNX models have no gradients, so maps come from the run's ``.keras`` model
+        (this classifier's own when it runs Keras), loaded on the first call (importing Keras)
+        and kept.
+
+        Raises:
+            ValueError: when there is no Keras model to explain with (a bare exported file).
+        """
+        with _EXPLAIN_LOCK:
+            if getattr(self, "_explainer", None) is None:
+                from workbench.explain import Explainer
+                from workbench.models import load_model
+
+                source = getattr(self, "keras_source", None)
+                if self.backend == "keras":
+                    network = self.model
+                elif source is not None and Path(source).is_file():
+                    network = load_model(source)
+                else:
+                    raise ValueError(f"explain needs the Keras model of a run: load a run "
+                                     f"directory or a .keras file, received: "
+                                     f"{self.info.get('model_file')!r}")
+                self._explainer = Explainer(network, labels=self.labels,
+                                            resize_mode=self.resize_mode,
+                                            temperature=self.temperature)
+            return self._explainer
+
+    def explain(self, image, *, method: str = "grad_cam", max_side: int | None = 512,
+                max_pixels: int = DEFAULT_MAX_PIXELS, tta: bool = False,
+                label: str | None = None):
+        """Where the model looked for this classifier's top class (or ``label``) in one image.
+
+        Args:
+            image: a path, ``bytes``, a file object, a PIL image or a uint8 array.
+            method: ``"grad_cam"`` or ``"occlusion"`` (``workbench.explain``).
+            max_side: draw the map at most this many pixels a side; None for the image's own
+                size (after EXIF orientation).
+            max_pixels: larger images are refused before decoding.
+            tta: rank the classes as ``predict(tta=True)`` does.
+            label: the class to explain, e.g. the top class of an earlier :meth:`predict` (no
+                second prediction is made; the probability is then the Keras model's).
+
+        Returns:
+            A ``workbench.explain.Explanation`` of the class :meth:`predict` ranks first (or
+            ``label``), with the probability :meth:`predict` gives it.
+
+        Raises:
+            workbench.data.images.ImageRejected: the input is not a usable image.
+            ValueError: when there is no Keras model to explain with (see :meth:`explainer`).
+        """
+        if label is not None and label not in self.labels:
+            raise ValueError(f"label must be one of the classes, received: {label!r}")
+        top = None if label is not None else \
+            self.predict(image, top_k=1, max_pixels=max_pixels, tta=tta)[0]
+        explainer = self.explainer()
+        with _EXPLAIN_LOCK:
+            explanation = explainer.explain(image, self.labels.index(label or top["label"]),
+                                            method=method, max_side=max_side,
+                                            max_pixels=max_pixels)
+        if top is not None:
+            explanation.probability = float(top["probability"])
+        return explanation
+
+def _keeping_source(classifier: Classifier, source: Path) -> Classifier:
+    """``classifier`` knowing the run's ``.keras`` file, for :meth:`Classifier.explainer`."""
+    classifier.keras_source = source
+    return classifier
+
+

@@ -19,6 +19,13 @@ Endpoints (every error is JSON, ``{"error": "..."}``, with its status code):
   which), 400 for a missing file or a bad ``top_k``, 408 when the body does not arrive within
   ``upload_timeout``, 503 (with ``reason`` and ``Retry-After``) when the service is busy: too
   many uploads at once, or no decoding memory free within ``decode_wait``.
+- ``POST /api/predict?explain=1``: also where the model looked for its top class:
+  ``"explanation": {"label", "probability", "method": "grad_cam", "heatmap": "data:image/png;
+  base64,..."}``, the Grad-CAM map (``workbench.explain``) coloured, at most
+  ``EXPLAIN_MAX_SIDE`` pixels a side, the photo's aspect after EXIF orientation, to lay over
+  it. LiteRT and ONNX models have no gradients: the map comes from the run's Keras model, loaded
+  on the first such request (seconds: it imports Keras) and kept; 400 when the service has no
+  Keras model (it serves a bare exported file).
 - ``GET /api/health``: ``{"status": "ok", ...}`` with the limits and what is in use.
 - ``GET /api/model``: the run's name (its folder) and what it was fine-tuned from, labels,
   input size, backbone, recipe and metrics.
@@ -61,6 +68,7 @@ option), so that no client can take the service down:
 - a client that disconnects mid-upload is logged in one line, as ``disconnected``.
 """
 
+import base64
 import contextlib
 import errno
 import json
@@ -82,6 +90,7 @@ from workbench.runs import RunDir
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_TOP_K = 5
 DEFAULT_TOP_K_MAX = 100
+EXPLAIN_MAX_SIDE = 224  # the heatmap PNG's longer side: a phone shows it a few cm wide
 STATIC = Path(__file__).resolve().parent / "static"
 
 logger = logging.getLogger("workbench.deploy.serve")
@@ -259,6 +268,21 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
         with lock:
             return classifier.predict(data, top_k=top_k, **options)
 
+    def explain_top(data: bytes, label: str) -> dict:
+        """The Grad-CAM map of ``label`` as a data URL (the Keras model loads on first use)."""
+        if not isinstance(classifier, Classifier):
+            raise _BadRequest("explain needs a Classifier of a run or a .keras file, received: "
+                              f"{type(classifier).__name__}")
+        try:
+            classifier.explainer()
+        except ValueError as error:  # a bare exported file: no Keras model, no gradients
+            raise _BadRequest(str(error)) from error
+        explanation = classifier.explain(data, label=label, max_side=EXPLAIN_MAX_SIDE,
+                                         **options)
+        png = base64.b64encode(explanation.png(max_side=EXPLAIN_MAX_SIDE)).decode("ascii")
+        return {"label": explanation.label, "probability": explanation.probability,
+                "method": explanation.method, "heatmap": f"data:image/png;base64,{png}"}
+
     def decoding_cost(data: bytes) -> int:
         """The bytes to reserve for decoding ``data``; raises ImageRejected for an image too
         large for this service, or one that is not an image in an accepted format (then nothing
@@ -335,6 +359,7 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
             query_top_k = request.query_params.get("top_k")
             if query_top_k is not None:
                 _parse_top_k(query_top_k, top_k_max)  # fail fast, before reading the body
+            explain = _parse_explain(request.query_params.get("explain"))
             content_type = request.headers.get("content-type", "")
             if content_type.startswith("multipart/form-data"):
                 data, form_top_k = await _read_multipart(request, max_upload_bytes, deadline)
@@ -353,6 +378,9 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
                                    "shortly", reason="decoding memory")
             try:
                 predictions = await run_in_threadpool(predict_locked, data, top_k)
+                if explain:  # decodes again, so still inside the decoding budget
+                    explained = await run_in_threadpool(explain_top, data,
+                                                        predictions[0]["label"])
             finally:
                 budget.release(cost)
         except _TooLarge as error:
@@ -374,7 +402,7 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
                                    "reads", reason=error.reason)
             return _error(400, f"not a usable image ({error.reason}): {error.detail}",
                           reason=error.reason)
-        return {"predictions": predictions}
+        return {"predictions": predictions, **({"explanation": explained} if explain else {})}
 
     return app
 
@@ -404,6 +432,14 @@ def _error(status: int, message: str, *, close: bool = False, **extra):
     if status == 503:
         headers["Retry-After"] = "1"
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _parse_explain(text) -> bool:
+    if text is None or text.strip().lower() in ("0", "false", "no", ""):
+        return False
+    if text.strip().lower() in ("1", "true", "yes"):
+        return True
+    raise _BadRequest(f"explain must be 1 or 0, received: {text!r}")
 
 
 def _parse_top_k(text, maximum: int) -> int:
@@ -481,7 +517,12 @@ async def _read_multipart(request, limit: int, deadline: float) -> tuple[bytes, 
 _PREDICT_OPENAPI = {
     "parameters": [{"name": "top_k", "in": "query", "required": False,
                     "schema": {"type": "integer", "minimum": 1, "default": DEFAULT_TOP_K},
-                    "description": "how many classes to return, best first"}],
+                    "description": "how many classes to return, best first"},
+                   {"name": "explain", "in": "query", "required": False,
+                    "schema": {"type": "integer", "enum": [0, 1], "default": 0},
+                    "description": "1: also the Grad-CAM heatmap of the top class as a PNG "
+                                   "data URL (computed by the run's Keras model, loaded on the "
+                                   "first such request)"}],
     "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],

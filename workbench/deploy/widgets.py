@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import check_bool, check_choice, check_int
 from workbench.runs import RunDir
 
 
@@ -58,12 +58,14 @@ def example_image(run_dir: str | Path, *, split: str = "test", index: int = 0) -
     return RunDir(run_dir).example_image(split=split, index=index)
 
 
-def classify_widget(classifier, *, top_k: int = 5):
+def classify_widget(classifier, *, top_k: int = 5, explain: bool = False):
     """A file-upload widget that shows each uploaded image beside its top-k chart and table.
 
     Args:
         classifier: a :class:`workbench.deploy.predict.Classifier`.
         top_k: how many classes to show.
+        explain: also show where the model looked for its top class (Grad-CAM, from the run's
+            Keras model: ``Classifier.explain``).
 
     Returns:
         An ``ipywidgets.VBox`` holding the ``FileUpload`` (``.children[0]``) and the ``Output``
@@ -73,25 +75,30 @@ def classify_widget(classifier, *, top_k: int = 5):
     import ipywidgets
 
     check_int("top_k", top_k, minimum=1)
+    check_bool("explain", explain)
     upload = ipywidgets.FileUpload(accept="image/*", multiple=False,
                                    description="Upload image")
     output = ipywidgets.Output()
 
     def on_upload(change) -> None:
         if change["new"]:
-            output.outputs = classify_outputs(classifier, change["new"][-1], top_k=top_k)
+            output.outputs = classify_outputs(classifier, change["new"][-1], top_k=top_k,
+                                              explain=explain)
 
     upload.observe(on_upload, names="value")
     return ipywidgets.VBox([upload, output])
 
 
-def classify_outputs(classifier, uploaded: dict, *, top_k: int = 5) -> tuple:
-    """The notebook outputs for one uploaded file: the chart and the table, or the error.
+def classify_outputs(classifier, uploaded: dict, *, top_k: int = 5,
+                     explain: bool = False) -> tuple:
+    """The notebook outputs for one uploaded file: the chart and the table (and with
+    ``explain`` the photo beside its Grad-CAM map), or the error.
 
     Args:
         classifier: a :class:`workbench.deploy.predict.Classifier`.
         uploaded: one entry of ``FileUpload.value`` (``name`` and ``content``).
         top_k: how many classes to show.
+        explain: add where the model looked for its top class (``Classifier.explain``).
 
     Returns:
         A tuple of Jupyter output dicts for ``ipywidgets.Output.outputs``.
@@ -111,7 +118,7 @@ def classify_outputs(classifier, uploaded: dict, *, top_k: int = 5) -> tuple:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     table = top_k_table(predictions)
-    return (
+    shown = (
         {"output_type": "display_data", "metadata": {},
          "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
                   "text/plain": f"<top-{len(predictions)} chart of {name}>"}},
@@ -119,3 +126,12 @@ def classify_outputs(classifier, uploaded: dict, *, top_k: int = 5) -> tuple:
          "data": {"text/html": table.to_html(float_format="{:.4f}".format),
                   "text/plain": table.to_string()}},
     )
+    if not explain:
+        return shown
+    explained = classifier.explain(data, label=predictions[0]["label"])
+    explained.probability = float(predictions[0]["probability"])  # as the chart shows it
+    buffer = io.BytesIO()
+    explained.plot().savefig(buffer, format="png", dpi=90)
+    return shown + ({"output_type": "display_data", "metadata": {},
+                     "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+                              "text/plain": f"<where the model looked in {name}>"}},)

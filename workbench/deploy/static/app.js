@@ -131,8 +131,19 @@
     }
   }
 
+  // The heatmap (a PNG at the photo's aspect) laid over the photo, under the bars.
+  function showExplanation(explanation) {
+    $("explanation").hidden = !explanation;
+    if (!explanation) return;
+    $("explained-photo").src = $("photo").src;
+    $("heatmap").src = explanation.heatmap;
+    $("explanation-caption").textContent = "Where the model looked for " + explanation.label +
+      " (Grad-CAM: red is where the evidence for it lies).";
+  }
+
   async function classify(file) {
     $("error").hidden = true;
+    $("explanation").hidden = true;
     $("predictions").replaceChildren();
     if ($("photo").src) URL.revokeObjectURL($("photo").src);
     $("photo").src = URL.createObjectURL(file);
@@ -157,7 +168,9 @@
     form.append("file", upload, upload === file ? (file.name || "photo") : "photo.jpg");
     setState("busy", "Classifying…");
     const started = performance.now();
-    const response = await fetch("api/predict?top_k=" + TOP_K, { method: "POST", body: form });
+    const explain = $("explain").checked ? "&explain=1" : "";
+    const response = await fetch("api/predict?top_k=" + TOP_K + explain,
+                                 { method: "POST", body: form });
     let answer;
     try {
       answer = await response.json();
@@ -166,6 +179,7 @@
     }
     if (!response.ok) throw new Error(answer.error || response.statusText);
     render(answer.predictions);
+    showExplanation(answer.explanation);
     $("result").scrollIntoView({ block: "nearest" });  // in view if the page was scrolled away
     const top = answer.predictions[0];
     setState("done", "Most likely " + top.label + " (" + (100 * top.probability).toFixed(1) +
