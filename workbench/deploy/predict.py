@@ -286,49 +286,6 @@ class Classifier:
                      for i in range(0, len(pixels), batch_size)]
         return np.concatenate(parts)
 
-    def _top(self, probabilities: np.ndarray, k: int) -> list[dict]:
-        order = np.argsort(-probabilities, kind="stable")[:k]
-        return [{"label": self.labels[i], "probability": float(probabilities[i])} for i in order]
-
-
-def _config_facts(run_dir: Path) -> dict:
-    """What a run directory says about its model."""
-    run = RunDir(run_dir)
-    return {"run_dir": str(run_dir), "labels": run.classes, "image_size": run.image_size,
-            "resize_mode": run.resize_mode, "backbone": run.starting_point,
-            "recipe": run.config.get("recipe"), "metrics": run.metrics}
-
-
-def _file_temperature(path: Path) -> float:
-    """The temperature of a run's ``best.keras`` or ``model.keras``; 1 for any other file."""
-    model = {"best.keras": "best", "model.keras": "final"}.get(path.name)
-    return RunDir(path.parent).temperature(model) if model else 1.0
-
-
-def _sidecar_facts(path: Path) -> dict:
-    """The sidecar of an exported file, or nothing when there is none."""
-    try:
-        side = exporting.read_sidecar(path)
-    except FileNotFoundError:
-        return {}
-    keep = ("labels", "image_size", "resize_mode", "backbone", "format", "quantize",
-            "source_model", "agreement", "temperature")
-    return {key: side[key] for key in keep if key in side}
-
-
-def _file_labels(path: Path, labels, image_size, resize_mode, facts: dict, network):
-    """Labels, image size and resize mode of a model file: given, else from its metadata."""
-    labels = labels if labels is not None else facts.get("labels")
-    if labels is None:
-        raise ValueError(f"labels are needed for {path.name}: pass labels=[...] (it has no "
-                         f"sidecar {exporting.sidecar_path(path).name} or config.json), "
-                         f"received: labels=None")
-    if isinstance(labels, (str, bytes)):
-        raise ValueError(f"labels must be a list of class names, received: {labels!r}")
-    if image_size is None:
-        image_size = facts.get("image_size") or network.input_shape[1]
-    resize_mode = resize_mode or facts.get("resize_mode", "squash")
-    return list(labels), image_size, resize_mode
     def explainer(self):
         """The :class:`workbench.explain.Explainer` of this classifier's Keras model.
 
@@ -394,9 +351,52 @@ def _file_labels(path: Path, labels, image_size, resize_mode, facts: dict, netwo
             explanation.probability = float(top["probability"])
         return explanation
 
+    def _top(self, probabilities: np.ndarray, k: int) -> list[dict]:
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return [{"label": self.labels[i], "probability": float(probabilities[i])} for i in order]
+
+
 def _keeping_source(classifier: Classifier, source: Path) -> Classifier:
     """``classifier`` knowing the run's ``.keras`` file, for :meth:`Classifier.explainer`."""
     classifier.keras_source = source
     return classifier
 
 
+def _config_facts(run_dir: Path) -> dict:
+    """What a run directory says about its model."""
+    run = RunDir(run_dir)
+    return {"run_dir": str(run_dir), "labels": run.classes, "image_size": run.image_size,
+            "resize_mode": run.resize_mode, "backbone": run.starting_point,
+            "recipe": run.config.get("recipe"), "metrics": run.metrics}
+
+
+def _file_temperature(path: Path) -> float:
+    """The temperature of a run's ``best.keras`` or ``model.keras``; 1 for any other file."""
+    model = {"best.keras": "best", "model.keras": "final"}.get(path.name)
+    return RunDir(path.parent).temperature(model) if model else 1.0
+
+
+def _sidecar_facts(path: Path) -> dict:
+    """The sidecar of an exported file, or nothing when there is none."""
+    try:
+        side = exporting.read_sidecar(path)
+    except FileNotFoundError:
+        return {}
+    keep = ("labels", "image_size", "resize_mode", "backbone", "format", "quantize",
+            "source_model", "agreement", "temperature")
+    return {key: side[key] for key in keep if key in side}
+
+
+def _file_labels(path: Path, labels, image_size, resize_mode, facts: dict, network):
+    """Labels, image size and resize mode of a model file: given, else from its metadata."""
+    labels = labels if labels is not None else facts.get("labels")
+    if labels is None:
+        raise ValueError(f"labels are needed for {path.name}: pass labels=[...] (it has no "
+                         f"sidecar {exporting.sidecar_path(path).name} or config.json), "
+                         f"received: labels=None")
+    if isinstance(labels, (str, bytes)):
+        raise ValueError(f"labels must be a list of class names, received: {labels!r}")
+    if image_size is None:
+        image_size = facts.get("image_size") or network.input_shape[1]
+    resize_mode = resize_mode or facts.get("resize_mode", "squash")
+    return list(labels), image_size, resize_mode
