@@ -191,9 +191,10 @@ def range_test(splits, *, backbone: str = "mobilenet_v2", weights="imagenet", so
 
     Args:
         splits: a split folder (``workbench split``).
-        backbone, weights, source, cut_at, recipe, lr_mult_rules, decay_mult_rules, solver,
-            image_size, resize_mode, dropout, seed: as for ``finetune`` (the solver's learning
-            rate policy and ``base_lr`` play no part: the test sets the rate).
+        backbone: as for ``finetune``, and so are ``weights``, ``source``, ``cut_at``,
+            ``recipe``, ``lr_mult_rules``, ``decay_mult_rules``, ``solver``, ``image_size``,
+            ``resize_mode``, ``dropout`` and ``seed`` (the solver's learning rate policy and
+            ``base_lr`` play no part: the test sets the rate).
         start_lr: the first rate tried.
         end_lr: the last rate tried, unless the loss diverges first.
         steps: batches from ``start_lr`` to ``end_lr``.

@@ -388,7 +388,8 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
         train: the training ``pipeline.Batches``; ``val`` the validation ones or None.
         solver: the :class:`SolverConfig`.
         run_dir: the folder written.
-        extra_rules, decay_rules: the user's ``lr_mult`` and ``decay_mult`` rules.
+        extra_rules: the user's ``lr_mult`` rules.
+        decay_rules: the user's ``decay_mult`` rules.
         seed: seeds the random layers per epoch (``cb.ReseedRandomLayers``).
         resumed_from: the :class:`RunDir` the checkpoint came from, or None.
         progress: ``"lines"``, ``"plot"``, ``"none"`` or ``"auto"``.
