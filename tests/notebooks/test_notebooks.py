@@ -214,6 +214,20 @@ def test_classify_notebook_shows_the_top_k_table(workspace):
     assert {label for _, label, _ in rows} <= set(classes)
 
 
+def test_evaluate_and_classify_notebooks_show_where_the_model_looked(workspace):
+    # explain defaults to True: 05 draws the worst predictions with their Grad-CAM maps, 06 the
+    # photo beside its map (from the run's Keras model: the LiteRT model has no gradients)
+    for name, call, panels in (("05_evaluate.ipynb", "explain_worst(", 16),
+                               ("06_classify.ipynb", "classifier.explain(", 2)):
+        book = executed(workspace, name)
+        cell = next(cell for cell in book.cells if call in cell.source)
+        assert outputs(cell, "image/png"), name
+        assert not any(output.get("output_type") == "error" for output in cell.outputs)
+        shown = "".join(output["data"].get("text/plain", "") for output in outputs(cell,
+                                                                                  "image/png"))
+        assert f"with {panels} Axes" in shown, (name, shown)
+
+
 def test_batch_size_study_tabulates_every_combination(workspace):
     from workbench.studies.batch_size import batch_size_table
     from workbench.studies.sweep import SweepResult
