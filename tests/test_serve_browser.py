@@ -183,3 +183,28 @@ def test_on_a_phone_the_answer_shows_without_scrolling(
     name = browser.find_element("id", "model-name").text
     assert served_run.run.name in name and "lenet" in name and ".keras" not in name
     assert browser.execute_script(INSIDE, browser.find_element("id", "model-name"))[3] <= height
+
+
+def test_where_the_model_looked_shows_under_the_bars(
+        served_run, browser, page, tmp_path):  # noqa: F811
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path = tmp_path / "four.png"
+    path.write_bytes(digit(served_run, 4))
+    box = browser.find_element("id", "explain")
+    box.click()
+    try:
+        _choose(browser, "file", path)
+        # the first explanation loads the run's Keras model: seconds
+        assert _wait_for_state(browser, {"done", "error"}, timeout=120) == "done", \
+            browser.find_element("id", "error").text
+        assert browser.find_element("id", "explanation").is_displayed()
+        heatmap = browser.find_element("id", "heatmap")
+        WebDriverWait(browser, 10).until(lambda driver: driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", heatmap))
+        assert browser.execute_script("return arguments[0].naturalWidth", heatmap) == 16
+        top = browser.find_elements("css selector", "#predictions li.prediction")[0]
+        assert top.get_attribute("data-label") in \
+            browser.find_element("id", "explanation-caption").text
+    finally:
+        box.click()  # off again: the other tests ask for the bars alone
