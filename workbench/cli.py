@@ -495,13 +495,17 @@ def _args_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("auto", "litert", "onnx", "keras"), default="auto",
                         help="auto (default): the run's LiteRT or ONNX export when it has one "
                              "(same numbers to 1e-3, several times faster), else Keras")
+    parser.add_argument("--raw", action="store_true",
+                        help="tabulate the network's raw softmax instead of the probabilities "
+                             "calibrated by the run's temperature (the ECE is shown for both)")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from workbench.evaluation import evaluate
 
     report = evaluate(args.run_dir, split=args.split, model=args.model,
-                      batch_size=args.batch_size, tta=args.tta, backend=args.backend)
+                      batch_size=args.batch_size, tta=args.tta, backend=args.backend,
+                      calibrated=not args.raw)
     print(report.format(), end="")
     print(f"Wrote {Path(args.run_dir) / 'evaluation' / args.split}")
     return EXIT_OK
@@ -524,6 +528,9 @@ def _args_predict(parser: argparse.ArgumentParser) -> None:
                         help="auto (default): the faster of the LiteRT and ONNX exports on this "
                              "machine, made on first use, without importing TensorFlow once "
                              "they exist; keras: the .keras model")
+    parser.add_argument("--raw", action="store_true",
+                        help="the network's raw softmax instead of the probabilities calibrated "
+                             "by the run's temperature (the same classes, in the same order)")
     parser.add_argument("--explain", metavar="DIR",
                         help="also write where the model looked for its top class (Grad-CAM, "
                              "from the run's Keras model) as DIR/<image name>.png: the photo "
@@ -540,7 +547,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     failed, names = 0, set()  # names: of the --explain files written
     for path in args.images:
         try:
-            top = classifier.predict(path, top_k=args.top_k, tta=args.tta)
+            top = classifier.predict(path, top_k=args.top_k, tta=args.tta,
+                                     calibrated=not args.raw)
             if args.explain:
                 stem, count = Path(path).stem, 1
                 while (name := stem if count == 1 else f"{stem}-{count}") in names:
