@@ -33,6 +33,7 @@ that finished its part says so first, so that its exit alarms nobody.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import math
 import os
@@ -508,3 +509,40 @@ class _Watch(threading.Thread):
                     pass
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
             os._exit(0 if self.left_ok else 1)
+
+
+def check_dask_cluster(cluster, cluster_options=None) -> None:
+    """Checks a ``--cluster`` value (a Dask scheduler address or ``"slurm"``) and its options.
+
+    Raises:
+        ValueError: ``cluster`` is not a non-empty string, or ``cluster_options`` is given
+            without ``cluster="slurm"`` or is not a dict.
+    """
+    if not isinstance(cluster, str) or not cluster.strip():
+        raise ValueError(f"cluster must be a Dask scheduler address or 'slurm', received: "
+                         f"{cluster!r}")
+    if cluster_options is not None and (cluster != "slurm" or not isinstance(cluster_options,
+                                                                              dict)):
+        raise ValueError(f"cluster_options must be a dict and needs cluster='slurm', received: "
+                         f"cluster_options={cluster_options!r} with cluster={cluster!r}")
+
+
+@contextlib.contextmanager
+def dask_client(cluster: str, *, jobs: int | None = None, cluster_options: dict | None = None):
+    """A ``distributed.Client`` of a running Dask scheduler (``"tcp://host:8786"``), or of a
+    ``dask_jobqueue.SLURMCluster`` started here with ``jobs`` jobs (``cluster="slurm"``,
+    ``cluster_options`` its keyword arguments; without them dask-jobqueue reads its
+    configuration file). Leaving closes the connection, never the user's own cluster."""
+    check_dask_cluster(cluster, cluster_options)
+    from distributed import Client
+
+    if cluster != "slurm":
+        with Client(cluster) as client:
+            yield client
+        return
+    from dask_jobqueue import SLURMCluster
+
+    with SLURMCluster(**(cluster_options or {})) as slurm:
+        slurm.scale(jobs=jobs or 1)
+        with Client(slurm) as client:
+            yield client

@@ -515,7 +515,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _args_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
-    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files to classify")
+    parser.add_argument("images", metavar="PATH", nargs="*",
+                        help="image files, and folders (searched at every depth, with the file "
+                             "rules of scan)")
+    parser.add_argument("--list", metavar="FILE", dest="list_file",
+                        help="a list file of images: Caffe's 'path label' lines or one path a "
+                             "line, relative to --root")
+    parser.add_argument("--root", metavar="DIR",
+                        help="the folder --list's paths are relative to (default: the list's)")
+    parser.add_argument("--out", metavar="FILE",
+                        help="write one row per file to FILE (.csv, or .parquet): the path, the "
+                             "top-k labels and probabilities, and an error column; resumable "
+                             "(killed and run again, files done are skipped)")
+    parser.add_argument("--features", metavar="FILE.npy|columns",
+                        help="with --out: also each image's pooled backbone features, as a "
+                             ".npy (row i is row i of the table) or 'columns' of a .parquet")
+    parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), default=64,
+                        metavar="N", help="images per model call (default 64)")
+    parser.add_argument("--threads", type=_arg_type("N", _int_at_least(1)), default=None,
+                        metavar="N", help="decoding threads (default: min(8, CPUs))")
+    parser.add_argument("--cluster", metavar="ADDRESS|slurm",
+                        help="with --out: classify on the workers of a Dask scheduler, or of a "
+                             "dask-jobqueue SLURM cluster; every worker must see the run, the "
+                             "images and the output's folder at the same paths")
+    parser.add_argument("--cluster-option", type=_arg_type("KEY=VALUE", _setting),
+                        action="append", default=[], metavar="KEY=VALUE",
+                        help="a SLURMCluster option with --cluster slurm, e.g. cores=8")
+    parser.add_argument("--jobs", type=_arg_type("N", _int_at_least(1)), default=None,
+                        metavar="N", help="SLURM jobs with --cluster slurm (default 1)")
     parser.add_argument("--top-k", type=_arg_type("K", _int_at_least(1)), default=5,
                         metavar="K", help="classes per image (default 5)")
     parser.add_argument("--json", action="store_true",
@@ -543,6 +570,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from workbench.data.images import ImageRejected
     from workbench.deploy.predict import Classifier
 
+    many = args.list_file or any(os.path.isdir(path) for path in args.images)
+    if args.out or many or args.features or args.cluster:
+        return _predict_many(args)
+    if not args.images:
+        raise ValueError("predict needs at least one PATH or --list FILE, received: none")
     classifier = Classifier.load(args.run_dir, backend=args.backend)
     failed, names = 0, set()  # names: of the --explain files written
     for path in args.images:
@@ -571,6 +603,53 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if args.explain:
                 print(f"  where it looked: {explained}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _predict_many(args: argparse.Namespace) -> int:
+    """Folders, list files, --out: the batch job (``workbench.deploy.batch``)."""
+    import json
+
+    from workbench.deploy import batch
+
+    given = [name for name, value in (("--explain", args.explain),) if value]
+    if given:
+        raise ValueError(f"{given[0]} takes image files, without --out, --list or folders, "
+                         f"received: {given[0]} with {args.out or args.list_file or 'a folder'}")
+    if not args.out:
+        for name, value in (("--features", args.features), ("--cluster", args.cluster)):
+            if value:
+                raise ValueError(f"{name} needs --out FILE, received: {name} {value}")
+        from workbench.deploy.predict import Classifier
+
+        classifier = Classifier.load(args.run_dir, backend=args.backend)
+        sources = batch.list_files(args.images, list_file=args.list_file,
+                                   list_root=args.root)
+        failed = 0
+        for row in classifier.predict_files(sources, top_k=args.top_k, tta=args.tta,
+                                            batch_size=args.batch_size, threads=args.threads):
+            top = [{"label": row[f"label_{rank}"], "probability": row[f"probability_{rank}"]}
+                   for rank in range(1, args.top_k + 1) if row.get(f"label_{rank}") is not None]
+            failed += bool(row["error"])
+            if args.json:
+                shown = {"error": f"{row['error']}: {row['detail']}"} if row["error"] else \
+                    {"predictions": top}
+                print(json.dumps({"image": row["path"], **shown}))
+            elif row["error"]:
+                print(f"{row['path']}: error: {row['error']}: {row['detail']}", file=sys.stderr)
+            else:
+                print(row["path"])
+                for rank, entry in enumerate(top, start=1):
+                    print(f"  {rank}. {entry['label']:<24} {entry['probability']:7.2%}")
+        return EXIT_FAILED if failed else EXIT_OK
+    result = batch.predict_to_file(
+        args.run_dir, args.images, out=args.out, list_file=args.list_file, list_root=args.root,
+        backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
+        threads=args.threads, tta=args.tta, features=args.features, cluster=args.cluster,
+        cluster_options=dict(args.cluster_option) or None, jobs=args.jobs)
+    if result.started_over:
+        print(f"Started over: {result.started_over}")
+    print(result.format())
+    return EXIT_OK
 
 
 # --- export ------------------------------------------------------------------------------------

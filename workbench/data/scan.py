@@ -150,8 +150,12 @@ def _entry(path: str, label: str, order: int, file: str | None = None, *, reason
             "status": REJECTED if reason else None, "reason": reason, "detail": detail}
 
 
-def _hidden(parts) -> str:
-    """Why a path (its parts below the dataset root) is hidden or a system file, or ``""``."""
+def hidden_reason(parts) -> str:
+    """Why a path is a hidden or system file, or ``""`` when it is not.
+
+    Args:
+        parts: the path's parts below the folder searched, e.g. ``("cats", ".DS_Store")``.
+    """
     *folders, name = parts
     for folder in folders:
         if folder.lower() in SYSTEM_FOLDERS:
@@ -165,17 +169,32 @@ def _hidden(parts) -> str:
     return ""
 
 
-def _folder_entries(root: str) -> list[dict]:
-    """One entry per file below ``root``; class folders are its direct sub-folders."""
-    entries = []
+def walk(root: str):
+    """Every file below ``root`` at any depth, in sorted order, with the rules of :func:`scan`.
+
+    Symbolic links to folders are followed once (a link back to a folder already listed is
+    not); hidden and system files, files without an image extension and folders that cannot be
+    listed are yielded with the reason they are not read.
+
+    Args:
+        root: the folder.
+
+    Yields:
+        ``(path, file, reason, detail)``: ``path`` relative to ``root`` with ``/``; ``file``
+        the path to open (None when the file is not to be read); ``reason`` one of
+        :data:`REASONS` (``""`` for a file to read) and its ``detail``.
+    """
+    unreadable = []
+
+    def note(error: OSError) -> None:
+        unreadable.append(error)
+
     seen_folders = set()
-
-    def unreadable_folder(error: OSError) -> None:
-        path = os.path.relpath(error.filename, root).replace(os.sep, "/")
-        entries.append(_entry(path, path.split("/")[0], len(entries), reason=UNREADABLE,
-                              detail=f"cannot list folder: {error.strerror or error}"))
-
-    for folder, subfolders, names in os.walk(root, onerror=unreadable_folder, followlinks=True):
+    for folder, subfolders, names in os.walk(root, onerror=note, followlinks=True):
+        while unreadable:
+            error = unreadable.pop(0)
+            yield (os.path.relpath(error.filename, root).replace(os.sep, "/"), None, UNREADABLE,
+                   f"cannot list folder: {error.strerror or error}")
         real = os.path.realpath(folder)
         if real in seen_folders:  # a symbolic link back to a folder already listed
             subfolders[:] = []
@@ -186,24 +205,35 @@ def _folder_entries(root: str) -> list[dict]:
         prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
         for name in sorted(names):
             path = prefix + name
-            parts = path.split("/")
-            label = parts[0] if len(parts) > 1 else ""
-            why_hidden = _hidden(parts)
+            why_hidden = hidden_reason(path.split("/"))
             if why_hidden:
-                if _hidden(parts[:1] + ["x"]):  # the class folder itself is hidden
-                    label = ""
-                entries.append(_entry(path, label, len(entries), reason=HIDDEN,
-                                      detail=why_hidden))
-            elif len(parts) == 1:
-                entries.append(_entry(path, "", len(entries), reason=NOT_IN_CLASS_FOLDER,
-                                      detail="a file at the top of the dataset folder; images "
-                                             "must be inside a folder named after their class"))
+                yield path, None, HIDDEN, why_hidden
             elif not is_image_name(name):
                 suffix = PurePosixPath(name).suffix or "(none)"
-                entries.append(_entry(path, label, len(entries), reason=NOT_AN_IMAGE,
-                                      detail=f"extension {suffix} is not an image type"))
+                yield path, None, NOT_AN_IMAGE, f"extension {suffix} is not an image type"
             else:
-                entries.append(_entry(path, label, len(entries), os.path.join(folder, name)))
+                yield path, os.path.join(folder, name), "", ""
+    for error in unreadable:
+        yield (os.path.relpath(error.filename, root).replace(os.sep, "/"), None, UNREADABLE,
+               f"cannot list folder: {error.strerror or error}")
+
+
+def _folder_entries(root: str) -> list[dict]:
+    """One entry per file below ``root``; class folders are its direct sub-folders."""
+    entries = []
+    for path, file, reason, detail in walk(root):
+        parts = path.split("/")
+        label = parts[0] if len(parts) > 1 or reason == UNREADABLE else ""
+        if reason == HIDDEN and hidden_reason(parts[:1] + ["x"]):  # a hidden class folder
+            label = ""
+        if reason in (HIDDEN, UNREADABLE) or (reason and len(parts) > 1):
+            entries.append(_entry(path, label, len(entries), reason=reason, detail=detail))
+        elif len(parts) == 1:
+            entries.append(_entry(path, "", len(entries), reason=NOT_IN_CLASS_FOLDER,
+                                  detail="a file at the top of the dataset folder; images "
+                                         "must be inside a folder named after their class"))
+        else:
+            entries.append(_entry(path, label, len(entries), file))
     return entries
 
 
@@ -240,6 +270,25 @@ def read_labels(labels_file) -> list[str]:
     return lines
 
 
+def list_paths(list_file) -> list[str]:
+    """The paths a list file names: Caffe's ``path label_index`` lines (the path may contain
+    spaces; the line is split on its last whitespace) or one path a line; blank lines skipped.
+
+    Raises:
+        FileNotFoundError: ``list_file`` does not exist.
+        ValueError: it is not UTF-8 text.
+    """
+    paths = []
+    for line in _read_lines(os.fspath(list_file), "list_file"):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(None, 1)
+        is_caffe = len(parts) == 2 and parts[1].lstrip("-").isdigit()
+        paths.append(parts[0] if is_caffe else line)
+    return paths
+
+
 def _list_entries(root: str, list_file: str, labels_file: str) -> list[dict]:
     """One entry per non-blank line of a Caffe list file."""
     labels = read_labels(labels_file)
@@ -267,7 +316,7 @@ def _list_entries(root: str, list_file: str, labels_file: str) -> list[dict]:
                                   detail=f"{where}: label index {index} is outside 0.."
                                          f"{len(labels) - 1} ({len(labels)} labels)"))
             continue
-        why_hidden = _hidden(PurePosixPath(path).parts or ("",))
+        why_hidden = hidden_reason(PurePosixPath(path).parts or ("",))
         if why_hidden:
             entries.append(_entry(path, labels[index], len(entries), reason=HIDDEN,
                                   detail=why_hidden))

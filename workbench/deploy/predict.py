@@ -254,14 +254,78 @@ class Classifier:
         if not batch:
             raise ValueError("images must hold at least one image, received: an empty list")
         pixels = np.stack([self._pixels(image, max_pixels) for image in batch])
+        probabilities = self.probabilities(pixels, batch_size=batch_size, tta=tta,
+                                           calibrated=calibrated)
+        results = [self.top(row, top_k) for row in probabilities]
+        return results[0] if single else results
+
+    def probabilities(self, pixels: np.ndarray, *, batch_size: int = 32, tta: bool = False,
+                      calibrated: bool = True) -> np.ndarray:
+        """The probabilities of images already decoded and resized, one row per image.
+
+        Args:
+            pixels: uint8 ``(N, image_size, image_size, 3)``, as ``images.load_array`` gives
+                them with this classifier's size and resize mode.
+            batch_size: images per model call (ONNX Runtime and Keras).
+            tta: average each image with its mirror image, as :meth:`predict`.
+            calibrated: scaled by :attr:`temperature`, as :meth:`predict`.
+
+        Returns:
+            float32 ``(N, classes)``, in :attr:`labels` order.
+        """
+        side = self.image_size
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or \
+                pixels.shape[1:] != (side, side, 3):
+            raise ValueError(f"pixels must be an array (N, {side}, {side}, 3), received: "
+                             f"{getattr(pixels, 'shape', type(pixels).__name__)}")
         probabilities = self._probabilities(pixels, batch_size)
         if tta:
             probabilities = (probabilities + self._probabilities(
                 np.ascontiguousarray(pixels[:, :, ::-1]), batch_size)) / 2
         if calibrated and self.temperature != 1.0:
             probabilities = apply_temperature(probabilities, self.temperature)
-        results = [self._top(row, min(top_k, len(self.labels))) for row in probabilities]
-        return results[0] if single else results
+        return probabilities
+
+    def top(self, probabilities: np.ndarray, top_k: int = 5) -> list[dict]:
+        """The ``top_k`` classes of one row of :meth:`probabilities`, best first, as
+        ``{"label", "probability"}`` dicts (ties in label order)."""
+        return self._top(probabilities, min(top_k, len(self.labels)))
+
+    def predict_files(self, paths, *, top_k: int = 5, batch_size: int = 64,
+                      threads: int | None = None, tta: bool = False, calibrated: bool = True,
+                      features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      progress: bool = False):
+        """Classifies many image files, decoding them in threads while the model runs batches.
+
+        A thin call of :func:`workbench.deploy.batch.predict_rows`: files are decoded by a
+        pool of ``threads`` threads (a large JPEG at a reduced scale) into a bounded queue, so
+        memory stays flat for any number of files, and a file that cannot be used gets a row
+        with its reason instead of stopping the others.
+
+        Args:
+            paths: image paths (str or Path), or ``workbench.deploy.batch.Source`` rows as
+                ``batch.list_files`` lists a folder or a list file.
+            top_k: classes per row.
+            batch_size: images per model call.
+            threads: decoding threads (default: ``min(8, CPUs)``).
+            tta: average each image with its mirror image.
+            calibrated: probabilities scaled by :attr:`temperature`.
+            features: also give each image's pooled backbone features (runs the run's Keras
+                model: exported files output the probabilities only).
+            max_pixels: larger images are refused before decoding.
+            progress: show a progress bar (images/s and the time left).
+
+        Yields:
+            One dict per file, in order: ``path``, ``label_1``, ``probability_1``, ...,
+            ``error`` (a reason of ``workbench.data.scan.REASONS``, ``""`` when classified),
+            ``detail``, ``size`` and ``mtime_ns`` of the file; and ``features`` (a float32
+            vector, None for a file in error) when ``features`` is True.
+        """
+        from workbench.deploy.batch import predict_rows
+
+        return predict_rows(self, paths, top_k=top_k, batch_size=batch_size, threads=threads,
+                            tta=tta, calibrated=calibrated, features=features,
+                            max_pixels=max_pixels, progress=progress)
 
     def _pixels(self, image, max_pixels: int) -> np.ndarray:
         """One image as uint8 ``(size, size, 3)``: an array of that shape as it is (what

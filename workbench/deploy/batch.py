@@ -1,0 +1,686 @@
+"""Classify a whole folder, a list file or a million photos into one table, resumably, on one
+machine or a Dask cluster.
+
+:func:`list_files` turns what a user names (image files, folders searched at every depth with
+the file rules of ``workbench.data.scan``, list files in Caffe's ``path label`` format or one
+path a line) into :class:`Source` rows. :func:`predict_rows` classifies them with a
+``Classifier``: a pool of threads decodes and resizes the files (a large JPEG at a reduced
+scale: libjpeg's DCT scaling) into a bounded queue while the model runs batches, so memory stays
+flat for any number of files and the model rarely waits. :func:`predict_to_file` is the job
+``workbench predict RUN_DIR PATH... --out FILE`` runs::
+
+    result = predict_to_file("runs/flowers", ["photos/"], out="photos.csv")
+    result.table().label_1.value_counts()
+
+**Nothing lost, nothing repeated.** Rows are written in chunks (``chunk_size`` rows each, one
+file per chunk, each written whole and renamed into place) into the folder ``<out>.partial``
+beside the output, with a ``manifest.json`` naming the model (its file's sha256) and the
+options. Only when every file is done are the chunks merged, in the order the files were
+listed, into ``out`` (written to a temporary name, then renamed) and the folder removed. Killed
+(even with SIGKILL) and run again with the same arguments, the job skips every file whose row
+is in a chunk already, keyed by its path, size and modification time; a file changed since is
+done again. Another model or other options start over, and the result says why.
+
+**Beyond one machine.** With ``cluster`` (a Dask scheduler's address, or ``"slurm"`` for a
+dask-jobqueue SLURM cluster: ``workbench._cluster.dask_client``, as ``sweep`` takes it) the
+files still to do are cut into chunks; each Dask task classifies one chunk and writes its part
+into the ``.partial`` folder, and each worker process loads the run's export once. Every worker
+must see the run directory, the images and the output's folder at the same paths (a shared
+filesystem); this is checked on every worker before anything starts, and a worker that cannot
+read them fails the job in one line naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench._checks import check_bool, check_int
+from workbench._io import atomic_path, remove, remove_stale_temporaries, write_json
+from workbench._progress import progress as progress_bar
+from workbench.data import scan as scanning
+from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected, load_array
+
+PARTIAL_SUFFIX = ".partial"  # the folder of chunks beside the output, until it is complete
+MANIFEST = "manifest.json"
+KEY_COLUMNS = ("size", "mtime_ns")  # with the path, what says a file is the one already done
+DEFAULT_CHUNK_SIZE = 1024  # rows per chunk file: at most this many are redone after a kill
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One file to classify.
+
+    Attributes:
+        path: the path as the output shows it: as given, or relative to the folder given.
+        file: the path to open; None when the file is not to be read (``reason`` says why).
+        reason: ``""``, or why the file is not read (one of ``workbench.data.scan.REASONS``).
+        detail: a sentence about ``reason``.
+    """
+
+    path: str
+    file: str | None
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """What :func:`predict_to_file` did.
+
+    Attributes:
+        out: the table written (CSV or Parquet).
+        features: the ``.npy`` of features written, or None.
+        rows: rows in the table (one per file listed).
+        errors: rows with an ``error`` (files that could not be used).
+        skipped: files already done by an earlier, interrupted run of the same job.
+        classified: files classified by this call.
+        seconds: wall time of this call's classification.
+        started_over: why the chunks of an earlier run were discarded (another model or other
+            options), or None.
+    """
+
+    out: Path
+    features: Path | None
+    rows: int
+    errors: int
+    skipped: int
+    classified: int
+    seconds: float
+    started_over: str | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        """Files classified by this call per second of its wall time."""
+        return self.classified / self.seconds if self.seconds > 0 else 0.0
+
+    def table(self) -> pd.DataFrame:
+        """The table written, read back."""
+        return read_table(self.out)
+
+    def format(self) -> str:
+        """One line: rows, errors, speed and where the table is."""
+        again = f", {self.skipped} done before" if self.skipped else ""
+        features = f" (features: {self.features})" if self.features else ""
+        return (f"Wrote {self.rows} rows ({self.errors} errors{again}) to {self.out}{features}; "
+                f"{self.classified} images in {self.seconds:.1f}s, "
+                f"{self.images_per_second:.1f} images/s")
+
+
+def list_files(paths=(), *, list_file=None, list_root=None) -> list[Source]:
+    """The files named by image paths, folders and a list file, each once, in order.
+
+    Args:
+        paths: image files and folders. A folder is searched at every depth with the rules of
+            ``workbench.data.scan.walk`` (hidden and system files, files without an image
+            extension and unlistable folders get a row with their reason). Its files are shown
+            relative to it when it is the only path given, else joined to it as given.
+        list_file: a list file: Caffe's ``path label_index`` lines or one path a line.
+        list_root: the folder the list's relative paths are relative to (default the list
+            file's own folder).
+
+    Returns:
+        :class:`Source` rows; a path named twice is kept once, at its first place.
+
+    Raises:
+        ValueError: nothing is named.
+        FileNotFoundError: ``list_file`` or ``list_root`` does not exist.
+    """
+    paths = [os.fspath(path) for path in ([paths] if isinstance(paths, (str, os.PathLike))
+                                          else paths)]
+    if not paths and list_file is None:
+        raise ValueError("paths must name at least one image or folder, or list_file a list, "
+                         "received: nothing")
+    sources = []
+    for given in paths:
+        if os.path.isdir(given):
+            prefix = "" if len(paths) == 1 and list_file is None else given.rstrip("/") + "/"
+            sources += [Source(prefix + path, file, reason, detail)
+                        for path, file, reason, detail in scanning.walk(given)]
+        elif os.path.exists(given):
+            sources.append(Source(given, given))
+        else:
+            sources.append(Source(given, None, scanning.UNREADABLE, "file not found (missing)"))
+    if list_file is not None:
+        root = os.fspath(list_root) if list_root is not None else \
+            os.path.dirname(os.path.abspath(os.fspath(list_file)))
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"list_root must be an existing folder, received: {root!r}")
+        for path in scanning.list_paths(list_file):
+            why_hidden = scanning.hidden_reason(Path(path).parts or ("",))
+            sources.append(Source(path, None, scanning.HIDDEN, why_hidden) if why_hidden
+                           else Source(path, os.path.join(root, path)))
+    seen, unique = set(), []
+    for source in sources:
+        if source.path not in seen:
+            seen.add(source.path)
+            unique.append(source)
+    return unique
+
+
+def _as_sources(paths) -> list[Source]:
+    return [path if isinstance(path, Source) else Source(os.fspath(path), os.fspath(path))
+            for path in paths]
+
+
+def _load(source: Source, side: int, mode: str, max_pixels: int) -> dict:
+    """Decodes one file for the model: ``pixels`` or its ``error``, with its size and mtime."""
+    loaded = {"source": source, "pixels": None, "error": source.reason, "detail": source.detail,
+              "size": None, "mtime_ns": None}
+    if source.file is None:
+        return loaded
+    try:
+        stat = os.stat(source.file)
+        loaded.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    except FileNotFoundError:
+        return {**loaded, "error": scanning.UNREADABLE, "detail": "file not found (missing)"}
+    except OSError as error:
+        return {**loaded, "error": scanning.UNREADABLE,
+                "detail": f"cannot read: {error.strerror or error}"}
+    try:
+        loaded["pixels"] = load_array(source.file, side, mode, max_pixels=max_pixels)
+    except ImageRejected as error:
+        loaded.update(error=error.reason, detail=error.detail)
+    except Exception as error:  # a decoder bug on a crafted file must not stop the job
+        loaded.update(error=scanning.TRUNCATED,
+                      detail=f"decoding failed: {type(error).__name__}: {error}")
+    return loaded
+
+
+class _Embedder:
+    """The run's Keras model with two outputs: the pooled features (the input of its last
+    layer, the classifier head) and the probabilities."""
+
+    def __init__(self, classifier):
+        import keras
+
+        from workbench.models import load_model
+
+        source = getattr(classifier, "keras_source", None)
+        if classifier.backend == "keras":
+            network = classifier.model
+        elif source is not None and Path(source).is_file():
+            network = load_model(source)
+        else:
+            raise ValueError(f"features need the Keras model of a run: load a run directory or "
+                             f"a .keras file, received: {classifier.info.get('model_file')!r}")
+        head = network.layers[-1]
+        self.model = keras.Model(network.inputs, [head.input, network.output])
+        self.temperature = classifier.temperature
+        self._lock = threading.Lock()
+        self._rows = 0  # calls are padded to the largest batch seen: one trace, not one a size
+
+    def _run(self, pixels: np.ndarray):
+        count = len(pixels)
+        self._rows = max(self._rows, count)
+        padded = np.zeros((self._rows, *pixels.shape[1:]), np.float32)
+        padded[:count] = pixels
+        features, probabilities = self.model.predict_on_batch(padded)
+        return np.asarray(features)[:count], np.asarray(probabilities)[:count]
+
+    def __call__(self, pixels: np.ndarray, *, tta: bool, calibrated: bool):
+        from workbench.calibration import apply_temperature
+
+        with self._lock:
+            features, probabilities = self._run(pixels)
+            if tta:
+                mirrored = np.ascontiguousarray(pixels[:, :, ::-1])
+                probabilities = (probabilities + self._run(mirrored)[1]) / 2
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        if calibrated and self.temperature != 1.0:
+            probabilities = apply_temperature(probabilities, self.temperature)
+        return np.asarray(features, dtype=np.float32), probabilities
+
+
+def predict_rows(classifier, paths, *, top_k: int = 5, batch_size: int = 64,
+                 threads: int | None = None, tta: bool = False, calibrated: bool = True,
+                 features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 progress: bool = False, queue_size: int | None = None):
+    """Classifies files, decoding in threads while the model runs batches; yields a row each.
+
+    ``Classifier.predict_files`` is this function; see it for the arguments and the rows.
+    ``queue_size`` bounds the files decoded or being decoded ahead of the model (default
+    ``2 * batch_size + threads``): what memory the job holds, whatever the number of files.
+    """
+    check_int("top_k", top_k, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    threads = check_int("threads", threads if threads is not None else
+                        min(8, os.cpu_count() or 1), minimum=1)
+    check_bool("tta", tta), check_bool("calibrated", calibrated)
+    check_bool("features", features), check_bool("progress", progress)
+    queue_size = check_int("queue_size", queue_size if queue_size is not None
+                           else 2 * batch_size + threads, minimum=1)
+    sources = _as_sources(paths)
+    embed = _Embedder(classifier) if features else None
+    rows = _rows(classifier, sources, embed, top_k=top_k, batch_size=batch_size,
+                 threads=threads, tta=tta, calibrated=calibrated, max_pixels=max_pixels,
+                 queue_size=queue_size)
+    return progress_bar(rows, total=len(sources), desc="predict", unit="images") \
+        if progress else rows
+
+
+def _rows(classifier, sources, embed, *, top_k, batch_size, threads, tta, calibrated,
+          max_pixels, queue_size):
+    side, mode = classifier.image_size, classifier.resize_mode
+    k = min(top_k, len(classifier.labels))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict-decode") as pool:
+        pending, upcoming = deque(), iter(sources)
+
+        def fill() -> None:  # keep at most queue_size files decoded or in decoding
+            while len(pending) < queue_size:
+                source = next(upcoming, None)
+                if source is None:
+                    return
+                pending.append(pool.submit(_load, source, side, mode, max_pixels))
+
+        fill()
+        batch = []
+        try:
+            while pending:
+                batch.append(pending.popleft().result())
+                fill()
+                ready = sum(loaded["pixels"] is not None for loaded in batch)
+                if ready == batch_size or not pending:
+                    yield from _classified(classifier, embed, batch, k, batch_size, tta,
+                                           calibrated)
+                    batch = []
+        finally:  # a consumer that stops early: the files not started are not decoded
+            for future in pending:
+                future.cancel()
+
+
+def _classified(classifier, embed, batch, k, batch_size, tta, calibrated):
+    """The rows of one batch of decoded files, in order."""
+    usable = [loaded for loaded in batch if loaded["pixels"] is not None]
+    features = None
+    if usable:
+        pixels = np.stack([loaded["pixels"] for loaded in usable])
+        if embed is not None:
+            features, probabilities = embed(pixels, tta=tta, calibrated=calibrated)
+        else:
+            probabilities = classifier.probabilities(pixels, batch_size=batch_size, tta=tta,
+                                                     calibrated=calibrated)
+    index = 0
+    for loaded in batch:
+        row = {"path": loaded["source"].path}
+        top = []
+        if loaded["pixels"] is not None:
+            top = classifier.top(probabilities[index], k)
+        for rank in range(k):
+            row[f"label_{rank + 1}"] = top[rank]["label"] if top else None
+            row[f"probability_{rank + 1}"] = top[rank]["probability"] if top else np.nan
+        row.update(error=loaded["error"] if not top else "",
+                   detail=loaded["detail"] if not top else "",
+                   size=loaded["size"], mtime_ns=loaded["mtime_ns"])
+        if embed is not None:
+            row["features"] = features[index] if top else None
+        index += bool(top)
+        yield row
+
+
+# --- the job: chunks, resume, merge ---------------------------------------------------------------
+
+def read_table(path) -> pd.DataFrame:
+    """A table :func:`predict_to_file` wrote (CSV or Parquet), labels read as text."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        table = pd.read_parquet(path)
+    else:
+        header = pd.read_csv(path, nrows=0).columns
+        text = {column: str for column in header if column.startswith("label_") or
+                column in ("path", "error", "detail")}
+        table = pd.read_csv(path, dtype=text)
+    for column in ("error", "detail"):
+        if column in table.columns:
+            table[column] = table[column].fillna("").astype(str)
+    return table
+
+
+def _check_out(out, features) -> tuple[Path, Path | None, bool]:
+    out = Path(out)
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"out must end in .csv or .parquet, received: {str(out)!r}")
+    if out.is_dir():
+        raise ValueError(f"out must be a file name, received the folder: {str(out)!r}")
+    if features is None:
+        return out, None, False
+    if features == "columns":
+        if out.suffix != ".parquet":
+            raise ValueError(f"features='columns' needs a .parquet out, received: {str(out)!r}")
+        return out, None, True
+    features = Path(features)
+    if features.suffix != ".npy":
+        raise ValueError(f"features must be a .npy file name or 'columns' (with a .parquet "
+                         f"out), received: {str(features)!r}")
+    return out, features, True
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _identity(classifier, options: dict) -> dict:
+    """What makes two runs of the job give the same rows: the model and the options."""
+    model_file = classifier.info.get("model_file")
+    model = {"model_file": model_file, "backend": classifier.backend,
+             "sha256": _sha256(model_file) if model_file and Path(model_file).is_file()
+             else None, "labels": classifier.labels, "image_size": classifier.image_size,
+             "resize_mode": classifier.resize_mode, "temperature": classifier.temperature}
+    if options.get("features"):
+        source = getattr(classifier, "keras_source", None)
+        model["keras_sha256"] = _sha256(source) if source and Path(source).is_file() else None
+    return {"model": model, "options": options}
+
+
+def _differences(old: dict, new: dict) -> str:
+    changed = [name for name in new["model"] if old.get("model", {}).get(name) !=
+               new["model"][name]]
+    options = [name for name in new["options"] if old.get("options", {}).get(name) !=
+               new["options"][name]]
+    parts = ([f"the model changed ({', '.join(changed)})"] if changed else []) + \
+        ([f"the options changed ({', '.join(options)})"] if options else [])
+    return "; ".join(parts) or "the job changed"
+
+
+def _read_parts(partial: Path) -> pd.DataFrame:
+    """Every row of the chunks written so far (a later chunk's row of a path wins)."""
+    frames = [pd.read_parquet(part) for part in sorted(partial.glob("part-*.parquet"))]
+    if not frames:
+        return pd.DataFrame(columns=["path", *KEY_COLUMNS])
+    table = pd.concat(frames, ignore_index=True)
+    return table.drop_duplicates("path", keep="last")
+
+
+def _write_part(partial: Path, rows: list) -> None:
+    """One chunk of rows, written whole under a name no other writer uses."""
+    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    table = pd.DataFrame(rows)
+    for column in table.columns:  # a chunk of errors only has no label to type the column
+        if column.startswith("label_") or column in ("path", "error", "detail"):
+            table[column] = table[column].astype(object)
+    with atomic_path(partial / name) as temporary:
+        table.to_parquet(temporary, index=False)
+
+
+def _done(sources: list[Source], parts: pd.DataFrame, threads: int) -> set[str]:
+    """The paths whose row in ``parts`` is of the file as it is now (same size and mtime)."""
+    if parts.empty:
+        return set()
+    known = {path: (size, mtime) for path, size, mtime in
+             zip(parts["path"], parts["size"], parts["mtime_ns"])}
+    candidates = [source for source in sources if source.path in known]
+
+    def same(source: Source) -> bool:
+        size, mtime = known[source.path]
+        if source.file is None:
+            return True  # not read at all: its row does not depend on the file
+        try:
+            stat = os.stat(source.file)
+        except OSError:
+            return pd.isna(size)  # it was missing then and is missing now
+        return not pd.isna(size) and (int(size), int(mtime)) == (stat.st_size,
+                                                                 stat.st_mtime_ns)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return {source.path for source, ok in zip(candidates, pool.map(same, candidates)) if ok}
+
+
+def _write_output(out: Path, features_path: Path | None, columns: bool, sources, parts,
+                  top_k: int) -> tuple[int, int]:
+    """Merges the chunks into ``out`` (and the features), in the order of ``sources``."""
+    order = pd.DataFrame({"path": [source.path for source in sources]})
+    table = order.merge(parts, on="path", how="left", validate="one_to_one")
+    vectors = table.pop("features") if "features" in table.columns else None
+    table = table.drop(columns=[column for column in KEY_COLUMNS if column in table.columns])
+    if vectors is not None and (features_path is not None or columns):
+        width = next((len(v) for v in vectors if v is not None and not _missing(v)), 0)
+        matrix = np.full((len(table), width), np.nan, np.float32)
+        for row, vector in enumerate(vectors):
+            if vector is not None and not _missing(vector):
+                matrix[row] = vector
+        if features_path is not None:
+            with atomic_path(features_path) as temporary:
+                with open(temporary, "wb") as stream:
+                    np.save(stream, matrix)
+        if columns:
+            table["features"] = list(matrix)
+    with atomic_path(out) as temporary:
+        if out.suffix == ".parquet":
+            table.to_parquet(temporary, index=False)
+        else:
+            table.to_csv(temporary, index=False)
+    return len(table), int((table["error"].fillna("") != "").sum())
+
+
+def _missing(value) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
+def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
+                    model: str = "best", backend: str = "auto", top_k: int = 5,
+                    batch_size: int = 64, threads: int | None = None,
+                    runtime_threads: int = 2, tta: bool = False, calibrated: bool = True,
+                    features=None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, cluster: str | None = None,
+                    cluster_options: dict | None = None, jobs: int | None = None,
+                    progress: bool = True, classifier=None) -> BatchResult:
+    """Classifies every file named into one table, resumably; on Dask workers with ``cluster``.
+
+    Args:
+        run_dir: a run directory (or a model file ``Classifier.load`` takes).
+        paths: image files and folders (see :func:`list_files`).
+        out: the table: CSV, or Parquet when it ends in ``.parquet``. One row per file, in the
+            order listed: ``path``, ``label_1``, ``probability_1`` ... ``label_k``,
+            ``probability_k`` (calibrated unless ``calibrated=False``), ``error`` (``""``, or
+            the reason the file could not be used, as ``scan`` says it) and ``detail``.
+        list_file: a list file (Caffe's format or one path a line); ``list_root``: the folder
+            its paths are relative to (default its own).
+        model: ``"best"`` or ``"final"``; ``backend``: as ``Classifier.load``.
+        top_k: classes per row.
+        batch_size: images per model call.
+        threads: decoding threads per process (default ``min(8, CPUs)``).
+        runtime_threads: CPU threads of the model's runtime.
+        tta: average each image with its mirror image.
+        calibrated: probabilities scaled by the run's temperature.
+        features: None; a ``.npy`` file name for each row's pooled backbone features (row ``i``
+            of the array is row ``i`` of the table, NaN for a file in error); or ``"columns"``
+            for a ``features`` column in a Parquet ``out``. Runs the run's Keras model.
+        max_pixels: larger images are refused (as ``"decompression bomb"``) before decoding.
+        chunk_size: rows per chunk file (at most this many are redone after a kill).
+        cluster: None (this process), a Dask scheduler address, or ``"slurm"``.
+        cluster_options: ``SLURMCluster`` keyword arguments (with ``cluster="slurm"``).
+        jobs: SLURM jobs to start (with ``cluster="slurm"``; default 1).
+        progress: a progress bar (images/s and the time left; plain lines when headless).
+        classifier: an already loaded ``Classifier`` of ``run_dir`` to use in this process.
+
+    Returns:
+        A :class:`BatchResult`.
+
+    Raises:
+        ValueError: a bad option, nothing to classify, or a Dask worker that cannot read the
+            run, the images or the output's folder (the message names it).
+        FileNotFoundError: ``run_dir`` or ``list_file`` does not exist.
+    """
+    from workbench.deploy.predict import Classifier
+
+    out, features_path, with_features = _check_out(out, features)
+    check_int("top_k", top_k, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    threads = check_int("threads", threads if threads is not None else
+                        min(8, os.cpu_count() or 1), minimum=1)
+    check_bool("progress", progress)
+    if cluster is not None:
+        from workbench._cluster import check_dask_cluster
+
+        check_dask_cluster(cluster, cluster_options)
+    if jobs is not None:
+        check_int("jobs", jobs, minimum=1)
+        if cluster != "slurm":
+            raise ValueError(f"jobs applies to cluster='slurm', received: jobs={jobs} with "
+                             f"cluster={cluster!r}")
+    sources = list_files(paths, list_file=list_file, list_root=list_root)
+    if classifier is None:
+        classifier = Classifier.load(run_dir, model=model, backend=backend,
+                                     threads=runtime_threads)
+    options = {"top_k": top_k, "tta": tta, "calibrated": calibrated,
+               "features": with_features, "max_pixels": max_pixels}
+    identity = _identity(classifier, options)
+
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    started_over = None
+    manifest = partial / MANIFEST
+    if partial.is_dir():
+        old = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        if old != identity:
+            started_over = _differences(old, identity) + ": starting over"
+            remove(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(partial)
+    if not manifest.is_file():
+        write_json(manifest, identity)
+
+    done = _done(sources, _read_parts(partial), threads)
+    todo = [source for source in sources if source.path not in done]
+    settings = {"top_k": top_k, "batch_size": batch_size, "threads": threads, "tta": tta,
+                "calibrated": calibrated, "features": with_features, "max_pixels": max_pixels}
+    started = time.monotonic()
+    if todo and cluster is None:
+        _run_here(classifier, todo, partial, chunk_size, settings, progress)
+    elif todo:
+        load = {"path": str(run_dir), "model": model, "backend": classifier.backend,
+                "threads": runtime_threads}
+        _run_on_cluster(todo, partial, chunk_size, settings, load,
+                        cluster=cluster, cluster_options=cluster_options, jobs=jobs,
+                        progress=progress, run_dir=run_dir, sample=todo[0])
+    seconds = time.monotonic() - started
+    parts = _read_parts(partial)
+    missing = len({source.path for source in sources} - set(parts["path"]))
+    if missing:  # never a table with holes: the next run does them
+        raise RuntimeError(f"{missing} files have no row in {partial}; run the same command "
+                           f"again to do them")
+    rows, errors = _write_output(out, features_path, features == "columns", sources, parts,
+                                 top_k)
+    remove(partial)
+    return BatchResult(out, features_path, rows, errors, skipped=len(done),
+                       classified=len(todo), seconds=seconds, started_over=started_over)
+
+
+def _run_here(classifier, todo, partial, chunk_size, settings, progress) -> None:
+    rows = []
+    for row in classifier.predict_files(todo, progress=progress, **settings):
+        rows.append(row)
+        if len(rows) >= chunk_size:
+            _write_part(partial, rows)
+            rows = []
+    if rows:
+        _write_part(partial, rows)
+
+
+# --- Dask workers -------------------------------------------------------------------------------
+
+_LOADED: dict = {}  # the Classifier of each run a worker process has loaded, loaded once
+_LOADING = threading.Lock()
+
+
+def _worker_classifier(load: dict):
+    from workbench.deploy.predict import Classifier
+
+    key = json.dumps(load, sort_keys=True)
+    with _LOADING:
+        if key not in _LOADED:
+            _LOADED[key] = Classifier.load(load["path"], model=load["model"],
+                                           backend=load["backend"], threads=load["threads"])
+        return _LOADED[key]
+
+
+def predict_chunk(load: dict, sources: list, partial: str, settings: dict) -> int:
+    """A Dask task: classifies one chunk of files and writes its part; returns its rows.
+
+    Args:
+        load: ``Classifier.load`` arguments (``path``, ``model``, ``backend``, ``threads``);
+            the classifier is loaded once per worker process.
+        sources: ``(path, file, reason, detail)`` tuples.
+        partial: the ``.partial`` folder the part is written into.
+        settings: ``Classifier.predict_files`` keyword arguments.
+    """
+    classifier = _worker_classifier(load)
+    rows = list(classifier.predict_files([Source(*source) for source in sources],
+                                         progress=False, **settings))
+    _write_part(Path(partial), rows)
+    return len(rows)
+
+
+def check_worker(run_dir: str, image: str | None, partial: str) -> str | None:
+    """On a worker: why it cannot read the run, an image or write the output; None when it
+    can."""
+    config = Path(run_dir) / "config.json" if Path(run_dir).is_dir() else Path(run_dir)
+    try:
+        with open(config, "rb"):
+            pass
+    except OSError as error:
+        return f"cannot read the run {run_dir} ({error.strerror or error})"
+    if image is not None and not os.access(image, os.R_OK):
+        return f"cannot read the image {image}"
+    probe = Path(partial) / f".probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        return f"cannot write into {partial} ({error.strerror or error})"
+    return None
+
+
+def _run_on_cluster(todo, partial, chunk_size, settings, load, *, cluster, cluster_options,
+                    jobs, progress, run_dir, sample) -> None:
+    from distributed import as_completed
+
+    from workbench._cluster import dask_client
+
+    with dask_client(cluster, jobs=jobs, cluster_options=cluster_options) as client:
+        problems = client.run(check_worker, os.path.abspath(run_dir),
+                              os.path.abspath(sample.file) if sample.file else None,
+                              os.path.abspath(partial))
+        bad = {worker: problem for worker, problem in problems.items() if problem}
+        if not problems or bad:
+            worker, problem = next(iter(bad.items())) if bad else ("-", "no workers")
+            raise ValueError(f"Dask worker {worker} {problem}: every worker needs the run "
+                             f"directory, the images and the output's folder at the same "
+                             f"paths (a shared filesystem), received: cluster={cluster!r}")
+        load = {**load, "path": os.path.abspath(load["path"])}
+        chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+        futures = [client.submit(predict_chunk, load,
+                                 [(s.path, os.path.abspath(s.file) if s.file else None,
+                                   s.reason, s.detail) for s in chunk],
+                                 os.path.abspath(partial), settings, pure=False,
+                                 key=f"workbench-predict-{index}-{uuid.uuid4().hex[:8]}")
+                   for index, chunk in enumerate(chunks)]
+        def images():  # one item per image of each finished chunk, for the progress
+            for future in as_completed(futures):
+                yield from range(future.result())  # a failed task raises here
+
+        finished = False
+        try:
+            for _ in progress_bar(images(), total=len(todo), desc="predict", unit="images") \
+                    if progress else images():
+                pass
+            finished = True
+        finally:
+            if not finished:
+                client.cancel(futures)
