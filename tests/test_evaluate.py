@@ -369,3 +369,11 @@ def test_the_evaluation_folder_is_replaced_whole_or_not_at_all(run_dir, tmp_path
     evaluate(copy, split="val")
     assert sorted(path.name for path in (copy / "evaluation").iterdir()) == ["val"]
     assert sorted(path.name for path in folder.iterdir()) == sorted(before)  # nothing merged
+
+
+def test_cli_evaluate_raw_tabulates_the_softmax_and_says_so(run_dir, capsys):
+    assert cli.main(["evaluate", str(run_dir), "--split", "val", "--raw"]) == 0
+    out = capsys.readouterr().out
+    assert "ECE raw" in out and "(probabilities shown: raw)" in out
+    summary = json.loads((run_dir / "evaluation" / "val" / "summary.json").read_text())
+    assert summary["calibrated"] is False

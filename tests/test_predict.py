@@ -352,3 +352,15 @@ def test_probabilities_are_calibrated_by_the_runs_temperature(run, classifier):
         RunDir(run["run"]).temperature("final")
     with pytest.raises(ValueError, match="calibrated must be True or False, received: 1"):
         keras_classifier.predict(path, calibrated=1)
+
+
+def test_cli_raw_prints_the_uncalibrated_softmax(run, classifier, capsys):
+    path = next((run["data"] / "2").glob("*.png"))
+    assert main(["predict", str(run["run"]), str(path), "--json", "--top-k", "3"]) == 0
+    shown = json.loads(capsys.readouterr().out.splitlines()[-1])["predictions"]
+    assert main(["predict", str(run["run"]), str(path), "--json", "--top-k", "3", "--raw"]) == 0
+    raw = json.loads(capsys.readouterr().out.splitlines()[-1])["predictions"]
+    assert [e["label"] for e in raw] == [e["label"] for e in shown]
+    assert [e["probability"] for e in raw] == pytest.approx(
+        [e["probability"] for e in classifier.predict(path, top_k=3, calibrated=False)], rel=1e-4)
+    assert [e["probability"] for e in shown] != pytest.approx([e["probability"] for e in raw])
