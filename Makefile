@@ -13,7 +13,7 @@ RUNS   ?= runs/demo
 export MPLBACKEND ?= Agg
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install browser demo test lab clean gpu-wheels
+.PHONY: install browser demo test docs lab clean gpu-wheels
 
 install: $(STAMP)
 
@@ -28,9 +28,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m workbench.demo --data $(DATA) --runs $(RUNS)
 
-test: $(STAMP) browser
+# make test builds the documentation site too (tests/test_docs.py), so it installs the docs extra
+# beside the extras asked for.
+DOCS_EXTRAS := docs$(if $(EXTRAS),$(comma)$(EXTRAS))
+
+test: browser
+	$(MAKE) install EXTRAS=$(DOCS_EXTRAS)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# The documentation site (mkdocs.yml, docs/) into site/, every warning an error. After
+# `make demo` the notebooks' pages show the executed copies in runs/demo/notebooks.
+docs:
+	$(MAKE) install EXTRAS=$(DOCS_EXTRAS)
+	$(BIN)/mkdocs build --strict
 
 # The web page's test drives Debian's headless Chromium; install it (as root, or through sudo)
 # only when it is missing.
@@ -49,4 +60,4 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=. $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
-	rm -rf $(RUNS) $(DATA) .pytest_cache
+	rm -rf $(RUNS) $(DATA) .pytest_cache site

@@ -1,4 +1,4 @@
-"""Every command the README shows in a ```bash block runs, exactly as written.
+"""Every command the README and the docs pages show in a ```bash block runs, exactly as written.
 
 A block preceded by ``<!-- not run by the tests: REASON -->`` (it needs the internet, a GPU, or
 minutes; it serves until stopped; it is a synopsis) is skipped, and must say why. A block
@@ -8,9 +8,11 @@ types it there: ``notebooks/`` (a copy), ``photos/`` (photo-like JPEGs in nested
 ``caffe_root/`` with ``train_val.txt`` and ``synset_words.txt``, and
 ``mobilenet_v2.weights.h5`` (random weights standing in for the downloaded ones), with
 ``workbench`` and ``papermill`` of this environment on ``PATH``. The blocks run in the order the
-README shows them, each command in its own shell, so later blocks use what earlier ones wrote.
-A skipped block that later blocks build on runs with the arguments in :data:`STAND_INS`
-appended (its README comment says so).
+README shows them, then the docs pages' in the order of mkdocs.yml's nav, each command in its
+own shell, all in the one project, so later blocks use what earlier ones wrote. A skipped block
+that later blocks build on runs with the arguments in :data:`STAND_INS` appended (its comment
+says so). A page that includes part of the README (``--8<-- "README.md:NAME"``) shows the
+README's blocks, which run once, as the README's.
 """
 
 import dataclasses
@@ -44,9 +46,16 @@ STAND_INS = {
 }
 
 
+def documents() -> list[Path]:
+    """README.md, then each Markdown page of mkdocs.yml's nav, in its order."""
+    nav = re.findall(r"^\s*-\s*(?:[^:\n]+:\s*)?([\w./-]+\.md)\s*$",
+                     (REPO / "mkdocs.yml").read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return [README, *(REPO / "docs" / page for page in nav)]
+
+
 @dataclasses.dataclass
 class Block:
-    name: str           # the section's heading and the block's number in it
+    name: str           # the document, the section's heading and the block's number in it
     line: int           # of the opening fence, 1-based
     commands: list      # one string per command, continuation lines joined
     skip: str | None    # the reason it is not run
@@ -69,9 +78,11 @@ def commands_of(lines: list[str]) -> list[str]:
     return commands
 
 
-def readme_blocks(text: str) -> list[Block]:
-    """The ```bash blocks of ``text``, each with the HTML comment just above it read."""
+def readme_blocks(text: str, document: str = "README.md") -> list[Block]:
+    """The ```bash blocks of ``text`` (the Markdown of ``document``), each with the HTML
+    comment just above it read; ``document`` prefixes the names of the blocks but README's."""
     lines, blocks, heading, counts = text.splitlines(), [], "top", {}
+    prefix = "" if document == "README.md" else f"{document.removesuffix('.md')}/"
     index = 0
     while index < len(lines):
         line = lines[index]
@@ -82,7 +93,7 @@ def readme_blocks(text: str) -> list[Block]:
             continue
         end = next(i for i in range(index + 1, len(lines)) if lines[i].strip() == "```")
         assert line.strip() not in ("```sh", "```shell", "```console", "```zsh"), \
-            f"README.md line {index + 1}: commands go in ```bash blocks, which the tests run"
+            f"{document} line {index + 1}: commands go in ```bash blocks, which the tests run"
         if line.strip() != "```bash":  # another fenced block: its '#' lines are no headings
             index = end + 1
             continue
@@ -90,18 +101,20 @@ def readme_blocks(text: str) -> list[Block]:
         skip = expect = None
         if above.startswith("<!--"):
             skip, expect = SKIP.fullmatch(above), EXPECT.fullmatch(above)
-            assert skip or expect, (f"README.md line {index}: a comment above a bash block must "
+            assert skip or expect, (f"{document} line {index}: a comment above a bash block must "
                                     f"be '<!-- not run by the tests: REASON -->' or '<!-- run by "
                                     f"the tests, which expect exit status N -->', found: {above}")
         counts[heading] = counts.get(heading, 0) + 1
-        blocks.append(Block(f"{heading}-{counts[heading]}", index + 1, commands_of(
+        blocks.append(Block(f"{prefix}{heading}-{counts[heading]}", index + 1, commands_of(
             lines[index + 1:end]), skip["reason"] if skip else None,
             int(expect["status"]) if expect else 0))
         index = end + 1
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+DOCUMENTS = documents()
+BLOCKS = [block for path in DOCUMENTS
+          for block in readme_blocks(path.read_text(encoding="utf-8"), path.name)]
 RUN = [block for block in BLOCKS if block.skip is None]
 
 
@@ -115,7 +128,8 @@ def stand_in(block: Block) -> list[str] | None:
 
 
 def test_every_skipped_block_says_why_and_the_rest_run():
-    assert len(BLOCKS) >= 8, "the README's bash blocks were not found"
+    assert len(DOCUMENTS) >= 10, "mkdocs.yml's pages were not found"
+    assert len(BLOCKS) >= 8, "the bash blocks of the README and the docs were not found"
     for block in BLOCKS:
         assert block.commands, f"{block.name} (line {block.line}) holds no command"
         if block.skip is not None:
@@ -128,7 +142,9 @@ def test_every_skipped_block_says_why_and_the_rest_run():
     assert any(command.startswith("workbench split caffe_root/") for command in ran)
     for start in STAND_INS:  # a stand-in whose block changed or went away is caught here
         assert sum(block.commands[0].startswith(start) for block in BLOCKS if block.skip) == 1, \
-            f"STAND_INS names no skipped block of the README: {start!r}"
+            f"STAND_INS names no skipped block of the README or the docs: {start!r}"
+    names = [block.name for block in BLOCKS]
+    assert len(names) == len(set(names)), "two blocks have one name"
 
 
 def test_the_block_reader_joins_continuations_and_reads_the_comments():
@@ -145,6 +161,17 @@ def test_the_block_reader_joins_continuations_and_reads_the_comments():
     assert blocks[1].commands == ["workbench split a --out b", "workbench split c"]
     with pytest.raises(AssertionError, match="a comment above a bash block must be"):
         readme_blocks("<!-- not run: no reason given -->\n```bash\nls\n```\n")
+    paged = readme_blocks("# Deploy\n## The web service\n```bash\nls\n```\n", "deploy.md")
+    assert [block.name for block in paged] == ["deploy/the-web-service-1"]
+    with pytest.raises(AssertionError, match="training.md line 2: commands go in"):
+        readme_blocks("# Training\n```sh\nls\n```\n", "training.md")
+
+
+def test_the_documents_are_the_readme_then_the_pages_in_nav_order():
+    names = [path.relative_to(REPO).as_posix() for path in DOCUMENTS]
+    assert names[:3] == ["README.md", "docs/index.md", "docs/getting-started.md"]
+    assert "docs/your-photos.md" in names and all(name.endswith(".md") for name in names)
+    assert all(path.is_file() for path in DOCUMENTS)
 
 
 # --- the scratch project folder ----------------------------------------------------------------
@@ -221,7 +248,7 @@ def run_block(project, block: Block) -> None:
 
 
 def run_through(project, target: Block) -> None:
-    """Runs the README's blocks in order up to ``target`` (each once; a failure is kept)."""
+    """Runs the blocks in order up to ``target`` (each once; a failure is kept)."""
     for block in BLOCKS[: BLOCKS.index(target) + 1]:
         if block.name not in project["done"]:
             try:
@@ -242,5 +269,5 @@ def test_readme_block_runs_as_written(project, block):
         assert (project["path"] / "runs/photos/06.ipynb").is_file()
         assert (project["path"] / "runs/photos/splits/cache").is_dir()  # where the README says
     if block.commands[0].startswith("workbench split caffe_root/"):
-        labels = (project["path"] / "splits" / "labels.txt").read_text().split("\n")
+        labels = (project["path"] / "splits_caffe" / "labels.txt").read_text().split("\n")
         assert labels[0] == "n00000000 zero"
