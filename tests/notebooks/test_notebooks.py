@@ -417,3 +417,40 @@ def test_classify_notebook_names_the_photo_classes(photos):
     book = photo_step(photos, "06")
     described = text_of(next(cell for cell in book.cells if "Classifier.load(" in cell.source))
     assert "3 classes: birds, cats, dogs" in described
+
+
+def test_fine_tune_notebook_can_find_the_learning_rate_first(workspace):
+    executed(workspace, "02_pretrain_source.ipynb")  # the split and the source model
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKBENCH_ROOT", str(workspace["project"]))
+        patch.setenv("WORKBENCH_PROGRESS", "plain")
+        output = run_notebook("03_fine_tune.ipynb", {
+            "find_lr": True, "recipes": ["feature_extraction"], "seeds": [0], "epochs": 2,
+            "runs_dir": f"{RUNS}/lr_found", "progress": "none"},
+            workspace["project"] / "executed_find_lr")
+    book = nbformat.read(output, as_version=4)
+    cell = next(cell for cell in book.cells if "range_test(" in cell.source)
+    said = text_of(cell)
+    found = re.search(r"suggested base_lr: (\S+) \((.+)\)\s+base_lr (\S+) for the runs below",
+                      said)
+    assert found, said
+    assert found.group(1) == found.group(3) and "feature_extraction, stage head" in said
+    assert len(outputs(cell, "image/png")) == 1  # the range test's plot
+    config = json.loads((workspace["work"] / "lr_found" / "feature_extraction-seed0" /
+                         "config.json").read_text())
+    assert f"{config['solver']['base_lr']:.2g}" == found.group(1)  # the runs used it
+
+
+def test_evaluate_notebook_draws_the_reliability_diagram(workspace):
+    from workbench.runs import RunDir
+
+    book = executed(workspace, "05_evaluate.ipynb")
+    cell = next(cell for cell in book.cells if cell.source == "report.plot_reliability()")
+    assert len(outputs(cell, "image/png")) == 1
+    run = RunDir(workspace["work"] / DEMO_RUN)
+    folder = run.path / "evaluation" / "test"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["temperature"] == run.temperature("best") and summary["calibrated"] is True
+    assert {"ece_raw", "ece"} <= set(summary) and (folder / "reliability.png").is_file()
+    report = next(cell for cell in book.cells if cell.source.startswith("report = evaluate("))
+    assert f"temperature {run.temperature('best'):.3g}" in text_of(report)
