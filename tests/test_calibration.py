@@ -116,3 +116,24 @@ def test_bad_input_is_named():
         expected_calibration_error(probabilities, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="bins must be >= 1, received: 0"):
         reliability_bins(probabilities, np.array([0, 1, 0]), bins=0)
+
+
+def test_reliability_diagram_draws_each_curve_the_diagonal_and_the_counts():
+    from workbench import plots
+
+    probabilities, labels = _overconfident(seed=4, images=200)
+    tables = {"raw": reliability_bins(probabilities, labels),
+              "calibrated": reliability_bins(apply_temperature(probabilities, 3.0), labels)}
+    figure = plots.reliability_diagram(tables, title="test")
+    ax = next(a for a in figure.axes if a.get_title() == "test")
+    assert [line.get_label() for line in ax.lines] == ["raw", "calibrated",
+                                                       "perfectly calibrated"]
+    used = tables["raw"][tables["raw"]["count"] > 0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), used["accuracy"])
+    np.testing.assert_allclose(ax.lines[2].get_xdata(), [0, 1])
+    twin = next(a for a in figure.axes if a is not ax)
+    assert sum(p.get_height() for p in twin.patches) == 400  # 200 images in each set of bars
+    with pytest.raises(ValueError, match=r"curves\['raw'\] must have columns"):
+        plots.reliability_diagram({"raw": tables["raw"].drop(columns="count")})
+    with pytest.raises(ValueError, match="curves must be a non-empty dict"):
+        plots.reliability_diagram({})

@@ -155,7 +155,7 @@ def reliability_diagram(curves: dict, *, ax=None, title: str | None = None) -> F
         ax.plot(np.asarray(table["confidence"], float)[used],
                 np.asarray(table["accuracy"], float)[used], "o-", color=f"C{index}",
                 label=str(name))
-    ax.plot([0, 1], [0, 1], "--", color="0.5", label="calibrated")
+    ax.plot([0, 1], [0, 1], "--", color="0.5", label="perfectly calibrated")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)",
            ylabel="accuracy", title=title or "Reliability diagram")
     counts.set_ylabel("images per bin (bars)")
