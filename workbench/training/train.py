@@ -435,13 +435,14 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
                    pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
         guard = cb.DivergenceGuard()
         early_stop = cb.EarlyStop(state, patience=solver.early_stopping)
+        # Every file an epoch appends to is written before that epoch's checkpoint: a kill
+        # right after the checkpoint must not lose a row that a resumed run will not redo.
         callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
                      guard, cb.BestModel(run_dir, state, guard=guard), early_stop,
-                     cb.StopAtStep(state, total_batches),
+                     cb.StopAtStep(state, total_batches), *extra_callbacks,
                      cb.Checkpointer(run_dir, state, interval=save_every,
                                      stage_end=stage_end, guard=guard),
-                     *_progress_callbacks(progress, live, epochs, stage.name),
-                     *extra_callbacks]
+                     *_progress_callbacks(progress, live, epochs, stage.name)]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
         model.fit(train.for_keras(start_epoch=state.epoch), steps_per_epoch=train.steps_per_epoch,
