@@ -306,7 +306,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        image_size=args.image_size, seed=args.seed, resume=args.resume,
                        overwrite=args.overwrite, augment=args.augment,
                        class_weight=args.class_weight, progress="lines",
-                       execution=Execution(strategy="distributed") if args.distributed else None)
+                       execution=Execution(strategy="distributed",
+                                           join_timeout=args.join_timeout)
+                       if args.distributed else None)
     except RunExists as error:  # the library's words are keyword arguments; these are flags
         print(f"error: {error.advice(resume='--resume', overwrite='--overwrite', out='--out')}",
               file=sys.stderr)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from workbench._checks import check_bool, check_choice
+from workbench._checks import check_bool, check_choice, check_number
+from workbench._cluster import DEFAULT_JOIN_TIMEOUT
 from workbench._device import PRECISIONS
+
+MAX_JOIN_TIMEOUT = 24 * 3600.0  # a queue may start the workers hours apart, not days
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,15 +29,20 @@ class Execution:
             Worker 0 writes the run directory, which every worker must see (a shared
             filesystem) to resume. With several devices each batch is split between them, so
             the batch size must be a multiple of their number.
+        join_timeout: with ``"distributed"``, seconds the workers wait for each other to start
+            before giving up, naming the missing ones (not recorded: it changes no result).
     """
 
     precision: str = "auto"
     strategy: object = "auto"
+    join_timeout: float = DEFAULT_JOIN_TIMEOUT
 
     def __post_init__(self):
         check_choice("precision", self.precision, PRECISIONS)
         if isinstance(self.strategy, str):
             check_choice("strategy", self.strategy, ("auto", "distributed"))
+        check_number("join_timeout", self.join_timeout, minimum=0.0, exclusive_minimum=True,
+                     maximum=MAX_JOIN_TIMEOUT)
 
     def to_dict(self) -> dict:
         """The settings as ``config.json`` records them (a strategy object by its class name)."""

@@ -188,7 +188,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     execution = execution or Execution()
     monitoring = monitoring or Monitoring()
     # first: several workers must start their runtime before the backend does anything else
-    strategy = resolve_strategy(execution.strategy)
+    strategy = resolve_strategy(execution.strategy, join_timeout=execution.join_timeout)
     cluster = joined() if execution.strategy == "distributed" else None
     if cluster is not None and not cluster.chief:
         progress = "none"  # worker 0 reports
