@@ -104,7 +104,7 @@ def _output_layer(model: keras.Model):
     if isinstance(model, keras.Sequential):
         layer = model.layers[-1]
     else:
-        layer = model.outputs[0]._keras_history.operation
+        layer = model.outputs[0]._keras_history.operation  # the op that made the output
     return _output_layer(layer) if isinstance(layer, keras.Model) else layer
 
 
@@ -198,7 +198,8 @@ def split_at(model: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]:
 
 
 def _gradients(features_model, head, pixels, classes):
-    """The feature maps, their gradients of the chosen class scores, and the scores."""
+    """The feature maps of a batch, and the gradients of each image's chosen class score with
+    respect to them, as float32 arrays."""
     backend = keras.backend.backend()
     x = keras.ops.convert_to_tensor(pixels, dtype="float32")
     features = features_model(x, training=False)
