@@ -110,6 +110,13 @@ class BatchResult:
         """The table written, read back."""
         return read_table(self.out)
 
+    def least_certain(self, count: int = 8) -> pd.DataFrame:
+        """The ``count`` classified rows whose top class has the lowest probability: the
+        images to look at first (mislabelled, out of domain, or between classes)."""
+        check_int("count", count, minimum=1)
+        table = self.table()
+        return table[table["error"] == ""].nsmallest(count, "probability_1")
+
     def format(self) -> str:
         """One line: rows, errors, speed and where the table is."""
         again = f", {self.skipped} done before" if self.skipped else ""
