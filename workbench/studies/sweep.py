@@ -29,6 +29,7 @@ import pandas as pd
 
 from workbench import plots
 from workbench._checks import check_choice, check_int, one_line
+from workbench._cluster import dask_client
 from workbench._io import write_json, write_text
 from workbench._progress import progress as progress_bar
 
@@ -435,21 +436,10 @@ def _run_dask(tasks: list, client):
             client.cancel(list(futures))
 
 
-@contextlib.contextmanager
 def _dask_client(cluster: str, workers: int | None, cluster_options: dict | None):
-    """A ``distributed.Client`` of a running scheduler, or of a SLURM cluster started here."""
-    from distributed import Client
-
-    if cluster != "slurm":
-        with Client(cluster) as client:  # closes the connection, not the user's cluster
-            yield client
-        return
-    from dask_jobqueue import SLURMCluster
-
-    with SLURMCluster(**(cluster_options or {})) as slurm:
-        slurm.scale(jobs=workers)
-        with Client(slurm) as client:
-            yield client
+    """A ``distributed.Client`` of a running scheduler, or of a SLURM cluster started here
+    with ``workers`` jobs (``workbench._cluster.dask_client``, as ``predict --cluster``)."""
+    return dask_client(cluster, jobs=workers, cluster_options=cluster_options)
 
 
 def _check_workers(workers, cluster, cluster_options) -> int | None:
