@@ -20,7 +20,7 @@ import tiny_data
 from workbench import _progress
 from workbench.cli import main
 from workbench.deploy import batch
-from workbench.deploy.batch import Source, list_files, predict_to_file, read_table
+from workbench.deploy.batch import list_files, predict_to_file, read_table
 
 
 def _png(path: Path, seed: int, size: int = 16) -> None:
