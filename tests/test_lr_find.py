@@ -78,6 +78,9 @@ def test_the_suggestion_rule_steepest_descent_else_the_minimum_over_10():
     rate, rule = suggest_rate(lrs, falling_from_the_start)
     lowest = lrs[np.argmin(falling_from_the_start)]
     assert rule == MINIMUM_TENTH and rate == pytest.approx(lowest / 10)
+    late = 2.3 - 1.5 / (1 + np.exp(-6 * (x + 0.3))) + np.maximum(0, x) ** 2 * 20  # a late drop
+    rate, rule = suggest_rate(lrs, late)  # steepest at 0.5, within 10x of the minimum at ~1
+    assert rule == MINIMUM_TENTH and rate == pytest.approx(lrs[np.argmin(late)] / 10)
     rising = 1.0 + (x + 5) ** 2  # lowest at the first rate: nothing to read below it
     assert suggest_rate(lrs, rising) == (pytest.approx(1e-5), FIRST)
     with pytest.raises(ValueError, match="lrs must be at least 3 increasing rates"):

@@ -5,9 +5,10 @@ to huge, and watch the loss: it falls once the rate is large enough to learn, th
 A good ``base_lr`` lies where the loss falls fastest, about ten times below where it is lowest.
 
 The rule: the rate of the steepest descent of the smoothed loss (on a log axis), taken on the
-way down to the lowest loss; when that descent is at an end of the curve (the loss fell fastest
-at the first rate tried, or only at the minimum itself: no valley to read), the rate of the
-lowest loss divided by 10 instead. :attr:`LRFinder.rule` says which.
+way down to the lowest loss, after the first tenth of the rates; when that descent is at an end
+of the curve (the loss fell fastest at the first rates looked at, or only at the minimum itself:
+no valley to read) or within 10x of the lowest loss (already too fast), the rate of the lowest
+loss divided by 10 instead, but never below the first rate tried. :attr:`LRFinder.rule` says which.
 
 Its limits: it is one short run from one starting point, so it suggests an order of magnitude,
 not a value to three digits; the smoothed loss of a few images per class is noisy (run it again
@@ -34,7 +35,8 @@ from workbench.training.solver import SolverConfig, SparseCrossentropy
 from workbench.training.train import build_model, compile_stage
 
 STEEPEST = "steepest descent of the smoothed loss"
-MINIMUM_TENTH = "the rate of the lowest loss / 10 (no clear descent before it)"
+MINIMUM_TENTH = ("the rate of the lowest loss / 10 (the steepest descent was at an end of the "
+                 "curve or within 10x of the lowest loss)")
 FIRST = ("the first rate tried (the loss was lowest within 10x of it: try a lower --start-lr "
          "/ start_lr)")
 
@@ -75,8 +77,9 @@ class LRFinder:
             figure = Figure(figsize=(6, 3.5), layout="constrained")
             ax = figure.add_subplot()
         ax.plot(self.lrs, self.losses, label="smoothed loss")
-        index = int(np.argmin(np.abs(self.lrs - self.suggestion)))
-        ax.plot(self.lrs[index], self.losses[index], "ro", label=f"suggested {self.suggestion:.1e}")
+        # the suggestion need not be a rate tried (minimum / 10): its loss read off the curve
+        loss = np.interp(np.log(self.suggestion), np.log(self.lrs), self.losses)
+        ax.plot([self.suggestion], [loss], "ro", label=f"suggested {self.suggestion:.1e}")
         ax.set(xscale="log", xlabel="learning rate", ylabel="loss",
                title="Learning-rate range test")
         ax.legend()
@@ -153,8 +156,9 @@ def suggest_rate(lrs, losses) -> tuple[float, str]:
 
     Returns:
         ``(rate, rule)``: the rate of the steepest descent of the loss (on a log axis) on the
-        way down to its minimum, strictly between the first rate and the minimum's
-        (:data:`STEEPEST`); otherwise the minimum's rate / 10 (:data:`MINIMUM_TENTH`), but never
+        way down to its minimum, strictly between the first tenth of the rates (skipped: the
+        smoothed loss still moves with the first batches there) and the minimum's, and at most
+        the minimum's rate / 10 (:data:`STEEPEST`); otherwise the minimum's rate / 10 (:data:`MINIMUM_TENTH`), but never
         below the first rate tried (:data:`FIRST`): the suggestion is always a rate the test
         tried or passed through.
     """
@@ -163,11 +167,15 @@ def suggest_rate(lrs, losses) -> tuple[float, str]:
         raise ValueError(f"lrs must be at least 3 increasing rates, one per loss, received: "
                          f"{len(lrs)} rates and {len(losses)} losses")
     lowest = int(np.argmin(losses))
-    # steepest descent on the way down to the minimum; beyond it the loss is on its way up
-    slopes = np.gradient(losses, np.log(lrs))[: lowest + 1]
-    steepest = int(np.argmin(slopes))
-    if 0 < steepest < lowest:
-        return float(lrs[steepest]), STEEPEST
+    # steepest descent on the way down to the minimum; beyond it the loss is on its way up.
+    # The first tenth is skipped: there the smoothed loss still moves with the first batches.
+    skip = max(1, len(lrs) // 10)
+    slopes = np.gradient(losses, np.log(lrs))
+    if lowest > skip + 1:
+        steepest = skip + int(np.argmin(slopes[skip: lowest + 1]))
+        # within 10x of the minimum is already too fast (Smith's caution; fastai's minimum / 10)
+        if skip < steepest < lowest and lrs[steepest] <= lrs[lowest] / 10:
+            return float(lrs[steepest]), STEEPEST
     if lrs[lowest] / 10 < lrs[0]:
         return float(lrs[0]), FIRST
     return float(lrs[lowest] / 10), MINIMUM_TENTH
