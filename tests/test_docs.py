@@ -115,7 +115,9 @@ def test_the_architecture_page_states_the_import_contract():
                 for layer in layers]
     rows = re.findall(r"^\| \d+ \| (.+) \|$", (DOCS / "architecture.md").read_text(),
                       flags=re.MULTILINE)
-    assert [re.findall(r"`([\w.]+)`", row) for row in rows] == expected
+    assert [re.findall(r"`([\w.]+)`", row) for row in rows] == expected, \
+        "docs/architecture.md's layers table (and its layout) must state the layers of the " \
+        "import-linter contract in pyproject.toml"
     leaf = next(contract for contract in contracts if contract["name"].startswith("plots is"))
     helpers = {name for layer in expected for name in layer if name.startswith("_")}
     assert {f"workbench.{name}" for name in helpers - {"_checks"}} == \
