@@ -214,6 +214,19 @@ def test_classify_notebook_shows_the_top_k_table(workspace):
     assert {label for _, label, _ in rows} <= set(classes)
 
 
+def test_classify_notebook_classifies_a_whole_folder(workspace):
+    book = executed(workspace, "06_classify.ipynb")
+    cell = next(cell for cell in book.cells if "predict_to_file(" in cell.source)
+    line = "".join(output.get("text", "") for output in cell.outputs)
+    table = pd.read_csv(workspace["work"] / DEMO_RUN / "classified.csv")
+    assert f"Wrote {len(table)} rows" in line and "images/s" in line
+    assert len(table) > 10 and {"path", "label_1", "probability_1", "error"} <= set(table.columns)
+    gallery = next(cell for cell in book.cells if "least_certain(" in cell.source)
+    shown = "".join(output["data"].get("text/plain", "") for output in outputs(gallery,
+                                                                              "image/png"))
+    assert "with 8 Axes" in shown
+
+
 def test_evaluate_and_classify_notebooks_show_where_the_model_looked(workspace):
     # explain defaults to True: 05 draws the worst predictions with their Grad-CAM maps, 06 the
     # photo beside its map (from the run's Keras model: the LiteRT model has no gradients)
