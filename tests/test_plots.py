@@ -78,7 +78,22 @@ def test_training_curves_overlay_runs_and_mark_the_best_epoch():
     assert [line.get_label() for line in lr_ax.lines] == ["A", "B"]
     stars = [line for line in acc_ax.lines if line.get_marker() == "*"]
     assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in stars] == [(2, 0.6), (3, 0.4)]
-    assert lr_ax.get_yscale() == "log" and np.isnan(lr_ax.lines[0].get_ydata()[-1])
+    # the schedule's final 0 is drawn, at 0 on a symmetric log axis (a log axis leaves it out)
+    assert lr_ax.get_yscale() == "symlog"
+    assert list(lr_ax.lines[0].get_ydata()) == [0.1, 0.05, 0.0]
+    assert lr_ax.get_ylim()[0] <= 0.0
+
+
+def test_training_curves_draw_learning_rates_of_zero():
+    """A two-stage run of 2 epochs ends each stage's schedule at 0: every rate is 0."""
+    only_zeros = history([0.3, 0.6, 0.5]).assign(lr=0.0)
+    lr_ax = plots.training_curves({"A": only_zeros}).axes[2]
+    line = lr_ax.lines[0]
+    assert list(line.get_ydata()) == [0.0, 0.0, 0.0]
+    low, high = lr_ax.get_ylim()
+    assert low <= 0.0 <= high  # on the axis, not outside it
+    positive = plots.training_curves({"A": history([0.3, 0.6, 0.5]).assign(lr=[0.1, 0.05, 0.01])})
+    assert positive.axes[2].get_yscale() == "log"  # no zero: the usual log axis
 
 
 def test_training_curves_take_a_list_with_names_and_skip_empty_histories():

@@ -1,31 +1,64 @@
-"""Argument checks shared by every public function.
+"""Argument checks shared by every public function, and the error a user's mistake raises.
 
-Each raises ``ValueError`` naming the argument, the value received and what is allowed, the way
-Keras does: ``ValueError: min_per_class must be >= 1, received: 0``.
+Each check raises :class:`UsageError` (a ``ValueError``) naming the argument, the value received
+and what is allowed, the way Keras does: ``min_per_class must be >= 1, received: 0``.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Iterable
+
+DEBUG_VARIABLE = "WORKBENCH_DEBUG"  # set to 1: every error shows its whole traceback
+
+
+class UsageError(ValueError):
+    """An error the user caused and can fix (a bad parameter, a folder too small to split, no
+    internet for the weights, a run already there): its message says what and how.
+
+    In Jupyter (and so in a notebook papermill runs, and in papermill's own error), it shows
+    as its message alone, without the traceback or the errors it was raised from; with the
+    environment variable ``WORKBENCH_DEBUG=1`` it shows the whole traceback as any error.
+    """
+
+    @property
+    def _render_traceback_(self):
+        return short_traceback(self)
+
+
+def short_traceback(error: BaseException):
+    """What IPython's ``_render_traceback_`` hook returns for ``error``: a function giving its
+    message as the lines to show. IPython asks ``hasattr(error, "_render_traceback_")`` before
+    calling it, so with ``WORKBENCH_DEBUG=1`` this raises AttributeError and the hook is absent.
+
+    Args:
+        error: the exception shown.
+
+    Returns:
+        A function of no arguments returning the lines ``["ClassName: message"]``.
+    """
+    if os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0"):
+        raise AttributeError("_render_traceback_")  # the usual traceback, chain included
+    return lambda: [f"{type(error).__name__}: {one_line(error)}"]
 
 
 def check_int(name: str, value, *, minimum: int | None = None,
               maximum: int | None = None) -> int:
     """Returns ``value`` as an int after checking its type and bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, received: {value!r}")
+        raise UsageError(f"{name} must be an integer, received: {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, received: {value!r}")
+        raise UsageError(f"{name} must be >= {minimum}, received: {value!r}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, received: {value!r}")
+        raise UsageError(f"{name} must be <= {maximum}, received: {value!r}")
     return int(value)
 
 
 def check_bool(name: str, value) -> bool:
     """Returns ``value`` if it is True or False (not 0, 1 or a string)."""
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, received: {value!r}")
+        raise UsageError(f"{name} must be True or False, received: {value!r}")
     return value
 
 
@@ -33,14 +66,14 @@ def check_number(name: str, value, *, minimum: float | None = None, maximum: flo
                  exclusive_minimum: bool = False) -> float:
     """Returns ``value`` as a float after checking its type and bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-        raise ValueError(f"{name} must be a number, received: {value!r}")
+        raise UsageError(f"{name} must be a number, received: {value!r}")
     if minimum is not None:
         if exclusive_minimum and not value > minimum:
-            raise ValueError(f"{name} must be > {minimum}, received: {value!r}")
+            raise UsageError(f"{name} must be > {minimum}, received: {value!r}")
         if not exclusive_minimum and value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, received: {value!r}")
+            raise UsageError(f"{name} must be >= {minimum}, received: {value!r}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, received: {value!r}")
+        raise UsageError(f"{name} must be <= {maximum}, received: {value!r}")
     return float(value)
 
 
@@ -60,5 +93,5 @@ def check_choice(name: str, value, choices: Iterable):
     choices = tuple(choices)
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name} must be one of {allowed}, received: {value!r}")
+        raise UsageError(f"{name} must be one of {allowed}, received: {value!r}")
     return value

@@ -1,13 +1,14 @@
 """One progress bar for every long loop: a live bar where someone watches, plain lines elsewhere.
 
-* In a Jupyter kernel: ``tqdm.auto`` (a widget bar).
+* In a Jupyter kernel someone watches (JupyterLab, Notebook, VS Code): ``tqdm.auto`` (a widget).
 * In a terminal (stderr is a TTY): the usual ``tqdm`` bar.
-* Headless (stderr is not a TTY: CI, pipes, log files): no carriage returns; one plain line on
-  stderr about every 10% of the way (at most one every two seconds) and one at the end.
+* Headless (a notebook run by papermill or nbclient, whose cells cannot ask for input; or
+  stderr is not a TTY: CI, pipes, log files): no carriage returns and no widgets (a saved
+  notebook would show them at 0%); one plain line on stderr about every 10% of the way (at
+  most one every two seconds) and one at the end.
 
 The environment variable ``WORKBENCH_PROGRESS`` overrides the choice: ``bar`` (always a tqdm bar),
-``plain`` (always plain lines, e.g. for a notebook run headless by papermill, whose kernel cannot
-tell it is not watched) or ``off`` (nothing at all).
+``plain`` (always plain lines) or ``off`` (nothing at all).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "",
     style = _style()
     if style == "off":
         return iterable
-    if style == "bar" or (style is None and in_notebook()):
+    if style == "bar" or (style is None and watched_notebook()):
         with warnings.catch_warnings():  # tqdm.auto's "experimental" notice, not for users
             warnings.simplefilter("ignore", category=Warning)
             from tqdm.auto import tqdm
@@ -56,9 +57,24 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "",
 
 
 def watched_notebook() -> bool:
-    """Whether progress should be drawn as live figures: in a notebook someone watches (not
-    forced to plain lines by ``WORKBENCH_PROGRESS``)."""
-    return _style() is None and in_notebook()
+    """Whether progress should be drawn live (widgets, figures updated in place): in a notebook
+    someone watches, not one run headless, and not forced to plain lines by
+    ``WORKBENCH_PROGRESS``."""
+    return _style() is None and in_notebook() and not _headless_kernel()
+
+
+def _headless_kernel() -> bool:
+    """Whether the cell running now was sent by a client that cannot answer ``input()``:
+    papermill and nbclient send ``allow_stdin=False`` with every cell, while JupyterLab, the
+    classic Notebook and VS Code allow it. A kernel does not otherwise know who is watching."""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        request = kernel.get_parent("shell") if kernel is not None else None
+    except Exception:  # an older ipykernel without get_parent, or no shell at all
+        return False
+    return bool(request) and not request.get("content", {}).get("allow_stdin", True)
 
 
 def _style() -> str | None:

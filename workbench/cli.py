@@ -146,7 +146,7 @@ def _args_split(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from workbench.data.split import SplitFolderExists, prepare
+    from workbench.data.split import NoClassKept, SplitFolderExists, prepare
 
     if args.counts is not None and (args.val is not None or args.test is not None):
         given = "--val" if args.val is not None else "--test"
@@ -182,11 +182,12 @@ def _cmd_split(args: argparse.Namespace) -> int:
                          overwrite=args.overwrite, **options)
     except SplitFolderExists as error:  # in flags, not keyword names
         raise FileExistsError(error.message(overwrite="--overwrite", out="--out")) from None
+    except NoClassKept as error:  # the report, then why, in one line (nothing was written)
+        print(error.result.report(max_files=args.max_report_files), end="")
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
     print(result.report(max_files=args.max_report_files), end="")
     print(result.note)
-    if not result.classes:
-        print("error: no class was kept; see the report above", file=sys.stderr)
-        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -9,12 +9,13 @@ named ``head*`` so learning-rate rules such as ``{"head*": 10}`` find them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import keras
 from keras import layers, ops
 
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import UsageError, check_choice, check_int, check_number
 from workbench.data.pipeline import AUGMENT_DRAWS, Augment
 
 # name -> (keras.applications constructor, preprocessing mode, extra constructor kwargs).
@@ -83,7 +84,8 @@ def backbone(name: str, *, weights: str | Path | None = None,
 
     Raises:
         ValueError: for an unknown name, a missing weights file, or weights for a small network.
-        RuntimeError: when ImageNet weights cannot be downloaded, saying how to supply a file.
+        WeightsUnavailable: when ImageNet weights cannot be downloaded, saying how to supply a
+            file (a ``RuntimeError``).
     """
     check_choice("name", name, BACKBONES)
     if len(input_shape) != 3:
@@ -111,7 +113,7 @@ def check_weights(weights) -> None:
     """
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
         shown = str(weights) if isinstance(weights, Path) else weights  # 'x.h5', not PosixPath
-        raise ValueError(f"weights must be 'imagenet', None or an existing file, "
+        raise UsageError(f"weights must be 'imagenet', None or an existing file, "
                          f"received: {shown!r}")
 
 
@@ -158,6 +160,31 @@ def weights_argument(value: str | Path | None, *,
     if not isinstance(value, (str, Path)):
         raise ValueError(f"weights must be 'imagenet', 'none' or a file path, received: "
                          f"{value!r}")
+class WeightsUnavailable(UsageError, RuntimeError):
+    """The ImageNet weights could not be downloaded (no internet here?); the message says how to
+    supply them as a file (the README's way, or the file Keras downloads)."""
+
+
+def fetch_weights(name: str, weights, *, input_shape: tuple[int, int, int] = (224, 224, 3)
+                  ) -> None:
+    """Downloads a backbone's ImageNet weights now (or finds them in Keras's cache,
+    ``~/.keras/models/``), so that a machine without internet says so before any long work,
+    such as decoding the images, and not after it. Other weights need no download.
+
+    Args:
+        name: one of ``BACKBONES``.
+        weights: ``"imagenet"``, a file or None.
+        input_shape: the input the backbone will be built for (some files depend on it).
+
+    Raises:
+        WeightsUnavailable: when they cannot be downloaded.
+    """
+    if weights != "imagenet" or check_choice("backbone", name, BACKBONES) not in APPLICATIONS:
+        return
+    constructor, _, kwargs = APPLICATIONS[name]
+    _load_application(constructor, weights, tuple(input_shape), kwargs)  # built, then dropped
+
+
     if value == "imagenet":
         return value
     path = Path(value).expanduser()
@@ -173,11 +200,22 @@ def _load_application(constructor: str, weights, input_shape, kwargs) -> keras.M
     except Exception as error:  # Keras raises a bare Exception when a download fails
         if weights != "imagenet" or "fetch" not in str(error).lower():
             raise
-        raise RuntimeError(
-            f"Could not download the ImageNet weights for {constructor} (no internet here?). "
-            f"On a machine with internet, run keras.applications.{constructor}(include_top=False, "
-            "weights='imagenet') once and copy ~/.keras/models/ across, or pass weights=PATH to "
-            f"the downloaded '*_notop.h5' file. Keras said: {error}") from error
+        raise WeightsUnavailable(_offline_advice(constructor, str(error))) from error
+
+
+def _offline_advice(constructor: str, said: str) -> str:
+    """How to supply the weights as a file, naming the file Keras tried to download (its
+    message reads ``URL fetch failure on URL: code -- reason``)."""
+    name = next(key for key, value in APPLICATIONS.items() if value[0] == constructor)
+    found = re.search(r"URL fetch failure on (\S+): (?:\S+ -- )?(.*)", said)
+    keras_file = (f" (or the one Keras downloads there, "
+                  f"~/.keras/models/{found.group(1).rsplit('/', 1)[-1]})") if found else ""
+    return (f"Could not download the ImageNet weights for {constructor} (no internet here?). "
+            f"Where there is internet, save them: keras.applications.{constructor}("
+            f"include_top=False, weights='imagenet', pooling='avg').save_weights("
+            f"'{name}.weights.h5'), copy that file{keras_file} to this machine and pass "
+            f"its path as the weights (weights=PATH). Keras said: "
+            f"{found.group(2) if found else said}")
 
 
 def _small_network(name: str, inputs):

@@ -19,6 +19,7 @@ import os
 import warnings
 from pathlib import Path
 
+from workbench._checks import UsageError
 from workbench._quiet import start_keras_quietly
 
 ROOT_VARIABLE = "WORKBENCH_ROOT"
@@ -48,7 +49,7 @@ def path(value: str | Path | None) -> Path | None:
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise ValueError(f"a path parameter must be a non-empty string, received: {value!r}")
+        raise UsageError(f"a path parameter must be a non-empty string, received: {value!r}")
     value = Path(value).expanduser()
     return value if value.is_absolute() else project_root() / value
 
@@ -76,12 +77,12 @@ def as_list(name: str, value, item_type: type = str) -> list:
     else:
         items = [value]
     if not items:
-        raise ValueError(f"{name} must hold at least one value, received: {value!r}")
+        raise UsageError(f"{name} must hold at least one value, received: {value!r}")
     try:
         return [_convert(item, item_type) for item in items]
     except (TypeError, ValueError):
         kind = {str: "text", int: "an integer", float: "a number"}[item_type]
-        raise ValueError(f"{name} must be a list of which each item is {kind} (in papermill: "
+        raise UsageError(f"{name} must be a list of which each item is {kind} (in papermill: "
                          f"-p {name} a,b,c or -y '{name}: [a, b, c]'), received: {value!r}"
                          ) from None
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench._checks import check_bool, check_int, check_number
+from workbench._checks import UsageError, check_bool, check_int, check_number
 from workbench._io import atomic_path, remove_stale_temporaries
 from workbench.data.scan import OK, scan
 from workbench.data.splitdir import SplitFolder
@@ -87,6 +87,42 @@ class SplitFolderExists(FileExistsError):
         """The one-line error, naming ``overwrite`` and ``out`` as the caller spells them."""
         return (f"{self.state}; pass {overwrite} to replace it (runs trained on it will then "
                 f"evaluate on a different test set), or choose another {out}")
+
+class NoClassKept(UsageError):
+    """Every class was dropped (too few images for ``min_per_class`` or for the counts), so
+    there is nothing to split; nothing was written, so other settings need no ``overwrite``.
+
+    Attributes:
+        result: the :class:`SplitResult` (its ``report()`` lists the dropped classes and the
+            rejected files).
+    """
+
+    def __init__(self, result: SplitResult):
+        self.result = result
+        super().__init__(_why_no_class(result.dropped, result.settings))
+
+
+def _why_no_class(dropped: pd.DataFrame, settings: dict, shown: int = 8) -> str:
+    """One message: what each reason asks for, and what the classes have."""
+    if not len(dropped):
+        return "no class was kept, so nothing was written: the folder holds no valid image"
+    parts = []
+    for reason, rows in dropped.groupby("reason", sort=False):
+        have = ", ".join(f"{row.label} {row.images}" for row in rows.head(shown).itertuples())
+        have += f" and {len(rows) - shown} more" if len(rows) > shown else ""
+        if reason == TOO_SMALL_FOR_COUNTS:
+            counts = settings["counts"]
+            need = sum(value for value in counts if value != REST)
+            asked = f"counts {_show_counts(counts)} (train, val, test) need {need} distinct " \
+                    f"images per class"
+        else:
+            asked = f"min_per_class={settings['min_per_class']} needs as many valid images"
+        parts.append(f"{asked}; {len(rows)} class{'es' if len(rows) > 1 else ''} "
+                     f"{'have' if len(rows) > 1 else 'has'} fewer: {have}")
+    return (f"no class was kept, so nothing was written: {'; '.join(parts)}. "
+            "Ask for fewer images per class (e.g. 5,5,rest, or fractions 0.2,0.2), lower "
+            "min_per_class, or add images")
+
 
 _DEFAULT_VAL = 0.1
 _DEFAULT_TEST = 0.1
@@ -606,6 +642,8 @@ def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_clas
         FileNotFoundError: if ``data_dir`` is not a folder.
         ValueError: for a bad option, or ``out_dir`` inside ``data_dir``.
         SplitFolderExists: ``out_dir`` holds another split and ``overwrite`` is False.
+        NoClassKept: every class was dropped (nothing is written), saying what the counts
+            and ``min_per_class`` need and how many images each class has.
         FileExistsError: ``out_dir`` is a file or holds files that are not a split's.
     """
     if not os.path.isdir(data_dir):
@@ -625,6 +663,8 @@ def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_clas
     table = scan(data_dir, list_file=list_file, labels_file=labels_file, min_side=min_side,
                  workers=workers, progress=progress)
     result = split(table, min_per_class=min_per_class, seed=seed, **options)
+    if not result.classes:  # later steps would fail on empty splits, far from the reason
+        raise NoClassKept(result)
     result.write(out_dir, data_root=data_dir, overwrite=overwrite)
     return result
 

@@ -73,15 +73,27 @@ def training_curves(histories, *, names=None) -> Figure:
             best = validated["val_accuracy"].idxmax()
             acc_ax.plot(epochs[best], history["val_accuracy"][best], marker="*", markersize=12,
                         color=color, linestyle="none", label=f"{name} best")
-        lr = history["lr"].where(history["lr"] > 0)  # a schedule's final 0 has no log
-        lr_ax.plot(epochs, lr, color=color, label=name)
+        lr_ax.plot(epochs, history["lr"], color=color, label=name)
     loss_ax.set(title="Loss", xlabel="epoch")
     acc_ax.set(title="Accuracy", xlabel="epoch", ylim=(0, 1.02))
-    lr_ax.set(title="Learning rate (end of epoch)", xlabel="epoch", yscale="log")
+    lr_ax.set(title="Learning rate (end of epoch)", xlabel="epoch")
+    _lr_scale(lr_ax, [frame["lr"] for frame in named.values() if not frame.empty])
     for ax in (loss_ax, acc_ax, lr_ax):
         if ax.lines:
             ax.legend(fontsize=7)
     return figure
+
+
+def _lr_scale(ax, rates) -> None:
+    """A log axis for the learning rates; with a rate of 0 (a schedule's end, a frozen
+    stage: no log), a symmetric log axis, linear below the smallest positive rate, so the
+    zeros are drawn at 0 instead of left out."""
+    values = pd.concat(rates).dropna() if rates else pd.Series(dtype=float)
+    positive = values[values > 0]
+    if (values <= 0).any():
+        ax.set_yscale("symlog", linthresh=float(positive.min()) if len(positive) else 1e-6)
+    elif len(positive):
+        ax.set_yscale("log")
 
 
 def compare_accuracy(results: pd.DataFrame, *, by: str = "recipe", value: str = "test_accuracy",

@@ -74,6 +74,13 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
         options["image_size"] = models.natural_image_size(
             options.get("backbone", "mobilenet_v2"), source=options.get("source"))
     talk = options.get("progress", "auto") != "none"
+    if options.get("source") is None and any(  # offline: say so before decoding
+            get_recipe(recipe).pretrained and (overwrite or not RunDir(
+                Path(runs_dir) / f"{recipe}-seed{seed}").resumable)
+            for recipe, seed in itertools.product(recipes, seeds)):
+        models.fetch_weights(options.get("backbone", "mobilenet_v2"),
+                             options.get("weights", "imagenet"),
+                             input_shape=(options["image_size"],) * 2 + (3,))
     data = load_splits(splits, image_size=options["image_size"],
                        resize_mode=options.get("resize_mode", "squash"), progress=talk)
     rows, total = [], len(recipes) * len(seeds)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import signal
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -18,6 +20,7 @@ import keras
 import numpy as np
 
 from workbench import plots
+from workbench._checks import UsageError
 from workbench._io import atomic_path
 from workbench.monitor import read_resources
 from workbench.runs import RunDir
@@ -42,9 +45,11 @@ class RunState:
         return dataclasses.asdict(self)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UsageError, RuntimeError):
     """The loss became NaN, infinite or exploded; the last good checkpoint is kept (or, when
-    the run was replacing another, the run that was there).
+    the run was replacing another, the run that was there). A ``RuntimeError`` too; a
+    :class:`UsageError` as its cure is the user's (a lower learning rate), so it shows as one
+    message in a notebook.
 
     Attributes:
         problem: what happened (``"the loss became nan at batch 3"``).
@@ -254,6 +259,57 @@ class Checkpointer(keras.callbacks.Callback):
         if self.state.epoch % self.interval == 0 or self.state.epoch == self.stage_end \
                 or self.model.stop_training:
             checkpoint.save_checkpoint(self.run_dir, self.model, self.state.to_dict())
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Turns Ctrl+C (in Jupyter, Kernel > Interrupt: a SIGINT) during ``fit`` into a
+    ``KeyboardInterrupt`` raised here, at the end of the step in flight.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be; inside a
+    garbage-collection callback (JAX registers one) it is printed, ignored, and training goes
+    on, so an interrupt took several presses. While this context is entered, the signal is
+    only recorded, and the next end of a batch raises it; a second one before that raises at
+    once. Use it as a context manager around ``fit`` (Keras does not call ``on_train_end`` when
+    ``fit`` raises) and pass it as a callback::
+
+        with StopOnInterrupt() as interrupt:
+            model.fit(..., callbacks=[interrupt])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.pending, self._previous = False, None
+
+    def __enter__(self) -> StopOnInterrupt:
+        # only over Python's own handler, in the main thread (the only one that may set one)
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._record)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _record(self, signum, frame):
+        if self.pending:  # pressed again before a batch ended: stop now
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def _raise_if_pending(self):
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._raise_if_pending()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._raise_if_pending()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._raise_if_pending()
 
 
 class EpochLines(keras.callbacks.Callback):

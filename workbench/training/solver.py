@@ -97,7 +97,8 @@ class SolverConfig:
         batch_size: images per batch.
         label_smoothing: label smoothing of the cross-entropy loss.
         snapshot_interval: epochs between checkpoints.
-        test_interval: epochs between validation passes.
+        test_interval: epochs between validation passes; the last epoch of every stage is
+            validated too, so a run shorter than the interval still has a best model.
         snapshot_iters: if set, iterations between checkpoints (Caffe's ``snapshot``); replaces
             ``snapshot_interval``.
         test_interval_iters: if set, iterations between validation passes (Caffe's

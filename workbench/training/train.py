@@ -19,8 +19,9 @@ from workbench import models, plots
 from workbench._cluster import Cluster, barrier, joined
 from workbench._device import (execution_context, gpu_count, gpu_name, replica_count,
                                resolve_strategy)
-from workbench._checks import check_bool, check_choice, check_int, check_number
-from workbench._progress import watched_notebook
+from workbench._checks import (UsageError, check_bool, check_choice, check_int, check_number,
+                               short_traceback)
+from workbench._progress import in_notebook, watched_notebook
 from workbench._io import atomic_path, write_json, write_text
 from workbench.data import pipeline
 from workbench.data.splitdir import SplitData, SplitFolder, load_splits
@@ -41,7 +42,7 @@ _RESOLVED_AT_RUN_TIME = {"classes", "dtype_policy", "distribution",  # not compa
                          "workers"}
 
 
-class RunExists(ValueError):
+class RunExists(UsageError):
     """The run directory holds a run (finished, interrupted or diverged) and the call said
     neither ``resume`` nor ``overwrite``; nothing was changed.
 
@@ -62,7 +63,7 @@ class RunExists(ValueError):
                 f"finishes, or another {out}")
 
 
-class SettingsChanged(ValueError):
+class SettingsChanged(UsageError):
     """``resume=True`` found a run with other settings in the run directory; nothing was
     changed.
 
@@ -80,6 +81,43 @@ class SettingsChanged(ValueError):
         return (f"{self.run_dir} holds a run with other settings ({', '.join(self.settings)}), "
                 f"so it cannot be resumed with these; nothing was changed. Use {overwrite} "
                 f"(instead of resuming) to replace it, or another {out}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl+C, Kernel > Interrupt); what was finished is kept.
+
+    A ``KeyboardInterrupt``, so it stops a notebook, a loop of runs or a command as one; in
+    Jupyter it shows as its one-line message (see :class:`workbench._checks.UsageError`).
+
+    Attributes:
+        run_dir: the run directory.
+        epoch: the epoch that was interrupted.
+        epochs: the epochs of the run.
+        checkpoint_epoch: the epoch of the checkpoint kept, or None when there is none.
+        replaced: whether the run was to replace one in ``run_dir`` (which stays as it was).
+    """
+
+    def __init__(self, run_dir, *, epoch: int, epochs: int, checkpoint_epoch: int | None,
+                 replaced: bool = False, again: str = "train again with resume=True"):
+        self.run_dir, self.epoch, self.epochs = Path(run_dir), epoch, epochs
+        self.checkpoint_epoch, self.replaced = checkpoint_epoch, replaced
+        super().__init__(self.advice(again=again))
+
+    def advice(self, *, again: str) -> str:
+        """The message, ``again`` saying how to go on in the caller's words (``run the cell
+        again``, ``run the same command with --resume``)."""
+        where = f"Interrupted in epoch {self.epoch} of {self.epochs} ({self.run_dir.name})"
+        if self.replaced:
+            return (f"{where}; {self.run_dir} still holds the run that was there (the "
+                    f"replacement was not finished): {again} to train the replacement again")
+        if self.checkpoint_epoch:
+            return (f"{where}; its checkpoint of epoch {self.checkpoint_epoch} is kept: "
+                    f"{again} to continue from it")
+        return f"{where}, before its first checkpoint: {again} to start it again"
+
+    @property
+    def _render_traceback_(self):
+        return short_traceback(self)
 
 
 @dataclasses.dataclass
@@ -178,6 +216,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         SettingsChanged: ``resume=True`` and ``run_dir`` holds a run with other settings.
         TrainingDiverged: if the loss became NaN or exploded; the last good checkpoint stays
             (with ``overwrite``, the run that was there stays instead).
+        TrainingInterrupted: on Ctrl+C or Kernel > Interrupt while training (a
+            ``KeyboardInterrupt``), saying in one line what is kept and how to continue.
     """
     check_choice("progress", progress, PROGRESS)
     check_bool("resume", resume)
@@ -233,7 +273,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         raise RunExists(run)
     if resume and not run.resumable and progress != "none" and run.exists:
         print(f"{run_dir.name}: no checkpoint to resume from, so it starts afresh", flush=True)
-    resume = resume and run.resumable
+    asked_resume, resume = resume, resume and run.resumable
     if resume:
         changed = _changed_settings(run, config)
         if changed:
@@ -244,6 +284,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     if cluster is not None:  # every worker has read the run before worker 0 may clear it
         barrier("workbench: run directory read")
 
+    if source is None and recipe_.pretrained and not resume:  # offline: say so before decoding
+        models.fetch_weights(backbone, weights, input_shape=(image_size, image_size, 3))
     data = splits if isinstance(splits, SplitData) else load_splits(
         splits, image_size=image_size, resize_mode=resize_mode, progress=progress != "none")
     config["classes"] = data.classes
@@ -319,14 +361,24 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
             checkpoint.save_model(model, out / "initial.keras")
         recorder = ResourceMonitor(out / "resources.csv").start() \
             if monitoring.resources and (cluster is None or cluster.chief) else None
-        with recorder or contextlib.nullcontext():  # stops sampling even if training fails
-            problem, stopped_early = train_stages(
-                model, state, recipe_, train=train, val=val, solver=solver, run_dir=out,
-                extra_rules=lr_mult_rules, decay_rules=decay_mult_rules, seed=seed,
-                resumed_from=run if resumed is not None else None, progress=progress,
-                extra_callbacks=_monitor_callbacks(out, recorder),
-                tensorboard=monitoring.tensorboard, num_classes=len(data.classes),
-                class_weight=weights_by_class, title=run_dir.name)
+        try:
+            with recorder or contextlib.nullcontext():  # stops sampling even if training fails
+                problem, stopped_early = train_stages(
+                    model, state, recipe_, train=train, val=val, solver=solver, run_dir=out,
+                    extra_rules=lr_mult_rules, decay_rules=decay_mult_rules, seed=seed,
+                    resumed_from=run if resumed is not None else None, progress=progress,
+                    extra_callbacks=_monitor_callbacks(out, recorder),
+                    tensorboard=monitoring.tensorboard, num_classes=len(data.classes),
+                    class_weight=weights_by_class, title=run_dir.name)
+        except KeyboardInterrupt as interrupt:  # one line saying what is kept, not Keras's stack
+            if isinstance(interrupt, TrainingInterrupted):
+                raise
+            again = "run the cell again" if in_notebook() and asked_resume \
+                else "train again with resume=True"
+            raise TrainingInterrupted(
+                run_dir, epoch=state.epoch + 1, epochs=solver.total_epochs(train.steps_per_epoch),
+                checkpoint_epoch=None if replacing else RunDir(out).checkpoint_epoch,
+                replaced=replacing, again=again) from interrupt
         if cluster is not None and not cluster.chief:  # worker 0 writes the run; wait for it
             barrier("workbench: run written")
             if problem:
@@ -435,23 +487,26 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
                    pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
         guard = cb.DivergenceGuard()
         early_stop = cb.EarlyStop(state, patience=solver.early_stopping)
+        interrupt = cb.StopOnInterrupt()  # first: an interrupted step writes nothing after it
         # Every file an epoch appends to is written before that epoch's checkpoint: a kill
         # right after the checkpoint must not lose a row that a resumed run will not redo.
-        callbacks = [cb.ReseedRandomLayers(seed), cb.HistoryLogger(run_dir, state, stage.name),
-                     guard, cb.BestModel(run_dir, state, guard=guard), early_stop,
+        callbacks = [interrupt, cb.ReseedRandomLayers(seed),
+                     cb.HistoryLogger(run_dir, state, stage.name), guard,
+                     cb.BestModel(run_dir, state, guard=guard), early_stop,
                      cb.StopAtStep(state, total_batches), *extra_callbacks,
                      cb.Checkpointer(run_dir, state, interval=save_every,
                                      stage_end=stage_end, guard=guard),
                      *_progress_callbacks(progress, live, epochs, stage.name)]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
-        model.fit(train.for_keras(start_epoch=state.epoch), steps_per_epoch=train.steps_per_epoch,
-                  epochs=stage_end, initial_epoch=state.epoch,
-                  validation_data=val.for_keras() if val else None,
-                  validation_steps=val.steps_per_epoch if val else None,
-                  validation_freq=test_every, callbacks=callbacks, shuffle=False,
-                  class_weight=class_weight,
-                  verbose=0)
+        with interrupt:
+            model.fit(train.for_keras(start_epoch=state.epoch),
+                      steps_per_epoch=train.steps_per_epoch, epochs=stage_end,
+                      initial_epoch=state.epoch,
+                      validation_data=val.for_keras() if val else None,
+                      validation_steps=val.steps_per_epoch if val else None,
+                      validation_freq=_validation_epochs(test_every, state.epoch, stage_end),
+                      callbacks=callbacks, shuffle=False, class_weight=class_weight, verbose=0)
         if guard.problem or early_stop.stopped:
             return guard.problem, early_stop.stopped
         stage_start = stage_end
@@ -621,6 +676,14 @@ def _epochs_between(epochs: int, iterations: int | None, solver: SolverConfig, t
     if iterations is None:
         return epochs
     return max(1, round(iterations * solver.iter_size / train.steps_per_epoch))
+
+
+def _validation_epochs(interval: int, start: int, end: int) -> list[int]:
+    """The epochs (counted from 1) in ``start + 1 .. end`` that end with a validation pass:
+    every ``interval``-th and the last, so that a stage (or a run) shorter than the interval
+    is validated too and has a best model."""
+    return sorted({epoch for epoch in range(start + 1, end + 1) if epoch % interval == 0}
+                  | {end})
 
 
 def _metrics(num_classes: int) -> list:
