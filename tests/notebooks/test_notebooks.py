@@ -376,6 +376,13 @@ def test_a_failed_first_run_then_a_corrected_one(photos):
                                                "-p", "weights", str(photos["rel"] / "typo.h5")))
     assert wrong.returncode != 0
     assert "weights must be 'imagenet', None or an existing file" in wrong.stderr
+    said = wrong.stderr[wrong.stderr.index("Exception encountered at"):]  # papermill's words
+    assert len(said) < ERROR_CHARACTERS, said
+    (_, error), = error_outputs(nbformat.read(photos["root"] / "out" / "03-wrong.ipynb",
+                                              as_version=4))
+    line, = error["traceback"]  # Jupyter's rendering: the message, not the traceback
+    assert line.startswith("UsageError: weights must be 'imagenet', None or an existing file, "
+                           "received: '") and line.endswith("typo.h5'")
     book = photo_step(photos, "03")  # the same command with the right path
     run_dir = photos["root"] / "runs" / "caffe-seed0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -467,3 +474,48 @@ def test_evaluate_notebook_draws_the_reliability_diagram(workspace):
     assert {"ece_raw", "ece"} <= set(summary) and (folder / "reliability.png").is_file()
     report = next(cell for cell in book.cells if cell.source.startswith("report = evaluate("))
     assert f"temperature {run.temperature('best'):.3g}" in text_of(report)
+
+
+# --- the real reason, once (issue 19) ----------------------------------------------------------
+
+ERROR_CHARACTERS = 1000  # a user's mistake reads as a message, not as a traceback (was 11,700)
+
+
+def error_outputs(book) -> list:
+    return [(index, output) for index, cell in enumerate(book.cells)
+            for output in cell.get("outputs", []) if output.output_type == "error"]
+
+
+def test_prepare_notebook_stops_at_a_split_that_drops_every_class(tmp_path):
+    import tiny_data
+
+    data = tiny_data.write_digits(tmp_path / "photos", per_class=15, size=8)
+    with pytest.raises(papermill.PapermillExecutionError) as raised:  # the README's split
+        papermill.execute_notebook(
+            str(NOTEBOOKS / "01_prepare_data.ipynb"), str(tmp_path / "01.ipynb"),
+            parameters={"data_dir": str(data), "out_dir": str(tmp_path / "splits"),
+                        "split": "10,10,rest", "min_per_class": 10},
+            kernel_name="python3", progress_bar=False)
+    said = str(raised.value)  # papermill's rendering: its error and the CLI's
+    assert len(said) < ERROR_CHARACTERS, said
+    assert "NoClassKept: no class was kept, so nothing was written: counts " \
+           "10,10,rest (train, val, test) need 20 distinct images per class; 10 classes have " \
+           "fewer: 0 15, 1 15" in said
+    book = nbformat.read(tmp_path / "01.ipynb", as_version=4)
+    (index, error), = error_outputs(book)  # Jupyter's rendering: what the cell shows
+    assert "prepare(" in book.cells[index].source  # it stops at the split, with the reason
+    assert len("\n".join(error["traceback"])) < ERROR_CHARACTERS
+    assert "no class was kept" in error["traceback"][0]
+    assert not any(cell.get("outputs") for cell in book.cells[index + 1:])
+
+
+def test_headless_notebooks_print_epoch_lines_and_leave_no_widgets(photos):
+    """papermill (no WORKBENCH_PROGRESS): one line per epoch, no progress bars saved at 0%."""
+    book = photo_step(photos, "03")  # progress "auto"
+    said = text_of(next(cell for cell in book.cells if "compare_recipes(" in cell.source))
+    assert re.search(r"^epoch 1/1 \[all\]  loss \d", said, re.MULTILINE), said
+    for step in ("01", "03"):
+        saved = photo_step(photos, step)
+        kinds = {kind for cell in saved.cells for output in cell.get("outputs", [])
+                 for kind in output.get("data", {})}
+        assert "application/vnd.jupyter.widget-view+json" not in kinds, step
