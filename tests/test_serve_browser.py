@@ -119,6 +119,22 @@ def test_a_file_that_is_not_an_image_shows_the_reason(browser, page, tmp_path):
     assert not browser.find_elements("css selector", "#predictions li")
 
 
+def test_a_photo_cut_short_is_sent_as_it_is_and_could_not_be_read(
+        served_run, browser, page, tmp_path):  # noqa: F811
+    whole = photo(digit(served_run, 2), size=(1600, 1200))
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(whole[:len(whole) // 2])  # the browser still draws it, its lower half grey
+    _choose(browser, "file", path)
+    assert _wait_for_state(browser, {"done", "error"}) == "error"
+    assert "could not be read" in browser.find_element("id", "status").text
+    alert = browser.find_element("id", "error")
+    assert alert.is_displayed() and "truncated" in alert.text
+    assert not browser.find_elements("css selector", "#predictions li")
+    sizes = browser.find_element("id", "sizes")
+    assert int(sizes.get_attribute("data-sent-bytes")) == len(whole) // 2  # the file itself
+    assert "cut short" in sizes.text
+
+
 # The answer must show on a phone's first screen: (CSS pixels) a small and a tall Android phone.
 PHONES = [(360, 640), (412, 915)]
 INSIDE = """

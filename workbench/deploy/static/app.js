@@ -19,10 +19,12 @@
     if (message !== undefined) $("status").textContent = message;
   }
 
-  function showError(message) {
+  // unreadable: the server could not read the photo (it says why), rather than a failure
+  function showError(message, unreadable) {
     $("error").textContent = message;
     $("error").hidden = false;
-    setState("error", "Something went wrong; try another photo.");
+    setState("error", unreadable ? "The photo could not be read; try another photo."
+                                 : "Something went wrong; try another photo.");
   }
 
   function formatBytes(bytes) {
@@ -77,6 +79,42 @@
     context.imageSmoothingQuality = "high";
     context.drawImage(source, 0, 0, width, height);
     return canvas;
+  }
+
+  // Whether a JPEG or PNG file ends as the format says it must. One cut short (a photo still
+  // being copied, a broken download) still draws in the browser, its missing part grey, and
+  // shrinking it would send a whole, wrong photo; it goes as it is, so the server says why it
+  // cannot be read. Other formats are left to the browser.
+  async function complete(file) {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    if (bytes[0] === 0xFF && bytes[1] === 0xD8) return jpegComplete(bytes);
+    const png = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A];
+    if (png.every((value, index) => bytes[index] === value)) {
+      const end = String.fromCharCode(...bytes.subarray(bytes.length - 8, bytes.length - 4));
+      return end === "IEND";  // the last chunk
+    }
+    return true;
+  }
+
+  // Walks the JPEG's segments to its end-of-image marker (FFD9). In the compressed data after
+  // a start-of-scan, FF is followed by 00 (a stuffed byte) or a restart marker, so the next
+  // other marker ends the scan.
+  function jpegComplete(bytes) {
+    let i = 2;
+    while (i + 1 < bytes.length) {
+      if (bytes[i] !== 0xFF) return false;
+      const marker = bytes[i + 1];
+      if (marker === 0xD9) return true;
+      if (marker === 0xFF) { i += 1; continue; }  // a fill byte
+      if ((marker >= 0xD0 && marker <= 0xD7) || marker === 0x01) { i += 2; continue; }
+      if (i + 3 >= bytes.length) return false;
+      i += 2 + ((bytes[i + 2] << 8) | bytes[i + 3]);
+      if (marker === 0xDA) {
+        while (i + 1 < bytes.length && !(bytes[i] === 0xFF && bytes[i + 1] !== 0x00 &&
+               !(bytes[i + 1] >= 0xD0 && bytes[i + 1] <= 0xD7))) i += 1;
+      }
+    }
+    return false;
   }
 
   // Shrinks the photo (see inputSize above), keeping its aspect ratio, in halving
@@ -151,6 +189,7 @@
     setState("busy", "Shrinking the photo…");
     let upload = file, caption, sent = "";
     try {
+      if (!(await complete(file))) throw new Error("it looks cut short");
       const small = await shrink(file);
       upload = small.blob.size < file.size ? small.blob : file;
       if (upload !== file) sent = small.sentWidth + "x" + small.sentHeight;
@@ -177,7 +216,11 @@
     } catch (error) {
       throw new Error("the server answered " + response.status + " " + response.statusText);
     }
-    if (!response.ok) throw new Error(answer.error || response.statusText);
+    if (!response.ok) {  // a reason: the server could not read the photo
+      const error = new Error(answer.error || response.statusText);
+      error.unreadable = Boolean(answer.reason);
+      throw error;
+    }
     render(answer.predictions);
     showExplanation(answer.explanation);
     $("result").scrollIntoView({ block: "nearest" });  // in view if the page was scrolled away
@@ -190,7 +233,7 @@
     $(id).addEventListener("change", (event) => {
       const file = event.target.files[0];
       if (!file) return;
-      classify(file).catch((error) => showError(error.message));
+      classify(file).catch((error) => showError(error.message, error.unreadable));
     });
   }
   loadModel();
