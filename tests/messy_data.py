@@ -43,9 +43,10 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def sixteen_bit_png(value: int = 30000, size=(SIDE, SIDE)) -> bytes:
-    """A 16-bit greyscale PNG, every pixel ``value`` (0..65535) plus a small gradient."""
-    array = np.full((size[1], size[0]), value, dtype=np.uint16)
-    array += np.arange(size[0], dtype=np.uint16)[None, :]
+    """A 16-bit greyscale PNG: a gradient around ``value`` (0..65535), 500 a column, so that it
+    spans levels in 8 bits too (a flat one is rejected as having no contrast left)."""
+    steps = (np.arange(size[0], dtype=np.int64) - size[0] // 2) * 500
+    array = np.clip(value + steps, 0, 65535).astype(np.uint16)[None, :].repeat(size[1], 0)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, "PNG")
     return buffer.getvalue()

@@ -139,6 +139,27 @@ def test_one_hot_pixel_does_not_hide_an_otherwise_black_image():
         open_image(messy_data.tiff_bytes(data))
 
 
+def test_a_16_bit_tiff_whose_contrast_would_vanish_is_rejected_not_flat_grey():
+    # ifd_tag_type.tiff: a picture in 7301..8206 of 0..65535, all 8-bit levels 28..32
+    data = values(7301, 8206, np.uint16)
+    encoded = io.BytesIO()
+    Image.fromarray(data).save(encoded, "TIFF")  # Pillow writes it as I;16
+    assert Image.open(io.BytesIO(encoded.getvalue())).mode == "I;16"
+    with pytest.raises(ImageRejected) as error:
+        open_image(encoded.getvalue())
+    assert error.value.reason == "unusable pixel values"
+    for words in ("16-bit values 7301..8206", "1.38% of 0..65535", "flat grey",
+                  "stretch its contrast"):
+        assert words in error.value.detail, error.value.detail
+
+
+def test_a_uniform_16_bit_image_and_one_with_8_levels_of_contrast_are_kept():
+    flat = np.full((SIDE, SIDE), 30000, np.uint16)  # nothing to lose: mid grey
+    assert_grey(open_image(messy_data.tiff_bytes(flat)), levels(flat, 0, 65535))
+    ramp = values(30000, 32100, np.uint16)  # 8.2 levels apart in 8 bits
+    assert_grey(open_image(messy_data.tiff_bytes(ramp)), levels(ramp, 0, 65535))
+
+
 def test_a_dark_16_bit_image_with_real_highlights_is_kept():
     data = values(0, 3000, np.uint16)
     data[:4] = values(20000, 65535, np.uint16, shape=(4, SIDE))  # an eighth of it is bright

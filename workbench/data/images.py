@@ -32,8 +32,11 @@ composited on white, as for every other mode. An image is rejected as ``"unusabl
 rather than trained on as a black or clipped picture when its values are not finite, lie more than
 1% of the range outside it (a float image in -3.14..3.14, a signed image with negative values),
 or when 99.9% of its pixels fall in the darkest 1/16 of the range (16-bit values 291..694 would
-all be 8-bit levels 1..3). Such images need a deliberate conversion (a contrast stretch, a chosen
-window) before the workbench can use them.
+all be 8-bit levels 1..3), or when its values vary but the middle 99.8% of them spans fewer than
+8 of the 256 levels (16-bit values 7301..8206 would all be levels 28..32: flat grey). Such images
+need a deliberate conversion (a contrast stretch, a chosen window) before the workbench can use
+them: stretching each image by its own minimum and maximum would give the same value another
+grey in every image, and another at prediction than in training.
 
 **What the decoders say.** Pillow reports a damaged TIFF tag or EXIF block with a Python
 warning per tag, and libtiff prints its errors on the C ``stderr``; for a damaged file that could
@@ -74,6 +77,9 @@ DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; larger headers are treated as de
 DEEP_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 DARK_LEVEL = 16  # of 255: 99.9% of the pixels below it is a nearly black image ...
 DARK_QUANTILE = 0.999  # ... (a quantile, so a few hot pixels do not hide it)
+# Values whose middle 99.8% (between the 0.1% and 99.9% quantiles, as above) spans fewer 8-bit
+# levels than this in the declared range make a flat grey picture of an image with contrast.
+FLAT_LEVELS = 8
 RANGE_TOLERANCE = 0.01  # values this far (a fraction of the range) outside it are clipped
 _ORIENTATION = 0x0112  # the EXIF tag
 _TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -430,6 +436,17 @@ def _deep_to_grey(image: Image.Image) -> np.ndarray:
                             f" in 8 bits the image is nearly black ({DARK_QUANTILE:.1%} of its "
                             f"pixels at level {round(bright)} of 255 or darker); stretch its "
                             "contrast first")
+    # Rejected rather than stretched by the image's own min..max: that would map one value to
+    # a different grey in every image (and at prediction than in training), and blow a sensor's
+    # noise on a blank field up into full contrast. The declared range is what the file says.
+    dark, light = np.quantile(levels[opaque][::step], (1 - DARK_QUANTILE, DARK_QUANTILE))
+    if light - dark < FLAT_LEVELS and high > low:
+        share = (high - low) / span
+        raise ImageRejected("unusable pixel values",
+                            f"{said} span {share:.2%} of {black_to_white}: in 8 bits the image "
+                            f"is flat grey ({1 - 2 * (1 - DARK_QUANTILE):.1%} of its pixels "
+                            f"within {light - dark:.2g} of 255 levels, around level "
+                            f"{round((dark + light) / 2)}); stretch its contrast first")
     grey = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
     grey[~opaque] = 255  # transparency composited on white
     return grey
