@@ -146,7 +146,7 @@ def _args_split(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from workbench.data.split import NoClassKept, SplitFolderExists, prepare
+    from workbench.data.split import NoClassKept, OneClassKept, SplitFolderExists, prepare
 
     if args.counts is not None and (args.val is not None or args.test is not None):
         given = "--val" if args.val is not None else "--test"
@@ -182,7 +182,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
                          overwrite=args.overwrite, **options)
     except SplitFolderExists as error:  # in flags, not keyword names
         raise FileExistsError(error.message(overwrite="--overwrite", out="--out")) from None
-    except NoClassKept as error:  # the report, then why, in one line (nothing was written)
+    except (NoClassKept, OneClassKept) as error:  # the report, then why, in one line
         print(error.result.report(max_files=args.max_report_files), end="")
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
@@ -207,17 +207,29 @@ def _lr_rule(text: str) -> tuple[str, float]:
         raise ValueError("must be PATTERN=MULTIPLIER with a number after '='") from None
 
 
+def _solver(path: str | None):
+    """The ``SolverConfig`` of ``--solver`` (the defaults without one)."""
+    from workbench.training.solver import SolverConfig
+
+    if path is None:
+        return SolverConfig()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--solver file not found, received: {path!r}")
+    return SolverConfig.load(path)
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options naming the data, the model and how it trains: train's, shared by lr-find."""
+    from workbench.backbones import APPLICATIONS, SMALL_NETWORKS
     from workbench.training.recipes import RECIPES
 
     parser.add_argument("--splits", required=True, metavar="SPLITS_DIR",
                         help="a folder written by 'workbench split'")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--backbone", default="mobilenet_v2", metavar="NAME",
-                        help="a keras.applications family (mobilenet_v2, mobilenet_v3_small, "
-                             "mobilenet_v3_large, efficientnet_b0, efficientnet_v2_b0, resnet50, "
-                             "vgg16, convnext_tiny) or a small built-in net (lenet, cifar_cnn)")
+                        help=f"a keras.applications network, with its preprocessing (default "
+                             f"mobilenet_v2): {', '.join(APPLICATIONS)}; or a small built-in "
+                             f"net: {', '.join(SMALL_NETWORKS)}")
     source.add_argument("--source", metavar="MODEL.keras",
                         help="transfer from a saved model instead of a named backbone")
     parser.add_argument("--cut-at", metavar="LAYER",
@@ -225,7 +237,10 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="imagenet", metavar="imagenet|PATH|none",
                         help="backbone weights: imagenet (default; downloaded once), a local "
                              "weights file (machines without internet), or none (random)")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="two_stage")
+    recipes = "; ".join(f"{name}: {recipe.summary}" for name, recipe in RECIPES.items())
+    parser.add_argument("--recipe", choices=list(RECIPES), default="two_stage",
+                        help=f"which layers learn, how fast, in which stages (default "
+                             f"two_stage). {recipes}".replace("%", "%%"))
     parser.add_argument("--lr-mult", type=_arg_type("PATTERN=VALUE", _lr_rule), action="append",
                         default=[], metavar="PATTERN=VALUE",
                         help="extra learning-rate multiplier for layers matching a glob "
@@ -237,20 +252,31 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                              "weights matching a pattern, e.g. '*/bias=0' (repeatable)")
     parser.add_argument("--solver", metavar="FILE",
                         help="solver settings: a .json file or a Caffe solver.prototxt")
-    parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), metavar="N")
+    parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), metavar="N",
+                        help="images per training step (default 32, or the --solver file's); "
+                             "lower it when memory runs out")
     parser.add_argument("--image-size", type=_arg_type("N", _int_at_least(8)), default=None,
                         metavar="N", help="side of the square input images (default: the "
-                                          "--source model's input, or the backbone's natural "
-                                          "size: 224 for the keras.applications families, 28 "
-                                          "for lenet, 32 for cifar_cnn)")
-    parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S")
+                                          "--source model's input, or the side the backbone "
+                                          "was made for: 224 for most, 240-600 for the "
+                                          "larger efficientnets, 299 for inception and "
+                                          "xception, 28 for lenet, 32 for cifar_cnn)")
+    parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S",
+                        help="seeds the new head's initial weights, the order of the images "
+                             "and the augmentation: the same seed trains the same run "
+                             "(default 0)")
 
 
 def _args_train(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory")
-    parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N")
-    parser.add_argument("--base-lr", type=_arg_type("LR", float), metavar="LR")
+    parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N",
+                        help="passes over the training images (default 10, or the --solver "
+                             "file's); at least one per stage of the --recipe")
+    parser.add_argument("--base-lr", type=_arg_type("LR", float), metavar="LR",
+                        help="the learning rate of a layer with multiplier 1; the recipe and "
+                             "--lr-mult scale it per layer (default 0.01, or the --solver "
+                             "file's; 'workbench lr-find' suggests one)")
     parser.add_argument("--augment", default="auto", metavar="auto|on|off[+flip]",
                         help="augment the training images: random resized crops, small "
                              "rotation and colour changes; '+flip' mirrors too (photos, never "
@@ -282,10 +308,10 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from workbench import models
     from workbench._cluster import joined
+    from workbench.runs import RunDir
     from workbench.training.callbacks import TrainingDiverged
     from workbench.training.options import Execution
     from workbench.training.recipes import RECIPES
-    from workbench.training.solver import SolverConfig
     from workbench.training.train import RunExists, SettingsChanged, finetune
 
     stages = len(RECIPES[args.recipe].stages)
@@ -293,11 +319,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--epochs must be >= {stages} for --recipe {args.recipe}, which "
                          f"trains {stages} stages of at least one epoch each, received: "
                          f"{args.epochs}")
-    solver = SolverConfig.load(args.solver) if args.solver else SolverConfig()
+    solver = _solver(args.solver)
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "base_lr": args.base_lr}
     solver = solver.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.cut_at and not args.source:
         raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
+    if args.resume and not RunDir(args.out).exists:  # the library starts one; a typo should not
+        raise FileNotFoundError(f"--resume needs a run to continue, and --out {args.out!r} holds "
+                                "none (no config.json); leave out --resume to start one there")
     weights = models.weights_argument(args.weights)  # as notebook 03 reads its 'weights'
     try:
         run = finetune(args.splits, args.out, backbone=args.backbone, weights=weights,
@@ -345,7 +374,8 @@ def _format_metrics(metrics: dict) -> str:
 def _args_lr_find(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     parser.add_argument("--out", metavar="PNG",
-                        help="save the plot of loss against learning rate here")
+                        help="save the plot of loss against learning rate here (a folder: "
+                             "as lr_find.png in it)")
     parser.add_argument("--start-lr", type=_arg_type("LR", _positive("learning rate")),
                         default=1e-6, metavar="LR", help="the first rate tried (default 1e-6)")
     parser.add_argument("--end-lr", type=_arg_type("LR", _positive("learning rate")),
@@ -359,11 +389,10 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from workbench import models
     from workbench._io import atomic_path
     from workbench.training.lr_find import range_test
-    from workbench.training.solver import SolverConfig
 
     if args.cut_at and not args.source:
         raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
-    solver = SolverConfig.load(args.solver) if args.solver else SolverConfig()
+    solver = _solver(args.solver)
     if args.batch_size is not None:
         solver = solver.replace(batch_size=args.batch_size)
     finder = range_test(args.splits, backbone=args.backbone,
@@ -375,9 +404,10 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
                         end_lr=args.end_lr, steps=args.steps)
     print(finder.describe())
     if args.out:
-        with atomic_path(args.out) as temporary:
+        out = _figure_path(args.out, Path("lr_find.png"))
+        with atomic_path(out) as temporary:
             finder.plot().savefig(temporary, dpi=100)
-        print(f"Wrote {args.out}")
+        print(f"Wrote {out}")
     return EXIT_OK
 
 
@@ -451,10 +481,24 @@ def _args_plot_resources(parser: argparse.ArgumentParser) -> None:
                         help="a folder holding resources.csv (and history.csv, drawn beside it "
                              "if present)")
     parser.add_argument("--out", metavar="PNG",
-                        help="the image to write (default RUN_DIR/resources.png)")
+                        help="the image to write, or a folder to write resources.png in "
+                             "(default RUN_DIR/resources.png)")
+
+
+def _figure_path(out: str | None, default: Path) -> Path:
+    """Where an ``--out`` figure goes: ``default`` without one, ``default``'s name inside a
+    folder given, and a ``.png`` added to a name without a suffix (what matplotlib would write,
+    so that "Wrote ..." names the file written)."""
+    if out is None:
+        return default
+    path = Path(out)
+    if path.is_dir():
+        return path / default.name
+    return path if path.suffix else path.with_name(path.name + ".png")
 
 
 def _cmd_plot_resources(args: argparse.Namespace) -> int:
+    from workbench._io import atomic_path
     from workbench.monitor import read_resources, summarize_resources
     from workbench.plots import resource_dashboard
 
@@ -470,9 +514,9 @@ def _cmd_plot_resources(args: argparse.Namespace) -> int:
         history = pd.read_csv(history_path)
         if history.empty or not {"epoch", "loss", "accuracy"} <= set(history.columns):
             history = None
-    out = Path(args.out) if args.out else run_dir / "resources.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    resource_dashboard(frame, history=history).savefig(out, dpi=100)
+    out = _figure_path(args.out, run_dir / "resources.png")
+    with atomic_path(out) as temporary:
+        resource_dashboard(frame, history=history).savefig(temporary, dpi=100)
     summary = summarize_resources(frame)
     print("  ".join(f"{key} {round(value, 1) if isinstance(value, float) else value}"
                     for key, value in summary.items() if value is not None))
@@ -503,12 +547,21 @@ def _args_evaluate(parser: argparse.ArgumentParser) -> None:
                              "calibrated by the run's temperature (the ECE is shown for both)")
 
 
+def _finish_command(run_dir: str) -> str:
+    """How an unfinished run is finished, on the command line."""
+    return f"run the 'workbench train ... --out {run_dir}' that started it again, with --resume"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from workbench.evaluation import evaluate
+    from workbench.runs import RunUnfinished
 
-    report = evaluate(args.run_dir, split=args.split, model=args.model,
-                      batch_size=args.batch_size, tta=args.tta, backend=args.backend,
-                      calibrated=not args.raw)
+    try:
+        report = evaluate(args.run_dir, split=args.split, model=args.model,
+                          batch_size=args.batch_size, tta=args.tta, backend=args.backend,
+                          calibrated=not args.raw)
+    except RunUnfinished as error:  # in the command's words
+        raise ValueError(error.advice(resume=_finish_command(args.run_dir))) from None
     print(report.format(), end="")
     print(f"Wrote {Path(args.run_dir) / 'evaluation' / args.split}")
     return EXIT_OK
@@ -675,10 +728,13 @@ def _args_export(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from workbench.deploy.export import ExportError, export
+    from workbench.runs import RunUnfinished
 
     try:
         result = export(args.run_dir, format=args.format, quantize=args.quantize,
                         model=args.model, check=not args.no_check, max_images=args.max_images)
+    except RunUnfinished as error:  # in the command's words
+        raise ValueError(error.advice(resume=_finish_command(args.run_dir))) from None
     except ExportError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
@@ -881,20 +937,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 # --- registry ----------------------------------------------------------------------------------
 
-# verb -> (one-line help, adds its arguments, runs it and returns the exit status)
+# verb -> (one-line help, adds its arguments, runs it and returns the exit status), in the
+# order of the workflow: a bare `workbench` lists them so, starting with split
 VERBS = {
-    "sample-data": ("write the offline sample datasets (real digits, rendered letters, the "
-                    "cluttered-digits target task)", _args_sample_data, _cmd_sample_data),
     "split": ("scan a dataset, reject bad files and write train/val/test splits",
               _args_split, _cmd_split),
     "train": ("fine-tune a pretrained network on a split dataset into a run directory",
               _args_train, _cmd_train),
-    "lr-find": ("the learning-rate range test of train's model on the training split: a "
-                "suggested base_lr (writes no run)", _args_lr_find, _cmd_lr_find),
-    "monitor": ("run a command while recording GPU, CPU and RAM use to DIR/resources.csv",
-                _args_monitor, _cmd_monitor),
-    "plot-resources": ("draw a run's resources.csv as an nvidia-smi-style dashboard",
-                       _args_plot_resources, _cmd_plot_resources),
     "evaluate": ("evaluate a run's model on a split: top-1/top-5, per-class report, confusion, "
                  "worst predictions", _args_evaluate, _cmd_evaluate),
     "predict": ("classify images with a trained run: top-k classes and probabilities",
@@ -903,9 +952,17 @@ VERBS = {
                "the Keras model", _args_export, _cmd_export),
     "serve": ("serve a run's model: a phone-friendly page and a JSON API on http://HOST:PORT/",
               _args_serve, _cmd_serve),
+    "lr-find": ("the learning-rate range test of train's model on the training split: a "
+                "suggested base_lr (writes no run)", _args_lr_find, _cmd_lr_find),
     "sweep": ("run a parameterised notebook over a grid of values (papermill, local processes "
               "or Dask) and collect each run's metrics.json into results.csv", _args_sweep,
               _cmd_sweep),
+    "monitor": ("run a command while recording GPU, CPU and RAM use to DIR/resources.csv",
+                _args_monitor, _cmd_monitor),
+    "plot-resources": ("draw a run's resources.csv as an nvidia-smi-style dashboard",
+                       _args_plot_resources, _cmd_plot_resources),
+    "sample-data": ("write the offline sample datasets (real digits, rendered letters, the "
+                    "cluttered-digits target task)", _args_sample_data, _cmd_sample_data),
 }
 
 
@@ -932,7 +989,12 @@ def build_parser() -> argparse.ArgumentParser:
     from workbench import __version__
 
     parser = _Parser(prog="workbench",
-                     description="A notebook-first transfer-learning workbench.")
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="A notebook-first transfer-learning workbench. The verbs below "
+                                 "follow the workflow:\nsplit a folder of images, train on the "
+                                 "split, evaluate the run, then predict, export or serve it.",
+                     epilog="No images yet? 'workbench sample-data' writes small datasets to "
+                            "start with.\n'workbench VERB --help' explains a verb's options.")
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True,
                                   parser_class=_Parser)
@@ -943,9 +1005,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What an OSError from the system means, in words, for its path (not "[Errno 17] File exists")
+_OS_ERRORS = {
+    FileExistsError: "already exists",
+    NotADirectoryError: "lies under a file, where a folder is needed",
+    FileNotFoundError: "does not exist",
+    IsADirectoryError: "is a folder, where a file is needed",
+    PermissionError: "may not be written or read (permission denied)",
+}
+
+
+def _in_words(error: Exception, args: argparse.Namespace) -> str:
+    """``error`` on one line; an OSError the system raised (it has an errno and a file name)
+    says what is wrong with which path and which argument gave that path."""
+    if not isinstance(error, OSError) or error.errno is None or error.filename is None:
+        return one_line(error)
+    path = os.fsdecode(error.filename)
+    what = next((words for kind, words in _OS_ERRORS.items() if isinstance(error, kind)),
+                (error.strerror or "cannot be used").lower())
+    if isinstance(error, FileExistsError) and Path(path).is_file():
+        what = "is a file, where a folder is needed"
+    if isinstance(error, NotADirectoryError):  # name the file in the way
+        blocker = next((str(parent) for parent in Path(path).parents if parent.is_file()), None)
+        what = f"lies under {blocker!r}, a file, where a folder is needed" if blocker else what
+    said = f"{path!r} {what}"
+    given = _argument_of(path, args)
+    if given is None:
+        return said
+    name, value = given
+    return f"{name} {said}" if Path(value) == Path(path) else f"{name} {value!r}: {said}"
+
+
+def _argument_of(path: str, args: argparse.Namespace) -> tuple[str, str] | None:
+    """The option (``--out``) or positional (``RUN_DIR``) whose value is ``path``, a folder
+    holding it or a path inside it, with that value; or None."""
+    target = Path(path)
+    for dest, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item and (
+                    Path(item) == target or Path(item) in target.parents
+                    or target in Path(item).parents):
+                return _ARGUMENT_NAMES.get(dest, f"--{dest.replace('_', '-')}"), item
+    return None
+
+
+_ARGUMENT_NAMES = {"run_dir": "RUN_DIR", "data": "DATA", "images": "IMAGE",
+                   "notebook": "NOTEBOOK"}  # the positionals, as the usage lines name them
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs ``workbench VERB ...``; returns the exit status (the console-script entry point)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `workbench`: what it can do
+        build_parser().print_help()
+        return EXIT_USAGE
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, --version, or a one-line usage error already printed
@@ -957,7 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
                 if getattr(args, "distributed", False) else None)
         return args.run(args)
     except (ValueError, OSError) as error:  # bad input: an argument, a file, a folder
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {_in_words(error, args)}", file=sys.stderr)
         return EXIT_USAGE
     except ClusterError as error:  # the workers did not all join: the message names them
         print(f"error: {one_line(error)}", file=sys.stderr)

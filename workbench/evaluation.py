@@ -607,7 +607,8 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
 
     Raises:
         ValueError: for an unknown split or model, or a split the dataset does not have.
-        FileNotFoundError: when ``run_dir`` holds no finished run.
+        FileNotFoundError: when ``run_dir`` holds no run.
+        RunUnfinished: when the run has not finished (interrupted or diverged).
     """
     check_choice("split", split, SPLITS)
     check_choice("model", model, MODELS)
@@ -617,7 +618,7 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
     check_bool("calibrated", calibrated)
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
-    run.config  # noqa: B018 (fails first, naming the folder, when run_dir holds no run)
+    run.check_finished()  # an interrupted run's best.keras is a checkpoint, not its result
     path = run.model_path(model)
     data = split_images(run_dir, split=split)
     predict, used = _predictor(run_dir, path, model=model, backend=backend,

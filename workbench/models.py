@@ -10,34 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zipfile
 from pathlib import Path
 
 import keras
 from keras import layers, ops
 
-from workbench._checks import UsageError, check_choice, check_int, check_number
+from workbench._checks import UsageError, check_choice, check_int, check_number, one_line
+from workbench.backbones import (  # the table of names, without Keras; models.BACKBONES too
+    APPLICATIONS, BACKBONES, NATURAL_SIZES, SMALL_NETWORKS, check_backbone)
 from workbench.data.pipeline import AUGMENT_DRAWS, Augment
 
-# name -> (keras.applications constructor, preprocessing mode, extra constructor kwargs).
-# "tf": scale to [-1, 1]; "caffe": RGB->BGR and ImageNet mean subtraction; "none": the Keras
-# model already includes its preprocessing (EfficientNet, MobileNetV3, ConvNeXt).
-APPLICATIONS = {
-    "mobilenet_v2": ("MobileNetV2", "tf", {}),
-    "mobilenet_v3_small": ("MobileNetV3Small", "none", {}),
-    "mobilenet_v3_large": ("MobileNetV3Large", "none", {}),
-    "efficientnet_b0": ("EfficientNetB0", "none", {}),
-    "efficientnet_v2_b0": ("EfficientNetV2B0", "none", {}),
-    "resnet50": ("ResNet50", "caffe", {}),
-    "vgg16": ("VGG16", "caffe", {}),
-    "convnext_tiny": ("ConvNeXtTiny", "none", {}),
-}
-SMALL_NETWORKS = ("lenet", "cifar_cnn")
-BACKBONES = tuple(APPLICATIONS) + SMALL_NETWORKS
-# The side each backbone was designed for (its ImageNet weights were trained at it); 224 for
-# every keras.applications family here.
-NATURAL_SIZES = {**dict.fromkeys(APPLICATIONS, 224), "lenet": 28, "cifar_cnn": 32}
-PREPROCESS_MODES = ("scale", "tf", "caffe", "none")
+PREPROCESS_MODES = ("scale", "tf", "caffe", "torch", "none")
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package="workbench")
@@ -46,7 +32,8 @@ class Preprocess(layers.Layer):
 
     Args:
         mode: ``"scale"`` (to [0, 1]), ``"tf"`` (to [-1, 1]), ``"caffe"`` (RGB to BGR, minus the
-            ImageNet mean) or ``"none"`` (cast only).
+            ImageNet mean), ``"torch"`` (to [0, 1], minus the ImageNet mean, divided by its
+            standard deviation) or ``"none"`` (cast only).
     """
 
     def __init__(self, mode: str = "scale", **kwargs):
@@ -61,6 +48,9 @@ class Preprocess(layers.Layer):
             return x / 127.5 - 1.0
         if self.mode == "caffe":
             return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_TORCH_MEAN, self.compute_dtype)
+            return (x / 255.0 - mean) / ops.convert_to_tensor(_TORCH_STD, self.compute_dtype)
         return x
 
     def get_config(self):
@@ -72,9 +62,11 @@ def backbone(name: str, *, weights: str | Path | None = None,
     """Builds a feature extractor: raw pixels in, one pooled feature vector per image out.
 
     Args:
-        name: one of ``BACKBONES``: a keras.applications family (``"mobilenet_v2"``,
-            ``"efficientnet_b0"``, ``"resnet50"``, ...) or a small built-in network
-            (``"lenet"``, ``"cifar_cnn"``) for pretraining a source model on the sample data.
+        name: one of ``BACKBONES``: any keras.applications constructor by its snake-case name
+            (``"mobilenet_v2"``, ``"efficientnet_b3"``, ``"resnet101v2"``, ``"convnext_small"``,
+            ...; see :data:`FAMILIES`), which brings its family's preprocessing, or a small
+            built-in network (``"lenet"``, ``"cifar_cnn"``) for pretraining a source model on
+            the sample data.
         weights: ``"imagenet"`` (downloaded and cached by Keras), a path to a local weights file
             (for machines without internet), or ``None`` for random initialisation.
         input_shape: ``(height, width, channels)`` of the images.
@@ -87,7 +79,7 @@ def backbone(name: str, *, weights: str | Path | None = None,
         WeightsUnavailable: when ImageNet weights cannot be downloaded, saying how to supply a
             file (a ``RuntimeError``).
     """
-    check_choice("name", name, BACKBONES)
+    check_backbone(name, argument="name")
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), "
                          f"received: {input_shape!r}")
@@ -133,7 +125,7 @@ def natural_image_size(backbone: str | None = "mobilenet_v2", *,
         ValueError: for an unknown backbone, or a source whose input is not square.
     """
     if source is None:
-        return NATURAL_SIZES[check_choice("backbone", backbone, BACKBONES)]
+        return NATURAL_SIZES[check_backbone(backbone)]
     height, width = load_model(source).input_shape[1:3]
     if height is None or width is None:  # a model that takes any size: its family's size
         return 224
@@ -160,6 +152,13 @@ def weights_argument(value: str | Path | None, *,
     if not isinstance(value, (str, Path)):
         raise ValueError(f"weights must be 'imagenet', 'none' or a file path, received: "
                          f"{value!r}")
+    if value == "imagenet":
+        return value
+    path = Path(value).expanduser()
+    return Path(relative_to) / path if relative_to is not None and not path.is_absolute() \
+        else path
+
+
 class WeightsUnavailable(UsageError, RuntimeError):
     """The ImageNet weights could not be downloaded (no internet here?); the message says how to
     supply them as a file (the README's way, or the file Keras downloads)."""
@@ -183,13 +182,6 @@ def fetch_weights(name: str, weights, *, input_shape: tuple[int, int, int] = (22
         return
     constructor, _, kwargs = APPLICATIONS[name]
     _load_application(constructor, weights, tuple(input_shape), kwargs)  # built, then dropped
-
-
-    if value == "imagenet":
-        return value
-    path = Path(value).expanduser()
-    return Path(relative_to) / path if relative_to is not None and not path.is_absolute() \
-        else path
 
 
 def _load_application(constructor: str, weights, input_shape, kwargs) -> keras.Model:
@@ -367,11 +359,38 @@ def load_model(path: str | Path) -> keras.Model:
 
     Raises:
         FileNotFoundError: when there is no file at ``path``.
+        ValueError: when the file is not a ``.keras`` model (Keras itself says "File not found"
+            for a file that is there but damaged or of another kind).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
+    check_model_file(path)
     return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def check_model_file(path: str | Path) -> None:
+    """Fails with the reason when ``path`` cannot be a ``.keras`` model: such a file is a zip
+    archive holding ``config.json``; this checks that much without loading it. Other suffixes
+    (a legacy ``.h5``) are left to Keras.
+
+    Raises:
+        ValueError: naming the file and what it is instead.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as error:
+        size = path.stat().st_size if path.is_file() else 0
+        raise UsageError(f"{path} is not a Keras model: a .keras file is a zip archive and this "
+                         f"one ({size} bytes) is not ({one_line(error) or 'unreadable'}); it is "
+                         "damaged or of another kind: save the model again") from None
+    if "config.json" not in names:
+        raise UsageError(f"{path} is not a Keras model: the zip archive holds no config.json; "
+                         "save the model again with model.save('NAME.keras')")
 
 
 def load_source(path: str | Path, *, cut_at: str | None = None) -> keras.Model:

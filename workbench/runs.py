@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench._checks import check_choice
+from workbench._checks import UsageError, check_choice
 from workbench._io import atomic_path, remove_stale_temporaries, write_json
 from workbench.data.splitdir import SplitFolder
 
@@ -43,6 +43,27 @@ CHECKPOINT_STATE = "checkpoint.json"
 RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
              "initial.keras", "model.keras", "best.keras", "metrics.json", "curves.png",
              "resources.csv", "weight_stats.csv", "calibration.json", CHECKPOINT_STATE)
+
+
+class RunUnfinished(UsageError):
+    """The run has not finished (interrupted, diverged, or stopped before its first checkpoint):
+    its model files, if any, are of the middle of training, so it is neither evaluated nor
+    exported.
+
+    Attributes:
+        run_dir: the run directory.
+        what: what it holds, in a few words.
+    """
+
+    def __init__(self, run: RunDir):
+        self.run_dir = run.path
+        self.what = run.describe() if run.resumable else "stopped before its first checkpoint"
+        super().__init__(self.advice(resume="finetune(..., resume=True)"))
+
+    def advice(self, *, resume: str) -> str:
+        """The message, naming the way to finish the run in the caller's words."""
+        return (f"{self.run_dir} holds a run that has not finished ({self.what}), so its model "
+                f"is one from the middle of training; finish the run first: {resume}")
 
 
 class RunDir:
@@ -100,6 +121,17 @@ class RunDir:
         """Whether the run completed (or stopped early); a diverged run can still resume."""
         metrics = self.metrics
         return metrics is not None and metrics.get("status") != "diverged"
+
+    def check_finished(self) -> None:
+        """Fails unless the folder holds a finished run (completed or stopped early).
+
+        Raises:
+            FileNotFoundError: naming the folder when it holds no run.
+            RunUnfinished: saying what it holds and how to finish it.
+        """
+        self.config  # noqa: B018 (fails first, naming the folder, when it holds no run)
+        if not self.finished:
+            raise RunUnfinished(self)
 
     @property
     def calibration(self) -> dict | None:

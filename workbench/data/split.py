@@ -124,6 +124,28 @@ def _why_no_class(dropped: pd.DataFrame, settings: dict, shown: int = 8) -> str:
             "min_per_class, or add images")
 
 
+class OneClassKept(UsageError):
+    """Only one class was kept, and a classifier needs two; nothing was written.
+
+    Attributes:
+        result: the :class:`SplitResult` (its ``report()`` lists the class and any dropped).
+    """
+
+    def __init__(self, result: SplitResult, data_dir, list_file=None):
+        self.result = result
+        name = result.classes[0]
+        images = int((result.table["label"] == name).sum())
+        dropped = len(result.dropped)
+        others = (f"; {dropped} other class{'es were' if dropped > 1 else ' was'} dropped "
+                  "(see the report)") if dropped else ""
+        where = (f"the labels of {str(list_file)!r}" if list_file is not None else
+                 f"the sub-folders of {str(data_dir)!r}: is it one class's folder, or the "
+                 "folder above the dataset's?")
+        super().__init__(f"only one class was kept ({name!r}, {images} images) and a "
+                         f"classifier needs at least two, so nothing was written{others}. The "
+                         f"classes are {where}")
+
+
 _DEFAULT_VAL = 0.1
 _DEFAULT_TEST = 0.1
 
@@ -644,6 +666,7 @@ def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_clas
         SplitFolderExists: ``out_dir`` holds another split and ``overwrite`` is False.
         NoClassKept: every class was dropped (nothing is written), saying what the counts
             and ``min_per_class`` need and how many images each class has.
+        OneClassKept: only one class was kept (nothing is written).
         FileExistsError: ``out_dir`` is a file or holds files that are not a split's.
     """
     if not os.path.isdir(data_dir):
@@ -665,6 +688,8 @@ def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_clas
     result = split(table, min_per_class=min_per_class, seed=seed, **options)
     if not result.classes:  # later steps would fail on empty splits, far from the reason
         raise NoClassKept(result)
+    if len(result.classes) == 1:  # as would training, after the split looked fine
+        raise OneClassKept(result, data_dir, list_file)
     result.write(out_dir, data_root=data_dir, overwrite=overwrite)
     return result
 

@@ -218,8 +218,9 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
             by more than 1e-3 in a probability; nothing is left at its path.
         ExportError: the converter cannot handle the model, or Keras does not run on
             TensorFlow.
-        FileNotFoundError: ``run_dir`` is not a finished run, or (with ``check``) its split
+        FileNotFoundError: ``run_dir`` is not a run directory, or (with ``check``) its split
             folder is gone.
+        RunUnfinished: the run has not finished (interrupted or diverged).
     """
     path = export_path(run_dir, format=format, quantize=quantize, model=model)
     check_int("max_images", max_images, minimum=1)
@@ -367,7 +368,8 @@ class _Source:
                  max_images: int):
         self.run_dir = Path(run_dir)
         self.run = RunDir(self.run_dir)
-        self.side_px = self.run.image_size  # reads config.json: not a run directory fails here
+        self.run.check_finished()  # an interrupted run's best.keras is not its result
+        self.side_px = self.run.image_size
         self.source = self.run.model_path(model)
         self.model = model
         self.stat = self.source.stat()

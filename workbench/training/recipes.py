@@ -54,12 +54,14 @@ class Recipe:
         stages: the stages in order.
         pretrained: whether the backbone starts from the pretrained weights.
         train_bn: whether batch norm updates its statistics (inference mode otherwise).
+        summary: what it does, in a few words (the command line's help).
     """
 
     name: str
     stages: tuple[Stage, ...]
     pretrained: bool = True
     train_bn: bool = False
+    summary: str = ""
 
     def stage_epochs(self, total_epochs: int) -> list[int]:
         """Epochs of each stage; each stage gets at least one, the last takes the remainder."""
@@ -75,14 +77,19 @@ class Recipe:
 
 RECIPES = {
     "feature_extraction": Recipe("feature_extraction", (
-        Stage("head", 1.0, {HEAD: 1.0}, default=0.0),)),
+        Stage("head", 1.0, {HEAD: 1.0}, default=0.0),),
+        summary="the backbone frozen, only the new head learns (fast; few images)"),
     "two_stage": Recipe("two_stage", (
         Stage("head", 0.3, {HEAD: 1.0}, default=0.0),
-        Stage("all", 0.7, {HEAD: 1.0}, default=1.0, backbone_thirds=(0.01, 0.1, 0.3)))),
+        Stage("all", 0.7, {HEAD: 1.0}, default=1.0, backbone_thirds=(0.01, 0.1, 0.3))),
+        summary="the new head first (30% of the epochs), then every layer, earlier ones "
+                "slower"),
     "caffe": Recipe("caffe", (
-        Stage("all", 1.0, {HEAD: 10.0}, default=1.0),)),
+        Stage("all", 1.0, {HEAD: 10.0}, default=1.0),),
+        summary="every layer at the base rate, the new head 10x faster"),
     "scratch": Recipe("scratch", (
-        Stage("all", 1.0, {}, default=1.0),), pretrained=False, train_bn=True),
+        Stage("all", 1.0, {}, default=1.0),), pretrained=False, train_bn=True,
+        summary="random initial weights, the baseline that transfer is measured against"),
 }
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 from keras import ops
 
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import UsageError, check_choice, check_int, check_number
 from workbench.training.lr_mult import (
     REGULARIZATIONS,
     LRMultiplierAdadelta,
@@ -216,12 +216,29 @@ class SolverConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> SolverConfig:
-        """Reads a ``.json`` solver file or a Caffe ``solver.prototxt`` (see ``from_prototxt``)."""
+        """Reads a ``.json`` solver file or a Caffe ``solver.prototxt`` (see ``from_prototxt``).
+
+        Raises:
+            FileNotFoundError: when there is no file at ``path``.
+            ValueError: naming the file when it is not JSON holding an object of solver fields.
+        """
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            return cls.from_dict(json.loads(text))
-        return cls.from_prototxt(text, source=path.name)
+        if not path.is_file():
+            raise FileNotFoundError(f"solver file not found, received: {str(path)!r}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"{path} is not a solver file: it is not text") from None
+        if path.suffix != ".json":
+            return cls.from_prototxt(text, source=path.name)
+        try:
+            values = json.loads(text)
+        except ValueError as error:  # the line and column of the first mistake
+            raise UsageError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(values, dict):
+            raise UsageError(f"{path} must hold a JSON object of solver fields, such as "
+                             f'{{"base_lr": 0.01}}, received: {type(values).__name__}')
+        return cls.from_dict(values)
 
     @classmethod
     def from_prototxt(cls, text: str, *, source: str = "solver.prototxt") -> SolverConfig:

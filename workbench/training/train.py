@@ -324,6 +324,9 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
             doing = ", resuming" if resume else ", replacing the run there" if replacing else ""
             print(f"{run_dir.name}: {recipe} on {_device_words(cluster)}, {policy}{doing}",
                   flush=True)
+            notes = _data_notes(data)
+            if notes:
+                print(f"{run_dir.name}: note: {'; '.join(notes)}", flush=True)
         resumed = checkpoint.load_checkpoint(run_dir) if resume else None
         if resumed is not None:
             model = resumed[0]
@@ -561,6 +564,27 @@ def _changed_settings(run: RunDir, config: dict) -> list[str]:
     now = json.loads(json.dumps(config))
     return sorted(key for key in set(saved) | set(now)
                   if key not in _RESOLVED_AT_RUN_TIME and saved.get(key) != now.get(key))
+
+
+def _data_notes(data: SplitData) -> list[str]:
+    """What the split cannot tell, said before the first epoch (training goes on): without a
+    val split nothing measures the model while it trains; a class with one training image is
+    too few to learn, or to see whether it was learnt."""
+    counts = np.bincount(data.labels["train"], minlength=len(data.classes))
+    single = [data.classes[index] for index in np.flatnonzero(counts == 1)]
+    notes = []
+    if "val" not in data.images:
+        notes.append("there is no val split, so nothing measures the model while it trains, "
+                     "no best checkpoint is kept and the probabilities stay uncalibrated")
+    if single:
+        shown = ", ".join(repr(name) for name in single[:5]) + (
+            f" and {len(single) - 5} more" if len(single) > 5 else "")
+        notes.append(f"class{'es' if len(single) > 1 else ''} {shown} "
+                     f"{'have' if len(single) > 1 else 'has'} a single training image: too few "
+                     "to learn, or to tell whether it was learnt; add images or split again "
+                     "with a min_per_class of at least 2 to drop "
+                     f"{'them' if len(single) > 1 else 'it'}")
+    return notes
 
 
 def _eval_batches(data: SplitData, split: str, batch_size: int, *, shard=(0, 1),
