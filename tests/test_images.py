@@ -160,6 +160,15 @@ def test_a_uniform_16_bit_image_and_one_with_8_levels_of_contrast_are_kept():
     assert_grey(open_image(messy_data.tiff_bytes(ramp)), levels(ramp, 0, 65535))
 
 
+def test_a_file_that_cannot_be_opened_says_why_in_words(tmp_path):
+    for path, words in [(tmp_path / "gone.png", "gone.png does not exist"),
+                        (tmp_path, "is a folder, not an image file")]:
+        with pytest.raises(ImageRejected) as error:
+            decode(path)
+        assert error.value.reason == "unreadable" and words in error.value.detail
+        assert "Errno" not in str(error.value)
+
+
 def test_a_dark_16_bit_image_with_real_highlights_is_kept():
     data = values(0, 3000, np.uint16)
     data[:4] = values(20000, 65535, np.uint16, shape=(4, SIDE))  # an eighth of it is bright

@@ -205,8 +205,8 @@ def _decode(source, max_pixels: int, min_side: int, draft_size: int | None) -> D
             if os.path.getsize(source) == 0:
                 raise ImageRejected("zero bytes", f"{source} is empty")
             stream = open(source, "rb")
-        except OSError as error:
-            raise ImageRejected("unreadable", str(error)) from error
+        except OSError as error:  # in words, not "[Errno 2] No such file or directory: ..."
+            raise ImageRejected("unreadable", _unreadable(source, error)) from error
     elif hasattr(source, "read"):
         stream = source
     else:
@@ -237,6 +237,18 @@ def _decode(source, max_pixels: int, min_side: int, draft_size: int | None) -> D
     if orientation in _SWAPS_SIDES:
         width, height = height, width
     return Decoded(_orient(_to_rgb(image), orientation), mode, width, height)
+
+
+def _unreadable(path, error: OSError) -> str:
+    """Why the file at ``path`` could not be opened, in words."""
+    if isinstance(error, FileNotFoundError):
+        return f"{os.fsdecode(path)} does not exist" + (
+            " (a link to a file that is gone)" if os.path.islink(path) else "")
+    if isinstance(error, IsADirectoryError):
+        return f"{os.fsdecode(path)} is a folder, not an image file"
+    if isinstance(error, PermissionError):
+        return f"{os.fsdecode(path)} may not be read (permission denied)"
+    return f"{os.fsdecode(path)} could not be opened: {(error.strerror or str(error)).lower()}"
 
 
 def open_header(source) -> Image.Image:
