@@ -116,6 +116,9 @@ def test_plot_resources_into_a_folder_writes_resources_png_there_and_says_so(
 @pytest.mark.parametrize("arguments, words", [
     (["split", "{data}", "--out", "{file}/splits"], ["--out", "'{file}'", "is a file"]),
     (["sample-data", "--out", "{file}/sample"], ["--out", "lies under '{file}', a file"]),
+    (["train", "--splits", "{tmp}", "--out", "{file}/run"],
+     ["--out", "lies under '{file}', a file"]),
+    (["train", "--splits", "{tmp}", "--out", "{file}"], ["--out '{file}' is a file"]),
     (["train", "--splits", "{tmp}", "--out", "{tmp}/run", "--solver", "{tmp}/missing.json"],
      ["--solver file not found", "missing.json"]),
 ])

@@ -324,6 +324,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     solver = solver.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.cut_at and not args.source:
         raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
+    blocker = next((path for path in (Path(args.out), *Path(args.out).parents)
+                    if path.exists()), None)  # before the images are decoded, not after
+    if blocker is not None and not blocker.is_dir():
+        where = "is a file" if blocker == Path(args.out) else f"lies under {str(blocker)!r}, a file"
+        raise FileExistsError(f"--out {args.out!r} {where}, where a folder is needed")
     if args.resume and not RunDir(args.out).exists:  # the library starts one; a typo should not
         raise FileNotFoundError(f"--resume needs a run to continue, and --out {args.out!r} holds "
                                 "none (no config.json); leave out --resume to start one there")
