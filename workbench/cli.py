@@ -1076,7 +1076,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (ValueError, OSError) as error:  # bad input: an argument, a file, a folder
         print(f"error: {_in_words(error, args)}", file=sys.stderr)
-        return EXIT_USAGE
+        # a mistake the user can fix that shows only at run time (weights that cannot be
+        # downloaded, a diverged loss) is a failure of the run, not of the command line
+        return EXIT_FAILED if isinstance(error, RuntimeError) else EXIT_USAGE
     except ClusterError as error:  # the workers did not all join: the message names them
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
