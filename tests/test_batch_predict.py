@@ -309,6 +309,20 @@ def test_the_cli_writes_the_table_and_prints_a_folder_without_out(run, tmp_path,
     assert status == 1  # two files could not be used
     assert captured.out.startswith("three.png\n  1. ")
     assert "empty.png: error: zero bytes" in captured.err
-    assert main(["predict", str(run["run"]), str(run["photos"]), "--out", str(out),
-                 "--explain", str(tmp_path)]) == 2
-    assert "--explain takes image files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_explain_with_a_folder_writes_an_overlay_per_usable_file_mirroring_it(run, tmp_path,
+                                                                              capsys):
+    messy, overlays = run["photos"] / "messy", tmp_path / "where"
+    assert main(["predict", str(run["run"]), str(messy), "--out", str(tmp_path / "t.csv"),
+                 "--explain", str(overlays)]) == 0
+    assert "Where it looked: 4 overlays" in capsys.readouterr().out
+    written = sorted(path.relative_to(overlays).as_posix() for path in overlays.rglob("*.png"))
+    assert written == ["a/deep/er/two.png", "a/one.png", "b/three.png", "top.png"]
+    assert Image.open(overlays / "a" / "one.png").size[0] > 16  # the photo beside its map
+    # without --out, the rows are printed and the same overlays written; --raw is honoured
+    raw = tmp_path / "raw"
+    assert main(["predict", str(run["run"]), str(messy / "a"), "--raw", "--json",
+                 "--explain", str(raw)]) == 0
+    assert sorted(p.name for p in raw.rglob("*.png")) == ["one.png", "two.png"]

@@ -622,7 +622,8 @@ def _args_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explain", metavar="DIR",
                         help="also write where the model looked for its top class (Grad-CAM, "
                              "from the run's Keras model) as DIR/<image name>.png: the photo "
-                             "with its map, the class and its probability")
+                             "with its map, the class and its probability (a folder's "
+                             "sub-folders mirrored under DIR)")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -672,10 +673,6 @@ def _predict_many(args: argparse.Namespace) -> int:
 
     from workbench.deploy import batch
 
-    given = [name for name, value in (("--explain", args.explain),) if value]
-    if given:
-        raise ValueError(f"{given[0]} takes image files, without --out, --list or folders, "
-                         f"received: {given[0]} with {args.out or args.list_file or 'a folder'}")
     if not args.out:
         for name, value in (("--features", args.features), ("--cluster", args.cluster)):
             if value:
@@ -686,8 +683,12 @@ def _predict_many(args: argparse.Namespace) -> int:
         sources = batch.list_files(args.images, list_file=args.list_file,
                                    list_root=args.root)
         failed = 0
+        errors = set()
         for row in classifier.predict_files(sources, top_k=args.top_k, tta=args.tta,
-                                            batch_size=args.batch_size, threads=args.threads):
+                                            batch_size=args.batch_size, threads=args.threads,
+                                            calibrated=not args.raw):
+            if row["error"]:
+                errors.add(row["path"])
             top = [{"label": row[f"label_{rank}"], "probability": row[f"probability_{rank}"]}
                    for rank in range(1, args.top_k + 1) if row.get(f"label_{rank}") is not None]
             failed += bool(row["error"])
@@ -701,15 +702,29 @@ def _predict_many(args: argparse.Namespace) -> int:
                 print(row["path"])
                 for rank, entry in enumerate(top, start=1):
                     print(f"  {rank}. {entry['label']:<24} {entry['probability']:7.2%}")
+        if args.explain:
+            written = batch.explain_files(classifier, sources, args.explain, skip=errors,
+                                          tta=args.tta)
+            print(f"Where it looked: {written} overlays in {args.explain}")
         return EXIT_FAILED if failed else EXIT_OK
     result = batch.predict_to_file(
         args.run_dir, args.images, out=args.out, list_file=args.list_file, list_root=args.root,
         backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
-        threads=args.threads, tta=args.tta, features=args.features, cluster=args.cluster,
-        cluster_options=dict(args.cluster_option) or None, jobs=args.jobs)
+        threads=args.threads, tta=args.tta, calibrated=not args.raw, features=args.features,
+        cluster=args.cluster, cluster_options=dict(args.cluster_option) or None, jobs=args.jobs)
     if result.started_over:
         print(f"Started over: {result.started_over}")
     print(result.format())
+    if args.explain:  # after the table: maps cost more than classifying, and need Keras
+        from workbench.deploy.predict import Classifier
+
+        table = result.table()
+        written = batch.explain_files(
+            Classifier.load(args.run_dir, backend=args.backend),
+            batch.list_files(args.images, list_file=args.list_file, list_root=args.root),
+            args.explain, skip=set(table.loc[table["error"] != "", "path"]), tta=args.tta,
+            progress=True)
+        print(f"Where it looked: {written} overlays in {args.explain}")
     return EXIT_OK
 
 

@@ -339,6 +339,48 @@ def _classified(classifier, embed, batch, k, batch_size, tta, calibrated):
 
 # --- the job: chunks, resume, merge ---------------------------------------------------------------
 
+def explain_files(classifier, sources, out_dir, *, skip=(), tta: bool = False,
+                  progress: bool = False) -> int:
+    """Writes one overlay PNG per usable file (the photo with its Grad-CAM map, the top class
+    and its probability) under ``out_dir``, mirroring the paths the table shows
+    (``sub/photo.jpg`` -> ``out_dir/sub/photo.png``; a second file of the same name gets
+    ``-2``). Maps need the run's Keras model (``Classifier.explainer``).
+
+    Args:
+        classifier: the :class:`~workbench.deploy.predict.Classifier`.
+        sources: the files (``Source`` objects, as :func:`list_files` returns, or paths).
+        out_dir: the folder written.
+        skip: paths (as the table shows them) not to explain, e.g. those with an ``error``.
+        tta: rank the classes as the table did with ``tta``.
+        progress: a progress bar, or plain lines when headless.
+
+    Returns:
+        The number of overlays written; files that cannot be read are left out.
+    """
+    out_dir, skip, taken = Path(out_dir), set(skip), set()
+    usable = [source for source in _as_sources(sources)
+              if source.file is not None and source.path not in skip]
+    written = 0
+    for source in progress_bar(usable, total=len(usable), desc="explain", unit="images") \
+            if progress else usable:
+        relative = Path(source.path)
+        name = (relative.parent / relative.stem).as_posix().lstrip("/").replace("../", "")
+        stem, count = name, 1
+        while name in taken:  # photo.jpg and photo.png in one folder
+            count += 1
+            name = f"{stem}-{count}"
+        taken.add(name)
+        try:
+            explained = classifier.explain(source.file, tta=tta)
+        except ImageRejected:
+            continue
+        target = out_dir / f"{name}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        explained.save(target)
+        written += 1
+    return written
+
+
 def read_table(path) -> pd.DataFrame:
     """A table :func:`predict_to_file` wrote (CSV or Parquet), labels read as text."""
     path = Path(path)
