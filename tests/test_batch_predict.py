@@ -19,7 +19,7 @@ from PIL import Image
 import tiny_data
 from workbench import _progress
 from workbench.cli import main
-from workbench.deploy import batch
+from workbench.deploy import batch, files
 from workbench.deploy.batch import list_files, predict_to_file, read_table
 
 
@@ -96,7 +96,7 @@ def test_memory_stays_flat_the_queue_bounds_the_files_held(tmp_path, monkeypatch
     for index in range(200):
         _png(tmp_path / f"{index:03d}.png", index, size=12)
     held, most, lock = [0], [0], threading.Lock()
-    load = batch._load
+    load = files._load
 
     def counted(*args):
         loaded = load(*args)
@@ -105,7 +105,7 @@ def test_memory_stays_flat_the_queue_bounds_the_files_held(tmp_path, monkeypatch
             most[0] = max(most[0], held[0])
         return loaded
 
-    monkeypatch.setattr(batch, "_load", counted)
+    monkeypatch.setattr(files, "_load", counted)
     rows = batch.predict_rows(_Counting(), sorted(tmp_path.glob("*.png")), batch_size=4,
                               threads=2, top_k=1, queue_size=6)
     count = 0
@@ -249,12 +249,12 @@ def test_parquet_holds_the_same_rows_and_the_features(run, classifier, whole, tm
 
 _SLOW_JOB = textwrap.dedent("""
     import sys, time
-    from workbench.deploy import batch
-    load = batch.load_array
+    from workbench.deploy import batch, files
+    load = files.load_array
     def slow(*args, **kwargs):  # so that the kill lands in the middle of the job
         time.sleep(0.03)
         return load(*args, **kwargs)
-    batch.load_array = slow
+    files.load_array = slow
     batch.predict_to_file(sys.argv[1], [sys.argv[2]], out=sys.argv[3], top_k=3, chunk_size=8,
                           threads=1, batch_size=4, progress=False)
 """)

@@ -46,6 +46,7 @@ from workbench._checks import check_bool, check_choice, check_int, check_number
 from workbench.calibration import apply_temperature
 from workbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_array
 from workbench.deploy import export as exporting
+from workbench.deploy.files import predict_rows
 from workbench.deploy.runtime import RUNTIMES, load_runtime
 from workbench.runs import MODELS, RunDir
 
@@ -297,13 +298,13 @@ class Classifier:
                       progress: bool = False):
         """Classifies many image files, decoding them in threads while the model runs batches.
 
-        A thin call of :func:`workbench.deploy.batch.predict_rows`: files are decoded by a
+        A thin call of :func:`workbench.deploy.files.predict_rows`: files are decoded by a
         pool of ``threads`` threads (a large JPEG at a reduced scale) into a bounded queue, so
         memory stays flat for any number of files, and a file that cannot be used gets a row
         with its reason instead of stopping the others.
 
         Args:
-            paths: image paths (str or Path), or ``workbench.deploy.batch.Source`` rows as
+            paths: image paths (str or Path), or ``workbench.deploy.files.Source`` rows as
                 ``batch.list_files`` lists a folder or a list file.
             top_k: classes per row.
             batch_size: images per model call.
@@ -321,7 +322,6 @@ class Classifier:
             ``detail``, ``size`` and ``mtime_ns`` of the file; and ``features`` (a float32
             vector, None for a file in error) when ``features`` is True.
         """
-        from workbench.deploy.batch import predict_rows
 
         return predict_rows(self, paths, top_k=top_k, batch_size=batch_size, threads=threads,
                             tta=tta, calibrated=calibrated, features=features,
