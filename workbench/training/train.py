@@ -180,14 +180,12 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         image_size: side of the square input images; default the source model's input or the
             backbone's natural size (``models.natural_image_size``).
         resize_mode: ``"squash"``, ``"crop"`` or ``"pad"``.
-        augment: augmentation of the training images (``pipeline.Augment``): random resized
-            crops from training images cached ``margin`` (1.15) times larger than the input,
-            small rotation and colour changes, flips if asked. ``"auto"`` (the default) turns
-            ``Augment()`` on when the median class has fewer than
-            ``pipeline.FEW_IMAGES_PER_CLASS`` (100) training images and leaves it off
-            otherwise; None or ``"off"`` never augments; texts such as ``"on+flip"`` are read
-            by ``pipeline.augment_argument``. Its placement ``"auto"`` augments inside the
-            model (``models.RandomAugment``) when a GPU is visible, else in the pipeline.
+        augment: augmentation of the training images (``pipeline.Augment``: random resized
+            crops, small rotation and colour changes, flips if asked). ``"auto"`` turns it on
+            when the median class has fewer than ``pipeline.FEW_IMAGES_PER_CLASS`` (100)
+            training images; None or ``"off"`` never augments; texts such as ``"on+flip"`` are
+            read by ``pipeline.augment_argument``. It runs in the model on a GPU, else in the
+            pipeline (see ``pipeline.Augment.placement``).
         class_weight: ``"balanced"`` weighs each training image's loss by
             ``images / (classes * images of its class)``, so every class counts alike in an
             imbalanced folder; None weighs all alike.
@@ -220,11 +218,6 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
             ``KeyboardInterrupt``), saying in one line what is kept and how to continue.
     """
     check_choice("progress", progress, PROGRESS)
-    check_bool("resume", resume)
-    check_bool("overwrite", overwrite)
-    if resume and overwrite:
-        raise ValueError("resume and overwrite must not both be True: resume continues the "
-                         "run in run_dir, overwrite replaces it")
     execution = execution or Execution()
     monitoring = monitoring or Monitoring()
     # first: several workers must start their runtime before the backend does anything else
@@ -232,6 +225,79 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     cluster = joined() if execution.strategy == "distributed" else None
     if cluster is not None and not cluster.chief:
         progress = "none"  # worker 0 reports
+    job = _job(splits, run_dir, backbone=backbone, weights=weights, source=source,
+               cut_at=cut_at, recipe=recipe, lr_mult_rules=lr_mult_rules,
+               decay_mult_rules=decay_mult_rules, solver=solver, image_size=image_size,
+               resize_mode=resize_mode, augment=augment, class_weight=class_weight,
+               dropout=dropout, seed=seed, resume=resume, overwrite=overwrite,
+               execution=execution)
+    plan = _plan(RunDir(job.run_dir), job.config, resume=resume, overwrite=overwrite,
+                 progress=progress)
+    if plan.finished:  # with the same settings: nothing to do
+        return Run.load(job.run_dir)
+    if cluster is not None:  # every worker has read the run before worker 0 may clear it
+        barrier("workbench: run directory read")
+    inputs = _inputs(job, plan, strategy=strategy, cluster=cluster, progress=progress)
+    _warn_if_jax_on_cpu()
+    return _train_run(job, plan, inputs, strategy=strategy, cluster=cluster,
+                      execution=execution, monitoring=monitoring, progress=progress)
+
+
+@dataclasses.dataclass
+class _Job:
+    """The checked arguments of a :func:`finetune` call, and the settings it records."""
+
+    splits: str | Path | SplitData
+    run_dir: Path
+    backbone: str | None
+    weights: object
+    source: str | Path | None
+    cut_at: str | None
+    recipe: Recipe
+    lr_mult_rules: dict | None
+    decay_mult_rules: dict | None
+    solver: SolverConfig
+    image_size: int
+    resize_mode: str
+    augment: pipeline.Augment | None
+    class_weight: str | None
+    dropout: float
+    seed: int
+    config: dict  # config.json: completed once the data is read and the precision known
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a :func:`finetune` call does with its run directory."""
+
+    run: RunDir
+    resume: bool = False        # continue the run's checkpoint
+    replacing: bool = False     # train beside the run and swap it in when it finishes
+    finished: bool = False      # a finished run with the same settings: returned as it is
+    asked_resume: bool = False  # the caller asked to resume (a notebook rerun continues)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What training reads: the decoded splits, the batches and the class weights."""
+
+    data: SplitData
+    train: pipeline.Batches
+    val: pipeline.Batches | None
+    augment: pipeline.Augment | None
+    class_weight: dict | None
+
+
+def _job(splits, run_dir, *, backbone, weights, source, cut_at, recipe, lr_mult_rules,
+         decay_mult_rules, solver, image_size, resize_mode, augment, class_weight, dropout,
+         seed, resume, overwrite, execution) -> _Job:
+    """Checks what :func:`finetune` can check before reading any image or building a model
+    (raising ``ValueError``/``FileNotFoundError`` naming the argument), and the settings."""
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite must not both be True: resume continues the "
+                         "run in run_dir, overwrite replaces it")
     if image_size is None:
         image_size = models.natural_image_size(backbone, source=source)
     check_int("image_size", image_size, minimum=8, maximum=MAX_IMAGE_SIZE)
@@ -242,13 +308,12 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         models.check_weights(weights)
     elif not Path(source).is_file():
         raise FileNotFoundError(f"source must be a saved .keras model, received: {str(source)!r}")
-    solver = solver or SolverConfig()
-    run_dir = Path(run_dir)
-    recipe_ = get_recipe(recipe)
     check_choice("class_weight", class_weight, CLASS_WEIGHTS)
     lr_mult.check_rules("lr_mult_rules", lr_mult_rules or {})
     if decay_mult_rules:
         lr_mult.check_rules("decay_mult_rules", decay_mult_rules)
+    solver = solver or SolverConfig()
+    recipe_ = get_recipe(recipe)
     augment = pipeline.resolve_augment(augment, splits.labels["train"] if isinstance(
         splits, SplitData) else SplitFolder(splits).labels("train"))
     config = {
@@ -267,121 +332,90 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         "seed": seed, **execution.to_dict(),
         "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
     }
-    run = RunDir(run_dir)
+    return _Job(splits, Path(run_dir), None if source else backbone, weights, source, cut_at,
+                recipe_, lr_mult_rules, decay_mult_rules, solver, image_size, resize_mode,
+                augment, class_weight, dropout, seed, config)
+
+
+def _plan(run: RunDir, config: dict, *, resume: bool, overwrite: bool, progress: str) -> _Plan:
+    """Decides what happens to the run folder, before any work: a run there is continued
+    (``resume``), replaced when the new one finishes (``overwrite``), or left alone.
+
+    Raises:
+        RunExists: the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
+        SettingsChanged: ``resume`` with settings other than the run's.
+    """
     run.recover()  # what a killed replacement left beside the run
     if run.resumable and not (resume or overwrite):
         raise RunExists(run)
     if resume and not run.resumable and progress != "none" and run.exists:
-        print(f"{run_dir.name}: no checkpoint to resume from, so it starts afresh", flush=True)
-    asked_resume, resume = resume, resume and run.resumable
-    if resume:
+        print(f"{run.path.name}: no checkpoint to resume from, so it starts afresh", flush=True)
+    if resume and run.resumable:
         changed = _changed_settings(run, config)
         if changed:
             raise SettingsChanged(run, changed)
-        if run.finished:
-            return Run.load(run_dir)
-    replacing = overwrite and run.resumable
-    if cluster is not None:  # every worker has read the run before worker 0 may clear it
-        barrier("workbench: run directory read")
+        return _Plan(run, resume=True, finished=run.finished, asked_resume=True)
+    return _Plan(run, replacing=overwrite and run.resumable, asked_resume=resume)
 
-    if source is None and recipe_.pretrained and not resume:  # offline: say so before decoding
-        models.fetch_weights(backbone, weights, input_shape=(image_size, image_size, 3))
-    data = splits if isinstance(splits, SplitData) else load_splits(
-        splits, image_size=image_size, resize_mode=resize_mode, progress=progress != "none")
-    config["classes"] = data.classes
+
+def _inputs(job: _Job, plan: _Plan, *, strategy, cluster, progress: str) -> _Inputs:
+    """Fetches the starting weights (offline, that fails before any image is decoded), reads
+    the splits and makes the batches; completes ``job.config`` with what the data decides."""
+    if job.source is None and job.recipe.pretrained and not plan.resume:
+        models.fetch_weights(job.backbone, job.weights,
+                             input_shape=(job.image_size, job.image_size, 3))
+    data = job.splits if isinstance(job.splits, SplitData) else load_splits(
+        job.splits, image_size=job.image_size, resize_mode=job.resize_mode,
+        progress=progress != "none")
+    job.config["classes"] = data.classes
+    augment = job.augment
     if augment is not None:  # where it runs; a resumed run keeps where it began
         augment = dataclasses.replace(augment, placement=(
-            run.config.get("augment_placement") if resume else None) or _placement(augment))
-        config["augment_placement"] = augment.placement
-    train_images = _train_images(splits, data, augment, image_size, resize_mode, progress)
-    config["train_stored_size"] = int(train_images.shape[1])
+            plan.run.config.get("augment_placement") if plan.resume else None)
+            or _placement(augment))
+        job.config["augment_placement"] = augment.placement
+    train_images = _train_images(job.splits, data, augment, job.image_size, job.resize_mode,
+                                 progress)
+    job.config["train_stored_size"] = int(train_images.shape[1])
     weights_by_class = balanced_class_weights(data.labels["train"], len(data.classes)) \
-        if class_weight == "balanced" else None
-    config["class_weights"] = list(weights_by_class.values()) if weights_by_class else None
+        if job.class_weight == "balanced" else None
+    job.config["class_weights"] = list(weights_by_class.values()) if weights_by_class else None
+    train, val = _batches(data, train_images, solver=job.solver, strategy=strategy,
+                          cluster=cluster, seed=job.seed, augment=augment,
+                          image_size=job.image_size)
+    job.recipe.stage_epochs(job.solver.total_epochs(train.steps_per_epoch))  # enough epochs?
+    return _Inputs(data, train, val, augment, weights_by_class)
 
-    batch_size = min(solver.batch_size, len(data.labels["train"]))
-    devices, strategy_name = replica_count(strategy), _name(strategy)
-    if batch_size % devices:  # each batch is split evenly between the devices
-        raise ValueError(f"batch_size must be a multiple of the {devices} devices "
-                         f"{strategy_name} trains on, received: {batch_size}")
-    # each worker feeds its part of every batch, and evaluation batches split evenly
-    shard = (cluster.rank, cluster.size) if cluster else (0, 1)
-    pad_to = devices if hasattr(strategy, "device_mesh") else 1  # a keras.distribution
-    train = pipeline.Batches(train_images, data.labels["train"], batch_size=batch_size,
-                             seed=seed, augment=augment, drop_remainder=True,
-                             image_size=image_size, shard=shard)
-    val = _eval_batches(data, "val", batch_size if pad_to > 1 else solver.batch_size,
-                        shard=shard, pad_to=pad_to)
-    recipe_.stage_epochs(solver.total_epochs(train.steps_per_epoch))  # enough for its stages?
 
-    _warn_if_jax_on_cpu()
+def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, execution,
+               monitoring, progress: str) -> Run:
+    """Trains the run and writes its folder (worker 0 only), then returns it."""
+    run_dir, solver, data = job.run_dir, job.solver, inputs.data
     with contextlib.ExitStack() as stack, execution_context(execution.precision, strategy) \
             as (policy, _):
-        config.update(dtype_policy=policy, distribution=strategy_name)
+        job.config.update(dtype_policy=policy, distribution=_name(strategy))
         if cluster is not None:
-            config["workers"] = cluster.size
+            job.config["workers"] = cluster.size
         if progress != "none":  # what a user should know before the first epoch, once
-            doing = ", resuming" if resume else ", replacing the run there" if replacing else ""
-            print(f"{run_dir.name}: {recipe} on {_device_words(cluster)}, {policy}{doing}",
-                  flush=True)
-            notes = _data_notes(data)
-            if notes:
-                print(f"{run_dir.name}: note: {'; '.join(notes)}", flush=True)
-        resumed = checkpoint.load_checkpoint(run_dir) if resume else None
-        if resumed is not None:
-            model = resumed[0]
-            state = cb.RunState(**resumed[1])
-        else:
-            keras.utils.set_random_seed(seed)
-            model = build_model(recipe_, backbone=backbone, weights=weights, source=source,
-                                cut_at=cut_at, num_classes=len(data.classes),
-                                image_size=image_size, dropout=dropout,
-                                augmentation=models.RandomAugment(augment, seed=seed,
-                                                                  name="augmentation")
-                                if augment is not None and augment.placement == "model"
-                                else None)
-            for stage in recipe_.stages:  # every rule names a weight, in every stage
-                lr_mult.check_rules("lr_mult_rules", _stage_rules(model, stage, lr_mult_rules),
-                                    model=model)
-            if decay_mult_rules:
-                lr_mult.check_rules("decay_mult_rules", decay_mult_rules, model=model)
-            state = cb.RunState()
-        # Worker 0 writes the run (into a new folder beside it when replacing one); the
-        # others write what they must to a scratch folder.
-        if cluster is not None and not cluster.chief:
-            out = Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix=f"workbench-worker{cluster.rank}-")))
-        elif replacing:
-            out = stack.enter_context(run.replacement()).path
-        else:
-            out = run_dir
-            if resumed is None:
-                run.clear()  # a failed start: nothing of value (a run would need overwrite)
-        RunDir(out).remove_partial_files()
-        write_json(out / "config.json", config)
+            _announce(plan, data, recipe=job.recipe.name, policy=policy, cluster=cluster)
+        model, state, resumed = _start_model(job, plan, inputs)
+        out = _run_folder(stack, plan, cluster, fresh=not resumed)
+        write_json(out / "config.json", job.config)
         write_text(out / "labels.txt", "".join(f"{c}\n" for c in data.classes))
-        if resumed is None:  # the starting point, for comparing filters before and after
+        if not resumed:  # the starting point, for comparing filters before and after
             checkpoint.save_model(model, out / "initial.keras")
         recorder = ResourceMonitor(out / "resources.csv").start() \
             if monitoring.resources and (cluster is None or cluster.chief) else None
-        try:
+        with _interrupt_says_what_is_kept(plan, out, state, solver, inputs.train):
             with recorder or contextlib.nullcontext():  # stops sampling even if training fails
                 problem, stopped_early = train_stages(
-                    model, state, recipe_, train=train, val=val, solver=solver, run_dir=out,
-                    extra_rules=lr_mult_rules, decay_rules=decay_mult_rules, seed=seed,
-                    resumed_from=run if resumed is not None else None, progress=progress,
+                    model, state, job.recipe, train=inputs.train, val=inputs.val,
+                    solver=solver, run_dir=out, extra_rules=job.lr_mult_rules,
+                    decay_rules=job.decay_mult_rules, seed=job.seed,
+                    resumed_from=plan.run if resumed else None, progress=progress,
                     extra_callbacks=_monitor_callbacks(out, recorder),
                     tensorboard=monitoring.tensorboard, num_classes=len(data.classes),
-                    class_weight=weights_by_class, title=run_dir.name)
-        except KeyboardInterrupt as interrupt:  # one line saying what is kept, not Keras's stack
-            if isinstance(interrupt, TrainingInterrupted):
-                raise
-            again = "run the cell again" if in_notebook() and asked_resume \
-                else "train again with resume=True"
-            raise TrainingInterrupted(
-                run_dir, epoch=state.epoch + 1, epochs=solver.total_epochs(train.steps_per_epoch),
-                checkpoint_epoch=None if replacing else RunDir(out).checkpoint_epoch,
-                replaced=replacing, again=again) from interrupt
+                    class_weight=inputs.class_weight, title=run_dir.name)
         if cluster is not None and not cluster.chief:  # worker 0 writes the run; wait for it
             barrier("workbench: run written")
             if problem:
@@ -390,16 +424,106 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
             return Run.load(run_dir)
         try:
             _finish(out, model, data, solver, state, problem=problem, stopped_early=stopped_early,
-                    resources=monitoring.resources, batch_size=train.batch_size)
+                    resources=monitoring.resources, batch_size=inputs.train.batch_size)
             if problem:
                 raise cb.TrainingDiverged(
                     problem, run_dir=run_dir, epoch=state.epoch + 1, base_lr=solver.base_lr,
-                    checkpoint_epoch=None if replacing else RunDir(out).checkpoint_epoch,
-                    replaced=replacing)
+                    checkpoint_epoch=None if plan.replacing else RunDir(out).checkpoint_epoch,
+                    replaced=plan.replacing)
         finally:
             if cluster is not None:  # the other workers return once the run is written
                 barrier("workbench: run written")
     return Run.load(run_dir)
+
+
+def _batches(data: SplitData, train_images, *, solver: SolverConfig, strategy, cluster, seed,
+             augment, image_size) -> tuple[pipeline.Batches, pipeline.Batches | None]:
+    """The training and validation batches: each worker feeds its part of every batch, and
+    with several devices of a ``keras.distribution`` evaluation batches split evenly."""
+    batch_size = min(solver.batch_size, len(data.labels["train"]))
+    devices = replica_count(strategy)
+    if batch_size % devices:  # each batch is split evenly between the devices
+        raise ValueError(f"batch_size must be a multiple of the {devices} devices "
+                         f"{_name(strategy)} trains on, received: {batch_size}")
+    shard = (cluster.rank, cluster.size) if cluster else (0, 1)
+    pad_to = devices if hasattr(strategy, "device_mesh") else 1  # a keras.distribution
+    train = pipeline.Batches(train_images, data.labels["train"], batch_size=batch_size,
+                             seed=seed, augment=augment, drop_remainder=True,
+                             image_size=image_size, shard=shard)
+    val = _eval_batches(data, "val", batch_size if pad_to > 1 else solver.batch_size,
+                        shard=shard, pad_to=pad_to)
+    return train, val
+
+
+def _announce(plan: _Plan, data: SplitData, *, recipe: str, policy: str, cluster) -> None:
+    """The lines a user should read before the first epoch, once."""
+    name = plan.run.path.name
+    doing = ", resuming" if plan.resume else ", replacing the run there" if plan.replacing else ""
+    print(f"{name}: {recipe} on {_device_words(cluster)}, {policy}{doing}", flush=True)
+    notes = _data_notes(data)
+    if notes:
+        print(f"{name}: note: {'; '.join(notes)}", flush=True)
+
+
+def _start_model(job: _Job, plan: _Plan, inputs: _Inputs
+                 ) -> tuple[keras.Model, cb.RunState, bool]:
+    """``(model, state, resumed)``: the run's checkpoint when resuming, else the model built
+    from its starting point, with every ``lr_mult``/``decay_mult`` rule checked against it in
+    every stage (before anything is written)."""
+    resumed = checkpoint.load_checkpoint(plan.run.path) if plan.resume else None
+    if resumed is not None:
+        return resumed[0], cb.RunState(**resumed[1]), True
+    keras.utils.set_random_seed(job.seed)
+    augment = inputs.augment
+    model = build_model(job.recipe, backbone=job.backbone, weights=job.weights,
+                        source=job.source, cut_at=job.cut_at,
+                        num_classes=len(inputs.data.classes), image_size=job.image_size,
+                        dropout=job.dropout,
+                        augmentation=models.RandomAugment(augment, seed=job.seed,
+                                                          name="augmentation")
+                        if augment is not None and augment.placement == "model" else None)
+    for stage in job.recipe.stages:
+        lr_mult.check_rules("lr_mult_rules", _stage_rules(model, stage, job.lr_mult_rules),
+                            model=model)
+    if job.decay_mult_rules:
+        lr_mult.check_rules("decay_mult_rules", job.decay_mult_rules, model=model)
+    return model, cb.RunState(), False
+
+
+def _run_folder(stack: contextlib.ExitStack, plan: _Plan, cluster, *, fresh: bool) -> Path:
+    """The folder this process writes: the run directory, a new folder beside it that replaces
+    it when the block of ``stack`` succeeds (``plan.replacing``), or for a worker other than 0
+    a scratch folder (worker 0 writes the run)."""
+    if cluster is not None and not cluster.chief:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix=f"workbench-worker{cluster.rank}-")))
+    if plan.replacing:
+        out = stack.enter_context(plan.run.replacement()).path
+    else:
+        out = plan.run.path
+        if fresh:
+            plan.run.clear()  # a failed start: nothing of value (a run would need overwrite)
+    RunDir(out).remove_partial_files()
+    return out
+
+
+@contextlib.contextmanager
+def _interrupt_says_what_is_kept(plan: _Plan, out: Path, state: cb.RunState,
+                                 solver: SolverConfig, train):
+    """Turns Ctrl+C or Kernel > Interrupt during training into :class:`TrainingInterrupted`:
+    one line saying what is kept and how to go on, not Keras's stack."""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, TrainingInterrupted):
+            raise
+        again = "run the cell again" if in_notebook() and plan.asked_resume \
+            else "train again with resume=True"
+        raise TrainingInterrupted(
+            plan.run.path, epoch=state.epoch + 1,
+            epochs=solver.total_epochs(train.steps_per_epoch),
+            checkpoint_epoch=None if plan.replacing else RunDir(out).checkpoint_epoch,
+            replaced=plan.replacing, again=again) from interrupt
 
 
 def _finish(run_dir: Path, model: keras.Model, data: SplitData, solver: SolverConfig,
