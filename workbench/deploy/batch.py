@@ -335,9 +335,36 @@ def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
             run, the images or the output's folder (the message names it).
         FileNotFoundError: ``run_dir`` or ``list_file`` does not exist.
     """
-    from workbench.deploy.predict import Classifier
-
     out, features_path, with_features = _check_out(out, features)
+    chunk_size, threads = _check_job(top_k=top_k, batch_size=batch_size, chunk_size=chunk_size,
+                                     threads=threads, progress=progress, cluster=cluster,
+                                     cluster_options=cluster_options, jobs=jobs)
+    sources = list_files(paths, list_file=list_file, list_root=list_root)
+    if classifier is None:
+        classifier = _load_classifier(run_dir, model, backend, runtime_threads)
+    options = {"top_k": top_k, "tta": tta, "calibrated": calibrated,
+               "features": with_features, "max_pixels": max_pixels}
+    partial, started_over = _open_partial(out, _identity(classifier, options))
+    done = _done(sources, _read_parts(partial), threads)
+    todo = [source for source in sources if source.path not in done]
+    settings = {"top_k": top_k, "batch_size": batch_size, "threads": threads, "tta": tta,
+                "calibrated": calibrated, "features": with_features, "max_pixels": max_pixels}
+    started = time.monotonic()
+    if todo:
+        _classify(classifier, todo, partial, chunk_size, settings, run_dir=run_dir, model=model,
+                  runtime_threads=runtime_threads, cluster=cluster,
+                  cluster_options=cluster_options, jobs=jobs, progress=progress)
+    seconds = time.monotonic() - started
+    rows, errors = _merge_parts(out, features_path, features == "columns", sources, partial,
+                                top_k)
+    return BatchResult(out, features_path, rows, errors, skipped=len(done),
+                       classified=len(todo), seconds=seconds, started_over=started_over)
+
+
+def _check_job(*, top_k, batch_size, chunk_size, threads, progress, cluster, cluster_options,
+               jobs) -> tuple[int, int]:
+    """The checked ``chunk_size`` and ``threads`` (its default filled in), after checking the
+    job's other options."""
     check_int("top_k", top_k, minimum=1)
     check_int("batch_size", batch_size, minimum=1)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1)
@@ -353,14 +380,19 @@ def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
         if cluster != "slurm":
             raise ValueError(f"jobs applies to cluster='slurm', received: jobs={jobs} with "
                              f"cluster={cluster!r}")
-    sources = list_files(paths, list_file=list_file, list_root=list_root)
-    if classifier is None:
-        classifier = Classifier.load(run_dir, model=model, backend=backend,
-                                     threads=runtime_threads)
-    options = {"top_k": top_k, "tta": tta, "calibrated": calibrated,
-               "features": with_features, "max_pixels": max_pixels}
-    identity = _identity(classifier, options)
+    return chunk_size, threads
 
+
+def _load_classifier(run_dir, model: str, backend: str, runtime_threads: int):
+    """The run's ``Classifier``, loaded in this process."""
+    from workbench.deploy.predict import Classifier
+
+    return Classifier.load(run_dir, model=model, backend=backend, threads=runtime_threads)
+
+
+def _open_partial(out: Path, identity: dict) -> tuple[Path, str | None]:
+    """The ``.partial`` folder of ``out``, ready for this job, and why an earlier run's chunks
+    were discarded (None when they were kept or there were none)."""
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     started_over = None
     manifest = partial / MANIFEST
@@ -373,31 +405,35 @@ def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
     remove_stale_temporaries(partial)
     if not manifest.is_file():
         write_json(manifest, identity)
+    return partial, started_over
 
-    done = _done(sources, _read_parts(partial), threads)
-    todo = [source for source in sources if source.path not in done]
-    settings = {"top_k": top_k, "batch_size": batch_size, "threads": threads, "tta": tta,
-                "calibrated": calibrated, "features": with_features, "max_pixels": max_pixels}
-    started = time.monotonic()
-    if todo and cluster is None:
+
+def _classify(classifier, todo, partial, chunk_size, settings, *, run_dir, model,
+              runtime_threads, cluster, cluster_options, jobs, progress) -> None:
+    """Classifies ``todo`` into chunks in ``partial``: in this process, or on Dask workers
+    (each loading the run's classifier as this one was)."""
+    if cluster is None:
         _run_here(classifier, todo, partial, chunk_size, settings, progress)
-    elif todo:
+    else:
         load = {"path": str(run_dir), "model": model, "backend": classifier.backend,
                 "threads": runtime_threads}
         _run_on_cluster(todo, partial, chunk_size, settings, load,
                         cluster=cluster, cluster_options=cluster_options, jobs=jobs,
                         progress=progress, run_dir=run_dir, sample=todo[0])
-    seconds = time.monotonic() - started
+
+
+def _merge_parts(out: Path, features_path: Path | None, columns: bool, sources, partial: Path,
+                 top_k: int) -> tuple[int, int]:
+    """The rows and errors of ``out``, written from the chunks, which are then removed; refuses
+    a table with holes."""
     parts = _read_parts(partial)
     missing = len({source.path for source in sources} - set(parts["path"]))
     if missing:  # never a table with holes: the next run does them
         raise RuntimeError(f"{missing} files have no row in {partial}; run the same command "
                            f"again to do them")
-    rows, errors = _write_output(out, features_path, features == "columns", sources, parts,
-                                 top_k)
+    rows, errors = _write_output(out, features_path, columns, sources, parts, top_k)
     remove(partial)
-    return BatchResult(out, features_path, rows, errors, skipped=len(done),
-                       classified=len(todo), seconds=seconds, started_over=started_over)
+    return rows, errors
 
 
 def _run_here(classifier, todo, partial, chunk_size, settings, progress) -> None:
