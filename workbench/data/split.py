@@ -490,6 +490,28 @@ def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_
         ValueError: naming the argument and the value received, if an option is invalid, if
             ``counts`` is given together with ``val`` or ``test``, or if ``table`` lacks columns.
     """
+    settings = _check_settings(table, min_per_class=min_per_class, val=val, test=test,
+                               counts=counts, seed=seed)
+    data = table.reset_index(drop=True)
+    scan_rejected, accepted = _accepted_rows(data, settings["seed"])
+    distinct = accepted.drop_duplicates(["label", "_key"])["label"].value_counts()
+    counts = settings["counts"]
+    need = sum(value for value in counts if value != REST) if counts is not None else 0
+    dropped, left_out, live = _drop_classes(accepted, settings, distinct, need)
+    assigned, beyond = _assign_splits(live, settings, distinct, need)
+    kept, classes = _kept_rows(live, assigned, data.columns)
+    rejected = pd.concat([scan_rejected, pd.DataFrame(left_out + beyond,
+                                                      columns=list(REJECTED_COLUMNS))],
+                         ignore_index=True)
+    rejected = rejected.sort_values("path", kind="stable").reset_index(drop=True)
+    dropped = pd.DataFrame(dropped, columns=["label", "images", "reason", "detail"])
+    return SplitResult(table=kept, rejected=rejected, classes=classes, dropped=dropped,
+                       settings=settings)
+
+
+def _check_settings(table, *, min_per_class, val, test, counts, seed) -> dict:
+    """The checked settings of :func:`split` (``val`` and ``test`` None when ``counts`` is
+    given), after checking that ``table`` is a DataFrame with ``path`` and ``label``."""
     if not isinstance(table, pd.DataFrame):
         raise ValueError(f"table must be a pandas DataFrame (from scan), received: "
                          f"{type(table).__name__}")
@@ -510,10 +532,13 @@ def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_
         test = check_number("test", test, minimum=0.0, maximum=1.0)
         if val + test > 1.0:
             raise ValueError(f"val + test must be <= 1, received: val={val!r}, test={test!r}")
-    settings = {"min_per_class": min_per_class, "val": val, "test": test, "counts": counts,
-                "seed": seed}
+    return {"min_per_class": min_per_class, "val": val, "test": test, "counts": counts,
+            "seed": seed}
 
-    data = table.reset_index(drop=True)
+
+def _accepted_rows(data: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rejected rows of the scan, and the accepted ones with their content key (``_key``:
+    the sha256, or the path where it is missing) and its number in [0, 1) (``_u``)."""
     ok = (data["status"].astype(str) == OK) if "status" in data.columns else pd.Series(
         True, index=data.index)
     scan_rejected = _rejected_rows(data[~ok])
@@ -528,10 +553,15 @@ def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_
     unit = {key: _unit(f"{seed}:{key}") for key in keys.unique()}
     accepted["_key"] = keys
     accepted["_u"] = keys.map(unit)
+    return scan_rejected, accepted
 
+
+def _drop_classes(accepted: pd.DataFrame, settings: dict, distinct: pd.Series, need: int):
+    """The classes dropped (``(label, images, reason, detail)`` each, below ``min_per_class``
+    or too small for the counts), a rejected row for each of their images, and the rows of
+    the classes kept."""
+    min_per_class, counts = settings["min_per_class"], settings["counts"]
     images = accepted["label"].value_counts()
-    distinct = accepted.drop_duplicates(["label", "_key"])["label"].value_counts()
-    need = sum(value for value in counts if value != REST) if counts is not None else 0
     dropped = []
     for label in sorted(images.index):
         if images[label] < min_per_class:
@@ -546,8 +576,14 @@ def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_
     left_out = [{"path": row.path, "label": row.label, "reason": dropped_labels[row.label][0],
                  "detail": f"class {row.label!r}: {dropped_labels[row.label][1]}"}
                 for row in accepted[is_dropped].itertuples()]
+    return dropped, left_out, accepted[~is_dropped]
 
-    live = accepted[~is_dropped]
+
+def _assign_splits(live: pd.DataFrame, settings: dict, distinct: pd.Series, need: int):
+    """The split of every row of ``live`` (``""`` beyond fixed counts), by fractions or by
+    counts, and a rejected row for each image beyond the counts."""
+    counts, val, test = settings["counts"], settings["val"], settings["test"]
+    beyond = []
     if counts is None:
         u = live["_u"].to_numpy(dtype=float)
         names = np.where(u < test, TEST, np.where(u < test + val, VAL, TRAIN))
@@ -555,26 +591,25 @@ def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_
     else:
         assigned, used = _assign_counts(live, counts, distinct, need)
         for row in live[assigned == ""].itertuples():
-            left_out.append({"path": row.path, "label": row.label, "reason": BEYOND_COUNTS,
-                             "detail": f"class {row.label!r} has {distinct[row.label]} distinct "
-                                       f"images, counts={_show_counts(counts)} use "
-                                       f"{used[row.label]}"})
+            beyond.append({"path": row.path, "label": row.label, "reason": BEYOND_COUNTS,
+                           "detail": f"class {row.label!r} has {distinct[row.label]} distinct "
+                                     f"images, counts={_show_counts(counts)} use "
+                                     f"{used[row.label]}"})
+    return assigned, beyond
 
+
+def _kept_rows(live: pd.DataFrame, assigned: pd.Series, columns) -> tuple[pd.DataFrame, list]:
+    """The rows given a split, with ``label_index`` and ``split`` after ``path`` and
+    ``label`` (then the table's other ``columns``), sorted by path; and the classes kept."""
     kept = live[assigned != ""].copy()
     classes = sorted(kept["label"].unique().tolist())
     kept["label_index"] = kept["label"].map({name: i for i, name in enumerate(classes)})
     kept["label_index"] = kept["label_index"].astype("int64")
     kept["split"] = assigned[kept.index].astype(str)
     first = ["path", "label", "label_index", "split"]
-    rest = [column for column in data.columns if column not in first]
+    rest = [column for column in columns if column not in first]
     kept = kept[first + rest].sort_values("path", kind="stable").reset_index(drop=True)
-
-    rejected = pd.concat([scan_rejected, pd.DataFrame(left_out, columns=list(REJECTED_COLUMNS))],
-                         ignore_index=True)
-    rejected = rejected.sort_values("path", kind="stable").reset_index(drop=True)
-    dropped = pd.DataFrame(dropped, columns=["label", "images", "reason", "detail"])
-    return SplitResult(table=kept, rejected=rejected, classes=classes, dropped=dropped,
-                       settings=settings)
+    return kept, classes
 
 
 def _unit(text: str) -> float:
