@@ -254,6 +254,27 @@ def sweep(notebook: str | Path, out: str | Path, params: dict, *, mode: str = "g
         KeyboardInterrupt: the sweep was interrupted; the runs in flight are stopped and
             ``results.csv`` holds every run finished before.
     """
+    notebook, fixed, chosen, workers, cwd = _check_arguments(notebook, params, mode, fixed,
+                                                             workers, cluster, cluster_options, cwd)
+    out = _sweep_folder(out)
+    previous, earlier_parameters = _previous_sweep(out, notebook, fixed)
+    parameters = list(params) + [name for name in earlier_parameters if name not in params]
+    rows, todo, order = _plan_runs(chosen, previous, out, notebook, fixed, cwd, kernel_name)
+    _record_plan(out, notebook, fixed, parameters, mode, order, rows)
+    if progress:
+        _report_finished_before(out, len(chosen), len(todo))
+    _remove_stale_metrics(out, todo)
+    if todo:
+        _run_all(todo, out, order, rows, parameters, workers=workers, cluster=cluster,
+                 cluster_options=cluster_options, progress=progress)
+    table = _frame([rows[name] for name in order if name in rows], parameters)
+    return SweepResult(table, out, parameters, _metric_columns(table, parameters))
+
+
+def _check_arguments(notebook, params, mode, fixed, workers, cluster, cluster_options,
+                     cwd) -> tuple[Path, dict, list, int | None, Path]:
+    """The notebook (resolved), the fixed parameters, the combinations, the workers and the
+    kernels' working directory, each checked."""
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook not found, received: {str(notebook)!r}")
@@ -267,11 +288,22 @@ def sweep(notebook: str | Path, out: str | Path, params: dict, *, mode: str = "g
     cwd = Path(cwd).resolve() if cwd is not None else notebook.parent
     if not cwd.is_dir():
         raise FileNotFoundError(f"cwd must be an existing folder, received: {str(cwd)!r}")
+    return notebook, fixed, chosen, workers, cwd
+
+
+def _sweep_folder(out) -> Path:
+    """The sweep folder, resolved and created."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    return out
 
-    previous, earlier_parameters = _previous_sweep(out, notebook, fixed)
-    parameters = list(params) + [name for name in earlier_parameters if name not in params]
+
+def _plan_runs(chosen: list, previous: dict, out: Path, notebook: Path, fixed: dict,
+               cwd: Path, kernel_name: str) -> tuple[dict, list, list]:
+    """The rows known already, by name (runs finished ``ok``, the last failures, earlier
+    sweeps' other values), the runs to do, and the order of the rows: the chosen combinations,
+    then the earlier sweeps' other values."""
+    previous = dict(previous)
     rows, todo = {}, []
     for combination in chosen:
         name = combination_name(combination)
@@ -289,19 +321,30 @@ def sweep(notebook: str | Path, out: str | Path, params: dict, *, mode: str = "g
             "cwd": str(cwd), "kernel_name": kernel_name}})
     order = [combination_name(combination) for combination in chosen] + list(previous)
     rows.update(previous)  # rows of earlier sweeps over other values are kept
+    return rows, todo, order
+
+
+def _record_plan(out: Path, notebook: Path, fixed: dict, parameters: list, mode: str,
+                 order: list, rows: dict) -> None:
+    """Writes ``sweep.json`` (the notebook, fixed parameters, parameters and mode) and the
+    ``results.csv`` of the rows known before the runs."""
     write_json(out / SWEEP_FILE, {"notebook": notebook.name, "fixed": _jsonable(fixed),
                                   "parameters": parameters, "mode": mode})
     _write_results(out, order, rows, parameters)
-    if progress and len(todo) < len(chosen):
-        _report(f"sweep: {len(chosen) - len(todo)} of {len(chosen)} combinations already "
-                f"finished in {out}; running {len(todo)}")
-    for task in todo:  # a stale metrics.json must not pass for this run's numbers
+
+
+def _report_finished_before(out: Path, chosen: int, todo: int) -> None:
+    """Says how many of the ``chosen`` combinations an earlier sweep finished, if any did."""
+    if todo < chosen:
+        _report(f"sweep: {chosen - todo} of {chosen} combinations already finished in {out}; "
+                f"running {todo}")
+
+
+def _remove_stale_metrics(out: Path, todo: list) -> None:
+    """Removes the ``metrics.json`` of every run to do: a stale one must not pass for this
+    run's numbers."""
+    for task in todo:
         (out / task["name"] / "metrics.json").unlink(missing_ok=True)
-    if todo:
-        _run_all(todo, out, order, rows, parameters, workers=workers, cluster=cluster,
-                 cluster_options=cluster_options, progress=progress)
-    table = _frame([rows[name] for name in order if name in rows], parameters)
-    return SweepResult(table, out, parameters, _metric_columns(table, parameters))
 
 
 def _run_all(todo, out, order, rows, parameters, *, workers, cluster, cluster_options,
