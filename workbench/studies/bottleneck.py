@@ -280,9 +280,34 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
         ValueError: for an invalid option, an unknown layer, a layer a method cannot change,
             or a split the data lacks.
     """
-
     model = as_model(model)
     chain = Chain(model)
+    shape, filters, methods, narrowed, solver = _check_study(
+        model, chain, at, filters, methods, epochs=epochs, batch_size=batch_size,
+        base_lr=base_lr, rest_lr_mult=rest_lr_mult, init=init, keep=keep,
+        image_size=image_size, split=split, seed=seed)
+    data = _study_data(data, chain, split, progress)
+    train_x, train_y = data.images["train"], data.labels["train"]
+    raw_bytes = math.prod(chain.input_shape)
+    tune = _fine_tuner(train_x, train_y, solver, batch_size, rest_lr_mult, seed)
+    measure = functools.partial(_split_accuracy, images=data.images[split],
+                                labels=data.labels[split], batch_size=batch_size)
+    reference = _reference(chain, at, shape, raw_bytes, tune, measure, rest_lr_mult)
+    init_images = train_x[np.random.default_rng(seed).permutation(len(train_x))[:512]]
+    change = functools.partial(_changed_model, model, at, init=init, init_images=init_images,
+                               keep=keep, narrowed=narrowed, seed=seed)
+    runs = [(method, k) for method in methods for k in filters]
+    rows = [_method_row(method, k, change, tune, measure, shape, raw_bytes, reference)
+            for method, k in (progress_bar(runs, desc=f"fewer channels at {at}") if progress
+                              else runs)]
+    return BottleneckStudy(pd.DataFrame(rows), reference, at, split, raw_bytes)
+
+
+def _check_study(model, chain: Chain, at: str, filters, methods, *, epochs, batch_size, base_lr,
+                 rest_lr_mult, init, keep, image_size, split, seed) -> tuple:
+    """The output shape at ``at``, the filter counts (sorted, each once), the methods (in
+    the order given, each once), the layers the narrowed convolution changes and the
+    solver, after checking the study's other options."""
     chain.check_layer(at, "at", allow_ends=False)
     shape = chain.shapes[at]
     if len(shape) != 3:
@@ -313,64 +338,84 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
                          f"received: {image_size}")
     solver = SolverConfig(optimizer="adam", base_lr=base_lr, epochs=epochs,
                           batch_size=batch_size, lr_policy="cosine", weight_decay=0.0)
+    return shape, filters, methods, narrowed, solver
+
+
+def _study_data(data, chain: Chain, split: str, progress: bool) -> SplitData:
+    """The split data (read from a split directory at the model's input size), checked to
+    hold ``split`` and images of the model's input shape."""
     if not isinstance(data, SplitData):
         if not isinstance(data, (str, os.PathLike)):
             raise ValueError(f"data must be a split directory or SplitData, received: "
                              f"{type(data).__name__}")
-        data = load_splits(Path(data), image_size=size, progress=progress)
+        data = load_splits(Path(data), image_size=chain.input_shape[0], progress=progress)
     if split not in data.images:
         raise ValueError(f"split must be a split of the data ({', '.join(data.images)}), "
                          f"received: {split!r}")
-    train_x, train_y = data.images["train"], data.labels["train"]
-    test_x, test_y = data.images[split], data.labels[split]
+    train_x = data.images["train"]
     if tuple(train_x.shape[1:]) != chain.input_shape:
         raise ValueError(f"data images must be {chain.input_shape}, received: {train_x.shape[1:]}")
+    return data
 
-    raw_bytes = math.prod(chain.input_shape)
+
+def _fine_tuner(train_x, train_y, solver: SolverConfig, batch_size: int, rest_lr_mult: float,
+                seed: int):
+    """:func:`fine_tune` on seeded batches of the training images, waiting for a model and
+    its ``rules``."""
     train = pipeline.Batches(train_x, train_y, batch_size=min(batch_size, len(train_y)),
                              seed=seed, drop_remainder=True)
-    tune = functools.partial(fine_tune, train=train, solver=solver, rest_lr_mult=rest_lr_mult,
+    return functools.partial(fine_tune, train=train, solver=solver, rest_lr_mult=rest_lr_mult,
                              seed=seed)
-    accuracy, accuracy_uint8 = _split_accuracy(chain.build(), at, test_x, test_y, batch_size)
+
+
+def _reference(chain: Chain, at: str, shape: tuple, raw_bytes: int, tune, measure,
+               rest_lr_mult: float) -> dict:
+    """The unmodified model's row: bytes sent at ``at``, accuracy as trained and after the
+    same fine-tuning as the methods get (as trained when ``rest_lr_mult`` is 0)."""
+    accuracy, accuracy_uint8 = measure(chain.build(), at)
     reference = {"filters": int(shape[-1]), "bytes_float32": activation_bytes(shape, "float32"),
                  "bytes_uint8": activation_bytes(shape, "uint8"),
                  "fraction_of_raw": activation_bytes(shape, "uint8") / raw_bytes,
                  "accuracy": accuracy, "accuracy_uint8": accuracy_uint8}
     if rest_lr_mult > 0:  # the same fine-tuning without a change: the fair comparison
         control = tune(chain.build(), rules={})
-        reference["accuracy_finetuned"] = _split_accuracy(control, at, test_x, test_y,
-                                                          batch_size)[0]
+        reference["accuracy_finetuned"] = measure(control, at)[0]
     else:
         reference["accuracy_finetuned"] = accuracy
-    init_images = train_x[np.random.default_rng(seed).permutation(len(train_x))[:512]]
-    runs = [(method, k) for method in methods for k in filters]
-    rows = []
-    for method, k in (progress_bar(runs, desc=f"fewer channels at {at}") if progress
-                      else runs):
-        started = time.monotonic()
-        if method == "bottleneck":
-            changed = tune(bottleneck_model(model, at, k, seed=seed,
-                                            init_images=init_images if init == "pca" else None),
-                           rules={"bottleneck_*": 1.0})
-            sent_at, start = ENCODE, init
-        else:
-            changed = tune(narrowed_model(model, at, k, keep=keep, init_images=init_images,
-                                          seed=seed),
-                           rules={glob.escape(name): 1.0 for name in narrowed})
-            sent_at, start = at, f"{keep}+lstsq"
-        seconds = time.monotonic() - started
-        split_shape = (*shape[:-1], k)
-        accuracy, accuracy_uint8 = _split_accuracy(changed, sent_at, test_x, test_y,
-                                                   batch_size)
-        rows.append({"method": method, "init": start, "filters": k,
-                     "split_shape": "x".join(map(str, split_shape)),
-                     "bytes_float32": activation_bytes(split_shape, "float32"),
-                     "bytes_uint8": activation_bytes(split_shape, "uint8"),
-                     "fraction_of_raw": activation_bytes(split_shape, "uint8") / raw_bytes,
-                     "accuracy": accuracy, "accuracy_uint8": accuracy_uint8,
-                     "drop_vs_reference": reference["accuracy_finetuned"] - accuracy,
-                     "train_seconds": round(seconds, 2)})
-    return BottleneckStudy(pd.DataFrame(rows), reference, at, split, raw_bytes)
+    return reference
+
+
+def _changed_model(model, at: str, method: str, k: int, *, init: str, init_images, keep: str,
+                   narrowed, seed: int) -> tuple:
+    """``model`` changed by ``method`` to send ``k`` channels (not yet fine-tuned), the
+    ``lr_mult`` rules of its new or narrowed layers, the layer whose output is sent, and how
+    it started (the table's ``init``)."""
+    if method == "bottleneck":
+        changed = bottleneck_model(model, at, k, seed=seed,
+                                   init_images=init_images if init == "pca" else None)
+        return changed, {"bottleneck_*": 1.0}, ENCODE, init
+    changed = narrowed_model(model, at, k, keep=keep, init_images=init_images, seed=seed)
+    return changed, {glob.escape(name): 1.0 for name in narrowed}, at, f"{keep}+lstsq"
+
+
+def _method_row(method: str, k: int, change, tune, measure, shape: tuple, raw_bytes: int,
+                reference: dict) -> dict:
+    """The table's row of ``method`` sending ``k`` channels: the model changed, fine-tuned
+    (both timed) and measured."""
+    started = time.monotonic()
+    changed, rules, sent_at, start = change(method, k)
+    changed = tune(changed, rules=rules)
+    seconds = time.monotonic() - started
+    split_shape = (*shape[:-1], k)
+    accuracy, accuracy_uint8 = measure(changed, sent_at)
+    return {"method": method, "init": start, "filters": k,
+            "split_shape": "x".join(map(str, split_shape)),
+            "bytes_float32": activation_bytes(split_shape, "float32"),
+            "bytes_uint8": activation_bytes(split_shape, "uint8"),
+            "fraction_of_raw": activation_bytes(split_shape, "uint8") / raw_bytes,
+            "accuracy": accuracy, "accuracy_uint8": accuracy_uint8,
+            "drop_vs_reference": reference["accuracy_finetuned"] - accuracy,
+            "train_seconds": round(seconds, 2)}
 
 
 def fine_tune(model, train: pipeline.Batches, *, rules: dict, solver: SolverConfig,
