@@ -324,5 +324,6 @@ def test_explain_with_a_folder_writes_an_overlay_per_usable_file_mirroring_it(ru
     # without --out, the rows are printed and the same overlays written; --raw is honoured
     raw = tmp_path / "raw"
     assert main(["predict", str(run["run"]), str(messy / "a"), "--raw", "--json",
-                 "--explain", str(raw)]) == 0
-    assert sorted(p.name for p in raw.rglob("*.png")) == ["one.png", "two.png"]
+                 "--explain", str(raw)]) == 1  # a/.secret.png is a hidden file: a row in error
+    assert sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*.png")) == \
+        ["deep/er/two.png", "one.png"]
