@@ -9,8 +9,10 @@ and writes ``calibration.json``. Prediction, evaluation and export read it back 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from workbench import calibration
@@ -23,11 +25,32 @@ NO_VALIDATION = "no validation split: the probabilities are not calibrated (temp
 
 def predict_probabilities(model, images, *, batch_size: int = 64) -> np.ndarray:
     """The model's probabilities for uint8 images, ``batch_size`` at a time (a memory-mapped
-    array is read one batch at a time)."""
+    array is read one batch at a time).
+
+    The model is called directly, on this process alone: under a ``tf.distribute`` strategy
+    ``predict_on_batch`` gives each replica the whole batch (twice the rows with two devices).
+    """
     check_int("batch_size", batch_size, minimum=1)
-    parts = [np.asarray(model.predict_on_batch(np.asarray(images[i:i + batch_size], np.float32)))
-             for i in range(0, len(images), batch_size)]
+    parts = [keras.ops.convert_to_numpy(
+        model(np.asarray(images[i:i + batch_size], np.float32), training=False))
+        for i in range(0, len(images), batch_size)]
     return np.concatenate(parts).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _on_this_process():
+    """Without a ``keras.distribution`` for the block: a model loaded in it lives on this
+    process alone, so worker 0 can run it while the other workers wait (with the run's
+    distribution over several workers, every forward pass would need all of them)."""
+    previous = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+    if previous is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
 
 
 def calibrate_run(run_dir: str | Path, images, labels, *, batch_size: int = 64,
@@ -41,7 +64,9 @@ def calibrate_run(run_dir: str | Path, images, labels, *, batch_size: int = 64,
             when the run has no validation split (temperature 1, with a note).
         labels: their class indices.
         batch_size: images per forward pass.
-        loaded: ``{file name: keras.Model}`` already in memory (to skip loading it again).
+        loaded: ``{file name: keras.Model}`` already in memory (to skip loading it again;
+            with a ``keras.distribution`` over several workers each file is loaded anew on
+            this process alone).
 
     Returns:
         What ``calibration.json`` holds: ``temperature`` (that of the model the run's metrics
@@ -55,11 +80,15 @@ def calibrate_run(run_dir: str | Path, images, labels, *, batch_size: int = 64,
             name: {"temperature": 1.0} for name in files}}
     else:
         models = {}
-        for name in files:
-            model = (loaded or {}).get(name) or load_model(run.path / name)
-            probabilities = predict_probabilities(model, images, batch_size=batch_size)
-            fitted = calibration.calibrate(probabilities, np.asarray(labels))
-            models[name] = {k: v for k, v in fitted.items() if k != "method"}  # said once
+        distributed = keras.backend.backend() == "jax" and \
+            keras.distribution.distribution() is not None
+        with _on_this_process():
+            for name in files:
+                model = None if distributed else (loaded or {}).get(name)
+                model = model or load_model(run.path / name)
+                probabilities = predict_probabilities(model, images, batch_size=batch_size)
+                fitted = calibration.calibrate(probabilities, np.asarray(labels))
+                models[name] = {k: v for k, v in fitted.items() if k != "method"}  # said once
         record = {"temperature": models[run.model_path("best").name]["temperature"],
                   "split": "val", "method": calibration.METHOD, "models": models}
     run.write_calibration(record)

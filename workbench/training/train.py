@@ -391,38 +391,42 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
                monitoring, progress: str) -> Run:
     """Trains the run and writes its folder (worker 0 only), then returns it."""
     run_dir, solver, data = job.run_dir, job.solver, inputs.data
-    with contextlib.ExitStack() as stack, execution_context(execution.precision, strategy) \
-            as (policy, _):
-        job.config.update(dtype_policy=policy, distribution=_name(strategy))
-        if cluster is not None:
-            job.config["workers"] = cluster.size
-        if progress != "none":  # what a user should know before the first epoch, once
-            _announce(plan, data, recipe=job.recipe.name, policy=policy, cluster=cluster)
-        model, state, resumed = _start_model(job, plan, inputs)
-        out = _run_folder(stack, plan, cluster, fresh=not resumed)
-        write_json(out / "config.json", job.config)
-        write_text(out / "labels.txt", "".join(f"{c}\n" for c in data.classes))
-        if not resumed:  # the starting point, for comparing filters before and after
-            checkpoint.save_model(model, out / "initial.keras")
-        recorder = ResourceMonitor(out / "resources.csv").start() \
-            if monitoring.resources and (cluster is None or cluster.chief) else None
-        with _interrupt_says_what_is_kept(plan, out, state, solver, inputs.train):
-            with recorder or contextlib.nullcontext():  # stops sampling even if training fails
-                problem, stopped_early = train_stages(
-                    model, state, job.recipe, train=inputs.train, val=inputs.val,
-                    solver=solver, run_dir=out, extra_rules=job.lr_mult_rules,
-                    decay_rules=job.decay_mult_rules, seed=job.seed,
-                    resumed_from=plan.run if resumed else None, progress=progress,
-                    extra_callbacks=_monitor_callbacks(out, recorder),
-                    tensorboard=monitoring.tensorboard, num_classes=len(data.classes),
-                    class_weight=inputs.class_weight, title=run_dir.name)
-        if cluster is not None and not cluster.chief:  # worker 0 writes the run; wait for it
-            barrier("workbench: run written")
-            if problem:
-                raise cb.TrainingDiverged(problem, run_dir=run_dir, epoch=state.epoch + 1,
-                                          base_lr=solver.base_lr)
-            return Run.load(run_dir)
-        try:
+    trained = False
+    try:
+        with contextlib.ExitStack() as stack:  # the folder written: closed once the run is written
+            with execution_context(execution.precision, strategy) as (policy, _):
+                job.config.update(dtype_policy=policy, distribution=_name(strategy))
+                if cluster is not None:
+                    job.config["workers"] = cluster.size
+                if progress != "none":  # what a user should know before the first epoch, once
+                    _announce(plan, data, recipe=job.recipe.name, policy=policy, cluster=cluster)
+                model, state, resumed = _start_model(job, plan, inputs)
+                out = _run_folder(stack, plan, cluster, fresh=not resumed)
+                write_json(out / "config.json", job.config)
+                write_text(out / "labels.txt", "".join(f"{c}\n" for c in data.classes))
+                if not resumed:  # the starting point, for comparing filters before and after
+                    checkpoint.save_model(model, out / "initial.keras")
+                recorder = ResourceMonitor(out / "resources.csv").start() \
+                    if monitoring.resources and (cluster is None or cluster.chief) else None
+                with _interrupt_says_what_is_kept(plan, out, state, solver, inputs.train), \
+                        recorder or contextlib.nullcontext():  # stops sampling even if it fails
+                    problem, stopped_early = train_stages(
+                        model, state, job.recipe, train=inputs.train, val=inputs.val,
+                        solver=solver, run_dir=out, extra_rules=job.lr_mult_rules,
+                        decay_rules=job.decay_mult_rules, seed=job.seed,
+                        resumed_from=plan.run if resumed else None, progress=progress,
+                        extra_callbacks=_monitor_callbacks(out, recorder),
+                        tensorboard=monitoring.tensorboard, num_classes=len(data.classes),
+                        class_weight=inputs.class_weight, title=run_dir.name)
+            # Outside the distribution: worker 0 alone evaluates and writes what the run ends
+            # with, while the others wait (under it, every forward pass would need all workers).
+            if cluster is not None and not cluster.chief:
+                barrier("workbench: run written")
+                if problem:
+                    raise cb.TrainingDiverged(problem, run_dir=run_dir, epoch=state.epoch + 1,
+                                              base_lr=solver.base_lr)
+                return Run.load(run_dir)
+            trained = True
             _finish(out, model, data, solver, state, problem=problem, stopped_early=stopped_early,
                     resources=monitoring.resources, batch_size=inputs.train.batch_size)
             if problem:
@@ -430,9 +434,9 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
                     problem, run_dir=run_dir, epoch=state.epoch + 1, base_lr=solver.base_lr,
                     checkpoint_epoch=None if plan.replacing else RunDir(out).checkpoint_epoch,
                     replaced=plan.replacing)
-        finally:
-            if cluster is not None:  # the other workers return once the run is written
-                barrier("workbench: run written")
+    finally:  # once the run is in place, the other workers may read it
+        if trained and cluster is not None and cluster.chief:
+            barrier("workbench: run written")
     return Run.load(run_dir)
 
 
