@@ -79,6 +79,7 @@ import time
 from pathlib import Path
 
 from workbench._checks import check_choice, check_int, check_number
+from workbench.data.images import ACCEPTED_FORMAT_NAMES, ImageRejected
 from workbench.deploy.limits import (ACCEPT_BATCH, DEFAULT_DECODE_BUDGET_BYTES,
                                      DEFAULT_DECODE_WAIT, DEFAULT_MAX_CONNECTIONS,
                                      DEFAULT_UPLOAD_TIMEOUT, MAX_UPLOAD_TIMEOUT,
@@ -233,16 +234,10 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
         FileNotFoundError: ``source`` is neither a run directory nor a model file.
         ValueError: a bad option, naming the value received.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
 
     from workbench import __version__
-    from workbench.data.images import ACCEPTED_FORMAT_NAMES, ImageRejected
 
     check_int("max_upload_bytes", max_upload_bytes, minimum=1)
     check_int("top_k_max", top_k_max, minimum=1)
@@ -253,23 +248,56 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     check_number("upload_timeout", upload_timeout, minimum=0.0, exclusive_minimum=True,
                  maximum=MAX_UPLOAD_TIMEOUT)
     check_int("max_uploads", max_uploads, minimum=1)
-    classifier = _load(source, model)
-    info = model_info(classifier)
-    lock = contextlib.nullcontext() if _thread_safe(classifier) else threading.Lock()
-    # a Classifier applies the service's pixel limit when decoding, too
-    options = {"max_pixels": max_pixels} if isinstance(classifier, Classifier) else {}
-    budget = DecodeBudget(decode_budget_bytes)
-    uploads = [0]  # requests to /api/predict in progress
-    limits = {"max_upload_bytes": max_upload_bytes, "decode_budget_bytes": decode_budget_bytes,
-              "max_pixels": max_pixels, "decode_wait_s": decode_wait,
-              "upload_timeout_s": upload_timeout, "max_uploads": max_uploads}
+    service = _Service(_load(source, model), max_upload_bytes=max_upload_bytes,
+                       top_k_max=top_k_max, decode_budget_bytes=decode_budget_bytes,
+                       max_pixels=max_pixels, decode_wait=decode_wait,
+                       upload_timeout=upload_timeout, max_uploads=max_uploads)
+    app = FastAPI(title=f"workbench: {service.info['title']}", version=__version__,
+                  description="Top-k image classification with a trained workbench run.")
+    app.state.service = service
+    app.state.classifier, app.state.info = service.classifier, service.info
+    app.state.max_upload_bytes, app.state.limits = max_upload_bytes, service.limits
+    app.add_middleware(_RequestLog)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_error_handlers(app)
+    _add_routes(app, service)
+    return app
 
-    def predict_locked(data: bytes, top_k: int) -> list[dict]:
-        with lock:
-            return classifier.predict(data, top_k=top_k, **options)
 
-    def explain_top(data: bytes, label: str) -> dict:
+class _Service:
+    """One classifier behind the web service, with the limits that keep it answering: the
+    upload size, the shared decoding budget, the pixel limit and the uploads in progress."""
+
+    def __init__(self, classifier, *, max_upload_bytes, top_k_max, decode_budget_bytes,
+                 max_pixels, decode_wait, upload_timeout, max_uploads):
+        self.classifier, self.info = classifier, model_info(classifier)
+        self.max_upload_bytes, self.top_k_max = max_upload_bytes, top_k_max
+        self.decode_budget_bytes, self.max_pixels = decode_budget_bytes, max_pixels
+        self.decode_wait, self.upload_timeout = decode_wait, upload_timeout
+        self.max_uploads, self.uploads = max_uploads, 0  # requests to /api/predict in progress
+        self.lock = contextlib.nullcontext() if _thread_safe(classifier) else threading.Lock()
+        # a Classifier applies the service's pixel limit when decoding, too
+        self.options = {"max_pixels": max_pixels} if isinstance(classifier, Classifier) else {}
+        self.budget = DecodeBudget(decode_budget_bytes)
+        self.limits = {"max_upload_bytes": max_upload_bytes,
+                       "decode_budget_bytes": decode_budget_bytes, "max_pixels": max_pixels,
+                       "decode_wait_s": decode_wait, "upload_timeout_s": upload_timeout,
+                       "max_uploads": max_uploads}
+
+    def health(self) -> dict:
+        """Whether the service is up, with the model it serves, its limits and their use."""
+        return {"status": "ok", "model": self.info["name"], "classes": self.info["classes"],
+                "backend": self.info["backend"], "limits": self.limits,
+                "in_use": {"uploads": self.uploads, "decoding_bytes": self.budget.in_use,
+                           "waiting_to_decode": self.budget.waiting}}
+
+    def predict_locked(self, data: bytes, top_k: int) -> list[dict]:
+        with self.lock:
+            return self.classifier.predict(data, top_k=top_k, **self.options)
+
+    def explain_top(self, data: bytes, label: str) -> dict:
         """The Grad-CAM map of ``label`` as a data URL (the Keras model loads on first use)."""
+        classifier = self.classifier
         if not isinstance(classifier, Classifier):
             raise _BadRequest("explain needs a Classifier of a run or a .keras file, received: "
                               f"{type(classifier).__name__}")
@@ -278,32 +306,113 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
         except ValueError as error:  # a bare exported file: no Keras model, no gradients
             raise _BadRequest(str(error)) from error
         explanation = classifier.explain(data, label=label, max_side=EXPLAIN_MAX_SIDE,
-                                         **options)
+                                         **self.options)
         png = base64.b64encode(explanation.png(max_side=EXPLAIN_MAX_SIDE)).decode("ascii")
         return {"label": explanation.label, "probability": explanation.probability,
                 "method": explanation.method, "heatmap": f"data:image/png;base64,{png}"}
 
-    def decoding_cost(data: bytes) -> int:
+    def decoding_cost(self, data: bytes) -> int:
         """The bytes to reserve for decoding ``data``; raises ImageRejected for an image too
         large for this service, or one that is not an image in an accepted format (then nothing
         is decoded)."""
-        estimate = decode_estimate(data, int(classifier.image_size))
-        if estimate.pixels > max_pixels:
+        estimate = decode_estimate(data, int(self.classifier.image_size))
+        if estimate.pixels > self.max_pixels:
             raise ImageRejected("decompression bomb", f"{estimate.width}x{estimate.height} "
-                                f"exceeds this service's max_pixels={max_pixels}")
-        if estimate.bytes > decode_budget_bytes:
+                                f"exceeds this service's max_pixels={self.max_pixels}")
+        if estimate.bytes > self.decode_budget_bytes:
             raise ImageRejected(
                 "decompression bomb", f"{estimate.width}x{estimate.height} {estimate.mode} "
                 f"needs about {estimate.bytes / 2**20:.0f} MiB to decode, more than this "
-                f"service's decode budget of {decode_budget_bytes / 2**20:.0f} MiB")
+                f"service's decode budget of {self.decode_budget_bytes / 2**20:.0f} MiB")
         return estimate.bytes
 
-    app = FastAPI(title=f"workbench: {info['title']}", version=__version__,
-                  description="Top-k image classification with a trained workbench run.")
-    app.state.classifier, app.state.info = classifier, info
-    app.state.max_upload_bytes, app.state.limits = max_upload_bytes, limits
-    app.add_middleware(_RequestLog)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    async def predict(self, request):
+        """``/api/predict``: refused at once when ``max_uploads`` are in progress."""
+        if self.uploads >= self.max_uploads:  # answered before reading; the socket closes
+            return _error(503, f"busy: {self.max_uploads} uploads are in progress, the most "
+                               "this service takes at once; retry shortly",
+                          reason="too many uploads", close=True)
+        self.uploads += 1
+        try:
+            return await self._predict_one(request)
+        finally:
+            self.uploads -= 1
+
+    async def _predict_one(self, request):
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import ClientDisconnect
+
+        deadline = time.monotonic() + self.upload_timeout
+        try:
+            data, top_k, explain = await self._read_request(request, deadline)
+            cost = await run_in_threadpool(self.decoding_cost, data)
+            if not await self.budget.acquire(cost, self.decode_wait):
+                return _error(503, f"busy: no decoding memory came free within "
+                                   f"{self.decode_wait:g} s (this image needs about "
+                                   f"{cost / 2**20:.0f} MiB of the "
+                                   f"{self.decode_budget_bytes / 2**20:.0f} MiB budget); retry "
+                                   "shortly", reason="decoding memory")
+            try:
+                predictions = await run_in_threadpool(self.predict_locked, data, top_k)
+                if explain:  # decodes again, so still inside the decoding budget
+                    explained = await run_in_threadpool(self.explain_top, data,
+                                                        predictions[0]["label"])
+            finally:
+                self.budget.release(cost)
+        except _TooLarge as error:
+            return _error(413, f"upload too large: the limit is {self.max_upload_bytes} bytes, "
+                               f"received: {error}", close=True)
+        except _TimedOut as error:
+            return _error(408, f"upload too slow: the body must arrive within "
+                               f"{self.upload_timeout:g} s, received: {error}", close=True)
+        except ClientDisconnect:  # nobody to answer; _RequestLog logs one line
+            return _error(400, "client disconnected")
+        except _BadRequest as error:
+            return _error(400, str(error))
+        except ImageRejected as error:
+            return _rejected(error)
+        return {"predictions": predictions, **({"explanation": explained} if explain else {})}
+
+    async def _read_request(self, request, deadline: float) -> tuple[bytes, int, bool]:
+        """``(image bytes, top_k, explain)`` of a request, its options checked before its body
+        is read (a multipart field ``file`` or the body itself)."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_upload_bytes:
+            raise _TooLarge(f"{length} bytes")
+        query_top_k = request.query_params.get("top_k")
+        if query_top_k is not None:
+            _parse_top_k(query_top_k, self.top_k_max)  # fail fast, before reading the body
+        explain = _parse_explain(request.query_params.get("explain"))
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            data, form_top_k = await _read_multipart(request, self.max_upload_bytes, deadline)
+        else:
+            data, form_top_k = await _read_body(request, self.max_upload_bytes, deadline), None
+        top_k = _parse_top_k(query_top_k if query_top_k is not None else form_top_k,
+                             self.top_k_max)
+        if not data:
+            raise _BadRequest("missing file: send an image as the multipart field 'file' "
+                              "or as the request body, received: an empty upload")
+        return data, top_k, explain
+
+
+def _rejected(error: ImageRejected):
+    """The answer to an upload that is not a usable image: 415 for a format the server does not
+    read, else 400 with the reason."""
+    if error.reason == "not an image":  # PIL's detail names a BytesIO object
+        return _error(415, "not an image: the upload is in no image format the server reads "
+                           f"({ACCEPTED_FORMAT_NAMES})", reason=error.reason)
+    if error.reason == "unsupported format":  # the detail names the format and the list
+        return _error(415, f"unsupported format: {error.detail}, the formats the server reads",
+                      reason=error.reason)
+    return _error(400, f"not a usable image ({error.reason}): {error.detail}",
+                  reason=error.reason)
+
+
+def _add_error_handlers(app) -> None:
+    """Every error as JSON ``{"error": ...}``, never an HTML page or a traceback."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(HTTPException)
     async def http_error(request, error):
@@ -320,6 +429,12 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
         return JSONResponse({"error": f"internal error: {type(error).__name__}"},
                             status_code=500)
 
+
+def _add_routes(app, service: _Service) -> None:
+    """The page and the JSON API."""
+    from fastapi import Request
+    from fastapi.responses import FileResponse
+
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -327,84 +442,17 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     @app.get("/api/health")
     async def health():
         """Whether the service is up, with the model it serves, its limits and their use."""
-        return {"status": "ok", "model": info["name"], "classes": info["classes"],
-                "backend": info["backend"], "limits": limits,
-                "in_use": {"uploads": uploads[0], "decoding_bytes": budget.in_use,
-                           "waiting_to_decode": budget.waiting}}
+        return service.health()
 
     @app.get("/api/model")
     async def model_endpoint():
         """The model: name, labels, input size, backbone, recipe and the run's metrics."""
-        return info
+        return service.info
 
     @app.post("/api/predict", openapi_extra=_PREDICT_OPENAPI)
     async def predict(request: Request):  # Request: the module has no postponed annotations
         """The top-k classes of one image, best first."""
-        if uploads[0] >= max_uploads:  # answered before reading anything; the socket closes
-            return _error(503, f"busy: {max_uploads} uploads are in progress, the most this "
-                               "service takes at once; retry shortly", reason="too many uploads",
-                          close=True)
-        uploads[0] += 1
-        try:
-            return await predict_one(request)
-        finally:
-            uploads[0] -= 1
-
-    async def predict_one(request):
-        deadline = time.monotonic() + upload_timeout
-        try:
-            length = request.headers.get("content-length", "")
-            if length.isdigit() and int(length) > max_upload_bytes:
-                raise _TooLarge(f"{length} bytes")
-            query_top_k = request.query_params.get("top_k")
-            if query_top_k is not None:
-                _parse_top_k(query_top_k, top_k_max)  # fail fast, before reading the body
-            explain = _parse_explain(request.query_params.get("explain"))
-            content_type = request.headers.get("content-type", "")
-            if content_type.startswith("multipart/form-data"):
-                data, form_top_k = await _read_multipart(request, max_upload_bytes, deadline)
-            else:
-                data, form_top_k = await _read_body(request, max_upload_bytes, deadline), None
-            top_k = _parse_top_k(query_top_k if query_top_k is not None else form_top_k,
-                                 top_k_max)
-            if not data:
-                raise _BadRequest("missing file: send an image as the multipart field 'file' "
-                                  "or as the request body, received: an empty upload")
-            cost = await run_in_threadpool(decoding_cost, data)
-            if not await budget.acquire(cost, decode_wait):
-                return _error(503, f"busy: no decoding memory came free within {decode_wait:g} "
-                                   f"s (this image needs about {cost / 2**20:.0f} MiB of the "
-                                   f"{decode_budget_bytes / 2**20:.0f} MiB budget); retry "
-                                   "shortly", reason="decoding memory")
-            try:
-                predictions = await run_in_threadpool(predict_locked, data, top_k)
-                if explain:  # decodes again, so still inside the decoding budget
-                    explained = await run_in_threadpool(explain_top, data,
-                                                        predictions[0]["label"])
-            finally:
-                budget.release(cost)
-        except _TooLarge as error:
-            return _error(413, f"upload too large: the limit is {max_upload_bytes} bytes, "
-                               f"received: {error}", close=True)
-        except _TimedOut as error:
-            return _error(408, f"upload too slow: the body must arrive within "
-                               f"{upload_timeout:g} s, received: {error}", close=True)
-        except ClientDisconnect:  # nobody to answer; _RequestLog logs one line
-            return _error(400, "client disconnected")
-        except _BadRequest as error:
-            return _error(400, str(error))
-        except ImageRejected as error:
-            if error.reason == "not an image":  # PIL's detail names a BytesIO object
-                return _error(415, "not an image: the upload is in no image format the server "
-                                   f"reads ({ACCEPTED_FORMAT_NAMES})", reason=error.reason)
-            if error.reason == "unsupported format":  # the detail names the format and the list
-                return _error(415, f"unsupported format: {error.detail}, the formats the server "
-                                   "reads", reason=error.reason)
-            return _error(400, f"not a usable image ({error.reason}): {error.detail}",
-                          reason=error.reason)
-        return {"predictions": predictions, **({"explanation": explained} if explain else {})}
-
-    return app
+        return await service.predict(request)
 
 
 def _load(source, model: str):
