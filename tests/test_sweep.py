@@ -314,6 +314,8 @@ def test_slurm_cluster_gets_its_options_and_one_job_per_worker(monkeypatch):
     import dask_jobqueue
     from distributed import LocalCluster
 
+    from workbench._cluster import dask_client  # what sweep's --cluster slurm starts
+
     made = {}
 
     class FakeSLURMCluster(LocalCluster):
@@ -329,7 +331,7 @@ def test_slurm_cluster_gets_its_options_and_one_job_per_worker(monkeypatch):
                 super().scale(n, **kwargs)
 
     monkeypatch.setattr(dask_jobqueue, "SLURMCluster", FakeSLURMCluster)
-    with sweep_module._dask_client("slurm", 3, {"cores": 8, "memory": "32GB"}) as client:
+    with dask_client("slurm", jobs=3, cluster_options={"cores": 8, "memory": "32GB"}) as client:
         assert client.scheduler.address == made["address"]
     assert made["options"] == {"cores": 8, "memory": "32GB"} and made["jobs"] == 3
     assert client.status == "closed"

@@ -511,16 +511,22 @@ class _Watch(threading.Thread):
             os._exit(0 if self.left_ok else 1)
 
 
-def check_dask_cluster(cluster, cluster_options=None) -> None:
+def check_dask_cluster(cluster, cluster_options=None, *, optional: bool = False) -> None:
     """Checks a ``--cluster`` value (a Dask scheduler address or ``"slurm"``) and its options.
 
+    Args:
+        cluster: the value.
+        cluster_options: keyword arguments of the SLURM cluster, or None.
+        optional: None is a value too (no cluster: local processes).
+
     Raises:
-        ValueError: ``cluster`` is not a non-empty string, or ``cluster_options`` is given
-            without ``cluster="slurm"`` or is not a dict.
+        ValueError: ``cluster`` is not a non-empty string (nor None when ``optional``), or
+            ``cluster_options`` is given without ``cluster="slurm"`` or is not a dict.
     """
-    if not isinstance(cluster, str) or not cluster.strip():
-        raise ValueError(f"cluster must be a Dask scheduler address or 'slurm', received: "
-                         f"{cluster!r}")
+    if not (optional and cluster is None) and (not isinstance(cluster, str)
+                                               or not cluster.strip()):
+        raise ValueError(f"cluster must be {'None, ' if optional else ''}a Dask scheduler "
+                         f"address or 'slurm', received: {cluster!r}")
     if cluster_options is not None and (cluster != "slurm" or not isinstance(cluster_options,
                                                                               dict)):
         raise ValueError(f"cluster_options must be a dict and needs cluster='slurm', received: "

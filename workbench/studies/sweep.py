@@ -29,7 +29,7 @@ import pandas as pd
 
 from workbench import plots
 from workbench._checks import check_choice, check_int, one_line
-from workbench._cluster import dask_client
+from workbench._cluster import check_dask_cluster, dask_client
 from workbench._io import write_json, write_text
 from workbench._progress import progress as progress_bar
 
@@ -354,8 +354,8 @@ def _run_all(todo, out, order, rows, parameters, *, workers, cluster, cluster_op
         if cluster is None:
             runs = _run_local(todo, workers)
         else:
-            runs = _run_dask(todo, stack.enter_context(_dask_client(cluster, workers,
-                                                                    cluster_options)))
+            runs = _run_dask(todo, stack.enter_context(dask_client(
+                cluster, jobs=workers, cluster_options=cluster_options)))
         stack.callback(runs.close)  # closed first: stops the runs in flight if interrupted
         finished = progress_bar(runs, total=len(todo), desc="sweep") if progress else runs
         for task, outcome in finished:
@@ -479,20 +479,8 @@ def _run_dask(tasks: list, client):
             client.cancel(list(futures))
 
 
-def _dask_client(cluster: str, workers: int | None, cluster_options: dict | None):
-    """A ``distributed.Client`` of a running scheduler, or of a SLURM cluster started here
-    with ``workers`` jobs (``workbench._cluster.dask_client``, as ``predict --cluster``)."""
-    return dask_client(cluster, jobs=workers, cluster_options=cluster_options)
-
-
 def _check_workers(workers, cluster, cluster_options) -> int | None:
-    if cluster is not None and (not isinstance(cluster, str) or not cluster.strip()):
-        raise ValueError(f"cluster must be None, a Dask scheduler address or 'slurm', "
-                         f"received: {cluster!r}")
-    if cluster_options is not None and (cluster != "slurm" or not isinstance(cluster_options,
-                                                                              dict)):
-        raise ValueError(f"cluster_options must be a dict and needs cluster='slurm', received: "
-                         f"cluster_options={cluster_options!r} with cluster={cluster!r}")
+    check_dask_cluster(cluster, cluster_options, optional=True)
     if workers is not None:
         workers = check_int("workers", workers, minimum=1)
         if cluster not in (None, "slurm"):
