@@ -131,16 +131,7 @@ class _Embedder:
     def __init__(self, classifier):
         import keras
 
-        from workbench.models import load_model
-
-        source = getattr(classifier, "keras_source", None)
-        if classifier.backend == "keras":
-            network = classifier.model
-        elif source is not None and Path(source).is_file():
-            network = load_model(source)
-        else:
-            raise ValueError(f"features need the Keras model of a run: load a run directory or "
-                             f"a .keras file, received: {classifier.info.get('model_file')!r}")
+        network = classifier.keras_model(needed_by="features need")
         head = network.layers[-1]
         self.model = keras.Model(network.inputs, [head.input, network.output])
         self.temperature = classifier.temperature

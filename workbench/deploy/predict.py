@@ -350,6 +350,26 @@ class Classifier:
                      for i in range(0, len(pixels), batch_size)]
         return np.concatenate(parts)
 
+    def keras_model(self, *, needed_by: str = "this needs"):
+        """The Keras model behind this classifier: its own when it runs Keras, else the run's
+        ``.keras`` file it was exported from, loaded anew (importing Keras).
+
+        Args:
+            needed_by: the words the error starts with (``"explain needs"``).
+
+        Raises:
+            ValueError: when there is none (a bare exported file).
+        """
+        source = getattr(self, "keras_source", None)
+        if self.backend == "keras":
+            return self.model
+        if source is not None and Path(source).is_file():
+            from workbench.models import load_model
+
+            return load_model(source)
+        raise ValueError(f"{needed_by} the Keras model of a run: load a run directory or a "
+                         f".keras file, received: {self.info.get('model_file')!r}")
+
     def explainer(self):
         """The :class:`workbench.explain.Explainer` of this classifier's Keras model.
 
@@ -363,17 +383,8 @@ class Classifier:
         with _EXPLAIN_LOCK:
             if getattr(self, "_explainer", None) is None:
                 from workbench.explain import Explainer
-                from workbench.models import load_model
 
-                source = getattr(self, "keras_source", None)
-                if self.backend == "keras":
-                    network = self.model
-                elif source is not None and Path(source).is_file():
-                    network = load_model(source)
-                else:
-                    raise ValueError(f"explain needs the Keras model of a run: load a run "
-                                     f"directory or a .keras file, received: "
-                                     f"{self.info.get('model_file')!r}")
+                network = self.keras_model(needed_by="explain needs")
                 self._explainer = Explainer(network, labels=self.labels,
                                             resize_mode=self.resize_mode,
                                             temperature=self.temperature)
