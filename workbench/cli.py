@@ -707,20 +707,24 @@ def _predict_many(args: argparse.Namespace) -> int:
                                           tta=args.tta)
             print(f"Where it looked: {written} overlays in {args.explain}")
         return EXIT_FAILED if failed else EXIT_OK
+    classifier = None
+    if args.explain:  # loaded once, for the table (unless on a cluster) and the maps
+        from workbench.deploy.predict import Classifier
+
+        classifier = Classifier.load(args.run_dir, backend=args.backend)
     result = batch.predict_to_file(
         args.run_dir, args.images, out=args.out, list_file=args.list_file, list_root=args.root,
         backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
         threads=args.threads, tta=args.tta, calibrated=not args.raw, features=args.features,
-        cluster=args.cluster, cluster_options=dict(args.cluster_option) or None, jobs=args.jobs)
+        cluster=args.cluster, cluster_options=dict(args.cluster_option) or None, jobs=args.jobs,
+        classifier=classifier)
     if result.started_over:
         print(f"Started over: {result.started_over}")
     print(result.format())
     if args.explain:  # after the table: maps cost more than classifying, and need Keras
-        from workbench.deploy.predict import Classifier
-
         table = result.table()
         written = batch.explain_files(
-            Classifier.load(args.run_dir, backend=args.backend),
+            classifier,
             batch.list_files(args.images, list_file=args.list_file, list_root=args.root),
             args.explain, skip=set(table.loc[table["error"] != "", "path"]), tta=args.tta,
             progress=True)

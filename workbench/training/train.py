@@ -422,13 +422,16 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
             # with, while the others wait (under it, every forward pass would need all workers).
             if cluster is not None and not cluster.chief:
                 barrier("workbench: run written")
-                if problem:
-                    raise cb.TrainingDiverged(problem, run_dir=run_dir, epoch=state.epoch + 1,
-                                              base_lr=solver.base_lr)
+                if problem:  # worker 0 kept the checkpoint, in the run unless replacing it
+                    raise cb.TrainingDiverged(
+                        problem, run_dir=run_dir, epoch=state.epoch + 1, base_lr=solver.base_lr,
+                        checkpoint_epoch=None if plan.replacing else plan.run.checkpoint_epoch,
+                        replaced=plan.replacing)
                 return Run.load(run_dir)
             trained = True
             _finish(out, model, data, solver, state, problem=problem, stopped_early=stopped_early,
-                    resources=monitoring.resources, batch_size=inputs.train.batch_size)
+                    resources=monitoring.resources, batch_size=inputs.train.batch_size,
+                    title=run_dir.name)
             if problem:
                 raise cb.TrainingDiverged(
                     problem, run_dir=run_dir, epoch=state.epoch + 1, base_lr=solver.base_lr,
@@ -532,9 +535,10 @@ def _interrupt_says_what_is_kept(plan: _Plan, out: Path, state: cb.RunState,
 
 def _finish(run_dir: Path, model: keras.Model, data: SplitData, solver: SolverConfig,
             state: cb.RunState, *, problem: str | None, stopped_early: bool, resources: bool,
-            batch_size: int) -> None:
+            batch_size: int, title: str) -> None:
     """Writes what a run ends with: ``model.keras``, ``metrics.json`` (the test numbers, and the
-    time of the epochs the run kept summed over every attempt) and ``curves.png``; for a
+    time of the epochs the run kept summed over every attempt) and ``curves.png`` (its legend
+    ``title``: the run's name, also when ``run_dir`` is the new folder of a replacement); for a
     diverged run only ``metrics.json`` saying so."""
     if problem:
         write_json(run_dir / "metrics.json",
@@ -544,7 +548,8 @@ def _finish(run_dir: Path, model: keras.Model, data: SplitData, solver: SolverCo
     run = RunDir(run_dir)
     metrics = _final_metrics(run_dir, data, solver.batch_size, state,
                              status="stopped_early" if stopped_early else "completed")
-    seconds = float(run.history()["seconds"].sum())
+    history = run.history()
+    seconds = float(history["seconds"].sum())
     images = len(run.steps()) * batch_size
     metrics.update({"train_seconds": round(seconds, 3),
                     "images_per_second": round(images / seconds, 1) if seconds else None})
@@ -552,7 +557,7 @@ def _finish(run_dir: Path, model: keras.Model, data: SplitData, solver: SolverCo
         metrics.update(_resource_summary(run_dir))
     write_json(run_dir / "metrics.json", metrics)
     with atomic_path(run_dir / "curves.png") as temporary:
-        plots.training_curves({run_dir.name: run.history()}).savefig(temporary, dpi=100)
+        plots.training_curves({title: history}).savefig(temporary, dpi=100)
 
 
 def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, train, val,
