@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from input_pipeline import rate_for  # noqa: E402  (the same measurement as the cache rows)
-from workbench.data.pipeline import Augment, Batches, stored_size  # noqa: E402
+from workbench.data.augment import Augment, stored_size  # noqa: E402
+from workbench.data.pipeline import Batches  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "augmentation.md"
 # --variants beyond finetune's texts ("off", "on", "on+model", ...): which part helps or hurts

@@ -32,7 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
-from workbench.data.pipeline import Augment, Batches, build_cache  # noqa: E402
+from workbench.data.augment import Augment  # noqa: E402
+from workbench.data.cache import build_cache  # noqa: E402
+from workbench.data.pipeline import Batches  # noqa: E402
 from workbench.data.scan import scan  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "input_pipeline.md"

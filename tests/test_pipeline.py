@@ -1,4 +1,5 @@
-"""Tests for workbench.data.pipeline: the decode-once cache and deterministic batches."""
+"""Tests for workbench.data.pipeline, cache and augment: the decode-once cache, augmentation and
+deterministic batches."""
 
 import dataclasses
 import os
@@ -10,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.data import images, pipeline
-from workbench.data.pipeline import Augment, Batches, build_cache
+from workbench.data import cache, images, pipeline
+from workbench.data.augment import (AUGMENT_DRAWS, Augment, augment_argument, few_images,
+                                    resolve_augment, stored_size)
+from workbench.data.cache import build_cache
+from workbench.data.pipeline import Batches
 
 SIZE = (8, 12)  # (height, width): not square, so a swapped axis would show
 
@@ -42,7 +46,7 @@ def counted_loads(monkeypatch):
         calls.append(Path(path).name)
         return real(path, size, mode)
 
-    monkeypatch.setattr(pipeline.images, "load_array", load_array)
+    monkeypatch.setattr(cache.images, "load_array", load_array)
     return calls
 
 
@@ -146,7 +150,7 @@ def test_failed_build_leaves_no_cache_and_names_every_bad_file(photo_dir, tmp_pa
     root, paths = photo_dir
     (root / paths[1]).write_bytes(b"not an image")
     (root / paths[5]).write_bytes(b"")
-    with pytest.raises(pipeline.CacheBuildError) as caught:
+    with pytest.raises(cache.CacheBuildError) as caught:
         _build(photo_dir, tmp_path / "cache")
     assert [Path(path).name for path, _ in caught.value.failures] == ["img01.png", "img05.png"]
     assert list((tmp_path / "cache").iterdir()) == []
@@ -367,7 +371,7 @@ def test_both_placements_draw_the_same_colours():
 
 def test_params_stay_in_range():
     augment = Augment(scale=(0.2, 0.9), ratio=(0.5, 2.0), rotation=20.0, flip=True)
-    params = augment.params(np.random.default_rng(0).random((pipeline.AUGMENT_DRAWS, 5000)))
+    params = augment.params(np.random.default_rng(0).random((AUGMENT_DRAWS, 5000)))
     area = params["width"] * params["height"]
     assert params["width"].max() <= 1 and params["height"].max() <= 1
     assert area.min() >= 0.2 - 1e-9 and area.max() <= 0.9 + 1e-9
@@ -378,31 +382,43 @@ def test_params_stay_in_range():
 
 
 def test_stored_size_never_exceeds_the_images():
-    assert pipeline.stored_size(224, 1.15) == 258
-    assert pipeline.stored_size(224, 1.15, short_sides=[300, 400, 240]) == 258
-    assert pipeline.stored_size(224, 1.15, short_sides=[230, 240, 3000]) == 240
-    assert pipeline.stored_size(32, 1.15, short_sides=[32, 32, 32]) == 32  # no upsampling
-    assert pipeline.stored_size(32, 1.15, short_sides=[20]) == 32
+    assert stored_size(224, 1.15) == 258
+    assert stored_size(224, 1.15, short_sides=[300, 400, 240]) == 258
+    assert stored_size(224, 1.15, short_sides=[230, 240, 3000]) == 240
+    assert stored_size(32, 1.15, short_sides=[32, 32, 32]) == 32  # no upsampling
+    assert stored_size(32, 1.15, short_sides=[20]) == 32
 
 
 def test_few_images_rule_and_the_text_forms_of_augment():
-    assert pipeline.few_images(np.repeat(np.arange(3), 99))
-    assert not pipeline.few_images(np.repeat(np.arange(3), 100))
-    assert pipeline.few_images(np.r_[np.repeat(0, 5000), np.repeat([1, 2], 10)])  # the median
-    assert pipeline.augment_argument("auto") == "auto"
-    assert pipeline.augment_argument("off") is None and pipeline.augment_argument("") is None
-    assert pipeline.augment_argument("on") == Augment()
-    assert pipeline.augment_argument("on+flip+model") == Augment(flip=True, placement="model")
-    assert pipeline.augment_argument("auto+flip") == ("auto", Augment(flip=True))
+    assert few_images(np.repeat(np.arange(3), 99))
+    assert not few_images(np.repeat(np.arange(3), 100))
+    assert few_images(np.r_[np.repeat(0, 5000), np.repeat([1, 2], 10)])  # the median
+    assert augment_argument("auto") == "auto"
+    assert augment_argument("off") is None and augment_argument("") is None
+    assert augment_argument("on") == Augment()
+    assert augment_argument("on+flip+model") == Augment(flip=True, placement="model")
+    assert augment_argument("auto+flip") == ("auto", Augment(flip=True))
     few, many = np.repeat(np.arange(2), 10), np.repeat(np.arange(2), 1000)
-    assert pipeline.resolve_augment("auto", few) == Augment()
-    assert pipeline.resolve_augment("auto", many) is None
-    assert pipeline.resolve_augment("auto+flip", few) == Augment(flip=True)
-    assert pipeline.resolve_augment("on", many) == Augment()
-    assert pipeline.resolve_augment(None, few) is None
+    assert resolve_augment("auto", few) == Augment()
+    assert resolve_augment("auto", many) is None
+    assert resolve_augment("auto+flip", few) == Augment(flip=True)
+    assert resolve_augment("on", many) == Augment()
+    assert resolve_augment(None, few) is None
     for bad in ("yes", "on+mirror", "off+flip", "on+model+pipeline"):
         with pytest.raises(ValueError, match="augment"):
-            pipeline.augment_argument(bad)
+            augment_argument(bad)
+
+
+def test_names_moved_out_of_pipeline_still_work_with_a_deprecation_warning():
+    from workbench.data import augment
+
+    for name, home in (("build_cache", cache), ("CacheBuildError", cache),
+                       ("augment_argument", augment), ("FEW_IMAGES_PER_CLASS", augment)):
+        with pytest.warns(DeprecationWarning, match=f"pipeline.{name} moved to "
+                                                    f"{home.__name__}.{name}"):
+            assert getattr(pipeline, name) is getattr(home, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        pipeline.nothing_here  # noqa: B018
 
 
 @pytest.mark.parametrize("bad, message", [

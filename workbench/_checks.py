@@ -6,8 +6,10 @@ and what is allowed, the way Keras does: ``min_per_class must be >= 1, received:
 
 from __future__ import annotations
 
+import importlib
 import numbers
 import os
+import warnings
 from collections.abc import Iterable
 
 DEBUG_VARIABLE = "WORKBENCH_DEBUG"  # set to 1: every error shows its whole traceback
@@ -95,3 +97,24 @@ def check_choice(name: str, value, choices: Iterable):
         allowed = ", ".join(repr(c) for c in choices)
         raise UsageError(f"{name} must be one of {allowed}, received: {value!r}")
     return value
+
+
+def moved_names(module: str, moved: dict[str, str]):
+    """A module ``__getattr__`` that still finds names moved to other modules, for one release.
+
+    Args:
+        module: the old module's ``__name__``.
+        moved: each moved name and the module it lives in now.
+
+    Returns:
+        The function to assign to the old module's ``__getattr__``: it returns the name from its
+        new module with a ``DeprecationWarning`` saying where to import it from.
+    """
+    def __getattr__(name: str):
+        if name not in moved:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} moved to {moved[name]}.{name}; the old name goes in the "
+                      f"next release", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(moved[name]), name)
+
+    return __getattr__

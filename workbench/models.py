@@ -19,7 +19,7 @@ from keras import layers, ops
 from workbench._checks import UsageError, check_choice, check_int, check_number, one_line
 from workbench.backbones import (  # the table of names, without Keras; models.BACKBONES too
     APPLICATIONS, BACKBONES, NATURAL_SIZES, SMALL_NETWORKS, check_backbone)
-from workbench.data.pipeline import AUGMENT_DRAWS, Augment
+from workbench.data.augment import AUGMENT_DRAWS, Augment
 
 PREPROCESS_MODES = ("scale", "tf", "caffe", "torch", "none")
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -230,7 +230,7 @@ def _small_network(name: str, inputs):
 
 @keras.saving.register_keras_serializable(package="workbench")
 class RandomAugment(layers.Layer):
-    """An :class:`~workbench.data.pipeline.Augment` inside the model: its ``"model"`` placement.
+    """An :class:`~workbench.data.augment.Augment` inside the model: its ``"model"`` placement.
 
     In training it crops, rotates, flips (bilinear resampling, edge pixels filling what lies
     outside) and recolours each image, drawing from the same distribution as the pipeline

@@ -357,7 +357,7 @@ def step_throughput(s: Settings, args, model_name: str) -> dict:
 
     gpu, device = _device_name()
     images_path, labels_path = _cache_paths(Path(args.work), s.image_size)
-    cache = np.load(images_path, mmap_mode="r")  # what pipeline.build_cache returns
+    cache = np.load(images_path, mmap_mode="r")  # what cache.build_cache returns
     labels = np.load(labels_path)
     total = s.warmup + s.steps
     shape = (s.image_size, s.image_size, 3)

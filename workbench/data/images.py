@@ -574,6 +574,18 @@ def _from_array(array: np.ndarray) -> Image.Image:
                     f"received shape: {array.shape}")
 
 
+def check_image_size(image_size) -> tuple[int, int]:
+    """``image_size`` (a side, or ``(height, width)``) as ``(height, width)``, checked."""
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        return (check_int("image_size[0]", image_size[0], minimum=1),
+                check_int("image_size[1]", image_size[1], minimum=1))
+    if isinstance(image_size, (tuple, list)):
+        raise ValueError(f"image_size must be an int or (height, width), received: {image_size!r}")
+    side = check_int("image_size", image_size, minimum=1)
+    return side, side
+
+
+
 def resize(image: Image.Image, size: int | tuple[int, int], mode: str = "squash") -> Image.Image:
     """Resizes to exactly ``size`` the way DIGITS did.
 

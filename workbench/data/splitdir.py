@@ -6,7 +6,7 @@ the folder) and the Caffe-style lists ``train.txt``/``val.txt``/``test.txt``. Tr
 evaluation, the export check, the notebooks and the studies read it through this class.
 
 **The image cache.** Each split is decoded once into a uint8 array of ``N x size x size x 3``
-bytes (:func:`workbench.data.pipeline.build_cache`), kept in ``<split folder>/cache``; with
+bytes (:func:`workbench.data.cache.build_cache`), kept in ``<split folder>/cache``; with
 ``$WORKBENCH_CACHE_DIR`` set (local scratch on a cluster node), in a folder of its own under it,
 named by the split folder and a hash of its resolved path, so two split folders never share one.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from workbench._checks import check_choice, check_int
-from workbench.data import pipeline
+from workbench.data import cache
 
 SPLITS = ("train", "val", "test")
 CACHE_VARIABLE = "WORKBENCH_CACHE_DIR"
@@ -167,7 +167,7 @@ class SplitFolder:
         """
         images, labels = {}, {}
         for name in self.splits:
-            images[name] = pipeline.build_cache(
+            images[name] = cache.build_cache(
                 self.paths(name), root=self.data_root, image_size=image_size,
                 resize_mode=resize_mode, cache_dir=cache_dir or self.cache_dir,
                 progress=progress)

@@ -23,7 +23,8 @@ from workbench._checks import (UsageError, check_bool, check_choice, check_int, 
                                short_traceback)
 from workbench._progress import in_notebook, watched_notebook
 from workbench._io import atomic_path, write_json, write_text
-from workbench.data import pipeline
+from workbench.data import cache, pipeline
+from workbench.data.augment import Augment, resolve_augment, stored_size
 from workbench.data.splitdir import SplitData, SplitFolder, load_splits
 from workbench.monitor import ResourceMonitor, read_resources, summarize_resources
 from workbench.runs import RunDir
@@ -149,7 +150,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              recipe: str = "two_stage", lr_mult_rules: dict | None = None,
              decay_mult_rules: dict | None = None,
              solver: SolverConfig | None = None, image_size: int | None = None,
-             resize_mode: str = "squash", augment: pipeline.Augment | str | None = "auto",
+             resize_mode: str = "squash", augment: Augment | str | None = "auto",
              class_weight: str | None = None, dropout: float = 0.2, seed: int = 0,
              resume: bool = False, overwrite: bool = False,
              progress: str = "auto", execution: Execution | None = None,
@@ -180,12 +181,12 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         image_size: side of the square input images; default the source model's input or the
             backbone's natural size (``models.natural_image_size``).
         resize_mode: ``"squash"``, ``"crop"`` or ``"pad"``.
-        augment: augmentation of the training images (``pipeline.Augment``: random resized
-            crops, small rotation and colour changes, flips if asked). ``"auto"`` turns it on
-            when the median class has fewer than ``pipeline.FEW_IMAGES_PER_CLASS`` (100)
-            training images; None or ``"off"`` never augments; texts such as ``"on+flip"`` are
-            read by ``pipeline.augment_argument``. It runs in the model on a GPU, else in the
-            pipeline (see ``pipeline.Augment.placement``).
+        augment: augmentation of the training images (``workbench.data.augment.Augment``:
+            random resized crops, small rotation and colour changes, flips if asked). ``"auto"``
+            turns it on when the median class has fewer than ``augment.FEW_IMAGES_PER_CLASS``
+            (100) training images; None or ``"off"`` never augments; texts such as ``"on+flip"``
+            are read by ``augment.augment_argument``. It runs in the model on a GPU, else in the
+            pipeline (see ``Augment.placement``).
         class_weight: ``"balanced"`` weighs each training image's loss by
             ``images / (classes * images of its class)``, so every class counts alike in an
             imbalanced folder; None weighs all alike.
@@ -259,7 +260,7 @@ class _Job:
     solver: SolverConfig
     image_size: int
     resize_mode: str
-    augment: pipeline.Augment | None
+    augment: Augment | None
     class_weight: str | None
     dropout: float
     seed: int
@@ -284,7 +285,7 @@ class _Inputs:
     data: SplitData
     train: pipeline.Batches
     val: pipeline.Batches | None
-    augment: pipeline.Augment | None
+    augment: Augment | None
     class_weight: dict | None
 
 
@@ -314,7 +315,7 @@ def _job(splits, run_dir, *, backbone, weights, source, cut_at, recipe, lr_mult_
         lr_mult.check_rules("decay_mult_rules", decay_mult_rules)
     solver = solver or SolverConfig()
     recipe_ = get_recipe(recipe)
-    augment = pipeline.resolve_augment(augment, splits.labels["train"] if isinstance(
+    augment = resolve_augment(augment, splits.labels["train"] if isinstance(
         splits, SplitData) else SplitFolder(splits).labels("train"))
     config = {
         "splits": splits.splits_dir if isinstance(splits, SplitData)
@@ -728,7 +729,7 @@ def _eval_batches(data: SplitData, split: str, batch_size: int, *, shard=(0, 1),
                             shuffle=False, shard=shard, pad_to=pad_to)
 
 
-def _placement(augment: pipeline.Augment) -> str:
+def _placement(augment: Augment) -> str:
     """Where ``augment`` runs: as asked, or for ``"auto"`` in the model on a GPU (no host
     work beyond a window copy) and in the pipeline on the CPU (no change to the model)."""
     if augment.placement != "auto":
@@ -739,7 +740,7 @@ def _placement(augment: pipeline.Augment) -> str:
 def _train_images(splits, data: SplitData, augment, image_size: int, resize_mode: str,
                   progress: str):
     """The training images, cached ``augment.margin`` times larger when augmenting (at most
-    as large as the median original image: see ``pipeline.stored_size``)."""
+    as large as the median original image: see ``augment.stored_size``)."""
     folder = Path(splits.splits_dir if isinstance(splits, SplitData) else splits)
     if augment is None or augment.margin == 1 or not (folder / "splits.csv").is_file():
         return data.images["train"]  # (SplitData made in memory: no originals to read)
@@ -747,12 +748,12 @@ def _train_images(splits, data: SplitData, augment, image_size: int, resize_mode
     table = folder.table[folder.table["split"] == "train"]
     short_sides = np.minimum(table["width"], table["height"]) \
         if {"width", "height"} <= set(table.columns) else None
-    side = pipeline.stored_size(image_size, augment.margin, short_sides)
+    side = stored_size(image_size, augment.margin, short_sides)
     if side == image_size:
         return data.images["train"]
-    return pipeline.build_cache(folder.paths("train"), root=folder.data_root, image_size=side,
-                                resize_mode=resize_mode, cache_dir=folder.cache_dir,
-                                progress=progress != "none")
+    return cache.build_cache(folder.paths("train"), root=folder.data_root, image_size=side,
+                             resize_mode=resize_mode, cache_dir=folder.cache_dir,
+                             progress=progress != "none")
 
 
 def balanced_class_weights(labels, num_classes: int) -> dict:
