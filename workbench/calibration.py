@@ -12,7 +12,8 @@ from the true logits by a constant per row, which the softmax removes, so
 ``softmax(log p / T)`` is exactly temperature scaling (``p`` is clipped away from 0 first).
 
 Pure NumPy and SciPy, no Keras: training fits the temperature (``calibration.json`` in the run),
-and prediction, evaluation and export apply it.
+and prediction, evaluation and export apply it. Importing this module loads NumPy alone (SciPy
+and pandas are imported by the functions that use them), so a prediction starts fast.
 
 Typical use::
 
@@ -23,11 +24,14 @@ Typical use::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-from scipy import optimize
 
 from workbench._checks import check_int, check_number
+
+if TYPE_CHECKING:  # pandas and SciPy are imported where they are used: prediction needs
+    import pandas as pd  # apply_temperature alone, and starts without either (a second)
 
 BINS = 15  # Guo et al.'s number of equal-width confidence bins
 TEMPERATURE_RANGE = (0.05, 20.0)  # the search interval of fit_temperature
@@ -129,6 +133,8 @@ def fit_temperature(probabilities, labels) -> float:
         ``T``, rounded to 4 significant digits; 1.0 when scaling does not lower the likelihood
         by more than 1e-6 (so a calibrated model is left alone).
     """
+    from scipy import optimize
+
     probabilities, labels = _check(probabilities, labels)
     logs = np.log(np.clip(probabilities, _EPSILON, None))
     rows = np.arange(len(labels))
@@ -159,6 +165,8 @@ def reliability_bins(probabilities, labels, *, bins: int = BINS) -> pd.DataFrame
         One row per bin: ``lower``, ``upper``, ``count``, ``confidence`` (mean top-1
         probability) and ``accuracy`` (fraction whose top-1 is right); NaN in an empty bin.
     """
+    import pandas as pd
+
     bins = check_int("bins", bins, minimum=1)
     probabilities, labels = _check(probabilities, labels)
     confidence = probabilities.max(axis=1)

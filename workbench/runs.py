@@ -31,12 +31,14 @@ import functools
 import json
 import os
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from workbench._checks import UsageError, check_choice
 from workbench._io import atomic_path, remove_stale_temporaries, write_json
 from workbench.data.splitdir import SplitFolder
+
+if TYPE_CHECKING:  # imported where a table is read: prediction reads a run without pandas
+    import pandas as pd
 
 MODELS = ("best", "final")  # which model file of a run: the best checkpoint or the last epoch
 CHECKPOINT_STATE = "checkpoint.json"
@@ -200,14 +202,20 @@ class RunDir:
 
     def history(self) -> pd.DataFrame:
         """``history.csv``: one row per epoch."""
+        import pandas as pd
+
         return pd.read_csv(self._file("history.csv"))
 
     def steps(self) -> pd.DataFrame:
         """``steps.csv``: the loss of every training step."""
+        import pandas as pd
+
         return pd.read_csv(self._file("steps.csv"))
 
     def lr_table(self) -> pd.DataFrame:
         """``lr_table.csv`` (empty when the run has none)."""
+        import pandas as pd
+
         path = self.path / "lr_table.csv"
         return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 

@@ -22,14 +22,17 @@ import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from workbench._checks import check_bool, check_choice, check_int
 from workbench._progress import progress as _progress_bar
 from workbench.data.images import (DEFAULT_MAX_PIXELS, ImageRejected, decode, is_image_name,
                                    load_array, open_image)
+
+if TYPE_CHECKING:  # imported where a table is made: listing files for a prediction needs none
+    import pandas as pd
 
 # Status of a row.
 OK = "ok"
@@ -130,6 +133,8 @@ def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
             results = _progress_bar(results, total=len(to_check), desc="scan")
         for index, result in enumerate(results):
             to_check[index].update(result)
+
+    import pandas as pd
 
     entries.sort(key=lambda entry: (entry["path"], entry["order"]))
     _reject_copies(entries)
@@ -390,6 +395,8 @@ def sample_images(table: pd.DataFrame, root, *, per_class: int = 6, max_classes:
     Returns:
         ``(images, labels)``: uint8 (H, W, 3) arrays and their classes, class by class.
     """
+    import pandas as pd
+
     check_int("per_class", per_class, minimum=1)
     check_int("max_classes", max_classes, minimum=1)
     if image_size is not None:

@@ -19,12 +19,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from workbench._checks import check_choice, check_int
 from workbench.data import cache
+
+if TYPE_CHECKING:  # imported where the table is read: a prediction starts without pandas
+    import pandas as pd
 
 SPLITS = ("train", "val", "test")
 CACHE_VARIABLE = "WORKBENCH_CACHE_DIR"
@@ -65,6 +68,8 @@ class SplitFolder:
     @functools.cached_property
     def table(self) -> pd.DataFrame:
         """``splits.csv``: one row per kept image."""
+        import pandas as pd
+
         return pd.read_csv(self.path / "splits.csv", dtype={"path": str, "label": str})
 
     @functools.cached_property
