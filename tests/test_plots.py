@@ -1,5 +1,6 @@
 """The data and training figures: checked for what they draw (Agg)."""
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from workbench import plots
+from workbench._checks import UsageError
 from workbench.data.scan import sample_images
 
 
@@ -152,3 +154,153 @@ def test_confusion_figure_draws_the_matrix_it_is_given():
     assert [t.get_text() for t in counts.texts] == ["3", "1", "4"]
     with pytest.raises(ValueError, match="matrix must have shape \\(3, 3\\) for 3 classes"):
         plots.confusion_figure(fractions, ["x", "y", "z"])
+
+
+# --- where a plot draws: one panel into an ax, several into a figure (plots/__init__.py) -------
+
+_IMAGE = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+_TOP = [{"label": "cat", "probability": 0.7}, {"label": "dog", "probability": 0.2},
+        {"label": "fox", "probability": 0.1}]
+_CURVE = pd.DataFrame({"lower": [0.0, 0.5], "upper": [0.5, 1.0], "count": [3, 5],
+                       "confidence": [0.4, 0.8], "accuracy": [0.3, 0.9]})
+_SPLITS = pd.DataFrame({"layer": ["conv1", "conv2"], "bytes": [4096, 512],
+                        "device_ms": [1.0, 2.0], "server_ms": [3.0, 1.0]})
+_LATENCY = pd.DataFrame({"layer": ["conv1", "conv2"] * 2, "bandwidth_mbps": [1, 1, 10, 10],
+                         "latency_ms": [40.0, 12.0, 6.0, 5.0]})
+_BEST = pd.DataFrame({"bandwidth_mbps": [1, 10], "best_layer": ["conv2", "conv2"],
+                      "latency_ms": [12.0, 5.0]})
+_BOTTLENECK = pd.DataFrame({"filters": [4, 8, 16], "accuracy": [0.5, 0.7, 0.8],
+                            "accuracy_uint8": [0.5, 0.69, 0.8], "bytes_uint8": [64, 128, 256]})
+_SWEEP = pd.DataFrame({"status": ["ok", "ok", "failed"], "batch_size": [16, 32, 64],
+                       "test_accuracy": [0.5, 0.6, None]})
+_THROUGHPUT = pd.DataFrame({"model": ["lenet", "mobilenet_v2"], "image_size": [28, 224],
+                            "cpu_images_per_second": [900.0, 40.0],
+                            "gpu_images_per_second": [9000.0, 800.0], "gpu_over_cpu": [10.0, 20.0]})
+_RESULTS = pd.DataFrame({"recipe": ["scratch", "scratch", "caffe"],
+                         "test_accuracy": [0.2, 0.3, 0.7]})
+
+# one-panel plots: name -> (the call with ax, what it must have put into that ax)
+SINGLE_PANEL = {
+    "class_counts": (lambda ax: plots.class_counts(pd.DataFrame({"label": list("aab")}), ax=ax),
+                     lambda ax: [bar.get_height() for bar in ax.patches] == [2, 1]),
+    "confusion_figure": (lambda ax: plots.confusion_figure([[2, 0], [1, 3]], ["x", "y"],
+                                                           normalized=False, ax=ax),
+                         lambda ax: ax.images[0].get_array().tolist() == [[2, 0], [1, 3]]),
+    "top_k_chart": (lambda ax: plots.top_k_chart(_TOP, ax=ax),
+                    lambda ax: [t.get_text() for t in ax.get_yticklabels()]
+                    == ["cat", "dog", "fox"] and len(ax.patches) == 3),
+    "reliability_diagram": (lambda ax: plots.reliability_diagram({"raw": _CURVE}, ax=ax),
+                            lambda ax: list(ax.lines[0].get_ydata()) == [0.3, 0.9]),
+    "mosaic": (lambda ax: plots.mosaic(np.eye(3), ax=ax),
+               lambda ax: np.array_equal(ax.images[0].get_array(), np.eye(3))),
+    "gradient_check": (lambda ax: plots.gradient_check(
+        pd.DataFrame({"relative_error": [1e-6, 1e-3]}), tolerance=1e-4, ax=ax),
+        lambda ax: list(ax.lines[0].get_ydata()) == [1e-6, 1e-3]),
+    "explanation": (lambda ax: plots.explanation(_IMAGE, 255 - _IMAGE, ax=ax),
+                    lambda ax: np.array_equal(ax.images[0].get_array(), 255 - _IMAGE)),
+    "split_profile": (lambda ax: plots.split_profile(_SPLITS, ax=ax),
+                      lambda ax: [bar.get_height() for bar in ax.patches] == [4096, 512]),
+    "split_latency": (lambda ax: plots.split_latency(_LATENCY, _BEST, ax=ax),
+                      lambda ax: list(ax.lines[0].get_ydata()) == [40.0, 12.0]),
+    "bottleneck_accuracy": (lambda ax: plots.bottleneck_accuracy(_BOTTLENECK, ax=ax),
+                            lambda ax: list(ax.lines[0].get_ydata()) == [0.5, 0.7, 0.8]),
+    "sweep_results": (lambda ax: plots.sweep_results(_SWEEP, metric="test_accuracy",
+                                                     x="batch_size", ax=ax),
+                      lambda ax: list(ax.lines[0].get_ydata()) == [0.5, 0.6]),
+    "throughput": (lambda ax: plots.throughput(_THROUGHPUT, ax=ax),
+                   lambda ax: [bar.get_height() for bar in ax.patches][:2] == [900.0, 40.0]),
+    "compare_accuracy": (lambda ax: plots.compare_accuracy(_RESULTS, ax=ax),
+                         lambda ax: np.allclose([b.get_height() for b in ax.patches],
+                                                [0.25, 0.7])),
+}
+
+
+def _history():
+    return pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.4, 0.6],
+                         "lr": [0.1, 0.01]})
+
+
+def _resources():
+    from workbench.monitor import COLUMNS
+
+    rows = [{"time": f"2025-01-01T00:00:0{t}Z", "elapsed_s": float(t), "session": 0,
+             "epoch": 1, "process_cpu_percent": 10.0, "cpu_percent": 50.0,
+             "process_rss_mib": 100.0, "ram_used_mib": 1000.0, "ram_total_mib": 4000.0}
+            for t in range(3)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# plots of several panels: name -> (the call with figure, the number of axes it draws)
+MULTI_PANEL = {
+    "image_grid": (lambda f: plots.image_grid([_IMAGE] * 3, columns=2, figure=f), 4),
+    "samples_per_class": (lambda f: plots.samples_per_class([_IMAGE] * 2, ["a", "b"],
+                                                            figure=f), 2),
+    "filter_comparison": (lambda f: plots.filter_comparison([np.eye(3)] * 2, titles=["a", "b"],
+                                                            figure=f), 2),
+    "activation_panels": (lambda f: plots.activation_panels(_IMAGE, [np.eye(3)], titles=["c"],
+                                                            figure=f), 2),
+    "weight_stats": (lambda f: plots.weight_stats(pd.DataFrame(
+        {"epoch": [1, 2], "layer": ["d", "d"], "weight": ["kernel"] * 2, "mean_abs": [0.1, 0.2],
+         "update_ratio": [0.01, 0.02]}), figure=f), 2),
+    "training_curves": (lambda f: plots.training_curves(_history(), figure=f), 3),
+    "batch_size_study": (lambda f: plots.batch_size_study(
+        pd.DataFrame({"batch_size": [16, 32], "epochs": [1, 1], "train_seconds": [2.0, 1.0],
+                      "test_accuracy": [0.5, 0.6], "peak_ram_mib": [100.0, 120.0],
+                      "peak_gpu_mib": [np.nan, np.nan]}),
+        pd.DataFrame({"study": ["x", "x"], "batch_size": [16, 32], "accuracy": [0.9, 0.8],
+                      "train_seconds": [10.0, 6.0], "peak_gpu_gb": [1.0, 2.0]}), figure=f), 6),
+    "resource_dashboard": (lambda f: plots.resource_dashboard(_resources(), figure=f), 2),
+    "explanation": (lambda f: plots.explanation(_IMAGE, 255 - _IMAGE, figure=f), 2),
+    "top_k_chart": (lambda f: plots.top_k_chart(_TOP, image=_IMAGE, figure=f), 2),
+}
+
+
+def test_every_plot_takes_ax_for_one_panel_or_figure_for_several():
+    import inspect
+
+    takes = {name: {"ax", "figure"} & set(inspect.signature(getattr(plots, name)).parameters)
+             for name in plots.__all__}
+    assert all(takes.values()), [name for name, given in takes.items() if not given]
+    assert {name for name, given in takes.items() if "ax" in given} == set(SINGLE_PANEL)
+    assert {name for name, given in takes.items() if "figure" in given} == set(MULTI_PANEL)
+
+
+@pytest.mark.parametrize("name", sorted(SINGLE_PANEL))
+def test_a_one_panel_plot_draws_into_the_ax_it_is_given(name):
+    from matplotlib.figure import Figure
+
+    draw, drawn = SINGLE_PANEL[name]
+    figure = Figure()
+    left, right = figure.subplots(1, 2)
+    assert draw(right) is figure
+    assert drawn(right), f"{name} did not draw its data into the given ax"
+    assert not (left.lines or left.patches or left.images or left.collections)
+    # only twin axes or a colour bar beside it, never a new figure or panel of its own
+    assert all(ax in (left, right) or ax.bbox.bounds == right.bbox.bounds
+               or ax.get_label() == "<colorbar>" for ax in figure.axes)
+
+
+@pytest.mark.parametrize("name", sorted(MULTI_PANEL))
+def test_a_plot_of_several_panels_fills_the_figure_it_is_given(name):
+    from matplotlib.figure import Figure
+
+    draw, panels = MULTI_PANEL[name]
+    figure = Figure(layout="constrained")
+    left, right = figure.subfigures(1, 2)
+    assert draw(right) is right
+    assert len(right.axes) == panels and left.axes == []
+    figure.savefig(io.BytesIO(), format="png")  # the layout of the two sides resolves
+    with pytest.raises(UsageError, match="figure must be empty .*received: a figure with"):
+        draw(right)
+    assert len(draw(None).axes) == panels  # and without one, a new figure
+
+
+def test_where_to_draw_is_checked():
+    with pytest.raises(UsageError, match="ax must be a matplotlib Axes or None, received: str"):
+        plots.mosaic(np.eye(3), ax="left")
+    with pytest.raises(UsageError, match="figure must be a matplotlib Figure or SubFigure or "
+                                         "None, received: int"):
+        plots.training_curves(_history(), figure=1)
+    with pytest.raises(UsageError, match="ax and figure are two places to draw"):
+        plots.explanation(_IMAGE, _IMAGE, ax=plots.mosaic(np.eye(3)).axes[0],
+                          figure=plots.mosaic(np.eye(3)))

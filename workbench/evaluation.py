@@ -427,7 +427,7 @@ class EvaluationReport:
         self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
         return figure
 
-    def plot_worst(self, count: int = 16, *, columns: int = 8):
+    def plot_worst(self, count: int = 16, *, columns: int = 8, figure=None):
         """A gallery of the worst predictions: each image titled true / predicted / p(true).
 
         Sets :attr:`figure_` and :attr:`ax_` (the tiles' axes).
@@ -435,6 +435,7 @@ class EvaluationReport:
         Args:
             count: at most this many images.
             columns: images per row.
+            figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
         Returns:
             The ``matplotlib.figure.Figure``.
@@ -442,7 +443,7 @@ class EvaluationReport:
         Raises:
             ValueError: if the report holds no images.
         """
-        figure = self._worst_figure(count, columns=columns)
+        figure = self._worst_figure(count, columns=columns, figure=figure)
         grid = figure.axes[0].get_subplotspec().get_gridspec()
         self.figure_, self.ax_ = figure, np.array(figure.axes).reshape(grid.nrows, grid.ncols)
         return figure
@@ -498,7 +499,7 @@ class EvaluationReport:
         return plots.confusion_figure(matrix, self.classes, normalized=normalize, ax=ax,
                                       title=title)
 
-    def _worst_figure(self, count: int, *, columns: int):
+    def _worst_figure(self, count: int, *, columns: int, figure=None):
         check_int("count", count, minimum=1)
         check_int("columns", columns, minimum=1)
         if self.images is None:
@@ -510,7 +511,7 @@ class EvaluationReport:
         return plots.image_grid([self.images[i] for i in worst["index"]], titles=titles,
                                 columns=min(columns, len(worst)), size=1.4,
                                 title=f"Worst predictions ({self.split or 'all'}): "
-                                      "true → predicted, p(true)")
+                                      "true → predicted, p(true)", figure=figure)
 
     def save(self, directory: str | Path, *, worst_count: int = 16) -> Path:
         """Writes the report's CSV, JSON and PNG files (see the module doc) into ``directory``.

@@ -367,13 +367,14 @@ class Explanation:
             figure.savefig(temporary, dpi=check_int("dpi", dpi, minimum=1), format="png")
         return path
 
-    def plot(self, ax=None, *, beside: bool = True, alpha: float = 0.5):
+    def plot(self, ax=None, *, beside: bool = True, alpha: float = 0.5, figure=None):
         """The photo beside the photo with its map (or only the latter on ``ax`` or with
-        ``beside=False``), titled with the class and its probability; keeps ``figure_`` and
-        ``ax_``; returns the ``Figure``."""
+        ``beside=False``), titled with the class and its probability, into ``figure`` (an
+        empty Figure or SubFigure) when given; keeps ``figure_`` and ``ax_``; returns the
+        ``Figure``."""
         figure = plots.explanation(self.image, self.overlay(alpha=alpha),
                                    title=f"{self.title} ({_METHOD_NAMES[self.method]})",
-                                   beside=beside and ax is None, ax=ax)
+                                   beside=beside and ax is None, ax=ax, figure=figure)
         self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes
         return figure
 

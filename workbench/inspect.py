@@ -256,7 +256,8 @@ def filters(model, *, layer: str | None = None, max_filters: int = 64, max_chann
 
 def compare_filters(before, after, *, layer: str | None = None, max_filters: int = 64,
                     max_channels: int = 8, shared_scale: bool = True,
-                    names: tuple[str, str] = ("before fine-tuning", "after fine-tuning")):
+                    names: tuple[str, str] = ("before fine-tuning", "after fine-tuning"),
+                    figure=None):
     """The same filters of two models side by side, e.g. a source model and its fine-tuned run.
 
     Args:
@@ -268,6 +269,7 @@ def compare_filters(before, after, *, layer: str | None = None, max_filters: int
         shared_scale: map the same kernel values to the same grey in both panels, so a change
             in magnitude shows; False normalises each panel on its own.
         names: the panels' titles.
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
     Returns:
         A ``matplotlib.figure.Figure`` with two panels.
@@ -285,7 +287,7 @@ def compare_filters(before, after, *, layer: str | None = None, max_filters: int
     change = float(np.abs(keras.ops.convert_to_numpy(find_layer(after, layer).kernel)
                           - keras.ops.convert_to_numpy(find_layer(before, layer).kernel)).mean())
     return plots.filter_comparison([grid.mosaic() for grid in grids], titles=list(names),
-                                   title=f"{layer}: mean |change| {change:.3g}")
+                                   title=f"{layer}: mean |change| {change:.3g}", figure=figure)
 
 
 # --- activations -------------------------------------------------------------------------------
@@ -355,11 +357,12 @@ class Activations:
                 return grid
         raise KeyError(layer)
 
-    def plot(self):
-        """The image, then one panel per layer, keeping ``figure_`` and ``ax_``; returns the
-        ``Figure``."""
+    def plot(self, *, figure=None):
+        """The image, then one panel per layer (into ``figure``, an empty Figure or SubFigure,
+        or a new one), keeping ``figure_`` and ``ax_``; returns the ``Figure``."""
         figure = plots.activation_panels(self.image, [grid.mosaic() for grid in self.grids],
-                                         titles=[grid.title for grid in self.grids])
+                                         titles=[grid.title for grid in self.grids],
+                                         figure=figure)
         self.figure_, self.ax_ = figure, np.array(figure.axes)
         return figure
 
@@ -634,12 +637,12 @@ class ExplainedImages:
     figure_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
     ax_: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
-    def plot(self, *, columns: int = 8, alpha: float = 0.5):
-        """Each photo with its map blended in, keeping ``figure_`` and ``ax_``; returns the
-        ``Figure``."""
+    def plot(self, *, columns: int = 8, alpha: float = 0.5, figure=None):
+        """Each photo with its map blended in (into ``figure``, an empty Figure or SubFigure,
+        or a new one), keeping ``figure_`` and ``ax_``; returns the ``Figure``."""
         figure = plots.image_grid([item.overlay(alpha=alpha) for item in self.explanations],
                                   titles=self.titles, columns=min(columns, len(self.titles)),
-                                  size=1.6, title=self.title or None)
+                                  size=1.6, title=self.title or None, figure=figure)
         self.figure_, self.ax_ = figure, np.array(figure.axes)
         return figure
 

@@ -1,7 +1,24 @@
 """Every figure the workbench draws: a leaf that takes arrays and frames, never paths.
 
-Each function returns a ``matplotlib.figure.Figure`` (or draws on the ``ax`` it is given) and
-never shows it through pyplot: notebooks display what they get, scripts save it. Reading files
+Each function returns a ``matplotlib.figure.Figure`` and never shows it through pyplot:
+notebooks display what they get, scripts save it. Where it draws follows one rule:
+
+* a plot of **one panel** (one Axes, perhaps with a twin axis or a colour bar) takes
+  ``ax=None``: it draws into the given ``Axes``, else into a new figure's only Axes, and
+  returns ``ax.figure``: class_counts, confusion_figure, reliability_diagram, mosaic,
+  gradient_check, compare_accuracy, sweep_results, throughput, split_profile, split_latency,
+  bottleneck_accuracy;
+* a plot of **several panels** takes ``figure=None``: it draws into the given empty ``Figure``
+  or ``SubFigure`` (``fig.subfigures(1, 2)`` puts two such plots side by side), else into a new
+  figure, and returns that figure: image_grid, samples_per_class, filter_comparison,
+  activation_panels, weight_stats, training_curves, batch_size_study, resource_dashboard;
+* a plot that draws one panel or several by its options takes both, ``ax`` for the one panel
+  and ``figure`` for either (never both): explanation (``beside=False``: the blend alone),
+  top_k_chart (with ``image``: the image beside the bars).
+
+Panels are never drawn into an Axes handed in for one: a grid needs room that an Axes does not
+have, and a figure keeps the panels' shared layout (``layout="constrained"``). A given figure
+keeps its own size; ``figsize`` and such apply to new ones. Reading files
 is the caller's job (``workbench.runs.RunDir(path).history()``,
 ``workbench.monitor.read_resources(path)``, ``workbench.inspect.read_weight_stats(path)``,
 ``workbench.data.scan.sample_images(...)``); this package imports nothing else of the

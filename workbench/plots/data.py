@@ -7,7 +7,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from workbench._checks import check_int
-from workbench.plots._axes import figure_and_axes
+from workbench.plots._axes import figure_and_axes, figure_to_fill
 
 
 def class_counts(table: pd.DataFrame, *, ax=None) -> Figure:
@@ -46,7 +46,7 @@ def class_counts(table: pd.DataFrame, *, ax=None) -> Figure:
 
 
 def image_grid(images, *, titles=None, columns: int = 8, title: str | None = None,
-               size: float = 1.2) -> Figure:
+               size: float = 1.2, figure=None) -> Figure:
     """Tiles images (uint8 arrays or PIL images) in a grid, with optional titles.
 
     Args:
@@ -54,7 +54,8 @@ def image_grid(images, *, titles=None, columns: int = 8, title: str | None = Non
         titles: one caption per image.
         columns: images per row.
         title: a title over the grid.
-        size: inches per tile.
+        size: inches per tile (of a new figure).
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
     Returns:
         The figure: one axes per tile, empty tiles without axis lines.
@@ -68,8 +69,8 @@ def image_grid(images, *, titles=None, columns: int = 8, title: str | None = Non
                          f"{len(titles)}")
     rows = -(-len(images) // columns)
     columns = min(columns, len(images))
-    figure = Figure(figsize=(columns * size, rows * size + (0.4 if title else 0)),
-                    layout="constrained")
+    height = rows * size + (0.4 if title else 0)
+    figure = figure_to_fill(figure, figsize=(columns * size, height), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -82,7 +83,7 @@ def image_grid(images, *, titles=None, columns: int = 8, title: str | None = Non
     return figure
 
 
-def samples_per_class(images, labels, *, per_class: int | None = None) -> Figure:
+def samples_per_class(images, labels, *, per_class: int | None = None, figure=None) -> Figure:
     """A grid with one row per class showing a few of its images, titled by class.
 
     The images are decoded by the caller, e.g. by :func:`workbench.data.scan.sample_images`,
@@ -93,6 +94,7 @@ def samples_per_class(images, labels, *, per_class: int | None = None) -> Figure
         labels: the class of each image; rows follow the order in which classes first appear.
         per_class: images per row; default the most any class has. Further images of a class
             are left out; a class with fewer gets blank tiles.
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
     Returns:
         The figure (see :func:`image_grid`).
@@ -115,4 +117,5 @@ def samples_per_class(images, labels, *, per_class: int | None = None) -> Figure
         shown = shown[:per_class]
         tiles += shown + [blank] * (per_class - len(shown))
         titles += [label] + [""] * (per_class - 1)
-    return image_grid(tiles, titles=titles, columns=per_class, title="Samples per class")
+    return image_grid(tiles, titles=titles, columns=per_class, title="Samples per class",
+                      figure=figure)

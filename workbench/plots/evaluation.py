@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from workbench._checks import check_int
-from workbench.plots._axes import figure_and_axes
+from workbench.plots._axes import check_one_place, figure_and_axes, figure_to_fill
 
 
 def confusion_figure(matrix, classes, *, normalized: bool = True, ax=None,
@@ -60,8 +60,12 @@ def confusion_figure(matrix, classes, *, normalized: bool = True, ax=None,
     return figure
 
 
-def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None) -> Figure:
+def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None,
+                figure=None) -> Figure:
     """The top-k classes of one image as horizontal bars with percentages, best on top.
+
+    One panel (the bars) or two (the image, then the bars): it takes ``ax`` for the first and
+    ``figure`` for either (the rule of :mod:`workbench.plots`).
 
     Args:
         predictions: ``Classifier.predict``'s answer for one image: ``{"label",
@@ -70,6 +74,7 @@ def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None) -
             left of the bars; only without ``ax``.
         ax: optional axes for the bars alone.
         title: the bars' title (default ``"Top-k"``).
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
     Returns:
         The figure.
@@ -81,6 +86,7 @@ def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None) -
         if not isinstance(entry, dict) or not {"label", "probability"} <= set(entry):
             raise ValueError(f"predictions must be dicts with 'label' and 'probability', "
                              f"received: {entry!r}")
+    check_one_place(ax, figure)
     if ax is not None and image is not None:
         raise ValueError("image needs a figure of its own: pass ax=None to draw the image "
                          "beside the bars, received: both ax and image")
@@ -91,17 +97,14 @@ def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None) -
     labels = [str(entry["label"]) for entry in predictions]
     probabilities = np.array([float(entry["probability"]) for entry in predictions])
     height = 0.45 * len(predictions) + 1.2
-    if ax is None:
-        figure = Figure(figsize=(7 if picture is not None else 4.5, max(2.6, height)),
-                        layout="constrained")
-        if picture is not None:
-            picture_ax, ax = figure.subplots(1, 2, width_ratios=(1, 1.4))
-            picture_ax.imshow(picture)
-            picture_ax.set_axis_off()
-        else:
-            ax = figure.add_subplot()
-    else:
-        figure = ax.figure
+    if picture is not None:
+        figure = figure_to_fill(figure, figsize=(7, max(2.6, height)), layout="constrained")
+        picture_ax, ax = figure.subplots(1, 2, width_ratios=(1, 1.4))
+        picture_ax.imshow(picture)
+        picture_ax.set_axis_off()
+    elif figure is not None:  # the bars alone, in the given figure
+        ax = figure_to_fill(figure).add_subplot()
+    figure, ax = figure_and_axes(ax, figsize=(4.5, max(2.6, height)), layout="constrained")
     rows = np.arange(len(predictions))
     colors = ["C2"] + ["C0"] * (len(predictions) - 1)
     bars = ax.barh(rows, probabilities * 100, color=colors)

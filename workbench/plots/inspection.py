@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from workbench.plots._axes import figure_and_axes
+from workbench.plots._axes import figure_and_axes, figure_to_fill
 
 # what weight_stats draws: every column WeightStats writes
 _WEIGHT_COLUMNS = ("epoch", "layer", "weight", "mean_abs", "update_ratio")
@@ -38,13 +38,23 @@ def mosaic(image, *, ax=None, title: str | None = None, cmap: str = "gray") -> F
     return figure
 
 
-def filter_comparison(mosaics, *, titles, title: str | None = None) -> Figure:
-    """Tiled filters of several models side by side, one panel each (e.g. before and after)."""
+def filter_comparison(mosaics, *, titles, title: str | None = None, figure=None) -> Figure:
+    """Tiled filters of several models side by side, one panel each (e.g. before and after).
+
+    Args:
+        mosaics: one tiled image in [0, 1] per model (``FilterGrid.mosaic()``).
+        titles: one title per mosaic.
+        title: a title over the panels.
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
+
+    Returns:
+        The figure: one axes per mosaic.
+    """
     mosaics = list(mosaics)
     if len(titles) != len(mosaics) or not mosaics:
         raise ValueError(f"titles must hold one title per mosaic ({len(mosaics)}), "
                          f"received: {len(titles)}")
-    figure = Figure(figsize=(4.5 * len(mosaics), 4.8), layout="constrained")
+    figure = figure_to_fill(figure, figsize=(4.5 * len(mosaics), 4.8), layout="constrained")
     for ax, image, name in zip(figure.subplots(1, len(mosaics), squeeze=False)[0], mosaics,
                                titles):
         mosaic(image, ax=ax, title=name)
@@ -53,7 +63,8 @@ def filter_comparison(mosaics, *, titles, title: str | None = None) -> Figure:
     return figure
 
 
-def activation_panels(image, mosaics, *, titles, cmap: str = "viridis") -> Figure:
+def activation_panels(image, mosaics, *, titles, cmap: str = "viridis",
+                      figure=None) -> Figure:
     """An input image, then one tiled activation mosaic per layer, in a row.
 
     Args:
@@ -61,6 +72,7 @@ def activation_panels(image, mosaics, *, titles, cmap: str = "viridis") -> Figur
         mosaics: one tiled image in [0, 1] per layer (``ActivationGrid.mosaic()``).
         titles: one title per mosaic.
         cmap: the colour map of the mosaics.
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
     Returns:
         The figure: the input's axes, then one axes per mosaic.
@@ -69,7 +81,8 @@ def activation_panels(image, mosaics, *, titles, cmap: str = "viridis") -> Figur
     if len(titles) != len(mosaics):
         raise ValueError(f"titles must hold one title per mosaic ({len(mosaics)}), "
                          f"received: {len(titles)}")
-    figure = Figure(figsize=(3.2 * (len(mosaics) + 1), 3.6), layout="constrained")
+    figure = figure_to_fill(figure, figsize=(3.2 * (len(mosaics) + 1), 3.6),
+                            layout="constrained")
     axes = figure.subplots(1, len(mosaics) + 1, squeeze=False)[0]
     axes[0].imshow(np.asarray(image))
     axes[0].set_axis_off()
@@ -79,7 +92,8 @@ def activation_panels(image, mosaics, *, titles, cmap: str = "viridis") -> Figur
     return figure
 
 
-def weight_stats(table: pd.DataFrame, *, weight: str | None = "kernel") -> Figure:
+def weight_stats(table: pd.DataFrame, *, weight: str | None = "kernel",
+                 figure=None) -> Figure:
     """Mean |w| and update-to-weight ratio |Δw|/|w| per layer over epochs (``WeightStats``).
 
     The ratio is on a log scale; a frozen layer (ratio exactly 0) is drawn dashed along the
@@ -88,6 +102,7 @@ def weight_stats(table: pd.DataFrame, *, weight: str | None = "kernel") -> Figur
     Args:
         table: a frame from ``workbench.inspect.read_weight_stats``.
         weight: which weight of each layer (``"kernel"``, ``"bias"``, ...); None for all.
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
     Returns:
         The figure: two panels (mean |w|, update ratio).
@@ -100,7 +115,7 @@ def weight_stats(table: pd.DataFrame, *, weight: str | None = "kernel") -> Figur
         table = table[table["weight"] == weight]
     if table.empty:
         raise ValueError(f"table has no rows for weight {weight!r}")
-    figure = Figure(figsize=(12, 4), layout="constrained")
+    figure = figure_to_fill(figure, figsize=(12, 4), layout="constrained")
     mean_ax, ratio_ax = figure.subplots(1, 2)
     positive = table["update_ratio"][table["update_ratio"] > 0]
     floor = positive.min() / 10 if len(positive) else 1e-8

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from workbench.plots._axes import figure_to_fill
+
 # The columns of workbench.monitor.COLUMNS the dashboard draws (``time``, ``gpu_name``, the
 # temperature and the clock are optional).
 _RESOURCE_COLUMNS = (
@@ -57,7 +59,8 @@ def _check_frames(frame, history) -> None:
                          f"received: a frame without {absent}")
 
 
-def resource_dashboard(frame: pd.DataFrame, *, history: pd.DataFrame | None = None) -> Figure:
+def resource_dashboard(frame: pd.DataFrame, *, history: pd.DataFrame | None = None,
+                       figure=None) -> Figure:
     """An nvidia-smi-style dashboard of a ``resources.csv``: stacked panels over time.
 
     Panels, sharing the time axis: GPU utilisation %, GPU memory MiB (total dashed), power W
@@ -73,13 +76,14 @@ def resource_dashboard(frame: pd.DataFrame, *, history: pd.DataFrame | None = No
             with ``epoch``, ``loss``, ``accuracy`` and optionally ``val_loss``,
             ``val_accuracy``; drawn as two extra axes (loss, accuracy per epoch) in a column
             to the right.
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
     Returns:
         The figure: 5 time panels with GPU data, 2 without, plus 2 with ``history``.
 
     Raises:
         ValueError: ``frame`` has no rows or lacks the monitor's columns, or ``history`` lacks
-            ``epoch``/``loss``/``accuracy``.
+            ``epoch``/``loss``/``accuracy``, or ``figure`` is not an empty figure.
     """
     _check_frames(frame, history)
     x, unit = _time_axis(frame)
@@ -89,7 +93,8 @@ def resource_dashboard(frame: pd.DataFrame, *, history: pd.DataFrame | None = No
     has_gpu = not gpu_rows.empty
     panels = 5 if has_gpu else 2
     columns = 2 if history is not None else 1
-    figure = Figure(figsize=(9 + 4 * (columns - 1), 1.9 * panels + 0.6), layout="constrained")
+    figure = figure_to_fill(figure, figsize=(9 + 4 * (columns - 1), 1.9 * panels + 0.6),
+                            layout="constrained")
     grid = figure.add_gridspec(panels, columns, width_ratios=[2.2, 1][:columns])
     axes = [figure.add_subplot(grid[0, 0])]
     axes += [figure.add_subplot(grid[row, 0], sharex=axes[0]) for row in range(1, panels)]
@@ -149,7 +154,7 @@ def resource_dashboard(frame: pd.DataFrame, *, history: pd.DataFrame | None = No
     return figure
 
 
-def _draw_history(figure: Figure, grid, history: pd.DataFrame, panels: int) -> None:
+def _draw_history(figure, grid, history: pd.DataFrame, panels: int) -> None:
     """Loss and accuracy per epoch in the right-hand column of the dashboard's grid."""
     split = -(-panels // 2)
     loss_ax = figure.add_subplot(grid[:split, 1])

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from workbench.plots._axes import figure_and_axes, log2_axis
+from workbench.plots._axes import figure_and_axes, figure_to_fill, log2_axis
 
 
 def split_profile(table: pd.DataFrame, *, ax=None, title: str | None = None) -> Figure:
@@ -147,7 +147,8 @@ def sweep_results(table: pd.DataFrame, *, metric: str, x: str, by=(), ax=None) -
     return figure
 
 
-def batch_size_study(table: pd.DataFrame, published: pd.DataFrame) -> Figure:
+def batch_size_study(table: pd.DataFrame, published: pd.DataFrame, *,
+                     figure=None) -> Figure:
     """Our batch-size study (top row) over the published ones (bottom row), panel for panel.
 
     Args:
@@ -155,8 +156,12 @@ def batch_size_study(table: pd.DataFrame, published: pd.DataFrame) -> Figure:
             train_seconds, test_accuracy, peak_ram_mib, peak_gpu_mib.
         published: ``published_batch_size_study()`` of the same module: study, batch_size,
             accuracy, train_seconds, peak_gpu_gb.
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
+
+    Returns:
+        The figure: six panels, ours over the published.
     """
-    figure = Figure(figsize=(13, 6.5), layout="constrained")
+    figure = figure_to_fill(figure, figsize=(13, 6.5), layout="constrained")
     axes = figure.subplots(2, 3)
     ours = [("train_seconds", "training time (s)"), ("test_accuracy", "test accuracy"),
             ("peak_ram_mib", "peak memory (MiB)")]

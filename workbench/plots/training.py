@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
-from workbench.plots._axes import figure_and_axes
+from workbench.plots._axes import figure_and_axes, figure_to_fill
 
 _HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "lr")  # what training_curves draws
 
@@ -37,7 +37,7 @@ def _named_histories(histories, names) -> dict:
     return named
 
 
-def training_curves(histories, *, names=None) -> Figure:
+def training_curves(histories, *, names=None, figure=None) -> Figure:
     """Loss, accuracy and learning rate per epoch for one or several runs, overlaid.
 
     The epoch of each run's best validation accuracy is marked on the accuracy panel. An empty
@@ -49,12 +49,13 @@ def training_curves(histories, *, names=None) -> Figure:
             ``accuracy``, ``lr`` and optionally ``val_loss``, ``val_accuracy`` (NaN in epochs
             without validation).
         names: with a list, a legend name per frame; default ``run 1``, ``run 2``, ...
+        figure: an empty Figure or SubFigure to draw into; None for a new figure.
 
     Returns:
         The figure: three panels (loss, accuracy, learning rate).
     """
     named = _named_histories(histories, names)
-    figure = Figure(figsize=(12, 3.6), layout="constrained")
+    figure = figure_to_fill(figure, figsize=(12, 3.6), layout="constrained")
     loss_ax, acc_ax, lr_ax = figure.subplots(1, 3)
     for index, (name, history) in enumerate(named.items()):
         if history.empty:

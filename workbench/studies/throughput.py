@@ -126,7 +126,7 @@ class ThroughputResult:
     steps: int
     warmup: int
 
-    def plot(self, *, ax=None):
+    def plot(self, ax=None):
         """Bars of CPU and GPU images/s per model (log scale) with the ratio on top.
 
         Keeps the Figure and axes in ``figure_`` and ``ax_``.
