@@ -6,7 +6,9 @@ and what is allowed, the way Keras does: ``min_per_class must be >= 1, received:
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import numbers
 import os
 import warnings
@@ -118,3 +120,47 @@ def moved_names(module: str, moved: dict[str, str]):
         return getattr(importlib.import_module(moved[name]), name)
 
     return __getattr__
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def deprecated(message: str) -> None:
+    """Warns with a ``DeprecationWarning`` that an old name or value still works, for one
+    release; ``message`` says what to use instead. The warning names the first line outside
+    the workbench package (the user's call), so Python's default filters show it there."""
+    frame, level = inspect.currentframe().f_back, 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
+
+
+def renamed_arguments(**renames: str):
+    """A decorator: the old keyword names of a function's arguments keep working for one
+    release, with a ``DeprecationWarning`` naming the new ones.
+
+    Args:
+        renames: ``old_name="new_name"`` for each renamed argument.
+
+    Example::
+
+        @renamed_arguments(out_dir="out")
+        def prepare(data, out, ...): ...
+
+        prepare("photos", out_dir="splits")  # warns: out_dir= is now out=
+    """
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs:
+                    raise UsageError(f"{function.__qualname__}: give {new} (its new name) or "
+                                     f"{old}, not both, received: {old} and {new}")
+                deprecated(f"{function.__qualname__}: {old}= is deprecated and will be removed "
+                           f"in the next release, use {new}=")
+                kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+        return wrapper
+    return decorate

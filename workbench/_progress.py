@@ -9,6 +9,10 @@
 
 The environment variable ``WORKBENCH_PROGRESS`` overrides the choice: ``bar`` (always a tqdm bar),
 ``plain`` (always plain lines) or ``off`` (nothing at all).
+
+Every public function of the workbench with a long loop takes the same ``progress`` argument, a
+string (:data:`PROGRESS`, checked by :func:`progress_argument`): ``"auto"`` (the default: the
+above), ``"lines"`` (plain lines wherever it runs), ``"none"``; ``finetune`` adds ``"plot"``.
 """
 
 from __future__ import annotations
@@ -19,12 +23,38 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 
+from workbench._checks import check_choice, deprecated
+
+PROGRESS = ("auto", "lines", "none")  # the values of every public ``progress`` argument
 _STYLES = ("bar", "plain", "off")
 MIN_SECONDS_BETWEEN_LINES = 2.0  # quick loops print only their closing line
 
 
+def progress_argument(value, *, choices=PROGRESS) -> str:
+    """A public function's ``progress`` argument, checked: one of ``choices``.
+
+    ``True`` and ``False`` (its type before it became a string) still work for one release, as
+    ``"auto"`` and ``"none"``, with a ``DeprecationWarning``.
+
+    Raises:
+        UsageError: any other value.
+    """
+    if isinstance(value, bool):
+        new = "auto" if value else "none"
+        deprecated(f"progress={value} is deprecated and will be removed in the next release, "
+                   f"use progress={new!r}")
+        return new
+    return check_choice("progress", value, choices)
+
+
+def loop_progress(progress: str) -> str:
+    """The ``progress`` of a loop inside a call whose own may be ``"plot"`` (``finetune``'s live
+    figure, which a loop cannot draw): that loop shows ``"auto"``; other values pass through."""
+    return "auto" if progress == "plot" else progress
+
+
 def progress(iterable: Iterable, *, total: int | None = None, desc: str = "",
-             unit: str | None = None) -> Iterable:
+             unit: str | None = None, mode: str = "auto") -> Iterable:
     """Wraps ``iterable`` in a progress display suited to where the code runs.
 
     Args:
@@ -33,18 +63,23 @@ def progress(iterable: Iterable, *, total: int | None = None, desc: str = "",
         desc: a short label shown before the count, e.g. ``"scan"``.
         unit: what an item is, e.g. ``"images"``: the plain lines then also say the items
             per second and the time left, and the bar counts in it.
+        mode: a checked ``progress`` argument (:data:`PROGRESS`): ``"auto"`` (a bar or lines,
+            as the module doc says), ``"lines"`` (plain lines, unless ``WORKBENCH_PROGRESS``
+            is ``off``) or ``"none"`` (``iterable`` itself).
 
     Returns:
         An iterable yielding the same items as ``iterable``.
     """
+    style = _style()
+    if mode == "none" or style == "off":
+        return iterable
     if total is None:
         try:
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    style = _style()
-    if style == "off":
-        return iterable
+    if mode == "lines":
+        return _plain(iterable, total, desc, unit)
     if style == "bar" or (style is None and watched_notebook()):
         with warnings.catch_warnings():  # tqdm.auto's "experimental" notice, not for users
             warnings.simplefilter("ignore", category=Warning)

@@ -21,6 +21,7 @@ from workbench._checks import one_line
 from workbench._cluster import ClusterError
 from workbench._quiet import start_keras_quietly
 
+RUNTIME_CHOICES = ("auto", "litert", "onnx", "keras")  # --runtime: what runs a run's model
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -45,6 +46,30 @@ def _arg_type(name: str, convert):
 
     parse.__name__ = name
     return parse
+
+
+class _OldFlag(argparse.Action):
+    """An option's old name, hidden from ``--help``: it still works for one release, and says
+    on stderr which name to use."""
+
+    def __init__(self, option_strings, dest, *, new: str, **options):
+        super().__init__(option_strings, dest, **options)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated and will be removed in the next release, "
+              f"use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _renamed_option(parser, new: str, old: str, **options) -> None:
+    """Adds the option ``new`` and its old name ``old`` as a hidden alias (:class:`_OldFlag`);
+    giving both is an error, and ``required`` is met by either."""
+    group = parser.add_mutually_exclusive_group(required=options.pop("required", False))
+    action = group.add_argument(new, **options)
+    group.add_argument(old, dest=action.dest, action=_OldFlag, new=new, help=argparse.SUPPRESS,
+                       default=argparse.SUPPRESS, type=options.get("type"),
+                       choices=options.get("choices"), metavar=options.get("metavar"))
 
 
 def _without_received(error: Exception) -> str:
@@ -269,7 +294,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _args_train(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory")
+    _renamed_option(parser, "--run-dir", "--out", required=True, metavar="RUN_DIR",
+                    help="the run directory (written; --out, its old name, still works)")
     parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N",
                         help="passes over the training images (default 10, or the --solver "
                              "file's); at least one per stage of the --recipe")
@@ -324,17 +350,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     solver = solver.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.cut_at and not args.source:
         raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
-    blocker = next((path for path in (Path(args.out), *Path(args.out).parents)
+    run_dir = Path(args.run_dir)
+    blocker = next((path for path in (run_dir, *run_dir.parents)
                     if path.exists()), None)  # before the images are decoded, not after
     if blocker is not None and not blocker.is_dir():
-        where = "is a file" if blocker == Path(args.out) else f"lies under {str(blocker)!r}, a file"
-        raise FileExistsError(f"--out {args.out!r} {where}, where a folder is needed")
-    if args.resume and not RunDir(args.out).exists:  # the library starts one; a typo should not
-        raise FileNotFoundError(f"--resume needs a run to continue, and --out {args.out!r} holds "
-                                "none (no config.json); leave out --resume to start one there")
+        where = "is a file" if blocker == run_dir else f"lies under {str(blocker)!r}, a file"
+        raise FileExistsError(f"--run-dir {args.run_dir!r} {where}, where a folder is needed")
+    if args.resume and not RunDir(run_dir).exists:  # the library starts one; a typo should not
+        raise FileNotFoundError(f"--resume needs a run to continue, and --run-dir "
+                                f"{args.run_dir!r} holds none (no config.json); leave out "
+                                "--resume to start one there")
     weights = models.weights_argument(args.weights)  # as notebook 03 reads its 'weights'
     try:
-        run = finetune(args.splits, args.out, backbone=args.backbone, weights=weights,
+        run = finetune(args.splits, args.run_dir, backbone=args.backbone, weights=weights,
                        source=args.source, cut_at=args.cut_at, recipe=args.recipe,
                        lr_mult_rules=dict(args.lr_mult),
                        decay_mult_rules=dict(args.decay_mult) or None, solver=solver,
@@ -345,20 +373,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                            join_timeout=args.join_timeout)
                        if args.distributed else None)
     except RunExists as error:  # the library's words are keyword arguments; these are flags
-        print(f"error: {error.advice(resume='--resume', overwrite='--overwrite', out='--out')}",
+        print(f"error: "
+              f"{error.advice(resume='--resume', overwrite='--overwrite', out='--run-dir')}",
               file=sys.stderr)
         return EXIT_USAGE
     except SettingsChanged as error:
-        print(f"error: {error.advice(overwrite='--overwrite', out='--out')}", file=sys.stderr)
+        print(f"error: {error.advice(overwrite='--overwrite', out='--run-dir')}",
+              file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as error:
         print(f"error: {one_line(error.advice(resume='--resume', base_lr='--base-lr'))}",
               file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"interrupted: {args.out} still holds the run that was there (the replacement "
-              "was not finished)" if args.overwrite else
-              f"interrupted: continue with 'workbench train ... --out {args.out} --resume'",
+        print(f"interrupted: {args.run_dir} still holds the run that was there (the "
+              "replacement was not finished)" if args.overwrite else
+              f"interrupted: continue with 'workbench train ... --run-dir {args.run_dir} "
+              "--resume'",
               file=sys.stderr)
         return 130
     cluster = joined()
@@ -544,9 +575,10 @@ def _args_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average each image with its mirror "
                              "image (not for digits or text)")
-    parser.add_argument("--backend", choices=("auto", "litert", "onnx", "keras"), default="auto",
-                        help="auto (default): the run's LiteRT or ONNX export when it has one "
-                             "(same numbers to 1e-3, several times faster), else Keras")
+    _renamed_option(parser, "--runtime", "--backend", choices=RUNTIME_CHOICES, default="auto",
+                    help="what runs the model: auto (default): the run's LiteRT or ONNX export "
+                         "when it has one (same numbers to 1e-3, several times faster), else "
+                         "Keras (--backend, its old name, still works)")
     parser.add_argument("--raw", action="store_true",
                         help="tabulate the network's raw softmax instead of the probabilities "
                              "calibrated by the run's temperature (the ECE is shown for both)")
@@ -554,7 +586,8 @@ def _args_evaluate(parser: argparse.ArgumentParser) -> None:
 
 def _finish_command(run_dir: str) -> str:
     """How an unfinished run is finished, on the command line."""
-    return f"run the 'workbench train ... --out {run_dir}' that started it again, with --resume"
+    return (f"run the 'workbench train ... --run-dir {run_dir}' that started it again, with "
+            "--resume")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -563,7 +596,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate(args.run_dir, split=args.split, model=args.model,
-                          batch_size=args.batch_size, tta=args.tta, backend=args.backend,
+                          batch_size=args.batch_size, tta=args.tta, runtime=args.runtime,
                           calibrated=not args.raw)
     except RunUnfinished as error:  # in the command's words
         raise ValueError(error.advice(resume=_finish_command(args.run_dir))) from None
@@ -611,11 +644,11 @@ def _args_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average each image with its mirror "
                              "image (not for digits or text)")
-    parser.add_argument("--backend", choices=("auto", "litert", "onnx", "keras"),
-                        default="auto",
-                        help="auto (default): the faster of the LiteRT and ONNX exports on this "
-                             "machine, made on first use, without importing TensorFlow once "
-                             "they exist; keras: the .keras model")
+    _renamed_option(parser, "--runtime", "--backend", choices=RUNTIME_CHOICES, default="auto",
+                    help="what runs the model: auto (default): the faster of the LiteRT and "
+                         "ONNX exports on this machine, made on first use, without importing "
+                         "TensorFlow once they exist; keras: the .keras model (--backend, its "
+                         "old name, still works)")
     parser.add_argument("--raw", action="store_true",
                         help="the network's raw softmax instead of the probabilities calibrated "
                              "by the run's temperature (the same classes, in the same order)")
@@ -637,7 +670,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return _predict_many(args)
     if not args.images:
         raise ValueError("predict needs at least one PATH or --list FILE, received: none")
-    classifier = Classifier.load(args.run_dir, backend=args.backend)
+    classifier = Classifier.load(args.run_dir, runtime=args.runtime)
     failed, names = 0, set()  # names: of the --explain files written
     for path in args.images:
         try:
@@ -679,7 +712,7 @@ def _predict_many(args: argparse.Namespace) -> int:
                 raise ValueError(f"{name} needs --out FILE, received: {name} {value}")
         from workbench.deploy.predict import Classifier
 
-        classifier = Classifier.load(args.run_dir, backend=args.backend)
+        classifier = Classifier.load(args.run_dir, runtime=args.runtime)
         sources = batch.list_files(args.images, list_file=args.list_file,
                                    list_root=args.root)
         failed = 0
@@ -711,10 +744,10 @@ def _predict_many(args: argparse.Namespace) -> int:
     if args.explain:  # loaded once, for the table (unless on a cluster) and the maps
         from workbench.deploy.predict import Classifier
 
-        classifier = Classifier.load(args.run_dir, backend=args.backend)
+        classifier = Classifier.load(args.run_dir, runtime=args.runtime)
     result = batch.predict_to_file(
         args.run_dir, args.images, out=args.out, list_file=args.list_file, list_root=args.root,
-        backend=args.backend, top_k=args.top_k, batch_size=args.batch_size,
+        runtime=args.runtime, top_k=args.top_k, batch_size=args.batch_size,
         threads=args.threads, tta=args.tta, calibrated=not args.raw, features=args.features,
         cluster=args.cluster, cluster_options=dict(args.cluster_option) or None, jobs=args.jobs,
         classifier=classifier)
@@ -727,7 +760,7 @@ def _predict_many(args: argparse.Namespace) -> int:
             classifier,
             batch.list_files(args.images, list_file=args.list_file, list_root=args.root),
             args.explain, skip=set(table.loc[table["error"] != "", "path"]), tta=args.tta,
-            progress=True)
+            progress="auto")
         print(f"Where it looked: {written} overlays in {args.explain}")
     return EXIT_OK
 

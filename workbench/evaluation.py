@@ -9,9 +9,9 @@ and the helpers below), so they can be checked by hand and reused on any predict
 atomically:
 
 ===================  ==============================================================
-``summary.json``     split, model, images, top-1, top-k and k, macro averages, the temperature
-                     and the expected calibration error before and after it (``ece_raw``,
-                     ``ece``; 15 bins)
+``summary.json``     split, model, runtime, images, top-1, top-k and k, macro averages, the
+                     temperature and the expected calibration error before and after it
+                     (``ece_raw``, ``ece``; 15 bins)
 ``per_class.csv``    class, precision, recall, f1, support
 ``confusion.csv``    counts: one row per true class, one column per predicted class
 ``most_confused.csv``  true, predicted, count of the most frequent mistakes
@@ -46,13 +46,15 @@ import pandas as pd
 from sklearn import metrics
 
 from workbench import calibration, plots
-from workbench._checks import check_bool, check_choice, check_int, check_number
+from workbench._checks import (check_bool, check_choice, check_int, check_number, deprecated,
+                               renamed_arguments)
 from workbench._io import atomic_path, remove_stale_temporaries, write_json, write_text
 from workbench.deploy import export as exporting
+from workbench.deploy.predict import RUNTIME_CHOICES
 from workbench.runs import MODELS, RunDir
 
 SPLITS = ("train", "val", "test")
-BACKENDS = ("auto", "litert", "onnx", "keras")
+BACKENDS = RUNTIME_CHOICES  # the old name of the values of evaluate's runtime, for one release
 TOP_K = 5
 FILES = ("summary.json", "per_class.csv", "confusion.csv", "most_confused.csv", "worst.csv",
          "predictions.csv", "confusion.png", "worst.png", "reliability.csv", "reliability.png")
@@ -265,8 +267,9 @@ class EvaluationReport:
         split: the split evaluated, if known.
         model: which model of the run (``"best"`` or ``"final"``), if known.
         run_dir: the run directory, if any.
-        backend: what computed the probabilities, if known: ``"litert"`` or ``"onnx"`` (the
-            run's export) or ``"keras"``.
+        runtime: what computed the probabilities, if known: ``"litert"`` or ``"onnx"`` (the
+            run's export) or ``"keras"`` (``backend``, its old name, still works for one release
+            with a ``DeprecationWarning``).
         temperature: the run's temperature (1: none).
         calibrated: whether :attr:`probabilities` are scaled by ``temperature``.
         raw_probabilities: the model's own softmax probabilities.
@@ -293,7 +296,7 @@ class EvaluationReport:
     split: str | None = None
     model: str | None = None
     run_dir: Path | None = None
-    backend: str | None = None
+    runtime: str | None = None
     temperature: float = 1.0
     calibrated: bool = True
     raw_probabilities: np.ndarray | None = dataclasses.field(default=None, repr=False)
@@ -361,6 +364,13 @@ class EvaluationReport:
             images=images, paths=list(paths) if paths is not None else None)
 
     @property
+    def backend(self) -> str | None:
+        """The old name of :attr:`runtime`, for one release."""
+        deprecated("EvaluationReport.backend is deprecated and will be removed in the next "
+                   "release, use EvaluationReport.runtime")
+        return self.runtime
+
+    @property
     def confusion_normalized(self) -> np.ndarray:
         """The confusion matrix with each row divided by its sum."""
         return normalize_rows(self.confusion)
@@ -371,9 +381,11 @@ class EvaluationReport:
                                  paths=self.paths)
 
     def summary(self) -> dict:
-        """The headline numbers as a JSON-ready dict."""
+        """The headline numbers as a JSON-ready dict (``backend`` repeats ``runtime`` for one
+        release)."""
         return {
-            "split": self.split, "model": self.model, "backend": self.backend,
+            "split": self.split, "model": self.model, "runtime": self.runtime,
+            "backend": self.runtime,
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
             "images": int(len(self.labels)), "classes": len(self.classes),
             "top1": round(self.top1, 6), "top5": round(self.topk, 6), "k": self.k,
@@ -391,7 +403,7 @@ class EvaluationReport:
         summary = self.summary()
         lines = [f"split {summary['split'] or '-'}  model {summary['model'] or '-'}  "
                  f"images {summary['images']}  classes {summary['classes']}"
-                 f"{'  run by ' + self.backend if self.backend else ''}",
+                 f"{'  run by ' + self.runtime if self.runtime else ''}",
                  f"top-1 {self.top1:.4f}  top-{self.k} {self.topk:.4f}  "
                  f"macro F1 {summary['macro_f1']:.4f}"]
         if self.ece is not None:
@@ -513,13 +525,15 @@ class EvaluationReport:
                                 title=f"Worst predictions ({self.split or 'all'}): "
                                       "true → predicted, p(true)", figure=figure)
 
-    def save(self, directory: str | Path, *, worst_count: int = 16) -> Path:
-        """Writes the report's CSV, JSON and PNG files (see the module doc) into ``directory``.
+    @renamed_arguments(directory="out")
+    def save(self, out: str | Path, *, worst_count: int = 16) -> Path:
+        """Writes the report's CSV, JSON and PNG files (see the module doc) into the folder
+        ``out`` (``directory``, its old name, still works for one release).
 
         Returns:
-            ``directory``.
+            ``out`` as a ``Path``.
         """
-        directory = Path(directory)
+        directory = Path(out)
         directory.mkdir(parents=True, exist_ok=True)
         csv = {"lineterminator": "\n"}
         write_json(directory / "summary.json", self.summary())
@@ -577,9 +591,10 @@ def split_images(run_dir: str | Path, *, split: str = "test") -> SplitImages:
     return SplitImages(list(data.classes), data.images[split], data.labels[split], paths)
 
 
+@renamed_arguments(backend="runtime")
 def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
              batch_size: int = 64, save: bool = True, tta: bool = False,
-             backend: str = "auto", calibrated: bool = True) -> EvaluationReport:
+             runtime: str = "auto", calibrated: bool = True) -> EvaluationReport:
     """Evaluates a run's model on one split of its dataset and saves the report in the run.
 
     The images are decoded exactly as in training (the run's image size and resize mode, the
@@ -597,14 +612,16 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
         save: write the files of the module doc into ``<run_dir>/evaluation/<split>/``.
         tta: test-time augmentation: average the probabilities of each image and its mirror
             image (only for tasks whose images may be flipped: not digits or text).
-        backend: ``"auto"`` (the run's export when it has an up-to-date one, else Keras),
-            ``"litert"`` or ``"onnx"`` (that export, or an error) or ``"keras"``.
+        runtime: what runs the model: ``"auto"`` (the run's export when it has an up-to-date
+            one, else Keras), ``"litert"`` or ``"onnx"`` (that export, or an error) or
+            ``"keras"``. Called ``backend`` before: that name still works for one release,
+            with a ``DeprecationWarning``.
         calibrated: show the probabilities scaled by the run's temperature (fitted on the
             validation split: ``calibration.json``; 1 for a run without one), or False for
             the raw softmax. The ECE is reported before and after either way.
 
     Returns:
-        An :class:`EvaluationReport`; its ``backend`` says what ran.
+        An :class:`EvaluationReport`; its ``runtime`` says what ran.
 
     Raises:
         ValueError: for an unknown split or model, or a split the dataset does not have.
@@ -615,14 +632,14 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
     check_choice("model", model, MODELS)
     check_int("batch_size", batch_size, minimum=1)
     check_bool("tta", tta)
-    check_choice("backend", backend, BACKENDS)
+    check_choice("runtime", runtime, RUNTIME_CHOICES)
     check_bool("calibrated", calibrated)
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     run.check_finished()  # an interrupted run's best.keras is a checkpoint, not its result
     path = run.model_path(model)
     data = split_images(run_dir, split=split)
-    predict, used = _predictor(run_dir, path, model=model, backend=backend,
+    predict, used = _predictor(run_dir, path, model=model, runtime=runtime,
                                batch_size=batch_size)
     probabilities = predict(data.images)
     if tta:
@@ -631,7 +648,7 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
         probabilities, data.labels, data.classes, paths=data.paths, images=data.images,
         split=split, model=model, run_dir=run_dir, temperature=run.temperature(model),
         calibrated=calibrated)
-    report.backend = used
+    report.runtime = used
     if save:  # the folder whole: a kill leaves the previous evaluation or this one, not a mix
         folder = run_dir / "evaluation" / split
         remove_stale_temporaries(folder.parent, name=split)  # a killed evaluation's
@@ -640,15 +657,15 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
     return report
 
 
-def _predictor(run_dir: Path, path: Path, *, model: str, backend: str, batch_size: int):
+def _predictor(run_dir: Path, path: Path, *, model: str, runtime: str, batch_size: int):
     """A function from uint8 images to probabilities, and the name of what runs it: the run's
     export (LiteRT or ONNX Runtime, batch by batch) when there is one, else the Keras model."""
-    if backend != "keras":
+    if runtime != "keras":
         try:
             fast = exporting.load_fast(run_dir, model=model,
-                                       runtime_name=None if backend == "auto" else backend)
+                                       runtime_name=None if runtime == "auto" else runtime)
         except exporting.ExportError as error:  # an export is there but loads nowhere
-            if backend != "auto":
+            if runtime != "auto":
                 raise
             warnings.warn(f"evaluate: {error}; using the Keras model", RuntimeWarning,
                           stacklevel=3)
@@ -659,10 +676,10 @@ def _predictor(run_dir: Path, path: Path, *, model: str, backend: str, batch_siz
                     np.asarray(fast(np.asarray(images[i:i + batch_size], np.float32)))
                     for i in range(0, len(images), batch_size)])
             return run, fast.runtime
-        if backend != "auto":
-            raise FileNotFoundError(f"backend={backend!r} needs an up-to-date {backend} export "
+        if runtime != "auto":
+            raise FileNotFoundError(f"runtime={runtime!r} needs an up-to-date {runtime} export "
                                     f"of {run_dir} ('workbench export {run_dir} --format "
-                                    f"{backend}'), received: none")
+                                    f"{runtime}'), received: none")
     from workbench.models import load_model
 
     network = load_model(path)

@@ -272,8 +272,11 @@ class RunDir:
         """The split folder the run was trained on."""
         return SplitFolder(self.config["splits"])
 
-    def load_splits(self, *, progress: bool = False):
+    def load_splits(self, *, progress: str = "none"):
         """The run's split folder decoded as training decoded it (same size and resize mode).
+
+        Args:
+            progress: while decoding: ``"none"`` (the default), ``"auto"`` or ``"lines"``.
 
         Raises:
             ValueError: when the split folder's classes changed since the run was trained.

@@ -23,6 +23,7 @@ import numpy as np
 from workbench._checks import check_choice, check_int
 from workbench._io import atomic_path, remove_stale_temporaries
 from workbench._progress import progress as progress_bar
+from workbench._progress import progress_argument
 from workbench.data import images
 from workbench.data.images import RESIZE_MODES, ImageRejected, check_image_size
 
@@ -47,7 +48,7 @@ class CacheBuildError(ValueError):
 def build_cache(paths: Sequence[str | os.PathLike], *, root: str | os.PathLike,
                 image_size: int | tuple[int, int], resize_mode: str = "squash",
                 cache_dir: str | os.PathLike, workers: int | None = None,
-                progress: bool = True) -> np.memmap:
+                progress: str = "auto") -> np.memmap:
     """Decodes and resizes every image once into a memory-mapped uint8 ``.npy`` cache.
 
     The cache is keyed by a hash of the resolved file paths, their sizes and modification
@@ -66,7 +67,8 @@ def build_cache(paths: Sequence[str | os.PathLike], *, root: str | os.PathLike,
         cache_dir: folder for the cache files; created if missing.
         workers: decoding threads; defaults to the number of usable CPU cores. Decoding
             releases the GIL, so threads run in parallel.
-        progress: show a progress bar while building.
+        progress: while building: ``"auto"`` (a bar where someone watches, plain lines
+            headless), ``"lines"`` or ``"none"``.
 
     Returns:
         A read-only ``numpy.memmap`` of shape ``(len(paths), height, width, 3)``, dtype uint8,
@@ -79,6 +81,7 @@ def build_cache(paths: Sequence[str | os.PathLike], *, root: str | os.PathLike,
     """
     height, width = check_image_size(image_size)
     check_choice("resize_mode", resize_mode, RESIZE_MODES)
+    progress = progress_argument(progress)
     workers = _default_workers() if workers is None else check_int("workers", workers, minimum=1)
     if isinstance(paths, (str, os.PathLike)) or len(paths) == 0:
         raise ValueError(f"paths must be a non-empty sequence of paths, received: {paths!r}")
@@ -142,7 +145,7 @@ def _open_if_valid(array_path: Path, info_path: Path, key: str, shape: tuple) ->
 
 
 def _decode_into(temp_path: Path, files: list[Path], shape: tuple, mode: str, workers: int,
-                 show_progress: bool) -> None:
+                 progress: str) -> None:
     # Rows go in with pwrite rather than through a memmap, whose page faults and final msync
     # cost a third of a decode; finished chunks are flushed to disk while the workers decode on,
     # so the fsync before the rename finds little left to write.
@@ -171,8 +174,8 @@ def _decode_into(temp_path: Path, files: list[Path], shape: tuple, mode: str, wo
     executor = ThreadPoolExecutor(max_workers=workers)
     try:
         per_image = flushed(executor.map(decode_chunk, range(0, len(files), _CHUNK)))
-        if show_progress:
-            per_image = progress_bar(per_image, total=len(files), desc="decoding images")
+        per_image = progress_bar(per_image, total=len(files), desc="decoding images",
+                                 mode=progress)
         for _ in per_image:  # waits for the chunks in order, re-raising any worker error
             pass
     finally:  # on Ctrl-C, drop the queued chunks instead of decoding them all first

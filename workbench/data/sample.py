@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from workbench._checks import check_int, check_number
+from workbench._checks import check_int, check_number, renamed_arguments
 from workbench._io import atomic_path, remove_stale_temporaries
-from workbench._progress import progress
+from workbench._progress import progress, progress_argument
 
 DATASETS = ("digits", "source", "target")
 LETTERS = string.ascii_uppercase
@@ -337,20 +337,22 @@ def make_digits(*, image_size: int = 32) -> tuple[np.ndarray, np.ndarray, list[s
 
 
 def make_target(*, image_size: int = 32, seed: int = 0, workers: int | None = None,
-                progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                progress: str = "none") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every real digit once, made hard: random size, place, colours, line clutter and noise.
 
     Args:
         image_size: the side of the square output images.
         seed: seeds the clutter; the digits themselves are always the same 1,797.
         workers: threads that compose the images; all CPU cores if None.
-        progress: show a progress bar.
+        progress: ``"none"`` (the default), ``"auto"`` (a bar where someone watches, plain
+            lines headless) or ``"lines"``.
 
     Returns:
         ``(images, labels, class_names)`` as for :func:`make_digits`, in scikit-learn's order.
     """
     image_size = check_int("image_size", image_size, minimum=8)
     seed = check_int("seed", seed, minimum=0)
+    progress = progress_argument(progress)
     glyphs, labels = load_digit_glyphs()
 
     def one(index: int) -> np.ndarray:
@@ -363,7 +365,7 @@ def make_target(*, image_size: int = 32, seed: int = 0, workers: int | None = No
 
 def make_source(per_class: int, *, image_size: int = 32, seed: int = 0,
                 characters: Sequence[str] = LETTERS, workers: int | None = None,
-                progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                progress: str = "none") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Renders ``per_class`` images of each character, cycling through the usable fonts.
 
     Args:
@@ -372,7 +374,8 @@ def make_source(per_class: int, *, image_size: int = 32, seed: int = 0,
         seed: seeds every random choice.
         characters: the classes, one character each (default: the 26 capital letters).
         workers: threads that render; all CPU cores if None.
-        progress: show a progress bar.
+        progress: ``"none"`` (the default), ``"auto"`` (a bar where someone watches, plain
+            lines headless) or ``"lines"``.
 
     Returns:
         ``(images, labels, class_names)``: uint8 ``(len(characters) * per_class, size, size, 3)``
@@ -385,6 +388,7 @@ def make_source(per_class: int, *, image_size: int = 32, seed: int = 0,
     image_size = check_int("image_size", image_size, minimum=8)
     seed = check_int("seed", seed, minimum=0)
     characters = _check_characters(characters)
+    progress = progress_argument(progress)
     fonts = font_paths(characters)
 
     def one(job: tuple[int, int]) -> np.ndarray:
@@ -434,7 +438,7 @@ def _check_characters(characters) -> tuple[str, ...]:
     return characters
 
 
-def _run(function, jobs, workers, show_progress: bool, desc: str) -> list:
+def _run(function, jobs, workers, mode: str, desc: str) -> list:
     """Maps ``function`` over ``jobs`` on a thread pool, keeping the order of ``jobs``."""
     jobs = list(jobs)
     if workers is None:
@@ -442,8 +446,7 @@ def _run(function, jobs, workers, show_progress: bool, desc: str) -> list:
     workers = check_int("workers", workers, minimum=1)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(function, jobs, chunksize=1)
-        if show_progress:
-            results = progress(results, total=len(jobs), desc=desc)
+        results = progress(results, total=len(jobs), desc=desc, mode=mode)
         return list(results)
 
 
@@ -451,15 +454,16 @@ def _run(function, jobs, workers, show_progress: bool, desc: str) -> list:
 # Writing image folders
 # ----------------------------------------------------------------------------------------------
 
-def write_digits(out_dir: str | Path, *, image_size: int = 32, overwrite: bool = False,
-                 progress: bool = False) -> dict:
-    """Writes ``<out_dir>/digits/<digit>/digit_<index>.png``: the real digits, upscaled.
+@renamed_arguments(out_dir="out")
+def write_digits(out: str | Path, *, image_size: int = 32, overwrite: bool = False,
+                 progress: str = "none") -> dict:
+    """Writes ``<out>/digits/<digit>/digit_<index>.png``: the real digits, upscaled.
 
     Args:
-        out_dir: the parent folder; ``digits/`` is created inside it.
+        out: the parent folder; ``digits/`` is created inside it.
         image_size: the side of the square images.
         overwrite: replace an existing ``digits/`` folder; otherwise a non-empty one is an error.
-        progress: show a progress bar while writing.
+        progress: while writing: ``"none"`` (the default), ``"auto"`` or ``"lines"``.
 
     Returns:
         A summary: ``{"path", "classes", "images", "image_size"}``.
@@ -467,15 +471,17 @@ def write_digits(out_dir: str | Path, *, image_size: int = 32, overwrite: bool =
     Raises:
         FileExistsError: if the folder exists, is not empty and ``overwrite`` is False.
     """
+    progress = progress_argument(progress)
     images, labels, names = make_digits(image_size=image_size)
     files = [f"digit_{i:04d}.png" for i in range(len(images))]
-    return _write_folder(Path(out_dir), "digits", images, labels, names, files,
+    return _write_folder(Path(out), "digits", images, labels, names, files,
                          overwrite=overwrite, progress=progress, image_size=image_size)
 
 
-def write_target(out_dir: str | Path, *, image_size: int = 32, seed: int = 0,
-                 overwrite: bool = False, progress: bool = False) -> dict:
-    """Writes ``<out_dir>/target/<digit>/digit_<index>.png``: every digit once, made hard.
+@renamed_arguments(out_dir="out")
+def write_target(out: str | Path, *, image_size: int = 32, seed: int = 0,
+                 overwrite: bool = False, progress: str = "none") -> dict:
+    """Writes ``<out>/target/<digit>/digit_<index>.png``: every digit once, made hard.
 
     All 1,797 images are written (about 180 per class); pick the few training images per class
     with the splitter, e.g. ``counts=(5, "rest", 50)`` for 5 train, 50 test per class. The
@@ -483,11 +489,12 @@ def write_target(out_dir: str | Path, *, image_size: int = 32, seed: int = 0,
     same as in ``digits/``, so the clean version of any target image can be looked up.
 
     Args:
-        out_dir: the parent folder; ``target/`` is created inside it.
+        out: the parent folder; ``target/`` is created inside it.
         image_size: the side of the square images.
         seed: seeds the clutter.
         overwrite: replace an existing ``target/`` folder; otherwise a non-empty one is an error.
-        progress: show a progress bar while rendering and writing.
+        progress: while rendering and writing: ``"none"`` (the default), ``"auto"`` or
+            ``"lines"``.
 
     Returns:
         A summary: ``{"path", "classes", "images", "image_size"}``.
@@ -495,25 +502,28 @@ def write_target(out_dir: str | Path, *, image_size: int = 32, seed: int = 0,
     Raises:
         FileExistsError: if the folder exists, is not empty and ``overwrite`` is False.
     """
+    progress = progress_argument(progress)
     images, labels, names = make_target(image_size=image_size, seed=seed, progress=progress)
     files = [f"digit_{i:04d}.png" for i in range(len(images))]
-    return _write_folder(Path(out_dir), "target", images, labels, names, files,
+    return _write_folder(Path(out), "target", images, labels, names, files,
                          overwrite=overwrite, progress=progress, image_size=image_size)
 
 
-def write_source(out_dir: str | Path, *, per_class: int = DEFAULT_SOURCE_PER_CLASS,
+@renamed_arguments(out_dir="out")
+def write_source(out: str | Path, *, per_class: int = DEFAULT_SOURCE_PER_CLASS,
                  image_size: int = 32, seed: int = 0, characters: Sequence[str] = LETTERS,
-                 overwrite: bool = False, progress: bool = False) -> dict:
-    """Writes ``<out_dir>/source/<class>/<class>_<index>.png``: rendered characters.
+                 overwrite: bool = False, progress: str = "none") -> dict:
+    """Writes ``<out>/source/<class>/<class>_<index>.png``: rendered characters.
 
     Args:
-        out_dir: the parent folder; ``source/`` is created inside it.
+        out: the parent folder; ``source/`` is created inside it.
         per_class: images per character.
         image_size: the side of the square images.
         seed: seeds every random choice.
         characters: the classes, one character each (default: the 26 capital letters).
         overwrite: replace an existing ``source/`` folder; otherwise a non-empty one is an error.
-        progress: show a progress bar while rendering and writing.
+        progress: while rendering and writing: ``"none"`` (the default), ``"auto"`` or
+            ``"lines"``.
 
     Returns:
         A summary: ``{"path", "classes", "images", "image_size", "fonts"}``.
@@ -521,29 +531,32 @@ def write_source(out_dir: str | Path, *, per_class: int = DEFAULT_SOURCE_PER_CLA
     Raises:
         FileExistsError: if the folder exists, is not empty and ``overwrite`` is False.
     """
+    progress = progress_argument(progress)
     images, labels, names = make_source(per_class, image_size=image_size, seed=seed,
                                         characters=characters, progress=progress)
     files = [f"{names[label]}_{i % per_class:05d}.png" for i, label in enumerate(labels)]
-    summary = _write_folder(Path(out_dir), "source", images, labels, names, files,
+    summary = _write_folder(Path(out), "source", images, labels, names, files,
                             overwrite=overwrite, progress=progress, image_size=image_size)
     summary["fonts"] = len(font_paths(characters))
     return summary
 
 
-def write_sample_data(out_dir: str | Path, *, image_size: int = 32,
+@renamed_arguments(out_dir="out")
+def write_sample_data(out: str | Path, *, image_size: int = 32,
                       source_per_class: int = DEFAULT_SOURCE_PER_CLASS, seed: int = 0,
                       datasets: Sequence[str] = DATASETS, overwrite: bool = False,
-                      progress: bool = True) -> dict:
-    """Writes the offline sample datasets as image folders under ``out_dir``.
+                      progress: str = "auto") -> dict:
+    """Writes the offline sample datasets as image folders under ``out``.
 
     Args:
-        out_dir: the folder to write into, e.g. ``data/sample``; created if needed.
+        out: the folder to write into, e.g. ``data/sample``; created if needed.
         image_size: the side of the square images.
         source_per_class: rendered images per source character.
         seed: seeds the source renders and the target clutter.
         datasets: which of ``"digits"``, ``"source"``, ``"target"`` to write.
         overwrite: replace dataset folders that already exist.
-        progress: show progress bars.
+        progress: ``"auto"`` (bars where someone watches, plain lines headless), ``"lines"``
+            or ``"none"``.
 
     Returns:
         ``{dataset: summary}`` with the summaries of :func:`write_digits`,
@@ -563,19 +576,20 @@ def write_sample_data(out_dir: str | Path, *, image_size: int = 32,
     image_size = check_int("image_size", image_size, minimum=8)
     source_per_class = check_int("source_per_class", source_per_class, minimum=1)
     seed = check_int("seed", seed, minimum=0)
-    out_dir = Path(out_dir)
+    progress = progress_argument(progress)
+    out = Path(out)
     for name in datasets:  # fail before any work, not half way
-        _check_free(out_dir / name, overwrite)
+        _check_free(out / name, overwrite)
     summary = {}
     if "digits" in datasets:
-        summary["digits"] = write_digits(out_dir, image_size=image_size, overwrite=overwrite,
+        summary["digits"] = write_digits(out, image_size=image_size, overwrite=overwrite,
                                          progress=progress)
     if "source" in datasets:
-        summary["source"] = write_source(out_dir, per_class=source_per_class,
+        summary["source"] = write_source(out, per_class=source_per_class,
                                          image_size=image_size, seed=seed, overwrite=overwrite,
                                          progress=progress)
     if "target" in datasets:
-        summary["target"] = write_target(out_dir, image_size=image_size, seed=seed,
+        summary["target"] = write_target(out, image_size=image_size, seed=seed,
                                          overwrite=overwrite, progress=progress)
     return summary
 
@@ -599,7 +613,7 @@ def _check_free(folder: Path, overwrite: bool) -> None:
 
 
 def _write_folder(out_dir: Path, dataset: str, images: np.ndarray, labels: np.ndarray,
-                  names: list[str], files: list[str], *, overwrite: bool, progress: bool,
+                  names: list[str], files: list[str], *, overwrite: bool, progress: str,
                   image_size: int) -> dict:
     """Writes the PNG files into a sibling temporary folder that then takes the dataset
     folder's place in one step (:func:`workbench._io.atomic_path`)."""

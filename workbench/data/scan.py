@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workbench._checks import check_bool, check_choice, check_int
+from workbench._checks import check_choice, check_int
 from workbench._progress import progress as _progress_bar
+from workbench._progress import progress_argument
 from workbench.data.images import (DEFAULT_MAX_PIXELS, ImageRejected, decode, is_image_name,
                                    load_array, open_image)
 
@@ -69,7 +70,7 @@ assert set(ImageRejected.REASONS) <= set(REASONS), "images.ImageRejected has a r
 
 def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
          max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-         progress: bool = True, decode_jpeg: str = "draft") -> pd.DataFrame:
+         progress: str = "auto", decode_jpeg: str = "draft") -> pd.DataFrame:
     """Lists, decodes and validates every file of a dataset.
 
     Args:
@@ -83,7 +84,8 @@ def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
         max_pixels: images whose header claims more pixels are rejected as
             ``"decompression bomb"`` without being decoded.
         workers: threads that read and decode files; ``None`` means ``min(8, os.cpu_count())``.
-        progress: whether to show a progress bar (see :mod:`workbench._progress`).
+        progress: ``"auto"`` (a bar where someone watches, plain lines headless; see
+            :mod:`workbench._progress`), ``"lines"`` or ``"none"``.
         decode_jpeg: ``"draft"`` decodes a JPEG at 1/8 scale: all of its compressed data is
             still read and entropy-decoded, so truncated and corrupt files are rejected as by a
             full decode, several times faster on 12 MP photos (``benchmarks/input_pipeline.py``);
@@ -107,7 +109,7 @@ def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     workers = check_int("workers", workers, minimum=1)
-    check_bool("progress", progress)
+    progress = progress_argument(progress)
     check_choice("decode_jpeg", decode_jpeg, JPEG_DECODES)
     draft_size = 1 if decode_jpeg == "draft" else None  # 1: the smallest scale libjpeg offers
     if list_file is not None and labels_file is None:
@@ -129,8 +131,7 @@ def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan") as pool:
         results = pool.map(lambda entry: _check_file(entry["file"], min_side, max_pixels,
                                                      draft_size), to_check)
-        if progress:
-            results = _progress_bar(results, total=len(to_check), desc="scan")
+        results = _progress_bar(results, total=len(to_check), desc="scan", mode=progress)
         for index, result in enumerate(results):
             to_check[index].update(result)
 

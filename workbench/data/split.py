@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench._checks import UsageError, check_bool, check_int, check_number
+from workbench._checks import UsageError, check_bool, check_int, check_number, renamed_arguments
+from workbench._progress import progress_argument
 from workbench._io import atomic_path, remove_stale_temporaries
 from workbench.data.scan import OK, scan
 from workbench.data.splitdir import SplitFolder
@@ -83,7 +84,7 @@ class SplitFolderExists(FileExistsError):
         self.folder, self.state = Path(folder), state
         super().__init__(self.message())
 
-    def message(self, *, overwrite: str = "overwrite=True", out: str = "out_dir") -> str:
+    def message(self, *, overwrite: str = "overwrite=True", out: str = "out") -> str:
         """The one-line error, naming ``overwrite`` and ``out`` as the caller spells them."""
         return (f"{self.state}; pass {overwrite} to replace it (runs trained on it will then "
                 f"evaluate on a different test set), or choose another {out}")
@@ -296,8 +297,9 @@ class SplitResult:
             lines.append("None.")
         return "\n".join(lines) + "\n"
 
-    def write(self, out_dir, *, data_root=None, overwrite: bool = False) -> Path:
-        """Writes the split folder ``out_dir`` whole: into a sibling temporary folder that then
+    @renamed_arguments(out_dir="out")
+    def write(self, out, *, data_root=None, overwrite: bool = False) -> Path:
+        """Writes the split folder ``out`` whole: into a sibling temporary folder that then
         takes its place in one step, so a killed write leaves the old folder or the new one.
 
         Files: ``splits.csv`` (the table), ``rejected.csv``, ``train.txt``, ``val.txt`` and
@@ -306,46 +308,46 @@ class SplitResult:
         ``report.md``.
 
         With ``data_root`` (the folder the paths are relative to) it also writes ``split.json``
-        naming that folder relative to ``out_dir`` and the settings, so training finds the
+        naming that folder relative to ``out`` and the settings, so training finds the
         images from the split folder alone and both folders may move together.
 
-        When ``out_dir`` already holds exactly these files, nothing is written (its image cache
-        stays). What a killed write left beside ``out_dir`` is cleared first. Sets
+        When ``out`` already holds exactly these files, nothing is written (its image cache
+        stays). What a killed write left beside ``out`` is cleared first. Sets
         :attr:`outcome` and :attr:`note`.
 
         Args:
-            out_dir: the split folder: new, empty, or holding a split.
+            out: the split folder: new, empty, or holding a split.
             data_root: the dataset folder, recorded in ``split.json``.
             overwrite: replace a split folder that holds another split (other settings or
                 other images); its image cache goes with it.
 
         Returns:
-            ``out_dir`` as a ``Path``.
+            ``out`` as a ``Path``.
 
         Raises:
-            SplitFolderExists: ``out_dir`` holds another split and ``overwrite`` is False.
-            FileExistsError: ``out_dir`` is a file, or holds files that are not a split's.
+            SplitFolderExists: ``out`` holds another split and ``overwrite`` is False.
+            FileExistsError: ``out`` is a file, or holds files that are not a split's.
         """
         check_bool("overwrite", overwrite)
-        out_dir = Path(out_dir)
-        texts = self._texts(out_dir, data_root)
-        remove_stale_temporaries(out_dir.parent, name=out_dir.name)
-        state = _folder_state(out_dir, texts)
+        out = Path(out)
+        texts = self._texts(out, data_root)
+        remove_stale_temporaries(out.parent, name=out.name)
+        state = _folder_state(out, texts)
         if state == UNCHANGED:
             self.outcome = UNCHANGED
-            self.note = (f"{out_dir} is already up to date (same settings, same images); "
+            self.note = (f"{out} is already up to date (same settings, same images); "
                          "nothing was written")
-            return out_dir
+            return out
         if state is not None and not overwrite:
-            raise SplitFolderExists(out_dir, state)
-        with atomic_path(out_dir) as temporary:
+            raise SplitFolderExists(out, state)
+        with atomic_path(out) as temporary:
             temporary.mkdir()
             for name, text in texts.items():
                 _write_file(temporary / name, text)
         self.outcome = WRITTEN if state is None else REPLACED
-        self.note = (f"{'Wrote' if state is None else 'Replaced the split in'} {out_dir}: "
+        self.note = (f"{'Wrote' if state is None else 'Replaced the split in'} {out}: "
                      f"{', '.join(texts)}")
-        return out_dir
+        return out
 
     def _texts(self, out_dir: Path, data_root) -> dict:
         """The split folder's files: ``{name: text}``."""
@@ -385,7 +387,7 @@ def _folder_state(out_dir: Path, texts: dict) -> str | None:
     if not out_dir.exists():
         return None
     if not out_dir.is_dir():
-        raise FileExistsError(f"out_dir must be a folder (new or existing), received: "
+        raise FileExistsError(f"out must be a folder (new or existing), received: "
                               f"{str(out_dir)!r}, which is a file")
     remove_stale_temporaries(out_dir)  # left inside by an older, file-by-file writer
     names = {path.name for path in out_dir.iterdir()}
@@ -393,7 +395,7 @@ def _folder_state(out_dir: Path, texts: dict) -> str | None:
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
                                           else "")
-        raise FileExistsError(f"out_dir must be a new or empty folder or a split folder, "
+        raise FileExistsError(f"out must be a new or empty folder or a split folder, "
                               f"received: {str(out_dir)!r}, which holds {shown}; choose another "
                               "folder (a split folder is replaced whole)")
     if not names - {CACHE}:
@@ -674,9 +676,10 @@ def _json_settings(settings: dict) -> dict:
             for key, value in settings.items()}
 
 
-def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_class: int = 1,
+@renamed_arguments(data_dir="data", out_dir="out")
+def prepare(data, out, *, list_file=None, labels_file=None, min_per_class: int = 1,
             val: float = _DEFAULT_VAL, test: float = _DEFAULT_TEST, counts=None, seed: int = 0,
-            min_side: int = 8, workers: int | None = None, progress: bool = True,
+            min_side: int = 8, workers: int | None = None, progress: str = "auto",
             overwrite: bool = False) -> SplitResult:
     """Scans a dataset, splits it and writes the split folder: the whole first step in one call.
 
@@ -685,47 +688,50 @@ def prepare(data_dir, out_dir, *, list_file=None, labels_file=None, min_per_clas
     same images, it writes nothing (``result.outcome == "unchanged"``).
 
     Args:
-        data_dir: the dataset folder (class sub-folders, or the root of ``list_file``'s paths).
-        out_dir: the split folder to write; it must not lie inside ``data_dir``, which is never
+        data: the dataset folder (class sub-folders, or the root of ``list_file``'s paths).
+        out: the split folder to write; it must not lie inside ``data``, which is never
             written to.
+        progress: ``"auto"`` (a bar while scanning where someone watches, plain lines
+            headless), ``"lines"`` or ``"none"``.
         overwrite: replace a split folder that holds another split (see
             :meth:`SplitResult.write`); without it, other settings are refused before the scan.
 
     Returns:
-        The :class:`SplitResult`, already written to ``out_dir`` (with ``split.json``); its
+        The :class:`SplitResult`, already written to ``out`` (with ``split.json``); its
         ``note`` says what was written.
 
     Raises:
-        FileNotFoundError: if ``data_dir`` is not a folder.
-        ValueError: for a bad option, or ``out_dir`` inside ``data_dir``.
-        SplitFolderExists: ``out_dir`` holds another split and ``overwrite`` is False.
+        FileNotFoundError: if ``data`` is not a folder.
+        ValueError: for a bad option, or ``out`` inside ``data``.
+        SplitFolderExists: ``out`` holds another split and ``overwrite`` is False.
         NoClassKept: every class was dropped (nothing is written), saying what the counts
             and ``min_per_class`` need and how many images each class has.
         OneClassKept: only one class was kept (nothing is written).
-        FileExistsError: ``out_dir`` is a file or holds files that are not a split's.
+        FileExistsError: ``out`` is a file or holds files that are not a split's.
     """
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data_dir must be an existing folder, received: {str(data_dir)!r}")
-    data, out = Path(data_dir).resolve(), Path(out_dir).resolve()
-    if out == data or data in out.parents:
-        raise ValueError(f"out_dir must not be inside data_dir (the dataset is never written "
-                         f"to), received: {str(out_dir)!r}")
+    if not os.path.isdir(data):
+        raise FileNotFoundError(f"data must be an existing folder, received: {str(data)!r}")
+    resolved, written = Path(data).resolve(), Path(out).resolve()
+    if written == resolved or resolved in written.parents:
+        raise ValueError(f"out must not be inside data (the dataset is never written "
+                         f"to), received: {str(out)!r}")
     options = {"counts": counts} if counts is not None else {"val": val, "test": test}
     check_bool("overwrite", overwrite)
+    progress = progress_argument(progress)
     settings = split(pd.DataFrame(columns=["path", "label", "sha256", "status"]),
                      min_per_class=min_per_class, seed=seed,
                      **options).settings  # validates the options before the (long) scan
-    refusal = None if overwrite else _refusal_before_scan(Path(out_dir), settings, data_dir)
+    refusal = None if overwrite else _refusal_before_scan(Path(out), settings, data)
     if refusal is not None:
         raise refusal
-    table = scan(data_dir, list_file=list_file, labels_file=labels_file, min_side=min_side,
+    table = scan(data, list_file=list_file, labels_file=labels_file, min_side=min_side,
                  workers=workers, progress=progress)
     result = split(table, min_per_class=min_per_class, seed=seed, **options)
     if not result.classes:  # later steps would fail on empty splits, far from the reason
         raise NoClassKept(result)
     if len(result.classes) == 1:  # as would training, after the split looked fine
-        raise OneClassKept(result, data_dir, list_file)
-    result.write(out_dir, data_root=data_dir, overwrite=overwrite)
+        raise OneClassKept(result, data, list_file)
+    result.write(out, data_root=data, overwrite=overwrite)
     return result
 
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import check_choice, check_int, renamed_arguments
+from workbench._progress import progress_argument
 from workbench.data import cache
 
 if TYPE_CHECKING:  # imported where the table is read: a prediction starts without pandas
@@ -157,7 +158,7 @@ class SplitFolder:
         return path
 
     def load(self, *, image_size: int, resize_mode: str = "squash",
-             cache_dir: str | Path | None = None, progress: bool = True) -> SplitData:
+             cache_dir: str | Path | None = None, progress: str = "auto") -> SplitData:
         """Decodes each split once into a uint8 cache (reused while the images are unchanged).
 
         Args:
@@ -165,11 +166,13 @@ class SplitFolder:
             resize_mode: ``"squash"``, ``"crop"`` or ``"pad"``.
             cache_dir: where the caches go; default :attr:`cache_dir` (``<split folder>/cache``,
                 or a folder under ``$WORKBENCH_CACHE_DIR`` when that is set).
-            progress: show a progress bar while decoding.
+            progress: while decoding: ``"auto"`` (a bar where someone watches, plain lines
+                headless), ``"lines"`` or ``"none"``.
 
         Returns:
             A :class:`SplitData`.
         """
+        progress = progress_argument(progress)
         images, labels = {}, {}
         for name in self.splits:
             images[name] = cache.build_cache(
@@ -182,9 +185,10 @@ class SplitFolder:
         return SplitData(list(self.classes), images, labels, str(self.path.resolve()))
 
 
-def load_splits(splits_dir: str | Path, *, image_size: int, resize_mode: str = "squash",
+@renamed_arguments(splits_dir="splits")
+def load_splits(splits: str | Path, *, image_size: int, resize_mode: str = "squash",
                 data_root: str | Path | None = None, cache_dir: str | Path | None = None,
-                progress: bool = True) -> SplitData:
-    """``SplitFolder(splits_dir, data_root=...).load(...)``: the split folder decoded once."""
-    return SplitFolder(splits_dir, data_root=data_root).load(
+                progress: str = "auto") -> SplitData:
+    """``SplitFolder(splits, data_root=...).load(...)``: the split folder decoded once."""
+    return SplitFolder(splits, data_root=data_root).load(
         image_size=image_size, resize_mode=resize_mode, cache_dir=cache_dir, progress=progress)

@@ -42,9 +42,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench._checks import check_bool, check_int
+from workbench._checks import check_int, renamed_arguments
 from workbench._io import atomic_path, remove, remove_stale_temporaries, write_json
 from workbench._progress import progress as progress_bar
+from workbench._progress import progress_argument
 from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected
 # the row pipeline lives in files (Classifier.predict_files uses it); named here for the job's users
 from workbench.deploy.files import Source, as_sources, list_files, predict_rows  # noqa: F401
@@ -108,30 +109,33 @@ class BatchResult:
 
 # --- the job: chunks, resume, merge ---------------------------------------------------------------
 
-def explain_files(classifier, sources, out_dir, *, skip=(), tta: bool = False,
-                  progress: bool = False) -> int:
+@renamed_arguments(out_dir="out")
+def explain_files(classifier, sources, out, *, skip=(), tta: bool = False,
+                  progress: str = "none") -> int:
     """Writes one overlay PNG per usable file (the photo with its Grad-CAM map, the top class
-    and its probability) under ``out_dir``, mirroring the paths the table shows
-    (``sub/photo.jpg`` -> ``out_dir/sub/photo.png``; a second file of the same name gets
+    and its probability) under ``out``, mirroring the paths the table shows
+    (``sub/photo.jpg`` -> ``out/sub/photo.png``; a second file of the same name gets
     ``-2``). Maps need the run's Keras model (``Classifier.explainer``).
 
     Args:
         classifier: the :class:`~workbench.deploy.predict.Classifier`.
         sources: the files (``Source`` objects, as :func:`list_files` returns, or paths).
-        out_dir: the folder written.
+        out: the folder written.
         skip: paths (as the table shows them) not to explain, e.g. those with an ``error``.
         tta: rank the classes as the table did with ``tta``.
-        progress: a progress bar, or plain lines when headless.
+        progress: ``"none"`` (the default), ``"auto"`` (a bar where someone watches, plain
+            lines headless) or ``"lines"``.
 
     Returns:
         The number of overlays written; files that cannot be read are left out.
     """
-    out_dir, skip, taken = Path(out_dir), set(skip), set()
+    progress = progress_argument(progress)
+    out, skip, taken = Path(out), set(skip), set()
     usable = [source for source in as_sources(sources)
               if source.file is not None and source.path not in skip]
     written = 0
-    for source in progress_bar(usable, total=len(usable), desc="explain", unit="images") \
-            if progress else usable:
+    for source in progress_bar(usable, total=len(usable), desc="explain", unit="images",
+                               mode=progress):
         relative = Path(source.path)
         name = (relative.parent / relative.stem).as_posix().lstrip("/").replace("../", "")
         stem, count = name, 1
@@ -143,7 +147,7 @@ def explain_files(classifier, sources, out_dir, *, skip=(), tta: bool = False,
             explained = classifier.explain(source.file, tta=tta)
         except ImageRejected:
             continue
-        target = out_dir / f"{name}.png"
+        target = out / f"{name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         explained.save(target)
         written += 1
@@ -196,7 +200,8 @@ def _sha256(path) -> str:
 def _identity(classifier, options: dict) -> dict:
     """What makes two runs of the job give the same rows: the model and the options."""
     model_file = classifier.info.get("model_file")
-    model = {"model_file": model_file, "backend": classifier.backend,
+    # "backend": the runtime, under the manifest's old key, so jobs started before still resume
+    model = {"model_file": model_file, "backend": classifier.runtime,
              "sha256": _sha256(model_file) if model_file and Path(model_file).is_file()
              else None, "labels": classifier.labels, "image_size": classifier.image_size,
              "resize_mode": classifier.resize_mode, "temperature": classifier.temperature}
@@ -290,14 +295,15 @@ def _missing(value) -> bool:
     return isinstance(value, float) and np.isnan(value)
 
 
+@renamed_arguments(backend="runtime")
 def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
-                    model: str = "best", backend: str = "auto", top_k: int = 5,
+                    model: str = "best", runtime: str = "auto", top_k: int = 5,
                     batch_size: int = 64, threads: int | None = None,
                     runtime_threads: int = 2, tta: bool = False, calibrated: bool = True,
                     features=None, max_pixels: int = DEFAULT_MAX_PIXELS,
                     chunk_size: int = DEFAULT_CHUNK_SIZE, cluster: str | None = None,
                     cluster_options: dict | None = None, jobs: int | None = None,
-                    progress: bool = True, classifier=None) -> BatchResult:
+                    progress: str = "auto", classifier=None) -> BatchResult:
     """Classifies every file named into one table, resumably; on Dask workers with ``cluster``.
 
     Args:
@@ -309,7 +315,8 @@ def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
             the reason the file could not be used, as ``scan`` says it) and ``detail``.
         list_file: a list file (Caffe's format or one path a line); ``list_root``: the folder
             its paths are relative to (default its own).
-        model: ``"best"`` or ``"final"``; ``backend``: as ``Classifier.load``.
+        model: ``"best"`` or ``"final"``; ``runtime``: as ``Classifier.load`` (``backend``,
+            its old name, still works for one release with a ``DeprecationWarning``).
         top_k: classes per row.
         batch_size: images per model call.
         threads: decoding threads per process (default ``min(8, CPUs)``).
@@ -324,7 +331,8 @@ def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
         cluster: None (this process), a Dask scheduler address, or ``"slurm"``.
         cluster_options: ``SLURMCluster`` keyword arguments (with ``cluster="slurm"``).
         jobs: SLURM jobs to start (with ``cluster="slurm"``; default 1).
-        progress: a progress bar (images/s and the time left; plain lines when headless).
+        progress: ``"auto"`` (a bar with images/s and the time left where someone watches,
+            plain lines headless), ``"lines"`` or ``"none"``.
         classifier: an already loaded ``Classifier`` of ``run_dir`` to use in this process.
 
     Returns:
@@ -336,12 +344,13 @@ def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
         FileNotFoundError: ``run_dir`` or ``list_file`` does not exist.
     """
     out, features_path, with_features = _check_out(out, features)
+    progress = progress_argument(progress)
     chunk_size, threads = _check_job(top_k=top_k, batch_size=batch_size, chunk_size=chunk_size,
-                                     threads=threads, progress=progress, cluster=cluster,
+                                     threads=threads, cluster=cluster,
                                      cluster_options=cluster_options, jobs=jobs)
     sources = list_files(paths, list_file=list_file, list_root=list_root)
     if classifier is None:
-        classifier = _load_classifier(run_dir, model, backend, runtime_threads)
+        classifier = _load_classifier(run_dir, model, runtime, runtime_threads)
     options = {"top_k": top_k, "tta": tta, "calibrated": calibrated,
                "features": with_features, "max_pixels": max_pixels}
     partial, started_over = _open_partial(out, _identity(classifier, options))
@@ -361,7 +370,7 @@ def predict_to_file(run_dir, paths=(), *, out, list_file=None, list_root=None,
                        classified=len(todo), seconds=seconds, started_over=started_over)
 
 
-def _check_job(*, top_k, batch_size, chunk_size, threads, progress, cluster, cluster_options,
+def _check_job(*, top_k, batch_size, chunk_size, threads, cluster, cluster_options,
                jobs) -> tuple[int, int]:
     """The checked ``chunk_size`` and ``threads`` (its default filled in), after checking the
     job's other options."""
@@ -370,7 +379,6 @@ def _check_job(*, top_k, batch_size, chunk_size, threads, progress, cluster, clu
     chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     threads = check_int("threads", threads if threads is not None else
                         min(8, os.cpu_count() or 1), minimum=1)
-    check_bool("progress", progress)
     if cluster is not None:
         from workbench._cluster import check_dask_cluster
 
@@ -383,11 +391,11 @@ def _check_job(*, top_k, batch_size, chunk_size, threads, progress, cluster, clu
     return chunk_size, threads
 
 
-def _load_classifier(run_dir, model: str, backend: str, runtime_threads: int):
+def _load_classifier(run_dir, model: str, runtime: str, runtime_threads: int):
     """The run's ``Classifier``, loaded in this process."""
     from workbench.deploy.predict import Classifier
 
-    return Classifier.load(run_dir, model=model, backend=backend, threads=runtime_threads)
+    return Classifier.load(run_dir, model=model, runtime=runtime, threads=runtime_threads)
 
 
 def _open_partial(out: Path, identity: dict) -> tuple[Path, str | None]:
@@ -415,7 +423,7 @@ def _classify(classifier, todo, partial, chunk_size, settings, *, run_dir, model
     if cluster is None:
         _run_here(classifier, todo, partial, chunk_size, settings, progress)
     else:
-        load = {"path": str(run_dir), "model": model, "backend": classifier.backend,
+        load = {"path": str(run_dir), "model": model, "runtime": classifier.runtime,
                 "threads": runtime_threads}
         _run_on_cluster(todo, partial, chunk_size, settings, load,
                         cluster=cluster, cluster_options=cluster_options, jobs=jobs,
@@ -460,7 +468,7 @@ def _worker_classifier(load: dict):
     with _LOADING:
         if key not in _LOADED:
             _LOADED[key] = Classifier.load(load["path"], model=load["model"],
-                                           backend=load["backend"], threads=load["threads"])
+                                           runtime=load["runtime"], threads=load["threads"])
         return _LOADED[key]
 
 
@@ -468,7 +476,7 @@ def predict_chunk(load: dict, sources: list, partial: str, settings: dict) -> in
     """A Dask task: classifies one chunk of files and writes its part; returns its rows.
 
     Args:
-        load: ``Classifier.load`` arguments (``path``, ``model``, ``backend``, ``threads``);
+        load: ``Classifier.load`` arguments (``path``, ``model``, ``runtime``, ``threads``);
             the classifier is loaded once per worker process.
         sources: ``(path, file, reason, detail)`` tuples.
         partial: the ``.partial`` folder the part is written into.
@@ -476,7 +484,7 @@ def predict_chunk(load: dict, sources: list, partial: str, settings: dict) -> in
     """
     classifier = _worker_classifier(load)
     rows = list(classifier.predict_files([Source(*source) for source in sources],
-                                         progress=False, **settings))
+                                         progress="none", **settings))
     _write_part(Path(partial), rows)
     return len(rows)
 
@@ -531,8 +539,8 @@ def _run_on_cluster(todo, partial, chunk_size, settings, load, *, cluster, clust
 
         finished = False
         try:
-            for _ in progress_bar(images(), total=len(todo), desc="predict", unit="images") \
-                    if progress else images():
+            for _ in progress_bar(images(), total=len(todo), desc="predict", unit="images",
+                                  mode=progress):
                 pass
             finished = True
         finally:

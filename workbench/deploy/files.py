@@ -23,6 +23,7 @@ import numpy as np
 
 from workbench._checks import check_bool, check_int
 from workbench._progress import progress as progress_bar
+from workbench._progress import progress_argument
 from workbench.data import scan as scanning
 from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected, load_array
 
@@ -163,7 +164,7 @@ class _Embedder:
 def predict_rows(classifier, paths, *, top_k: int = 5, batch_size: int = 64,
                  threads: int | None = None, tta: bool = False, calibrated: bool = True,
                  features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 progress: bool = False, queue_size: int | None = None):
+                 progress: str = "none", queue_size: int | None = None):
     """Classifies files, decoding in threads while the model runs batches; yields a row each.
 
     ``Classifier.predict_files`` is this function; see it for the arguments and the rows.
@@ -175,7 +176,8 @@ def predict_rows(classifier, paths, *, top_k: int = 5, batch_size: int = 64,
     threads = check_int("threads", threads if threads is not None else
                         min(8, os.cpu_count() or 1), minimum=1)
     check_bool("tta", tta), check_bool("calibrated", calibrated)
-    check_bool("features", features), check_bool("progress", progress)
+    check_bool("features", features)
+    progress = progress_argument(progress)
     queue_size = check_int("queue_size", queue_size if queue_size is not None
                            else 2 * batch_size + threads, minimum=1)
     sources = as_sources(paths)
@@ -183,8 +185,7 @@ def predict_rows(classifier, paths, *, top_k: int = 5, batch_size: int = 64,
     rows = _rows(classifier, sources, embed, top_k=top_k, batch_size=batch_size,
                  threads=threads, tta=tta, calibrated=calibrated, max_pixels=max_pixels,
                  queue_size=queue_size)
-    return progress_bar(rows, total=len(sources), desc="predict", unit="images") \
-        if progress else rows
+    return progress_bar(rows, total=len(sources), desc="predict", unit="images", mode=progress)
 
 
 def _rows(classifier, sources, embed, *, top_k, batch_size, threads, tta, calibrated,

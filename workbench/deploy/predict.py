@@ -7,15 +7,18 @@ conversion, the same resize), so a photo gets the prediction the evaluation meas
     classifier = Classifier.load("runs/flowers")
     classifier.predict("photo.jpg", top_k=5)
     # [{"label": "tulip", "probability": 0.91}, {"label": "rose", "probability": 0.05}, ...]
+    classifier.predict_batch(["a.jpg", "b.jpg"])   # one such list per image
 
-The fast path (``backend="auto"``, the default) runs the run's export with the faster of the
+The fast path (``runtime="auto"``, the default) runs the run's export with the faster of the
 LiteRT interpreter and ONNX Runtime on this machine, as ``workbench.deploy.export.export_fast``
 timed and recorded it in ``export/model.tflite.json`` (the other is the fallback, used with a
 warning when the chosen one fails to load), and imports no TensorFlow or Keras at all; when the
 export is missing or stale (the run's ``.keras`` file changed) it is made on first use, which
 does import TensorFlow, once. If the conversion fails, the Keras model is used instead, with
-one warning. ``backend="litert"`` or ``"onnx"`` uses that runtime or fails;
-``backend="keras"`` always uses the Keras model (loaded in safe mode).
+one warning. ``runtime="litert"`` or ``"onnx"`` uses that runtime or fails;
+``runtime="keras"`` always uses the Keras model (loaded in safe mode). (``runtime`` was called
+``backend`` before; ``backend=`` still works for one release, with a ``DeprecationWarning``.
+``KERAS_BACKEND`` is the only backend: the Keras one.)
 
 A decoded uint8 array of exactly the model's input size goes to the model as it is; anything
 else is decoded and resized by ``images.load_array`` (a JPEG at a reduced scale first, when it
@@ -38,11 +41,13 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import check_bool, check_choice, check_int, check_number
+from workbench._checks import (check_bool, check_choice, check_int, check_number, deprecated,
+                               renamed_arguments)
 from workbench.calibration import apply_temperature
 from workbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_array
 from workbench.deploy import export as exporting
@@ -50,10 +55,17 @@ from workbench.deploy.files import predict_rows
 from workbench.deploy.runtime import RUNTIMES, load_runtime
 from workbench.runs import MODELS, RunDir
 
-BACKENDS = ("auto", *RUNTIMES, "keras")
+RUNTIME_CHOICES = ("auto", *RUNTIMES, "keras")  # the values of Classifier.load's runtime
+BACKENDS = RUNTIME_CHOICES  # its old name, for one release
 AUTO_EXPORT_CHECK_IMAGES = 256  # test images compared when exporting on first use
 _SINGLE = (str, Path, bytes, bytearray, memoryview, np.ndarray)
 _EXPLAIN_LOCK = threading.Lock()  # one Keras explainer made, and one map computed, at a time
+
+
+def _one_image(value) -> bool:
+    """Whether ``value`` is one image: a path, bytes, an array, a PIL image (``getpixel``) or a
+    file object (``read``), rather than a list of them."""
+    return isinstance(value, _SINGLE) or hasattr(value, "getpixel") or hasattr(value, "read")
 
 
 class Classifier:
@@ -70,10 +82,13 @@ class Classifier:
             run's fitted temperature; 1 leaves the probabilities as the network gives them.
 
     Attributes:
-        backend: ``"litert"``, ``"onnx"`` or ``"keras"``: what runs the model.
+        runtime: ``"litert"``, ``"onnx"`` or ``"keras"``: what runs the model (``backend``,
+            its old name, still works for one release with a ``DeprecationWarning``).
         info: a JSON-serialisable dict describing the model: ``labels``, ``num_classes``,
-            ``image_size``, ``resize_mode``, ``backend``, ``backbone``, ``model_file``,
-            ``metrics`` (the run's ``metrics.json`` when there is one), ...
+            ``image_size``, ``resize_mode``, ``runtime``, ``backbone``, ``model_file``,
+            ``metrics`` (the run's ``metrics.json`` when there is one), ``runtime_choice``
+            (for a run's export: the record of ``export_fast``'s timing), ...; ``backend``
+            repeats ``runtime`` for one release.
     """
 
     def __init__(self, model, labels, *, image_size: int, resize_mode: str = "squash",
@@ -94,16 +109,24 @@ class Classifier:
         if None not in side and side != (self.image_size, self.image_size):
             raise ValueError(f"image_size must match the model's input {side}, "
                              f"received: {image_size}")
-        self.backend = getattr(model, "runtime", "keras")
+        self.runtime = getattr(model, "runtime", "keras")
         self._lock = threading.Lock()  # the Keras model call; LiteRTModel locks each invoke
         self.info = {**(info or {}), "labels": list(self.labels),
                      "num_classes": len(self.labels), "image_size": self.image_size,
-                     "resize_mode": self.resize_mode, "backend": self.backend,
-                     "temperature": self.temperature}
+                     "resize_mode": self.resize_mode, "runtime": self.runtime,
+                     "backend": self.runtime, "temperature": self.temperature}
         self._probabilities(np.zeros((1, self.image_size, self.image_size, 3), np.uint8), 1)
 
+    @property
+    def backend(self) -> str:
+        """The old name of :attr:`runtime`, for one release."""
+        deprecated("Classifier.backend is deprecated and will be removed in the next release, "
+                   "use Classifier.runtime")
+        return self.runtime
+
     @classmethod
-    def load(cls, path: str | Path, *, model: str = "best", backend: str = "auto",
+    @renamed_arguments(backend="runtime")
+    def load(cls, path: str | Path, *, model: str = "best", runtime: str = "auto",
              labels: list | None = None, image_size: int | None = None,
              resize_mode: str | None = None, threads: int = 2) -> Classifier:
         """Loads a run directory, a ``.tflite`` or ``.onnx`` file or a ``.keras`` file.
@@ -116,10 +139,11 @@ class Classifier:
                 always run by Keras).
             model: for a run directory: ``"best"`` (best validation accuracy; the final model
                 if there is none) or ``"final"``.
-            backend: ``"auto"`` (the faster of LiteRT and ONNX Runtime, exporting the run
-                on first use; Keras with a warning when that fails), ``"litert"`` or
-                ``"onnx"`` (that runtime or an error) or ``"keras"`` (the ``.keras`` model in
-                Keras's safe mode).
+            runtime: what runs the model: ``"auto"`` (the faster of LiteRT and ONNX Runtime,
+                exporting the run on first use; Keras with a warning when that fails),
+                ``"litert"`` or ``"onnx"`` (that runtime or an error) or ``"keras"`` (the
+                ``.keras`` model in Keras's safe mode). Called ``backend`` before: that name
+                still works for one release, with a ``DeprecationWarning``.
             labels: class names for a model file without a sidecar or config.
             image_size: input side for such a file (a ``.keras`` file's own by default).
             resize_mode: resize mode for such a file (``"squash"`` by default).
@@ -132,10 +156,10 @@ class Classifier:
             FileNotFoundError: ``path`` is neither a run directory nor a model file, or a
                 run directory without a finished model (checked first, before any export).
             ValueError: a bad option, or labels missing for a bare model file.
-            workbench.deploy.export.ExportError: ``backend="litert"`` or ``"onnx"`` and the
+            workbench.deploy.export.ExportError: ``runtime="litert"`` or ``"onnx"`` and the
                 run cannot be exported or its export does not load.
         """
-        check_choice("backend", backend, BACKENDS)
+        check_choice("runtime", runtime, RUNTIME_CHOICES)
         check_choice("model", model, MODELS)
         check_int("threads", threads, minimum=1)
         path = Path(path)
@@ -145,22 +169,22 @@ class Classifier:
             if given:
                 raise ValueError(f"{given[0]} applies to a model file; a run directory has its "
                                  f"own in config.json, received: {given[0]} for {str(path)!r}")
-            return cls._load_run(path, model=model, backend=backend, threads=threads)
+            return cls._load_run(path, model=model, runtime=runtime, threads=threads)
         if path.suffix in (".tflite", ".onnx") and path.is_file():
-            runtime = "litert" if path.suffix == ".tflite" else "onnx"
-            if backend not in ("auto", runtime):
-                raise ValueError(f"backend must be 'auto' or {runtime!r} for a {path.suffix} "
-                                 f"file, received: {backend!r}")
+            runs_it = "litert" if path.suffix == ".tflite" else "onnx"
+            if runtime not in ("auto", runs_it):
+                raise ValueError(f"runtime must be 'auto' or {runs_it!r} for a {path.suffix} "
+                                 f"file, received: {runtime!r}")
             facts = _sidecar_facts(path)
-            network = load_runtime(path, runtime, threads=threads)
+            network = load_runtime(path, runs_it, threads=threads)
             labels, image_size, resize_mode = _file_labels(
                 path, labels, image_size, resize_mode, facts, network)
             return cls(network, labels, image_size=image_size, resize_mode=resize_mode,
                        info={**facts, "model_file": str(path)},
                        temperature=float(facts.get("temperature", 1.0)))
         if path.suffix == ".keras" and path.is_file():
-            if backend in RUNTIMES:
-                raise ValueError(f"backend={backend!r} needs a run directory or an exported "
+            if runtime in RUNTIMES:
+                raise ValueError(f"runtime={runtime!r} needs a run directory or an exported "
                                  f"file, received: {str(path)!r}")
             from workbench.models import load_model
 
@@ -175,14 +199,14 @@ class Classifier:
                                 f".onnx or .keras file, received: {str(path)!r}")
 
     @classmethod
-    def _load_run(cls, run_dir: Path, *, model: str, backend: str, threads: int) -> Classifier:
+    def _load_run(cls, run_dir: Path, *, model: str, runtime: str, threads: int) -> Classifier:
         facts = _config_facts(run_dir)
         # No model at all: say so now, before exporting or importing Keras (seconds) would fail.
         source = RunDir(run_dir).model_path(model)
         options = {"image_size": facts["image_size"], "resize_mode": facts["resize_mode"],
                    "temperature": RunDir(run_dir).temperature(model)}
-        if backend != "keras":
-            asked = None if backend == "auto" else backend
+        if runtime != "keras":
+            asked = None if runtime == "auto" else runtime
             try:
                 network = exporting.load_fast(run_dir, model=model, runtime_name=asked,
                                               threads=threads)
@@ -208,7 +232,7 @@ class Classifier:
                 tflite = exporting.find_export(run_dir, model=model)
                 record = exporting.read_sidecar(tflite).get("runtime") if tflite else None
                 info = {**facts, "model_file": str(network.path),
-                        "export": side.get("agreement"), "runtime": record}
+                        "export": side.get("agreement"), "runtime_choice": record}
                 return _keeping_source(cls(network, facts["labels"], info=info, **options),
                                        source)
         from workbench.models import load_model
@@ -216,49 +240,83 @@ class Classifier:
         return _keeping_source(cls(load_model(source), facts["labels"],
                                    info={**facts, "model_file": str(source)}, **options), source)
 
-    def predict(self, images, *, top_k: int = 5, batch_size: int = 32,
-                max_pixels: int = DEFAULT_MAX_PIXELS, tta: bool = False,
-                calibrated: bool = True):
-        """The ``top_k`` most likely classes of one image, or of each image of a list.
+    def predict(self, image, *, top_k: int = 5, max_pixels: int = DEFAULT_MAX_PIXELS,
+                tta: bool = False, calibrated: bool = True,
+                batch_size: int | None = None) -> list[dict]:
+        """The ``top_k`` most likely classes of one image (for several: :meth:`predict_batch`).
 
         Args:
-            images: a path, ``bytes``, a binary file object, a PIL image or a uint8 NumPy array;
-                or a list of them.
+            image: a path, ``bytes``, a binary file object, a PIL image or a uint8 NumPy array.
+                A list of them still works for one release, with a ``DeprecationWarning``, and
+                returns what :meth:`predict_batch` returns.
             top_k: how many classes to return (at most the number of classes).
-            batch_size: images per model call for a list (the LiteRT interpreter takes
-                one image per invoke, which measured as fast on CPU).
             max_pixels: larger images are refused before decoding (a web service sets its
                 own, from its decoding memory).
-            tta: test-time augmentation: average the probabilities of each image and its
+            tta: test-time augmentation: average the probabilities of the image and its
                 mirror image (twice the work; not for digits, text or other handed things).
             calibrated: probabilities scaled by :attr:`temperature` (the run's calibration);
                 False: the network's raw softmax. The order of the classes is the same.
+            batch_size: deprecated (it applies to :meth:`predict_batch`); for one release it
+                is passed on with a list of images and ignored with one image.
 
         Returns:
-            For one image, a list of ``{"label", "probability"}`` dicts, best first; for a
-            list, one such list per image.
+            A list of ``{"label", "probability"}`` dicts, best first.
 
         Raises:
-            workbench.data.images.ImageRejected: an input is not a usable image (not an image,
-                truncated, a decompression bomb, ...); nothing is predicted for it.
-            TypeError: an input is of an unsupported type.
+            workbench.data.images.ImageRejected: the input is not a usable image (not an image,
+                truncated, a decompression bomb, ...).
+            TypeError: an input of an unsupported type.
+        """
+        options = {"top_k": top_k, "max_pixels": max_pixels, "tta": tta, "calibrated": calibrated}
+        if batch_size is not None:
+            deprecated("Classifier.predict's batch_size is deprecated and will be removed in the "
+                       "next release; it applies to Classifier.predict_batch")
+            check_int("batch_size", batch_size, minimum=1)
+        if not _one_image(image) and isinstance(image, Iterable):
+            deprecated("Classifier.predict of a list of images is deprecated and will be removed "
+                       "in the next release, use Classifier.predict_batch")
+            return self.predict_batch(image, batch_size=batch_size or 32, **options)
+        return self.predict_batch([image], **options)[0]
+
+    def predict_batch(self, images, *, top_k: int = 5, batch_size: int = 32,
+                      max_pixels: int = DEFAULT_MAX_PIXELS, tta: bool = False,
+                      calibrated: bool = True) -> list[list[dict]]:
+        """The ``top_k`` most likely classes of each image of a list, decoded all at once (for
+        many files on disk, :meth:`predict_files` decodes in threads and streams the rows).
+
+        Args:
+            images: a list of what :meth:`predict` takes.
+            top_k: how many classes to return per image (at most the number of classes).
+            batch_size: images per model call (the LiteRT interpreter takes one image per
+                invoke, which measured as fast on CPU).
+            max_pixels: larger images are refused before decoding.
+            tta: average each image with its mirror image, as :meth:`predict`.
+            calibrated: scaled by :attr:`temperature`, as :meth:`predict`.
+
+        Returns:
+            One list of ``{"label", "probability"}`` dicts (best first) per image, in order.
+
+        Raises:
+            workbench.data.images.ImageRejected: an input is not a usable image; nothing is
+                predicted for the others either (:meth:`predict_files` goes on past one).
+            TypeError: an input of an unsupported type, or ``images`` a single image.
+            ValueError: an empty list, or a bad option.
         """
         check_int("top_k", top_k, minimum=1)
         check_int("batch_size", batch_size, minimum=1)
         check_int("max_pixels", max_pixels, minimum=1)
         check_bool("tta", tta)
         check_bool("calibrated", calibrated)
-        # one image: a path, bytes, an array, a PIL image (getpixel) or a file object (read)
-        single = isinstance(images, _SINGLE) or hasattr(images, "getpixel") or \
-            hasattr(images, "read")
-        batch = [images] if single else list(images)
+        if _one_image(images):
+            raise TypeError(f"images must be a list of images (Classifier.predict takes one), "
+                            f"received: {type(images).__name__}")
+        batch = list(images)
         if not batch:
             raise ValueError("images must hold at least one image, received: an empty list")
         pixels = np.stack([self._pixels(image, max_pixels) for image in batch])
         probabilities = self.probabilities(pixels, batch_size=batch_size, tta=tta,
                                            calibrated=calibrated)
-        results = [self.top(row, top_k) for row in probabilities]
-        return results[0] if single else results
+        return [self.top(row, top_k) for row in probabilities]
 
     def probabilities(self, pixels: np.ndarray, *, batch_size: int = 32, tta: bool = False,
                       calibrated: bool = True) -> np.ndarray:
@@ -295,7 +353,7 @@ class Classifier:
     def predict_files(self, paths, *, top_k: int = 5, batch_size: int = 64,
                       threads: int | None = None, tta: bool = False, calibrated: bool = True,
                       features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                      progress: bool = False):
+                      progress: str = "none"):
         """Classifies many image files, decoding them in threads while the model runs batches.
 
         A thin call of :func:`workbench.deploy.files.predict_rows`: files are decoded by a
@@ -314,7 +372,8 @@ class Classifier:
             features: also give each image's pooled backbone features (runs the run's Keras
                 model: exported files output the probabilities only).
             max_pixels: larger images are refused before decoding.
-            progress: show a progress bar (images/s and the time left).
+            progress: ``"none"`` (the default), ``"auto"`` (a bar with images/s and the time
+                left where someone watches, plain lines headless) or ``"lines"``.
 
         Yields:
             One dict per file, in order: ``path``, ``label_1``, ``probability_1``, ...,
@@ -340,9 +399,9 @@ class Classifier:
         """Runs the model on uint8 pixels: LiteRT one image per invoke, ONNX Runtime and Keras
         ``batch_size`` images per call."""
         pixels = pixels.astype(np.float32)
-        if self.backend == "litert":
+        if self.runtime == "litert":
             return self.model(pixels)
-        if self.backend == "onnx":
+        if self.runtime == "onnx":
             return np.concatenate([self.model(pixels[i:i + batch_size])
                                    for i in range(0, len(pixels), batch_size)])
         with self._lock:
@@ -361,7 +420,7 @@ class Classifier:
             ValueError: when there is none (a bare exported file).
         """
         source = getattr(self, "keras_source", None)
-        if self.backend == "keras":
+        if self.runtime == "keras":
             return self.model
         if source is not None and Path(source).is_file():
             from workbench.models import load_model

@@ -78,7 +78,7 @@ import threading
 import time
 from pathlib import Path
 
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import check_choice, check_int, check_number, renamed_arguments
 from workbench.data.images import ACCEPTED_FORMAT_NAMES, ImageRejected
 from workbench.deploy.limits import (ACCEPT_BATCH, DEFAULT_DECODE_BUDGET_BYTES,
                                      DEFAULT_DECODE_WAIT, DEFAULT_MAX_CONNECTIONS,
@@ -120,8 +120,9 @@ def model_info(classifier) -> dict:
     Returns:
         A JSON-serialisable dict with at least ``name``, ``run``, ``starting_point``,
         ``origin``, ``title``, ``labels``, ``classes``, ``image_size``, ``input_shape``,
-        ``resize_mode``, ``backbone``, ``recipe``, ``backend`` and ``metrics``; no server
-        paths (the page may be on a phone). ``name`` is the run's folder name (for a model
+        ``resize_mode``, ``backbone``, ``recipe``, ``runtime`` (what runs the model: litert,
+        onnx or keras; also as ``backend``, its old name, for one release) and ``metrics``;
+        no server paths (the page may be on a phone). ``name`` is the run's folder name (for a model
         file outside a run: its name, or its folder's when it is named like a run's
         ``best.keras``); ``run`` the run's folder name or None; ``starting_point`` what the
         run was fine-tuned from (``RunDir.starting_point``: the backbone or the source model's
@@ -132,6 +133,7 @@ def model_info(classifier) -> dict:
     info = dict(extra) if isinstance(extra, dict) else {}
     run_dir = info.pop("run_dir", None)
     model_file = Path(info["model_file"]) if info.get("model_file") else None
+    runtime = str(getattr(classifier, "runtime", info.get("runtime", "keras")))
     run = _run_of(run_dir, model_file)
     if model_file is not None:
         info["model_file"] = model_file.name
@@ -156,7 +158,8 @@ def model_info(classifier) -> dict:
         "resize_mode": getattr(classifier, "resize_mode", info.get("resize_mode")),
         "backbone": info.get("backbone"),
         "recipe": info.get("recipe") or config.get("recipe"),
-        "backend": str(getattr(classifier, "backend", info.get("backend", "keras"))),
+        "runtime": runtime,
+        "backend": runtime,  # the old name, for one release
         "metrics": info.get("metrics") or {},
     })
     return info
@@ -203,7 +206,8 @@ def _origin(config: dict, starting_point: str | None) -> str | None:
     return f"fine-tuned from {starting_point} ({Path(str(weights)).name})"
 
 
-def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+@renamed_arguments(source="run_dir")
+def create_app(run_dir, *, model: str = "best", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                top_k_max: int = DEFAULT_TOP_K_MAX,
                decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
                max_pixels: int | None = None, decode_wait: float = DEFAULT_DECODE_WAIT,
@@ -212,8 +216,9 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     """The FastAPI application serving one classifier.
 
     Args:
-        source: a run directory, a model file ``Classifier.load`` reads (``.tflite`` with its
-            sidecar, ``.keras``), or a loaded :class:`workbench.deploy.predict.Classifier`.
+        run_dir: a run directory; or a model file ``Classifier.load`` reads (``.tflite`` with
+            its sidecar, ``.keras``), or a loaded :class:`workbench.deploy.predict.Classifier`.
+            (``source``, its old name, still works for one release.)
         model: with a run directory, ``"best"`` or ``"final"``.
         max_upload_bytes: the largest request body accepted; larger ones get 413.
         top_k_max: the largest ``top_k`` a request may ask for (more than the number of
@@ -231,7 +236,7 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
         A ``fastapi.FastAPI`` app; serve it with :func:`serve` or any ASGI server.
 
     Raises:
-        FileNotFoundError: ``source`` is neither a run directory nor a model file.
+        FileNotFoundError: ``run_dir`` is neither a run directory nor a model file.
         ValueError: a bad option, naming the value received.
     """
     from fastapi import FastAPI
@@ -248,7 +253,7 @@ def create_app(source, *, model: str = "best", max_upload_bytes: int = DEFAULT_M
     check_number("upload_timeout", upload_timeout, minimum=0.0, exclusive_minimum=True,
                  maximum=MAX_UPLOAD_TIMEOUT)
     check_int("max_uploads", max_uploads, minimum=1)
-    service = _Service(_load(source, model), max_upload_bytes=max_upload_bytes,
+    service = _Service(_load(run_dir, model), max_upload_bytes=max_upload_bytes,
                        top_k_max=top_k_max, decode_budget_bytes=decode_budget_bytes,
                        max_pixels=max_pixels, decode_wait=decode_wait,
                        upload_timeout=upload_timeout, max_uploads=max_uploads)
@@ -287,7 +292,8 @@ class _Service:
     def health(self) -> dict:
         """Whether the service is up, with the model it serves, its limits and their use."""
         return {"status": "ok", "model": self.info["name"], "classes": self.info["classes"],
-                "backend": self.info["backend"], "limits": self.limits,
+                "runtime": self.info["runtime"], "backend": self.info["runtime"],
+                "limits": self.limits,
                 "in_use": {"uploads": self.uploads, "decoding_bytes": self.budget.in_use,
                            "waiting_to_decode": self.budget.waiting}}
 
@@ -455,14 +461,15 @@ def _add_routes(app, service: _Service) -> None:
         return await service.predict(request)
 
 
-def _load(source, model: str):
-    """The classifier to serve: ``source`` itself, or loaded from a run or a model file."""
-    if hasattr(source, "predict") and hasattr(source, "labels"):
-        return source
-    if not isinstance(source, (str, Path)):
-        raise ValueError(f"source must be a run directory, a model file or a Classifier, "
-                         f"received: {type(source).__name__}")
-    return Classifier.load(source, model=model)
+def _load(run_dir, model: str):
+    """The classifier to serve: ``run_dir`` if it is one, or loaded from a run or a model
+    file."""
+    if hasattr(run_dir, "predict") and hasattr(run_dir, "labels"):
+        return run_dir
+    if not isinstance(run_dir, (str, Path)):
+        raise ValueError(f"run_dir must be a run directory, a model file or a Classifier, "
+                         f"received: {type(run_dir).__name__}")
+    return Classifier.load(run_dir, model=model)
 
 
 def _thread_safe(classifier) -> bool:
@@ -669,7 +676,8 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     return sock
 
 
-def serve(source, *, host: str = "127.0.0.1", port: int = 8000, model: str = "best",
+@renamed_arguments(source="run_dir")
+def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, model: str = "best",
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
           decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES, max_pixels: int | None = None,
           decode_wait: float = DEFAULT_DECODE_WAIT,
@@ -679,8 +687,9 @@ def serve(source, *, host: str = "127.0.0.1", port: int = 8000, model: str = "be
     """Serves a run's model with uvicorn until interrupted (Ctrl+C).
 
     Args:
-        source: a run directory, a loaded Classifier, or an app from :func:`create_app` (which
-            then keeps its own upload and decoding limits).
+        run_dir: a run directory; or a model file or a loaded Classifier, as
+            :func:`create_app` takes, or an app from it (which then keeps its own upload and
+            decoding limits). (``source``, its old name, still works for one release.)
         host: the address to listen on; the default answers this machine only. Use
             ``0.0.0.0`` to reach it from a phone on the same network.
         port: the TCP port (0 picks a free one).
@@ -711,8 +720,8 @@ def serve(source, *, host: str = "127.0.0.1", port: int = 8000, model: str = "be
     sock = bind(host, port)  # first: a port in use fails before the model loads
     try:
         connections = connection_limit(max_connections)
-        app = source if isinstance(source, FastAPI) else create_app(
-            source, model=model, max_upload_bytes=max_upload_bytes,
+        app = run_dir if isinstance(run_dir, FastAPI) else create_app(
+            run_dir, model=model, max_upload_bytes=max_upload_bytes,
             decode_budget_bytes=decode_budget_bytes, max_pixels=max_pixels,
             decode_wait=decode_wait, upload_timeout=upload_timeout,
             max_uploads=max(1, connections // 2))

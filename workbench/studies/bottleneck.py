@@ -36,6 +36,7 @@ from workbench import plots
 from workbench._checks import check_choice, check_int, check_number
 from workbench._io import write_outputs
 from workbench._progress import progress as progress_bar
+from workbench._progress import progress_argument
 from workbench.data import pipeline
 from workbench.data.splitdir import SplitData, load_splits
 from workbench.studies.narrow import KEEPS, narrowed_layers, narrowed_model
@@ -235,7 +236,7 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
                      methods: Sequence[str] = METHODS, epochs: int = 2, batch_size: int = 32,
                      base_lr: float = 1e-3, rest_lr_mult: float = 0.1, init: str = "pca",
                      keep: str = "norm", image_size: int | None = None, split: str = "test",
-                     seed: int = 0, progress: bool = True) -> BottleneckStudy:
+                     seed: int = 0, progress: str = "auto") -> BottleneckStudy:
     """Sends ``k`` channels at ``at`` by each method, fine-tunes, and measures accuracy.
 
     For each method and each ``k`` in ``filters``: ``"bottleneck"``, :func:`bottleneck_model`
@@ -271,7 +272,8 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
         image_size: side of the images; default the model's input size (must match it).
         split: ``"test"`` or ``"val"``.
         seed: seeds initialisation, batch order and dropout.
-        progress: show a progress bar (also while decoding the images).
+        progress: ``"auto"`` (a bar where someone watches, plain lines headless; also while
+            decoding the images), ``"lines"`` or ``"none"``.
 
     Returns:
         A :class:`BottleneckStudy`.
@@ -286,6 +288,7 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
         model, chain, at, filters, methods, epochs=epochs, batch_size=batch_size,
         base_lr=base_lr, rest_lr_mult=rest_lr_mult, init=init, keep=keep,
         image_size=image_size, split=split, seed=seed)
+    progress = progress_argument(progress)
     data = _study_data(data, chain, split, progress)
     train_x, train_y = data.images["train"], data.labels["train"]
     raw_bytes = math.prod(chain.input_shape)
@@ -298,8 +301,7 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
                                keep=keep, narrowed=narrowed, seed=seed)
     runs = [(method, k) for method in methods for k in filters]
     rows = [_method_row(method, k, change, tune, measure, shape, raw_bytes, reference)
-            for method, k in (progress_bar(runs, desc=f"fewer channels at {at}") if progress
-                              else runs)]
+            for method, k in progress_bar(runs, desc=f"fewer channels at {at}", mode=progress)]
     return BottleneckStudy(pd.DataFrame(rows), reference, at, split, raw_bytes)
 
 
@@ -341,7 +343,7 @@ def _check_study(model, chain: Chain, at: str, filters, methods, *, epochs, batc
     return shape, filters, methods, narrowed, solver
 
 
-def _study_data(data, chain: Chain, split: str, progress: bool) -> SplitData:
+def _study_data(data, chain: Chain, split: str, progress: str) -> SplitData:
     """The split data (read from a split directory at the model's input size), checked to
     hold ``split`` and images of the model's input shape."""
     if not isinstance(data, SplitData):

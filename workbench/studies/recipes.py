@@ -22,6 +22,7 @@ import pandas as pd
 
 from workbench import models
 from workbench._checks import check_bool, check_int
+from workbench._progress import loop_progress
 from workbench.data.splitdir import load_splits
 from workbench.runs import RunDir
 from workbench.training.recipes import get_recipe
@@ -82,7 +83,8 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
                              options.get("weights", "imagenet"),
                              input_shape=(options["image_size"],) * 2 + (3,))
     data = load_splits(splits, image_size=options["image_size"],
-                       resize_mode=options.get("resize_mode", "squash"), progress=talk)
+                       resize_mode=options.get("resize_mode", "squash"),
+                       progress=loop_progress(options.get("progress", "auto")))
     rows, total = [], len(recipes) * len(seeds)
     for number, (recipe, seed) in enumerate(itertools.product(recipes, seeds), start=1):
         run_dir = Path(runs_dir) / f"{recipe}-seed{seed}"

@@ -32,6 +32,7 @@ from workbench._checks import check_choice, check_int, one_line
 from workbench._cluster import check_dask_cluster, dask_client
 from workbench._io import write_json, write_text
 from workbench._progress import progress as progress_bar
+from workbench._progress import progress_argument
 
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.json"
@@ -202,7 +203,7 @@ class SweepResult:
 def sweep(notebook: str | Path, out: str | Path, params: dict, *, mode: str = "grid",
           fixed: dict | None = None, workers: int | None = None, cluster: str | None = None,
           cluster_options: dict | None = None, cwd: str | Path | None = None,
-          kernel_name: str = "python3", progress: bool = True) -> SweepResult:
+          kernel_name: str = "python3", progress: str = "auto") -> SweepResult:
     """Runs a parameterised notebook once per combination of values and tabulates the results.
 
     papermill executes each combination into ``out/<name>.ipynb`` (``name`` from
@@ -241,7 +242,10 @@ def sweep(notebook: str | Path, out: str | Path, params: dict, *, mode: str = "g
             Without them dask-jobqueue reads its configuration file.
         cwd: the kernels' working directory; default the notebook's folder, as in Jupyter.
         kernel_name: the Jupyter kernel that runs the notebook.
-        progress: show a progress bar and print one line per finished run.
+        progress: ``"auto"`` (a bar where someone watches, plain lines headless) and one line
+            per finished run; ``"lines"`` (plain lines, and one per finished run) or
+            ``"none"``. True and False still work for one release, with a
+            ``DeprecationWarning``.
 
     Returns:
         A :class:`SweepResult`.
@@ -256,12 +260,13 @@ def sweep(notebook: str | Path, out: str | Path, params: dict, *, mode: str = "g
     """
     notebook, fixed, chosen, workers, cwd = _check_arguments(notebook, params, mode, fixed,
                                                              workers, cluster, cluster_options, cwd)
+    progress = progress_argument(progress)
     out = _sweep_folder(out)
     previous, earlier_parameters = _previous_sweep(out, notebook, fixed)
     parameters = list(params) + [name for name in earlier_parameters if name not in params]
     rows, todo, order = _plan_runs(chosen, previous, out, notebook, fixed, cwd, kernel_name)
     _record_plan(out, notebook, fixed, parameters, mode, order, rows)
-    if progress:
+    if progress != "none":
         _report_finished_before(out, len(chosen), len(todo))
     _remove_stale_metrics(out, todo)
     if todo:
@@ -357,7 +362,7 @@ def _run_all(todo, out, order, rows, parameters, *, workers, cluster, cluster_op
             runs = _run_dask(todo, stack.enter_context(dask_client(
                 cluster, jobs=workers, cluster_options=cluster_options)))
         stack.callback(runs.close)  # closed first: stops the runs in flight if interrupted
-        finished = progress_bar(runs, total=len(todo), desc="sweep") if progress else runs
+        finished = progress_bar(runs, total=len(todo), desc="sweep", mode=progress)
         for task, outcome in finished:
             name = task["name"]
             metrics, error = {}, outcome["error"]
@@ -366,7 +371,7 @@ def _run_all(todo, out, order, rows, parameters, *, workers, cluster, cluster_op
             rows[name] = _row(name, task["combination"], status="failed" if error else "ok",
                               error=error, seconds=outcome["seconds"], metrics=metrics)
             _write_results(out, order, rows, parameters)
-            if progress:
+            if progress != "none":
                 _report(_summary_line(rows[name], metrics), bar=finished)
 
 

@@ -27,6 +27,7 @@ from workbench import models, plots
 from workbench._checks import check_choice, check_int
 from workbench._device import execution_context, gpu_count, gpu_name
 from workbench._progress import progress as progress_bar
+from workbench._progress import progress_argument
 from workbench.data.pipeline import Batches
 from workbench.training.lr_mult import with_lr_multipliers
 
@@ -158,7 +159,7 @@ class ThroughputResult:
 
 def throughput_table(models=DEFAULT_MODELS, *, batch_size: int = 32, steps: int = 10,
                      warmup: int = 3, gpu_precision: str = "mixed_float16",
-                     progress: bool = True) -> ThroughputResult:
+                     progress: str = "auto") -> ThroughputResult:
     """Measures training images/s of each model on the CPU and, when visible, the GPU.
 
     Args:
@@ -168,7 +169,8 @@ def throughput_table(models=DEFAULT_MODELS, *, batch_size: int = 32, steps: int 
         warmup: untimed steps before them.
         gpu_precision: the GPU's precision; ``"mixed_float16"`` is what ``finetune`` uses on a
             GPU (``precision="auto"``). The CPU always runs float32, as ``finetune`` does there.
-        progress: show a progress bar over the models.
+        progress: over the models: ``"auto"`` (a bar where someone watches, plain lines
+            headless), ``"lines"`` or ``"none"``.
 
     Returns:
         A :class:`ThroughputResult`.
@@ -180,9 +182,10 @@ def throughput_table(models=DEFAULT_MODELS, *, batch_size: int = 32, steps: int 
         raise ValueError(f"models must be a non-empty list of 'name:size' strings, received: "
                          f"{models!r}")
     specs = [_spec(model) for model in models]
+    progress = progress_argument(progress)
     gpus = gpu_count()
     rows = []
-    for name, size in progress_bar(specs, desc="throughput") if progress else specs:
+    for name, size in progress_bar(specs, desc="throughput", mode=progress):
         options = {"image_size": size, "batch_size": batch_size, "steps": steps,
                    "warmup": warmup}
         cpu = training_images_per_second(name, device="cpu", **options)

@@ -187,7 +187,7 @@ def range_test(splits, *, backbone: str = "mobilenet_v2", weights="imagenet", so
                solver: SolverConfig | None = None, image_size: int | None = None,
                resize_mode: str = "squash", dropout: float = 0.2, seed: int = 0,
                start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100,
-               progress: bool = False) -> LRFinder:
+               progress: str = "none") -> LRFinder:
     """The range test of the model ``finetune`` would train with these settings; writes no run.
 
     The model is built as ``finetune`` builds it and set up for the recipe's first stage (its
@@ -206,7 +206,8 @@ def range_test(splits, *, backbone: str = "mobilenet_v2", weights="imagenet", so
         start_lr: the first rate tried.
         end_lr: the last rate tried, unless the loss diverges first.
         steps: batches from ``start_lr`` to ``end_lr``.
-        progress: show a progress bar while decoding the images.
+        progress: while decoding the images: ``"none"`` (the default), ``"auto"`` (a bar where
+            someone watches, plain lines headless) or ``"lines"``.
 
     Returns:
         An :class:`LRFinder` whose ``stage`` names the recipe and stage measured.

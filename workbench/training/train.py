@@ -21,7 +21,7 @@ from workbench._device import (execution_context, gpu_count, gpu_name, replica_c
                                resolve_strategy)
 from workbench._checks import (UsageError, check_bool, check_choice, check_int, check_number,
                                short_traceback)
-from workbench._progress import in_notebook, watched_notebook
+from workbench._progress import in_notebook, loop_progress, watched_notebook
 from workbench._io import atomic_path, write_json, write_text
 from workbench.data import cache, pipeline
 from workbench.data.augment import Augment, resolve_augment, stored_size
@@ -367,7 +367,7 @@ def _inputs(job: _Job, plan: _Plan, *, strategy, cluster, progress: str) -> _Inp
                              input_shape=(job.image_size, job.image_size, 3))
     data = job.splits if isinstance(job.splits, SplitData) else load_splits(
         job.splits, image_size=job.image_size, resize_mode=job.resize_mode,
-        progress=progress != "none")
+        progress=loop_progress(progress))
     job.config["classes"] = data.classes
     augment = job.augment
     if augment is not None:  # where it runs; a resumed run keeps where it began
@@ -753,7 +753,7 @@ def _train_images(splits, data: SplitData, augment, image_size: int, resize_mode
         return data.images["train"]
     return cache.build_cache(folder.paths("train"), root=folder.data_root, image_size=side,
                              resize_mode=resize_mode, cache_dir=folder.cache_dir,
-                             progress=progress != "none")
+                             progress=loop_progress(progress))
 
 
 def balanced_class_weights(labels, num_classes: int) -> dict:
