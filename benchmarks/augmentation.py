@@ -240,13 +240,13 @@ def bundled_task(folder: Path, args) -> tuple[Path, Path]:
     print("writing the bundled target task...", file=sys.stderr)
     sample.write_target(folder / "data")  # writes data/target/<digit>/
     prepare(folder / "data" / "target", folder / "splits" / "target", counts=(5, "rest", 50),
-            min_per_class=10, progress=False)
+            min_per_class=10, progress="none")
     if args.source_model is not None and args.source_model.is_file():
         return folder / "splits" / "target", args.source_model
     print("pretraining the source model (notebook 02's settings)...", file=sys.stderr)
     sample.write_source(folder / "data", per_class=args.source_per_class)
     prepare(folder / "data" / "source", folder / "splits" / "source", val=0.1, test=0.1,
-            progress=False)
+            progress="none")
     run = finetune(folder / "splits" / "source", folder / "source", backbone="cifar_cnn",
                    weights=None, recipe="scratch", image_size=32, augment="off",
                    solver=SolverConfig(optimizer="adam", base_lr=0.003, epochs=8,

@@ -58,15 +58,15 @@ def prepare_task(work: Path, args) -> tuple[Path, Path]:
     data = work / "data"
     missing = [name for name in ("source", "target") if not (data / name).is_dir()]
     if missing:
-        sample.write_sample_data(data, datasets=missing, progress=False,
+        sample.write_sample_data(data, datasets=missing, progress="none",
                                  source_per_class=args.source_per_class)
     target = work / "splits" / "target"
     if not (target / "splits.csv").is_file():
-        prepare(data / "target", target, min_per_class=10, seed=0, progress=False,
+        prepare(data / "target", target, min_per_class=10, seed=0, progress="none",
                 **split_options("5,rest,50"))
     source_splits = work / "splits" / "source"
     if not (source_splits / "splits.csv").is_file():
-        prepare(data / "source", source_splits, val=0.1, test=0.1, seed=0, progress=False)
+        prepare(data / "source", source_splits, val=0.1, test=0.1, seed=0, progress="none")
     solver = SolverConfig(optimizer="adam", base_lr=0.003, epochs=args.source_epochs,
                           batch_size=32, lr_policy="cosine", weight_decay=5e-4)
     source = finetune(source_splits, work / "source", backbone="cifar_cnn", weights=None,
@@ -80,7 +80,7 @@ def measure(run_dir: Path) -> dict:
     from workbench import calibration
     from workbench.evaluation import evaluate
 
-    report = evaluate(run_dir, split="test", backend="keras", save=False)
+    report = evaluate(run_dir, split="test", runtime="keras", save=False)
     raw = report.raw_probabilities
     return {"top1": report.top1, "temperature": report.temperature, "ece_raw": report.ece_raw,
             "ece": report.ece,

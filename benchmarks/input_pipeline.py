@@ -113,7 +113,7 @@ def measure_scan(args, folder: Path) -> list[tuple]:
     rows = []
     for threads in args.threads:
         rates = best_rates({how: (lambda how=how: scan(folder, decode_jpeg=how, workers=threads,
-                                                      progress=False))
+                                                      progress="none"))
                             for how in ("full", "draft")}, args.photos, args.repeats)
         ratio = rates["draft"] / rates["full"]
         rows.append(("scan: 12-MP JPEGs, full decode", threads, rates["full"], 1.0, "", ""))
@@ -175,7 +175,7 @@ def measure_files(args, folder: Path, names: list[str]) -> tuple[list[tuple], np
             nonlocal cache
             cache = build_cache(names, root=folder, image_size=args.image_size,
                                 cache_dir=folder / f"cache{threads}-{next(builds)}",
-                                workers=threads, progress=False)
+                                workers=threads, progress="none")
         rates = best_rates({"reference": tf_reference(files, args.image_size, threads),
                             "ours": build}, len(files), args.repeats)
         ratio = rates["ours"] / rates["reference"]

@@ -192,7 +192,7 @@ def main(argv=None) -> None:
                 "500x375": photos(root / "small", args.small, (500, 375), 2)}
         classifier = Classifier.load(run_dir)
         runners = {"ours: predict_files": ours(classifier),
-                   f"plain loop ({classifier.backend})": plain_loop(classifier),
+                   f"plain loop ({classifier.runtime})": plain_loop(classifier),
                    "Keras + tf.data": keras_tf_data(run_dir)}
         torch_missing = importlib.util.find_spec("torch") is None or \
             importlib.util.find_spec("timm") is None
@@ -204,7 +204,7 @@ def main(argv=None) -> None:
 
     lines = ["# Classifying a folder", "",
              f"{machine()}; MobileNetV2 224 px (random weights), our runtime: "
-             f"{classifier.backend} with 2 threads, {os.cpu_count()} decoding threads, batches "
+             f"{classifier.runtime} with 2 threads, {os.cpu_count()} decoding threads, batches "
              f"of {BATCH}; {args.large} 12-MP and {args.small} 500x375 synthetic JPEGs; best of "
              f"{args.repeats} rounds (range), the paths taking turns. 1-minute load average "
              f"{load_before:.1f} at the start, {load_after:.1f} at the end: the machine was "

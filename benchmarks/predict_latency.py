@@ -129,7 +129,7 @@ def build_run(root: Path, backbone: str, size: int) -> tuple[Path, float]:
         pixels = (image * (255 / 16)).astype(np.uint8)
         Image.fromarray(pixels).resize((size, size), Image.BILINEAR).convert("RGB").save(
             folder / f"{counts[label]}.png")
-    prepare(root / "data", root / "splits", counts=(3, 1, 2), progress=False)
+    prepare(root / "data", root / "splits", counts=(3, 1, 2), progress="none")
     run_dir = root / "run"
     finetune(root / "splits", run_dir, backbone=backbone, weights=None, recipe="scratch",
              image_size=size, solver=SolverConfig(epochs=1, batch_size=8), progress="none",
@@ -365,15 +365,15 @@ def measure_model(backbone: str, size: int, args, root: Path) -> tuple[list, dic
     litert = LiteRTModel(run_dir / "export" / "model.tflite", threads=args.threads)
     onnx = OnnxModel(run_dir / "export" / "model.onnx", threads=args.threads)
     classifier = Classifier.load(run_dir, threads=args.threads)
-    assert classifier.backend == record["chosen"], classifier.backend
+    assert classifier.runtime == record["chosen"], classifier.runtime
     runtimes = {
         "litert model only": (litert, single_f, litert, batch_f, n),
         "onnxruntime model only": (onnx, single_f, onnx, batch_f, n),
         "Classifier (ours), array": (classifier.predict, pixels,
-                                     lambda x: classifier.predict(x, batch_size=n), [pixels] * n,
+                                     lambda x: classifier.predict_batch(x, batch_size=n), [pixels] * n,
                                      n),
         "Classifier (ours), JPEG": (classifier.predict, jpeg,
-                                    lambda x: classifier.predict(x, batch_size=n), [jpeg] * n,
+                                    lambda x: classifier.predict_batch(x, batch_size=n), [jpeg] * n,
                                     n),
     }
     keras_paths = {

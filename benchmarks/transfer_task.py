@@ -92,7 +92,7 @@ def pretrain(args, workdir: Path) -> dict:
 
     start = time.monotonic()
     x, y, names = make_source(args.source_per_class, image_size=args.image_size,
-                              seed=args.data_seed, progress=True)
+                              seed=args.data_seed, progress="auto")
     render_s = time.monotonic() - start
     held_out = stratified_pick(y, max(1, args.source_per_class // 10),
                                np.random.default_rng(1234))
@@ -126,7 +126,7 @@ def run_target(args, source_path: Path) -> dict[str, list[float]]:
     from workbench import models
     from workbench.data.sample import make_target
 
-    x, y, names = make_target(image_size=args.image_size, seed=args.target_seed, progress=True)
+    x, y, names = make_target(image_size=args.image_size, seed=args.target_seed, progress="auto")
     # The test set is fixed (its own generator), whatever the training seeds.
     test = stratified_pick(y, args.test_per_class, np.random.default_rng(4321))
     shape = (args.image_size, args.image_size, 3)

@@ -126,7 +126,7 @@ def test_headless_progress_says_images_per_second_and_time_left(tmp_path, monkey
     for index in range(30):
         _png(tmp_path / f"{index:02d}.png", index, size=12)
     rows = list(batch.predict_rows(_Counting(), sorted(tmp_path.glob("*.png")), batch_size=3,
-                                   threads=1, progress=True))
+                                   threads=1, progress="auto"))
     assert len(rows) == 30
     lines = capsys.readouterr().err.splitlines()
     assert "\r" not in "".join(lines)
@@ -152,11 +152,11 @@ def test_a_failing_job_keeps_its_chunks_and_other_options_start_over(tmp_path, m
     out = tmp_path / "out.csv"
     with pytest.raises(RuntimeError, match="went away"):
         predict_to_file(None, [tmp_path / "in"], out=out, classifier=fake, chunk_size=5,
-                        progress=False)
+                        progress="none")
     assert not out.exists() and len(list((tmp_path / "out.csv.partial").glob("part-*"))) == 2
     fake.predict_files = lambda paths, **settings: batch.predict_rows(fake, paths, **settings)
     result = predict_to_file(None, [tmp_path / "in"], out=out, classifier=fake, top_k=1,
-                             chunk_size=5, progress=False)
+                             chunk_size=5, progress="none")
     assert result.started_over == "the options changed (top_k): starting over"
     assert result.skipped == 0 and result.classified == 12
     assert list(read_table(out).columns) == ["path", "label_1", "probability_1", "error",
@@ -198,7 +198,7 @@ def whole(run, classifier, tmp_path_factory):
     """An uninterrupted run of the job, CSV."""
     out = tmp_path_factory.mktemp("whole") / "all.csv"
     result = predict_to_file(run["run"], [run["photos"]], out=out, classifier=classifier,
-                             top_k=3, progress=False)
+                             top_k=3, progress="none")
     return result, read_table(out)
 
 
@@ -227,7 +227,7 @@ def test_the_table_has_a_row_per_file_with_the_classifiers_answer(run, classifie
 def test_parquet_holds_the_same_rows_and_the_features(run, classifier, whole, tmp_path):
     out = tmp_path / "all.parquet"
     result = predict_to_file(run["run"], [run["photos"]], out=out, classifier=classifier,
-                             top_k=3, features="columns", progress=False)
+                             top_k=3, features="columns", progress="none")
     table = pd.read_parquet(out)
     csv = whole[1]
     assert table.path.tolist() == csv.path.tolist() and result.features is None
@@ -240,7 +240,7 @@ def test_parquet_holds_the_same_rows_and_the_features(run, classifier, whole, tm
     assert len({vector.tobytes() for vector in vectors[ok]}) > 10  # one per image, not a copy
     npy = tmp_path / "features.npy"
     predict_to_file(run["run"], [run["photos"]], out=tmp_path / "f.csv", classifier=classifier,
-                    top_k=3, features=npy, progress=False)
+                    top_k=3, features=npy, progress="none")
     np.testing.assert_allclose(np.load(npy), vectors, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="features='columns' needs a .parquet out"):
         predict_to_file(run["run"], [run["photos"]], out=tmp_path / "x.csv",
@@ -256,7 +256,7 @@ _SLOW_JOB = textwrap.dedent("""
         return load(*args, **kwargs)
     files.load_array = slow
     batch.predict_to_file(sys.argv[1], [sys.argv[2]], out=sys.argv[3], top_k=3, chunk_size=8,
-                          threads=1, batch_size=4, progress=False)
+                          threads=1, batch_size=4, progress="none")
 """)
 
 
@@ -275,7 +275,7 @@ def test_killed_with_sigkill_and_rerun_equals_an_uninterrupted_run(run, whole, t
     assert child.returncode == -signal.SIGKILL and not out.exists()  # killed mid-job
     done_before = len(pd.concat(pd.read_parquet(p) for p in partial.glob("part-*.parquet")))
     assert 24 <= done_before < len(whole[1])
-    result = predict_to_file(run["run"], [run["photos"]], out=out, top_k=3, progress=False)
+    result = predict_to_file(run["run"], [run["photos"]], out=out, top_k=3, progress="none")
     assert result.started_over is None and result.skipped == done_before
     assert result.classified == len(whole[1]) - done_before
     pd.testing.assert_frame_equal(read_table(out), whole[1], check_exact=False, rtol=1e-6)
@@ -290,7 +290,7 @@ def test_a_dask_local_cluster_agrees_row_for_row_with_one_process(run, whole, tm
                       dashboard_address=None) as cluster:
         out = tmp_path / "cluster.csv"
         result = predict_to_file(run["run"], [run["photos"]], out=out, top_k=3, chunk_size=16,
-                                 cluster=cluster.scheduler_address, progress=False)
+                                 cluster=cluster.scheduler_address, progress="none")
     assert result.classified == len(whole[1])
     pd.testing.assert_frame_equal(read_table(out), whole[1], check_exact=False, rtol=1e-6)
 

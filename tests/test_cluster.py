@@ -100,7 +100,7 @@ def test_two_workers_train_like_one_process(tmp_path):
     pytest.importorskip("jax")
     tiny_data.write_digits(tmp_path / "data", per_class=10)
     next((tmp_path / "data" / "0").iterdir()).unlink()  # 39 validation images: padded batches
-    prepare(tmp_path / "data", tmp_path / "splits", counts=(4, "rest", 2), progress=False)
+    prepare(tmp_path / "data", tmp_path / "splits", counts=(4, "rest", 2), progress="none")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
     command = [sys.executable, "-m", "workbench.cli", "train", "--splits",

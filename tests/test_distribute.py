@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
 
     work = sys.argv[1]
     tiny_data.write_digits(__import__("pathlib").Path(work) / "data", per_class=8)
-    prepare(work + "/data", work + "/splits", counts=(4, "rest", 2), progress=False)
+    prepare(work + "/data", work + "/splits", counts=(4, "rest", 2), progress="none")
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     run = finetune(work + "/splits", sys.argv[2], backbone="cifar_cnn", weights=None,
                    recipe="caffe", image_size=16, solver=SolverConfig(epochs=2, batch_size=8),

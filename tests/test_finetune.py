@@ -235,7 +235,7 @@ def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, m
     tiny_data.write_digits(tmp_path / "data", per_class=12, size=24)
     from workbench.data.split import prepare
 
-    prepare(tmp_path / "data", tmp_path / "splits", counts=(6, "rest", 3), progress=False)
+    prepare(tmp_path / "data", tmp_path / "splits", counts=(6, "rest", 3), progress="none")
     options = dict(backbone="lenet", weights=None, recipe="scratch", image_size=16,
                    solver=SOLVER, seed=2, progress="none", augment=f"on+{placement}",
                    class_weight="balanced")

@@ -47,7 +47,7 @@ def test_a_folder_too_small_for_the_counts_stops_the_split_with_the_reason(tmp_p
     data = tiny_data.write_digits(tmp_path / "data", per_class=15, size=8)
     with pytest.raises(NoClassKept) as raised:
         prepare(data, tmp_path / "splits", counts=(10, 10, "rest"), min_per_class=10,
-                progress=False)
+                progress="none")
     message = str(raised.value)
     assert message.startswith("no class was kept, so nothing was written: "
                               "counts 10,10,rest (train, val, test) need 20 distinct images "
@@ -56,7 +56,7 @@ def test_a_folder_too_small_for_the_counts_stops_the_split_with_the_reason(tmp_p
     assert not (tmp_path / "splits").exists()
     with pytest.raises(NoClassKept, match="min_per_class=16 needs as many valid images; 10 "
                                           "classes have fewer: 0 15"):
-        prepare(data, tmp_path / "splits", min_per_class=16, progress=False)
+        prepare(data, tmp_path / "splits", min_per_class=16, progress="none")
 
 
 def test_imagenet_weights_are_fetched_before_any_image_is_decoded(tmp_path, monkeypatch):

@@ -136,7 +136,7 @@ def test_scan_rejects_foreign_formats_with_the_reason(tmp_path, foreign_plugins_
     for name, data in foreign_files().items():  # named as images, as an attacker would
         (tmp_path / "a" / f"{name.lower()}.jpg").write_bytes(data)
     (tmp_path / "a" / "listed.blp").write_bytes(foreign_files()["BLP"])
-    table = scan(tmp_path, progress=False).set_index("path")
+    table = scan(tmp_path, progress="none").set_index("path")
     assert table.loc["a/good.png", "status"] == "ok"
     for name in foreign_files():
         row = table.loc[f"a/{name.lower()}.jpg"]
@@ -147,7 +147,7 @@ def test_scan_rejects_foreign_formats_with_the_reason(tmp_path, foreign_plugins_
     (tmp_path / "list.txt").write_text("a/listed.blp 0\na/good.png 0\n")
     (tmp_path / "labels.txt").write_text("a\n")
     listed = scan(tmp_path, list_file=tmp_path / "list.txt", labels_file=tmp_path / "labels.txt",
-                  progress=False).set_index("path")
+                  progress="none").set_index("path")
     assert listed.loc["a/listed.blp", "reason"] == "unsupported format"
     assert listed.loc["a/good.png", "status"] == "ok"
     assert foreign_plugins_asked == []

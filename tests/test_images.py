@@ -280,7 +280,7 @@ def test_scan_gives_each_file_its_own_messages_whatever_the_threads(tmp_path, ca
         messy_data.write(root / f"a/exif{number}.jpg", messy_data.jpeg_with_bad_exif(30 + number))
     with warnings.catch_warnings(record=True) as escaped:
         warnings.simplefilter("always")
-        tables = [scan(root, progress=False, workers=workers) for workers in (4, 1, 4)]
+        tables = [scan(root, progress="none", workers=workers) for workers in (4, 1, 4)]
     assert escaped == [] and capfd.readouterr().err == ""
     for table in tables[1:]:  # the same words each time: no warning is shown only once
         assert table["detail"].tolist() == tables[0]["detail"].tolist()

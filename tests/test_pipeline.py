@@ -128,7 +128,7 @@ def test_cache_is_rebuilt_when_a_file_is_touched_or_the_list_changes(photo_dir, 
     assert _build(photo_dir, tmp_path / "cache").filename != first.filename
     assert len(counted_loads) == 24
     shorter = build_cache(paths[1:], root=root, image_size=SIZE, cache_dir=tmp_path / "cache",
-                          progress=False)
+                          progress="none")
     assert len(shorter) == 11 and len(counted_loads) == 35
 
 

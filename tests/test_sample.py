@@ -28,7 +28,7 @@ def _digests(folder: Path) -> dict:
 
 def test_write_sample_data_is_byte_identical_across_calls(tmp_path):
     kwargs = dict(image_size=8, source_per_class=3, seed=5, datasets=("source", "target"),
-                  progress=False)
+                  progress="none")
     first = sample.write_sample_data(tmp_path / "a", **kwargs)
     second = sample.write_sample_data(tmp_path / "b", **kwargs)
     assert first["source"]["images"] == second["source"]["images"] == 26 * 3
@@ -41,7 +41,7 @@ def test_write_sample_data_is_byte_identical_across_calls(tmp_path):
 
 def test_folder_structure_counts_size_and_mode(tmp_path):
     summary = sample.write_sample_data(tmp_path, image_size=10, source_per_class=2,
-                                       datasets=("source", "target"), progress=False)
+                                       datasets=("source", "target"), progress="none")
     assert set(summary) == {"source", "target"}
     source = tmp_path / "source"
     assert sorted(p.name for p in source.iterdir()) == list(sample.LETTERS)
@@ -61,7 +61,7 @@ def test_folder_structure_counts_size_and_mode(tmp_path):
 def test_existing_folder_is_not_overwritten_unless_asked(tmp_path):
     sample.write_source(tmp_path, per_class=1, image_size=8, characters="AB")
     with pytest.raises(FileExistsError, match="overwrite"):
-        sample.write_sample_data(tmp_path, datasets="source", source_per_class=1, progress=False)
+        sample.write_sample_data(tmp_path, datasets="source", source_per_class=1, progress="none")
     sample.write_source(tmp_path, per_class=2, image_size=8, characters="XYZ", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "source").iterdir()) == ["X", "Y", "Z"]
 

@@ -27,7 +27,7 @@ def messy(tmp_path):
 @pytest.fixture()
 def scanned(messy):
     root, expected = messy
-    return scan(root, progress=False), expected
+    return scan(root, progress="none"), expected
 
 
 def by_path(table):
@@ -125,27 +125,27 @@ def test_hidden_files_outside_a_class_have_no_label(scanned):
 def test_scan_never_writes_into_the_source_folder(messy):
     root, _ = messy
     before = messy_data.snapshot(root)
-    scan(root, progress=False)
-    scan(root, progress=False, workers=1)
+    scan(root, progress="none")
+    scan(root, progress="none", workers=1)
     assert messy_data.snapshot(root) == before
 
 
 def test_scan_is_deterministic_whatever_the_number_of_threads(messy):
     root, _ = messy
-    one = scan(root, progress=False, workers=1)
-    many = scan(root, progress=False, workers=8)
+    one = scan(root, progress="none", workers=1)
+    many = scan(root, progress="none", workers=8)
     pd.testing.assert_frame_equal(one, many)
-    assert one.to_csv(index=False) == scan(root, progress=False, workers=3).to_csv(index=False)
+    assert one.to_csv(index=False) == scan(root, progress="none", workers=3).to_csv(index=False)
 
 
 def test_limits_are_configurable(tmp_path):
     messy_data.write(tmp_path / "a/img.png", messy_data.image_bytes(1, "PNG"))
-    rows = by_path(scan(tmp_path, max_pixels=100, progress=False))
+    rows = by_path(scan(tmp_path, max_pixels=100, progress="none"))
     assert rows["a/img.png"].reason == "decompression bomb"
     assert "max_pixels=100" in rows["a/img.png"].detail
-    rows = by_path(scan(tmp_path, min_side=17, progress=False))
+    rows = by_path(scan(tmp_path, min_side=17, progress="none"))
     assert rows["a/img.png"].reason == "too small"
-    rows = by_path(scan(tmp_path, min_side=16, progress=False))
+    rows = by_path(scan(tmp_path, min_side=16, progress="none"))
     assert rows["a/img.png"].status == OK
 
 
@@ -153,13 +153,13 @@ def test_a_broken_link_is_unreadable(tmp_path):
     (tmp_path / "a").mkdir()
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "a/link.jpg")
     messy_data.write(tmp_path / "a/real.jpg", messy_data.image_bytes(1))
-    rows = by_path(scan(tmp_path, progress=False))
+    rows = by_path(scan(tmp_path, progress="none"))
     assert (rows["a/link.jpg"].status, rows["a/link.jpg"].reason) == (REJECTED, "unreadable")
     assert rows["a/real.jpg"].status == OK
 
 
 def test_an_empty_folder_gives_an_empty_table(tmp_path):
-    table = scan(tmp_path, progress=False)
+    table = scan(tmp_path, progress="none")
     assert len(table) == 0 and tuple(table.columns) == COLUMNS
 
 
@@ -191,7 +191,7 @@ def write_list_dataset(root):
 
 def test_list_file_lines_are_accepted_or_rejected_with_a_reason(tmp_path):
     listing, labels = write_list_dataset(tmp_path)
-    table = scan(tmp_path, list_file=listing, labels_file=labels, progress=False)
+    table = scan(tmp_path, list_file=listing, labels_file=labels, progress="none")
     found = sorted((row.path, row.label, row.status, row.reason)
                    for row in table.itertuples(index=False))
     tench, goldfish = "n01440764 tench, Tinca tinca", "n01443537 goldfish, Carassius auratus"
@@ -218,7 +218,7 @@ def test_a_file_listed_twice_is_a_duplicate_or_a_conflict(tmp_path):
     labels.write_text("x\ny\n")
     listing = tmp_path / "list.txt"
     listing.write_text("a.jpg 0\na.jpg 0\nb.jpg 0\nb.jpg 1\n")
-    table = scan(tmp_path, list_file=listing, labels_file=labels, progress=False)
+    table = scan(tmp_path, list_file=listing, labels_file=labels, progress="none")
     assert table["reason"].tolist() == ["", "duplicate", "conflicting labels",
                                         "conflicting labels"]
 
@@ -321,7 +321,7 @@ def test_jpeg_validation_rejects_what_a_full_decode_rejects(tmp_path, decode_jpe
     cases = jpeg_cases()
     for path, (data, _, _) in cases.items():
         messy_data.write(tmp_path / path, data)
-    rows = by_path(scan(tmp_path, progress=False, decode_jpeg=decode_jpeg))
+    rows = by_path(scan(tmp_path, progress="none", decode_jpeg=decode_jpeg))
     assert {path: (row.status, row.reason) for path, row in rows.items()} == {
         path: (status, reason) for path, (_, status, reason) in cases.items()}
     for path in ("a/good.jpg", "a/progressive.jpg", "a/restarts.jpg"):
@@ -346,8 +346,8 @@ def test_scan_asks_for_draft_jpegs_only_when_told(tmp_path, monkeypatch):
         return decode(data, **kwargs)
 
     monkeypatch.setattr(scan_module, "decode", spy)
-    scan(tmp_path, progress=False)
-    scan(tmp_path, progress=False, decode_jpeg="full")
+    scan(tmp_path, progress="none")
+    scan(tmp_path, progress="none", decode_jpeg="full")
     assert asked == [1, 1, 1, None, None, None]
 
 

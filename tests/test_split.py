@@ -62,7 +62,7 @@ def real_dataset(tmp_path):
 def test_written_files_are_byte_identical_across_runs(real_dataset, tmp_path, options):
     outputs = []
     for run in range(2):
-        result = split(scan(real_dataset, progress=False), **options)
+        result = split(scan(real_dataset, progress="none"), **options)
         outputs.append(result.write(tmp_path / f"out{run}"))
     for name in FILES:
         assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
@@ -97,9 +97,9 @@ def test_with_fractions_adding_images_never_moves_an_existing_image():
 
 def test_with_fractions_adding_files_to_a_folder_moves_nothing(tmp_path):
     messy_data.make_class_folders(tmp_path, {"a": 15, "b": 15})
-    before = assignment(split(scan(tmp_path, progress=False), val=0.3, test=0.3))
+    before = assignment(split(scan(tmp_path, progress="none"), val=0.3, test=0.3))
     messy_data.make_class_folders(tmp_path, {"a": 6, "b": 2}, start=100)
-    after = assignment(split(scan(tmp_path, progress=False), val=0.3, test=0.3))
+    after = assignment(split(scan(tmp_path, progress="none"), val=0.3, test=0.3))
     assert {path: after[path] for path in before} == before
 
 
@@ -196,7 +196,7 @@ def test_min_per_class_drops_small_classes_with_a_reason():
 
 
 def test_scan_rejections_are_carried_into_rejected(real_dataset):
-    table = scan(real_dataset, progress=False)
+    table = scan(real_dataset, progress="none")
     result = split(table)
     scan_rejected = table[table.status == "rejected"]
     assert set(scan_rejected["path"]) <= set(result.rejected["path"])
@@ -222,9 +222,9 @@ def test_both_input_formats_give_the_same_split(tmp_path):
     (tmp_path / "list.txt").write_text(
         "".join(f"{path} {labels.index(path.split('/')[0])}\n" for path in reversed(paths)),
         encoding="utf-8")
-    from_folder = scan(root, progress=False)
+    from_folder = scan(root, progress="none")
     from_list = scan(root, list_file=tmp_path / "list.txt", labels_file=tmp_path / "labels.txt",
-                     progress=False)
+                     progress="none")
     pd.testing.assert_frame_equal(from_folder, from_list, check_like=False)
     for options in ({"val": 0.25, "test": 0.25}, {"counts": (4, "rest", 3)}):
         a, b = split(from_folder, **options), split(from_list, **options)
@@ -265,7 +265,7 @@ def test_a_bad_table_is_refused():
 # --- result --------------------------------------------------------------------------------------
 
 def test_summary_and_report_show_classes_drops_and_rejections(real_dataset):
-    result = split(scan(real_dataset, progress=False), counts=(5, "rest", 3), min_per_class=4)
+    result = split(scan(real_dataset, progress="none"), counts=(5, "rest", 3), min_per_class=4)
     summary = result.summary()
     assert list(summary.columns) == ["label", "label_index", "train", "val", "test", "total"]
     assert summary["label"].tolist() == result.classes
@@ -290,7 +290,7 @@ def test_report_escapes_table_cells():
 
 
 def test_write_produces_the_contract_files(real_dataset, tmp_path):
-    result = split(scan(real_dataset, progress=False), val=0.2, test=0.2)
+    result = split(scan(real_dataset, progress="none"), val=0.2, test=0.2)
     out = result.write(tmp_path / "new" / "out")
     splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
     assert list(splits.columns[:4]) == ["path", "label", "label_index", "split"]

@@ -57,7 +57,7 @@ def trained(tmp_path_factory):
 def study(trained):
     model_path, splits = trained
     return bottleneck_study(model_path, splits, at="pool2", filters=(4, 1), epochs=1,
-                            batch_size=16, progress=False)
+                            batch_size=16, progress="none")
 
 
 def hand_profile(slowdown=10.0):
@@ -312,7 +312,7 @@ def test_narrowing_refuses_what_it_cannot_narrow(cnn):
 
 def test_fine_tune_trains_through_the_per_layer_learning_rates(trained):
     model_path, splits = trained
-    data = load_splits(splits, image_size=16, progress=False)
+    data = load_splits(splits, image_size=16, progress="none")
     train = Batches(data.images["train"], data.labels["train"], batch_size=16,
                     drop_remainder=True)
     solver = SolverConfig(epochs=1, batch_size=16, optimizer="adam", base_lr=0.01)
@@ -390,7 +390,7 @@ def test_study_bytes_fall_with_filters_and_accuracies_are_fractions(study, train
     assert study.reference["filters"] == 64 and study.reference["bytes_float32"] == 4096
     # the reference is the unmodified model's own accuracy on the test split
     model_path, splits = trained
-    data = load_splits(splits, image_size=16, progress=False)
+    data = load_splits(splits, image_size=16, progress="none")
     predicted = models.load_model(model_path).predict(data.images["test"], verbose=0)
     assert study.reference["accuracy"] == pytest.approx(
         np.mean(predicted.argmax(-1) == data.labels["test"]))
@@ -403,7 +403,7 @@ def test_study_runs_one_method_alone(trained):
     model_path, splits = trained
     alone = bottleneck_study(model_path, splits, at="pool2", filters=[2], epochs=1,
                              batch_size=16, methods=["narrowed_conv"], keep="random",
-                             progress=False)
+                             progress="none")
     assert list(alone.table["method"]) == ["narrowed_conv"]
     assert list(alone.table["init"]) == ["random+lstsq"]
     assert alone.table["split_shape"].item() == "4x4x2"

@@ -18,7 +18,7 @@ def cached_files(folder):
 def test_the_cache_is_in_the_split_folder_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv(CACHE_VARIABLE, raising=False)
     splits = tiny_data.write_splits(tmp_path, per_class=4, counts=(2, 1, 1))
-    data = SplitFolder(splits).load(image_size=SIZE, progress=False)
+    data = SplitFolder(splits).load(image_size=SIZE, progress="none")
     assert SplitFolder(splits).cache_dir == splits / "cache"
     assert len(cached_files(splits / "cache")) == 3  # train, val, test
     for name, array in data.images.items():  # N x size x size x 3 bytes per split
@@ -38,7 +38,7 @@ def test_workbench_cache_dir_gives_each_split_folder_a_cache_of_its_own(tmp_path
     assert folders[0].cache_dir.name.startswith("splits-")
 
     for folder in folders:
-        data = folder.load(image_size=SIZE, progress=False)
+        data = folder.load(image_size=SIZE, progress="none")
         assert len(cached_files(folder.cache_dir)) == 3
         assert not (folder.path / "cache").exists()  # nothing written beside the splits
         first_test = images.load_array(folder.image_path("test", 0), SIZE, "squash")
@@ -49,7 +49,7 @@ def test_workbench_cache_dir_gives_each_split_folder_a_cache_of_its_own(tmp_path
     again = SplitFolder("splits")
     assert again.cache_dir == folders[0].cache_dir
     before = {path: path.stat().st_mtime_ns for path in again.cache_dir.iterdir()}
-    again.load(image_size=SIZE, progress=False)
+    again.load(image_size=SIZE, progress="none")
     assert {path: path.stat().st_mtime_ns for path in again.cache_dir.iterdir()} == before
 
 
@@ -62,13 +62,13 @@ def test_a_replaced_split_never_uses_the_old_splits_cache(tmp_path, monkeypatch)
     monkeypatch.setenv(CACHE_VARIABLE, str(tmp_path / "scratch"))
     splits = tiny_data.write_splits(tmp_path, per_class=5, counts=(2, 1, 2))
     old = SplitFolder(splits)
-    old_test = old.load(image_size=SIZE, progress=False).images["test"]
+    old_test = old.load(image_size=SIZE, progress="none").images["test"]
     old_paths = old.paths("test")
     prepare(tmp_path / "data", splits, counts=(2, 1, 2), seed=1, overwrite=True,
-            progress=False)
+            progress="none")
     new = SplitFolder(splits)
     assert new.cache_dir == old.cache_dir and new.paths("test") != old_paths
-    new_test = new.load(image_size=SIZE, progress=False).images["test"]
+    new_test = new.load(image_size=SIZE, progress="none").images["test"]
     assert len(cached_files(new.cache_dir)) > 3  # built anew beside the old split's
     for index in range(len(new_test)):
         expected = images.load_array(new.image_path("test", index), SIZE, "squash")

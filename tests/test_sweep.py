@@ -67,7 +67,7 @@ def notebook(tmp_path_factory):
 def local(notebook, tmp_path_factory):
     root = tmp_path_factory.mktemp("local")
     fixed = {"fail": "2,20", "counter": str(root / "count.txt")}
-    result = sweep(notebook, root / "out", GRID, fixed=fixed, workers=2, progress=False)
+    result = sweep(notebook, root / "out", GRID, fixed=fixed, workers=2, progress="none")
     return {"result": result, "out": root / "out", "fixed": fixed, "counter": root / "count.txt"}
 
 
@@ -93,7 +93,7 @@ def test_local_sweep_records_each_run_and_a_failure_and_a_rerun_retries_only_it(
     assert {"product", "accuracy", "parent_pid"} <= set(result.metrics)
 
     before = mtimes(out, NAMES[:3])
-    again = sweep(notebook, out, GRID, fixed=local["fixed"], workers=2, progress=False)
+    again = sweep(notebook, out, GRID, fixed=local["fixed"], workers=2, progress="none")
     assert executions(counter)[4:] == ["2,20"]  # only the failed combination ran again
     assert mtimes(out, NAMES[:3]) == before
     assert list(again.table["status"]) == ["ok", "ok", "ok", "failed"]
@@ -109,7 +109,7 @@ def test_dask_local_cluster_runs_the_grid_and_a_rerun_executes_nothing(notebook,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         worker_pids = set(client.run(os.getpid).values())
         result = sweep(notebook, out, GRID, fixed=fixed, cluster=cluster.scheduler_address,
-                       progress=False)
+                       progress="none")
     table = pd.read_csv(out / "results.csv")
     assert list(table["name"]) == NAMES and (table["status"] == "ok").all()
     assert list(table["product"]) == [10, 20, 20, 40]
@@ -118,7 +118,7 @@ def test_dask_local_cluster_runs_the_grid_and_a_rerun_executes_nothing(notebook,
 
     before, runs = mtimes(out, NAMES), executions(counter)
     assert len(runs) == 4
-    again = sweep(notebook, out, GRID, fixed=fixed, progress=False)  # locally this time
+    again = sweep(notebook, out, GRID, fixed=fixed, progress="none")  # locally this time
     assert executions(counter) == runs and mtimes(out, NAMES) == before
     assert list(again.table["product"]) == [10, 20, 20, 40]
     assert list(pd.read_csv(out / "results.csv")["product"]) == [10, 20, 20, 40]
@@ -136,7 +136,7 @@ def test_an_interrupted_sweep_leaves_a_complete_results_file_and_continues(noteb
 
     monkeypatch.setattr(sweep_module, "_report", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        sweep(notebook, out, grid, fixed=fixed, workers=1, progress=True)
+        sweep(notebook, out, grid, fixed=fixed, workers=1, progress="auto")
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 1 and table["status"].tolist() == ["ok"]
     first = table["name"].iloc[0]
@@ -149,7 +149,7 @@ def test_an_interrupted_sweep_leaves_a_complete_results_file_and_continues(noteb
 
     monkeypatch.undo()
     done = mtimes(out, [first])
-    result = sweep(notebook, out, grid, fixed=fixed, workers=1, progress=False)
+    result = sweep(notebook, out, grid, fixed=fixed, workers=1, progress="none")
     assert list(result.table["status"]) == ["ok"] * 2
     assert list(result.table["product"]) == [10, 20]
     assert mtimes(out, [first]) == done  # the recorded run was not repeated
@@ -387,7 +387,7 @@ def test_a_sweep_killed_with_sigkill_leaves_no_process_and_a_restart_redoes_its_
 
     hold.unlink()
     result = sweep(book, out, {"a": [1, 2], "b": [10]},
-                   fixed={"counter": str(counter), "hold": str(hold)}, progress=False)
+                   fixed={"counter": str(counter), "hold": str(hold)}, progress="none")
     assert list(result.table["status"]) == ["ok", "ok"]
     assert list(result.table["product"]) == [10, 20]
     assert len(executions(counter)) == 4  # both runs in flight ran again

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 
 def test_without_a_gpu_the_ratio_says_not_measured(monkeypatch):
     monkeypatch.setattr(throughput, "gpu_count", lambda: 0)
-    result = throughput_table(["cifar_cnn:16"], batch_size=8, steps=2, warmup=1, progress=False)
+    result = throughput_table(["cifar_cnn:16"], batch_size=8, steps=2, warmup=1, progress="none")
     assert len(result.table) == 1
     row = result.table.iloc[0]
     assert (row["model"], row["image_size"], row["batch_size"]) == ("cifar_cnn", 16, 8)
@@ -37,7 +37,7 @@ def test_the_ratio_is_gpu_over_cpu(monkeypatch):
     monkeypatch.setattr(throughput, "gpu_count", lambda: 1)
     monkeypatch.setattr(throughput, "gpu_name", lambda: "Fake GPU")
     monkeypatch.setattr(throughput, "training_images_per_second", fake)
-    result = throughput_table(["cifar_cnn:32", ("lenet", 28)], progress=False)
+    result = throughput_table(["cifar_cnn:32", ("lenet", 28)], progress="none")
     assert calls == [("cifar_cnn", "cpu", "float32"), ("cifar_cnn", "gpu", "mixed_float16"),
                      ("lenet", "cpu", "float32"), ("lenet", "gpu", "mixed_float16")]
     assert list(result.table["gpu_over_cpu"]) == [9.0, 9.0]

@@ -26,14 +26,14 @@ TRANSFER = ("feature_extraction", "two_stage", "caffe")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer")
     sample.write_sample_data(root / "data", source_per_class=80, datasets=("source", "target"),
-                             progress=False)
-    prepare(root / "data" / "source", root / "source_splits", val=0.1, test=0.05, progress=False)
+                             progress="none")
+    prepare(root / "data" / "source", root / "source_splits", val=0.1, test=0.05, progress="none")
     source = finetune(root / "source_splits", root / "source", backbone="cifar_cnn", weights=None,
                       recipe="scratch", image_size=32, progress="none",
                       solver=SolverConfig(optimizer="adam", base_lr=0.003, epochs=16,
                                           batch_size=16, lr_policy="constant"))
     assert source.metrics["val_accuracy"] > 0.3, "the source model must learn its letters"
-    prepare(root / "data" / "target", root / "target_splits", counts=(5, 20, 30), progress=False)
+    prepare(root / "data" / "target", root / "target_splits", counts=(5, 20, 30), progress="none")
     solver = SolverConfig(optimizer="sgd", base_lr=0.01, epochs=30, batch_size=16,
                           test_interval=5)
     return compare_recipes(root / "target_splits", root / "runs", recipes=("scratch",) + TRANSFER,

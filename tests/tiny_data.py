@@ -27,7 +27,7 @@ def write_splits(root: Path, *, per_class: int, counts: tuple) -> Path:
     from workbench.data.split import prepare
 
     write_digits(root / "data", per_class=per_class)
-    prepare(root / "data", root / "splits", counts=counts, progress=False)
+    prepare(root / "data", root / "splits", counts=counts, progress="none")
     return root / "splits"
 
 

@@ -327,7 +327,7 @@ def step_data(s: Settings, args, arg: str | None) -> dict:
     work = Path(args.work)
     summary = sample.write_digits(work / "data", image_size=32, overwrite=True)
     options = {"counts": s.split_counts} if s.split_counts else {}
-    result = prepare(work / "data" / "digits", work / "splits", progress=False,
+    result = prepare(work / "data" / "digits", work / "splits", progress="none",
                      overwrite=True, **options)  # the check's own folder, remade each time
     counts = {split: int(count) for split, count in result.table["split"].value_counts().items()}
     images_path, labels_path = _cache_paths(work, s.image_size)
@@ -645,7 +645,7 @@ def step_cpu_gpu(s: Settings, args, arg: str | None) -> dict:
 
     out = Path(args.out)
     result = throughput_table(list(s.cpu_gpu_models), batch_size=s.cpu_gpu_batch,
-                              steps=s.cpu_gpu_steps, warmup=s.cpu_gpu_warmup, progress=False)
+                              steps=s.cpu_gpu_steps, warmup=s.cpu_gpu_warmup, progress="none")
     result.table.to_csv(out / "cpu_gpu.csv", index=False, lineterminator="\n")
     (out / "cpu_gpu.md").write_text(result.to_markdown(), encoding="utf-8")
     result.plot().savefig(out / "cpu_gpu.png", dpi=90)

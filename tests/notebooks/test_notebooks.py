@@ -59,7 +59,7 @@ def tiny_parameters() -> dict:
 def workspace(tmp_path_factory):
     project = tmp_path_factory.mktemp("project")
     (project / "notebooks").symlink_to(NOTEBOOKS)  # a project keeps its notebooks beside runs/
-    sample.write_sample_data(project / DATA, image_size=16, source_per_class=12, progress=False)
+    sample.write_sample_data(project / DATA, image_size=16, source_per_class=12, progress="none")
     return {"project": project, "data": project / DATA, "work": project / RUNS, "executed": {}}
 
 
