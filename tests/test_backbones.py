@@ -77,7 +77,7 @@ def test_a_backbone_outside_the_first_eight_trains_from_the_command_line(
         name, mode, tmp_path, capsys):
     splits = tiny_data.write_splits(tmp_path, per_class=3, counts=(2, 1, 0))
     run = tmp_path / name
-    assert main(["train", "--splits", str(splits), "--out", str(run), "--backbone", name,
+    assert main(["train", "--splits", str(splits), "--run-dir", str(run), "--backbone", name,
                  "--weights", "none", "--image-size", "32", "--recipe", "caffe",
                  "--epochs", "1", "--batch-size", "10"]) == 0, capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())

@@ -140,7 +140,7 @@ def test_a_failing_job_keeps_its_chunks_and_other_options_start_over(tmp_path, m
         _png(tmp_path / "in" / f"{index:02d}.png", index, size=12)
     fake = _Counting()
     fake.info = {"model_file": None}
-    fake.backend = "fake"
+    fake.runtime = "fake"
 
     def failing(paths, **settings):
         for count, row in enumerate(batch.predict_rows(fake, paths, **settings)):

@@ -56,7 +56,7 @@ def test_monitor_into_a_folder_that_cannot_be_written_names_out(tmp_path, capsys
 
 def test_offline_imagenet_weights_are_one_line_not_four_tracebacks(tmp_path, capsys):
     splits = tiny_data.write_splits(tmp_path, per_class=4, counts=(2, 1, 1))
-    code = main(["train", "--splits", str(splits), "--out", str(tmp_path / "run"),
+    code = main(["train", "--splits", str(splits), "--run-dir", str(tmp_path / "run"),
                  "--backbone", "mobilenet_v2", "--weights", "imagenet", "--image-size", "32",
                  "--recipe", "feature_extraction", "--epochs", "1"])
     assert code == 1
@@ -66,7 +66,7 @@ def test_offline_imagenet_weights_are_one_line_not_four_tracebacks(tmp_path, cap
 
 
 def test_too_few_epochs_for_the_recipe_names_epochs_and_why(tmp_path, capsys):
-    assert main(["train", "--splits", str(tmp_path), "--out", str(tmp_path / "run"),
+    assert main(["train", "--splits", str(tmp_path), "--run-dir", str(tmp_path / "run"),
                  "--epochs", "1", "--recipe", "two_stage"]) == 2
     line = one_error_line(capsys)
     assert "--epochs must be >= 2" in line and "two_stage" in line and "stages" in line

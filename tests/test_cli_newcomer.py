@@ -78,7 +78,7 @@ def test_a_one_class_folder_is_refused_naming_the_class_and_nothing_is_written(
 def test_resume_of_a_run_that_is_not_there_is_refused(tmp_path, capsys):
     splits = tiny_data.write_splits(tmp_path, per_class=3, counts=(2, 1, 0))
     out = tmp_path / "typo"
-    assert main(["train", "--splits", str(splits), "--out", str(out), "--resume",
+    assert main(["train", "--splits", str(splits), "--run-dir", str(out), "--resume",
                  "--backbone", "lenet", "--weights", "none"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "--resume" in line and repr(str(out)) in line and "holds none" in line
@@ -116,10 +116,10 @@ def test_plot_resources_into_a_folder_writes_resources_png_there_and_says_so(
 @pytest.mark.parametrize("arguments, words", [
     (["split", "{data}", "--out", "{file}/splits"], ["--out", "'{file}'", "is a file"]),
     (["sample-data", "--out", "{file}/sample"], ["--out", "lies under '{file}', a file"]),
-    (["train", "--splits", "{tmp}", "--out", "{file}/run"],
-     ["--out", "lies under '{file}', a file"]),
-    (["train", "--splits", "{tmp}", "--out", "{file}"], ["--out '{file}' is a file"]),
-    (["train", "--splits", "{tmp}", "--out", "{tmp}/run", "--solver", "{tmp}/missing.json"],
+    (["train", "--splits", "{tmp}", "--run-dir", "{file}/run"],
+     ["--run-dir", "lies under '{file}', a file"]),
+    (["train", "--splits", "{tmp}", "--run-dir", "{file}"], ["--run-dir '{file}' is a file"]),
+    (["train", "--splits", "{tmp}", "--run-dir", "{tmp}/run", "--solver", "{tmp}/missing.json"],
      ["--solver file not found", "missing.json"]),
 ])
 def test_a_file_where_a_folder_belongs_or_a_missing_file_is_said_in_words(
@@ -136,7 +136,7 @@ def test_a_file_where_a_folder_belongs_or_a_missing_file_is_said_in_words(
 
 def test_a_solver_file_that_is_not_json_is_named(tmp_path, capsys):
     (tmp_path / "solver.json").write_text('{"base_lr": 0.01,}')
-    assert main(["train", "--splits", str(tmp_path), "--out", str(tmp_path / "run"),
+    assert main(["train", "--splits", str(tmp_path), "--run-dir", str(tmp_path / "run"),
                  "--solver", str(tmp_path / "solver.json")]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{tmp_path / 'solver.json'} is not valid JSON" in line and "line 1" in line
@@ -148,7 +148,7 @@ def test_a_garbage_keras_file_is_not_called_missing(verb, tmp_path, capsys):
     garbage.write_bytes(b"this is not a zip archive")
     (tmp_path / "photo.png").write_bytes(messy_data.sixteen_bit_png())
     arguments = {"predict": ["predict", str(garbage), str(tmp_path / "photo.png")],
-                 "train": ["train", "--splits", str(tmp_path), "--out", str(tmp_path / "run"),
+                 "train": ["train", "--splits", str(tmp_path), "--run-dir", str(tmp_path / "run"),
                            "--source", str(garbage)]}[verb]
     assert main(arguments) == 2
     line = one_error_line(capsys.readouterr().err)
@@ -163,7 +163,7 @@ def test_training_a_class_of_one_image_without_val_says_so_in_one_line(tmp_path,
     assert main(["split", str(tmp_path / "data"), "--out", str(tmp_path / "splits"),
                  "--val", "0", "--test", "0"]) == 0
     capsys.readouterr()
-    assert main(["train", "--splits", str(tmp_path / "splits"), "--out", str(tmp_path / "run"),
+    assert main(["train", "--splits", str(tmp_path / "splits"), "--run-dir", str(tmp_path / "run"),
                  "--backbone", "lenet", "--weights", "none", "--image-size", "16",
                  "--recipe", "scratch", "--epochs", "1"]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]

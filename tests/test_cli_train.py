@@ -16,7 +16,7 @@ def splits(tmp_path_factory):
 
 def test_train_writes_a_run_and_prints_its_numbers(splits, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--splits", str(splits), "--out", str(out), "--backbone", "lenet",
+    assert main(["train", "--splits", str(splits), "--run-dir", str(out), "--backbone", "lenet",
                  "--weights", "none", "--recipe", "scratch", "--epochs", "2", "--image-size",
                  "16", "--batch-size", "8", "--lr-mult", "conv1=0", "--seed", "3",
                  "--augment", "on+flip", "--class-weight", "balanced"]) == 0
@@ -32,7 +32,7 @@ def test_train_writes_a_run_and_prints_its_numbers(splits, tmp_path, capsys):
 def test_train_reads_a_caffe_solver(splits, tmp_path, capsys):
     solver = tmp_path / "solver.prototxt"
     solver.write_text('base_lr: 0.005\nlr_policy: "step"\nstepsize: 3\ngamma: 0.5\nmax_iter: 4\n')
-    assert main(["train", "--splits", str(splits), "--out", str(tmp_path / "run"), "--backbone",
+    assert main(["train", "--splits", str(splits), "--run-dir", str(tmp_path / "run"), "--backbone",
                  "lenet", "--weights", "none", "--recipe", "scratch", "--image-size", "16",
                  "--batch-size", "20", "--solver", str(solver)]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())["solver"]
@@ -41,13 +41,13 @@ def test_train_reads_a_caffe_solver(splits, tmp_path, capsys):
 
 def test_image_size_defaults_to_the_backbone_or_the_source_model(splits, tmp_path, capsys):
     source = tmp_path / "lenet"
-    assert main(["train", "--splits", str(splits), "--out", str(source), "--backbone", "lenet",
+    assert main(["train", "--splits", str(splits), "--run-dir", str(source), "--backbone", "lenet",
                  "--weights", "None", "--recipe", "scratch", "--epochs", "1",
                  "--batch-size", "8"]) == 0
     config = json.loads((source / "config.json").read_text())
     assert (config["image_size"], config["weights"]) == (28, None)  # lenet's natural size
     tuned = tmp_path / "tuned"  # from a saved model: its input, not mobilenet_v2's 224
-    assert main(["train", "--splits", str(splits), "--out", str(tuned), "--source",
+    assert main(["train", "--splits", str(splits), "--run-dir", str(tuned), "--source",
                  str(source / "model.keras"), "--recipe", "feature_extraction", "--epochs", "1",
                  "--batch-size", "8"]) == 0
     assert json.loads((tuned / "config.json").read_text())["image_size"] == 28
@@ -64,7 +64,7 @@ def test_image_size_defaults_to_the_backbone_or_the_source_model(splits, tmp_pat
      "weights must be 'imagenet', None or an existing file, received: 'missing.weights.h5'"),
 ])
 def test_bad_arguments_give_one_line(splits, tmp_path, capsys, arguments, message):
-    code = main(["train", "--splits", str(splits), "--out", str(tmp_path / "r"), *arguments])
+    code = main(["train", "--splits", str(splits), "--run-dir", str(tmp_path / "r"), *arguments])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0] and "Traceback" not in err[0]
 

@@ -107,7 +107,7 @@ def test_two_workers_train_like_one_process(tmp_path):
                str(tmp_path / "splits"), *TRAIN]
     scratch = tmp_path / "scratch"  # worker 1's temporary folder
     scratch.mkdir()
-    workers = [subprocess.Popen([*command, "--out", str(tmp_path / "two"), "--distributed"],
+    workers = [subprocess.Popen([*command, "--run-dir", str(tmp_path / "two"), "--distributed"],
                                 env={**env, "RANK": str(rank), "TMPDIR": str(scratch)},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for rank in (0, 1)]
@@ -115,7 +115,7 @@ def test_two_workers_train_like_one_process(tmp_path):
     assert [worker.returncode for worker in workers] == [0, 0], outputs[0][1][-3000:]
     assert "status completed" in outputs[0][0] and "2 workers" in outputs[0][0]
     assert "status" not in outputs[1][0] and "Run directory" not in outputs[1][0]  # one report
-    one = subprocess.run([*command, "--out", str(tmp_path / "one")], env=env,
+    one = subprocess.run([*command, "--run-dir", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
 
@@ -140,7 +140,7 @@ def _worker_command(tmp_path, port, size, rank, *extra):
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(size),
            "RANK": str(rank), "TMPDIR": str(tmp_path)}
     return [sys.executable, "-m", "workbench.cli", "train", "--splits", str(tmp_path / "splits"),
-            "--out", str(tmp_path / "run"), *TRAIN, "--distributed", *extra], env
+            "--run-dir", str(tmp_path / "run"), *TRAIN, "--distributed", *extra], env
 
 
 def test_workers_meet_at_worker_0_and_a_wrong_one_is_refused():

@@ -182,8 +182,8 @@ def test_test_time_augmentation_averages_each_image_and_its_mirror_image(run_dir
     from workbench.evaluation import split_images
     from workbench.models import load_model
 
-    plain = evaluate(run_dir, split="test", save=False, backend="keras")
-    both = evaluate(run_dir, split="test", save=False, tta=True, backend="keras")
+    plain = evaluate(run_dir, split="test", save=False, runtime="keras")
+    both = evaluate(run_dir, split="test", save=False, tta=True, runtime="keras")
     images = split_images(run_dir, split="test").images
     network = load_model(run_dir / "best.keras")
     mirrored = network.predict(np.asarray(images)[:, :, ::-1], verbose=0)
@@ -202,26 +202,26 @@ def test_evaluation_through_the_export_equals_the_keras_path(run_dir, tmp_path):
 
     copy = tmp_path / "run"  # its own copy: the other tests here evaluate with Keras
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "evaluation"))
-    with pytest.raises(FileNotFoundError, match="backend='onnx' needs an up-to-date onnx "
+    with pytest.raises(FileNotFoundError, match="runtime='onnx' needs an up-to-date onnx "
                                                 "export"):
-        evaluate(copy, backend="onnx", save=False)
-    assert evaluate(copy, save=False).backend == "keras"  # no export yet
+        evaluate(copy, runtime="onnx", save=False)
+    assert evaluate(copy, save=False).runtime == "keras"  # no export yet
     chosen = export_fast(copy, max_images=4).info["runtime"]["chosen"]
-    slow = evaluate(copy, split="test", backend="keras", save=False)
+    slow = evaluate(copy, split="test", runtime="keras", save=False)
     fast = evaluate(copy, split="test")
-    assert fast.backend == chosen and slow.backend == "keras"
-    for backend in ("litert", "onnx", "auto"):
-        report = fast if backend == "auto" else evaluate(copy, backend=backend, save=False,
+    assert fast.runtime == chosen and slow.runtime == "keras"
+    for runtime in ("litert", "onnx", "auto"):
+        report = fast if runtime == "auto" else evaluate(copy, runtime=runtime, save=False,
                                                          batch_size=7)
         np.testing.assert_allclose(report.probabilities, slow.probabilities, atol=1e-3)
         assert report.top1 == pytest.approx(slow.top1, abs=1e-3)
         assert report.topk == pytest.approx(slow.topk, abs=1e-3)
         np.testing.assert_array_equal(report.confusion, slow.confusion)
     summary = json.loads((copy / "evaluation" / "test" / "summary.json").read_text())
-    assert summary["backend"] == chosen and "run by " + chosen in fast.format()
+    assert summary["runtime"] == chosen and "run by " + chosen in fast.format()
     mirrored = evaluate(copy, save=False, tta=True)
     np.testing.assert_allclose(mirrored.probabilities,
-                               evaluate(copy, save=False, tta=True, backend="keras").probabilities,
+                               evaluate(copy, save=False, tta=True, runtime="keras").probabilities,
                                atol=1e-3)
 
 
@@ -231,8 +231,8 @@ def test_evaluate_rejects_bad_arguments(run_dir, tmp_path):
         evaluate(run_dir, split="tset")
     with pytest.raises(ValueError, match="model must be one of 'best', 'final'"):
         evaluate(run_dir, model="last")
-    with pytest.raises(ValueError, match="backend must be one of .*received: 'tflite'"):
-        evaluate(run_dir, backend="tflite")
+    with pytest.raises(ValueError, match="runtime must be one of .*received: 'tflite'"):
+        evaluate(run_dir, runtime="tflite")
     with pytest.raises(FileNotFoundError, match="run_dir must be a run directory"):
         evaluate(tmp_path, split="val")
 
@@ -320,8 +320,8 @@ def test_evaluate_applies_the_runs_temperature_and_calibrated_false_the_raw_soft
 
     temperature = RunDir(run_dir).temperature("best")
     assert temperature != 1.0  # fitted when training finished
-    report = evaluate(run_dir, split="val", backend="keras")
-    raw = evaluate(run_dir, split="val", backend="keras", save=False, calibrated=False)
+    report = evaluate(run_dir, split="val", runtime="keras")
+    raw = evaluate(run_dir, split="val", runtime="keras", save=False, calibrated=False)
     images = split_images(run_dir, split="val").images
     softmax = load_model(run_dir / "best.keras").predict(np.asarray(images), verbose=0)
     np.testing.assert_allclose(raw.probabilities, softmax, rtol=1e-5, atol=1e-6)
@@ -335,7 +335,7 @@ def test_evaluate_applies_the_runs_temperature_and_calibrated_false_the_raw_soft
         calibration.negative_log_likelihood(raw.probabilities, raw.labels)
     old = tmp_path / "old"  # a run trained before runs were calibrated
     shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("calibration.json", "export"))
-    np.testing.assert_allclose(evaluate(old, split="val", save=False, backend="keras")
+    np.testing.assert_allclose(evaluate(old, split="val", save=False, runtime="keras")
                                .probabilities, raw.probabilities)
 
 

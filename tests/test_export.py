@@ -112,7 +112,7 @@ def test_a_changed_model_makes_the_export_stale(run, tmp_path):
     save_model(model, copy / "best.keras")
     assert find_export(copy) is None
     classifier = Classifier.load(copy)  # re-exports on first use
-    assert classifier.backend in ("litert", "onnx")
+    assert classifier.runtime in ("litert", "onnx")
     side = json.loads(first.sidecar_path.read_text())
     assert side["source_sha256"] == hashlib.sha256((copy / "best.keras").read_bytes()).hexdigest()
     assert classifier.predict(np.zeros((16, 16, 3), np.uint8), top_k=1)[0]["label"] == "9"

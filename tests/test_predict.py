@@ -40,7 +40,7 @@ def test_every_input_type_gives_the_same_answer(run, classifier):
     for other in (str(path), path.read_bytes(), io.BytesIO(path.read_bytes()), image,
                   np.asarray(image.convert("RGB"))):
         assert classifier.predict(other) == expected
-    for top in classifier.predict([path, path]):  # a batch: same labels, floats to the last bits
+    for top in classifier.predict_batch([path, path]):  # same labels, floats to the last bits
         assert [e["label"] for e in top] == [e["label"] for e in expected]
         assert [e["probability"] for e in top] == pytest.approx(probabilities, rel=1e-5)
 
@@ -72,7 +72,7 @@ def test_top_k_is_clipped_to_the_classes(run, classifier):
 
 
 def test_garbage_is_rejected_not_predicted(classifier, tmp_path):
-    assert classifier.backend in RUNTIMES  # the fast path checks its input the same way
+    assert classifier.runtime in RUNTIMES  # the fast path checks its input the same way
     with pytest.raises(ImageRejected, match="not an image"):
         classifier.predict(b"this is not an image")
     truncated = io.BytesIO()
@@ -81,7 +81,9 @@ def test_garbage_is_rejected_not_predicted(classifier, tmp_path):
     with pytest.raises(ImageRejected, match="truncated or corrupt"):
         classifier.predict(truncated.getvalue()[: len(truncated.getvalue()) // 2])
     with pytest.raises(TypeError, match="source must be"):
-        classifier.predict([3.5])
+        classifier.predict_batch([3.5])
+    with pytest.raises(TypeError, match="source must be"):
+        classifier.predict(3.5)
     with pytest.raises(ValueError, match="top_k must be >= 1, received: 0"):
         classifier.predict(b"x", top_k=0)
     whole = truncated.getvalue()
@@ -110,8 +112,8 @@ def _by_label(top):
 
 
 def test_the_fast_path_agrees_with_keras(run, classifier):
-    keras_classifier = Classifier.load(run["run"], backend="keras")
-    assert classifier.backend in RUNTIMES and keras_classifier.backend == "keras"
+    keras_classifier = Classifier.load(run["run"], runtime="keras")
+    assert classifier.runtime in RUNTIMES and keras_classifier.runtime == "keras"
     assert (run["run"] / "export" / "model.tflite").is_file()  # exported on first use
     paths = sorted(run["data"].glob("*/*.png"))[::7]
     fast, slow = classifier.predict(paths, top_k=10), keras_classifier.predict(paths, top_k=10)
@@ -119,8 +121,8 @@ def test_the_fast_path_agrees_with_keras(run, classifier):
         assert a[0]["label"] == b[0]["label"]
         expected = _by_label(b)
         assert all(abs(p - expected[label]) <= 1e-3 for label, p in _by_label(a).items())
-    assert classifier.info["backend"] == classifier.backend
-    assert classifier.info["runtime"]["chosen"] == classifier.backend
+    assert classifier.info["runtime"] == classifier.runtime
+    assert classifier.info["runtime_choice"]["chosen"] == classifier.runtime
     assert classifier.info["backbone"] == "lenet"
     assert classifier.info["labels"] == classifier.labels and classifier.info["image_size"] == 16
     assert classifier.info["metrics"]["test_images"] == 20
@@ -129,29 +131,29 @@ def test_the_fast_path_agrees_with_keras(run, classifier):
 
 def test_a_tflite_or_keras_file_loads_with_its_labels(run, classifier, tmp_path):
     image = next((run["data"] / "7").glob("*.png"))
-    expected = Classifier.load(run["run"], backend="litert").predict(image)
+    expected = Classifier.load(run["run"], runtime="litert").predict(image)
     tflite = run["run"] / "export" / "model.tflite"
     assert Classifier.load(tflite).predict(image) == expected  # labels from the sidecar
     onnx = Classifier.load(run["run"] / "export" / "model.onnx")
-    assert onnx.backend == "onnx" and onnx.labels == classifier.labels
+    assert onnx.runtime == "onnx" and onnx.labels == classifier.labels
     bare = tmp_path / "bare.tflite"
     bare.write_bytes(tflite.read_bytes())
     with pytest.raises(ValueError, match="labels are needed for bare.tflite"):
         Classifier.load(bare)
     loaded = Classifier.load(bare, labels=classifier.labels, image_size=16)
-    assert loaded.backend == "litert" and loaded.temperature == 1.0  # no sidecar: uncalibrated
+    assert loaded.runtime == "litert" and loaded.temperature == 1.0  # no sidecar: uncalibrated
     assert loaded.predict(image) == Classifier.load(tflite).predict(image, calibrated=False)
     from_keras = Classifier.load(run["run"] / "best.keras")  # labels from the run's config
-    assert from_keras.backend == "keras" and from_keras.labels == classifier.labels
+    assert from_keras.runtime == "keras" and from_keras.labels == classifier.labels
     assert [e["label"] for e in from_keras.predict(image)][:1] == [expected[0]["label"]]
-    with pytest.raises(ValueError, match="backend must be 'auto' or 'litert'"):
-        Classifier.load(tflite, backend="keras")
-    with pytest.raises(ValueError, match="backend must be one of"):
-        Classifier.load(run["run"], backend="tflite")
+    with pytest.raises(ValueError, match="runtime must be 'auto' or 'litert'"):
+        Classifier.load(tflite, runtime="keras")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        Classifier.load(run["run"], runtime="tflite")
 
 
 def test_predict_from_the_cli_imports_no_tensorflow(run, classifier):
-    assert classifier.backend in RUNTIMES  # the export exists
+    assert classifier.runtime in RUNTIMES  # the export exists
     path = str(next((run["data"] / "2").glob("*.png")))
     script = ("import json, sys\nfrom workbench.cli import main\n"
               f"code = main(['predict', {str(run['run'])!r}, {path!r}, '--json'])\n"
@@ -184,9 +186,9 @@ def test_a_failed_export_falls_back_to_keras_with_a_warning(run, monkeypatch):
     monkeypatch.setattr(exporting, "export_fast", fail)
     with pytest.warns(RuntimeWarning, match="cannot handle this model.*using the Keras model"):
         fallback = Classifier.load(run["run"])
-    assert fallback.backend == "keras"
+    assert fallback.runtime == "keras"
     with pytest.raises(exporting.ExportError, match="cannot handle"):
-        Classifier.load(run["run"], backend="litert")
+        Classifier.load(run["run"], runtime="litert")
 
 
 def test_a_run_without_a_model_fails_at_once_in_one_line(run, tmp_path):
@@ -217,21 +219,21 @@ def test_the_chosen_runtime_agrees_with_the_other_and_the_sidecar_records_it(run
     from workbench.deploy.export import ONNX_MARGIN, read_sidecar
 
     record = read_sidecar(run["run"] / "export" / "model.tflite")["runtime"]
-    assert record["chosen"] == classifier.backend
+    assert record["chosen"] == classifier.runtime
     assert {record["chosen"], record["fallback"]} == set(RUNTIMES)
     assert set(record["p50_ms"]) == set(RUNTIMES) and min(record["p50_ms"].values()) > 0
     assert record["machine"] == runtime.machine() and record["threads"] == 2
     faster = min(record["p50_ms"], key=record["p50_ms"].get)
     assert record["chosen"] == faster or record["p50_ms"]["onnx"] > \
         record["p50_ms"]["litert"] * (1 - ONNX_MARGIN)  # LiteRT keeps near-ties
-    litert = Classifier.load(run["run"], backend="litert")
-    onnx = Classifier.load(run["run"], backend="onnx")
-    assert (litert.backend, onnx.backend) == ("litert", "onnx")
+    litert = Classifier.load(run["run"], runtime="litert")
+    onnx = Classifier.load(run["run"], runtime="onnx")
+    assert (litert.runtime, onnx.runtime) == ("litert", "onnx")
     pixels = np.stack([np.asarray(Image.open(path).convert("RGB"))
                        for path in sorted(run["data"].glob("*/*.png"))[::5]]).astype(np.float32)
     np.testing.assert_allclose(litert.model(pixels), onnx.model(pixels), atol=1e-5)
     paths = sorted(run["data"].glob("*/*.png"))[:6]
-    for a, b in zip(litert.predict(paths, top_k=10), onnx.predict(paths, top_k=10)):
+    for a, b in zip(litert.predict_batch(paths, top_k=10), onnx.predict_batch(paths, top_k=10)):
         assert a[0]["label"] == b[0]["label"]
         assert all(abs(p - _by_label(b)[label]) <= 1e-5 for label, p in _by_label(a).items())
 
@@ -261,14 +263,14 @@ def test_the_fallback_runs_when_the_chosen_runtime_fails_to_load(run, tmp_path, 
     with pytest.warns(RuntimeWarning, match=f"the {broken} export of .* does not load.*"
                                             f"using {other} instead"):
         fallback = Classifier.load(copy)
-    assert fallback.backend == other
+    assert fallback.runtime == other
     path = next((run["data"] / "4").glob("*.png"))
-    expected = Classifier.load(run["run"], backend=other).predict(path)
+    expected = Classifier.load(run["run"], runtime=other).predict(path)
     assert fallback.predict(path) == expected
     from workbench.deploy.export import ExportError
 
     with pytest.raises(ExportError, match=f"no exported model of .* loads \\({broken}: "):
-        Classifier.load(copy, backend=broken)  # asked for by name: no silent substitute
+        Classifier.load(copy, runtime=broken)  # asked for by name: no silent substitute
 
 
 def test_both_runtimes_broken_falls_back_to_keras(run, tmp_path):
@@ -279,7 +281,7 @@ def test_both_runtimes_broken_falls_back_to_keras(run, tmp_path):
     tflite.write_bytes(bytes(tflite.stat().st_size))
     with pytest.warns(RuntimeWarning, match="no LiteRT or ONNX model .* using the Keras model"):
         fallback = Classifier.load(copy)
-    assert fallback.backend == "keras"
+    assert fallback.runtime == "keras"
 
 
 def test_another_cpu_times_the_runtimes_again(run, monkeypatch):
@@ -328,7 +330,7 @@ def test_probabilities_are_calibrated_by_the_runs_temperature(run, classifier):
 
     temperature = RunDir(run["run"]).temperature("best")
     assert temperature != 1.0  # the tiny run was calibrated when it finished
-    keras_classifier = Classifier.load(run["run"], backend="keras")
+    keras_classifier = Classifier.load(run["run"], runtime="keras")
     assert keras_classifier.temperature == classifier.temperature == temperature
     assert keras_classifier.info["temperature"] == temperature
     path = next((run["data"] / "5").glob("*.png"))

@@ -64,7 +64,7 @@ def fingerprint(folder: Path) -> dict:
 def test_a_failed_train_into_an_existing_run_leaves_it_byte_identical(
         splits, finished_run, tmp_path, capsys, bad):
     before = fingerprint(finished_run)
-    arguments = ["train", "--splits", str(splits), "--out", str(finished_run),
+    arguments = ["train", "--splits", str(splits), "--run-dir", str(finished_run),
                  "--recipe", "scratch", "--image-size", "16", "--epochs", "1",
                  "--batch-size", "8"]
     arguments += [part.format(missing=tmp_path / "missing") for part in bad]
@@ -127,7 +127,7 @@ TRAIN = ["--recipe", "scratch", "--backbone", "lenet", "--weights", "none", "--i
 
 
 def train_into(splits, run_dir, *extra) -> list[str]:
-    return ["train", "--splits", str(splits), "--out", str(run_dir), *TRAIN, *extra]
+    return ["train", "--splits", str(splits), "--run-dir", str(run_dir), *TRAIN, *extra]
 
 
 def error_line(capsys) -> str:
@@ -144,7 +144,7 @@ def test_a_plain_rerun_into_a_finished_run_refuses_and_names_the_three_choices(
     assert main(train_into(splits, finished_run)) == 2
     line = error_line(capsys)
     assert "finished at epoch 1" in line and "accuracy" in line
-    assert "--resume" in line and "--overwrite" in line and "--out" in line
+    assert "--resume" in line and "--overwrite" in line and "--run-dir" in line
     assert "resume=True" not in line  # the library's words are not the command's
     assert fingerprint(finished_run) == before
 

@@ -39,7 +39,7 @@ def test_health_and_model_describe_the_run(served_run):  # noqa: F811
     client = TestClient(create_app(served_run.run))  # from the run directory, as the CLI does
     health = client.get("/api/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    assert health.json()["backend"] == served_run.classifier.backend
+    assert health.json()["runtime"] == served_run.classifier.runtime
     model = client.get("/api/model").json()
     assert model["name"] == "run" and model["labels"] == [str(i) for i in range(10)]
     assert model["image_size"] == 16 and model["input_shape"] == [16, 16, 3]

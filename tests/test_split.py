@@ -347,7 +347,7 @@ def test_rewriting_with_other_settings_needs_overwrite_and_leaves_the_folder_alo
         other.write(out, data_root=tmp_path)
     message = str(caught.value)
     assert "16 images in 2 classes" in message and "seed 0 -> 1" in message
-    assert "overwrite=True" in message and "out_dir" in message
+    assert "overwrite=True" in message and "another out" in message
     assert folder_bytes(out) == before
 
     other.write(out, data_root=tmp_path, overwrite=True)
