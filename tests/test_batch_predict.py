@@ -164,6 +164,34 @@ def test_a_failing_job_keeps_its_chunks_and_other_options_start_over(tmp_path, m
     assert not (tmp_path / "out.csv.partial").exists()
 
 
+def test_progress_lines_prints_lines_and_the_old_names_still_work(tmp_path, capsys):
+    for index in range(6):
+        _png(tmp_path / "in" / f"{index}.png", index, size=12)
+    fake = _Counting()
+    fake.info, fake.runtime = {"model_file": None}, "fake"
+    fake.predict_files = lambda paths, **settings: batch.predict_rows(fake, paths, **settings)
+    new = predict_to_file(None, [tmp_path / "in"], out=tmp_path / "new.csv", classifier=fake,
+                          top_k=1, progress="lines")  # wherever it runs, even in a terminal
+    assert capsys.readouterr().err.splitlines()[-1].startswith("predict: done, 6/6 in ")
+    with pytest.warns(DeprecationWarning) as caught:
+        old = predict_to_file(None, [tmp_path / "in"], out=tmp_path / "old.csv",
+                              classifier=fake, top_k=1, backend="keras", progress=False)
+    assert sorted(str(w.message)[:24] for w in caught) == ["predict_to_file: backend",
+                                                           "progress=False is deprec"]
+    assert capsys.readouterr().err == "" and old.rows == new.rows == 6
+    pd.testing.assert_frame_equal(read_table(old.out), read_table(new.out))
+
+    def explain(file, tta):
+        return type("Map", (), {"save": lambda self, target: target.write_bytes(b"png")})()
+
+    fake.explain = explain
+    with pytest.warns(DeprecationWarning, match="explain_files: out_dir= .* use out="):
+        assert batch.explain_files(fake, list_files([tmp_path / "in"]),
+                                   out_dir=tmp_path / "maps") == 6
+    assert sorted(path.name for path in (tmp_path / "maps").iterdir()) == \
+        [f"{index}.png" for index in range(6)]
+
+
 def test_a_worker_that_cannot_read_says_so_in_one_line(tmp_path):
     assert batch.check_worker(str(tmp_path / "norun"), None, str(tmp_path)).startswith(
         "cannot read the run")

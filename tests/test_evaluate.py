@@ -225,6 +225,14 @@ def test_evaluation_through_the_export_equals_the_keras_path(run_dir, tmp_path):
                                atol=1e-3)
 
 
+def test_backend_the_old_name_of_runtime_still_works_for_one_release(run_dir):
+    with pytest.warns(DeprecationWarning, match="evaluate: backend= .* use runtime="):
+        old = evaluate(run_dir, split="val", save=False, backend="keras")
+    new = evaluate(run_dir, split="val", save=False, runtime="keras")
+    assert old.runtime == new.runtime == "keras"
+    np.testing.assert_array_equal(old.probabilities, new.probabilities)
+
+
 def test_evaluate_rejects_bad_arguments(run_dir, tmp_path):
     with pytest.raises(ValueError, match="split must be one of 'train', 'val', 'test', "
                                          "received: 'tset'"):

@@ -45,6 +45,14 @@ def test_every_input_type_gives_the_same_answer(run, classifier):
         assert [e["probability"] for e in top] == pytest.approx(probabilities, rel=1e-5)
 
 
+def test_backend_the_old_name_of_runtime_still_loads_for_one_release(run, classifier):
+    path = next((run["data"] / "3").glob("*.png"))
+    with pytest.warns(DeprecationWarning, match="Classifier.load: backend= .* use runtime="):
+        old = Classifier.load(run["run"], backend="keras")
+    assert old.runtime == "keras" and old.info["runtime"] == old.info["backend"] == "keras"
+    assert [e["label"] for e in old.predict(path)] == [e["label"] for e in classifier.predict(path)]
+
+
 def test_predictions_match_the_evaluation_of_the_same_images(run, classifier):
     report = evaluate(run["run"], split="test")
     table = pd.read_csv(run["run"] / "evaluation" / "test" / "predictions.csv")
@@ -116,7 +124,8 @@ def test_the_fast_path_agrees_with_keras(run, classifier):
     assert classifier.runtime in RUNTIMES and keras_classifier.runtime == "keras"
     assert (run["run"] / "export" / "model.tflite").is_file()  # exported on first use
     paths = sorted(run["data"].glob("*/*.png"))[::7]
-    fast, slow = classifier.predict(paths, top_k=10), keras_classifier.predict(paths, top_k=10)
+    fast = classifier.predict_batch(paths, top_k=10)
+    slow = keras_classifier.predict_batch(paths, top_k=10)
     for a, b in zip(fast, slow):
         assert a[0]["label"] == b[0]["label"]
         expected = _by_label(b)

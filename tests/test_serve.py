@@ -54,6 +54,15 @@ def test_health_and_model_describe_the_run(served_run):  # noqa: F811
     assert "run_dir" not in model and str(served_run.run) not in json.dumps(model)
 
 
+def test_create_app_takes_run_dir_and_source_its_old_name_for_one_release(served_run):  # noqa: F811
+    with pytest.warns(DeprecationWarning, match="create_app: source= .* use run_dir="):
+        app = create_app(source=served_run.classifier)
+    health = TestClient(app).get("/api/health").json()
+    assert health["runtime"] == health["backend"] == served_run.classifier.runtime
+    model = TestClient(create_app(run_dir=served_run.classifier)).get("/api/model").json()
+    assert model["runtime"] == served_run.classifier.runtime and model["labels"][0] == "0"
+
+
 def test_model_names_come_from_the_run_never_from_its_model_file(tmp_path):
     from types import SimpleNamespace
 

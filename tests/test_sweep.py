@@ -155,6 +155,19 @@ def test_an_interrupted_sweep_leaves_a_complete_results_file_and_continues(noteb
     assert mtimes(out, [first]) == done  # the recorded run was not repeated
 
 
+def test_progress_none_is_silent_lines_talks_and_the_old_booleans_still_work(notebook, tmp_path,
+                                                                               capsys):
+    out, grid = tmp_path / "out", {"a": [3], "b": [10]}
+    with pytest.warns(DeprecationWarning, match="progress=False .*progress='none'"):
+        result = sweep(notebook, out, grid, workers=1, progress=False)
+    assert list(result.table["status"]) == ["ok"]
+    assert capsys.readouterr() == ("", "")  # "none": not a word
+    sweep(notebook, out, grid, workers=1, progress="lines")  # done: only the line saying so
+    assert "1 of 1 combinations already finished" in "".join(capsys.readouterr())
+    with pytest.raises(ValueError, match="progress must be one of 'auto', 'lines', 'none'"):
+        sweep(notebook, out, grid, progress="plot")
+
+
 def test_cli_sweep_zips_values_writes_results_and_a_plot(notebook, tmp_path, capsys):
     """Zip mode; a notebook that writes no metrics.json fails its run and the exit status."""
     counter = tmp_path / "count.txt"

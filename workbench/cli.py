@@ -295,7 +295,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 def _args_train(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     _renamed_option(parser, "--run-dir", "--out", required=True, metavar="RUN_DIR",
-                    help="the run directory (written; --out, its old name, still works)")
+                    help="the run directory")
     parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N",
                         help="passes over the training images (default 10, or the --solver "
                              "file's); at least one per stage of the --recipe")
@@ -578,7 +578,7 @@ def _args_evaluate(parser: argparse.ArgumentParser) -> None:
     _renamed_option(parser, "--runtime", "--backend", choices=RUNTIME_CHOICES, default="auto",
                     help="what runs the model: auto (default): the run's LiteRT or ONNX export "
                          "when it has one (same numbers to 1e-3, several times faster), else "
-                         "Keras (--backend, its old name, still works)")
+                         "Keras")
     parser.add_argument("--raw", action="store_true",
                         help="tabulate the network's raw softmax instead of the probabilities "
                              "calibrated by the run's temperature (the ECE is shown for both)")
@@ -647,8 +647,7 @@ def _args_predict(parser: argparse.ArgumentParser) -> None:
     _renamed_option(parser, "--runtime", "--backend", choices=RUNTIME_CHOICES, default="auto",
                     help="what runs the model: auto (default): the faster of the LiteRT and "
                          "ONNX exports on this machine, made on first use, without importing "
-                         "TensorFlow once they exist; keras: the .keras model (--backend, its "
-                         "old name, still works)")
+                         "TensorFlow once they exist; keras: the .keras model")
     parser.add_argument("--raw", action="store_true",
                         help="the network's raw softmax instead of the probabilities calibrated "
                              "by the run's temperature (the same classes, in the same order)")
