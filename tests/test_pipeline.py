@@ -52,7 +52,7 @@ def counted_loads(monkeypatch):
 
 def _build(photo_dir, cache_dir, **options):
     root, paths = photo_dir
-    options = {"image_size": SIZE, "resize_mode": "squash", "workers": 2, "progress": False,
+    options = {"image_size": SIZE, "resize_mode": "squash", "workers": 2, "progress": "none",
                **options}
     return build_cache(paths, root=root, cache_dir=cache_dir, **options)
 

@@ -241,7 +241,7 @@ def test_labels_file_rules(tmp_path):
     ({"min_side": 0}, "min_side must be >= 1, received: 0"),
     ({"max_pixels": "big"}, "max_pixels must be an integer, received: 'big'"),
     ({"workers": 0}, "workers must be >= 1, received: 0"),
-    ({"progress": "yes"}, "progress must be True or False, received: 'yes'"),
+    ({"progress": "yes"}, "progress must be one of 'auto', 'lines', 'none', received: 'yes'"),
     ({"decode_jpeg": "half"}, "decode_jpeg must be one of"),
     ({"list_file": "list.txt"}, "labels_file is required with list_file='list.txt'"),
     ({"labels_file": "labels.txt"}, "list_file is required with labels_file='labels.txt'"),
