@@ -268,14 +268,14 @@ class Classifier:
             TypeError: an input of an unsupported type.
         """
         options = {"top_k": top_k, "max_pixels": max_pixels, "tta": tta, "calibrated": calibrated}
-        if batch_size is not None:
-            deprecated("Classifier.predict's batch_size is deprecated and will be removed in the "
-                       "next release; it applies to Classifier.predict_batch")
-            check_int("batch_size", batch_size, minimum=1)
         if not _one_image(image) and isinstance(image, Iterable):
             deprecated("Classifier.predict of a list of images is deprecated and will be removed "
                        "in the next release, use Classifier.predict_batch")
             return self.predict_batch(image, batch_size=batch_size or 32, **options)
+        if batch_size is not None:
+            deprecated("Classifier.predict's batch_size is deprecated and will be removed in the "
+                       "next release; it applies to Classifier.predict_batch")
+            check_int("batch_size", batch_size, minimum=1)
         return self.predict_batch([image], **options)[0]
 
     def predict_batch(self, images, *, top_k: int = 5, batch_size: int = 32,
