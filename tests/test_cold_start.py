@@ -48,17 +48,17 @@ def image(served_run, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("backend", ["auto", "litert", "onnx"])
-def test_classifier_load_and_predict_import_no_heavy_library(served_run, image, backend,
+@pytest.mark.parametrize("asked", ["auto", "litert", "onnx"])
+def test_classifier_load_and_predict_import_no_heavy_library(served_run, image, asked,
                                                              tmp_path):
     found = _fresh(f"""
 from workbench import Classifier
-classifier = Classifier.load({str(served_run.run)!r}, backend={backend!r})
-result = [classifier.backend, classifier.predict({str(image)!r}, top_k=3)]
+classifier = Classifier.load({str(served_run.run)!r}, runtime={asked!r})
+result = [classifier.runtime, classifier.predict({str(image)!r}, top_k=3)]
 """, tmp_path)
     runtime, top = found["result"]
-    assert runtime in ("litert", "onnx") and (backend == "auto" or runtime == backend)
-    assert found["loaded"] == [], f"{backend}: imported {found['loaded']}"
+    assert runtime in ("litert", "onnx") and (asked == "auto" or runtime == asked)
+    assert found["loaded"] == [], f"{asked}: imported {found['loaded']}"
     expected = served_run.classifier.predict(image, top_k=3)  # the same answer, in this process
     assert [row["label"] for row in top] == [row["label"] for row in expected]
     assert [row["probability"] for row in top] == pytest.approx(
@@ -88,7 +88,7 @@ def test_serve_start_imports_no_heavy_library(served_run, tmp_path):
 import uvicorn
 from workbench.deploy.serve import create_app
 app = create_app({str(served_run.run)!r})
-result = app.state.classifier.backend
+result = app.state.classifier.runtime
 """, tmp_path)
     assert found["result"] in ("litert", "onnx")
     assert found["loaded"] == [], f"workbench serve imported {found['loaded']}"
