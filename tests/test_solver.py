@@ -14,10 +14,11 @@ import keras
 import numpy as np
 import pytest
 
+from workbench.training import prototxt, solver
 from workbench.training.lr_mult import with_lr_multipliers
+from workbench.training.prototxt import CAFFE_ONLY_FIELDS
 from workbench.training.recipes import RECIPES, get_recipe
 from workbench.training.solver import (
-    CAFFE_ONLY_FIELDS,
     OPTIMIZERS,
     SolverConfig,
     SolverSchedule,
@@ -306,6 +307,12 @@ def test_caffe_only_fields_are_accepted_without_effect():
     for name in ("net", "train_net", "test_iter", "snapshot_prefix", "solver_mode", "device_id",
                  "debug_info"):
         assert name in CAFFE_ONLY_FIELDS
+
+
+def test_caffe_only_fields_moved_to_prototxt_still_import_from_solver_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="solver.CAFFE_ONLY_FIELDS moved to "
+                                                "workbench.training.prototxt"):
+        assert solver.CAFFE_ONLY_FIELDS is prototxt.CAFFE_ONLY_FIELDS
 
 
 def test_intervals_and_length_count_iterations():
