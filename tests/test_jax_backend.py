@@ -15,6 +15,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 JAX_RUNS = {
+    "compat": ["test_compat.py", "-k", "not uvicorn and not starlette and not bounded"],
     "lr_mult": ["test_lr_mult.py"],
     "pipeline": ["test_pipeline.py"],
     "resume": ["test_finetune.py", "-k",

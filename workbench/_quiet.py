@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from workbench._compat import JAX_PLATFORM_LOGGER
+
 
 @contextlib.contextmanager
 def stderr_silenced():
@@ -53,5 +55,5 @@ def start_keras_quietly(first=None) -> None:
         elif keras.backend.backend() == "jax":
             import jax
             jax.devices()
-    for name in ("absl", "tensorflow", "jax._src.xla_bridge"):
+    for name in ("absl", "tensorflow", JAX_PLATFORM_LOGGER):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -36,6 +36,7 @@ from PIL import Image
 
 from workbench import plots
 from workbench._checks import check_choice, check_int, check_number
+from workbench._compat import is_graph_model, producing_operation, run_through_graph
 from workbench._io import atomic_path
 from workbench.calibration import apply_temperature
 from workbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, decode, resize
@@ -104,7 +105,7 @@ def _output_layer(model: keras.Model):
     if isinstance(model, keras.Sequential):
         layer = model.layers[-1]
     else:
-        layer = model.outputs[0]._keras_history.operation  # the op that made the output
+        layer = producing_operation(model.outputs[0])
     return _output_layer(layer) if isinstance(layer, keras.Model) else layer
 
 
@@ -137,11 +138,11 @@ def _trace(model: keras.Model, inputs, visit):
         for layer in model.layers:
             x = call(layer, (x,), {})
         return x
-    if not hasattr(model, "_run_through_graph"):
+    if not is_graph_model(model):
         raise ValueError(f"model must be a functional or Sequential Keras model, received: "
                          f"{type(model).__name__} (a subclassed model cannot be looked into)")
     # Functional's own graph walk (what Model.call runs), with our call at each layer
-    return model._run_through_graph(inputs, operation_fn=lambda op: (
+    return run_through_graph(model, inputs, lambda op: (
         lambda *args, **kwargs: call(op, args, kwargs)))
 
 

@@ -33,6 +33,7 @@ import pandas as pd
 
 from workbench import models, plots
 from workbench._checks import check_choice, check_int, check_number
+from workbench._compat import inbound_nodes
 from workbench._io import run_file
 from workbench.data.images import load_array
 from workbench.explain import (METHODS, Explainer, Explanation, all_layers, grad_cam,
@@ -113,7 +114,7 @@ def _output_model(model: keras.Model, name: str) -> keras.Model:
         if not isinstance(sub, keras.Model) or name not in {l.name for l in all_layers(sub)}:
             continue
         inner = _output_model(sub, name)
-        for node in sub._inbound_nodes:
+        for node in inbound_nodes(sub):
             inputs = node.input_tensors
             if len(inputs) != 1:
                 continue

@@ -17,6 +17,7 @@ import keras
 from keras import layers, ops
 
 from workbench._checks import UsageError, check_choice, check_int, check_number, one_line
+from workbench._compat import flatten_layers
 from workbench.backbones import (  # the table of names, without Keras; models.BACKBONES too
     APPLICATIONS, BACKBONES, NATURAL_SIZES, SMALL_NETWORKS, check_backbone)
 from workbench.data.augment import AUGMENT_DRAWS, Augment
@@ -347,7 +348,7 @@ def set_trainable(model: keras.Model, *, train_bn: bool) -> None:
     """
     # Every layer explicitly: in Keras 3.15, model.trainable = True does not reach a layer that
     # was frozen on its own inside a nested model, so a frozen backbone would stay frozen.
-    for layer in model._flatten_layers(include_self=True):
+    for layer in flatten_layers(model):
         layer.trainable = train_bn or not isinstance(layer, layers.BatchNormalization)
 
 

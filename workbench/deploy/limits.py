@@ -41,6 +41,7 @@ import zlib
 from PIL import Image
 
 from workbench._checks import check_int
+from workbench._compat import http_protocol_class
 from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected, open_header
 
 DEFAULT_DECODE_BUDGET_BYTES = 512 * 1024 * 1024
@@ -351,12 +352,10 @@ def guarded_protocol(*, max_connections: int, header_timeout: float):
     Pass it as ``uvicorn.Config(http=...)``. It refuses new connections only while the limit is
     reached, logging one line when that starts and one when it ends.
     """
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
     check_int("max_connections", max_connections, minimum=1)
     refused = [0]  # connections closed since the limit was reached
 
-    class GuardedProtocol(AutoHTTPProtocol):
+    class GuardedProtocol(http_protocol_class()):
         _headers_due = None
 
         def connection_made(self, transport):

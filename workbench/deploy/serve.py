@@ -71,7 +71,6 @@ option), so that no client can take the service down:
 import base64
 import contextlib
 import errno
-import json
 import logging
 import socket
 import threading
@@ -79,6 +78,7 @@ import time
 from pathlib import Path
 
 from workbench._checks import check_choice, check_int, check_number, renamed_arguments
+from workbench._compat import MultipartError, parse_multipart, uvicorn_logging_config
 from workbench.data.images import ACCEPTED_FORMAT_NAMES, ImageRejected
 from workbench.deploy.limits import (ACCEPT_BATCH, DEFAULT_DECODE_BUDGET_BYTES,
                                      DEFAULT_DECODE_WAIT, DEFAULT_MAX_CONNECTIONS,
@@ -547,14 +547,12 @@ async def _read_body(request, limit: int, deadline: float) -> bytes:
 async def _read_multipart(request, limit: int, deadline: float) -> tuple[bytes, str | None]:
     """The bytes of the form's ``file`` field and its ``top_k`` field, if any."""
     from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException, MultiPartParser
 
-    parser = MultiPartParser(request.headers, _limited(request, limit, deadline), max_files=1,
-                             max_fields=8)
     try:
-        form = await parser.parse()
-    except MultiPartException as error:
-        raise _BadRequest(f"malformed multipart body: {error.message}") from error
+        form = await parse_multipart(request.headers, _limited(request, limit, deadline),
+                                     max_files=1, max_fields=8)
+    except MultipartError as error:
+        raise _BadRequest(f"malformed multipart body: {error}") from error
     try:
         upload = form.get("file")
         if upload is None:
@@ -743,9 +741,7 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8000, model: str = "b
 
 def log_config() -> dict:
     """uvicorn's logging configuration plus the ``workbench.deploy.serve`` request log on stderr."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = json.loads(json.dumps(LOGGING_CONFIG))  # a deep copy
+    config = uvicorn_logging_config()
     config["loggers"]["workbench.deploy.serve"] = {"handlers": ["default"], "level": "INFO",
                                             "propagate": False}
     return config

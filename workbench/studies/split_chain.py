@@ -21,6 +21,7 @@ import os
 import keras
 import numpy as np
 
+from workbench._compat import inbound_nodes
 from workbench.models import load_model
 
 ENCODE, DECODE = "bottleneck_encode", "bottleneck_decode"  # the bottleneck's two layers
@@ -113,7 +114,7 @@ def _walk(model, out: list, outputs: list) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        node = next((node for node in layer._inbound_nodes
+        node = next((node for node in inbound_nodes(layer)
                      if len(node.input_tensors) == 1 and node.input_tensors[0] is current
                      and len(node.output_tensors) == 1), None)
         if node is None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from workbench import plots
 from workbench._checks import UsageError
+from workbench._compat import is_seed_state
 from workbench._io import atomic_path
 from workbench.monitor import read_resources
 from workbench.runs import RunDir
@@ -155,7 +156,7 @@ class ReseedRandomLayers(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         for index, variable in enumerate(self.model.variables):
-            if variable.path.endswith("seed_generator_state"):
+            if is_seed_state(variable):
                 value = zlib.crc32(f"{self.seed}:{epoch}:{index}".encode())
                 variable.assign(np.array([value, 0], dtype=variable.dtype))
 

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from workbench import models
 from workbench._checks import check_int, check_number
+from workbench._compat import flatten_layers
 from workbench.data import pipeline
 from workbench.data.splitdir import load_splits
 from workbench.training.recipes import get_recipe
@@ -248,4 +249,4 @@ def _at_a_plain_rate(optimizer, rate: float):
 
 
 def _layers(model: keras.Model) -> list:
-    return model._flatten_layers(include_self=False)
+    return flatten_layers(model, include_self=False)

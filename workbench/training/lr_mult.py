@@ -59,6 +59,8 @@ import numpy as np
 import pandas as pd
 
 from workbench._checks import check_choice, check_number
+from workbench._compat import (check_weight_decay_hook, flatten_layers, uses_weight_decay,
+                               variable_index)
 
 __all__ = [
     "REGULARIZATIONS",
@@ -185,6 +187,7 @@ class LRMultiplierMixin:
 
     def __init__(self, *args, lr_mult_rules=(), default_lr_mult=1.0, decay_mult_rules=None,
                  regularization="decoupled", **kwargs):
+        check_weight_decay_hook(type(self))  # update_step decays: Keras must not too
         super().__init__(*args, **kwargs)
         self.lr_mult_rules = _check_rules("lr_mult_rules", lr_mult_rules)
         self.default_lr_mult = _check_multiplier("default_lr_mult", default_lr_mult)
@@ -201,8 +204,8 @@ class LRMultiplierMixin:
         return _first_match(self.lr_mult_rules, weight_path, self.default_lr_mult)
 
     def _decay_multiplier(self, variable) -> float:
-        if not self.weight_decay or not self._use_weight_decay(variable):
-            return 0.0  # _use_weight_decay honours Keras's exclude_from_weight_decay().
+        if not self.weight_decay or not uses_weight_decay(self, variable):
+            return 0.0  # honours Keras's exclude_from_weight_decay()
         return _first_match(self.decay_mult_rules or (), variable.path,
                             _default_decay_mult(variable))
 
@@ -214,13 +217,13 @@ class LRMultiplierMixin:
                 raise ValueError(f"{type(self).__name__} needs Keras variables, which have a "
                                  f"`path`; received: {variable!r}")
         # Indexed like the slots, by position in `variables`; `update_step` finds the index with
-        # `_get_variable_index`, which also maps TF's underlying (and distributed) variables.
+        # `_compat.variable_index`, which also maps TF's underlying (and distributed) variables.
         self._lr_mults = tuple(self.lr_multiplier(v.path) for v in variables)
         self._decay_mults = tuple(self._decay_multiplier(v) for v in variables)
         super().build(variables)
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = variable_index(self, variable)
         lr_mult, decay_mult = self._lr_mults[index], self._decay_mults[index]
         if lr_mult != 1.0:  # leaves default layers bit-identical to the wrapped optimizer
             learning_rate = keras.ops.multiply(learning_rate, lr_mult)
@@ -238,7 +241,8 @@ class LRMultiplierMixin:
         super().update_step(gradient, variable, learning_rate)
 
     def _apply_weight_decay(self, variables):
-        """Skips Keras's decay with the global rate: ``update_step`` decays each variable."""
+        """Skips Keras's decay with the global rate: ``update_step`` decays each variable
+        (``_compat.check_weight_decay_hook`` checks that Keras still calls this)."""
 
     def get_config(self):
         config = super().get_config()
@@ -345,9 +349,9 @@ def _check_model(model) -> None:
 
 def _weighted_layers(model) -> list[_WeightedLayer]:
     """Returns the layers that own weights, in the order of ``model.weights``."""
-    # _flatten_layers is the only way to reach sublayers such as MultiHeadAttention's; it lists
-    # a layer before its sublayers, so the innermost layer holding a weight ends up its owner.
-    sublayers = model._flatten_layers(include_self=True, recursive=True)
+    # The only way to reach sublayers such as MultiHeadAttention's; it lists a layer before its
+    # sublayers, so the innermost layer holding a weight ends up its owner.
+    sublayers = flatten_layers(model)
     owner = {id(v): layer for layer in sublayers for v in layer.weights}
     model_names = {layer.name for layer in sublayers if isinstance(layer, keras.Model)}
     grouped: dict[str, list] = {}

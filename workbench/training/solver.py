@@ -24,6 +24,7 @@ import keras
 from keras import ops
 
 from workbench._checks import UsageError, check_choice, check_int, check_number, moved_names
+from workbench._compat import adagrad_accumulator, rmsprop_slots
 from workbench.training.lr_mult import (
     REGULARIZATIONS,
     LRMultiplierAdadelta,
@@ -397,14 +398,12 @@ class _CaffeRMSpropStep(keras.optimizers.RMSprop):
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
-        index = self._get_variable_index(variable)
-        mean_square = self._velocities[index]
+        mean_square, momentum = rmsprop_slots(self, variable)
         self.assign(mean_square, ops.add(ops.multiply(self.rho, mean_square),
                                          ops.multiply(1 - self.rho, ops.square(gradient))))
         step = ops.divide(ops.multiply(lr, gradient),
                           ops.add(ops.sqrt(mean_square), self.epsilon))
-        if self.momentum > 0:
-            momentum = self._momentums[index]
+        if momentum is not None:
             self.assign(momentum, ops.add(ops.multiply(self.momentum, momentum), step))
             step = momentum
         self.assign_sub(variable, step)
@@ -425,7 +424,7 @@ class _CaffeAdagradStep(keras.optimizers.Adagrad):
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
-        squares = self._accumulators[self._get_variable_index(variable)]
+        squares = adagrad_accumulator(self, variable)
         self.assign_add(squares, ops.square(gradient))
         self.assign_sub(variable, ops.divide(ops.multiply(lr, gradient),
                                              ops.add(ops.sqrt(squares), self.epsilon)))
