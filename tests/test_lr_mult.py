@@ -290,7 +290,8 @@ def test_lr_table_and_format():
     np.testing.assert_allclose(table["effective_lr"], [0.01, 0.001, 0.1, 0.0], rtol=1e-6)
     assert table["trainable"].tolist() == [True, True, True, False]
 
-    text = format_lr_table(table)
+    with pytest.warns(DeprecationWarning, match="format_lr_table is deprecated"):
+        text = format_lr_table(table)
     lines = text.splitlines()
     assert len(lines) == 5 and lines[0].split() == list(table.columns)
     assert lines[2].split() == ["slow", "15", "0.1", "0.001", "yes"]
@@ -298,7 +299,8 @@ def test_lr_table_and_format():
 
     plain = lr_table(model, keras.optimizers.Adam(0.5))
     assert plain["multiplier"].tolist() == [1.0] * 4
-    with pytest.raises(ValueError, match="df must be a DataFrame"):
+    with pytest.raises(ValueError, match="df must be a DataFrame"), \
+            pytest.warns(DeprecationWarning):
         format_lr_table(pd.DataFrame({"layer": ["x"]}))
 
 

@@ -310,8 +310,8 @@ def test_caffe_only_fields_are_accepted_without_effect():
 
 
 def test_caffe_only_fields_moved_to_prototxt_still_import_from_solver_with_a_warning():
-    with pytest.warns(DeprecationWarning, match="solver.CAFFE_ONLY_FIELDS moved to "
-                                                "workbench.training.prototxt"):
+    with pytest.warns(DeprecationWarning, match="solver.CAFFE_ONLY_FIELDS is deprecated .*: "
+                                                "import it from workbench.training.prototxt"):
         assert solver.CAFFE_ONLY_FIELDS is prototxt.CAFFE_ONLY_FIELDS
 
 

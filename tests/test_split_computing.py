@@ -14,7 +14,8 @@ from workbench.studies.bottleneck import (METHODS, bottleneck_model, bottleneck_
                                           fine_tune, published_cifar10,
                                           published_cifar10_finding)
 from workbench.studies.narrow import kept_channels, narrowed_layers, narrowed_model
-from workbench.studies.split_chain import DECODE, ENCODE, candidate_layers, split_model
+from workbench.studies.split_chain import (DECODE, ENCODE, Chain, candidate_layers,
+                                           split_functional, split_model)
 from workbench.studies.split_profile import (QUANT_HEADER_BYTES, SplitProfile, profile_splits,
                                              quantize_roundtrip, split_latency)
 from workbench.training.solver import SolverConfig
@@ -29,6 +30,23 @@ matplotlib.use("Agg")
 
 def tiny(name):
     return models.classifier(models.backbone(name, input_shape=(16, 16, 3)), 10)
+
+
+def split(model, at):
+    """The device and server parts of ``model`` at ``at``."""
+    return split_functional(Chain(model).build(), at)
+
+
+def kept_by(narrowed, model, conv: str) -> list[int]:
+    """The filters of ``model``'s layer ``conv`` (in a nested backbone or not) that the
+    narrowed model's ``conv`` kept, in its order."""
+    inside = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    old = next((sub.get_layer(conv) for sub in inside if conv in [l.name for l in sub.layers]),
+               None)
+    old = model.get_layer(conv) if old is None else old
+    old, new = old.get_weights()[0], narrowed.get_layer(conv).get_weights()[0]
+    return [next(i for i in range(old.shape[-1]) if np.array_equal(old[..., i], new[..., j]))
+            for j in range(new.shape[-1])]
 
 
 @pytest.fixture(scope="module")
@@ -127,17 +145,27 @@ def test_unknown_layer_is_refused_with_the_candidates(cnn, images):
 def test_device_then_server_equals_the_whole_model(name, at, images):
     keras.utils.set_random_seed(1)
     model = tiny(name)
-    device, server = split_model(model, at)
+    device, server = split(model, at)
     assert device.output.shape[1:] == model.get_layer("backbone").get_layer(at).output.shape[1:]
     whole = model.predict(images, verbose=0)
     assert np.allclose(server.predict(device.predict(images, verbose=0), verbose=0), whole,
                        atol=1e-5)
 
 
-def test_split_model_refuses_the_ends(cnn):
+def test_splitting_refuses_the_ends(cnn):
     for at in ("image", "head"):
-        with pytest.raises(ValueError, match="at must name a split point"):
-            split_model(cnn, at)
+        with pytest.raises(ValueError, match="at must name a layer of the model other than"):
+            split(cnn, at)
+
+
+def test_split_model_and_kept_channels_are_deprecated_and_still_work(cnn, images):
+    with pytest.warns(DeprecationWarning, match="split_model is deprecated"):
+        device, server = split_model(cnn, "pool2")
+    assert np.allclose(server.predict(device.predict(images, verbose=0), verbose=0),
+                       cnn.predict(images, verbose=0), atol=1e-5)
+    with pytest.warns(DeprecationWarning, match="kept_channels is deprecated"):
+        kept = kept_channels(cnn, "pool2", 3)
+    assert list(kept) == kept_by(narrowed_model(cnn, "pool2", 3), cnn, "conv2")
 
 
 def test_bottleneck_has_k_channels_at_the_split_and_keeps_the_other_weights(cnn):
@@ -187,8 +215,9 @@ def test_pca_start_with_every_channel_reproduces_the_model(cnn, images):
 
 def test_narrowed_conv_has_k_channels_at_the_split_and_keeps_the_other_weights(cnn):
     assert narrowed_layers(cnn, "pool2") == ("conv2", "conv3")
-    kept = kept_channels(cnn, "pool2", 3)
     model = narrowed_model(cnn, "pool2", 3)
+    kept = kept_by(model, cnn, "conv2")
+    assert kept == sorted(kept)  # the kept channels keep their order
     assert model.get_layer("pool2").output.shape[1:] == (4, 4, 3)
     backbone = cnn.get_layer("backbone")
     conv2, conv3 = backbone.get_layer("conv2").get_weights(), backbone.get_layer("conv3")
@@ -207,7 +236,7 @@ def test_narrowed_conv_has_k_channels_at_the_split_and_keeps_the_other_weights(c
     model.get_layer("conv1").set_weights([np.zeros_like(w)
                                           for w in model.get_layer("conv1").get_weights()])
     assert np.abs(backbone.get_layer("conv1").get_weights()[0]).sum() > 0  # copies, not shared
-    device, _ = split_model(model, "pool2")
+    device, _ = split(model, "pool2")
     assert device.output.shape[1:] == (4, 4, 3)  # what crosses the network
 
 
@@ -225,8 +254,10 @@ def test_narrowing_drops_exactly_the_other_channels(name, at, consumer):
     channels = model.get_layer("backbone").get_layer(at).output.shape[-1]
     everything = narrowed_model(model, at, channels)
     assert np.array_equal(everything.predict(images, verbose=0), model.predict(images, verbose=0))
-    kept = kept_channels(model, at, 5)
-    narrowed = narrowed_model(model, at, 5).predict(images, verbose=0)
+    conv = narrowed_layers(model, at)[0]
+    narrowed_five = narrowed_model(model, at, 5)
+    kept = kept_by(narrowed_five, model, conv)
+    narrowed = narrowed_five.predict(images, verbose=0)
     layer = (model.get_layer(consumer) if consumer == "head"
              else model.get_layer("backbone").get_layer(consumer))
     kernel, *rest = layer.get_weights()
@@ -258,8 +289,8 @@ def test_least_squares_start_folds_the_dropped_channels_into_the_next_layer():
     model.get_layer("conv").set_weights([kernel[None, None].astype(np.float32),
                                          np.asarray(bias, np.float32)])
     images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
-    assert list(kept_channels(model, "conv", 2)) == [0, 1]
     fitted = narrowed_model(model, "conv", 2, init_images=images)
+    assert kept_by(fitted, model, "conv") == [0, 1]
     assert fitted.get_layer("next").get_weights()[0].shape == (3, 3, 2, 2)
     assert len(fitted.get_layer("next").get_weights()) == 2  # it got a bias for the constant
     whole = model.predict(images, verbose=0)
@@ -276,18 +307,21 @@ def test_kept_filters_are_the_largest_norm_with_batch_norm_folded_in():
     backbone = model.get_layer("backbone")
     kernel = np.ones((3, 3, 32, 64), np.float32) * np.arange(1, 65, dtype=np.float32)
     backbone.get_layer("conv2").set_weights([kernel])  # norm grows with the channel index
-    assert list(kept_channels(model, "pool2", 3)) == [61, 62, 63]
+    assert kept_by(narrowed_model(model, "pool2", 3), model, "conv2") == [61, 62, 63]
     gamma, beta, mean, variance = backbone.get_layer("bn2").get_weights()
     gamma = np.full(64, 0.01, np.float32)
     gamma[[5, 9]] = -100.0  # |gamma| counts, not its sign
     variance = np.ones(64, np.float32)
     variance[40] = 1e-6  # a tiny variance: a large scale
     backbone.get_layer("bn2").set_weights([gamma, beta, mean, variance])
-    assert list(kept_channels(model, "pool2", 3)) == [5, 9, 40]  # in the channels' order
-    drawn = kept_channels(model, "pool2", 6, keep="random", seed=4)
-    assert np.array_equal(drawn, kept_channels(model, "pool2", 6, keep="random", seed=4))
-    assert not np.array_equal(drawn, kept_channels(model, "pool2", 6, keep="random", seed=5))
-    assert list(drawn) == sorted(set(drawn)) and len(drawn) == 6
+    assert kept_by(narrowed_model(model, "pool2", 3), model, "conv2") == [5, 9, 40]
+
+    def drawn(seed):
+        return kept_by(narrowed_model(model, "pool2", 6, keep="random", seed=seed), model,
+                       "conv2")
+
+    assert drawn(4) == drawn(4) and drawn(4) != drawn(5)
+    assert drawn(4) == sorted(set(drawn(4))) and len(drawn(4)) == 6
 
 
 def test_narrowing_refuses_what_it_cannot_narrow(cnn):

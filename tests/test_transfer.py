@@ -69,12 +69,14 @@ def test_summarize_runs_gives_mean_std_and_count_per_recipe():
         summarize_runs(runs, by="run")
 
 
-def test_read_metrics_skips_runs_without_metrics(tmp_path):
+def test_read_metrics_is_deprecated_and_still_skips_runs_without_metrics(tmp_path):
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "metrics.json").write_text(json.dumps({"test_accuracy": 0.8}))
     (tmp_path / "running").mkdir()
-    table = read_metrics([tmp_path / "done", tmp_path / "running"])
+    with pytest.warns(DeprecationWarning, match="read_metrics is deprecated"):
+        table = read_metrics([tmp_path / "done", tmp_path / "running"])
     assert table.to_dict("records") == [{"run_dir": str(tmp_path / "done"),
                                          "test_accuracy": 0.8}]
-    with pytest.raises(ValueError, match="run_dirs must be a list"):
+    with pytest.raises(ValueError, match="run_dirs must be a list"), \
+            pytest.warns(DeprecationWarning):
         read_metrics(str(tmp_path / "done"))

@@ -110,13 +110,14 @@ def moved_names(module: str, moved: dict[str, str]):
 
     Returns:
         The function to assign to the old module's ``__getattr__``: it returns the name from its
-        new module with a ``DeprecationWarning`` saying where to import it from.
+        new module with a ``DeprecationWarning`` (:func:`deprecated`) saying where to
+        import it from.
     """
     def __getattr__(name: str):
         if name not in moved:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        warnings.warn(f"{module}.{name} moved to {moved[name]}.{name}; the old name goes in the "
-                      f"next release", DeprecationWarning, stacklevel=2)
+        deprecated(f"{module}.{name} is deprecated and will be removed in the next release: "
+                   f"import it from {moved[name]}")
         return getattr(importlib.import_module(moved[name]), name)
 
     return __getattr__

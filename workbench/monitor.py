@@ -10,8 +10,8 @@ at ``on_train_begin``, stops at ``on_train_end`` and records the current epoch a
     summarize_resources(read_resources("resources.csv"), images=n_images)
 
 GPU figures come from NVML (the ``pynvml`` module of nvidia-ml-py); CPU and RAM from psutil.
-Without a GPU or NVML the monitor records CPU and RAM, warns once and sets
-``gpu_available`` to False. This module never imports Keras; NVML is imported when sampling
+Without a GPU or NVML the monitor records CPU and RAM, warns once and says why in
+``gpu_reason``. This module never imports Keras; NVML is imported when sampling
 starts.
 
 Columns of ``resources.csv`` (:data:`COLUMNS`; empty where a value is unknown):
@@ -47,7 +47,7 @@ import time
 import warnings
 from pathlib import Path
 
-from workbench._checks import check_int, check_number, one_line
+from workbench._checks import check_int, check_number, deprecated, one_line
 from workbench._io import run_file
 
 __all__ = ["COLUMNS", "ResourceMonitor", "monitor_command", "read_resources", "summarize_resources"]
@@ -208,8 +208,7 @@ class ResourceMonitor:
         include_children: also count the processes ``pid`` starts.
 
     Attributes:
-        gpu_available: whether NVML found a GPU (False: CPU and RAM only, warned once).
-        gpu_reason: why no GPU is recorded ("" when one is).
+        gpu_reason: once started, why no GPU is recorded ("" when one is).
         rows: rows written so far by this monitor.
         error: the exception that stopped the sampling thread early, or None.
 
@@ -247,7 +246,14 @@ class ResourceMonitor:
 
     @property
     def gpu_available(self) -> bool:
-        """Whether NVML found at least one GPU (probed once, at the first start or here)."""
+        """Whether NVML found at least one GPU (probed once, at the first start or here).
+
+        Deprecated, and gone in the next release: nothing uses it; once started, the monitor
+        says why it records no GPU in ``gpu_reason`` ("" when it records one).
+        """
+        deprecated("ResourceMonitor.gpu_available is deprecated and will be removed in the "
+                   "next release: read gpu_reason once the monitor has started (\"\" when a "
+                   "GPU is recorded)")
         if self._gpu_available is None:
             nvml, handles, _, self.gpu_reason = _start_nvml()
             self._gpu_available = bool(handles)

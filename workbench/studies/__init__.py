@@ -6,7 +6,7 @@ files).
 :mod:`.sweep`              a parameterised notebook run once per combination (papermill,
                            local processes or Dask) into ``results.csv``
 :mod:`.recipes`            training recipes compared over seeds (``compare_recipes``,
-                           ``summarize_runs``, ``read_metrics``)
+                           ``summarize_runs``)
 :mod:`.batch_size`         the batch-size study's table and the published one
 :mod:`.throughput`         training images/s on the CPU and the GPU
 :mod:`.split_chain`        a chain-shaped model, its split points, its device and server parts

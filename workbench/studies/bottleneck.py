@@ -268,7 +268,7 @@ def bottleneck_study(model, data, *, at: str, filters: Sequence[int] = (1, 2, 4,
             activations) or ``"random"``.
         keep: the filters the narrowed convolution keeps: ``"norm"`` (the largest norm, batch
             norm folded in) or ``"random"`` (see
-            :func:`workbench.studies.narrow.kept_channels`).
+            :func:`workbench.studies.narrow.narrowed_model`).
         image_size: side of the images; default the model's input size (must match it).
         split: ``"test"`` or ``"val"``.
         seed: seeds initialisation, batch order and dropout.

@@ -8,7 +8,6 @@ network (compare :mod:`workbench.studies.bottleneck`, which inserts a 1x1 encode
 and a 1x1 decoder on the server), and the device computes less, not more.
 
 * :func:`narrowed_layers`: the convolution narrowed and the layer whose input is narrowed.
-* :func:`kept_channels`: which ``k`` of the ``C`` filters a narrowed model starts from.
 * :func:`narrowed_model`: a copy of a trained model with the convolution narrowed to ``k``
   filters, starting from the kept filters' trained weights, ready to fine-tune.
 
@@ -30,7 +29,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import check_choice, check_int, deprecated
 from workbench.studies.split_chain import Chain, as_model, check_images
 
 KEEPS = ("norm", "random")
@@ -137,6 +136,10 @@ def kept_channels(model, at: str, filters: int, *, keep: str = "norm",
                   seed: int = 0) -> np.ndarray:
     """The ``filters`` channels, of the ``C`` at ``at``, that :func:`narrowed_model` keeps.
 
+    Deprecated, and gone in the next release: nothing uses it; :func:`narrowed_model` makes
+    the choice itself (its docstring says how), and the narrowed convolution's filters are the
+    kept ones.
+
     Args:
         model: a chain-shaped ``keras.Model`` or a ``.keras`` path.
         at: the split layer (see :func:`narrowed_layers`).
@@ -153,6 +156,9 @@ def kept_channels(model, at: str, filters: int, *, keep: str = "norm",
         ValueError: as :func:`narrowed_layers`, or for ``filters`` out of range or an unknown
             ``keep``.
     """
+    deprecated("kept_channels is deprecated and will be removed in the next release: "
+               "narrowed_model chooses the channels itself; its narrowed convolution holds the "
+               "kept filters")
     chain = Chain(as_model(model))
     return _kept(chain, _plan(chain, at), filters, keep, seed)
 
@@ -181,14 +187,14 @@ def narrowed_model(model, at: str, filters: int, *, keep: str = "norm",
                    init_images: np.ndarray | None = None, seed: int = 0):
     """A copy of ``model`` whose convolution before ``at`` has ``filters`` filters.
 
-    The convolution that makes ``at``'s channels keeps ``filters`` of its filters (see
-    :func:`kept_channels`), the batch norms between it and the next weighted layer keep those
-    channels' parameters and statistics, and that next layer (a Conv2D, or a Dense layer after
-    flatten or global pooling) keeps its weights for those input channels. Every other layer
-    keeps its trained weights (copied; ``model`` is not changed). The layers keep their names,
-    so the device part ends at ``at`` with ``filters`` channels; the result is one flat
-    functional model (a nested ``backbone`` is expanded). With every filter kept it computes
-    what ``model`` computes.
+    The convolution that makes ``at``'s channels keeps ``filters`` of its filters (chosen as
+    ``keep`` says, in their order), the batch norms between it and the next weighted layer
+    keep those channels' parameters and statistics, and that next layer (a Conv2D, or a Dense
+    layer after flatten or global pooling) keeps its weights for those input channels. Every
+    other layer keeps its trained weights (copied; ``model`` is not changed). The layers keep
+    their names, so the device part ends at ``at`` with ``filters`` channels; the result is
+    one flat functional model (a nested ``backbone`` is expanded). With every filter kept it
+    computes what ``model`` computes.
 
     With ``init_images`` the next layer also takes over what the dropped channels brought: on
     those images' activations (what the next layer reads), each dropped channel is predicted
@@ -202,7 +208,10 @@ def narrowed_model(model, at: str, filters: int, *, keep: str = "norm",
         model: a chain-shaped ``keras.Model`` or a ``.keras`` path.
         at: the split layer (see :func:`narrowed_layers`), e.g. ``"pool2"``.
         filters: filters kept, 1 to C.
-        keep: which filters start the narrowed convolution: ``"norm"`` or ``"random"``.
+        keep: which filters start the narrowed convolution: ``"norm"``, the filters of the
+            largest L2 norm with the batch norms that follow folded in (``|gamma| /
+            sqrt(moving_variance + epsilon)`` times the filter's norm), or ``"random"``, drawn
+            with ``seed``.
         init_images: uint8 images for the least-squares start; None: none.
         seed: seeds the ``"random"`` choice and the sample of activations fitted.
 
@@ -210,7 +219,8 @@ def narrowed_model(model, at: str, filters: int, *, keep: str = "norm",
         A ``keras.Model`` whose ``at`` output has ``filters`` channels.
 
     Raises:
-        ValueError: as :func:`kept_channels`, or for ``init_images`` of the wrong shape.
+        ValueError: as :func:`narrowed_layers`, for ``filters`` out of range or an unknown
+            ``keep``, or for ``init_images`` of the wrong shape.
     """
     chain = Chain(as_model(model))
     plan = _plan(chain, at)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench import models
-from workbench._checks import check_bool, check_int
+from workbench._checks import check_bool, check_int, deprecated
 from workbench._progress import loop_progress
 from workbench.data.splitdir import load_splits
 from workbench.runs import RunDir
@@ -124,7 +124,7 @@ def summarize_runs(results: pd.DataFrame, *, by: str = "recipe",
     """Mean, standard deviation and count of ``metrics`` per group (e.g. per recipe).
 
     Args:
-        results: one row per run, e.g. from :func:`compare_recipes` or :func:`read_metrics`.
+        results: one row per run, e.g. from :func:`compare_recipes`.
         by: the column to group by.
         metrics: the columns to summarise; those missing from ``results`` are left out.
 
@@ -151,6 +151,9 @@ def summarize_runs(results: pd.DataFrame, *, by: str = "recipe",
 def read_metrics(run_dirs) -> pd.DataFrame:
     """One row per run directory with its ``metrics.json`` (runs without one are skipped).
 
+    Deprecated, and gone in the next release: nothing uses it; :func:`compare_recipes` returns
+    the same rows for the runs it trains, and ``RunDir(path).metrics`` reads one run's.
+
     Args:
         run_dirs: run directories (paths).
 
@@ -160,6 +163,8 @@ def read_metrics(run_dirs) -> pd.DataFrame:
     Raises:
         ValueError: ``run_dirs`` is a single path rather than a list of them.
     """
+    deprecated("read_metrics is deprecated and will be removed in the next release: "
+               "use compare_recipes()'s table, or RunDir(path).metrics for each run")
     if isinstance(run_dirs, (str, bytes, Path)):
         raise ValueError(f"run_dirs must be a list of run directories, received: {run_dirs!r}")
     rows = []

@@ -7,7 +7,8 @@ the two parts; :mod:`workbench.studies.split_profile` measures what each split c
 
 * :func:`candidate_layers`: the split points of a chain-shaped model (raw image, the output of
   every pooling layer, the features, the output).
-* :func:`split_model`: the device part and the server part of a model at a layer.
+* :func:`split_functional`: the device part and the server part of a model at a layer, from
+  its flat copy (:meth:`Chain.build`).
 
 Models must be chains (each layer feeds the next; nested models such as the workbench's
 ``backbone`` are expanded), which covers the built-in ``lenet`` and ``cifar_cnn`` classifiers.
@@ -21,6 +22,7 @@ import os
 import keras
 import numpy as np
 
+from workbench._checks import deprecated
 from workbench._compat import inbound_nodes
 from workbench.models import load_model
 
@@ -164,7 +166,8 @@ def split_model(model, at: str):
     """The device part (input to ``at``) and the server part (after ``at``) of a model.
 
     Both hold copies of the model's layers with its weights; ``server(device(x))`` equals
-    ``model(x)``.
+    ``model(x)``. Deprecated, and gone in the next release: nothing uses it;
+    ``split_functional(Chain(as_model(model)).build(), at)`` makes the same parts.
 
     Args:
         model: a chain-shaped ``keras.Model`` or a ``.keras`` path.
@@ -176,6 +179,8 @@ def split_model(model, at: str):
     Raises:
         ValueError: if ``at`` is not a layer of the model, or is its last.
     """
+    deprecated("split_model is deprecated and will be removed in the next release: "
+               "use split_functional(Chain(as_model(model)).build(), at)")
     chain = Chain(as_model(model))
     chain.check_layer(at, "at", allow_ends=False)
     return split_functional(chain.build(), at)

@@ -9,7 +9,7 @@ the first matching rule wins and unmatched weights get ``default``::
         decay_rules={"*/bias": 0, "*": 1},
     )
     model.compile(optimizer=optimizer, loss=...)  # compile after: multiplier 0 freezes layers
-    print(format_lr_table(lr_table(model, optimizer)))
+    lr_table(model, optimizer)  # a DataFrame: each layer's multiplier and learning rate
 
 How it works. Every Keras optimizer updates one variable at a time in
 ``update_step(gradient, variable, learning_rate)``, on every backend (TensorFlow calls it inside
@@ -58,7 +58,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from workbench._checks import check_choice, check_number
+from workbench._checks import check_choice, check_number, deprecated
 from workbench._compat import (check_weight_decay_hook, flatten_layers, uses_weight_decay,
                                variable_index)
 
@@ -574,6 +574,9 @@ def lr_table(model, optimizer, *, base_lr: float | None = None) -> pd.DataFrame:
 def format_lr_table(df) -> str:
     """Returns ``lr_table``'s result as an aligned text table for printing.
 
+    Deprecated, and gone in the next release: nothing uses it; a notebook shows the DataFrame
+    of :func:`lr_table` as a table, and ``print(table.to_string(index=False))`` prints it.
+
     Args:
         df: A DataFrame returned by ``lr_table``.
 
@@ -583,6 +586,8 @@ def format_lr_table(df) -> str:
     Raises:
         ValueError: If ``df`` is not a DataFrame with ``lr_table``'s columns.
     """
+    deprecated("format_lr_table is deprecated and will be removed in the next release: "
+               "show lr_table()'s DataFrame, or print its to_string(index=False)")
     if not isinstance(df, pd.DataFrame) or not set(_TABLE_COLUMNS) <= set(df.columns):
         received = list(df.columns) if isinstance(df, pd.DataFrame) else type(df).__name__
         raise ValueError(f"df must be a DataFrame with columns {list(_TABLE_COLUMNS)}, "
