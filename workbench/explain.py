@@ -461,8 +461,10 @@ class Explainer:
         if isinstance(image, np.ndarray) and image.dtype == np.uint8 and \
                 image.shape == (side, side, 3):  # what the Classifier passes on as it is
             return image, image, (side, side)
-        decoded = decode(image, max_pixels=max_pixels, draft_size=side)
-        pixels = np.asarray(resize(decoded.image, side, self.resize_mode), np.uint8)
+        decoded = decode(image, max_pixels=max_pixels, draft_size=side,
+                         resize_mode=self.resize_mode)
+        pixels = np.asarray(resize(decoded.image, side, self.resize_mode, box=decoded.box),
+                            np.uint8)
         return pixels, np.asarray(decoded.image, np.uint8), (decoded.height, decoded.width)
 
     def probabilities(self, pixels) -> np.ndarray:

@@ -27,7 +27,8 @@ from workbench._progress import progress_argument
 from workbench.data import images
 from workbench.data.images import RESIZE_MODES, ImageRejected, check_image_size
 
-CACHE_FORMAT = 2  # bump when the cache layout or the decoding changes, to invalidate old caches
+CACHE_FORMAT = 3  # bump when the cache layout or the decoding changes, to invalidate old caches
+# (3: JPEGs drafted for the resize mode, and resize near the exact area resize, not a box filter)
 _CHUNK = 32  # images per thread task: large enough to amortise scheduling, small for progress
 
 

@@ -1,9 +1,20 @@
 """Decoding, validating and resizing one image: the single place that turns bytes into pixels.
 
 Scanning, the input pipeline and prediction all call :func:`decode` (or :func:`open_image`) and
-:func:`resize`, so an image is read the same way in training and in use: fully decoded
-(truncation is caught), EXIF orientation applied, any mode (CMYK, 16-bit, float, palette, grey,
-alpha) converted to 8-bit RGB.
+:func:`resize` (the cache build and prediction through :func:`load_array`), so an image is read
+the same way in training and in use: fully decoded (truncation is caught), EXIF orientation
+applied, any mode (CMYK, 16-bit, float, palette, grey, alpha) converted to 8-bit RGB.
+
+**JPEGs at the size they are used.** A JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale when
+the resize that follows needs no more (:func:`draft_jpeg`: the smallest such scale for the
+output size and resize mode, turned with the EXIF orientation), then resized once; every byte
+is still entropy-decoded, so damage is caught as by a full decode. :func:`resize` approaches
+the exact area resize: measured against it (``benchmarks/jpeg_decode.py``: synthetic photos of
+500x375 to 4000x3000 px and three real ones, quality 90, at 160-448 px), the draft decode then
+the resize keeps 41-54 dB of PSNR, within 1.2 dB of the full decode then the same resize on
+the synthetic photos and at most 6.2 dB below it on the real ones (grace_hopper at 160 px: 42.0
+dB against 48.2), where the box filter used before kept 33-47 dB at non-integer shrinks.
+Progressive, greyscale and CMYK JPEGs are drafted alike (libjpeg scales them too).
 
 **Formats.** Only :data:`ACCEPTED_FORMATS` are read: JPEG, PNG, WebP, GIF, BMP and TIFF. Every
 file from outside is opened by :func:`open_header` (scan, the cache build, prediction, the web
@@ -50,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import math
 import os
 import platform
 import struct
@@ -60,7 +72,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from workbench._checks import check_choice, check_int, one_line
 
@@ -71,6 +83,11 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 ACCEPTED_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF"
 _PREFIX_BYTES = 16  # what Pillow reads to pick a format
 RESIZE_MODES = ("squash", "crop", "pad")
+# Shrinking by this much or more, resize uses Pillow's Hamming filter, below it (and enlarging)
+# its bilinear one: the closer to the exact area resize on each side of it, measured on photos
+# (benchmarks/jpeg_decode.py). Pillow's box filter, used before, weighs each input pixel 0 or 1
+# by where its centre falls: 6-12 dB further from the area resize at shrinks below 3x.
+SHARP_SHRINK = 1.5
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; larger headers are treated as decompression bombs
 
 # Images deeper than 8 bits (see the module docstring).
@@ -129,12 +146,17 @@ class Decoded(NamedTuple):
         mode: the PIL mode the file declares, e.g. ``"RGB"``, ``"CMYK"`` or ``"I;16"``.
         width: the full width after EXIF orientation.
         height: the full height after EXIF orientation.
+        box: where the whole picture lies in ``image``, ``(left, top, right, bottom)``, when
+            a reduced-scale decode ends in a partial pixel (a side that the scale does not
+            divide: 375 px at 1/2 is 187.5 px, decoded as 188); None when it fills ``image``.
+            Hand it to :func:`resize`.
     """
 
     image: Image.Image
     mode: str
     width: int
     height: int
+    box: tuple[float, float, float, float] | None = None
 
 
 def open_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1,
@@ -160,17 +182,21 @@ def open_image(source, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 
 
 
 def decode(source, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1,
-           draft_size: int | None = None) -> Decoded:
+           draft_size: int | tuple[int, int] | None = None,
+           resize_mode: str = "squash") -> Decoded:
     """Like :func:`open_image`, but also says the file's mode and full size.
 
-    With ``draft_size`` a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale: every byte of its
-    compressed data is still read and entropy-decoded (only the inverse DCT is smaller), so a
-    truncated or corrupt JPEG is rejected exactly as by a full decode, about four times faster
-    for a 12 MP photo. ``draft_size=1`` is the smallest scale: validation only. Other formats are
-    always decoded at full size.
+    With ``draft_size`` (the size the image is resized to next: a side, or ``(height,
+    width)``) and ``resize_mode`` (how: see :func:`resize`), a JPEG is decoded by libjpeg at
+    the smallest of the scales 1/2, 1/4 and 1/8 that still leaves that resize full detail
+    (:func:`draft_jpeg`): every byte of its compressed data is still read and entropy-decoded
+    (only the inverse DCT is smaller), so a truncated or corrupt JPEG is rejected exactly as by
+    a full decode, about four times faster for a 12 MP photo. ``draft_size=1`` is the smallest
+    scale: validation only. Other formats are always decoded at full size.
 
     Returns:
-        A :class:`Decoded` (RGB image, declared mode, full width and height).
+        A :class:`Decoded` (RGB image, declared mode, full width and height, and the ``box``
+        to resize when a reduced scale ends in a partial pixel).
 
     Raises:
         ImageRejected: with a ``reason`` saying why the input is not a usable image.
@@ -178,18 +204,20 @@ def decode(source, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1,
     """
     max_pixels = check_int("max_pixels", max_pixels, minimum=1)
     min_side = check_int("min_side", min_side, minimum=1)
+    target = None
     if draft_size is not None:
-        draft_size = check_int("draft_size", draft_size, minimum=1)
+        check_choice("resize_mode", resize_mode, RESIZE_MODES)
+        target = (check_image_size(draft_size, "draft_size"), resize_mode)
     with _collect_messages() as messages:
         try:
-            return _decode(source, max_pixels, min_side, draft_size)
+            return _decode(source, max_pixels, min_side, target)
         except ImageRejected as error:
             if not messages:
                 raise
             raise ImageRejected(error.reason, error.detail, messages) from error
 
 
-def _decode(source, max_pixels: int, min_side: int, draft_size: int | None) -> Decoded:
+def _decode(source, max_pixels: int, min_side: int, target: tuple | None) -> Decoded:
     if isinstance(source, np.ndarray):
         image = _from_array(source)
         return Decoded(image, image.mode, image.width, image.height)
@@ -224,8 +252,7 @@ def _decode(source, max_pixels: int, min_side: int, draft_size: int | None) -> D
         # block also explains a truncated file; a PNG may keep its eXIf after the pixels.
         early = image.format != "PNG" or "exif" in image.info
         orientation = _orientation(image) if early else None
-        if draft_size and image.format == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
+        box = draft_jpeg(image, *target, orientation=orientation) if target else None
         try:
             image.load()
         except Image.DecompressionBombError as error:
@@ -234,9 +261,99 @@ def _decode(source, max_pixels: int, min_side: int, draft_size: int | None) -> D
             raise ImageRejected("truncated or corrupt", str(error)) from error
         if not early:
             orientation = _orientation(image)
+    if box is not None:
+        box = _oriented_box(box, image.size, orientation)
     if orientation in _SWAPS_SIDES:
         width, height = height, width
-    return Decoded(_orient(_to_rgb(image), orientation), mode, width, height)
+    return Decoded(_orient(_to_rgb(image), orientation), mode, width, height, box)
+
+
+def draft_jpeg(image: Image.Image, size: int | tuple[int, int], mode: str = "squash", *,
+               orientation: int | None = None) -> tuple[float, float, float, float] | None:
+    """Asks a JPEG not yet decoded for the smallest DCT scale that the resize to come needs.
+
+    libjpeg can decode at 1/2, 1/4 or 1/8 scale (the inverse DCT of each 8x8 block gives 4x4,
+    2x2 or 1x1 pixels: the block's lowest frequencies, so the result is already smoothed like
+    an area downscale) at a fraction of the cost. The scale chosen is the smallest that leaves
+    the image at least :func:`needed_size` on both sides, so that detail the model could see is
+    never thrown away, and that leaves :func:`resize` either nothing to do on a side (the
+    scale hits the size exactly, as a 448 px photo for a 224 px model at 1/2) or a shrink of
+    at least :data:`SHARP_SHRINK` there: resampling the smoothed image again by less, say
+    500 to 448 px, loses 6-12 dB of PSNR against the exact area resize of the full decode
+    (measured by ``benchmarks/jpeg_decode.py``), where this rule stays within 1.2 dB of the
+    full decode followed by the same resize on synthetic photos (6.2 dB, at 42 dB, on one real
+    photo). The decode of scan, the cache build,
+    ``Classifier.predict`` and batch prediction (:func:`load_array`), and the web service's
+    memory estimate, all ask here.
+
+    Args:
+        image: a lazy image from :func:`open_header`; any format but JPEG is left alone.
+        size: the size of the resize to come: a side, or ``(height, width)`` upright.
+        mode: the mode of that resize (see :func:`resize`).
+        orientation: the image's EXIF orientation: the needed size is turned to the file's.
+
+    Returns:
+        Where the whole picture lies in the reduced image, ``(left, top, right, bottom)`` in
+        the file's orientation, when a scale that does not divide a side leaves a partial
+        pixel at its end; None when not reduced or when nothing is partial.
+    """
+    if image.format != "JPEG":
+        return None
+    width, height = image.size
+    if orientation in _SWAPS_SIDES:  # the needed size is upright; the file lies on its side
+        needed = needed_size(height, width, size, mode)[::-1]
+    else:
+        needed = needed_size(width, height, size, mode)
+    scale = next((scale for scale in (8, 4, 2) if all(
+        math.isclose(side / scale, need) or side / scale >= SHARP_SHRINK * need
+        for side, need in zip((width, height), needed))), 1)
+    if scale == 1:
+        return None
+    # asking for (width // scale, height // scale) makes Pillow pick exactly this scale; None:
+    # not a single-tile JPEG, or a scale asked for before
+    drafted = image.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+    if drafted is None or drafted[1][2:] == image.size:
+        return None
+    return drafted[1]
+
+
+def needed_size(width: int, height: int, size: int | tuple[int, int],
+                mode: str = "squash") -> tuple[int, int]:
+    """The ``(width, height)`` an image must keep for its resize to lose no detail.
+
+    ``squash`` stretches each side to the output's, so needs the output's size; ``crop``
+    scales both sides to cover the output (the shorter side fits, the longer is cut), ``pad``
+    to fit inside it (the longer side fits): each needs the image at that one scale.
+
+    Args:
+        width: the image's width (upright, as it will be resized).
+        height: its height.
+        size: the output: a side, or ``(height, width)``.
+        mode: ``"squash"``, ``"crop"`` or ``"pad"`` (see :func:`resize`).
+
+    Returns:
+        ``(width, height)`` in pixels, at least 1 each; no larger than the output's
+        longer side allows for ``crop`` and ``pad``.
+    """
+    out_height, out_width = check_image_size(size, "size")
+    check_choice("mode", mode, RESIZE_MODES)
+    if mode == "squash":
+        return out_width, out_height
+    scale = (max if mode == "crop" else min)(out_width / width, out_height / height)
+    # a hair under the exact product, so that a side that fits exactly is not rounded up
+    return (max(1, math.ceil(width * scale - 1e-6)), max(1, math.ceil(height * scale - 1e-6)))
+
+
+def _oriented_box(box, size: tuple[int, int], orientation: int | None):
+    """``box`` of an image of ``size`` where it lies once ``_orient`` has turned the image."""
+    (left, top, right, bottom), (width, height) = box, size
+    corners = {  # where the corners (x, y) go, by the orientation's transpose
+        2: lambda x, y: (width - x, y), 3: lambda x, y: (width - x, height - y),
+        4: lambda x, y: (x, height - y), 5: lambda x, y: (y, x),
+        6: lambda x, y: (height - y, x), 7: lambda x, y: (height - y, width - x),
+        8: lambda x, y: (y, width - x)}.get(orientation, lambda x, y: (x, y))
+    (x0, y0), (x1, y1) = corners(left, top), corners(right, bottom)
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
 def _unreadable(path, error: OSError) -> str:
@@ -574,19 +691,20 @@ def _from_array(array: np.ndarray) -> Image.Image:
                     f"received shape: {array.shape}")
 
 
-def check_image_size(image_size) -> tuple[int, int]:
-    """``image_size`` (a side, or ``(height, width)``) as ``(height, width)``, checked."""
+def check_image_size(image_size, name: str = "image_size") -> tuple[int, int]:
+    """``image_size`` (a side, or ``(height, width)``) as ``(height, width)``, checked; ``name``
+    is the argument's name in the error."""
     if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-        return (check_int("image_size[0]", image_size[0], minimum=1),
-                check_int("image_size[1]", image_size[1], minimum=1))
+        return (check_int(f"{name}[0]", image_size[0], minimum=1),
+                check_int(f"{name}[1]", image_size[1], minimum=1))
     if isinstance(image_size, (tuple, list)):
-        raise ValueError(f"image_size must be an int or (height, width), received: {image_size!r}")
-    side = check_int("image_size", image_size, minimum=1)
+        raise ValueError(f"{name} must be an int or (height, width), received: {image_size!r}")
+    side = check_int(name, image_size, minimum=1)
     return side, side
 
 
-
-def resize(image: Image.Image, size: int | tuple[int, int], mode: str = "squash") -> Image.Image:
+def resize(image: Image.Image, size: int | tuple[int, int], mode: str = "squash", *,
+           box: tuple[float, float, float, float] | None = None) -> Image.Image:
     """Resizes to exactly ``size`` the way DIGITS did.
 
     Args:
@@ -595,33 +713,79 @@ def resize(image: Image.Image, size: int | tuple[int, int], mode: str = "squash"
         mode: ``"squash"`` (stretch to size, ignoring aspect), ``"crop"`` (scale the shorter side
             to fit, then center-crop) or ``"pad"`` (scale the longer side to fit, then pad with
             black, keeping the whole image).
+        box: the part of ``image`` that holds the picture, ``(left, top, right, bottom)`` in
+            pixels (fractional edges allowed): :attr:`Decoded.box`. Default: all of it.
 
     Returns:
-        An image of exactly ``size``. Shrinking averages the pixels each output pixel covers (a
-        box or area filter, antialiased like OpenCV's ``INTER_AREA``); enlarging is bilinear.
+        An image of exactly ``size``, each output pixel close to the mean of the input area it
+        covers (the exact area resize, OpenCV's ``INTER_AREA`` when shrinking): shrinking by
+        1.5x or more uses Pillow's Hamming filter, after an exact integer reduction to within
+        2x of the output (``reducing_gap=2``); shrinking less, or enlarging, its antialiased
+        bilinear filter (see :data:`SHARP_SHRINK`). Without ``box``, the crop and the padding
+        are those of ``ImageOps.fit`` and ``ImageOps.pad``.
     """
     check_choice("mode", mode, RESIZE_MODES)
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    check_int("size", height, minimum=1), check_int("size", width, minimum=1)
-    x_scale, y_scale = width / image.width, height / image.height  # output / input per axis
+    height, width = check_image_size(size, "size")
+    left, top, right, bottom = box = box or (0, 0, image.width, image.height)
+    x_scale, y_scale = width / (right - left), height / (bottom - top)  # output / input
     if mode != "squash":  # one scale for both axes: fit the shorter side (crop) or longer (pad)
         x_scale = y_scale = (max if mode == "crop" else min)(x_scale, y_scale)
-    # Box costs ~60% of Pillow's antialiased bilinear (the largest cost after decoding); it
-    # leaves a little more aliasing below 2x shrinking. Enlarging, it is nearest neighbour.
-    method = Image.BOX if max(x_scale, y_scale) <= 1 else Image.BILINEAR
+    sharp = max(x_scale, y_scale) * SHARP_SHRINK <= 1  # both sides shrink at least that much
+    method = Image.HAMMING if sharp else Image.BILINEAR
     if mode == "squash":
-        return image.resize((width, height), method, reducing_gap=3.0)
+        return image.resize((width, height), method, box=box, reducing_gap=2.0)
     if mode == "crop":
-        return ImageOps.fit(image, (width, height), method)
-    return ImageOps.pad(image, (width, height), method, color=(0, 0, 0))
+        return image.resize((width, height), method, box=_centred(box, width / height),
+                            reducing_gap=2.0)
+    return _padded(image, box, (width, height), method)
+
+
+def _centred(box, ratio: float) -> tuple[float, float, float, float]:
+    """The largest part of ``box`` with width / height ``ratio``, in its centre (as
+    ``ImageOps.fit`` crops)."""
+    left, top, right, bottom = box
+    width, height = right - left, bottom - top
+    if width / height == ratio:
+        return box
+    if width / height > ratio:  # wider than needed: the sides are cut
+        cut_width, cut_height = ratio * height, height
+    else:
+        cut_width, cut_height = width, width / ratio
+    left, top = left + (width - cut_width) * 0.5, top + (height - cut_height) * 0.5
+    return (left, top, left + cut_width, top + cut_height)
+
+
+def _padded(image: Image.Image, box, size: tuple[int, int], method) -> Image.Image:
+    """``box`` of ``image`` scaled to fit inside ``size``, centred on black (as ``ImageOps.pad``
+    with ``ImageOps.contain``)."""
+    left, top, right, bottom = box
+    width, height = right - left, bottom - top
+    fitted = size
+    if width / height > size[0] / size[1]:
+        fitted = (size[0], max(1, round(height / width * size[0])))
+    elif width / height < size[0] / size[1]:
+        fitted = (max(1, round(width / height * size[1])), size[1])
+    resized = image.resize(fitted, method, box=box, reducing_gap=2.0)
+    if fitted == size:
+        return resized
+    padded = Image.new(image.mode, size, (0, 0, 0))
+    padded.paste(resized, (round((size[0] - fitted[0]) * 0.5), round((size[1] - fitted[1]) * 0.5)))
+    return padded
 
 
 def load_array(source, size: int | tuple[int, int], mode: str = "squash", *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Opens, validates and resizes an image to a uint8 array of shape (height, width, 3)."""
-    side = size if isinstance(size, int) else max(size)
-    image = open_image(source, max_pixels=max_pixels, draft_size=side)
-    return np.asarray(resize(image, size, mode), dtype=np.uint8)
+    """Opens, validates and resizes an image to a uint8 array of shape (height, width, 3).
+
+    The one decode of an image for a model: the cache build, ``Classifier.predict`` and batch
+    prediction all call it. A JPEG is decoded at the smallest scale the resize needs
+    (:func:`draft_jpeg`), then resized once (:func:`resize`).
+    """
+    decoded = decode(source, max_pixels=max_pixels, draft_size=size, resize_mode=mode)
+    image = decoded.image
+    if decoded.box is not None or image.size != check_image_size(size, "size")[::-1]:
+        image = resize(image, size, mode, box=decoded.box)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def is_image_name(path: str | Path) -> bool:

@@ -40,9 +40,10 @@ import zlib
 
 from PIL import Image
 
-from workbench._checks import check_int
+from workbench._checks import check_choice, check_int
 from workbench._compat import http_protocol_class
-from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected, open_header
+from workbench.data.images import (DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageRejected, draft_jpeg,
+                                   open_header)
 
 DEFAULT_DECODE_BUDGET_BYTES = 512 * 1024 * 1024
 DEFAULT_DECODE_WAIT = 10.0  # seconds a request may wait for decoding memory before a 503
@@ -109,13 +110,15 @@ class DecodeEstimate:
         return self.width * self.height
 
 
-def decode_estimate(data: bytes, side: int) -> DecodeEstimate:
-    """Estimates the memory ``load_array(data, side)`` needs, from the image's header only.
+def decode_estimate(data: bytes, side: int, resize_mode: str = "squash") -> DecodeEstimate:
+    """Estimates the memory ``load_array(data, side, resize_mode)`` needs, from the image's
+    header only.
 
     Args:
         data: the encoded image.
         side: the model's input side (a JPEG is decoded at the smallest power-of-two scale
-            that keeps both sides at least this large, as ``load_array`` does).
+            that this resize needs, as ``load_array`` does: ``images.draft_jpeg``).
+        resize_mode: the model's resize mode (``squash``, ``crop`` or ``pad``).
 
     Returns:
         A :class:`DecodeEstimate`.
@@ -131,6 +134,7 @@ def decode_estimate(data: bytes, side: int) -> DecodeEstimate:
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"data must be bytes, received: {type(data).__name__}")
     check_int("side", side, minimum=1)
+    check_choice("resize_mode", resize_mode, RESIZE_MODES)
     text = _png_text_bytes(data, MAX_PNG_TEXT_BYTES) if data[:8] == _PNG_SIGNATURE else 0
     if text > MAX_PNG_TEXT_BYTES:
         raise ImageRejected("decompression bomb", "its compressed text chunks inflate to more "
@@ -140,8 +144,9 @@ def decode_estimate(data: bytes, side: int) -> DecodeEstimate:
             width, height = image.size
             transparent = "transparency" in image.info
             rotation = _may_rotate(image, data)
-            if image.format == "JPEG":  # the reduced-scale decode load_array asks for
-                image.draft("RGB", (side, side))
+            # the reduced-scale decode load_array asks for (a square: the same whichever
+            # way the EXIF turns the picture)
+            draft_jpeg(image, side, resize_mode)
             mode, format, decoded = image.mode, image.format or "", image.size
         except (OSError, ValueError, SyntaxError, EOFError) as error:
             raise ImageRejected("truncated or corrupt",

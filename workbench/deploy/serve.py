@@ -321,7 +321,8 @@ class _Service:
         """The bytes to reserve for decoding ``data``; raises ImageRejected for an image too
         large for this service, or one that is not an image in an accepted format (then nothing
         is decoded)."""
-        estimate = decode_estimate(data, int(self.classifier.image_size))
+        estimate = decode_estimate(data, int(self.classifier.image_size),
+                                   getattr(self.classifier, "resize_mode", "squash"))
         if estimate.pixels > self.max_pixels:
             raise ImageRejected("decompression bomb", f"{estimate.width}x{estimate.height} "
                                 f"exceeds this service's max_pixels={self.max_pixels}")
