@@ -274,3 +274,72 @@ def test_export_fast_computes_the_keras_reference_once(run, tmp_path, monkeypatc
                         lambda run_, pixels, **kw: calls.append(run_) or batched(run_, pixels))
     export_fast(copy, max_images=6)
     assert len(calls) == 3  # Keras once, then LiteRT and ONNX
+
+
+# --- quantized candidates, chosen only when faster and as accurate -------------------------------
+
+def _fake_measurements(monkeypatch):
+    """Deterministic timings and scores: int8 is fastest but loses 0.6 points of top-1,
+    float16 raises the ECE by 0.02, int8_dynamic passes (0.4 points, 20% faster)."""
+    p50 = {"float32": 10.0, "litert": 10.0, "onnx": 10.0, "float16": 9.0,
+           "int8_dynamic": 8.0, "int8": 5.0}
+    monkeypatch.setattr(exporting.runtime, "time_runtimes",
+                        lambda models, pixels, **kw: {name: p50[name] for name in models})
+    drop = {"model_float16": (0.0, 0.02), "model_int8_dynamic": (0.004, 0.0),
+            "model_int8": (0.006, 0.0)}
+    scores = exporting._scores
+
+    def faked(network, images, labels, temperature):
+        real = scores(network, images, labels, temperature)
+        top1, rise = drop.get(network.path.stem, (0.0, 0.0))
+        return {**real, "top1": 0.9 - top1, "ece": 0.05 + rise}
+
+    monkeypatch.setattr(exporting, "_scores", faked)
+
+
+def test_export_auto_records_each_quantized_candidate_and_loads_the_chosen(
+        run, tmp_path, monkeypatch, capsys):
+    from workbench.deploy.export import export_path, read_sidecar
+    from workbench.deploy.predict import Classifier
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    _fake_measurements(monkeypatch)
+    assert main(["export", str(copy), "--max-images", "4"]) == 0  # --quantize auto: the default
+    out = capsys.readouterr().out
+    record = read_sidecar(export_path(copy))["runtime"]["quantized"]
+    assert record["chosen"] == "int8_dynamic" and record["file"] == "model_int8_dynamic.tflite"
+    assert record["split"] == "val" and record["float32"]["top1"] == 0.9
+    c = record["candidates"]
+    assert c["int8"]["top1_drop_points"] == 0.6 and c["int8"]["faster"]
+    assert not c["int8"]["accurate"] and not c["int8"]["accepted"]  # loses > 0.5 points
+    assert c["float16"]["ece_rise"] == 0.02 and not c["float16"]["calibrated"]
+    assert not c["float16"]["accepted"]
+    assert c["int8_dynamic"]["accepted"] and c["int8_dynamic"]["top1_drop_points"] == 0.4
+    assert c["int8_dynamic"]["bytes"] < read_sidecar(export_path(copy))["bytes"]
+    assert "int8: top-1 89.40% (-0.60 points)" in out and "refused, not accurate" in out
+    assert "quantized model for prediction: int8_dynamic" in out
+    auto = Classifier.load(copy)
+    assert auto.model.path.name == "model_int8_dynamic.tflite"
+    assert auto.info["quantize"] == "int8_dynamic"
+    named = Classifier.load(copy, backend="litert")  # a named runtime is float32: final
+    assert named.model.path.name == "model.tflite" and named.info["quantize"] is None
+    # --quantize none at export is final: the quantized file is still there, and current
+    assert main(["export", str(copy), "--quantize", "none", "--max-images", "4"]) == 0
+    assert find_export(copy, quantize="int8_dynamic") is not None
+    assert "quantized" not in read_sidecar(export_path(copy))["runtime"]
+    assert Classifier.load(copy).model.path.name in ("model.tflite", "model.onnx")
+
+
+def test_no_quantized_candidate_passes_and_float32_stays(run, tmp_path, monkeypatch):
+    from workbench.deploy.export import export_fast
+    from workbench.deploy.predict import Classifier
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    _fake_measurements(monkeypatch)
+    monkeypatch.setattr(exporting, "MAX_TOP1_DROP", 0.3)  # int8_dynamic's 0.4 is too much now
+    record = export_fast(copy, max_images=4, quantize="auto").info["runtime"]["quantized"]
+    assert record["chosen"] is None and record["file"] is None
+    assert not any(c["accepted"] for c in record["candidates"].values())
+    assert Classifier.load(copy).info["quantize"] is None

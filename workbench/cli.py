@@ -770,9 +770,12 @@ def _args_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
     parser.add_argument("--format", choices=("litert", "saved_model", "onnx"), default="litert",
                         help="litert (TFLite, default), saved_model (TF Serving) or onnx")
-    parser.add_argument("--quantize", choices=("float16", "int8"),
-                        help="litert only: float16 weights, or int8 calibrated on training "
-                             "images (default: float32)")
+    parser.add_argument("--quantize", choices=("auto", "none", "float16", "int8", "int8_dynamic"),
+                        default="auto",
+                        help="litert only: auto (default): float32 LiteRT and ONNX plus the "
+                             "quantized candidates, measured, and one chosen for prediction only "
+                             "when faster and as accurate; none: float32 only, final; float16, "
+                             "int8 (calibrated on training images) or int8_dynamic: that file")
     parser.add_argument("--model", choices=("best", "final"), default="best",
                         help="best.keras (default) or the final model.keras")
     parser.add_argument("--max-images", type=_arg_type("N", _int_at_least(1)), default=1000,
@@ -786,9 +789,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from workbench.deploy.export import ExportError, export
     from workbench.runs import RunUnfinished
 
+    from workbench.deploy.export import export_fast
+
+    quantize = None if args.quantize in ("auto", "none") else args.quantize
     try:
-        result = export(args.run_dir, format=args.format, quantize=args.quantize,
-                        model=args.model, check=not args.no_check, max_images=args.max_images)
+        if args.format == "litert" and quantize is None:  # float32: both runtimes, timed
+            auto = args.quantize == "auto" and not args.no_check  # candidates need the data
+            result = export_fast(args.run_dir, model=args.model, check=not args.no_check,
+                                 max_images=args.max_images, quantize="auto" if auto else None)
+        else:
+            result = export(args.run_dir, format=args.format, quantize=quantize,
+                            model=args.model, check=not args.no_check,
+                            max_images=args.max_images)
     except RunUnfinished as error:  # in the command's words
         raise ValueError(error.advice(resume=_finish_command(args.run_dir))) from None
     except ExportError as error:

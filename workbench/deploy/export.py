@@ -6,7 +6,8 @@ result under ``<run_dir>/export/`` with a JSON sidecar next to it (``model.tflit
 
 ========================  =====================================================================
 ``model.tflite``          LiteRT flatbuffer, float32 (``model_float16.tflite``,
-                          ``model_int8.tflite`` quantized; ``model_final*`` from ``model.keras``)
+                          ``model_int8.tflite``, ``model_int8_dynamic.tflite`` quantized;
+                          ``model_final*`` from ``model.keras``)
 ``saved_model/``          a TensorFlow SavedModel for TF Serving (endpoint ``serve``)
 ``model.onnx``            ONNX, through Keras's own exporter (tf2onnx)
 ``<name>.json``           the sidecar: labels, input size and dtype, value range (raw 0-255 RGB,
@@ -29,6 +30,21 @@ records the faster in ``model.tflite.json`` under ``"runtime"``: ``chosen``, ``f
 p50 of each in ms, the threads and the CPU it was measured on. :func:`load_fast` loads the chosen
 runtime, the other one when the chosen one fails to load, and re-times both when it runs on
 another CPU than the one that chose.
+
+**Quantized, when it costs nothing.** ``export_fast(quantize="auto")`` (what ``workbench export``
+does by default) also makes ``model_float16.tflite``, ``model_int8_dynamic.tflite`` (int8
+weights, float activations) and ``model_int8.tflite`` (weights and activations int8, calibrated
+on training images), measures each on the validation split and times each together with the
+float32 runtime, and records them under ``["runtime"]["quantized"]``: the float32 reference, each
+candidate's top-1, ECE, probability differences, p50 and verdict, the ``chosen`` one (or None)
+and the rule (:data:`QUANTIZED_RULE`). The bound on the probabilities is the rise of the
+expected calibration error of the *calibrated* probabilities (the run's temperature, fitted on
+float32, applied to both): the promise of calibration is that 0.9 means right nine times in ten,
+and that is what the ECE measures; a largest per-image difference would be set by one borderline
+image (and is at least 1/256 for an int8 output), so it is recorded but does not decide.
+:func:`load_fast` loads the chosen quantized file when the runtime is not named and the CPU is
+the one that measured; float32 stays the fallback. ``quantize=None`` records no candidate, so an
+export made with ``workbench export --quantize none`` is never replaced by a quantized model.
 
 Files are written to a temporary name and renamed; the old sidecar is removed before the new
 file is renamed in and the new sidecar written last, so a killed export never leaves a file that
@@ -53,14 +69,23 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import UsageError, check_choice, check_int
 from workbench._io import atomic_path, remove, remove_stale_temporaries, write_json
 from workbench.deploy import runtime
 from workbench.deploy.runtime import RUNTIMES, runner
 from workbench.runs import MODELS, RunDir
 
 FORMATS = ("litert", "saved_model", "onnx")
-QUANTIZATIONS = (None, "float16", "int8")
+QUANTIZATIONS = (None, "float16", "int8", "int8_dynamic")
+# What export_fast(quantize="auto") tries against float32, and the rule a candidate must pass.
+QUANTIZED_CANDIDATES = ("float16", "int8_dynamic", "int8")
+MAX_TOP1_DROP = 0.5     # points of validation top-1 a quantized model may lose, at most
+MAX_ECE_RISE = 0.01     # rise of the calibrated probabilities' ECE on validation, at most
+QUANTIZED_MARGIN = 0.03  # a quantized model replaces float32 only when this much faster
+QUANTIZED_RULE = (f"the fastest candidate that is at least {QUANTIZED_MARGIN:.0%} faster than "
+                  f"the float32 runtime (p50, timed together), loses at most {MAX_TOP1_DROP} "
+                  f"points of validation top-1 and raises the ECE of the calibrated "
+                  f"probabilities by at most {MAX_ECE_RISE}; else float32")
 MIN_AGREEMENT = 0.99   # float32 exports: top-1 agreement with the Keras model, at least
 MAX_PROB_DIFF = 1e-3   # float32 exports: largest |probability difference|, at most
 # ONNX Runtime replaces LiteRT only when its p50 is at least this much lower: LiteRT starts
@@ -126,7 +151,29 @@ class ExportResult:
                          f"on {record['machine']}")
             for name, reason in record.get("unavailable", {}).items():
                 lines.append(f"{name}: not available: {reason}")
+            if "quantized" in (record or {}):
+                lines.extend(_quantized_lines(record["quantized"]))
         return "\n".join(lines) + "\n"
+
+
+def _quantized_lines(record: dict) -> list[str]:
+    """The quantized candidates and the choice, for a terminal."""
+    if "float32" not in record:
+        return [f"quantized: none chosen ({record.get('reason')})"]
+    ref = record["float32"]
+    lines = [f"quantized candidates on {record['images']} validation images (float32 "
+             f"{ref['runtime']}: top-1 {ref['top1']:.2%}, ECE {ref['ece']:.3f}, "
+             f"p50 {ref['p50_ms']:.2f} ms):"]
+    for name, c in record["candidates"].items():
+        if "top1" not in c:
+            lines.append(f"  {name}: not available: {c['reason']}")
+            continue
+        failed = [word for word in ("faster", "accurate", "calibrated") if not c[word]]
+        lines.append(f"  {name}: top-1 {c['top1']:.2%} ({-c['top1_drop_points']:+.2f} points), "
+                     f"ECE {c['ece']:.3f} ({c['ece_rise']:+.3f}), p50 {c['p50_ms']:.2f} ms: "
+                     f"{'accepted' if c['accepted'] else 'refused, not ' + ', '.join(failed)}")
+    lines.append(f"quantized model for prediction: {record['chosen'] or 'none (float32)'}")
+    return lines
 
 
 def export_path(run_dir: str | Path, *, format: str = "litert", quantize: str | None = None,
@@ -201,7 +248,8 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
         quantize: LiteRT only: ``None`` (float32), ``"float16"`` (float16 weights, half the
             size) or ``"int8"`` (full integer quantization of weights and activations,
             calibrated on training images, with float32 input and output so it is used the
-            same way; ops without an int8 kernel stay float).
+            same way; ops without an int8 kernel stay float) or ``"int8_dynamic"`` (int8
+            weights, float activations: dynamic-range quantization, no calibration).
         model: ``"best"`` (``best.keras``, or ``model.keras`` when there is none) or
             ``"final"`` (``model.keras``).
         check: compare the export with the Keras model on the run's test split (the
@@ -233,7 +281,8 @@ def export(run_dir: str | Path, *, format: str = "litert", quantize: str | None 
 
 
 def export_fast(run_dir: str | Path, *, model: str = "best", check: bool = True,
-                max_images: int = 1000, threads: int = 2) -> ExportResult:
+                max_images: int = 1000, threads: int = 2,
+                quantize: str | None = None) -> ExportResult:
     """Exports LiteRT and ONNX (float32), checks both, and records the faster one here.
 
     Both are checked against one pass of the Keras model over the test split (as
@@ -249,11 +298,16 @@ def export_fast(run_dir: str | Path, *, model: str = "best", check: bool = True,
         check: compare both exports with the Keras model (see :func:`export`).
         max_images: at most this many test images are compared.
         threads: CPU threads of each runtime while timing (as prediction will use them).
+        quantize: ``None``: float32 only, and no quantized model is ever chosen for this
+            export; ``"auto"``: also make, measure and time the quantized candidates and
+            record them, choosing one by :data:`QUANTIZED_RULE` (needs ``check`` and a
+            validation split; see the module's docstring).
 
     Returns:
         The LiteRT :class:`ExportResult`; its ``info["runtime"]`` (also in
         ``model.tflite.json``) is the choice: ``chosen``, ``fallback``, ``p50_ms``,
-        ``threads``, ``machine``, and ``unavailable`` (runtime: reason) when ONNX failed.
+        ``threads``, ``machine``, ``unavailable`` (runtime: reason) when ONNX failed, and
+        with ``quantize="auto"``, ``quantized`` (:func:`choose_quantized`).
 
     Raises:
         ExportError, ExportCheckFailed, FileNotFoundError: as :func:`export`, for LiteRT.
@@ -261,6 +315,10 @@ def export_fast(run_dir: str | Path, *, model: str = "best", check: bool = True,
     check_choice("model", model, MODELS)
     check_int("max_images", max_images, minimum=1)
     check_int("threads", threads, minimum=1)
+    check_choice("quantize", quantize, (None, "auto"))
+    if quantize == "auto" and not check:
+        raise UsageError("quantize='auto' measures each candidate on the validation split and "
+                         "needs check=True, received: check=False (use quantize=None)")
     source = _Source(run_dir, model, check=check, data=check, max_images=max_images)
     results, unavailable = {}, {}
     for format in RUNTIMES:
@@ -276,6 +334,9 @@ def export_fast(run_dir: str | Path, *, model: str = "best", check: bool = True,
     record = choose_runtime(loaded, source.side_px, threads=threads)
     if unavailable:
         record["unavailable"] = unavailable
+    if quantize == "auto":
+        record["quantized"] = choose_quantized(source, loaded[record["chosen"]],
+                                               threads=threads)
     litert = results["litert"]
     info = {**litert.info, "runtime": record}
     write_json(litert.sidecar_path, info)
@@ -300,13 +361,81 @@ def choose_runtime(models: dict, side: int, *, threads: int = 2) -> dict:
             "rule": f"onnx when its p50 is at least {ONNX_MARGIN:.0%} below litert's"}
 
 
+def choose_quantized(source: _Source, float32, *, threads: int = 2) -> dict:
+    """Makes, measures and times each quantized LiteRT candidate against ``float32`` (the
+    chosen float32 runtime); the record of the choice (:data:`QUANTIZED_RULE`).
+
+    Returns:
+        ``{"chosen", "file", "rule", "split", "images", "float32", "candidates", "machine"}``:
+        ``float32`` holds the runtime's ``top1``, ``ece`` and ``p50_ms``; each candidate its
+        ``top1``, ``top1_drop_points``, ``ece``, ``ece_rise``, ``max_abs_diff`` and
+        ``mean_abs_diff`` (calibrated probabilities against float32's), ``p50_ms``,
+        ``faster``, ``accurate``, ``calibrated``, ``accepted`` and ``bytes``; or
+        ``accepted: False`` with ``reason`` when it could not be made.
+    """
+    record = {"chosen": None, "file": None, "rule": QUANTIZED_RULE, "machine": runtime.machine()}
+    if "val" not in source.data.images or not len(source.data.images["val"]):
+        return {**record, "reason": "the dataset has no validation split to measure on"}
+    images, labels = source.data.images["val"], np.asarray(source.data.labels["val"])
+    temperature = source.run.temperature(source.model)
+    models, candidates = {}, {}
+    for name in QUANTIZED_CANDIDATES:
+        path = export_path(source.run_dir, quantize=name, model=source.model)
+        try:
+            _export(source, path, format="litert", quantize=name)
+            models[name] = runtime.load_runtime(path, "litert", threads=threads)
+        except Exception as error:  # a converter or kernel that cannot do it: not a candidate
+            candidates[name] = {"accepted": False, "reason": f"{type(error).__name__}: "
+                                f"{' '.join(str(error).split())[:300]}"}
+    side = source.side_px
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype(np.float32)
+    p50 = runtime.time_runtimes({"float32": float32, **models}, pixels)
+    reference = _scores(float32, images, labels, temperature)
+    for name, network in models.items():
+        candidates[name] = _judge(_scores(network, images, labels, temperature), reference,
+                                  p50[name], p50["float32"])
+        candidates[name]["bytes"] = _size(network.path)
+    accepted = [name for name in QUANTIZED_CANDIDATES if candidates[name]["accepted"]]
+    chosen = min(accepted, key=lambda name: candidates[name]["p50_ms"]) if accepted else None
+    return {**record, "chosen": chosen, "split": "val", "images": int(len(images)),
+            "file": export_path(source.run_dir, quantize=chosen, model=source.model).name
+            if chosen else None,
+            "float32": {"runtime": float32.runtime, "top1": reference["top1"],
+                        "ece": reference["ece"], "p50_ms": p50["float32"]},
+            "candidates": {name: candidates[name] for name in QUANTIZED_CANDIDATES}}
+
+
+def _scores(network, images: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """Top-1 and ECE of ``network``'s calibrated probabilities on ``images``."""
+    from workbench.calibration import apply_temperature, expected_calibration_error
+
+    calibrated = apply_temperature(_batched(network, images), temperature)
+    return {"top1": float(np.mean(np.argmax(calibrated, axis=1) == labels)),
+            "ece": expected_calibration_error(calibrated, labels), "probabilities": calibrated}
+
+
+def _judge(scores: dict, reference: dict, p50: float, float32_p50: float) -> dict:
+    """A candidate's numbers against float32's, and whether it passes :data:`QUANTIZED_RULE`."""
+    drop = (reference["top1"] - scores["top1"]) * 100
+    rise = scores["ece"] - reference["ece"]
+    diff = np.abs(scores["probabilities"] - reference["probabilities"])
+    verdict = {"faster": bool(p50 <= float32_p50 * (1 - QUANTIZED_MARGIN)),
+               "accurate": bool(drop <= MAX_TOP1_DROP), "calibrated": bool(rise <= MAX_ECE_RISE)}
+    return {"top1": round(scores["top1"], 6), "top1_drop_points": round(drop, 3),
+            "ece": round(scores["ece"], 6), "ece_rise": round(rise, 6),
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "p50_ms": p50, **verdict, "accepted": all(verdict.values())}
+
+
 def load_fast(run_dir: str | Path, *, model: str = "best", runtime_name: str | None = None,
               threads: int = 2):
     """The fast runtime of a run's up-to-date export, or None when there is no such export.
 
     Reads the choice that :func:`export_fast` recorded in ``model.tflite.json``: the chosen
-    runtime loads first; when it fails to load (a missing package, a damaged file), the
-    other one does, with a warning. On a CPU other than the one recorded, both are timed
+    quantized model when one was chosen (``quantize="auto"``), ``runtime_name`` is None and
+    this is the CPU that measured it (float32 when it fails to load, with a warning); else
+    the chosen runtime loads first; when it fails to load (a missing package, a damaged
+    file), the other one does, with a warning. On a CPU other than the one recorded, both are timed
     again (a second or less) and the faster is used, without writing anything. Imports no
     TensorFlow.
 
@@ -336,6 +465,10 @@ def load_fast(run_dir: str | Path, *, model: str = "best", runtime_name: str | N
     paths = {name: find_export(run_dir, format=name, model=model) for name in order}
     if not any(paths.values()):
         return None
+    if runtime_name is None and record.get("machine") == runtime.machine():
+        quantized = _load_quantized(run_dir, record.get("quantized") or {}, model, threads)
+        if quantized is not None:
+            return quantized
     loaded, failures = {}, []
     for name in order:
         if paths[name] is None:
@@ -357,6 +490,22 @@ def load_fast(run_dir: str | Path, *, model: str = "best", runtime_name: str | N
         side = loaded[next(iter(loaded))].input_shape[1]
         return loaded[choose_runtime(loaded, side, threads=threads)["chosen"]]
     return next(iter(loaded.values()))
+
+
+def _load_quantized(run_dir, record: dict, model: str, threads: int):
+    """The quantized model that :func:`choose_quantized` chose, if any is current and loads;
+    None (float32 then) otherwise, with a warning when it is there but does not load."""
+    path = find_export(run_dir, quantize=record["chosen"], model=model) \
+        if record.get("chosen") in QUANTIZATIONS[1:] else None
+    if path is None:
+        return None
+    try:
+        return runtime.load_runtime(path, "litert", threads=threads)
+    except Exception as error:  # a damaged file: float32 is the fallback
+        warnings.warn(f"the chosen quantized export {path.name} of {run_dir} does not load "
+                      f"({type(error).__name__}: {error}); using float32 instead",
+                      RuntimeWarning, stacklevel=3)
+        return None
 
 
 class _Source:
