@@ -122,7 +122,7 @@ def table(*, p50s: dict, record: dict, flops: int, peak: float, task: dict, load
         f"2048x2048 NumPy matmul, {blas}) = {floor:.2f} ms.",
         "",
         "| export | p50 (ms) | vs float32 LiteRT | vs the floor | bundled task top-1 "
-        "(drop, points) | ECE rise | chosen by auto |",
+        "(change, points) | ECE rise | chosen by auto |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     base = ours["float32 (LiteRT)"]
@@ -133,9 +133,12 @@ def table(*, p50s: dict, record: dict, flops: int, peak: float, task: dict, load
             accuracy = f"{task['float32']['top1']:.2%} (reference)" if "float32" in task else ""
             rise = ""
         else:
-            accuracy = f"{c['top1']:.2%} ({c['top1_drop_points']:+.2f})" if "top1" in c else ""
+            accuracy = f"{c['top1']:.2%} ({-c['top1_drop_points']:+.2f})" if "top1" in c \
+                else f"not made: {c.get('reason', '')[:60]}"
             rise = f"{c['ece_rise']:+.3f}" if "ece_rise" in c else ""
-        chosen = ("yes" if key and quantized.get("chosen") == key else "") if key else ""
+        chosen = "yes" if key and quantized.get("chosen") == key else ""
+        if name.endswith("auto"):
+            chosen = f"runs {quantized.get('chosen') or 'float32'}"
         lines.append(f"| {name} | {ours[name]:.2f} ({min(values):.2f}-{max(values):.2f}) | "
                      f"{ours[name] / base:.2f}x | {ours[name] / floor:.2f}x | {accuracy} | "
                      f"{rise} | {chosen} |")
