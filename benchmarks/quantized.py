@@ -97,7 +97,7 @@ def task_record(root: Path, args) -> dict:
 
     write_target(root / "data", image_size=32)
     prepare(root / "data" / "target", root / "splits", counts=(args.per_class, 50, 50),
-            progress=False)
+            progress="none")
     finetune(root / "splits", root / "run", backbone="cifar_cnn", weights=None,
              recipe="scratch", image_size=32, progress="none",
              solver=SolverConfig(epochs=args.epochs, batch_size=32),

@@ -321,7 +321,7 @@ def test_export_auto_records_each_quantized_candidate_and_loads_the_chosen(
     assert "quantized model for prediction: int8_dynamic" in out
     auto = Classifier.load(copy)
     assert auto.model.path.name == "model_int8_dynamic.tflite"
-    named = Classifier.load(copy, backend="litert")  # a named runtime is float32: final
+    named = Classifier.load(copy, runtime="litert")  # a named runtime is float32: final
     assert named.model.path.name == "model.tflite"
     # --quantize none at export is final: the quantized file is still there, and current
     assert main(["export", str(copy), "--quantize", "none", "--max-images", "4"]) == 0

@@ -786,10 +786,8 @@ def _args_export(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from workbench.deploy.export import ExportError, export
+    from workbench.deploy.export import ExportError, export, export_fast
     from workbench.runs import RunUnfinished
-
-    from workbench.deploy.export import export_fast
 
     quantize = None if args.quantize in ("auto", "none") else args.quantize
     try:
