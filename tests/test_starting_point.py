@@ -207,7 +207,7 @@ def test_the_old_keywords_still_work_with_a_warning_and_mean_the_same_run(runs):
                                 progress="none")
     assert table["test_accuracy"].tolist() == [finished["test_accuracy"]]  # kept, not trained
     with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)  # start= itself warns of nothing
+        warnings.filterwarnings("error", ".*goes in the next release", DeprecationWarning)
         kept = compare_recipes(runs["splits"], runs["tuned"].parent, recipes=["caffe"],
                                seeds=[0], start=str(runs["source"] / "model.keras"),
                                solver=SOLVER, progress="none")

@@ -712,18 +712,18 @@ def prepare(data, out, *, list_file=None, labels_file=None, min_per_class: int =
         OneClassKept: only one class was kept (nothing is written).
         FileExistsError: ``out`` is a file or holds files that are not a split's.
     """
+    options = {"counts": counts, "val": val, "test": test}
+    settings = split(pd.DataFrame(columns=["path", "label", "sha256", "status"]),
+                     min_per_class=min_per_class, seed=seed,
+                     **options).settings  # validates the options before the (long) scan
+    check_bool("overwrite", overwrite)
+    progress = progress_argument(progress)
     if not os.path.isdir(data):
         raise MissingPath(f"data must be an existing folder, received: {str(data)!r}")
     resolved, written = Path(data).resolve(), check_folder_path("out", out).resolve()
     if written == resolved or resolved in written.parents:
         raise UsageError(f"out must not be inside data (the dataset is never written "
                          f"to), received: {str(out)!r}")
-    options = {"counts": counts, "val": val, "test": test}
-    check_bool("overwrite", overwrite)
-    progress = progress_argument(progress)
-    settings = split(pd.DataFrame(columns=["path", "label", "sha256", "status"]),
-                     min_per_class=min_per_class, seed=seed,
-                     **options).settings  # validates the options before the (long) scan
     refusal = None if overwrite else _refusal_before_scan(Path(out), settings, data)
     if refusal is not None:
         raise refusal
