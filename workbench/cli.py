@@ -9,7 +9,8 @@ leading keyword and each ``keyword=value`` become ``--flag`` and ``--flag value`
 :func:`_in_flags`). Bounds the library checks only after long work (the report's
 ``--max-report-files``, lr-find's rates and steps) are also checked as the text is parsed.
 
-Exit status and stderr, never a traceback unless ``WORKBENCH_DEBUG=1``:
+Exit status and stderr, never a traceback unless ``WORKBENCH_DEBUG=1`` (then every error's
+traceback comes before its line):
 
 - 0: done.
 - 2, one line ``error: ...``: the user's mistake: an argparse error, a
@@ -22,8 +23,7 @@ Exit status and stderr, never a traceback unless ``WORKBENCH_DEBUG=1``:
   cannot be downloaded, the loss diverged; the workers of a cluster did not all join; an
   export that does not match its model; a split that kept no class).
 - 1, one line ``workbench VERB: failed: TYPE: message (WORKBENCH_DEBUG=1 shows the
-  traceback)``: anything else (a Keras error mid-training, a full disk, a bug); with
-  ``WORKBENCH_DEBUG=1`` the traceback comes first.
+  traceback)``: anything else (a Keras error mid-training, a full disk, a bug).
 - 130: interrupted (Ctrl+C); the verbs that train say what was kept.
 
 Each verb imports the library it calls inside its function, so that ``workbench predict`` (the
@@ -1109,10 +1109,15 @@ def _user_path_error(error: BaseException, args: argparse.Namespace) -> bool:
             and _argument_of(os.fsdecode(error.filename), args) is not None)
 
 
-def _failed(verb: str, error: BaseException) -> int:
-    """Reports a failure in one line (after the traceback with ``WORKBENCH_DEBUG=1``)."""
+def _traceback_if_debugging(error: BaseException) -> None:
+    """With ``WORKBENCH_DEBUG=1``, every error's traceback before its line."""
     if os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0"):
         traceback.print_exception(error)
+
+
+def _failed(verb: str, error: BaseException) -> int:
+    """Reports a failure in one line (after the traceback with ``WORKBENCH_DEBUG=1``)."""
+    _traceback_if_debugging(error)
     print(f"workbench {verb}: failed: {type(error).__name__}: {one_line(error)} "
           f"({DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
     return EXIT_FAILED
@@ -1135,6 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
                 if getattr(args, "distributed", False) else None)
         return args.run(args)
     except UsageError as error:  # the user's mistake, in the command's words
+        _traceback_if_debugging(error)
         print(f"error: {_in_flags(one_line(error), args)}", file=sys.stderr)
         # one that shows only at run time (weights that cannot be downloaded) is a failure of
         # the run, not of the command line
@@ -1142,6 +1148,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if not _user_path_error(error, args):  # a full disk, a lost mount: a failure
             return _failed(args.verb, error)
+        _traceback_if_debugging(error)
         print(f"error: {_in_words(error, args)}", file=sys.stderr)
         return EXIT_USAGE
     except ClusterError as error:  # the workers did not all join: the message names them
