@@ -146,7 +146,7 @@ def test_a_keras_error_mid_training_is_a_failure_not_the_users_mistake(splits, t
                          "target.shape=(8,), output.shape=(8, 10)")
 
     monkeypatch.setattr("workbench.training.train.train_stages", keras_trouble)
-    assert main(["train", "--splits", str(splits), "--out", str(tmp_path / "run"), *TRAIN]) == 1
+    assert main(["train", "--splits", str(splits), "--run-dir", str(tmp_path / "run"), *TRAIN]) == 1
     line = failure_line(capsys, "train")
     assert line.startswith("workbench train: failed: ValueError: Arguments `target` and "
                            "`output` must have the same shape.")
@@ -155,7 +155,8 @@ def test_a_keras_error_mid_training_is_a_failure_not_the_users_mistake(splits, t
         raise UsageError("batch_size must be at most the 8 training images, received: 9")
 
     monkeypatch.setattr("workbench.training.train.train_stages", user_mistake)
-    assert main(["train", "--splits", str(splits), "--out", str(tmp_path / "run2"), *TRAIN]) == 2
+    assert main(["train", "--splits", str(splits), "--run-dir", str(tmp_path / "run2"),
+                 *TRAIN]) == 2
     assert one_error_line(capsys) == ("error: --batch-size must be at most the 8 training images, "
                                       "received: 9")
 
@@ -181,10 +182,10 @@ def test_the_command_leaves_the_checks_to_the_library_and_names_its_flags(data, 
         (["split", str(data), "--out", str(out), "--min-per-class", "0"],
          lambda: prepare(data, out, min_per_class=0), [("min_per_class", "--min-per-class")]),
         (["split", str(data), "--out", str(data / "inside")],
-         lambda: prepare(data, data / "inside"), [("out_dir", "--out")]),
-        (["train", "--splits", str(splits), "--out", str(out), "--epochs", "1"],
+         lambda: prepare(data, data / "inside"), [("out must", "--out must")]),
+        (["train", "--splits", str(splits), "--run-dir", str(out), "--epochs", "1"],
          lambda: finetune(splits, out, solver=SolverConfig(epochs=1)), [("epochs", "--epochs")]),
-        (["train", "--splits", str(splits), "--out", str(out), "--cut-at", "conv1"],
+        (["train", "--splits", str(splits), "--run-dir", str(out), "--cut-at", "conv1"],
          lambda: StartingPoint(cut_at="conv1"), [("cut_at=", "--cut-at "), ("cut_at", "--cut-at")]),
         (["lr-find", "--splits", str(splits), "--batch-size", "0"],
          lambda: SolverConfig(batch_size=0), [("batch_size", "--batch-size")]),
@@ -202,7 +203,7 @@ def test_the_command_leaves_the_checks_to_the_library_and_names_its_flags(data, 
 def test_a_source_beside_a_backbone_is_refused_by_the_library_check(splits, tmp_path, capsys):
     source = tmp_path / "source.keras"
     source.write_bytes(b"")  # refused before it is read
-    for verb in (["train", "--out", str(tmp_path / "run")], ["lr-find"]):
+    for verb in (["train", "--run-dir", str(tmp_path / "run")], ["lr-find"]):
         for given, said in ((["--backbone", "lenet"], "--backbone 'lenet'"),
                             (["--weights", "none"], "--weights None")):
             argv = [verb[0], "--splits", str(splits), *verb[1:], "--source", str(source), *given]

@@ -167,7 +167,8 @@ def test_parse_reads_a_backbone_name_or_a_model_file(model_file, tmp_path):
 def test_finetune_refuses_a_conflicting_start_before_any_work(runs, tmp_path):
     source = runs["source"] / "model.keras"
     with pytest.warns(DeprecationWarning, match=r"finetune\(backbone=..., source=...\) is "
-                                                r"deprecated and goes in the next release"), \
+                                                r"deprecated and will be removed in the next "
+                                                r"release"), \
             pytest.raises(UsageError, match=r"not both; received: backbone='lenet' and source="):
         finetune(runs["splits"], tmp_path / "run", backbone="lenet", source=source)
     with pytest.warns(DeprecationWarning), pytest.raises(
@@ -207,7 +208,7 @@ def test_the_old_keywords_still_work_with_a_warning_and_mean_the_same_run(runs):
                                 progress="none")
     assert table["test_accuracy"].tolist() == [finished["test_accuracy"]]  # kept, not trained
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", ".*goes in the next release", DeprecationWarning)
+        warnings.filterwarnings("error", ".*will be removed in the next release", DeprecationWarning)
         kept = compare_recipes(runs["splits"], runs["tuned"].parent, recipes=["caffe"],
                                seeds=[0], start=str(runs["source"] / "model.keras"),
                                solver=SOLVER, progress="none")

@@ -1072,9 +1072,8 @@ _ARGUMENT_NAMES = {"run_dir": "RUN_DIR", "data": "DATA", "images": "IMAGE",
 # The library's keywords that a verb's options give under another name (the others are their
 # options' names: val= is --val, cut_at= is --cut-at).
 _KEYWORDS = {
-    "split": {"data_dir": "DATA", "out_dir": "--out", "list_file": "--list",
-              "labels_file": "--labels"},
-    "train": {"run_dir": "--out", "lr_mult_rules": "--lr-mult",
+    "split": {"list_file": "--list", "labels_file": "--labels"},
+    "train": {"run_dir": "--run-dir", "lr_mult_rules": "--lr-mult",
               "decay_mult_rules": "--decay-mult"},
     "lr-find": {"lr_mult_rules": "--lr-mult", "decay_mult_rules": "--decay-mult"},
     "predict": {"list_file": "--list", "list_root": "--root", "out": "--out"},
