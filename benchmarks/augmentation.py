@@ -234,6 +234,7 @@ def bundled_task(folder: Path, args) -> tuple[Path, Path]:
     """The demo's target split (5,rest,50 per digit) and its source model."""
     from workbench.data import sample
     from workbench.data.split import prepare
+    from workbench.models import StartingPoint
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
 
@@ -247,8 +248,9 @@ def bundled_task(folder: Path, args) -> tuple[Path, Path]:
     sample.write_source(folder / "data", per_class=args.source_per_class)
     prepare(folder / "data" / "source", folder / "splits" / "source", val=0.1, test=0.1,
             progress="none")
-    run = finetune(folder / "splits" / "source", folder / "source", backbone="cifar_cnn",
-                   weights=None, recipe="scratch", image_size=32, augment="off",
+    run = finetune(folder / "splits" / "source", folder / "source",
+                   start=StartingPoint("cifar_cnn", weights=None), recipe="scratch",
+                   image_size=32, augment="off",
                    solver=SolverConfig(optimizer="adam", base_lr=0.003, epochs=8,
                                        batch_size=32, lr_policy="cosine", weight_decay=5e-4),
                    progress="none")
@@ -271,7 +273,7 @@ def measure_accuracy(args) -> dict:
         for seed in range(args.seeds):
             for variant in args.variants:
                 started = time.monotonic()
-                run = finetune(splits, Path(temp) / "runs" / f"{variant}-{seed}", source=source,
+                run = finetune(splits, Path(temp) / "runs" / f"{variant}-{seed}", start=source,
                                recipe="two_stage", image_size=32, solver=solver, seed=seed,
                                augment=PRESETS.get(variant, variant), progress="none")
                 results[variant].append((run.metrics["test_accuracy"],

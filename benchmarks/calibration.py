@@ -52,6 +52,7 @@ def prepare_task(work: Path, args) -> tuple[Path, Path]:
     but for the source's epochs); kept in ``work`` and reused when already there."""
     from workbench.data import sample
     from workbench.data.split import prepare, split_options
+    from workbench.models import StartingPoint
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
 
@@ -69,9 +70,9 @@ def prepare_task(work: Path, args) -> tuple[Path, Path]:
         prepare(data / "source", source_splits, val=0.1, test=0.1, seed=0, progress="none")
     solver = SolverConfig(optimizer="adam", base_lr=0.003, epochs=args.source_epochs,
                           batch_size=32, lr_policy="cosine", weight_decay=5e-4)
-    source = finetune(source_splits, work / "source", backbone="cifar_cnn", weights=None,
-                      recipe="scratch", solver=solver, image_size=32, seed=0, progress="none",
-                      resume=True)
+    source = finetune(source_splits, work / "source",
+                      start=StartingPoint("cifar_cnn", weights=None), recipe="scratch",
+                      solver=solver, image_size=32, seed=0, progress="none", resume=True)
     return target, source.run_dir / "model.keras"
 
 
@@ -131,11 +132,11 @@ def main(argv=None) -> int:
         solver = SolverConfig(optimizer="sgd", base_lr=0.01, epochs=args.epochs, batch_size=16,
                               lr_policy="cosine", weight_decay=5e-4, test_interval=5)
         recipes = args.recipes.split(",")
-        results = compare_recipes(target, work / "fine_tune", recipes=recipes,
+        results = compare_recipes(target, work / "fine_tune", start=source, recipes=recipes,
                                   seeds=list(range(args.seeds)), solver=solver,
                                   solvers={"caffe": solver.replace(base_lr=0.001)}
                                   if "caffe" in recipes else {},
-                                  image_size=32, source=source, augment="off", progress="none")
+                                  image_size=32, augment="off", progress="none")
         rows = [{"recipe": row.recipe, "seed": row.seed, **measure(Path(row.run_dir))}
                 for row in results.itertuples()]
     frame = pd.DataFrame(rows)

@@ -117,6 +117,7 @@ def build_run(root: Path, backbone: str, size: int, *,
 
     from workbench.data.split import prepare
     from workbench.deploy.export import export_fast
+    from workbench.models import StartingPoint
     from workbench.training.solver import SolverConfig
     from workbench.training.options import Monitoring
     from workbench.training.train import finetune
@@ -133,8 +134,8 @@ def build_run(root: Path, backbone: str, size: int, *,
             folder / f"{counts[label]}.png")
     prepare(root / "data", root / "splits", counts=(3, 1, 2), progress="none")
     run_dir = root / "run"
-    finetune(root / "splits", run_dir, backbone=backbone, weights=None, recipe="scratch",
-             image_size=size, solver=SolverConfig(epochs=1, batch_size=8), progress="none",
+    finetune(root / "splits", run_dir, start=StartingPoint(backbone, weights=None),
+             recipe="scratch", image_size=size, solver=SolverConfig(epochs=1, batch_size=8), progress="none",
              monitoring=Monitoring(resources=False))
     started = time.perf_counter()
     export_fast(run_dir, quantize=quantize)

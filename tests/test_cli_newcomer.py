@@ -114,7 +114,8 @@ def test_plot_resources_into_a_folder_writes_resources_png_there_and_says_so(
 
 
 @pytest.mark.parametrize("arguments, words", [
-    (["split", "{data}", "--out", "{file}/splits"], ["--out", "'{file}'", "is a file"]),
+    (["split", "{data}", "--out", "{file}/splits"], ["--out", "lies under '{file}', a file"]),
+    (["split", "{data}", "--out", "{file}"], ["--out '{file}' is a file"]),
     (["sample-data", "--out", "{file}/sample"], ["--out", "lies under '{file}', a file"]),
     (["train", "--splits", "{tmp}", "--run-dir", "{file}/run"],
      ["--run-dir", "lies under '{file}', a file"]),

@@ -89,18 +89,18 @@ def test_running_twice_gives_identical_files(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("arguments, must_name", [
     (["--val", "abc"], ["--val", "'abc'"]),
-    (["--val", "1.5"], ["--val", "'1.5'"]),
-    (["--test", "-0.1"], ["--test", "'-0.1'"]),
-    (["--val", "0.6", "--test", "0.6"], ["--val + --test", "--val 0.6", "--test 0.6"]),
-    (["--min-per-class", "0"], ["--min-per-class", "'0'"]),
+    (["--val", "1.5"], ["--val must be <= 1.0, received: 1.5"]),  # the library's check
+    (["--test", "-0.1"], ["--test must be >= 0.0, received: -0.1"]),
+    (["--val", "0.6", "--test", "0.6"], ["--val + --test must be <= 1", "--val 0.6", "--test 0.6"]),
+    (["--min-per-class", "0"], ["--min-per-class must be >= 1, received: 0"]),
     (["--min-per-class", "two"], ["--min-per-class", "'two'"]),
     (["--seed", "1.5"], ["--seed", "'1.5'"]),
     (["--counts", "10,rest"], ["--counts", "'10,rest'"]),
     (["--counts", "rest,rest,10"], ["--counts", "'rest,rest,10'"]),
     (["--counts", "10,-1,10"], ["--counts", "'10,-1,10'"]),
-    (["--counts", "10,rest,10", "--val", "0.2"], ["--counts", "--val", "0.2"]),
-    (["--list", "list.txt"], ["--labels", "--list", "'list.txt'"]),
-    (["--labels", "labels.txt"], ["--list", "--labels", "'labels.txt'"]),
+    (["--counts", "10,rest,10", "--val", "0.2"], ["--counts '10,rest,10'", "--val 0.2"]),
+    (["--list", "list.txt"], ["--labels is required with --list 'list.txt'"]),
+    (["--labels", "labels.txt"], ["--list is required with --labels 'labels.txt'"]),
 ])
 def test_a_bad_argument_is_one_line_naming_it(tmp_path, capsys, arguments, must_name):
     data = tmp_path / "data"
@@ -122,7 +122,7 @@ def test_missing_inputs_are_one_line(data, tmp_path, capsys):
     cases = [
         (["split", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")], "nowhere"),
         (["split", str(data), "--out", str(tmp_path / "out"), "--list", "no.txt",
-          "--labels", "no_labels.txt"], "'no.txt'"),
+          "--labels", "no_labels.txt"], "--labels not found: 'no_labels.txt'"),
         (["split", str(data), "--out", str(data / "splits")], "--out"),
         (["split", str(data)], "--out"),
         (["frobnicate"], "'frobnicate'"),
@@ -164,7 +164,7 @@ def test_the_command_exits_with_the_status_and_no_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: DATA folder not found, received: {str(tmp_path / 'nowhere')!r}"]
+        f"error: DATA must be an existing folder, received: {str(tmp_path / 'nowhere')!r}"]
 
 
 # --- an existing split folder ------------------------------------------------------------------

@@ -55,9 +55,11 @@ def test_image_size_defaults_to_the_backbone_or_the_source_model(splits, tmp_pat
 
 @pytest.mark.parametrize("arguments, message", [
     (["--lr-mult", "conv1"], "argument --lr-mult: must be PATTERN=MULTIPLIER"),
-    (["--cut-at", "conv1"], "--cut-at needs --source, received: --cut-at 'conv1'"),
+    (["--cut-at", "conv1"], "--cut-at needs a source model to cut, received: --cut-at 'conv1'"),
     (["--backbone", "alexnet"], "backbone must be one of"),
-    (["--epochs", "0"], "argument --epochs: must be >= 1, received: '0'"),
+    (["--epochs", "0"], "error: --epochs must be >= 1, received: 0"),  # the library's check
+    (["--epochs", "one"], "argument --epochs: must be an integer, received: 'one'"),
+    (["--image-size", "4"], "error: --image-size must be >= 8, received: 4"),
     (["--augment", "sometimes"], "augment must be 'auto', 'on' or 'off'"),
     (["--class-weight", "inverse"], "argument --class-weight: invalid choice: 'inverse'"),
     (["--weights", "missing.weights.h5"],

@@ -30,6 +30,7 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     import tiny_data
     from workbench.data.split import prepare
+    from workbench.models import StartingPoint
     from workbench.training.options import Execution
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
@@ -38,7 +39,7 @@ SCRIPT = textwrap.dedent("""
     tiny_data.write_digits(__import__("pathlib").Path(work) / "data", per_class=8)
     prepare(work + "/data", work + "/splits", counts=(4, "rest", 2), progress="none")
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    run = finetune(work + "/splits", sys.argv[2], backbone="cifar_cnn", weights=None,
+    run = finetune(work + "/splits", sys.argv[2], start=StartingPoint("cifar_cnn", weights=None),
                    recipe="caffe", image_size=16, solver=SolverConfig(epochs=2, batch_size=8),
                    execution=Execution(strategy=strategy), progress="none")
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, **run.metrics}))
@@ -52,6 +53,7 @@ JAX_SCRIPT = textwrap.dedent("""
     import jax, keras, numpy as np
     sys.path.insert(0, sys.argv[2])
     import tiny_data
+    from workbench.models import StartingPoint
     from workbench.training.lr_mult import with_lr_multipliers
     from workbench.training.options import Execution
     from workbench.training.solver import SolverConfig
@@ -61,8 +63,8 @@ JAX_SCRIPT = textwrap.dedent("""
     splits = tiny_data.write_splits(work, per_class=10, counts=(4, 2, 4))
     runs = {}
     for name, strategy in (("one", None), ("auto", "auto")):
-        run = finetune(splits, work / name, backbone="cifar_cnn", weights=None, recipe="caffe",
-                       image_size=16, dropout=0.0, seed=1, progress="none",
+        run = finetune(splits, work / name, start=StartingPoint("cifar_cnn", weights=None),
+                       recipe="caffe", image_size=16, dropout=0.0, seed=1, progress="none",
                        solver=SolverConfig(epochs=3, batch_size=8),
                        execution=Execution(strategy=strategy))
         runs[name] = {"history": run.history.drop(columns="seconds").to_dict("list"),

@@ -14,6 +14,7 @@ from workbench import cli
 from workbench.evaluation import (FILES, EvaluationReport, confusion_matrix, evaluate,
                                 most_confused, per_class_report, split_images, top_k_accuracy,
                                 worst_predictions)
+from workbench.models import StartingPoint
 from workbench.training.solver import SolverConfig
 from workbench.training.train import finetune
 
@@ -151,7 +152,7 @@ def test_worst_gallery_shows_the_worst_images(report):
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     splits = tiny_data.write_splits(root, per_class=10, counts=(5, 2, "rest"))
-    run = finetune(splits, root / "run", backbone="lenet", weights=None,
+    run = finetune(splits, root / "run", start=StartingPoint("lenet", weights=None),
                    recipe="scratch", solver=SolverConfig(epochs=2, batch_size=16, base_lr=0.01),
                    image_size=16, progress="none")
     return run.run_dir
@@ -264,7 +265,7 @@ def test_cli_tta_writes_the_averaged_predictions(run_dir, capsys):
 def test_cli_rejects_a_bad_split_in_one_line(run_dir, capsys):
     assert cli.main(["evaluate", str(run_dir), "--split", "tset"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: split must be one of") and "'tset'" in err
+    assert err.startswith("error: --split must be one of") and "'tset'" in err
     assert len(err.strip().splitlines()) == 1
 
 

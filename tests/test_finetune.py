@@ -9,6 +9,7 @@ import pytest
 
 import tiny_data
 from workbench import models
+from workbench.models import StartingPoint
 from workbench.training import callbacks as cb
 from workbench.training import checkpoint
 from workbench.training.options import Monitoring
@@ -16,6 +17,7 @@ from workbench.training.solver import SolverConfig
 from workbench.training.train import Run, finetune
 
 SOLVER = SolverConfig(epochs=4, batch_size=16, base_lr=0.02, lr_policy="cosine")
+LENET, CIFAR = StartingPoint("lenet", weights=None), StartingPoint("cifar_cnn", weights=None)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,8 @@ def splits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def source_model(splits, tmp_path_factory):
     """A small 'pretrained' source: cifar_cnn trained briefly on the same digits."""
-    run = finetune(splits, tmp_path_factory.mktemp("source") / "run", backbone="cifar_cnn",
-                   weights=None, recipe="scratch", solver=SOLVER.replace(epochs=2),
+    run = finetune(splits, tmp_path_factory.mktemp("source") / "run", start=CIFAR,
+                   recipe="scratch", solver=SOLVER.replace(epochs=2),
                    image_size=16, progress="none")
     return run.run_dir / "model.keras"
 
@@ -38,7 +40,7 @@ def weights_of(path):
 
 
 def test_run_directory_holds_every_file(splits, tmp_path):
-    run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+    run = finetune(splits, tmp_path / "run", start=LENET, recipe="scratch",
                    solver=SOLVER.replace(epochs=2), image_size=16, progress="none")
     for name in ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
                  "model.keras", "best.keras", "metrics.json", "checkpoint.json", "curves.png",
@@ -62,7 +64,7 @@ def test_run_directory_holds_every_file(splits, tmp_path):
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, tmp_path,
                                                          monkeypatch):
-    options = dict(source=source_model, recipe="two_stage", dropout=0.3, image_size=16,
+    options = dict(start=source_model, recipe="two_stage", dropout=0.3, image_size=16,
                    solver=SOLVER, seed=3, progress="none")
     whole = finetune(splits, tmp_path / "whole", **options)
 
@@ -92,7 +94,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, t
 
 
 def test_resume_of_a_finished_run_returns_it(splits, tmp_path):
-    options = dict(backbone="lenet", weights=None, recipe="scratch", image_size=16,
+    options = dict(start=LENET, recipe="scratch", image_size=16,
                    solver=SOLVER.replace(epochs=1), progress="none")
     first = finetune(splits, tmp_path / "run", **options)
     stamp = (tmp_path / "run" / "model.keras").stat().st_mtime_ns
@@ -105,7 +107,7 @@ def test_resume_of_a_finished_run_returns_it(splits, tmp_path):
 
 def test_a_killed_checkpoint_write_keeps_the_previous_checkpoint(splits, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch", image_size=16,
+    finetune(splits, run_dir, start=LENET, recipe="scratch", image_size=16,
              solver=SOLVER.replace(epochs=1), progress="none")
     model, state = checkpoint.load_checkpoint(run_dir)
 
@@ -138,19 +140,19 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(splits, 
 
     monkeypatch.setattr(cb.DivergenceGuard, "on_train_batch_end", nan_in_second_epoch)
     with pytest.raises(cb.TrainingDiverged, match=r"loss became nan .* epoch 2.*base_lr"):
-        finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch",
+        finetune(splits, run_dir, start=LENET, recipe="scratch",
                  image_size=16, solver=SOLVER, progress="none")
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "diverged"
     assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] == 1
     assert not (run_dir / "model.keras").exists()
     monkeypatch.undo()  # the NaN was a passing fault: resuming retries from the checkpoint
-    run = finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch",
+    run = finetune(splits, run_dir, start=LENET, recipe="scratch",
                    image_size=16, solver=SOLVER, progress="none", resume=True)
     assert run.metrics["status"] == "completed" and list(run.history["epoch"]) == [1, 2, 3, 4]
 
 
 def test_feature_extraction_keeps_the_backbone_frozen(splits, source_model, tmp_path):
-    run = finetune(splits, tmp_path / "run", source=source_model, recipe="feature_extraction",
+    run = finetune(splits, tmp_path / "run", start=source_model, recipe="feature_extraction",
                    image_size=16, solver=SOLVER.replace(epochs=2), progress="none")
     before = models.load_source(source_model).get_weights()
     tuned = models.load_model(run.run_dir / "model.keras").get_layer("backbone").get_weights()
@@ -161,7 +163,7 @@ def test_feature_extraction_keeps_the_backbone_frozen(splits, source_model, tmp_
 
 
 def test_two_stage_unfreezes_with_discriminative_rates(splits, source_model, tmp_path):
-    run = finetune(splits, tmp_path / "run", source=source_model, recipe="two_stage",
+    run = finetune(splits, tmp_path / "run", start=source_model, recipe="two_stage",
                    image_size=16, solver=SOLVER, progress="none")
     assert list(run.history["stage"]) == ["head", "all", "all", "all"]  # 30% of 4 epochs: 1
     second = run.lr_table[run.lr_table["stage"] == "all"].set_index("layer")
@@ -179,23 +181,23 @@ def test_bad_arguments_are_named(splits, tmp_path):
     with pytest.raises(ValueError, match="recipe must be one of .* received: 'magic'"):
         finetune(splits, tmp_path / "r", recipe="magic")
     with pytest.raises(ValueError, match="backbone must be one of .* received: 'alexnet'"):
-        finetune(splits, tmp_path / "r", backbone="alexnet")
+        finetune(splits, tmp_path / "r", start="alexnet")
     with pytest.raises(FileNotFoundError, match="splits must be a folder"):
-        finetune(tmp_path / "nowhere", tmp_path / "r", backbone="lenet", weights=None)
+        finetune(tmp_path / "nowhere", tmp_path / "r", start=LENET)
     with pytest.raises(ValueError, match=r"pattern 'conv9\*' matches no layer with weights"):
-        finetune(splits, tmp_path / "r", backbone="lenet", weights=None, recipe="scratch",
+        finetune(splits, tmp_path / "r", start=LENET, recipe="scratch",
                  image_size=16, lr_mult_rules={"conv9*": 0}, progress="none")
 
 
 def test_run_load_reads_a_finished_run(splits, tmp_path):
-    finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+    finetune(splits, tmp_path / "run", start=LENET, recipe="scratch",
              image_size=16, solver=SOLVER.replace(epochs=1), progress="none")
     run = Run.load(tmp_path / "run")
     assert run.metrics["epochs"] == 1 and len(run.history) == 1
 
 
 def test_seeded_runs_are_reproducible_and_seeds_differ(splits, tmp_path):
-    options = dict(backbone="cifar_cnn", weights=None, recipe="scratch", image_size=16,
+    options = dict(start=CIFAR, recipe="scratch", image_size=16,
                    dropout=0.3, solver=SOLVER.replace(epochs=1), progress="none", monitoring=Monitoring(resources=False))
     runs = {name: finetune(splits, tmp_path / name, seed=seed, **options).run_dir / "model.keras"
             for name, seed in (("a", 5), ("b", 5), ("c", 6))}
@@ -206,7 +208,7 @@ def test_seeded_runs_are_reproducible_and_seeds_differ(splits, tmp_path):
 
 
 def test_early_stopping_ends_the_run_and_says_so(splits, tmp_path):
-    run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+    run = finetune(splits, tmp_path / "run", start=LENET, recipe="scratch",
                    image_size=16, progress="none", monitoring=Monitoring(resources=False),
                    solver=SOLVER.replace(epochs=6, base_lr=1e-9, early_stopping=1))
     assert run.metrics["status"] == "stopped_early"
@@ -215,7 +217,7 @@ def test_early_stopping_ends_the_run_and_says_so(splits, tmp_path):
 
 def test_max_iter_stops_at_that_iteration_and_decay_mult_reaches_the_optimizer(splits, tmp_path):
     # 60 training images at batch 16 give 3 batches an epoch: max_iter 7 ends inside epoch 3
-    run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+    run = finetune(splits, tmp_path / "run", start=LENET, recipe="scratch",
                    image_size=16, progress="none", monitoring=Monitoring(resources=False),
                    decay_mult_rules={"*/bias": 0, "*": 2},
                    solver=SOLVER.replace(max_iter=7, lr_policy="constant"))
@@ -236,7 +238,7 @@ def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, m
     from workbench.data.split import prepare
 
     prepare(tmp_path / "data", tmp_path / "splits", counts=(6, "rest", 3), progress="none")
-    options = dict(backbone="lenet", weights=None, recipe="scratch", image_size=16,
+    options = dict(start=LENET, recipe="scratch", image_size=16,
                    solver=SOLVER, seed=2, progress="none", augment=f"on+{placement}",
                    class_weight="balanced")
     whole = finetune(tmp_path / "splits", tmp_path / "whole", **options)
@@ -268,16 +270,16 @@ def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, m
 def test_auto_augments_few_images_only_and_balanced_weights_follow_the_counts(splits, tmp_path):
     from workbench.training.train import balanced_class_weights
 
-    run = finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+    run = finetune(splits, tmp_path / "run", start=LENET, recipe="scratch",
                    image_size=16, solver=SOLVER.replace(epochs=1), progress="none")
     config = json.loads((run.run_dir / "config.json").read_text())
     assert config["augment"]["placement"] == "auto" and config["augment_placement"] in (
         "model", "pipeline")  # 6 images per class: augmented by default
-    plain = finetune(splits, tmp_path / "plain", backbone="lenet", weights=None,
+    plain = finetune(splits, tmp_path / "plain", start=LENET,
                      recipe="scratch", image_size=16, solver=SOLVER.replace(epochs=1),
                      progress="none", augment="off")
     assert json.loads((plain.run_dir / "config.json").read_text())["augment"] is None
     assert balanced_class_weights(np.array([0, 0, 0, 1]), 3) == {0: 4 / 6, 1: 2.0, 2: 1.0}
     with pytest.raises(ValueError, match="class_weight must be one of None, 'balanced'"):
-        finetune(splits, tmp_path / "bad", backbone="lenet", weights=None, image_size=16,
+        finetune(splits, tmp_path / "bad", start=LENET, image_size=16,
                  class_weight="inverse", progress="none")

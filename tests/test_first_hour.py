@@ -11,6 +11,7 @@ from workbench import models
 from workbench._checks import UsageError, check_int
 from workbench.data import images
 from workbench.data.split import NoClassKept, prepare
+from workbench.models import StartingPoint
 from workbench.runs import RunDir
 from workbench.training import callbacks as cb
 from workbench.training.solver import SolverConfig
@@ -76,7 +77,7 @@ def test_imagenet_weights_are_fetched_before_any_image_is_decoded(tmp_path, monk
     monkeypatch.setattr(images, "load_array", lambda *a, **k: decoded.append(a) or
                         real_load(*a, **k))
     with pytest.raises(models.WeightsUnavailable) as raised:
-        finetune(splits, tmp_path / "run", backbone="mobilenet_v2", weights="imagenet",
+        finetune(splits, tmp_path / "run", start="mobilenet_v2",
                  image_size=32, progress="none")
     assert decoded == [] and not (tmp_path / "run").exists()
     line, = rendered(raised.value)
@@ -86,7 +87,7 @@ def test_imagenet_weights_are_fetched_before_any_image_is_decoded(tmp_path, monk
     assert line.endswith("Keras said: [Errno -3] Temporary failure in name resolution")
     with pytest.raises(models.WeightsUnavailable):  # notebook 03's call decodes before finetune
         compare_recipes(splits, tmp_path / "runs", recipes=["scratch", "two_stage"], seeds=[0],
-                        backbone="mobilenet_v2", image_size=32, progress="none")
+                        start="mobilenet_v2", image_size=32, progress="none")
     assert decoded == []
 
 
@@ -99,7 +100,7 @@ def test_the_validation_interval_never_exceeds_the_run():
 @pytest.mark.slow
 def test_a_run_shorter_than_the_validation_interval_has_a_best_model(tmp_path):
     splits = tiny_data.write_splits(tmp_path, per_class=6, counts=(3, 2, 1))
-    run = finetune(splits, tmp_path / "run", backbone="cifar_cnn", weights=None,
+    run = finetune(splits, tmp_path / "run", start=StartingPoint("cifar_cnn", weights=None),
                    recipe="two_stage", image_size=16, progress="none",
                    solver=SolverConfig(epochs=2, batch_size=10, test_interval=5))
     # each of the two stages (one epoch each) ends with a validation pass
@@ -119,7 +120,7 @@ def test_an_interrupt_stops_within_a_step_in_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cb.HistoryLogger, "on_train_batch_begin", interrupt_in_epoch_2,
                         raising=False)
-    options = dict(backbone="lenet", weights=None, recipe="scratch", image_size=16,
+    options = dict(start=StartingPoint("lenet", weights=None), recipe="scratch", image_size=16,
                    progress="none", solver=SolverConfig(epochs=3, batch_size=10))
     with pytest.raises(TrainingInterrupted) as raised:
         finetune(splits, tmp_path / "run", **options)

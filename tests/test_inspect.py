@@ -10,6 +10,7 @@ from PIL import Image
 
 import tiny_data
 from workbench import inspect, models, plots
+from workbench.models import StartingPoint
 from workbench.training.solver import SolverConfig
 from workbench.training.callbacks import WEIGHT_STATS_COLUMNS, WeightStats
 from workbench.training.train import finetune
@@ -22,10 +23,10 @@ def runs(tmp_path_factory):
     """A cifar_cnn source trained from scratch, and a two-stage fine-tuned run from it."""
     root = tmp_path_factory.mktemp("inspect")
     splits = tiny_data.write_splits(root, per_class=8, counts=(5, 1, "rest"))
-    source = finetune(splits, root / "source", backbone="cifar_cnn", weights=None,
+    source = finetune(splits, root / "source", start=StartingPoint("cifar_cnn", weights=None),
                       recipe="scratch", solver=SOLVER.replace(epochs=1), image_size=16,
                       progress="none")
-    tuned = finetune(splits, root / "tuned", source=source.run_dir / "model.keras",
+    tuned = finetune(splits, root / "tuned", start=source.run_dir / "model.keras",
                      recipe="two_stage", solver=SOLVER, image_size=16, progress="none")
     return {"source": source.run_dir / "model.keras", "tuned": tuned.run_dir / "model.keras"}
 

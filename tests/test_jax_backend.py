@@ -54,12 +54,13 @@ WITHOUT_TENSORFLOW = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     import tiny_data
     from pathlib import Path
+    from workbench.models import StartingPoint
     from workbench.studies.throughput import training_images_per_second
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
 
     splits = tiny_data.write_splits(Path(sys.argv[1]), per_class=6, counts=(4, 1, 1))
-    run = finetune(splits, Path(sys.argv[1]) / "run", backbone="lenet", weights=None,
+    run = finetune(splits, Path(sys.argv[1]) / "run", start=StartingPoint("lenet", weights=None),
                    recipe="caffe", image_size=16, progress="none",
                    solver=SolverConfig(epochs=1, batch_size=8))
     speed = training_images_per_second("cifar_cnn", image_size=16, batch_size=4, steps=1,

@@ -7,6 +7,7 @@ from sklearn.datasets import load_digits
 
 from workbench import models
 from workbench.data.pipeline import Batches
+from workbench.models import StartingPoint
 from workbench.training.lr_find import lr_find
 
 
@@ -102,7 +103,7 @@ def test_range_test_sets_up_the_recipes_first_stage(tmp_path, monkeypatch):
                                suggestion=1e-2, minimum=1e-2)
 
     monkeypatch.setattr(module, "lr_find", fake)
-    finder = module.range_test(splits, backbone="lenet", weights=None,
+    finder = module.range_test(splits, start=StartingPoint("lenet", weights=None),
                                recipe="feature_extraction", image_size=16, start_lr=1e-4,
                                solver=SolverConfig(batch_size=8, weight_decay=1e-3),
                                lr_mult_rules={"head": 2.0})
@@ -114,7 +115,7 @@ def test_range_test_sets_up_the_recipes_first_stage(tmp_path, monkeypatch):
     assert optimizer.weight_decay == pytest.approx(1e-3)
     assert float(np.asarray(optimizer.learning_rate)) == pytest.approx(1e-4)  # a plain rate
     assert seen["batches"].batch_size == 8 and seen["start_lr"] == 1e-4
-    two = module.range_test(splits, backbone="lenet", weights=None, recipe="two_stage",
+    two = module.range_test(splits, start=StartingPoint("lenet", weights=None), recipe="two_stage",
                             image_size=16, solver=SolverConfig(batch_size=8))
     assert two.stage == "two_stage, stage head (1 of 2: the later ones are not measured)"
 

@@ -216,7 +216,7 @@ def test_a_run_without_a_model_fails_at_once_in_one_line(run, tmp_path):
     # no export attempted and no Keras imported to find out (that took 17-20 s)
     assert json.loads(done.stdout.splitlines()[-1]) == {"codes": [2, 2], "heavy": []}
     errors = done.stderr.splitlines()
-    assert len(errors) == 2 and all(line.startswith("error: run_dir holds no finished model")
+    assert len(errors) == 2 and all(line.startswith("error: RUN_DIR holds no finished model")
                                     for line in errors), done.stderr
     assert not (bare / "export").exists()
 

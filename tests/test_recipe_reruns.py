@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 
 import tiny_data
+from workbench.models import StartingPoint
 from workbench.studies.recipes import compare_recipes
 from workbench.training import checkpoint
 from workbench.training.solver import SolverConfig
 from workbench.training.train import SettingsChanged, finetune
 
 SOLVER = SolverConfig(epochs=2, batch_size=16, base_lr=0.01)
-OPTIONS = dict(recipes=("scratch",), backbone="lenet", weights=None, image_size=16,
+OPTIONS = dict(recipes=("scratch",), start=StartingPoint("lenet", weights=None), image_size=16,
                solver=SOLVER, progress="lines")
 
 

@@ -16,11 +16,13 @@ import pytest
 
 import tiny_data
 from workbench.cli import main
+from workbench.models import StartingPoint
 from workbench.runs import RunDir
 from workbench.training import callbacks as cb
 from workbench.training.solver import SolverConfig
 from workbench.training.train import finetune
 
+LENET = StartingPoint("lenet", weights=None)
 TESTS = Path(__file__).resolve().parent
 SOLVER = dict(epochs=6, batch_size=8, base_lr=0.02, lr_policy="cosine")
 
@@ -28,9 +30,10 @@ SOLVER = dict(epochs=6, batch_size=8, base_lr=0.02, lr_policy="cosine")
 CHILD = """
 import sys
 sys.path.insert(0, sys.argv[3])
+from workbench.models import StartingPoint
 from workbench.training.solver import SolverConfig
 from workbench.training.train import finetune
-finetune(sys.argv[1], sys.argv[2], backbone="lenet", weights=None, recipe="two_stage",
+finetune(sys.argv[1], sys.argv[2], start=StartingPoint("lenet", weights=None), recipe="two_stage",
          image_size=16, seed=4, solver=SolverConfig(**{solver}), progress="lines", resume=True)
 """
 
@@ -44,7 +47,7 @@ def splits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(splits, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch", image_size=16,
+    finetune(splits, run_dir, start=LENET, recipe="scratch", image_size=16,
              solver=SolverConfig(epochs=1, batch_size=8), progress="none")
     return run_dir
 
@@ -151,7 +154,7 @@ def test_a_plain_rerun_into_a_finished_run_refuses_and_names_the_three_choices(
 
 def test_a_plain_rerun_into_an_interrupted_run_keeps_its_checkpoint(splits, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch", image_size=16,
+    finetune(splits, run_dir, start=LENET, recipe="scratch", image_size=16,
              solver=SolverConfig(epochs=2, batch_size=8, snapshot_interval=1), progress="none")
     for name in ("metrics.json", "model.keras", "curves.png"):  # as a kill before the end
         (run_dir / name).unlink()
@@ -160,7 +163,7 @@ def test_a_plain_rerun_into_an_interrupted_run_keeps_its_checkpoint(splits, tmp_
     assert "interrupted at epoch 2" in error_line(capsys)
     assert fingerprint(run_dir) == before
     with pytest.raises(ValueError, match="resume=True.*overwrite=True.*another run_dir"):
-        finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch",
+        finetune(splits, run_dir, start=LENET, recipe="scratch",
                  image_size=16, solver=SolverConfig(epochs=2, batch_size=8), progress="none")
     assert fingerprint(run_dir) == before
 
@@ -204,7 +207,7 @@ def test_a_diverging_first_epoch_names_no_checkpoint_that_does_not_exist(
 
     monkeypatch.setattr(cb.DivergenceGuard, "on_train_batch_end", diverge)
     with pytest.raises(cb.TrainingDiverged) as raised:
-        finetune(splits, tmp_path / "run", backbone="lenet", weights=None, recipe="scratch",
+        finetune(splits, tmp_path / "run", start=LENET, recipe="scratch",
                  image_size=16, solver=SolverConfig(epochs=2, batch_size=8), progress="none")
     assert "no checkpoint was written" in str(raised.value)
     assert not list((tmp_path / "run").glob("checkpoint*"))
@@ -221,9 +224,9 @@ def test_overwrite_replaces_a_finished_run_in_one_step(splits, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("argument, message", [
-    (["--epochs", "1000000000000"], "epochs must be <= 100000"),
-    (["--batch-size", "1000000000"], "batch_size must be <= 65536"),
-    (["--image-size", "100000"], "image_size must be <= 4096"),
+    (["--epochs", "1000000000000"], "--epochs must be <= 100000"),
+    (["--batch-size", "1000000000"], "--batch-size must be <= 65536"),
+    (["--image-size", "100000"], "--image-size must be <= 4096"),
 ])
 def test_absurd_values_are_refused_before_any_work(splits, tmp_path, capsys, argument, message):
     run_dir = tmp_path / "run"
@@ -279,6 +282,7 @@ def test_a_kill_between_the_two_renames_of_a_swap_puts_the_old_run_back(tmp_path
 STAGE_END_CHILD = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[3])
+from workbench.models import StartingPoint
 from workbench.training import checkpoint, recipes
 from workbench.training.solver import SolverConfig
 from workbench.training.train import finetune
@@ -290,7 +294,7 @@ def save_then_die(run_dir, model, state):
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 checkpoint.save_checkpoint = save_then_die
-finetune(sys.argv[1], sys.argv[2], backbone="lenet", weights=None, recipe="two_stage",
+finetune(sys.argv[1], sys.argv[2], start=StartingPoint("lenet", weights=None), recipe="two_stage",
          image_size=16, seed=4, solver=SolverConfig(**{solver}), progress="none")
 """
 
@@ -320,11 +324,11 @@ def test_a_kill_at_the_stage_boundary_then_resume_equals_an_uninterrupted_run(sp
 def test_timing_sums_every_attempt(splits, tmp_path):
     run_dir = tmp_path / "run"
     solver = SolverConfig(epochs=2, batch_size=8, snapshot_interval=1)
-    finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch", image_size=16,
+    finetune(splits, run_dir, start=LENET, recipe="scratch", image_size=16,
              solver=solver, progress="none")
     for name in ("metrics.json", "model.keras"):  # killed after the last checkpoint
         (run_dir / name).unlink()
-    run = finetune(splits, run_dir, backbone="lenet", weights=None, recipe="scratch",
+    run = finetune(splits, run_dir, start=LENET, recipe="scratch",
                    image_size=16, solver=solver, progress="none", resume=True)
     seconds = float(run.history["seconds"].sum())
     steps = len(pd.read_csv(run_dir / "steps.csv"))

@@ -10,6 +10,7 @@ import pytest
 
 import tiny_data
 from workbench import models
+from workbench.models import StartingPoint
 from workbench.studies.bottleneck import (METHODS, bottleneck_model, bottleneck_study,
                                           fine_tune, published_cifar10,
                                           published_cifar10_finding)
@@ -65,7 +66,8 @@ def trained(tmp_path_factory):
     """cifar_cnn trained one epoch on the tiny digits, as notebook 2 trains its source model."""
     root = tmp_path_factory.mktemp("split_computing")
     splits = tiny_data.write_splits(root, per_class=10, counts=(6, "rest", 2))
-    run = finetune(splits, root / "source", backbone="cifar_cnn", weights=None, recipe="scratch",
+    run = finetune(splits, root / "source", start=StartingPoint("cifar_cnn", weights=None),
+                   recipe="scratch",
                    solver=SolverConfig(epochs=1, batch_size=16, optimizer="adam", base_lr=0.003),
                    image_size=16, progress="none", monitoring=Monitoring(resources=False))
     return run.run_dir / "model.keras", splits

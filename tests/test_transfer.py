@@ -14,6 +14,7 @@ import pytest
 
 from workbench.data import sample
 from workbench.data.split import prepare
+from workbench.models import StartingPoint
 from workbench.studies.recipes import compare_recipes, read_metrics, summarize_runs
 from workbench.training.solver import SolverConfig
 from workbench.training.train import finetune
@@ -28,7 +29,8 @@ def results(tmp_path_factory):
     sample.write_sample_data(root / "data", source_per_class=80, datasets=("source", "target"),
                              progress="none")
     prepare(root / "data" / "source", root / "source_splits", val=0.1, test=0.05, progress="none")
-    source = finetune(root / "source_splits", root / "source", backbone="cifar_cnn", weights=None,
+    source = finetune(root / "source_splits", root / "source",
+                      start=StartingPoint("cifar_cnn", weights=None),
                       recipe="scratch", image_size=32, progress="none",
                       solver=SolverConfig(optimizer="adam", base_lr=0.003, epochs=16,
                                           batch_size=16, lr_policy="constant"))
@@ -37,7 +39,7 @@ def results(tmp_path_factory):
     solver = SolverConfig(optimizer="sgd", base_lr=0.01, epochs=30, batch_size=16,
                           test_interval=5)
     return compare_recipes(root / "target_splits", root / "runs", recipes=("scratch",) + TRANSFER,
-                           seeds=(0, 1), source=source.run_dir / "model.keras", solver=solver,
+                           seeds=(0, 1), start=source.run_dir / "model.keras", solver=solver,
                            solvers={"caffe": solver.replace(base_lr=0.001)}, image_size=32,
                            progress="none")
 

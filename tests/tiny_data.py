@@ -33,10 +33,11 @@ def write_splits(root: Path, *, per_class: int, counts: tuple) -> Path:
 
 def write_run(root: Path, *, epochs: int = 2, **solver) -> Path:
     """Trains a tiny lenet on 16 px digits into ``root/run`` (data in ``root/data``)."""
+    from workbench.models import StartingPoint
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
 
     splits = write_splits(root, per_class=8, counts=(4, "rest", 2))
-    finetune(splits, root / "run", backbone="lenet", weights=None, recipe="scratch",
+    finetune(splits, root / "run", start=StartingPoint("lenet", weights=None), recipe="scratch",
              image_size=16, solver=SolverConfig(epochs=epochs, batch_size=8, **solver), progress="none")
     return root / "run"

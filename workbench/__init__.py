@@ -5,7 +5,7 @@ The workflow, one call a step (each imported on first use, so ``import workbench
     import workbench
 
     workbench.prepare("photos/", "runs/splits", counts=(10, 10, "rest"))   # scan + split
-    run = workbench.finetune("runs/splits", "runs/flowers", backbone="mobilenet_v2")
+    run = workbench.finetune("runs/splits", "runs/flowers", start="mobilenet_v2")
     report = workbench.evaluate("runs/flowers")                  # top-1/top-5, confusion
     workbench.Classifier.load("runs/flowers").predict("photo.jpg")
     workbench.export("runs/flowers", format="litert")            # phones and servers
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _API = {
     "prepare": ("workbench.data.split", "prepare"),
     "finetune": ("workbench.training.train", "finetune"),
+    "StartingPoint": ("workbench.models", "StartingPoint"),
     "evaluate": ("workbench.evaluation", "evaluate"),
     "Classifier": ("workbench.deploy.predict", "Classifier"),
     "export": ("workbench.deploy.export", "export"),

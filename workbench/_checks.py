@@ -13,6 +13,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 DEBUG_VARIABLE = "WORKBENCH_DEBUG"  # set to 1: every error shows its whole traceback
 
@@ -29,6 +30,17 @@ class UsageError(ValueError):
     @property
     def _render_traceback_(self):
         return short_traceback(self)
+
+
+class MissingPath(UsageError, FileNotFoundError):
+    """A file or folder the caller named is not there: a :class:`UsageError` that is also a
+    ``FileNotFoundError``, so code catching either finds it."""
+
+
+class PathInTheWay(UsageError, FileExistsError):
+    """Something the caller named stands where the call must write (a file where a folder
+    belongs, a folder of other files): a :class:`UsageError` that is also a
+    ``FileExistsError``."""
 
 
 def short_traceback(error: BaseException):
@@ -79,6 +91,21 @@ def check_number(name: str, value, *, minimum: float | None = None, maximum: flo
     if maximum is not None and value > maximum:
         raise UsageError(f"{name} must be <= {maximum}, received: {value!r}")
     return float(value)
+
+
+def check_folder_path(name: str, path) -> Path:
+    """Returns ``path`` as a ``Path`` if a folder can be there: it is one, or it and the
+    nearest of its parents that exists are no files (checked before long work, not after).
+
+    Raises:
+        PathInTheWay: naming the file that stands where the folder or one above it belongs.
+    """
+    path = Path(path)
+    blocker = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "is a file" if blocker == path else f"lies under {str(blocker)!r}, a file"
+        raise PathInTheWay(f"{name} {str(path)!r} {where}, where a folder is needed")
+    return path
 
 
 def one_line(text) -> str:

@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 
-from workbench._checks import check_number
+from workbench._checks import UsageError, check_number
 
 DEFAULT_PORT = 29500  # torchrun's default coordinator port
 DEFAULT_JOIN_TIMEOUT = 120.0  # seconds the workers wait for each other to start
@@ -104,12 +104,12 @@ def from_environment(env=None) -> Cluster:
         hosts = expand_nodelist(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
                                 or "")
         if not hosts:
-            raise ValueError("SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST) must name the nodes, "
+            raise UsageError("SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST) must name the nodes, "
                              "received: nothing")
         return _checked(Cluster(_integer(env, "SLURM_PROCID", 0),
                                 _integer(env, "SLURM_NTASKS", 1), f"{hosts[0]}:{_port(env)}",
                                 "slurm"))
-    raise ValueError("--distributed needs a launcher: start one process per worker with srun "
+    raise UsageError("--distributed needs a launcher: start one process per worker with srun "
                      "(SLURM), or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT "
                      "(torchrun-style); none of them is set")
 
@@ -155,12 +155,12 @@ def start(backend: str, cluster: Cluster | None = None, *,
     join_timeout = check_number("join_timeout", join_timeout, minimum=0, exclusive_minimum=True)
     if "distribution" in _started:
         if cluster is not None and cluster != _started["cluster"]:
-            raise ValueError(f"this process already joined {_started['cluster']}; a process "
+            raise UsageError(f"this process already joined {_started['cluster']}; a process "
                              f"trains in one cluster, received: {cluster}")
         _started["watch"].arm()
         return _started["distribution"]
     if backend != "jax":
-        raise ValueError(f"{ON_TENSORFLOW}, received: KERAS_BACKEND={backend}")
+        raise UsageError(f"{ON_TENSORFLOW}, received: KERAS_BACKEND={backend}")
     cluster = cluster or from_environment()
     import jax  # first, so that our exit hook runs before JAX's (atexit runs the last first)
 
@@ -211,9 +211,9 @@ def _integer(env, name: str, minimum: int) -> int:
     try:
         value = int(env[name])
     except ValueError:
-        raise ValueError(f"{name} must be an integer, received: {env[name]!r}") from None
+        raise UsageError(f"{name} must be an integer, received: {env[name]!r}") from None
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, received: {value}")
+        raise UsageError(f"{name} must be >= {minimum}, received: {value}")
     return value
 
 
@@ -223,7 +223,7 @@ def _port(env) -> int:
 
 def _checked(cluster: Cluster) -> Cluster:
     if not 0 <= cluster.rank < cluster.size:
-        raise ValueError(f"the worker's rank must be in [0, {cluster.size}) for "
+        raise UsageError(f"the worker's rank must be in [0, {cluster.size}) for "
                          f"{cluster.size} workers, received: {cluster.rank}")
     return cluster
 
@@ -525,11 +525,11 @@ def check_dask_cluster(cluster, cluster_options=None, *, optional: bool = False)
     """
     if not (optional and cluster is None) and (not isinstance(cluster, str)
                                                or not cluster.strip()):
-        raise ValueError(f"cluster must be {'None, ' if optional else ''}a Dask scheduler "
+        raise UsageError(f"cluster must be {'None, ' if optional else ''}a Dask scheduler "
                          f"address or 'slurm', received: {cluster!r}")
     if cluster_options is not None and (cluster != "slurm" or not isinstance(cluster_options,
                                                                               dict)):
-        raise ValueError(f"cluster_options must be a dict and needs cluster='slurm', received: "
+        raise UsageError(f"cluster_options must be a dict and needs cluster='slurm', received: "
                          f"cluster_options={cluster_options!r} with cluster={cluster!r}")
 
 

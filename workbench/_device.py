@@ -30,6 +30,7 @@ import warnings
 
 import keras
 
+from workbench._checks import UsageError
 from workbench._cluster import DEFAULT_JOIN_TIMEOUT, joined, leave
 from workbench._cluster import start as join_cluster
 
@@ -106,7 +107,7 @@ def memory_growth_default() -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ValueError(f"{MEMORY_GROWTH_ENV} must be one of {', '.join(_TRUE + _FALSE)} (or "
+    raise UsageError(f"{MEMORY_GROWTH_ENV} must be one of {', '.join(_TRUE + _FALSE)} (or "
                      f"unset), received: {os.environ[MEMORY_GROWTH_ENV]!r}")
 
 
@@ -132,7 +133,7 @@ def configure_gpu_memory(growth: bool | None = None) -> bool | None:
     """
     global _memory_configured
     if growth is not None and not isinstance(growth, bool):
-        raise ValueError(f"growth must be True, False or None, received: {growth!r}")
+        raise UsageError(f"growth must be True, False or None, received: {growth!r}")
     growth = memory_growth_default() if growth is None else growth
     if keras.backend.backend() != "tensorflow":
         return None
@@ -201,7 +202,7 @@ def resolve_strategy(strategy, *, join_timeout: float = DEFAULT_JOIN_TIMEOUT,
     if strategy == "auto":
         return auto_distribution()
     if isinstance(strategy, str):
-        raise ValueError(f"strategy must be a strategy object, None, 'auto' or 'distributed', "
+        raise UsageError(f"strategy must be a strategy object, None, 'auto' or 'distributed', "
                          f"received: {strategy!r}")
     return strategy
 
@@ -236,7 +237,7 @@ def execution_context(precision: str, strategy):
             :func:`resolve_strategy` does not know.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, "
                          f"received: {precision!r}")
     strategy = resolve_strategy(strategy)
     gpus = gpu_count()

@@ -20,6 +20,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from workbench._checks import MissingPath, UsageError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None, *, fsync: bool = False):
@@ -195,9 +197,9 @@ def write_outputs(folder, *, tables: dict | None = None, figures: dict | None = 
             separator.
     """
     if not isinstance(folder, (str, os.PathLike)):
-        raise ValueError(f"folder must be a path, received: {folder!r}")
+        raise UsageError(f"folder must be a path, received: {folder!r}")
     if not isinstance(prefix, str) or "/" in prefix or os.sep in prefix:
-        raise ValueError(f"prefix must be a file-name prefix without a path separator, "
+        raise UsageError(f"prefix must be a file-name prefix without a path separator, "
                          f"received: {prefix!r}")
     folder = Path(folder)
     for name, frame in (tables or {}).items():
@@ -216,11 +218,11 @@ def run_file(path, name: str) -> Path:
         FileNotFoundError: if neither exists.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"path must be a {name} file or a run directory, received: {path!r}")
+        raise UsageError(f"path must be a {name} file or a run directory, received: {path!r}")
     path = Path(path)
     if path.is_dir():
         path = path / name
     if not path.is_file():
-        raise FileNotFoundError(f"path must be a {name} file or a run directory holding one, "
-                                f"received: {str(path)!r} (not found)")
+        raise MissingPath(f"path must be a {name} file or a run directory holding one, "
+                          f"received: {str(path)!r} (not found)")
     return path

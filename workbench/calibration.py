@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workbench._checks import check_int, check_number
+from workbench._checks import UsageError, check_int, check_number
 
 if TYPE_CHECKING:  # pandas and SciPy are imported where they are used: prediction needs
     import pandas as pd  # apply_temperature alone, and starts without either (a second)
@@ -44,20 +44,20 @@ def _check(probabilities, labels=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Validates (images, classes) probabilities and optional labels; returns float64 arrays."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[1] < 2 or len(probabilities) == 0:
-        raise ValueError(f"probabilities must have shape (images, classes) with at least one "
+        raise UsageError(f"probabilities must have shape (images, classes) with at least one "
                          f"image and 2 classes, received shape: {probabilities.shape}")
     if not np.all(np.isfinite(probabilities)) or probabilities.min() < 0:
-        raise ValueError("probabilities must be finite and >= 0, received: values from "
+        raise UsageError("probabilities must be finite and >= 0, received: values from "
                          f"{np.nanmin(probabilities)} to {np.nanmax(probabilities)}")
     if labels is None:
         return probabilities, None
     labels = np.asarray(labels)
     if labels.shape != (len(probabilities),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be {len(probabilities)} integer class indices, one per "
+        raise UsageError(f"labels must be {len(probabilities)} integer class indices, one per "
                          f"row of probabilities, received: shape {labels.shape}, "
                          f"dtype {labels.dtype}")
     if labels.min() < 0 or labels.max() >= probabilities.shape[1]:
-        raise ValueError(f"labels must be between 0 and {probabilities.shape[1] - 1}, "
+        raise UsageError(f"labels must be between 0 and {probabilities.shape[1] - 1}, "
                          f"received: {int(labels.min())}..{int(labels.max())}")
     return probabilities, labels.astype(np.int64)
 
@@ -65,7 +65,7 @@ def _check(probabilities, labels=None) -> tuple[np.ndarray, np.ndarray | None]:
 def _check_temperature(temperature) -> float:
     temperature = check_number("temperature", temperature, minimum=0.0, exclusive_minimum=True)
     if not np.isfinite(temperature):
-        raise ValueError(f"temperature must be finite, received: {temperature!r}")
+        raise UsageError(f"temperature must be finite, received: {temperature!r}")
     return temperature
 
 

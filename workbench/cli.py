@@ -1,9 +1,30 @@
 """The ``workbench`` command: thin verbs that parse arguments, call the library and print.
 
 Each verb is two functions registered in :data:`VERBS`: ``_args_<verb>(parser)`` adds its
-arguments and ``_cmd_<verb>(args)`` runs it and returns the exit status. A bad argument or a
-missing file ends the command with exit status 2 and one line on stderr, ``error: ...``, naming
-the argument and the value received; never a traceback.
+arguments and ``_cmd_<verb>(args)`` runs it and returns the exit status.
+
+The command parses text into values and lets the library check them: a check lives once, in
+the library, and the command names the flag where the library names its keyword (a message's
+leading keyword and each ``keyword=value`` become ``--flag`` and ``--flag value``:
+:func:`_in_flags`). Bounds the library checks only after long work (the report's
+``--max-report-files``, lr-find's rates and steps) are also checked as the text is parsed.
+
+Exit status and stderr, never a traceback unless ``WORKBENCH_DEBUG=1`` (then every error's
+traceback comes before its line):
+
+- 0: done.
+- 2, one line ``error: ...``: the user's mistake: an argparse error, a
+  :class:`~workbench._checks.UsageError` (the library's one error type for them: a bad value, a
+  missing file it was given, a run already there), or an ``OSError`` of the system
+  (not found, not a folder, a folder, permission denied, already exists) on a path the user
+  gave, naming the argument that gave it.
+- 1, one line ``error: ...``: a failure the user can fix that shows only at run time, which the
+  library explains (a ``UsageError`` that is also a ``RuntimeError``: the ImageNet weights
+  cannot be downloaded, the loss diverged; the workers of a cluster did not all join; an
+  export that does not match its model; a split that kept no class).
+- 1, one line ``workbench VERB: failed: TYPE: message (WORKBENCH_DEBUG=1 shows the
+  traceback)``: anything else (a Keras error mid-training, a full disk, a bug).
+- 130: interrupted (Ctrl+C); the verbs that train say what was kept.
 
 Each verb imports the library it calls inside its function, so that ``workbench predict`` (the
 LiteRT fast path) and ``workbench monitor -- CMD`` start without loading Keras or TensorFlow.
@@ -14,10 +35,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 
-from workbench._checks import one_line
+from workbench._checks import (DEBUG_VARIABLE, MissingPath, PathInTheWay, UsageError,
+                               check_folder_path, one_line)
 from workbench._cluster import ClusterError
 from workbench._quiet import start_keras_quietly
 
@@ -25,6 +49,7 @@ RUNTIME_CHOICES = ("auto", "litert", "onnx", "keras")  # --runtime: what runs a 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -110,25 +135,11 @@ def _integer(text: str) -> int:
         raise ValueError("must be an integer") from None
 
 
-def _fraction(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise ValueError("must be a number between 0 and 1") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("must be between 0 and 1")
-    return value
-
-
-def _counts(text: str) -> tuple:
-    from workbench.data.split import parse_counts
-
-    try:
-        return parse_counts(text)
-    except ValueError as error:
-        message = _without_received(error)
-        raise ValueError(message[len("counts "):] if message.startswith("counts ")
-                         else message) from None
+        raise ValueError("must be a number") from None
 
 
 # --- split -------------------------------------------------------------------------------------
@@ -145,21 +156,21 @@ def _args_split(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", metavar="FILE",
                         help="class names, one per line (line i names label index i); "
                              "required with --list")
-    parser.add_argument("--min-per-class", type=_arg_type("N", _int_at_least(1)), default=1,
+    parser.add_argument("--min-per-class", type=_arg_type("N", _integer), default=1,
                         metavar="N", help="drop classes with fewer valid images (default 1)")
-    parser.add_argument("--val", type=_arg_type("F", _fraction), metavar="F",
+    parser.add_argument("--val", type=_arg_type("F", _number), metavar="F",
                         help="expected fraction of each class for validation (default 0.1)")
-    parser.add_argument("--test", type=_arg_type("F", _fraction), metavar="F",
+    parser.add_argument("--test", type=_arg_type("F", _number), metavar="F",
                         help="expected fraction of each class for test (default 0.1)")
-    parser.add_argument("--counts", type=_arg_type("T,V,T", _counts), metavar="T,V,T",
+    parser.add_argument("--counts", metavar="T,V,T",
                         help="exact images per class for train,val,test instead of fractions; "
                              "one may be 'rest', e.g. 10,rest,10")
     parser.add_argument("--seed", type=_arg_type("S", _integer), default=0, metavar="S",
                         help="changes the assignment; the same seed gives the same split "
                              "(default 0)")
-    parser.add_argument("--min-side", type=_arg_type("N", _int_at_least(1)), default=8,
+    parser.add_argument("--min-side", type=_arg_type("N", _integer), default=8,
                         metavar="N", help="reject images with a shorter side (default 8)")
-    parser.add_argument("--workers", type=_arg_type("N", _int_at_least(1)), metavar="N",
+    parser.add_argument("--workers", type=_arg_type("N", _integer), metavar="N",
                         help="threads that read images (default min(8, CPUs))")
     parser.add_argument("--max-report-files", type=_arg_type("N", _int_at_least(0)), default=50,
                         metavar="N", help="rejected files listed on the terminal (default 50; "
@@ -173,40 +184,13 @@ def _args_split(parser: argparse.ArgumentParser) -> None:
 def _cmd_split(args: argparse.Namespace) -> int:
     from workbench.data.split import NoClassKept, OneClassKept, SplitFolderExists, prepare
 
-    if args.counts is not None and (args.val is not None or args.test is not None):
-        given = "--val" if args.val is not None else "--test"
-        value = args.val if args.val is not None else args.test
-        raise ValueError(f"give either --counts or --val/--test, not both; received: "
-                         f"--counts {_show(args.counts)} and {given} {value}")
-    val = 0.1 if args.val is None else args.val
-    test = 0.1 if args.test is None else args.test
-    if args.counts is None and val + test > 1.0:
-        raise ValueError(f"--val + --test must be <= 1, received: --val {val} --test {test}")
-    if (args.list is None) != (args.labels is None):
-        given, missing = ("--list", "--labels") if args.labels is None else ("--labels", "--list")
-        raise ValueError(f"{missing} is required with {given}, received: {given} "
-                         f"{getattr(args, given[2:])!r} and no {missing}")
-    for option in ("list", "labels"):
-        value = getattr(args, option)
-        if value is not None and not os.path.isfile(value):
-            raise FileNotFoundError(f"--{option} file not found, received: {value!r}")
-    if not os.path.isdir(args.data):
-        raise FileNotFoundError(f"DATA folder not found, received: {args.data!r}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise FileExistsError(f"--out must be a folder (new or existing), received: {args.out!r}, "
-                              "which is a file")
-    data, out = Path(args.data).resolve(), Path(args.out).resolve()
-    if out == data or data in out.parents:
-        raise ValueError(f"--out must not be inside DATA (the dataset is never written to), "
-                         f"received: --out {args.out!r}")
-    options = {"counts": args.counts} if args.counts is not None else {"val": val, "test": test}
     try:
         result = prepare(args.data, args.out, list_file=args.list, labels_file=args.labels,
-                         min_per_class=args.min_per_class, seed=args.seed,
-                         min_side=args.min_side, workers=args.workers,
-                         overwrite=args.overwrite, **options)
+                         min_per_class=args.min_per_class, val=args.val, test=args.test,
+                         counts=args.counts, seed=args.seed, min_side=args.min_side,
+                         workers=args.workers, overwrite=args.overwrite)
     except SplitFolderExists as error:  # in flags, not keyword names
-        raise FileExistsError(error.message(overwrite="--overwrite", out="--out")) from None
+        raise PathInTheWay(error.message(overwrite="--overwrite", out="--out")) from None
     except (NoClassKept, OneClassKept) as error:  # the report, then why, in one line
         print(error.result.report(max_files=args.max_report_files), end="")
         print(f"error: {one_line(error)}", file=sys.stderr)
@@ -214,10 +198,6 @@ def _cmd_split(args: argparse.Namespace) -> int:
     print(result.report(max_files=args.max_report_files), end="")
     print(result.note)
     return EXIT_OK
-
-
-def _show(counts: tuple) -> str:
-    return ",".join(str(value) for value in counts)
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -232,15 +212,27 @@ def _lr_rule(text: str) -> tuple[str, float]:
         raise ValueError("must be PATTERN=MULTIPLIER with a number after '='") from None
 
 
-def _solver(path: str | None):
-    """The ``SolverConfig`` of ``--solver`` (the defaults without one)."""
+def _solver(args: argparse.Namespace):
+    """The ``SolverConfig`` of ``--solver`` (the defaults without one) with the options that
+    override its fields."""
     from workbench.training.solver import SolverConfig
 
-    if path is None:
-        return SolverConfig()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--solver file not found, received: {path!r}")
-    return SolverConfig.load(path)
+    solver = SolverConfig() if args.solver is None else SolverConfig.load(args.solver)
+    overrides = {"epochs": getattr(args, "epochs", None), "batch_size": args.batch_size,
+                 "base_lr": getattr(args, "base_lr", None)}
+    return solver.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _start(args: argparse.Namespace):
+    """The :class:`~workbench.models.StartingPoint` of ``--backbone``, ``--weights``,
+    ``--source`` and ``--cut-at``, those given only: it refuses a conflicting combination."""
+    from workbench import models
+
+    given = {"backbone": args.backbone, "source": args.source, "cut_at": args.cut_at}
+    options = {name: value for name, value in given.items() if value is not None}
+    if args.weights is not None:
+        options["weights"] = models.weights_argument(args.weights)  # as notebook 03 reads it
+    return models.StartingPoint(**options)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -250,18 +242,18 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--splits", required=True, metavar="SPLITS_DIR",
                         help="a folder written by 'workbench split'")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--backbone", default="mobilenet_v2", metavar="NAME",
+    parser.add_argument("--backbone", metavar="NAME",
                         help=f"a keras.applications network, with its preprocessing (default "
                              f"mobilenet_v2): {', '.join(APPLICATIONS)}; or a small built-in "
                              f"net: {', '.join(SMALL_NETWORKS)}")
-    source.add_argument("--source", metavar="MODEL.keras",
-                        help="transfer from a saved model instead of a named backbone")
-    parser.add_argument("--cut-at", metavar="LAYER",
-                        help="layer of --source whose output becomes the features")
-    parser.add_argument("--weights", default="imagenet", metavar="imagenet|PATH|none",
+    parser.add_argument("--weights", metavar="imagenet|PATH|none",
                         help="backbone weights: imagenet (default; downloaded once), a local "
                              "weights file (machines without internet), or none (random)")
+    parser.add_argument("--source", metavar="MODEL.keras",
+                        help="transfer from a saved model instead of a backbone (not with "
+                             "--backbone or --weights)")
+    parser.add_argument("--cut-at", metavar="LAYER",
+                        help="layer of --source whose output becomes the features")
     recipes = "; ".join(f"{name}: {recipe.summary}" for name, recipe in RECIPES.items())
     parser.add_argument("--recipe", choices=list(RECIPES), default="two_stage",
                         help=f"which layers learn, how fast, in which stages (default "
@@ -277,10 +269,10 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                              "weights matching a pattern, e.g. '*/bias=0' (repeatable)")
     parser.add_argument("--solver", metavar="FILE",
                         help="solver settings: a .json file or a Caffe solver.prototxt")
-    parser.add_argument("--batch-size", type=_arg_type("N", _int_at_least(1)), metavar="N",
+    parser.add_argument("--batch-size", type=_arg_type("N", _integer), metavar="N",
                         help="images per training step (default 32, or the --solver file's); "
                              "lower it when memory runs out")
-    parser.add_argument("--image-size", type=_arg_type("N", _int_at_least(8)), default=None,
+    parser.add_argument("--image-size", type=_arg_type("N", _integer), default=None,
                         metavar="N", help="side of the square input images (default: the "
                                           "--source model's input, or the side the backbone "
                                           "was made for: 224 for most, 240-600 for the "
@@ -296,10 +288,10 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser)
     _renamed_option(parser, "--run-dir", "--out", required=True, metavar="RUN_DIR",
                     help="the run directory")
-    parser.add_argument("--epochs", type=_arg_type("N", _int_at_least(1)), metavar="N",
+    parser.add_argument("--epochs", type=_arg_type("N", _integer), metavar="N",
                         help="passes over the training images (default 10, or the --solver "
                              "file's); at least one per stage of the --recipe")
-    parser.add_argument("--base-lr", type=_arg_type("LR", float), metavar="LR",
+    parser.add_argument("--base-lr", type=_arg_type("LR", _number), metavar="LR",
                         help="the learning rate of a layer with multiplier 1; the recipe and "
                              "--lr-mult scale it per layer (default 0.01, or the --solver "
                              "file's; 'workbench lr-find' suggests one)")
@@ -332,38 +324,19 @@ def _args_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from workbench import models
     from workbench._cluster import joined
     from workbench.runs import RunDir
     from workbench.training.callbacks import TrainingDiverged
     from workbench.training.options import Execution
-    from workbench.training.recipes import RECIPES
     from workbench.training.train import RunExists, SettingsChanged, finetune
 
-    stages = len(RECIPES[args.recipe].stages)
-    if args.epochs is not None and args.epochs < stages:
-        raise ValueError(f"--epochs must be >= {stages} for --recipe {args.recipe}, which "
-                         f"trains {stages} stages of at least one epoch each, received: "
-                         f"{args.epochs}")
-    solver = _solver(args.solver)
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "base_lr": args.base_lr}
-    solver = solver.replace(**{k: v for k, v in overrides.items() if v is not None})
-    if args.cut_at and not args.source:
-        raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
-    run_dir = Path(args.run_dir)
-    blocker = next((path for path in (run_dir, *run_dir.parents)
-                    if path.exists()), None)  # before the images are decoded, not after
-    if blocker is not None and not blocker.is_dir():
-        where = "is a file" if blocker == run_dir else f"lies under {str(blocker)!r}, a file"
-        raise FileExistsError(f"--run-dir {args.run_dir!r} {where}, where a folder is needed")
-    if args.resume and not RunDir(run_dir).exists:  # the library starts one; a typo should not
-        raise FileNotFoundError(f"--resume needs a run to continue, and --run-dir "
-                                f"{args.run_dir!r} holds none (no config.json); leave out "
-                                "--resume to start one there")
-    weights = models.weights_argument(args.weights)  # as notebook 03 reads its 'weights'
+    start, solver = _start(args), _solver(args)
+    if args.resume and not RunDir(check_folder_path("run_dir", args.run_dir)).exists:
+        # the library starts a run where there is none; a typo should not
+        raise MissingPath(f"--resume needs a run to continue, and --run-dir {args.run_dir!r} "
+                          "holds none (no config.json); leave out --resume to start one there")
     try:
-        run = finetune(args.splits, args.run_dir, backbone=args.backbone, weights=weights,
-                       source=args.source, cut_at=args.cut_at, recipe=args.recipe,
+        run = finetune(args.splits, args.run_dir, start=start, recipe=args.recipe,
                        lr_mult_rules=dict(args.lr_mult),
                        decay_mult_rules=dict(args.decay_mult) or None, solver=solver,
                        image_size=args.image_size, seed=args.seed, resume=args.resume,
@@ -391,7 +364,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"interrupted: continue with 'workbench train ... --run-dir {args.run_dir} "
               "--resume'",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     cluster = joined()
     if cluster is None or cluster.chief:  # one report, not one per worker
         print(_format_metrics(run.metrics))
@@ -422,20 +395,12 @@ def _args_lr_find(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from workbench import models
     from workbench._io import atomic_path
     from workbench.training.lr_find import range_test
 
-    if args.cut_at and not args.source:
-        raise ValueError(f"--cut-at needs --source, received: --cut-at {args.cut_at!r}")
-    solver = _solver(args.solver)
-    if args.batch_size is not None:
-        solver = solver.replace(batch_size=args.batch_size)
-    finder = range_test(args.splits, backbone=args.backbone,
-                        weights=models.weights_argument(args.weights), source=args.source,
-                        cut_at=args.cut_at, recipe=args.recipe,
+    finder = range_test(args.splits, start=_start(args), recipe=args.recipe,
                         lr_mult_rules=dict(args.lr_mult),
-                        decay_mult_rules=dict(args.decay_mult) or None, solver=solver,
+                        decay_mult_rules=dict(args.decay_mult) or None, solver=_solver(args),
                         image_size=args.image_size, seed=args.seed, start_lr=args.start_lr,
                         end_lr=args.end_lr, steps=args.steps)
     print(finder.describe())
@@ -470,7 +435,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
                                            source_per_class=per_class, seed=args.seed,
                                            overwrite=args.overwrite)
     except sample.SampleFolderExists as error:  # in flags, not keyword names
-        raise FileExistsError(error.message(overwrite="--overwrite")) from None
+        raise PathInTheWay(error.message(overwrite="--overwrite")) from None
     for name, info in summary.items():
         print(f"{name:7s} {info['images']:6d} images in {info['classes']:3d} classes -> "
               f"{info['path']}")
@@ -493,15 +458,15 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        raise ValueError("a command to run is required after '--', received: nothing, e.g. "
+        raise UsageError("a command to run is required after '--', received: nothing, e.g. "
                          "workbench monitor --out DIR -- python train.py")
     path = Path(args.out) / "resources.csv"
     try:  # an --out that cannot be written is a usage error, not a missing command
         path.parent.mkdir(parents=True, exist_ok=True)
         path.open("a").close()
     except OSError as error:
-        raise OSError(f"--out must be a folder that can be written, received: {args.out!r} "
-                      f"({error.strerror})") from None
+        raise UsageError(f"--out must be a folder that can be written, received: {args.out!r} "
+                         f"({error.strerror})") from None
     try:
         status = monitor_command(command, path, interval=args.interval)
     except FileNotFoundError as error:
@@ -540,7 +505,7 @@ def _cmd_plot_resources(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "resources.csv").is_file():
-        raise FileNotFoundError(f"RUN_DIR must hold resources.csv, received: {args.run_dir!r}")
+        raise MissingPath(f"RUN_DIR must hold resources.csv, received: {args.run_dir!r}")
     frame = read_resources(run_dir / "resources.csv")
     history_path = run_dir / "history.csv"
     history = None
@@ -599,7 +564,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, tta=args.tta, runtime=args.runtime,
                           calibrated=not args.raw)
     except RunUnfinished as error:  # in the command's words
-        raise ValueError(error.advice(resume=_finish_command(args.run_dir))) from None
+        raise UsageError(error.advice(resume=_finish_command(args.run_dir))) from None
     print(report.format(), end="")
     print(f"Wrote {Path(args.run_dir) / 'evaluation' / args.split}")
     return EXIT_OK
@@ -668,7 +633,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.out or many or args.features or args.cluster:
         return _predict_many(args)
     if not args.images:
-        raise ValueError("predict needs at least one PATH or --list FILE, received: none")
+        raise UsageError("predict needs at least one PATH or --list FILE, received: none")
     classifier = Classifier.load(args.run_dir, runtime=args.runtime)
     failed, names = 0, set()  # names: of the --explain files written
     for path in args.images:
@@ -708,7 +673,7 @@ def _predict_many(args: argparse.Namespace) -> int:
     if not args.out:
         for name, value in (("--features", args.features), ("--cluster", args.cluster)):
             if value:
-                raise ValueError(f"{name} needs --out FILE, received: {name} {value}")
+                raise UsageError(f"{name} needs --out FILE, received: {name} {value}")
         from workbench.deploy.predict import Classifier
 
         classifier = Classifier.load(args.run_dir, runtime=args.runtime)
@@ -800,7 +765,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                             model=args.model, check=not args.no_check,
                             max_images=args.max_images)
     except RunUnfinished as error:  # in the command's words
-        raise ValueError(error.advice(resume=_finish_command(args.run_dir))) from None
+        raise UsageError(error.advice(resume=_finish_command(args.run_dir))) from None
     except ExportError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
@@ -971,13 +936,11 @@ def _args_sweep(parser: argparse.ArgumentParser) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from workbench.studies.sweep import RESULTS_FILE, combination_name, combinations, sweep
 
-    if not os.path.isfile(args.notebook):
-        raise FileNotFoundError(f"NOTEBOOK not found, received: {args.notebook!r}")
     for option, pairs in (("--param", args.param), ("--set", args.set)):
         names = [name for name, _ in pairs]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            raise ValueError(f"{option} names each parameter once, received {repeated} twice")
+            raise UsageError(f"{option} names each parameter once, received {repeated} twice")
     out, mode = Path(args.out), "zip" if args.zip else "grid"
     try:
         result = sweep(args.notebook, out, dict(args.param), mode=mode,
@@ -987,7 +950,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: the finished runs are in {out / RESULTS_FILE}; run the same command "
               "again to continue", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     # results.csv also keeps the rows of earlier sweeps into DIR over other values
     ran = {combination_name(values) for values in combinations(dict(args.param), mode=mode)}
     this_sweep = result.table[result.table["name"].isin(ran)]
@@ -1081,11 +1044,9 @@ _OS_ERRORS = {
 }
 
 
-def _in_words(error: Exception, args: argparse.Namespace) -> str:
-    """``error`` on one line; an OSError the system raised (it has an errno and a file name)
-    says what is wrong with which path and which argument gave that path."""
-    if not isinstance(error, OSError) or error.errno is None or error.filename is None:
-        return one_line(error)
+def _in_words(error: OSError, args: argparse.Namespace) -> str:
+    """An OSError the system raised on a path (it has an errno and a file name) in one line:
+    what is wrong with which path and which argument gave that path."""
     path = os.fsdecode(error.filename)
     what = next((words for kind, words in _OS_ERRORS.items() if isinstance(error, kind)),
                 (error.strerror or "cannot be used").lower())
@@ -1118,6 +1079,58 @@ def _argument_of(path: str, args: argparse.Namespace) -> tuple[str, str] | None:
 _ARGUMENT_NAMES = {"run_dir": "RUN_DIR", "data": "DATA", "images": "IMAGE",
                    "notebook": "NOTEBOOK"}  # the positionals, as the usage lines name them
 
+# The library's keywords that a verb's options give under another name (the others are their
+# options' names: val= is --val, cut_at= is --cut-at).
+_KEYWORDS = {
+    "split": {"list_file": "--list", "labels_file": "--labels"},
+    "train": {"run_dir": "--run-dir", "lr_mult_rules": "--lr-mult",
+              "decay_mult_rules": "--decay-mult"},
+    "lr-find": {"lr_mult_rules": "--lr-mult", "decay_mult_rules": "--decay-mult"},
+    "predict": {"list_file": "--list", "list_root": "--root", "out": "--out"},
+    "sweep": {"params": "--param", "fixed": "--set", "cluster_options": "--cluster-option",
+              "kernel_name": "--kernel"},
+}
+
+
+def _in_flags(message: str, args: argparse.Namespace) -> str:
+    """A library message in the command's words: the keywords it starts with (``val must
+    ...``, ``val + test must ...``) and each ``keyword=value`` of an option of this verb become
+    ``--val must ...``, ``--val + --test must ...`` and ``--val value`` (a positional's name:
+    ``DATA``)."""
+    names = {dest: _ARGUMENT_NAMES.get(dest, f"--{dest.replace('_', '-')}")
+             for dest in vars(args) if dest not in ("verb", "run")}
+    names.update(_KEYWORDS.get(args.verb, {}))
+    lead = re.match(r"\w+(?: \+ \w+)*(?= )", message)
+    if lead:
+        terms = [names.get(term, term) for term in lead.group().split(" + ")]
+        message = " + ".join(terms) + message[lead.end():]
+    for keyword, flag in names.items():
+        message = re.sub(rf"(?<![\w\-.'/]){re.escape(keyword)}=", f"{flag} ", message)
+    return message
+
+
+def _user_path_error(error: BaseException, args: argparse.Namespace) -> bool:
+    """Whether ``error`` is the system's refusal of a path the user gave (not found, not a
+    folder, a folder, permission denied, already exists), not a failure such as a full disk."""
+    return (isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                               PermissionError, FileExistsError))
+            and error.errno is not None and error.filename is not None
+            and _argument_of(os.fsdecode(error.filename), args) is not None)
+
+
+def _traceback_if_debugging(error: BaseException) -> None:
+    """With ``WORKBENCH_DEBUG=1``, every error's traceback before its line."""
+    if os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0"):
+        traceback.print_exception(error)
+
+
+def _failed(verb: str, error: BaseException) -> int:
+    """Reports a failure in one line (after the traceback with ``WORKBENCH_DEBUG=1``)."""
+    _traceback_if_debugging(error)
+    print(f"workbench {verb}: failed: {type(error).__name__}: {one_line(error)} "
+          f"({DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
+    return EXIT_FAILED
+
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ``workbench VERB ...``; returns the exit status (the console-script entry point)."""
@@ -1135,20 +1148,26 @@ def main(argv: list[str] | None = None) -> int:
                 first=(lambda: _start_workers(args, sys.argv[1:] if argv is None else argv))
                 if getattr(args, "distributed", False) else None)
         return args.run(args)
-    except (ValueError, OSError) as error:  # bad input: an argument, a file, a folder
-        print(f"error: {_in_words(error, args)}", file=sys.stderr)
-        # a mistake the user can fix that shows only at run time (weights that cannot be
-        # downloaded, a diverged loss) is a failure of the run, not of the command line
+    except UsageError as error:  # the user's mistake, in the command's words
+        _traceback_if_debugging(error)
+        print(f"error: {_in_flags(one_line(error), args)}", file=sys.stderr)
+        # one that shows only at run time (weights that cannot be downloaded) is a failure of
+        # the run, not of the command line
         return EXIT_FAILED if isinstance(error, RuntimeError) else EXIT_USAGE
+    except OSError as error:
+        if not _user_path_error(error, args):  # a full disk, a lost mount: a failure
+            return _failed(args.verb, error)
+        _traceback_if_debugging(error)
+        print(f"error: {_in_words(error, args)}", file=sys.stderr)
+        return EXIT_USAGE
     except ClusterError as error:  # the workers did not all join: the message names them
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"workbench {args.verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:  # anything else failed at run time: one line, not a traceback
-        if os.environ.get("WORKBENCH_DEBUG"):
-            raise
-        print(f"error: {type(error).__name__}: {one_line(error)} (WORKBENCH_DEBUG=1 shows the "
-              "traceback)", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(args.verb, error)
 
 
 if __name__ == "__main__":

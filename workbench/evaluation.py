@@ -46,8 +46,8 @@ import pandas as pd
 from sklearn import metrics
 
 from workbench import calibration, plots
-from workbench._checks import (check_bool, check_choice, check_int, check_number, deprecated,
-                               renamed_arguments)
+from workbench._checks import (MissingPath, UsageError, check_bool, check_choice, check_int,
+                               check_number, deprecated, renamed_arguments)
 from workbench._io import atomic_path, remove_stale_temporaries, write_json, write_text
 from workbench.deploy import export as exporting
 from workbench.deploy.predict import RUNTIME_CHOICES
@@ -66,20 +66,20 @@ def _check_predictions(probabilities, labels, classes) -> tuple[np.ndarray, np.n
     """Validates ``(probabilities, labels, classes)`` and returns them as arrays and a list."""
     classes = [str(c) for c in classes]
     if len(classes) < 2:
-        raise ValueError(f"classes must name at least 2 classes, received: {classes!r}")
+        raise UsageError(f"classes must name at least 2 classes, received: {classes!r}")
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(classes):
-        raise ValueError(f"probabilities must have shape (images, {len(classes)}) for "
+        raise UsageError(f"probabilities must have shape (images, {len(classes)}) for "
                          f"{len(classes)} classes, received shape: {probabilities.shape}")
     labels = np.asarray(labels)
     if labels.shape != (len(probabilities),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be {len(probabilities)} integer class indices, one per "
+        raise UsageError(f"labels must be {len(probabilities)} integer class indices, one per "
                          f"row of probabilities, received: shape {labels.shape}, "
                          f"dtype {labels.dtype}")
     if len(labels) == 0:
-        raise ValueError("probabilities must hold at least one image, received: 0")
+        raise UsageError("probabilities must hold at least one image, received: 0")
     if labels.min() < 0 or labels.max() >= len(classes):
-        raise ValueError(f"labels must be between 0 and {len(classes) - 1}, received: "
+        raise UsageError(f"labels must be between 0 and {len(classes) - 1}, received: "
                          f"{int(labels.min())}..{int(labels.max())}")
     return probabilities, labels.astype(np.int64), classes
 
@@ -116,13 +116,13 @@ def confusion_matrix(labels, predicted, *, num_classes: int) -> np.ndarray:
     for name, values in (("labels", labels), ("predicted", predicted)):
         integers = np.issubdtype(values.dtype, np.integer) or values.size == 0
         if values.ndim != 1 or not integers:
-            raise ValueError(f"{name} must be a 1-D array of class indices, received: shape "
+            raise UsageError(f"{name} must be a 1-D array of class indices, received: shape "
                              f"{values.shape}, dtype {values.dtype}")
         if len(values) and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"{name} must be between 0 and {num_classes - 1}, received: "
+            raise UsageError(f"{name} must be between 0 and {num_classes - 1}, received: "
                              f"{int(values.min())}..{int(values.max())}")
     if len(labels) != len(predicted):
-        raise ValueError(f"predicted must hold one class per label ({len(labels)}), received: "
+        raise UsageError(f"predicted must hold one class per label ({len(labels)}), received: "
                          f"{len(predicted)}")
     return metrics.confusion_matrix(labels, predicted,
                                     labels=np.arange(num_classes)).astype(np.int64)
@@ -152,7 +152,7 @@ def per_class_report(confusion, classes) -> pd.DataFrame:
     confusion = np.asarray(confusion)
     count = len(classes)
     if confusion.shape != (count, count) or count == 0:
-        raise ValueError(f"confusion must have shape ({count}, {count}) for {count} classes, "
+        raise UsageError(f"confusion must have shape ({count}, {count}) for {count} classes, "
                          f"received shape: {confusion.shape}")
     true, predicted = np.indices(confusion.shape).reshape(2, -1)
     precision, recall, f1, support = metrics.precision_recall_fscore_support(
@@ -342,10 +342,10 @@ class EvaluationReport:
         scaled = calibration.apply_temperature(raw, temperature)
         probabilities = scaled if calibrated else raw
         if paths is not None and len(paths) != len(labels):
-            raise ValueError(f"paths must hold one path per image ({len(labels)}), "
+            raise UsageError(f"paths must hold one path per image ({len(labels)}), "
                              f"received: {len(paths)}")
         if images is not None and len(images) != len(labels):
-            raise ValueError(f"images must hold one image per row of probabilities "
+            raise UsageError(f"images must hold one image per row of probabilities "
                              f"({len(labels)}), received: {len(images)}")
         k = min(TOP_K, len(classes))
         predicted = ranked(probabilities)[:, 0]
@@ -515,7 +515,7 @@ class EvaluationReport:
         check_int("count", count, minimum=1)
         check_int("columns", columns, minimum=1)
         if self.images is None:
-            raise ValueError("plot_worst needs the images: build the report with images=..., "
+            raise UsageError("plot_worst needs the images: build the report with images=..., "
                              "or with evaluate(run_dir)")
         worst = self.worst(count)
         titles = [f"{row.true} → {row.predicted}\np={row.probability_true:.2f}"
@@ -585,7 +585,7 @@ def split_images(run_dir: str | Path, *, split: str = "test") -> SplitImages:
     run = RunDir(run_dir)
     data = run.load_splits()
     if split not in data.images:
-        raise ValueError(f"split must be one the dataset has ({', '.join(data.images)}), "
+        raise UsageError(f"split must be one the dataset has ({', '.join(data.images)}), "
                          f"received: {split!r}")
     paths = run.split_folder().paths(split)
     return SplitImages(list(data.classes), data.images[split], data.labels[split], paths)
@@ -677,9 +677,9 @@ def _predictor(run_dir: Path, path: Path, *, model: str, runtime: str, batch_siz
                     for i in range(0, len(images), batch_size)])
             return run, fast.runtime
         if runtime != "auto":
-            raise FileNotFoundError(f"runtime={runtime!r} needs an up-to-date {runtime} export "
-                                    f"of {run_dir} ('workbench export {run_dir} --format "
-                                    f"{runtime}'), received: none")
+            raise MissingPath(f"runtime={runtime!r} needs an up-to-date {runtime} export "
+                              f"of {run_dir} ('workbench export {run_dir} --format "
+                              f"{runtime}'), received: none")
     from workbench.models import load_model
 
     network = load_model(path)

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from workbench import plots
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import UsageError, check_choice, check_int, check_number
 from workbench._compat import is_graph_model, producing_operation, run_through_graph
 from workbench._io import atomic_path
 from workbench.calibration import apply_temperature
@@ -96,7 +96,7 @@ def last_feature_layer(model: keras.Model) -> str:
         if convolved and not isinstance(layer, _POOLING) and _output_rank(layer) == 4:
             found = layer.name
     if found is None:
-        raise ValueError(f"model must have a 2-D convolution, received: {model.name} without one")
+        raise UsageError(f"model must have a 2-D convolution, received: {model.name} without one")
     return found
 
 
@@ -139,7 +139,7 @@ def _trace(model: keras.Model, inputs, visit):
             x = call(layer, (x,), {})
         return x
     if not is_graph_model(model):
-        raise ValueError(f"model must be a functional or Sequential Keras model, received: "
+        raise UsageError(f"model must be a functional or Sequential Keras model, received: "
                          f"{type(model).__name__} (a subclassed model cannot be looked into)")
     # Functional's own graph walk (what Model.call runs), with our call at each layer
     return run_through_graph(model, inputs, lambda op: (
@@ -162,7 +162,7 @@ def split_at(model: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]:
     """
     names = {found.name for found in _operations(model)}
     if layer not in names:
-        raise ValueError(f"layer must name a layer of {model.name}, received: {layer!r}")
+        raise UsageError(f"layer must name a layer of {model.name}, received: {layer!r}")
     last = _output_layer(model)
     image = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
     captured = {}
@@ -193,7 +193,7 @@ def split_at(model: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]:
     try:
         head = keras.Model(feature_input, scores, name=f"{model.name}_head")
     except ValueError as error:  # a path around the feature map (e.g. a skip connection)
-        raise ValueError(f"layer must be a layer every path to the output goes through, "
+        raise UsageError(f"layer must be a layer every path to the output goes through, "
                          f"received: {layer!r} ({error})") from error
     return keras.Model(image, features, name=f"{model.name}_features"), head
 
@@ -307,7 +307,7 @@ def overlay(image, heatmap, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndar
     check_number("alpha", alpha, minimum=0.0, maximum=1.0)
     image, heatmap = np.asarray(image), np.asarray(heatmap, np.float32)
     if image.shape[:2] != heatmap.shape:
-        raise ValueError(f"heatmap must have the image's size {image.shape[:2]}, received "
+        raise UsageError(f"heatmap must have the image's size {image.shape[:2]}, received "
                          f"shape: {heatmap.shape}")
     weight = alpha * np.clip(heatmap, 0.0, 1.0)[..., None]
     blended = (1 - weight) * image + weight * colorize(heatmap, cmap=cmap)
@@ -413,11 +413,11 @@ class Explainer:
     def __init__(self, model: keras.Model, *, labels=None, resize_mode: str = "squash",
                  layer: str | None = None, temperature: float = 1.0):
         if not isinstance(model, keras.Model):
-            raise ValueError(f"model must be a keras.Model, a run directory or a .keras file, "
+            raise UsageError(f"model must be a keras.Model, a run directory or a .keras file, "
                              f"received: {type(model).__name__}")
         height, width = model.inputs[0].shape[1:3]
         if height is None or height != width:
-            raise ValueError(f"model must take square images of a fixed size, received: input "
+            raise UsageError(f"model must take square images of a fixed size, received: input "
                              f"{height}x{width}")
         self.model, self.image_size = model, int(height)
         self.resize_mode = check_choice("resize_mode", resize_mode, RESIZE_MODES)
@@ -425,7 +425,7 @@ class Explainer:
         self.labels = [str(i) for i in range(classes)] if labels is None else \
             [str(label) for label in labels]
         if len(self.labels) != classes:
-            raise ValueError(f"labels must name each of the model's {classes} outputs, "
+            raise UsageError(f"labels must name each of the model's {classes} outputs, "
                              f"received: {len(self.labels)} labels")
         self.temperature = check_number("temperature", temperature, minimum=0.0,
                                         exclusive_minimum=True)
@@ -439,7 +439,7 @@ class Explainer:
         if isinstance(source, keras.Model):
             return cls(source, layer=layer)
         if not isinstance(source, (str, Path)):
-            raise ValueError(f"model must be a keras.Model, a run directory or a .keras file, "
+            raise UsageError(f"model must be a keras.Model, a run directory or a .keras file, "
                              f"received: {type(source).__name__}")
         check_choice("model", model, MODELS)
         path = Path(source)
@@ -489,13 +489,13 @@ class Explainer:
         pixels = np.asarray(pixels)
         side = self.image_size
         if pixels.ndim != 4 or pixels.shape[1:] != (side, side, 3):
-            raise ValueError(f"pixels must have shape (N, {side}, {side}, 3), received shape: "
+            raise UsageError(f"pixels must have shape (N, {side}, {side}, 3), received shape: "
                              f"{pixels.shape}")
         probabilities = self.probabilities(pixels)
         classes = self._classes(class_index, probabilities)
         if method == "grad_cam":
             if options:
-                raise ValueError(f"options apply to occlusion, received: {sorted(options)} "
+                raise UsageError(f"options apply to occlusion, received: {sorted(options)} "
                                  f"for grad_cam")
             features, gradients = _gradients(self._features, self._head, pixels, classes)
             weights = gradients.mean(axis=(1, 2), keepdims=True)  # one weight per channel
@@ -513,7 +513,7 @@ class Explainer:
         for value in values:
             check_int("class_index", value, minimum=0, maximum=classes - 1)
         if len(values) not in (1, count):
-            raise ValueError(f"class_index must be one class or one per image ({count}), "
+            raise UsageError(f"class_index must be one class or one per image ({count}), "
                              f"received: {len(values)}")
         return np.broadcast_to(np.asarray(values, np.int64), (count,))
 

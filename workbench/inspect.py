@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from workbench import models, plots
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import UsageError, check_choice, check_int, check_number
 from workbench._compat import inbound_nodes
 from workbench._io import run_file
 from workbench.data.images import load_array
@@ -48,7 +48,7 @@ def _as_model(model, name: str = "model") -> keras.Model:
     if isinstance(model, (str, Path)):
         return models.load_model(model)
     if not isinstance(model, keras.Model):
-        raise ValueError(f"{name} must be a keras.Model or the path of a .keras file, "
+        raise UsageError(f"{name} must be a keras.Model or the path of a .keras file, "
                          f"received: {type(model).__name__}")
     return model
 
@@ -63,7 +63,7 @@ def find_layer(model: keras.Model, name: str):
         if layer.name == name:
             return layer
     names = [layer.name for layer in all_layers(model) if not isinstance(layer, keras.Model)]
-    raise ValueError(f"layer must name a layer of {model.name}, received: {name!r}; layers: "
+    raise UsageError(f"layer must name a layer of {model.name}, received: {name!r}; layers: "
                      f"{', '.join(names)}")
 
 
@@ -73,7 +73,7 @@ def first_conv(model: keras.Model):
         kernel = getattr(layer, "kernel", None)
         if kernel is not None and len(kernel.shape) == 4:
             return layer
-    raise ValueError(f"model must have a 2-D convolution, received: {model.name} without one")
+    raise UsageError(f"model must have a 2-D convolution, received: {model.name} without one")
 
 
 def default_layers(model) -> list[str]:
@@ -95,7 +95,7 @@ def default_layers(model) -> list[str]:
                     if len(getattr(getattr(layer, "kernel", None), "shape", ())) == 4
                     and not isinstance(layer, keras.layers.DepthwiseConv2D)]
     if not convolutions:
-        raise ValueError(f"model must have a 2-D convolution, received: {model.name} without one")
+        raise UsageError(f"model must have a 2-D convolution, received: {model.name} without one")
     picked = (convolutions[0], convolutions[(len(convolutions) - 1) // 2], convolutions[-1])
     return list(dict.fromkeys(picked))
 
@@ -127,7 +127,7 @@ def _output_model(model: keras.Model, name: str) -> keras.Model:
             image = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
             return keras.Model(image, inner(prefix(image)))
     find_layer(model, name)  # raises, listing the layers
-    raise ValueError(f"layer {name!r} is not reachable from the input of {model.name}")
+    raise UsageError(f"layer {name!r} is not reachable from the input of {model.name}")
 
 
 # --- tiling (Caffe's vis_square) ---------------------------------------------------------------
@@ -153,7 +153,7 @@ def vis_square(tiles, *, columns: int | None = None, padding: int = 1,
     """
     tiles = np.asarray(tiles, dtype=np.float64)
     if tiles.ndim not in (3, 4) or len(tiles) == 0:
-        raise ValueError(f"tiles must have shape (n, h, w) or (n, h, w, 3) with n >= 1, "
+        raise UsageError(f"tiles must have shape (n, h, w) or (n, h, w, 3) with n >= 1, "
                          f"received shape: {tiles.shape}")
     check_int("padding", padding, minimum=0)
     count = len(tiles)
@@ -238,7 +238,7 @@ def filters(model, *, layer: str | None = None, max_filters: int = 64, max_chann
     found = first_conv(model) if layer is None else find_layer(model, layer)
     kernel = getattr(found, "kernel", None)
     if kernel is None or len(kernel.shape) != 4:
-        raise ValueError(f"layer must be a 2-D convolution, received: {found.name!r} "
+        raise UsageError(f"layer must be a 2-D convolution, received: {found.name!r} "
                          f"({type(found).__name__})")
     kernel = keras.ops.convert_to_numpy(kernel).astype(np.float64)
     shape = tuple(int(d) for d in kernel.shape)
@@ -277,7 +277,7 @@ def compare_filters(before, after, *, layer: str | None = None, max_filters: int
     """
     before, after = _as_model(before, "before"), _as_model(after, "after")
     if len(names) != 2:
-        raise ValueError(f"names must hold 2 titles, received: {names!r}")
+        raise UsageError(f"names must hold 2 titles, received: {names!r}")
     layer = layer or first_conv(after).name
     options = dict(layer=layer, max_filters=max_filters, max_channels=max_channels)
     grids = [filters(before, **options), filters(after, **options)]
@@ -380,7 +380,7 @@ def load_image(image, *, size: int | tuple[int, int], resize_mode: str = "squash
         return load_array(image, size, resize_mode)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be a path or an (H, W, 3) array, received shape: "
+        raise UsageError(f"image must be a path or an (H, W, 3) array, received shape: "
                          f"{image.shape}")
     return image
 
@@ -404,11 +404,11 @@ def activations(model, image, *, layers, max_channels: int = 64,
     if isinstance(layers, str):
         layers = [layers]
     if not layers:
-        raise ValueError("layers must name at least one layer, received: []")
+        raise UsageError("layers must name at least one layer, received: []")
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])  # (height, width)
     image = load_image(image, size=size, resize_mode=resize_mode)
     if image.shape[:2] != size:
-        raise ValueError(f"image must be {size[0]}x{size[1]} like the model's input, received "
+        raise UsageError(f"image must be {size[0]}x{size[1]} like the model's input, received "
                          f"shape: {image.shape}")
     grids = []
     for name in layers:
@@ -434,7 +434,7 @@ def read_weight_stats(path: str | Path) -> pd.DataFrame:
     table = pd.read_csv(path, dtype={"layer": str, "weight": str})
     missing = [c for c in WEIGHT_STATS_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"path must have the columns {', '.join(WEIGHT_STATS_COLUMNS)}, "
+        raise UsageError(f"path must have the columns {', '.join(WEIGHT_STATS_COLUMNS)}, "
                          f"received: {str(path)!r} without {', '.join(missing)}")
     return table
 
@@ -487,10 +487,10 @@ def _loss_function(model: keras.Model, loss):
     if loss is None:
         loss = getattr(model, "loss", None)
         if loss is None:
-            raise ValueError("loss is needed for a model that is not compiled, received: None")
+            raise UsageError("loss is needed for a model that is not compiled, received: None")
     function = keras.losses.get(loss) if isinstance(loss, str) else loss
     if not callable(function):
-        raise ValueError(f"loss must be a loss name or a callable (y_true, y_pred), "
+        raise UsageError(f"loss must be a loss name or a callable (y_true, y_pred), "
                          f"received: {loss!r}")
 
     def scalar(y, x):
@@ -556,14 +556,14 @@ def gradient_check(model: keras.Model, x, y, *, loss=None, epsilon: float = 1e-3
         NotImplementedError: on a backend other than TensorFlow or JAX.
     """
     if not isinstance(model, keras.Model):
-        raise ValueError(f"model must be a keras.Model, received: {type(model).__name__}")
+        raise UsageError(f"model must be a keras.Model, received: {type(model).__name__}")
     check_number("epsilon", epsilon, minimum=0.0, exclusive_minimum=True)
     check_int("samples", samples, minimum=1)
     check_int("seed", seed, minimum=0)
     check_number("tolerance", tolerance, minimum=0.0)
     variables = model.trainable_variables
     if not variables:
-        raise ValueError(f"model must have trainable weights, received: {model.name} with none")
+        raise UsageError(f"model must have trainable weights, received: {model.name} with none")
     loss = _loss_function(model, loss)
     dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else keras.config.floatx()
     x = keras.ops.convert_to_tensor(np.asarray(x), dtype=dtype)
@@ -667,7 +667,7 @@ def explain_worst(report, run_dir, *, count: int = 16, model: str = "best",
     check_choice("method", method, METHODS)
     images = getattr(report, "images", None)
     if images is None or not hasattr(report, "worst"):
-        raise ValueError(f"report must be an EvaluationReport with its images (evaluate("
+        raise UsageError(f"report must be an EvaluationReport with its images (evaluate("
                          f"run_dir)), received: {type(report).__name__}")
     explainer = Explainer.load(run_dir, model=model)
     worst = report.worst(count)

@@ -16,15 +16,161 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from workbench._checks import UsageError, check_choice, check_int, check_number, one_line
+from workbench._checks import (MissingPath, UsageError, check_choice, check_int, check_number,
+                               deprecated, one_line)
 from workbench._compat import flatten_layers
 from workbench.backbones import (  # the table of names, without Keras; models.BACKBONES too
     APPLICATIONS, BACKBONES, NATURAL_SIZES, SMALL_NETWORKS, check_backbone)
 from workbench.data.augment import AUGMENT_DRAWS, Augment
 
 PREPROCESS_MODES = ("scale", "tf", "caffe", "torch", "none")
+DEFAULT_BACKBONE, DEFAULT_WEIGHTS = "mobilenet_v2", "imagenet"
+START_KEYWORDS = ("backbone", "weights", "source", "cut_at")  # StartingPoint's fields
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class StartingPoint:
+    """What a classifier starts from: a named backbone with its weights, or a saved model cut
+    at a layer. ``finetune``, ``range_test``, ``compare_recipes`` and ``workbench train`` take
+    one as ``start=`` (or its text, read by :meth:`parse`).
+
+    It checks itself when made: a ``source`` together with a backbone or weights other than
+    the defaults is refused (one of them would be silently ignored), and so is ``cut_at``
+    without a ``source``.
+
+    Attributes:
+        backbone: one of ``BACKBONES`` (default ``"mobilenet_v2"``), which brings its family's
+            preprocessing; unused with a ``source``.
+        weights: ``"imagenet"`` (the default, downloaded and cached by Keras), a local weights
+            file (for machines without internet), or None for random initialisation.
+        source: a saved ``.keras`` model to transfer from, instead of a backbone.
+        cut_at: the layer of ``source`` whose output becomes the features (default: the output
+            of its nested backbone, else the input of its last layer; see :func:`load_source`).
+
+    Raises:
+        UsageError: for an unknown backbone, weights that cannot load, a missing ``source``
+            file (:class:`~workbench._checks.MissingPath`), or the combinations above.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | Path | None = DEFAULT_WEIGHTS
+    source: str | Path | None = None
+    cut_at: str | None = None
+
+    def __post_init__(self):
+        if self.cut_at is not None and (not isinstance(self.cut_at, str) or not self.cut_at):
+            raise UsageError(f"cut_at must be a layer name, received: {self.cut_at!r}")
+        if self.source is None:
+            check_backbone(self.backbone)
+            check_weights(self.weights)
+            if self.cut_at is not None:
+                raise UsageError(f"cut_at needs a source model to cut, received: "
+                                 f"cut_at={self.cut_at!r} and no source")
+            return
+        if not isinstance(self.source, (str, Path)) or not Path(self.source).is_file():
+            raise MissingPath(f"source must be a saved .keras model, received: "
+                              f"{str(self.source)!r}")
+        beside = [f"{name}={_shown(value)!r}" for name, value, default in (
+            ("backbone", self.backbone, DEFAULT_BACKBONE),
+            ("weights", self.weights, DEFAULT_WEIGHTS)) if value != default]
+        if beside:
+            raise UsageError(f"give either a backbone (with weights) or a source model, not "
+                             f"both; received: {', '.join(beside)} and "
+                             f"source={str(self.source)!r}")
+
+    @classmethod
+    def parse(cls, value: StartingPoint | str | Path | None) -> StartingPoint:
+        """The starting point a short value means: a ``StartingPoint`` as it is; None the
+        default; a path, a text ending in ``.keras`` or naming an existing file a source
+        model; any other text a backbone name (with ImageNet weights).
+
+        Raises:
+            UsageError: for anything else, or what the starting point itself refuses.
+        """
+        if isinstance(value, StartingPoint):
+            return value
+        if value is None:
+            return cls()
+        if isinstance(value, Path) or (isinstance(value, str) and (
+                value.endswith(".keras") or Path(value).is_file())):
+            return cls(source=value)
+        if isinstance(value, str):
+            return cls(backbone=value)
+        raise UsageError(f"start must be a StartingPoint, a backbone name or a saved .keras "
+                         f"model, received: {value!r}")
+
+    @classmethod
+    def from_arguments(cls, start, old: dict, *, caller: str) -> StartingPoint:
+        """The starting point of a call that takes ``start=`` and, for one release, the
+        keywords ``backbone``, ``weights``, ``source`` and ``cut_at`` (each still working,
+        with a ``DeprecationWarning``; a conflicting combination is refused, never ignored).
+
+        Args:
+            start: the call's ``start`` (see :meth:`parse`).
+            old: the other keyword arguments the call received (its ``**deprecated``).
+            caller: the function's name, for the messages.
+
+        Raises:
+            TypeError: for a keyword that is none of these, as Python does.
+            UsageError: for ``start`` together with the old keywords, or a bad combination.
+        """
+        old, unknown = dict(old), sorted(set(old) - set(START_KEYWORDS))
+        if unknown:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+        if not old:
+            return cls.parse(start)
+        deprecated(f"{caller}({'=..., '.join(old)}=...) is deprecated and will be removed in "
+                   "the next release: use start=StartingPoint(...), or start='NAME' or "
+                   "'MODEL.keras'")
+        if start is not None:
+            raise UsageError(f"give start or the deprecated {', '.join(old)}, not both; "
+                             f"received: start={start!r} and {', '.join(old)}")
+        if old.get("source") is not None and old.get("backbone", DEFAULT_BACKBONE) is None:
+            del old["backbone"]  # the old way to say "no backbone" beside a source
+        return cls(**old)
+
+    def settings(self) -> dict:
+        """What ``config.json`` records of it: ``backbone`` (None with a source), ``weights``
+        and ``source`` (files as absolute paths) and ``cut_at``."""
+        weights = self.weights
+        return {"backbone": None if self.source else self.backbone,
+                "weights": str(Path(weights).resolve()) if weights not in (None, "imagenet")
+                else weights,
+                "source": str(Path(self.source).resolve()) if self.source else None,
+                "cut_at": self.cut_at}
+
+    def image_size(self) -> int:
+        """The side to train at when none is given (:func:`natural_image_size`)."""
+        return natural_image_size(self.backbone, source=self.source)
+
+    def fetch_weights(self, image_size: int) -> None:
+        """Downloads the ImageNet weights now when they are needed (:func:`fetch_weights`)."""
+        if self.source is None:
+            fetch_weights(self.backbone, self.weights, input_shape=(image_size, image_size, 3))
+
+    def features(self, image_size: int, *, pretrained: bool = True) -> keras.Model:
+        """The feature extractor: the source model cut at ``cut_at``, or the backbone with its
+        weights; with ``pretrained=False`` the same network with fresh random weights.
+
+        Raises:
+            UsageError: when a source model's input is not ``image_size`` square.
+        """
+        if self.source is None:
+            return backbone(self.backbone, weights=self.weights if pretrained else None,
+                            input_shape=(image_size, image_size, 3))
+        features = load_source(self.source, cut_at=self.cut_at)
+        if not pretrained:  # same architecture, fresh random weights
+            features = keras.models.clone_model(features)
+        if tuple(features.input_shape[1:3]) != (image_size, image_size):
+            raise UsageError(f"image_size must match the source model's input "
+                             f"{features.input_shape[1:3]}, received: {image_size}")
+        return features
+
+
+def _shown(value):
+    return str(value) if isinstance(value, Path) else value  # 'x.h5', not PosixPath('x.h5')
 
 
 @keras.saving.register_keras_serializable(package="workbench")
@@ -82,13 +228,13 @@ def backbone(name: str, *, weights: str | Path | None = None,
     """
     check_backbone(name, argument="name")
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels), "
+        raise UsageError(f"input_shape must be (height, width, channels), "
                          f"received: {input_shape!r}")
     check_weights(weights)
     inputs = keras.Input(input_shape, name="image")
     if name in SMALL_NETWORKS:
         if weights is not None:
-            raise ValueError(f"{name} has no pretrained weights: pretrain it on the sample data "
+            raise UsageError(f"{name} has no pretrained weights: pretrain it on the sample data "
                              f"and pass the saved model as a source, received weights={weights!r}")
         features = _small_network(name, inputs)
     else:
@@ -105,9 +251,8 @@ def check_weights(weights) -> None:
         ValueError: naming the value when it is none of these.
     """
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        shown = str(weights) if isinstance(weights, Path) else weights  # 'x.h5', not PosixPath
         raise UsageError(f"weights must be 'imagenet', None or an existing file, "
-                         f"received: {shown!r}")
+                         f"received: {_shown(weights)!r}")
 
 
 def natural_image_size(backbone: str | None = "mobilenet_v2", *,
@@ -131,7 +276,7 @@ def natural_image_size(backbone: str | None = "mobilenet_v2", *,
     if height is None or width is None:  # a model that takes any size: its family's size
         return 224
     if height != width:
-        raise ValueError(f"source must take square images (image_size is one side), received: "
+        raise UsageError(f"source must take square images (image_size is one side), received: "
                          f"{Path(source).name} with input {height}x{width}")
     return int(height)
 
@@ -151,7 +296,7 @@ def weights_argument(value: str | Path | None, *,
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None
     if not isinstance(value, (str, Path)):
-        raise ValueError(f"weights must be 'imagenet', 'none' or a file path, received: "
+        raise UsageError(f"weights must be 'imagenet', 'none' or a file path, received: "
                          f"{value!r}")
     if value == "imagenet":
         return value
@@ -256,7 +401,7 @@ class RandomAugment(layers.Layer):
         if isinstance(augment, dict):
             augment = Augment(**augment)
         if augment is not None and not isinstance(augment, Augment):
-            raise ValueError(f"augment must be an Augment, a dict of its fields or None, "
+            raise UsageError(f"augment must be an Augment, a dict of its fields or None, "
                              f"received: {augment!r}")
         self.augment = augment or Augment()
         self.seed = check_int("seed", seed, minimum=0)
@@ -365,7 +510,7 @@ def load_model(path: str | Path) -> keras.Model:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
+        raise MissingPath(f"no model file at {path}")
     check_model_file(path)
     return keras.models.load_model(path, compile=False, safe_mode=True)
 
@@ -416,7 +561,7 @@ def load_source(path: str | Path, *, cut_at: str | None = None) -> keras.Model:
         if owner is not None and cut_at in {layer.name for layer in owner.layers}:
             return keras.Model(owner.input, owner.get_layer(cut_at).output, name="backbone")
     names = [layer.name for layer in (nested or model).layers]
-    raise ValueError(f"cut_at must name a layer of {Path(path).name}, received: {cut_at!r}; "
+    raise UsageError(f"cut_at must name a layer of {Path(path).name}, received: {cut_at!r}; "
                      f"layers: {', '.join(names)}")
 
 

@@ -47,7 +47,7 @@ import time
 import warnings
 from pathlib import Path
 
-from workbench._checks import check_int, check_number, deprecated, one_line
+from workbench._checks import UsageError, check_int, check_number, deprecated, one_line
 from workbench._io import run_file
 
 __all__ = ["COLUMNS", "ResourceMonitor", "monitor_command", "read_resources", "summarize_resources"]
@@ -219,7 +219,7 @@ class ResourceMonitor:
     def __init__(self, path, *, interval: float = 1.0, pid: int | None = None,
                  include_children: bool = False):
         if not isinstance(path, (str, os.PathLike)):
-            raise ValueError(f"path must be a file path (str or os.PathLike), received: {path!r}")
+            raise UsageError(f"path must be a file path (str or os.PathLike), received: {path!r}")
         self.path = Path(path)
         self.interval = check_number("interval", interval, minimum=0.0, exclusive_minimum=True)
         self.pid = None if pid is None else check_int("pid", pid, minimum=1)
@@ -349,7 +349,7 @@ class ResourceMonitor:
             if header is None:
                 return 0
             if tuple(header) != COLUMNS:
-                raise ValueError(f"path must be a resources.csv written by ResourceMonitor (or a "
+                raise UsageError(f"path must be a resources.csv written by ResourceMonitor (or a "
                                  f"new file); its header differs, received: {str(self.path)!r} "
                                  f"with columns {header}")
             index = COLUMNS.index("session")
@@ -465,7 +465,7 @@ def monitor_command(command, path, *, interval: float = 1.0) -> int:
     """
     if isinstance(command, (str, bytes)) or not command or \
             not all(isinstance(part, (str, os.PathLike)) for part in command):
-        raise ValueError(f"command must be a non-empty list of strings (program, arguments), "
+        raise UsageError(f"command must be a non-empty list of strings (program, arguments), "
                          f"received: {command!r}")
     check_number("interval", interval, minimum=0.0, exclusive_minimum=True)
     child = subprocess.Popen([os.fspath(part) for part in command])
@@ -514,11 +514,11 @@ def read_resources(path):
         frame = pd.read_csv(path, dtype={"gpu_name": str}, keep_default_na=False,
                             na_values=[""], on_bad_lines="skip")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"path must be a resources.csv written by ResourceMonitor, received: "
+        raise UsageError(f"path must be a resources.csv written by ResourceMonitor, received: "
                          f"{str(path)!r}, which is not readable CSV ({one_line(error)})") from None
     missing = [column for column in COLUMNS if column not in frame.columns]
     if missing:
-        raise ValueError(f"path must be a resources.csv written by ResourceMonitor, received: "
+        raise UsageError(f"path must be a resources.csv written by ResourceMonitor, received: "
                          f"{str(path)!r} without columns {missing}")
     frame = frame[list(COLUMNS)].dropna(subset=["elapsed_s", "ram_total_mib"]).reset_index(
         drop=True)  # a row cut short by a kill lacks its last fields
@@ -559,7 +559,7 @@ def summarize_resources(frame, *, images: int | None = None) -> dict:
 
     if not isinstance(frame, pd.DataFrame) or "elapsed_s" not in frame.columns:
         got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
-        raise ValueError(f"frame must be a DataFrame with an 'elapsed_s' column (from "
+        raise UsageError(f"frame must be a DataFrame with an 'elapsed_s' column (from "
                          f"read_resources), received: {got}")
     if images is not None:
         images = check_int("images", images, minimum=0)

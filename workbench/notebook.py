@@ -69,7 +69,7 @@ def as_list(name: str, value, item_type: type = str) -> list:
         ValueError: naming the parameter when an item is not of ``item_type``.
     """
     if item_type not in (str, int, float):
-        raise ValueError(f"item_type must be str, int or float, received: {item_type!r}")
+        raise UsageError(f"item_type must be str, int or float, received: {item_type!r}")
     if isinstance(value, str):
         items = [part.strip() for part in value.split(",") if part.strip()]
     elif isinstance(value, (list, tuple)):

@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workbench._checks import UsageError, check_choice
+from workbench._checks import MissingPath, UsageError, check_choice
 from workbench._io import atomic_path, remove_stale_temporaries, write_json
 from workbench.data.splitdir import SplitFolder
 
@@ -79,7 +79,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         if not isinstance(path, (str, os.PathLike)):
-            raise ValueError(f"run_dir must be a path, received: {path!r}")
+            raise UsageError(f"run_dir must be a path, received: {path!r}")
         self.path = Path(path)
 
     def __repr__(self) -> str:
@@ -101,8 +101,8 @@ class RunDir:
             FileNotFoundError: naming the folder when it holds no run.
         """
         if not self.exists:
-            raise FileNotFoundError(f"run_dir must be a run directory written by finetune "
-                                    f"(with config.json), received: {str(self.path)!r}")
+            raise MissingPath(f"run_dir must be a run directory written by finetune "
+                              f"(with config.json), received: {str(self.path)!r}")
         return self._json("config.json")
 
     @property
@@ -156,7 +156,7 @@ class RunDir:
         """Writes ``calibration.json`` atomically: ``record["models"]`` maps each model file's
         name to its fitted ``temperature`` (and the numbers before and after)."""
         if not isinstance(record, dict) or not isinstance(record.get("models"), dict):
-            raise ValueError(f"record must be a dict with a 'models' dict, received: "
+            raise UsageError(f"record must be a dict with a 'models' dict, received: "
                              f"{record!r}"[:300])
         write_json(self.path / "calibration.json", record)
 
@@ -251,8 +251,8 @@ class RunDir:
             return self.path / "best.keras"
         path = self.path / "model.keras"
         if not path.is_file():
-            raise FileNotFoundError(f"run_dir holds no finished model (model.keras), received: "
-                                    f"{str(self.path)!r}")
+            raise MissingPath(f"run_dir holds no finished model (model.keras), received: "
+                              f"{str(self.path)!r}")
         return path
 
     def initial_model_path(self) -> Path:
@@ -263,9 +263,9 @@ class RunDir:
         """
         path = self.path / "initial.keras"
         if not path.is_file():
-            raise FileNotFoundError(f"run_dir holds no initial.keras (trained before runs "
-                                    f"recorded their starting point: compare with the model it "
-                                    f"started from instead), received: {str(self.path)!r}")
+            raise MissingPath(f"run_dir holds no initial.keras (trained before runs "
+                              f"recorded their starting point: compare with the model it "
+                              f"started from instead), received: {str(self.path)!r}")
         return path
 
     def split_folder(self) -> SplitFolder:
@@ -284,7 +284,7 @@ class RunDir:
         data = self.split_folder().load(image_size=self.image_size,
                                         resize_mode=self.resize_mode, progress=progress)
         if self.config.get("classes") and self.classes != list(data.classes):
-            raise ValueError(f"the classes of {self.config['splits']} changed since the run was "
+            raise UsageError(f"the classes of {self.config['splits']} changed since the run was "
                              f"trained: the run has {len(self.classes)}, the split folder "
                              f"{len(data.classes)}")
         return data
@@ -312,7 +312,7 @@ class RunDir:
     def _file(self, name: str) -> Path:
         path = self.path / name
         if not path.is_file():
-            raise FileNotFoundError(f"the run directory {str(self.path)!r} has no {name}")
+            raise MissingPath(f"the run directory {str(self.path)!r} has no {name}")
         return path
 
     def _json(self, name: str) -> dict:
@@ -320,5 +320,5 @@ class RunDir:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except ValueError as error:
-            raise ValueError(f"{path} is not readable JSON ({error}); the run directory is "
+            raise UsageError(f"{path} is not readable JSON ({error}); the run directory is "
                              "damaged: train it again") from None

@@ -473,6 +473,7 @@ def step_finetune(s: Settings, args, arg: str | None) -> dict:
     import keras
 
     from workbench import plots
+    from workbench.models import StartingPoint
     from workbench.monitor import read_resources
     from workbench.runs import RunDir
     from workbench.training.solver import SolverConfig
@@ -483,7 +484,7 @@ def step_finetune(s: Settings, args, arg: str | None) -> dict:
     weights = _weights_file(args) if s.finetune_backbone in ("mobilenet_v2",) else None
     run_dir = work / "runs" / "finetune"
     started = time.perf_counter()
-    finetune(work / "splits", run_dir, backbone=s.finetune_backbone, weights=weights,
+    finetune(work / "splits", run_dir, start=StartingPoint(s.finetune_backbone, weights=weights),
              recipe="two_stage", image_size=s.finetune_size, seed=0, progress="lines",
              solver=SolverConfig(epochs=s.finetune_epochs, batch_size=s.finetune_batch),
              overwrite=True)  # a measurement: a second check with the same --work trains anew
@@ -550,12 +551,14 @@ def _child_command(args, options: dict) -> list[str]:
 
 def child_train(options: dict) -> None:
     """One training run for the resume step (a separate process so that it can be killed)."""
+    from workbench.models import StartingPoint
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
 
-    finetune(options["splits"], options["run_dir"], backbone=options["backbone"], weights=None,
-             recipe="caffe", image_size=options["image_size"], seed=options["seed"],
-             progress="none", resume=options["resume"], overwrite=not options["resume"],
+    finetune(options["splits"], options["run_dir"],
+             start=StartingPoint(options["backbone"], weights=None), recipe="caffe",
+             image_size=options["image_size"], seed=options["seed"], progress="none",
+             resume=options["resume"], overwrite=not options["resume"],
              solver=SolverConfig(epochs=options["epochs"], batch_size=options["batch_size"]))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workbench._checks import check_bool, check_choice, check_int, check_number
+from workbench._checks import UsageError, check_bool, check_choice, check_int, check_number
 from workbench.data.images import check_image_size
 
 PLACEMENTS = ("auto", "pipeline", "model")
@@ -182,18 +182,18 @@ class Augment:
         """
         size = tuple(batch.shape[1:3]) if size is None else check_image_size(size)
         if size[0] > batch.shape[1] or size[1] > batch.shape[2]:
-            raise ValueError(f"size must not exceed the batch's {batch.shape[1]}x"
+            raise UsageError(f"size must not exceed the batch's {batch.shape[1]}x"
                              f"{batch.shape[2]}, received: {size!r}")
         return augmented_rows(batch, np.arange(len(batch)), self, rng, size)
 
 
 def _check_range(name: str, value, *, minimum: float, maximum: float) -> tuple[float, float]:
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError(f"{name} must be a (min, max) pair, received: {value!r}")
+        raise UsageError(f"{name} must be a (min, max) pair, received: {value!r}")
     low = check_number(f"{name}[0]", value[0], minimum=minimum, maximum=maximum)
     high = check_number(f"{name}[1]", value[1], minimum=minimum, maximum=maximum)
     if low > high:
-        raise ValueError(f"{name} must be (min, max) with min <= max, received: {value!r}")
+        raise UsageError(f"{name} must be (min, max) with min <= max, received: {value!r}")
     return low, high
 
 
@@ -319,7 +319,7 @@ def few_images(labels) -> bool:
     """
     counts = np.unique(np.asarray(labels), return_counts=True)[1]
     if len(counts) == 0:
-        raise ValueError("labels must hold at least one label, received: none")
+        raise UsageError("labels must hold at least one label, received: none")
     return float(np.median(counts)) < FEW_IMAGES_PER_CLASS
 
 
@@ -341,21 +341,21 @@ def augment_argument(value) -> Augment | str | None:
     if value is None or isinstance(value, Augment):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"augment must be 'auto', 'on', 'off' or an Augment, received: "
+        raise UsageError(f"augment must be 'auto', 'on', 'off' or an Augment, received: "
                          f"{value!r}")
     words = [word.strip().lower() for word in value.replace(",", "+").split("+")]
     mode, options = words[0] or "off", words[1:]
     unknown = [word for word in options if word not in ("flip", "model", "pipeline")]
     if mode not in ("auto", "on", "off", "none") or unknown or len(set(options)) < len(options):
-        raise ValueError(f"augment must be 'auto', 'on' or 'off', optionally followed by "
+        raise UsageError(f"augment must be 'auto', 'on' or 'off', optionally followed by "
                          f"'+flip' and '+model' or '+pipeline', received: {value!r}")
     if mode in ("off", "none"):
         if options:
-            raise ValueError(f"augment 'off' takes no options, received: {value!r}")
+            raise UsageError(f"augment 'off' takes no options, received: {value!r}")
         return None
     placements = [word for word in options if word != "flip"]
     if len(placements) > 1:
-        raise ValueError(f"augment takes one placement, received: {value!r}")
+        raise UsageError(f"augment takes one placement, received: {value!r}")
     augment = Augment(flip="flip" in options, placement=placements[0] if placements else "auto")
     if mode == "on":
         return augment
@@ -382,5 +382,5 @@ def resolve_augment(augment, labels) -> Augment | None:
         return augment[1] if few_images(labels) else None
     if augment is None or isinstance(augment, Augment):
         return augment
-    raise ValueError(f"augment must be an Augment, None, 'auto' or a text such as 'on+flip', "
+    raise UsageError(f"augment must be an Augment, None, 'auto' or a text such as 'on+flip', "
                      f"received: {augment!r}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import MissingPath, UsageError, check_choice, check_int
 from workbench._io import atomic_path, remove_stale_temporaries
 from workbench._progress import progress as progress_bar
 from workbench._progress import progress_argument
@@ -32,7 +32,7 @@ CACHE_FORMAT = 3  # bump when the cache layout or the decoding changes, to inval
 _CHUNK = 32  # images per thread task: large enough to amortise scheduling, small for progress
 
 
-class CacheBuildError(ValueError):
+class CacheBuildError(UsageError):
     """Some images could not be decoded while building a cache; nothing was cached.
 
     Attributes:
@@ -85,10 +85,10 @@ def build_cache(paths: Sequence[str | os.PathLike], *, root: str | os.PathLike,
     progress = progress_argument(progress)
     workers = _default_workers() if workers is None else check_int("workers", workers, minimum=1)
     if isinstance(paths, (str, os.PathLike)) or len(paths) == 0:
-        raise ValueError(f"paths must be a non-empty sequence of paths, received: {paths!r}")
+        raise UsageError(f"paths must be a non-empty sequence of paths, received: {paths!r}")
     root = Path(root).resolve()
     if not root.is_dir():
-        raise ValueError(f"root must be an existing folder, received: {str(root)!r}")
+        raise UsageError(f"root must be an existing folder, received: {str(root)!r}")
     files = [root / path for path in paths]
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def _cache_key(files: list[Path], size: tuple[int, int], mode: str) -> str:
         try:
             stat = os.stat(file)
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"image file not found: {str(file)!r}") from error
+            raise MissingPath(f"image file not found: {str(file)!r}") from error
         digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 

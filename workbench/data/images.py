@@ -74,7 +74,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from workbench._checks import check_choice, check_int, one_line
+from workbench._checks import UsageError, check_choice, check_int, one_line
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # The formats read from outside, by Pillow's names (a multi-picture JPEG, MPO, is a JPEG), and as
@@ -108,7 +108,7 @@ _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SAMPLE_FORMAT = 258, 262, 339
 _TIFF_MIN_SAMPLE, _TIFF_MAX_SAMPLE, _TIFF_S_MIN_SAMPLE, _TIFF_S_MAX_SAMPLE = 280, 281, 340, 341
 
 
-class ImageRejected(ValueError):
+class ImageRejected(UsageError):
     """An input that is not a usable image.
 
     Attributes:
@@ -698,7 +698,7 @@ def check_image_size(image_size, name: str = "image_size") -> tuple[int, int]:
         return (check_int(f"{name}[0]", image_size[0], minimum=1),
                 check_int(f"{name}[1]", image_size[1], minimum=1))
     if isinstance(image_size, (tuple, list)):
-        raise ValueError(f"{name} must be an int or (height, width), received: {image_size!r}")
+        raise UsageError(f"{name} must be an int or (height, width), received: {image_size!r}")
     side = check_int(name, image_size, minimum=1)
     return side, side
 

@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from workbench._checks import check_int, moved_names
+from workbench._checks import UsageError, check_int, moved_names
 from workbench.data.augment import Augment, augmented_rows, window_offsets, windows
 from workbench.data.images import check_image_size
 
@@ -88,35 +88,35 @@ class Batches:
                 and images.dtype == np.uint8):
             described = (f"{images.dtype} array of shape {images.shape}"
                          if isinstance(images, np.ndarray) else type(images).__name__)
-            raise ValueError(f"images must be a uint8 array of shape (N, H, W, 3), "
+            raise UsageError(f"images must be a uint8 array of shape (N, H, W, 3), "
                              f"received: {described}")
         labels = np.asarray(labels)
         if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be {len(images)} integers, one per image, received: "
+            raise UsageError(f"labels must be {len(images)} integers, one per image, received: "
                              f"{labels.dtype} array of shape {labels.shape}")
         self.images = images
         self.labels = labels.astype(np.int32)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.seed = check_int("seed", seed, minimum=0)
         if augment is not None and not isinstance(augment, Augment):
-            raise ValueError(f"augment must be an Augment or None, received: {augment!r}")
+            raise UsageError(f"augment must be an Augment or None, received: {augment!r}")
         self.shuffle = bool(shuffle)
         self.augment = augment
         self.drop_remainder = bool(drop_remainder)
         if drop_remainder and len(images) < batch_size:
-            raise ValueError(f"batch_size must be <= the number of images ({len(images)}) when "
+            raise UsageError(f"batch_size must be <= the number of images ({len(images)}) when "
                              f"drop_remainder=True, received: {batch_size}")
         if len(images) == 0:
-            raise ValueError("images must hold at least one image, received: 0 images")
+            raise UsageError("images must hold at least one image, received: 0 images")
         self.image_size = tuple(images.shape[1:3]) if image_size is None \
             else check_image_size(image_size)
         if self.image_size[0] > images.shape[1] or self.image_size[1] > images.shape[2]:
-            raise ValueError(f"image_size must not exceed the stored images' "
+            raise UsageError(f"image_size must not exceed the stored images' "
                              f"{images.shape[1]}x{images.shape[2]}, received: {image_size!r}")
         self.shard = _check_shard(shard, self.batch_size, drop_remainder or pad_to > 1)
         self.pad_to = check_int("pad_to", pad_to, minimum=1)
         if pad_to > 1 and (self.batch_size % pad_to or pad_to % self.shard[1]):
-            raise ValueError(f"pad_to must divide batch_size={self.batch_size} and be a "
+            raise UsageError(f"pad_to must divide batch_size={self.batch_size} and be a "
                              f"multiple of the {self.shard[1]} shards, received: {pad_to}")
         rest = len(images) % self.batch_size  # the last batch's images, when it is smaller
         padding = -rest % pad_to if rest and not drop_remainder else 0
@@ -158,7 +158,7 @@ class Batches:
         """
         check_int("index", index, minimum=0)
         if index >= self.steps_per_epoch:
-            raise ValueError(f"index must be < steps_per_epoch={self.steps_per_epoch}, "
+            raise UsageError(f"index must be < steps_per_epoch={self.steps_per_epoch}, "
                              f"received: {index}")
         picked = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         # The order within a batch does not matter to training; file order reads a memmap
@@ -239,7 +239,7 @@ class Batches:
         """
         self._stream_length(start_epoch, epochs)
         if self.shard != (0, 1) or self.pad_to > 1:
-            raise ValueError("as_tf_dataset serves whole batches: TensorFlow's strategies "
+            raise UsageError("as_tf_dataset serves whole batches: TensorFlow's strategies "
                              "split them between workers and devices themselves")
         import tensorflow as tf  # only here, so the JAX backend never loads TensorFlow
 
@@ -323,10 +323,10 @@ def _check_shard(shard, batch_size: int, whole_batches: bool) -> tuple[int, int]
     if not (isinstance(shard, tuple) and len(shard) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
             and 0 <= shard[0] < shard[1]):
-        raise ValueError(f"shard must be (index, count) with 0 <= index < count, "
+        raise UsageError(f"shard must be (index, count) with 0 <= index < count, "
                          f"received: {shard!r}")
     if shard[1] > 1 and (batch_size % shard[1] or not whole_batches):
-        raise ValueError(f"batch_size must be a multiple of the {shard[1]} shards, and the "
+        raise UsageError(f"batch_size must be a multiple of the {shard[1]} shards, and the "
                          f"last batch dropped or padded, received: batch_size={batch_size}")
     return shard
 

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from workbench._checks import check_int, check_number, renamed_arguments
+from workbench._checks import (PathInTheWay, UsageError, check_int, check_number,
+                               renamed_arguments)
 from workbench._io import atomic_path, remove_stale_temporaries
 from workbench._progress import progress, progress_argument
 
@@ -82,7 +83,7 @@ def font_paths(characters: Sequence[str] = LETTERS) -> list[Path]:
         if all(_has_ink_unlike(font, char, missing) for char in characters):
             usable.append(path)
     if not usable:
-        raise ValueError(f"characters must be drawable by a font shipped with matplotlib, "
+        raise UsageError(f"characters must be drawable by a font shipped with matplotlib, "
                          f"received: {''.join(characters)!r}")
     return usable
 
@@ -134,7 +135,7 @@ def glyph_bitmap(char: str, *, font_path: str | Path, rng: np.random.Generator,
         ValueError: for a string that is not one character or an option out of range.
     """
     if not isinstance(char, str) or len(char) != 1:
-        raise ValueError(f"char must be a single character, received: {char!r}")
+        raise UsageError(f"char must be a single character, received: {char!r}")
     max_rotation = check_number("max_rotation", max_rotation, minimum=0.0, maximum=180.0)
     max_shear = check_number("max_shear", max_shear, minimum=0.0, maximum=1.0)
     if stroke_width is None:
@@ -184,7 +185,7 @@ def block_counts(bitmap: np.ndarray) -> np.ndarray:
     """
     bitmap = np.asarray(bitmap)
     if bitmap.shape != (_BITMAP, _BITMAP):
-        raise ValueError(f"bitmap must have shape (32, 32), received: {bitmap.shape}")
+        raise UsageError(f"bitmap must have shape (32, 32), received: {bitmap.shape}")
     return bitmap.astype(np.float64).reshape(8, 4, 8, 4).sum(axis=(1, 3))
 
 
@@ -210,7 +211,7 @@ def clutter(image_size: int, *, rng: np.random.Generator, background=None,
     """
     image_size = check_int("image_size", image_size, minimum=8)
     if len(lines) != 2 or lines[0] < 0 or lines[1] < lines[0]:
-        raise ValueError(f"lines must be (minimum, maximum) with 0 <= minimum <= maximum, "
+        raise UsageError(f"lines must be (minimum, maximum) with 0 <= minimum <= maximum, "
                          f"received: {lines!r}")
     if background is None:
         background = rng.integers(0, 256, size=3)
@@ -252,7 +253,7 @@ def compose(glyph: np.ndarray, *, image_size: int, rng: np.random.Generator,
     """
     glyph = np.asarray(glyph, dtype=np.float64)
     if glyph.shape != (8, 8):
-        raise ValueError(f"glyph must have shape (8, 8), received: {glyph.shape}")
+        raise UsageError(f"glyph must have shape (8, 8), received: {glyph.shape}")
     image_size = check_int("image_size", image_size, minimum=8)
     min_scale = check_number("min_scale", min_scale, minimum=0.125, maximum=1.0)
     noise = check_number("noise", noise, minimum=0.0)
@@ -417,7 +418,7 @@ def class_folder(char: str) -> str:
         The folder name.
     """
     if not isinstance(char, str) or len(char) != 1:
-        raise ValueError(f"char must be a single character, received: {char!r}")
+        raise UsageError(f"char must be a single character, received: {char!r}")
     if char in LETTERS or char in string.digits:
         return char
     if char in string.ascii_lowercase:
@@ -431,10 +432,10 @@ def _check_characters(characters) -> tuple[str, ...]:
     characters = tuple(characters)
     if not characters or not all(isinstance(c, str) and len(c) == 1 and not c.isspace()
                                  for c in characters):
-        raise ValueError(f"characters must be a non-empty sequence of single visible characters, "
+        raise UsageError(f"characters must be a non-empty sequence of single visible characters, "
                          f"received: {characters!r}")
     if len(set(characters)) != len(characters):
-        raise ValueError(f"characters must not repeat, received: {''.join(characters)!r}")
+        raise UsageError(f"characters must not repeat, received: {''.join(characters)!r}")
     return characters
 
 
@@ -571,7 +572,7 @@ def write_sample_data(out: str | Path, *, image_size: int = 32,
     datasets = tuple(datasets)
     unknown = [name for name in datasets if name not in DATASETS]
     if not datasets or unknown:
-        raise ValueError(f"datasets must be a non-empty selection of {', '.join(DATASETS)}, "
+        raise UsageError(f"datasets must be a non-empty selection of {', '.join(DATASETS)}, "
                          f"received: {datasets!r}")
     image_size = check_int("image_size", image_size, minimum=8)
     source_per_class = check_int("source_per_class", source_per_class, minimum=1)
@@ -594,7 +595,7 @@ def write_sample_data(out: str | Path, *, image_size: int = 32,
     return summary
 
 
-class SampleFolderExists(FileExistsError):
+class SampleFolderExists(PathInTheWay):
     """A dataset folder exists, is not empty, and ``overwrite`` was not given; ``str(error)``
     names the keyword, :meth:`message` can name a command's flag."""
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import MissingPath, UsageError, check_choice, check_int
 from workbench._progress import progress as _progress_bar
 from workbench._progress import progress_argument
 from workbench.data.images import (DEFAULT_MAX_PIXELS, ImageRejected, decode, is_image_name,
@@ -113,14 +113,14 @@ def scan(root, *, list_file=None, labels_file=None, min_side: int = 8,
     check_choice("decode_jpeg", decode_jpeg, JPEG_DECODES)
     draft_size = 1 if decode_jpeg == "draft" else None  # 1: the smallest scale libjpeg offers
     if list_file is not None and labels_file is None:
-        raise ValueError(f"labels_file is required with list_file={os.fspath(list_file)!r}, "
+        raise UsageError(f"labels_file is required with list_file={os.fspath(list_file)!r}, "
                          "received: None")
     if labels_file is not None and list_file is None:
-        raise ValueError(f"list_file is required with labels_file={os.fspath(labels_file)!r}, "
+        raise UsageError(f"list_file is required with labels_file={os.fspath(labels_file)!r}, "
                          "received: None")
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"root folder not found: {root!r}")
+        raise MissingPath(f"root folder not found: {root!r}")
 
     if list_file is None:
         entries = _folder_entries(root)
@@ -245,12 +245,12 @@ def _folder_entries(root: str) -> list[dict]:
 
 def _read_lines(path: str, argument: str) -> list[str]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{argument} not found: {path!r}")
+        raise MissingPath(f"{argument} not found: {path!r}")
     try:
         with open(path, encoding="utf-8-sig") as stream:
             return stream.read().splitlines()
     except UnicodeDecodeError as error:
-        raise ValueError(f"{argument} must be UTF-8 text, received: {path!r} ({error})") from error
+        raise UsageError(f"{argument} must be UTF-8 text, received: {path!r} ({error})") from error
 
 
 def read_labels(labels_file) -> list[str]:
@@ -264,13 +264,13 @@ def read_labels(labels_file) -> list[str]:
     while lines and not lines[-1]:
         lines.pop()
     if not lines:
-        raise ValueError(f"labels_file has no class names, received: {labels_file!r}")
+        raise UsageError(f"labels_file has no class names, received: {labels_file!r}")
     seen = {}
     for number, name in enumerate(lines, start=1):
         if not name:
-            raise ValueError(f"labels_file line {number} is blank, received: {labels_file!r}")
+            raise UsageError(f"labels_file line {number} is blank, received: {labels_file!r}")
         if name in seen:
-            raise ValueError(f"labels_file line {number} repeats the class {name!r} of line "
+            raise UsageError(f"labels_file line {number} repeats the class {name!r} of line "
                              f"{seen[name]}, received: {labels_file!r}")
         seen[name] = number
     return lines
@@ -403,7 +403,7 @@ def sample_images(table: pd.DataFrame, root, *, per_class: int = 6, max_classes:
     if image_size is not None:
         check_int("image_size", image_size, minimum=1)
     if not isinstance(table, pd.DataFrame) or not {"path", "label"} <= set(table.columns):
-        raise ValueError(f"table must be a DataFrame with 'path' and 'label' columns, "
+        raise UsageError(f"table must be a DataFrame with 'path' and 'label' columns, "
                          f"received: {type(table).__name__}")
     if "status" in table.columns:
         table = table[table["status"] == OK]

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench._checks import UsageError, check_bool, check_int, check_number, renamed_arguments
+from workbench._checks import (MissingPath, PathInTheWay, UsageError, check_bool,
+                               check_folder_path, check_int, check_number, renamed_arguments)
 from workbench._progress import progress_argument
 from workbench._io import atomic_path, remove_stale_temporaries
 from workbench.data.scan import OK, scan
@@ -70,7 +71,7 @@ CACHE = "cache"  # the image cache a split folder may hold (SplitFolder.cache_di
 WRITTEN, REPLACED, UNCHANGED = "written", "replaced", "unchanged"
 
 
-class SplitFolderExists(FileExistsError):
+class SplitFolderExists(PathInTheWay):
     """The split folder holds another split and ``overwrite`` was not given.
 
     ``str(error)`` names the library's keywords; :meth:`message` can name a command's flags.
@@ -159,10 +160,10 @@ def parse_counts(text: str) -> tuple:
             non-negative integers of which at most one is ``rest``.
     """
     if not isinstance(text, str):
-        raise ValueError(f"counts must be a string like '10,rest,10', received: {text!r}")
+        raise UsageError(f"counts must be a string like '10,rest,10', received: {text!r}")
     parts = [part.strip().lower() for part in text.split(",")]
     if len(parts) != 3:
-        raise ValueError("counts must be train,val,test (three comma-separated numbers, one may "
+        raise UsageError("counts must be train,val,test (three comma-separated numbers, one may "
                          f"be 'rest'), received: {text!r}")
     values = []
     for part in parts:
@@ -171,7 +172,7 @@ def parse_counts(text: str) -> tuple:
         elif part.isdigit():
             values.append(int(part))
         else:
-            raise ValueError("counts entries must be non-negative integers or 'rest', "
+            raise UsageError("counts entries must be non-negative integers or 'rest', "
                              f"received: {text!r}")
     return _check_counts(tuple(values), shown=text)
 
@@ -181,7 +182,7 @@ def _check_counts(counts, *, shown=None) -> tuple:
     if isinstance(counts, str):
         return parse_counts(counts)
     if not isinstance(counts, (tuple, list)) or len(counts) != 3:
-        raise ValueError("counts must be (train, val, test), three entries of which at most one "
+        raise UsageError("counts must be (train, val, test), three entries of which at most one "
                          f"is 'rest', received: {shown!r}")
     values = []
     for name, value in zip(SPLITS, counts):
@@ -190,9 +191,9 @@ def _check_counts(counts, *, shown=None) -> tuple:
         else:
             values.append(check_int(f"counts {name} entry", value, minimum=0))
     if values.count(REST) > 1:
-        raise ValueError(f"counts may have at most one 'rest' entry, received: {shown!r}")
+        raise UsageError(f"counts may have at most one 'rest' entry, received: {shown!r}")
     if REST not in values and sum(values) == 0:
-        raise ValueError(f"counts must ask for at least one image, received: {shown!r}")
+        raise UsageError(f"counts must ask for at least one image, received: {shown!r}")
     return tuple(values)
 
 
@@ -384,20 +385,17 @@ def _folder_state(out_dir: Path, texts: dict) -> str | None:
     Raises:
         FileExistsError: ``out_dir`` is a file, or holds files that are not a split's.
     """
-    if not out_dir.exists():
+    if not check_folder_path("out", out_dir).exists():
         return None
-    if not out_dir.is_dir():
-        raise FileExistsError(f"out must be a folder (new or existing), received: "
-                              f"{str(out_dir)!r}, which is a file")
     remove_stale_temporaries(out_dir)  # left inside by an older, file-by-file writer
     names = {path.name for path in out_dir.iterdir()}
     foreign = sorted(names - set(FILES) - {META, CACHE})
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
                                           else "")
-        raise FileExistsError(f"out must be a new or empty folder or a split folder, "
-                              f"received: {str(out_dir)!r}, which holds {shown}; choose another "
-                              "folder (a split folder is replaced whole)")
+        raise PathInTheWay(f"out must be a new or empty folder or a split folder, "
+                           f"received: {str(out_dir)!r}, which holds {shown}; choose another "
+                           "folder (a split folder is replaced whole)")
     if not names - {CACHE}:
         return None
     if names - {CACHE} == set(texts) and all(
@@ -465,8 +463,8 @@ def _shown(value) -> str:
     return ",".join(str(item) for item in value) if isinstance(value, list) else str(value)
 
 
-def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_VAL,
-          test: float = _DEFAULT_TEST, counts=None, seed: int = 0) -> SplitResult:
+def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float | None = None,
+          test: float | None = None, counts=None, seed: int = 0) -> SplitResult:
     """Splits the accepted images of a scanned dataset into train, val and test.
 
     Args:
@@ -475,11 +473,12 @@ def split(table: pd.DataFrame, *, min_per_class: int = 1, val: float = _DEFAULT_
             ``rejected``. Images are grouped by ``sha256`` (by path where it is missing).
         min_per_class: classes with fewer valid images are dropped (reason
             ``"class below min_per_class"``).
-        val: the expected fraction of each class that goes to validation.
-        test: the expected fraction of each class that goes to test.
-        counts: instead of fractions, exact numbers of distinct images per class,
-            ``(train, val, test)``, one of which may be ``"rest"`` (``(10, "rest", 10)``: ten
-            train, ten test, the rest validation), or the same as a string ``"10,rest,10"``.
+        val: the expected fraction of each class that goes to validation (default 0.1).
+        test: the expected fraction of each class that goes to test (default 0.1).
+        counts: instead of fractions (not with ``val`` or ``test``), exact numbers of distinct
+            images per class, ``(train, val, test)``, one of which may be ``"rest"``
+            (``(10, "rest", 10)``: ten train, ten test, the rest validation), or the same as a
+            string ``"10,rest,10"``.
             Classes with fewer distinct images than the fixed entries need are dropped (reason
             ``"class too small for counts"``); without ``"rest"`` the images beyond the counts
             are left out (reason ``"beyond fixed counts"``).
@@ -515,25 +514,29 @@ def _check_settings(table, *, min_per_class, val, test, counts, seed) -> dict:
     """The checked settings of :func:`split` (``val`` and ``test`` None when ``counts`` is
     given), after checking that ``table`` is a DataFrame with ``path`` and ``label``."""
     if not isinstance(table, pd.DataFrame):
-        raise ValueError(f"table must be a pandas DataFrame (from scan), received: "
+        raise UsageError(f"table must be a pandas DataFrame (from scan), received: "
                          f"{type(table).__name__}")
     missing = [column for column in ("path", "label") if column not in table.columns]
     if missing:
-        raise ValueError(f"table must have the columns path and label, received columns: "
+        raise UsageError(f"table must have the columns path and label, received columns: "
                          f"{list(table.columns)}")
     min_per_class = check_int("min_per_class", min_per_class, minimum=1)
     seed = check_int("seed", seed)
     if counts is not None:
-        if val != _DEFAULT_VAL or test != _DEFAULT_TEST:
-            raise ValueError("give either counts or the fractions val and test, not both; "
-                             f"received: counts={counts!r}, val={val!r}, test={test!r}")
+        given = {name: value for name, value in (("val", val), ("test", test))
+                 if value is not None}
+        if given:
+            shown = ", ".join(f"{name}={value!r}" for name, value in given.items())
+            raise UsageError("give either counts or the fractions val and test, not both; "
+                             f"received: counts={counts!r}, {shown}")
         counts = _check_counts(counts)
-        val = test = None
     else:
-        val = check_number("val", val, minimum=0.0, maximum=1.0)
-        test = check_number("test", test, minimum=0.0, maximum=1.0)
+        val = check_number("val", _DEFAULT_VAL if val is None else val, minimum=0.0,
+                           maximum=1.0)
+        test = check_number("test", _DEFAULT_TEST if test is None else test, minimum=0.0,
+                            maximum=1.0)
         if val + test > 1.0:
-            raise ValueError(f"val + test must be <= 1, received: val={val!r}, test={test!r}")
+            raise UsageError(f"val + test must be <= 1, received: val={val!r}, test={test!r}")
     return {"min_per_class": min_per_class, "val": val, "test": test, "counts": counts,
             "seed": seed}
 
@@ -678,7 +681,7 @@ def _json_settings(settings: dict) -> dict:
 
 @renamed_arguments(data_dir="data", out_dir="out")
 def prepare(data, out, *, list_file=None, labels_file=None, min_per_class: int = 1,
-            val: float = _DEFAULT_VAL, test: float = _DEFAULT_TEST, counts=None, seed: int = 0,
+            val: float | None = None, test: float | None = None, counts=None, seed: int = 0,
             min_side: int = 8, workers: int | None = None, progress: str = "auto",
             overwrite: bool = False) -> SplitResult:
     """Scans a dataset, splits it and writes the split folder: the whole first step in one call.
@@ -709,18 +712,18 @@ def prepare(data, out, *, list_file=None, labels_file=None, min_per_class: int =
         OneClassKept: only one class was kept (nothing is written).
         FileExistsError: ``out`` is a file or holds files that are not a split's.
     """
-    if not os.path.isdir(data):
-        raise FileNotFoundError(f"data must be an existing folder, received: {str(data)!r}")
-    resolved, written = Path(data).resolve(), Path(out).resolve()
-    if written == resolved or resolved in written.parents:
-        raise ValueError(f"out must not be inside data (the dataset is never written "
-                         f"to), received: {str(out)!r}")
-    options = {"counts": counts} if counts is not None else {"val": val, "test": test}
-    check_bool("overwrite", overwrite)
-    progress = progress_argument(progress)
+    options = {"counts": counts, "val": val, "test": test}
     settings = split(pd.DataFrame(columns=["path", "label", "sha256", "status"]),
                      min_per_class=min_per_class, seed=seed,
                      **options).settings  # validates the options before the (long) scan
+    check_bool("overwrite", overwrite)
+    progress = progress_argument(progress)
+    if not os.path.isdir(data):
+        raise MissingPath(f"data must be an existing folder, received: {str(data)!r}")
+    resolved, written = Path(data).resolve(), check_folder_path("out", out).resolve()
+    if written == resolved or resolved in written.parents:
+        raise UsageError(f"out must not be inside data (the dataset is never written "
+                         f"to), received: {str(out)!r}")
     refusal = None if overwrite else _refusal_before_scan(Path(out), settings, data)
     if refusal is not None:
         raise refusal
@@ -750,5 +753,5 @@ def split_options(spec: str) -> dict:
             pass
     if len(parts) == 3:
         return {"counts": parse_counts(spec)}
-    raise ValueError(f"split must be 'train,val,test' counts (e.g. '10,rest,10') or 'val,test' "
+    raise UsageError(f"split must be 'train,val,test' counts (e.g. '10,rest,10') or 'val,test' "
                      f"fractions (e.g. '0.1,0.1'), received: {spec!r}")

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workbench._checks import check_choice, check_int, renamed_arguments
+from workbench._checks import (MissingPath, UsageError, check_choice, check_int,
+                               renamed_arguments)
 from workbench._progress import progress_argument
 from workbench.data import cache
 
@@ -59,8 +60,8 @@ class SplitFolder:
     def __init__(self, path: str | Path, *, data_root: str | Path | None = None):
         self.path = Path(path)
         if not (self.path / "splits.csv").is_file():
-            raise FileNotFoundError(f"splits must be a folder written by 'workbench split' "
-                                    f"(with splits.csv), received: {str(path)!r}")
+            raise MissingPath(f"splits must be a folder written by 'workbench split' "
+                              f"(with splits.csv), received: {str(path)!r}")
         self._data_root = Path(data_root) if data_root is not None else None
 
     def __repr__(self) -> str:
@@ -92,7 +93,7 @@ class SplitFolder:
         try:
             return json.loads(meta_path.read_text(encoding="utf-8"))
         except ValueError as error:
-            raise ValueError(f"{meta_path} is not readable JSON ({error}); write the split "
+            raise UsageError(f"{meta_path} is not readable JSON ({error}); write the split "
                              "again") from None
 
     @property
@@ -105,8 +106,8 @@ class SplitFolder:
         if self._data_root is not None:
             return self._data_root
         if "data_root" not in self.meta:
-            raise FileNotFoundError(f"data_root is needed: the split folder {str(self.path)!r} "
-                                    "has no split.json naming its dataset")
+            raise MissingPath(f"data_root is needed: the split folder {str(self.path)!r} "
+                              "has no split.json naming its dataset")
         return self.path / self.meta["data_root"]
 
     @property
@@ -149,12 +150,12 @@ class SplitFolder:
         check_int("index", index, minimum=0)
         paths = self.paths(split)
         if index >= len(paths):
-            raise ValueError(f"index must be below the {len(paths)} images of split {split!r}, "
+            raise UsageError(f"index must be below the {len(paths)} images of split {split!r}, "
                              f"received: {index}")
         path = (self.data_root / paths[index]).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"the image of split {split!r} at index {index} is missing, "
-                                    f"received: {str(path)!r}")
+            raise MissingPath(f"the image of split {split!r} at index {index} is missing, "
+                              f"received: {str(path)!r}")
         return path
 
     def load(self, *, image_size: int, resize_mode: str = "squash",
@@ -181,7 +182,7 @@ class SplitFolder:
                 progress=progress)
             labels[name] = self.labels(name)
         if "train" not in images:
-            raise ValueError(f"{self.path / 'splits.csv'} has no training images")
+            raise UsageError(f"{self.path / 'splits.csv'} has no training images")
         return SplitData(list(self.classes), images, labels, str(self.path.resolve()))
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench._checks import check_int, renamed_arguments
+from workbench._checks import UsageError, check_int, renamed_arguments
 from workbench._io import atomic_path, remove, remove_stale_temporaries, write_json
 from workbench._progress import progress as progress_bar
 from workbench._progress import progress_argument
@@ -173,18 +173,18 @@ def read_table(path) -> pd.DataFrame:
 def _check_out(out, features) -> tuple[Path, Path | None, bool]:
     out = Path(out)
     if out.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"out must end in .csv or .parquet, received: {str(out)!r}")
+        raise UsageError(f"out must end in .csv or .parquet, received: {str(out)!r}")
     if out.is_dir():
-        raise ValueError(f"out must be a file name, received the folder: {str(out)!r}")
+        raise UsageError(f"out must be a file name, received the folder: {str(out)!r}")
     if features is None:
         return out, None, False
     if features == "columns":
         if out.suffix != ".parquet":
-            raise ValueError(f"features='columns' needs a .parquet out, received: {str(out)!r}")
+            raise UsageError(f"features='columns' needs a .parquet out, received: {str(out)!r}")
         return out, None, True
     features = Path(features)
     if features.suffix != ".npy":
-        raise ValueError(f"features must be a .npy file name or 'columns' (with a .parquet "
+        raise UsageError(f"features must be a .npy file name or 'columns' (with a .parquet "
                          f"out), received: {str(features)!r}")
     return out, features, True
 
@@ -386,7 +386,7 @@ def _check_job(*, top_k, batch_size, chunk_size, threads, cluster, cluster_optio
     if jobs is not None:
         check_int("jobs", jobs, minimum=1)
         if cluster != "slurm":
-            raise ValueError(f"jobs applies to cluster='slurm', received: jobs={jobs} with "
+            raise UsageError(f"jobs applies to cluster='slurm', received: jobs={jobs} with "
                              f"cluster={cluster!r}")
     return chunk_size, threads
 
@@ -522,7 +522,7 @@ def _run_on_cluster(todo, partial, chunk_size, settings, load, *, cluster, clust
         bad = {worker: problem for worker, problem in problems.items() if problem}
         if not problems or bad:
             worker, problem = next(iter(bad.items())) if bad else ("-", "no workers")
-            raise ValueError(f"Dask worker {worker} {problem}: every worker needs the run "
+            raise UsageError(f"Dask worker {worker} {problem}: every worker needs the run "
                              f"directory, the images and the output's folder at the same "
                              f"paths (a shared filesystem), received: cluster={cluster!r}")
         load = {**load, "path": os.path.abspath(load["path"])}

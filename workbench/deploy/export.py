@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import UsageError, check_choice, check_int
+from workbench._checks import MissingPath, UsageError, check_choice, check_int
 from workbench._io import atomic_path, remove, remove_stale_temporaries, write_json
 from workbench.deploy import runtime
 from workbench.deploy.runtime import RUNTIMES, runner
@@ -183,7 +183,7 @@ def export_path(run_dir: str | Path, *, format: str = "litert", quantize: str | 
     check_choice("quantize", quantize, QUANTIZATIONS)
     check_choice("model", model, MODELS)
     if quantize is not None and format != "litert":
-        raise ValueError(f"quantize applies to format='litert' only, received: "
+        raise UsageError(f"quantize applies to format='litert' only, received: "
                          f"quantize={quantize!r} with format={format!r}")
     stem = "model" if model == "best" else "model_final"
     if format == "saved_model":
@@ -209,7 +209,7 @@ def read_sidecar(path: str | Path) -> dict:
     """
     side = sidecar_path(path)
     if not side.is_file():
-        raise FileNotFoundError(f"no sidecar {side.name} next to {str(path)!r}")
+        raise MissingPath(f"no sidecar {side.name} next to {str(path)!r}")
     return json.loads(side.read_text(encoding="utf-8"))
 
 
@@ -644,7 +644,7 @@ def _check_images(data, max_images: int, run_dir: Path) -> tuple[str, np.ndarray
             chosen = np.unique(np.linspace(0, len(images) - 1, min(max_images, len(images)))
                                .round().astype(int))
             return split, np.asarray(images[chosen])
-    raise ValueError(f"check=True needs a test or validation split; the dataset of {run_dir} "
+    raise UsageError(f"check=True needs a test or validation split; the dataset of {run_dir} "
                      "has neither (use check=False)")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import check_bool, check_int
+from workbench._checks import MissingPath, UsageError, check_bool, check_int
 from workbench._progress import progress as progress_bar
 from workbench._progress import progress_argument
 from workbench.data import scan as scanning
@@ -67,7 +67,7 @@ def list_files(paths=(), *, list_file=None, list_root=None) -> list[Source]:
     paths = [os.fspath(path) for path in ([paths] if isinstance(paths, (str, os.PathLike))
                                           else paths)]
     if not paths and list_file is None:
-        raise ValueError("paths must name at least one image or folder, or list_file a list, "
+        raise UsageError("paths must name at least one image or folder, or list_file a list, "
                          "received: nothing")
     sources = []
     for given in paths:
@@ -83,7 +83,7 @@ def list_files(paths=(), *, list_file=None, list_root=None) -> list[Source]:
         root = os.fspath(list_root) if list_root is not None else \
             os.path.dirname(os.path.abspath(os.fspath(list_file)))
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"list_root must be an existing folder, received: {root!r}")
+            raise MissingPath(f"list_root must be an existing folder, received: {root!r}")
         for path in scanning.list_paths(list_file):
             why_hidden = scanning.hidden_reason(Path(path).parts or ("",))
             sources.append(Source(path, None, scanning.HIDDEN, why_hidden) if why_hidden

@@ -40,7 +40,7 @@ import zlib
 
 from PIL import Image
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import UsageError, check_choice, check_int
 from workbench._compat import http_protocol_class
 from workbench.data.images import (DEFAULT_MAX_PIXELS, RESIZE_MODES, ImageRejected, draft_jpeg,
                                    open_header)
@@ -132,7 +132,7 @@ def decode_estimate(data: bytes, side: int, resize_mode: str = "squash") -> Deco
         ValueError: ``data`` is not bytes, or ``side`` is not a positive integer.
     """
     if not isinstance(data, (bytes, bytearray)):
-        raise ValueError(f"data must be bytes, received: {type(data).__name__}")
+        raise UsageError(f"data must be bytes, received: {type(data).__name__}")
     check_int("side", side, minimum=1)
     check_choice("resize_mode", resize_mode, RESIZE_MODES)
     text = _png_text_bytes(data, MAX_PNG_TEXT_BYTES) if data[:8] == _PNG_SIGNATURE else 0
@@ -338,7 +338,7 @@ def connection_limit(requested: int) -> int:
     in_use = _open_files()
     room = soft - in_use - _RESERVED_FILES
     if room < 2:
-        raise ValueError(f"max_connections cannot fit: the open-file limit is {soft} with "
+        raise UsageError(f"max_connections cannot fit: the open-file limit is {soft} with "
                          f"{in_use} files open; raise it (ulimit -n), received: {requested}")
     return min(requested, room)
 

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import (check_bool, check_choice, check_int, check_number, deprecated,
-                               renamed_arguments)
+from workbench._checks import (MissingPath, UsageError, check_bool, check_choice, check_int,
+                               check_number, deprecated, renamed_arguments)
 from workbench.calibration import apply_temperature
 from workbench.data.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, load_array
 from workbench.deploy import export as exporting
@@ -103,16 +103,16 @@ class Classifier:
                                         exclusive_minimum=True)
         self.image_size = check_int("image_size", image_size, minimum=8)
         if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, "
+            raise UsageError(f"resize_mode must be one of {RESIZE_MODES}, "
                              f"received: {resize_mode!r}")
         self.resize_mode = resize_mode
         outputs = model.output_shape[-1]
         if outputs != len(self.labels):
-            raise ValueError(f"labels must name each of the model's {outputs} outputs, "
+            raise UsageError(f"labels must name each of the model's {outputs} outputs, "
                              f"received: {len(self.labels)} labels")
         side = tuple(model.input_shape[1:3])
         if None not in side and side != (self.image_size, self.image_size):
-            raise ValueError(f"image_size must match the model's input {side}, "
+            raise UsageError(f"image_size must match the model's input {side}, "
                              f"received: {image_size}")
         self.runtime = getattr(model, "runtime", "keras")
         self._lock = threading.Lock()  # the Keras model call; LiteRTModel locks each invoke
@@ -172,13 +172,13 @@ class Classifier:
             given = [name for name, value in (("labels", labels), ("image_size", image_size),
                                               ("resize_mode", resize_mode)) if value is not None]
             if given:
-                raise ValueError(f"{given[0]} applies to a model file; a run directory has its "
+                raise UsageError(f"{given[0]} applies to a model file; a run directory has its "
                                  f"own in config.json, received: {given[0]} for {str(path)!r}")
             return cls._load_run(path, model=model, runtime=runtime, threads=threads)
         if path.suffix in (".tflite", ".onnx") and path.is_file():
             runs_it = "litert" if path.suffix == ".tflite" else "onnx"
             if runtime not in ("auto", runs_it):
-                raise ValueError(f"runtime must be 'auto' or {runs_it!r} for a {path.suffix} "
+                raise UsageError(f"runtime must be 'auto' or {runs_it!r} for a {path.suffix} "
                                  f"file, received: {runtime!r}")
             facts = _sidecar_facts(path)
             network = load_runtime(path, runs_it, threads=threads)
@@ -189,7 +189,7 @@ class Classifier:
                        temperature=float(facts.get("temperature", 1.0)))
         if path.suffix == ".keras" and path.is_file():
             if runtime in RUNTIMES:
-                raise ValueError(f"runtime={runtime!r} needs a run directory or an exported "
+                raise UsageError(f"runtime={runtime!r} needs a run directory or an exported "
                                  f"file, received: {str(path)!r}")
             from workbench.models import load_model
 
@@ -200,8 +200,8 @@ class Classifier:
             return cls(network, labels, image_size=image_size, resize_mode=resize_mode,
                        info={**facts, "model_file": str(path)},
                        temperature=_file_temperature(path) if facts else 1.0)
-        raise FileNotFoundError(f"path must be a run directory (with config.json), a .tflite, "
-                                f".onnx or .keras file, received: {str(path)!r}")
+        raise MissingPath(f"path must be a run directory (with config.json), a .tflite, "
+                          f".onnx or .keras file, received: {str(path)!r}")
 
     @classmethod
     def _load_run(cls, run_dir: Path, *, model: str, runtime: str, threads: int) -> Classifier:
@@ -317,7 +317,7 @@ class Classifier:
                             f"received: {type(images).__name__}")
         batch = list(images)
         if not batch:
-            raise ValueError("images must hold at least one image, received: an empty list")
+            raise UsageError("images must hold at least one image, received: an empty list")
         pixels = np.stack([self._pixels(image, max_pixels) for image in batch])
         probabilities = self.probabilities(pixels, batch_size=batch_size, tta=tta,
                                            calibrated=calibrated)
@@ -340,7 +340,7 @@ class Classifier:
         side = self.image_size
         if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or \
                 pixels.shape[1:] != (side, side, 3):
-            raise ValueError(f"pixels must be an array (N, {side}, {side}, 3), received: "
+            raise UsageError(f"pixels must be an array (N, {side}, {side}, 3), received: "
                              f"{getattr(pixels, 'shape', type(pixels).__name__)}")
         probabilities = self._probabilities(pixels, batch_size)
         if tta:
@@ -431,7 +431,7 @@ class Classifier:
             from workbench.models import load_model
 
             return load_model(source)
-        raise ValueError(f"{needed_by} the Keras model of a run: load a run directory or a "
+        raise UsageError(f"{needed_by} the Keras model of a run: load a run directory or a "
                          f".keras file, received: {self.info.get('model_file')!r}")
 
     def explainer(self):
@@ -478,7 +478,7 @@ class Classifier:
             ValueError: when there is no Keras model to explain with (see :meth:`explainer`).
         """
         if label is not None and label not in self.labels:
-            raise ValueError(f"label must be one of the classes, received: {label!r}")
+            raise UsageError(f"label must be one of the classes, received: {label!r}")
         top = None if label is not None else \
             self.predict(image, top_k=1, max_pixels=max_pixels, tta=tta)[0]
         explainer = self.explainer()
@@ -530,11 +530,11 @@ def _file_labels(path: Path, labels, image_size, resize_mode, facts: dict, netwo
     """Labels, image size and resize mode of a model file: given, else from its metadata."""
     labels = labels if labels is not None else facts.get("labels")
     if labels is None:
-        raise ValueError(f"labels are needed for {path.name}: pass labels=[...] (it has no "
+        raise UsageError(f"labels are needed for {path.name}: pass labels=[...] (it has no "
                          f"sidecar {exporting.sidecar_path(path).name} or config.json), "
                          f"received: labels=None")
     if isinstance(labels, (str, bytes)):
-        raise ValueError(f"labels must be a list of class names, received: {labels!r}")
+        raise UsageError(f"labels must be a list of class names, received: {labels!r}")
     if image_size is None:
         image_size = facts.get("image_size") or network.input_shape[1]
     resize_mode = resize_mode or facts.get("resize_mode", "squash")

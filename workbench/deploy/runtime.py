@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import MissingPath, UsageError, check_choice, check_int, check_number
 
 RUNTIMES = ("litert", "onnx")  # the fast runtimes, by the name of their export format
 
@@ -50,12 +50,12 @@ class LiteRTModel:
         self.path = Path(path)
         self.threads = check_int("threads", threads, minimum=1)
         if not self.path.is_file():
-            raise FileNotFoundError(f"path must be a .tflite file, received: {str(path)!r}")
+            raise MissingPath(f"path must be a .tflite file, received: {str(path)!r}")
         self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         if len(self._input["shape"]) != 4:
-            raise ValueError(f"the model must take (N, H, W, 3) images, received input shape: "
+            raise UsageError(f"the model must take (N, H, W, 3) images, received input shape: "
                              f"{list(self._input['shape'])}")
         if self._input["shape"][0] != 1:  # one image per invoke
             self._interpreter.resize_tensor_input(self._input["index"],
@@ -76,7 +76,7 @@ class LiteRTModel:
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         pixels = _quantize(np.asarray(pixels), self._input)
         if pixels.ndim != 4:
-            raise ValueError(f"pixels must be a batch (N, H, W, 3), received shape: "
+            raise UsageError(f"pixels must be a batch (N, H, W, 3), received shape: "
                              f"{pixels.shape}")
         rows = []
         for image in pixels:
@@ -110,7 +110,7 @@ class OnnxModel:
         self.path = Path(path)
         self.threads = check_int("threads", threads, minimum=1)
         if not self.path.is_file():
-            raise FileNotFoundError(f"path must be a .onnx file, received: {str(path)!r}")
+            raise MissingPath(f"path must be a .onnx file, received: {str(path)!r}")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -119,7 +119,7 @@ class OnnxModel:
                                                      providers=["CPUExecutionProvider"])
         source, target = self._session.get_inputs()[0], self._session.get_outputs()[0]
         if len(source.shape) != 4:
-            raise ValueError(f"the model must take (N, H, W, 3) images, received input shape: "
+            raise UsageError(f"the model must take (N, H, W, 3) images, received input shape: "
                              f"{list(source.shape)}")
         self._name = source.name
         self._input_shape = (None, *(d if isinstance(d, int) else None for d in source.shape[1:]))
@@ -139,7 +139,7 @@ class OnnxModel:
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.asarray(pixels, dtype=np.float32)
         if pixels.ndim != 4:
-            raise ValueError(f"pixels must be a batch (N, H, W, 3), received shape: "
+            raise UsageError(f"pixels must be a batch (N, H, W, 3), received shape: "
                              f"{pixels.shape}")
         return self._session.run(None, {self._name: pixels})[0]
 
@@ -182,7 +182,7 @@ def time_runtimes(models: dict, pixels: np.ndarray, *, rounds: int = 8, block: i
     check_int("warmup", warmup, minimum=0)
     check_number("seconds", seconds, minimum=0.0, exclusive_minimum=True)
     if not models:
-        raise ValueError("models must name at least one model, received: {}")
+        raise UsageError("models must name at least one model, received: {}")
     for run in models.values():
         for _ in range(warmup):
             run(pixels)

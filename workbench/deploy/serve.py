@@ -77,7 +77,7 @@ import threading
 import time
 from pathlib import Path
 
-from workbench._checks import check_choice, check_int, check_number, renamed_arguments
+from workbench._checks import UsageError, check_choice, check_int, check_number, renamed_arguments
 from workbench._compat import MultipartError, parse_multipart, uvicorn_logging_config
 from workbench.data.images import ACCEPTED_FORMAT_NAMES, ImageRejected
 from workbench.deploy.limits import (ACCEPT_BATCH, DEFAULT_DECODE_BUDGET_BYTES,
@@ -468,7 +468,7 @@ def _load(run_dir, model: str):
     if hasattr(run_dir, "predict") and hasattr(run_dir, "labels"):
         return run_dir
     if not isinstance(run_dir, (str, Path)):
-        raise ValueError(f"run_dir must be a run directory, a model file or a Classifier, "
+        raise UsageError(f"run_dir must be a run directory, a model file or a Classifier, "
                          f"received: {type(run_dir).__name__}")
     return Classifier.load(run_dir, model=model)
 
@@ -648,13 +648,13 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """
     check_int("port", port, minimum=0)
     if port > 65535:
-        raise ValueError(f"port must be <= 65535, received: {port}")
+        raise UsageError(f"port must be <= 65535, received: {port}")
     if not isinstance(host, str) or not host:
-        raise ValueError(f"host must be an address or a host name, received: {host!r}")
+        raise UsageError(f"host must be an address or a host name, received: {host!r}")
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except (socket.gaierror, UnicodeError) as error:  # a name no resolver knows
-        raise ValueError(f"host must be an address of this machine or a name that resolves "
+        raise UsageError(f"host must be an address of this machine or a name that resolves "
                          f"to one, received: {host!r} ({getattr(error, 'strerror', None) or error})"
                          ) from error
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -669,8 +669,8 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
         sock.close()
         hint = " (host is not an address of this machine)" \
             if error.errno == errno.EADDRNOTAVAIL else ""
-        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}"
-                      ) from error
+        raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}"
+                         ) from error
     sock.listen(128)
     return sock
 

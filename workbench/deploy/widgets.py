@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench._checks import check_bool, check_choice, check_int
+from workbench._checks import UsageError, check_bool, check_choice, check_int
 from workbench.runs import RunDir
 
 
@@ -31,7 +31,7 @@ def top_k_table(predictions) -> pd.DataFrame:
     rows = list(predictions)
     if not rows or not all(isinstance(row, dict) and {"label", "probability"} <= set(row)
                            for row in rows):
-        raise ValueError(f"predictions must be a non-empty list of dicts with 'label' and "
+        raise UsageError(f"predictions must be a non-empty list of dicts with 'label' and "
                          f"'probability', received: {rows!r}"[:300])
     table = pd.DataFrame({"label": [str(row["label"]) for row in rows],
                           "probability": [float(row["probability"]) for row in rows]})

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from workbench._checks import check_int
+from workbench._checks import UsageError, check_int
 from workbench.plots._axes import figure_and_axes, figure_to_fill
 
 
@@ -23,7 +23,7 @@ def class_counts(table: pd.DataFrame, *, ax=None) -> Figure:
     if not isinstance(table, pd.DataFrame) or "label" not in table.columns:
         received = (f"columns {list(table.columns)}" if isinstance(table, pd.DataFrame)
                     else type(table).__name__)
-        raise ValueError(f"table must be a DataFrame with a 'label' column, received: "
+        raise UsageError(f"table must be a DataFrame with a 'label' column, received: "
                          f"{received}")
     figure, ax = figure_and_axes(ax, figsize=(8, 3.5), layout="constrained")
     if "split" in table.columns:
@@ -63,9 +63,9 @@ def image_grid(images, *, titles=None, columns: int = 8, title: str | None = Non
     check_int("columns", columns, minimum=1)
     images = list(images)
     if not images:
-        raise ValueError("images must hold at least one image, received: 0")
+        raise UsageError("images must hold at least one image, received: 0")
     if titles is not None and len(titles) != len(images):
-        raise ValueError(f"titles must hold one title per image ({len(images)}), received: "
+        raise UsageError(f"titles must hold one title per image ({len(images)}), received: "
                          f"{len(titles)}")
     rows = -(-len(images) // columns)
     columns = min(columns, len(images))
@@ -101,10 +101,10 @@ def samples_per_class(images, labels, *, per_class: int | None = None, figure=No
     """
     images, labels = list(images), [str(label) for label in labels]
     if len(labels) != len(images):
-        raise ValueError(f"labels must hold one label per image ({len(images)}), received: "
+        raise UsageError(f"labels must hold one label per image ({len(images)}), received: "
                          f"{len(labels)}")
     if not images:
-        raise ValueError("images must hold at least one image, received: 0")
+        raise UsageError("images must hold at least one image, received: 0")
     by_class: dict[str, list] = {}
     for image, label in zip(images, labels):
         by_class.setdefault(label, []).append(image)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from workbench._checks import check_int
+from workbench._checks import UsageError, check_int
 from workbench.plots._axes import check_one_place, figure_and_axes, figure_to_fill
 
 
@@ -34,7 +34,7 @@ def confusion_figure(matrix, classes, *, normalized: bool = True, ax=None,
     values = np.asarray(matrix)
     count = len(classes)
     if values.shape != (count, count):
-        raise ValueError(f"matrix must have shape ({count}, {count}) for {count} classes, "
+        raise UsageError(f"matrix must have shape ({count}, {count}) for {count} classes, "
                          f"received shape: {values.shape}")
     check_int("max_labels", max_labels, minimum=1)
     check_int("max_annotated", max_annotated, minimum=0)
@@ -81,18 +81,18 @@ def top_k_chart(predictions, *, image=None, ax=None, title: str | None = None,
     """
     predictions = list(predictions)
     if not predictions:
-        raise ValueError("predictions must hold at least one prediction, received: []")
+        raise UsageError("predictions must hold at least one prediction, received: []")
     for entry in predictions:
         if not isinstance(entry, dict) or not {"label", "probability"} <= set(entry):
-            raise ValueError(f"predictions must be dicts with 'label' and 'probability', "
+            raise UsageError(f"predictions must be dicts with 'label' and 'probability', "
                              f"received: {entry!r}")
     check_one_place(ax, figure)
     if ax is not None and image is not None:
-        raise ValueError("image needs a figure of its own: pass ax=None to draw the image "
+        raise UsageError("image needs a figure of its own: pass ax=None to draw the image "
                          "beside the bars, received: both ax and image")
     picture = None if image is None else np.asarray(image)
     if picture is not None and (picture.ndim not in (2, 3) or picture.dtype.kind not in "uif"):
-        raise ValueError(f"image must be a decoded image (an (H, W, 3) array or a PIL image), "
+        raise UsageError(f"image must be a decoded image (an (H, W, 3) array or a PIL image), "
                          f"received: {type(image).__name__} of shape {picture.shape}")
     labels = [str(entry["label"]) for entry in predictions]
     probabilities = np.array([float(entry["probability"]) for entry in predictions])
@@ -137,12 +137,12 @@ def reliability_diagram(curves: dict, *, ax=None, title: str | None = None) -> F
         The figure.
     """
     if not isinstance(curves, dict) or not curves:
-        raise ValueError(f"curves must be a non-empty dict of name: table, received: "
+        raise UsageError(f"curves must be a non-empty dict of name: table, received: "
                          f"{curves!r}"[:200])
     needed = {"lower", "upper", "count", "confidence", "accuracy"}
     for name, table in curves.items():
         if not needed <= set(getattr(table, "columns", ())):
-            raise ValueError(f"curves[{name!r}] must have columns {sorted(needed)}, received: "
+            raise UsageError(f"curves[{name!r}] must have columns {sorted(needed)}, received: "
                              f"{list(getattr(table, 'columns', []))}")
     figure, ax = figure_and_axes(ax, figsize=(5.5, 4.5), layout="constrained")
     counts = ax.twinx()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from workbench._checks import UsageError
 from workbench.plots._axes import check_one_place, figure_and_axes, figure_to_fill
 
 
@@ -28,7 +29,7 @@ def explanation(image, blended, *, title: str | None = None, beside: bool = True
     """
     image, blended = np.asarray(image), np.asarray(blended)
     if image.ndim != 3 or image.shape != blended.shape:
-        raise ValueError(f"blended must have the photo's shape {image.shape}, received shape: "
+        raise UsageError(f"blended must have the photo's shape {image.shape}, received shape: "
                          f"{blended.shape}")
     check_one_place(ax, figure)
     aspect = image.shape[0] / max(image.shape[1], 1)

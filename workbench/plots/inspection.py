@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from workbench._checks import UsageError
 from workbench.plots._axes import figure_and_axes, figure_to_fill
 
 # what weight_stats draws: every column WeightStats writes
@@ -26,7 +27,7 @@ def mosaic(image, *, ax=None, title: str | None = None, cmap: str = "gray") -> F
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3):
-        raise ValueError(f"image must have shape (H, W) or (H, W, 3), received shape: "
+        raise UsageError(f"image must have shape (H, W) or (H, W, 3), received shape: "
                          f"{image.shape}")
     figure, ax = figure_and_axes(ax, figsize=(5, 5 * image.shape[0] / max(image.shape[1], 1)
                                               + 0.4), layout="constrained")
@@ -52,7 +53,7 @@ def filter_comparison(mosaics, *, titles, title: str | None = None, figure=None)
     """
     mosaics = list(mosaics)
     if len(titles) != len(mosaics) or not mosaics:
-        raise ValueError(f"titles must hold one title per mosaic ({len(mosaics)}), "
+        raise UsageError(f"titles must hold one title per mosaic ({len(mosaics)}), "
                          f"received: {len(titles)}")
     figure = figure_to_fill(figure, figsize=(4.5 * len(mosaics), 4.8), layout="constrained")
     for ax, image, name in zip(figure.subplots(1, len(mosaics), squeeze=False)[0], mosaics,
@@ -79,7 +80,7 @@ def activation_panels(image, mosaics, *, titles, cmap: str = "viridis",
     """
     mosaics = list(mosaics)
     if len(titles) != len(mosaics):
-        raise ValueError(f"titles must hold one title per mosaic ({len(mosaics)}), "
+        raise UsageError(f"titles must hold one title per mosaic ({len(mosaics)}), "
                          f"received: {len(titles)}")
     figure = figure_to_fill(figure, figsize=(3.2 * (len(mosaics) + 1), 3.6),
                             layout="constrained")
@@ -108,13 +109,13 @@ def weight_stats(table: pd.DataFrame, *, weight: str | None = "kernel",
         The figure: two panels (mean |w|, update ratio).
     """
     if not isinstance(table, pd.DataFrame) or not set(_WEIGHT_COLUMNS) <= set(table):
-        raise ValueError(f"table must be a weight_stats.csv frame (workbench.inspect."
+        raise UsageError(f"table must be a weight_stats.csv frame (workbench.inspect."
                          f"read_weight_stats) with the columns {', '.join(_WEIGHT_COLUMNS)}"
                          f", received: {type(table).__name__}")
     if weight is not None:
         table = table[table["weight"] == weight]
     if table.empty:
-        raise ValueError(f"table has no rows for weight {weight!r}")
+        raise UsageError(f"table has no rows for weight {weight!r}")
     figure = figure_to_fill(figure, figsize=(12, 4), layout="constrained")
     mean_ax, ratio_ax = figure.subplots(1, 2)
     positive = table["update_ratio"][table["update_ratio"] > 0]
@@ -148,7 +149,7 @@ def gradient_check(table: pd.DataFrame, *, tolerance: float, ax=None) -> Figure:
         The figure.
     """
     if not isinstance(table, pd.DataFrame) or "relative_error" not in table.columns:
-        raise ValueError(f"table must be a GradientCheck.table with a 'relative_error' "
+        raise UsageError(f"table must be a GradientCheck.table with a 'relative_error' "
                          f"column, received: {type(table).__name__}")
     figure, ax = figure_and_axes(ax, figsize=(6, 3.2), layout="constrained")
     errors = table["relative_error"].to_numpy(dtype=float)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from workbench._checks import UsageError
 from workbench.plots._axes import figure_to_fill
 
 # The columns of workbench.monitor.COLUMNS the dashboard draws (``time``, ``gpu_name``, the
@@ -41,21 +42,21 @@ def _session_breaks(x, y, session) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_frames(frame, history) -> None:
     if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"frame must be a resources.csv frame (workbench.monitor."
+        raise UsageError(f"frame must be a resources.csv frame (workbench.monitor."
                          f"read_resources), received: {type(frame).__name__}")
     missing = [c for c in _RESOURCE_COLUMNS if c not in frame.columns]
     if missing or frame.empty:
-        raise ValueError(f"frame must hold rows of a resources.csv, received: a frame with "
+        raise UsageError(f"frame must hold rows of a resources.csv, received: a frame with "
                          f"{len(frame)} rows" + (f", without columns {missing}" if missing
                                                  else ""))
     if history is None:
         return
     if not isinstance(history, pd.DataFrame):
-        raise ValueError(f"history must be a history.csv frame (workbench.runs.RunDir."
+        raise UsageError(f"history must be a history.csv frame (workbench.runs.RunDir."
                          f"history()), received: {type(history).__name__}")
     absent = [c for c in ("epoch", "loss", "accuracy") if c not in history.columns]
     if absent:
-        raise ValueError(f"history must be a history.csv frame with epoch, loss and accuracy, "
+        raise UsageError(f"history must be a history.csv frame with epoch, loss and accuracy, "
                          f"received: a frame without {absent}")
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
+from workbench._checks import UsageError
 from workbench.plots._axes import figure_and_axes, figure_to_fill
 
 _HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "lr")  # what training_curves draws
@@ -16,23 +17,23 @@ def _named_histories(histories, names) -> dict:
     """``{name: frame}`` from a mapping, a sequence of frames with ``names``, or one frame."""
     if isinstance(histories, Mapping):
         if names is not None:
-            raise ValueError("names must be None when histories is a mapping (its keys are "
+            raise UsageError("names must be None when histories is a mapping (its keys are "
                              f"the names), received: {names!r}")
         named = {str(name): frame for name, frame in histories.items()}
     else:
         frames = [histories] if isinstance(histories, pd.DataFrame) else list(histories)
         names = [f"run {i + 1}" for i in range(len(frames))] if names is None else list(names)
         if len(names) != len(frames):
-            raise ValueError(f"names must hold one name per history ({len(frames)}), "
+            raise UsageError(f"names must hold one name per history ({len(frames)}), "
                              f"received: {len(names)}")
         named = dict(zip((str(name) for name in names), frames))
     for name, frame in named.items():
         if not isinstance(frame, pd.DataFrame):
-            raise ValueError(f"histories must be history.csv frames (workbench.runs.RunDir."
+            raise UsageError(f"histories must be history.csv frames (workbench.runs.RunDir."
                              f"history()), received for {name!r}: {type(frame).__name__}")
         missing = [c for c in _HISTORY_COLUMNS if c not in frame.columns]
         if len(frame) and missing:
-            raise ValueError(f"histories must have the columns {', '.join(_HISTORY_COLUMNS)}, "
+            raise UsageError(f"histories must have the columns {', '.join(_HISTORY_COLUMNS)}, "
                              f"received for {name!r}: a frame without {missing}")
     return named
 
@@ -114,7 +115,7 @@ def compare_accuracy(results: pd.DataFrame, *, by: str = "recipe", value: str = 
     if not isinstance(results, pd.DataFrame) or not {by, value} <= set(results.columns):
         received = (f"columns {list(results.columns)}" if isinstance(results, pd.DataFrame)
                     else type(results).__name__)
-        raise ValueError(f"results must be a DataFrame with columns {by!r} and {value!r}, "
+        raise UsageError(f"results must be a DataFrame with columns {by!r} and {value!r}, "
                          f"received: {received}")
     figure, ax = figure_and_axes(ax, figsize=(6, 3.5), layout="constrained")
     grouped = results.groupby(by, sort=False)[value]

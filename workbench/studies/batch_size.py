@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workbench._checks import UsageError
 from workbench.studies.published import read_published
 from workbench.studies.sweep import SweepResult
 
@@ -59,7 +60,7 @@ def batch_size_table(result: SweepResult) -> pd.DataFrame:
     """
     if not isinstance(result, SweepResult) or "batch_size" not in result.parameters:
         got = result.parameters if isinstance(result, SweepResult) else type(result).__name__
-        raise ValueError(f"result must be a SweepResult of a sweep over batch_size, received: "
+        raise UsageError(f"result must be a SweepResult of a sweep over batch_size, received: "
                          f"{got}")
     ok = result.ok
     table = pd.DataFrame({"batch_size": ok["batch_size"].astype(int),

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from workbench import plots
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import UsageError, check_choice, check_int, check_number
 from workbench._io import write_outputs
 from workbench._progress import progress as progress_bar
 from workbench._progress import progress_argument
@@ -107,11 +107,11 @@ def bottleneck_model(model, at: str, filters: int, *, init_images: np.ndarray | 
     chain.check_layer(at, "at", allow_ends=False)
     shape = chain.shapes[at]
     if len(shape) != 3:
-        raise ValueError(f"at must name a layer with an (H, W, C) output for a 1x1 bottleneck, "
+        raise UsageError(f"at must name a layer with an (H, W, C) output for a 1x1 bottleneck, "
                          f"received: {at!r} with output shape {shape}")
     check_int("filters", filters, minimum=1)
     if filters > shape[-1]:
-        raise ValueError(f"filters must be <= {shape[-1]} (the channels at {at}), "
+        raise UsageError(f"filters must be <= {shape[-1]} (the channels at {at}), "
                          f"received: {filters}")
     check_int("seed", seed, minimum=0)
     keras.utils.set_random_seed(seed)
@@ -132,7 +132,7 @@ def _pca_init(model, values: np.ndarray, filters: int, seed: int) -> None:
     mean = values.mean(axis=0)
     _, _, components = np.linalg.svd(values - mean, full_matrices=False)
     if len(components) < filters:
-        raise ValueError(f"init_images must give at least {filters} activation vectors for a "
+        raise UsageError(f"init_images must give at least {filters} activation vectors for a "
                          f"PCA start, received: {len(values)}")
     basis = components[:filters].T.astype(np.float32)  # (C, k)
     model.get_layer(ENCODE).set_weights([basis[None, None], -(mean @ basis).astype(np.float32)])
@@ -313,16 +313,16 @@ def _check_study(model, chain: Chain, at: str, filters, methods, *, epochs, batc
     chain.check_layer(at, "at", allow_ends=False)
     shape = chain.shapes[at]
     if len(shape) != 3:
-        raise ValueError(f"at must name a layer with an (H, W, C) output, received: {at!r} "
+        raise UsageError(f"at must name a layer with an (H, W, C) output, received: {at!r} "
                          f"with output shape {shape}")
     if isinstance(filters, (int, str)) or not len(filters):
-        raise ValueError(f"filters must be a non-empty list of integers, received: {filters!r}")
+        raise UsageError(f"filters must be a non-empty list of integers, received: {filters!r}")
     filters = sorted({check_int("filters", k, minimum=1) for k in filters})
     if filters[-1] > shape[-1]:
-        raise ValueError(f"filters must be <= {shape[-1]} (the channels at {at}), "
+        raise UsageError(f"filters must be <= {shape[-1]} (the channels at {at}), "
                          f"received: {filters[-1]}")
     if isinstance(methods, str) or not len(methods):
-        raise ValueError(f"methods must be a non-empty list of {', '.join(METHODS)}, "
+        raise UsageError(f"methods must be a non-empty list of {', '.join(METHODS)}, "
                          f"received: {methods!r}")
     methods = list(dict.fromkeys(check_choice("methods", method, METHODS)
                                  for method in methods))
@@ -336,7 +336,7 @@ def _check_study(model, chain: Chain, at: str, filters, methods, *, epochs, batc
     narrowed = narrowed_layers(model, at) if "narrowed_conv" in methods else ()
     size = chain.input_shape[0]
     if image_size is not None and check_int("image_size", image_size, minimum=1) != size:
-        raise ValueError(f"image_size must match the model's input size {size}, "
+        raise UsageError(f"image_size must match the model's input size {size}, "
                          f"received: {image_size}")
     solver = SolverConfig(optimizer="adam", base_lr=base_lr, epochs=epochs,
                           batch_size=batch_size, lr_policy="cosine", weight_decay=0.0)
@@ -348,15 +348,15 @@ def _study_data(data, chain: Chain, split: str, progress: str) -> SplitData:
     hold ``split`` and images of the model's input shape."""
     if not isinstance(data, SplitData):
         if not isinstance(data, (str, os.PathLike)):
-            raise ValueError(f"data must be a split directory or SplitData, received: "
+            raise UsageError(f"data must be a split directory or SplitData, received: "
                              f"{type(data).__name__}")
         data = load_splits(Path(data), image_size=chain.input_shape[0], progress=progress)
     if split not in data.images:
-        raise ValueError(f"split must be a split of the data ({', '.join(data.images)}), "
+        raise UsageError(f"split must be a split of the data ({', '.join(data.images)}), "
                          f"received: {split!r}")
     train_x = data.images["train"]
     if tuple(train_x.shape[1:]) != chain.input_shape:
-        raise ValueError(f"data images must be {chain.input_shape}, received: {train_x.shape[1:]}")
+        raise UsageError(f"data images must be {chain.input_shape}, received: {train_x.shape[1:]}")
     return data
 
 
@@ -445,14 +445,14 @@ def fine_tune(model, train: pipeline.Batches, *, rules: dict, solver: SolverConf
         ValueError: for an argument of the wrong type or out of range.
     """
     if not isinstance(model, keras.Model):
-        raise ValueError(f"model must be a keras.Model, received: {type(model).__name__}")
+        raise UsageError(f"model must be a keras.Model, received: {type(model).__name__}")
     if not isinstance(train, pipeline.Batches):
-        raise ValueError(f"train must be pipeline.Batches, received: {type(train).__name__}")
+        raise UsageError(f"train must be pipeline.Batches, received: {type(train).__name__}")
     if not isinstance(rules, dict):
-        raise ValueError(f"rules must be a dict of layer pattern to multiplier, received: "
+        raise UsageError(f"rules must be a dict of layer pattern to multiplier, received: "
                          f"{type(rules).__name__}")
     if not isinstance(solver, SolverConfig):
-        raise ValueError(f"solver must be a SolverConfig, received: {type(solver).__name__}")
+        raise UsageError(f"solver must be a SolverConfig, received: {type(solver).__name__}")
     check_number("rest_lr_mult", rest_lr_mult, minimum=0.0)
     check_int("seed", seed, minimum=0)
     keras.utils.set_random_seed(seed)

@@ -29,7 +29,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from workbench._checks import check_choice, check_int, deprecated
+from workbench._checks import UsageError, check_choice, check_int, deprecated
 from workbench.studies.split_chain import Chain, as_model, check_images
 
 KEEPS = ("norm", "random")
@@ -71,7 +71,7 @@ def _plan(chain: Chain, at: str) -> _Plan:
     chain.check_layer(at, "at", allow_ends=False)
     shape = chain.shapes[at]
     if len(shape) != 3:
-        raise ValueError(f"at must name a layer with an (H, W, C) output to narrow its "
+        raise UsageError(f"at must name a layer with an (H, W, C) output to narrow its "
                          f"convolution, received: {at!r} with output shape {shape}")
     index = chain.names.index(at)
     conv, blocker, normalizations = None, None, []
@@ -87,7 +87,7 @@ def _plan(chain: Chain, at: str) -> _Plan:
     if conv is None:
         found = (f"{blocker.name!r} ({type(blocker).__name__})" if blocker is not None
                  else "the input")
-        raise ValueError(f"at must be the output of a convolution (through batch norm, "
+        raise UsageError(f"at must be the output of a convolution (through batch norm, "
                          f"activations, pooling or dropout only) to narrow it, received: {at!r},"
                          f" whose channels come from {found}")
     for position, layer in enumerate(chain.layers[index + 1:], start=index + 1):
@@ -100,11 +100,11 @@ def _plan(chain: Chain, at: str) -> _Plan:
         elif isinstance(layer, _TO_VECTOR) and _channels_last(layer) and len(incoming) == 3:
             continue  # the channels stay the last axis: (H * W * C) or (C,)
         elif not (isinstance(layer, _PASS) and _channels_last(layer)):
-            raise ValueError(f"at must be read by a convolution or dense layer (through batch "
+            raise UsageError(f"at must be read by a convolution or dense layer (through batch "
                              f"norm, activations, pooling, dropout, flatten or global pooling "
                              f"only) to narrow its input, received: {at!r}, whose channels "
                              f"reach {layer.name!r} ({type(layer).__name__})")
-    raise ValueError(f"at must be read by a later convolution or dense layer to narrow its "
+    raise UsageError(f"at must be read by a later convolution or dense layer to narrow its "
                      f"input, received: {at!r}, after which no layer reads the channels")
 
 
@@ -166,7 +166,7 @@ def kept_channels(model, at: str, filters: int, *, keep: str = "norm",
 def _kept(chain: Chain, plan: _Plan, filters, keep, seed) -> np.ndarray:
     check_int("filters", filters, minimum=1)
     if filters > plan.channels:
-        raise ValueError(f"filters must be <= {plan.channels} (the filters of {plan.conv}), "
+        raise UsageError(f"filters must be <= {plan.channels} (the filters of {plan.conv}), "
                          f"received: {filters}")
     check_choice("keep", keep, KEEPS)
     check_int("seed", seed, minimum=0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from importlib import resources
 
+from workbench._checks import UsageError
+
 PUBLISHED_FILE = "published.json"
 
 
@@ -35,7 +37,7 @@ def read_published(table: str) -> dict:
     stored = _read()
     names = [name for name in stored if name != "about"]
     if table not in names:
-        raise ValueError(f"table must be one of {', '.join(map(repr, names))}, "
+        raise UsageError(f"table must be one of {', '.join(map(repr, names))}, "
                          f"received: {table!r}")
     return stored[table]
 

@@ -8,7 +8,7 @@ a run whose settings changed is trained again, saying so in one line; ``overwrit
 every run again (each replaces its old run only when it finishes)::
 
     results = compare_recipes("runs/demo/splits/target", "runs/demo/fine_tune", seeds=(0, 1, 2),
-                              source="runs/demo/source/model.keras")
+                              start="runs/demo/source/model.keras")
     summarize_runs(results)   # mean, std and count of the test accuracy per recipe
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench import models
-from workbench._checks import check_bool, check_int, deprecated
+from workbench._checks import UsageError, check_bool, check_int, deprecated
 from workbench._progress import loop_progress
 from workbench.data.splitdir import load_splits
 from workbench.runs import RunDir
@@ -29,7 +29,8 @@ from workbench.training.recipes import get_recipe
 from workbench.training.train import SettingsChanged, finetune
 
 
-def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scratch",
+def compare_recipes(splits: str | Path, runs_dir: str | Path, *,
+                    start: models.StartingPoint | str | None = None, recipes=("scratch",
                     "feature_extraction", "two_stage", "caffe"), seeds=(0, 1, 2),
                     solvers: dict | None = None, overwrite: bool = False,
                     resume: bool | None = None, **finetune_options) -> pd.DataFrame:
@@ -41,6 +42,10 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
     Args:
         splits: the split folder of the target task (decoded once, shared by all runs).
         runs_dir: runs are written to ``runs_dir/<recipe>-seed<seed>/``.
+        start: what every run starts from, as for :func:`~workbench.training.train.finetune`
+            (a :class:`~workbench.models.StartingPoint`, a backbone name or a saved ``.keras``
+            model); ``backbone``, ``weights``, ``source`` and ``cut_at`` among
+            ``finetune_options`` still work for one release, with a ``DeprecationWarning``.
         recipes: recipe names (see ``workbench.training.recipes.RECIPES``).
         seeds: seeds; each changes initialisation, order, augmentation and dropout.
         solvers: optional ``{recipe: SolverConfig}`` for recipes that need their own settings
@@ -51,9 +56,9 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
             (a failed start) is trained afresh. A run trained again replaces the old one only
             when it finishes.
         resume: deprecated: ``resume=False`` is ``overwrite=True``.
-        **finetune_options: passed to :func:`workbench.training.train.finetune` (``source``,
-            ``backbone``, ``weights``, ``solver``, ``image_size``, ``progress``, ...);
-            ``image_size`` defaults to the source model's input or the backbone's natural size.
+        **finetune_options: passed to :func:`workbench.training.train.finetune` (``solver``,
+            ``image_size``, ``progress``, ...); ``image_size`` defaults to the source model's
+            input or the backbone's natural size.
 
     Returns:
         A DataFrame with columns recipe, seed, run_dir, then the numbers of ``metrics.json``.
@@ -68,20 +73,19 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
     solvers = dict(solvers or {})
     unknown = sorted(set(solvers) - set(recipes))
     if unknown:
-        raise ValueError(f"solvers must name recipes being compared ({recipes}), received: "
+        raise UsageError(f"solvers must name recipes being compared ({recipes}), received: "
                          f"{unknown}")
     options = dict(finetune_options)
+    start = models.StartingPoint.from_arguments(
+        start, {name: options.pop(name) for name in models.START_KEYWORDS if name in options},
+        caller="compare_recipes")
     if options.get("image_size") is None:
-        options["image_size"] = models.natural_image_size(
-            options.get("backbone", "mobilenet_v2"), source=options.get("source"))
+        options["image_size"] = start.image_size()
     talk = options.get("progress", "auto") != "none"
-    if options.get("source") is None and any(  # offline: say so before decoding
-            get_recipe(recipe).pretrained and (overwrite or not RunDir(
-                Path(runs_dir) / f"{recipe}-seed{seed}").resumable)
-            for recipe, seed in itertools.product(recipes, seeds)):
-        models.fetch_weights(options.get("backbone", "mobilenet_v2"),
-                             options.get("weights", "imagenet"),
-                             input_shape=(options["image_size"],) * 2 + (3,))
+    if any(get_recipe(recipe).pretrained and (overwrite or not RunDir(  # offline: say so
+            Path(runs_dir) / f"{recipe}-seed{seed}").resumable)  # before decoding
+           for recipe, seed in itertools.product(recipes, seeds)):
+        start.fetch_weights(options["image_size"])
     data = load_splits(splits, image_size=options["image_size"],
                        resize_mode=options.get("resize_mode", "squash"),
                        progress=loop_progress(options.get("progress", "auto")))
@@ -94,14 +98,14 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
             print(heading, flush=True)
         run_options = {**options, "solver": solvers.get(recipe, options.get("solver"))}
         try:
-            run = finetune(data, run_dir, recipe=recipe, seed=seed, resume=not overwrite,
-                           overwrite=overwrite, **run_options)
+            run = finetune(data, run_dir, start=start, recipe=recipe, seed=seed,
+                           resume=not overwrite, overwrite=overwrite, **run_options)
         except SettingsChanged as changed:
             if talk:
                 print(f"{heading if kept else run_dir.name}: the settings changed "
                       f"({', '.join(changed.settings)}), so it starts again", flush=True)
-            run = finetune(data, run_dir, recipe=recipe, seed=seed, overwrite=True,
-                           **run_options)
+            run = finetune(data, run_dir, start=start, recipe=recipe, seed=seed,
+                           overwrite=True, **run_options)
         else:
             if talk and kept:
                 print(f"{heading}: finished earlier with the same settings, kept "
@@ -112,10 +116,10 @@ def compare_recipes(splits: str | Path, runs_dir: str | Path, *, recipes=("scrat
 
 def _as_sequence(name: str, values) -> list:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{name} must be a list, received: {values!r}")
+        raise UsageError(f"{name} must be a list, received: {values!r}")
     values = list(values)
     if not values:
-        raise ValueError(f"{name} must not be empty, received: []")
+        raise UsageError(f"{name} must not be empty, received: []")
     return values
 
 
@@ -138,11 +142,11 @@ def summarize_runs(results: pd.DataFrame, *, by: str = "recipe",
     if not isinstance(results, pd.DataFrame) or by not in results.columns:
         got = list(results.columns) if isinstance(results, pd.DataFrame) \
             else type(results).__name__
-        raise ValueError(f"results must be a DataFrame with the column by={by!r}, "
+        raise UsageError(f"results must be a DataFrame with the column by={by!r}, "
                          f"received: {got}")
     present = [m for m in metrics if m in results.columns]
     if not present:
-        raise ValueError(f"results must have one of the columns {list(metrics)}, received: "
+        raise UsageError(f"results must have one of the columns {list(metrics)}, received: "
                          f"{list(results.columns)}")
     table = results.groupby(by, sort=False)[present].agg(["mean", "std", "count"])
     return table.round(4)
@@ -166,7 +170,7 @@ def read_metrics(run_dirs) -> pd.DataFrame:
     deprecated("read_metrics is deprecated and will be removed in the next release: "
                "use compare_recipes()'s table, or RunDir(path).metrics for each run")
     if isinstance(run_dirs, (str, bytes, Path)):
-        raise ValueError(f"run_dirs must be a list of run directories, received: {run_dirs!r}")
+        raise UsageError(f"run_dirs must be a list of run directories, received: {run_dirs!r}")
     rows = []
     for run in map(RunDir, run_dirs):
         metrics = run.metrics

@@ -22,7 +22,7 @@ import os
 import keras
 import numpy as np
 
-from workbench._checks import deprecated
+from workbench._checks import UsageError, deprecated
 from workbench._compat import inbound_nodes
 from workbench.models import load_model
 
@@ -47,9 +47,9 @@ class Chain:
 
     def __init__(self, model):
         if not isinstance(model, keras.Model):
-            raise ValueError(f"model must be a keras.Model, received: {type(model).__name__}")
+            raise UsageError(f"model must be a keras.Model, received: {type(model).__name__}")
         if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise ValueError(f"model must have one input and one output, received: "
+            raise UsageError(f"model must have one input and one output, received: "
                              f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
         self.input_name = model.inputs[0].name
         self.input_shape = tuple(model.inputs[0].shape[1:])
@@ -59,7 +59,7 @@ class Chain:
         names = [layer.name for layer in self.layers]
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated or self.input_name in names:
-            raise ValueError(f"model must have unique layer names to name split points, "
+            raise UsageError(f"model must have unique layer names to name split points, "
                              f"received duplicates: {duplicated or [self.input_name]}")
         self.names = names
         self.shapes = {layer.name: tuple(output.shape[1:])
@@ -85,7 +85,7 @@ class Chain:
         """
         allowed = [self.input_name, *self.names] if allow_ends else self.names[:-1]
         if not isinstance(name, str) or name not in allowed:
-            raise ValueError(f"{argument} must name a split point of the model, received: "
+            raise UsageError(f"{argument} must name a split point of the model, received: "
                              f"{name!r}; candidates: {', '.join(self.candidates())} "
                              f"(any layer of: {', '.join(allowed)})")
         return name
@@ -120,7 +120,7 @@ def _walk(model, out: list, outputs: list) -> None:
                      if len(node.input_tensors) == 1 and node.input_tensors[0] is current
                      and len(node.output_tensors) == 1), None)
         if node is None:
-            raise ValueError(f"model must be a chain of layers (each feeding the next) to be "
+            raise UsageError(f"model must be a chain of layers (each feeding the next) to be "
                              f"split, received a graph where {layer.name!r} does not take the "
                              f"output of the layer before it")
         if isinstance(layer, keras.Model):
@@ -130,7 +130,7 @@ def _walk(model, out: list, outputs: list) -> None:
             outputs.append(node.output_tensors[0])
         current = node.output_tensors[0]
     if current is not model.outputs[0]:
-        raise ValueError(f"model must be a chain of layers to be split, received: {model.name!r} "
+        raise UsageError(f"model must be a chain of layers to be split, received: {model.name!r} "
                          f"whose output is not its last layer's")
 
 
@@ -203,7 +203,7 @@ def split_functional(flat, at: str):
     """
     names = [layer.name for layer in flat.layers[1:]]
     if not isinstance(at, str) or at not in names[:-1]:
-        raise ValueError(f"at must name a layer of the model other than its last "
+        raise UsageError(f"at must name a layer of the model other than its last "
                          f"({', '.join(names[:-1])}), received: {at!r}")
     device = keras.Model(flat.inputs[0], flat.get_layer(at).output, name="device")
     inputs = keras.Input(tuple(device.output.shape[1:]), name=f"{at}_activations")
@@ -225,6 +225,6 @@ def check_images(images, shape) -> np.ndarray:
             tuple(images.shape[1:]) != tuple(shape) or len(images) == 0:
         described = (f"{images.dtype} array of shape {images.shape}"
                      if isinstance(images, np.ndarray) else type(images).__name__)
-        raise ValueError(f"images must be a uint8 array of shape (N, {', '.join(map(str, shape))})"
+        raise UsageError(f"images must be a uint8 array of shape (N, {', '.join(map(str, shape))})"
                          f" with N >= 1, received: {described}")
     return images

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from workbench import plots
-from workbench._checks import check_choice, check_int, check_number
+from workbench._checks import UsageError, check_choice, check_int, check_number
 from workbench._io import write_outputs
 from workbench.studies.split_chain import Chain, as_model, check_images, split_functional
 
@@ -49,7 +49,7 @@ def activation_bytes(shape: Sequence[int], dtype: str) -> int:
     """
     check_choice("dtype", dtype, DTYPES)
     if any(not isinstance(size, (int, np.integer)) or size < 1 for size in shape):
-        raise ValueError(f"shape must hold positive sizes, received: {tuple(shape)!r}")
+        raise UsageError(f"shape must hold positive sizes, received: {tuple(shape)!r}")
     values = math.prod(int(size) for size in shape)
     return values * _ITEMSIZE[dtype] + (QUANT_HEADER_BYTES if dtype == "uint8" else 0)
 
@@ -67,7 +67,7 @@ def quantize_roundtrip(activations: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(activations, dtype=np.float32)
     if x.ndim < 2:
-        raise ValueError(f"activations must have a batch axis and values, received shape "
+        raise UsageError(f"activations must have a batch axis and values, received shape "
                          f"{x.shape}")
     flat = x.reshape(len(x), -1)
     low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
@@ -183,7 +183,7 @@ def profile_splits(model, images: np.ndarray, *, layers: Sequence[str] | None = 
     if layers is None:
         layers = chain.candidates()
     if isinstance(layers, str) or not len(layers):
-        raise ValueError(f"layers must be a non-empty list of layer names, received: {layers!r}")
+        raise UsageError(f"layers must be a non-empty list of layer names, received: {layers!r}")
     layers = sorted({chain.check_layer(name, "layers") for name in layers}, key=chain.position)
 
     flat = chain.build()
@@ -326,10 +326,10 @@ def split_latency(profile: SplitProfile, bandwidths_mbps: Sequence[float] = (10,
             non-positive bandwidth or slowdown.
     """
     if not isinstance(profile, SplitProfile):
-        raise ValueError(f"profile must be a SplitProfile (from profile_splits), received: "
+        raise UsageError(f"profile must be a SplitProfile (from profile_splits), received: "
                          f"{type(profile).__name__}")
     if isinstance(bandwidths_mbps, (int, float)) or not len(bandwidths_mbps):
-        raise ValueError(f"bandwidths_mbps must be a non-empty list, received: "
+        raise UsageError(f"bandwidths_mbps must be a non-empty list, received: "
                          f"{bandwidths_mbps!r}")
     bandwidths = [check_number("bandwidths_mbps", value, minimum=0.0, exclusive_minimum=True)
                   for value in bandwidths_mbps]

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench import plots
-from workbench._checks import check_choice, check_int, one_line
+from workbench._checks import MissingPath, UsageError, check_choice, check_int, one_line
 from workbench._cluster import check_dask_cluster, dask_client
 from workbench._io import write_json, write_text
 from workbench._progress import progress as progress_bar
@@ -61,22 +61,22 @@ def combinations(params: dict, *, mode: str = "grid") -> list[dict]:
     """
     check_choice("mode", mode, MODES)
     if not isinstance(params, dict) or not params:
-        raise ValueError(f"params must be a non-empty dict of parameter name -> list of values, "
+        raise UsageError(f"params must be a non-empty dict of parameter name -> list of values, "
                          f"received: {params!r}")
     values = {}
     for name, options in params.items():
         if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"params keys must be parameter names, received: {name!r}")
+            raise UsageError(f"params keys must be parameter names, received: {name!r}")
         if isinstance(options, (str, bytes, dict)) or not isinstance(options, (list, tuple,
                                                                               range)):
-            raise ValueError(f"params[{name!r}] must be a list of values, received: {options!r}")
+            raise UsageError(f"params[{name!r}] must be a list of values, received: {options!r}")
         if not options:
-            raise ValueError(f"params[{name!r}] must not be empty, received: {options!r}")
+            raise UsageError(f"params[{name!r}] must not be empty, received: {options!r}")
         values[name] = list(options)
     if mode == "zip":
         lengths = {name: len(options) for name, options in values.items()}
         if len(set(lengths.values())) > 1:
-            raise ValueError(f"mode='zip' needs value lists of equal length, received lengths: "
+            raise UsageError(f"mode='zip' needs value lists of equal length, received lengths: "
                              f"{lengths}")
         rows = zip(*values.values())
     else:
@@ -85,7 +85,7 @@ def combinations(params: dict, *, mode: str = "grid") -> list[dict]:
     names = [combination_name(combination) for combination in result]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"params must not repeat a combination, received repeats of: {repeated}")
+        raise UsageError(f"params must not repeat a combination, received repeats of: {repeated}")
     return result
 
 
@@ -101,7 +101,7 @@ def combination_name(combination: dict) -> str:
         ValueError: ``combination`` is not a non-empty dict.
     """
     if not isinstance(combination, dict) or not combination:
-        raise ValueError(f"combination must be a non-empty dict, received: {combination!r}")
+        raise UsageError(f"combination must be a non-empty dict, received: {combination!r}")
     parts, changed = [], False
     for key in sorted(combination):
         text = _value_text(combination[key])
@@ -154,8 +154,8 @@ class SweepResult:
         """
         out = Path(out)
         if not (out / RESULTS_FILE).is_file() or not (out / SWEEP_FILE).is_file():
-            raise FileNotFoundError(f"out must be a sweep folder with {RESULTS_FILE} and "
-                                    f"{SWEEP_FILE}, received: {str(out)!r}")
+            raise MissingPath(f"out must be a sweep folder with {RESULTS_FILE} and "
+                              f"{SWEEP_FILE}, received: {str(out)!r}")
         meta = json.loads((out / SWEEP_FILE).read_text(encoding="utf-8"))
         table = pd.read_csv(out / RESULTS_FILE)
         parameters = [name for name in meta["parameters"] if name in table.columns]
@@ -189,11 +189,11 @@ class SweepResult:
         """
         metric = metric if metric is not None else self.key_metric()
         if metric not in self.metrics:
-            raise ValueError(f"metric must be one of the metrics {self.metrics}, "
+            raise UsageError(f"metric must be one of the metrics {self.metrics}, "
                              f"received: {metric!r}")
         x = x if x is not None else self.parameters[0]
         if x not in self.parameters:
-            raise ValueError(f"x must be one of the parameters {self.parameters}, received: {x!r}")
+            raise UsageError(f"x must be one of the parameters {self.parameters}, received: {x!r}")
         figure = plots.sweep_results(self.table, metric=metric, x=x,
                                      by=[name for name in self.parameters if name != x], ax=ax)
         self.figure_, self.ax_ = figure, ax if ax is not None else figure.axes[0]
@@ -282,17 +282,17 @@ def _check_arguments(notebook, params, mode, fixed, workers, cluster, cluster_op
     kernels' working directory, each checked."""
     notebook = Path(notebook)
     if not notebook.is_file():
-        raise FileNotFoundError(f"notebook not found, received: {str(notebook)!r}")
+        raise MissingPath(f"notebook not found, received: {str(notebook)!r}")
     notebook = notebook.resolve()
     if fixed is not None and not isinstance(fixed, dict):
-        raise ValueError(f"fixed must be a dict of parameter name -> value, received: {fixed!r}")
+        raise UsageError(f"fixed must be a dict of parameter name -> value, received: {fixed!r}")
     fixed = dict(fixed or {})
     chosen = combinations(params, mode=mode)
     _check_notebook_parameters(notebook, list(params), fixed)
     workers = _check_workers(workers, cluster, cluster_options)
     cwd = Path(cwd).resolve() if cwd is not None else notebook.parent
     if not cwd.is_dir():
-        raise FileNotFoundError(f"cwd must be an existing folder, received: {str(cwd)!r}")
+        raise MissingPath(f"cwd must be an existing folder, received: {str(cwd)!r}")
     return notebook, fixed, chosen, workers, cwd
 
 
@@ -489,7 +489,7 @@ def _check_workers(workers, cluster, cluster_options) -> int | None:
     if workers is not None:
         workers = check_int("workers", workers, minimum=1)
         if cluster not in (None, "slurm"):
-            raise ValueError(f"workers applies to local runs and cluster='slurm'; the cluster "
+            raise UsageError(f"workers applies to local runs and cluster='slurm'; the cluster "
                              f"at a scheduler address has its own workers, received: "
                              f"workers={workers} with cluster={cluster!r}")
     if cluster is None:
@@ -503,23 +503,23 @@ def _check_notebook_parameters(notebook: Path, swept: list, fixed: dict) -> None
 
     declared = list(papermill.inspect_notebook(str(notebook)))
     if "run_dir" not in declared:
-        raise ValueError(f"notebook must have a run_dir parameter (where it writes "
+        raise UsageError(f"notebook must have a run_dir parameter (where it writes "
                          f"metrics.json), received: {notebook.name} with parameters {declared}")
     for argument, names in (("params", swept), ("fixed", list(fixed))):
         if "run_dir" in names:
-            raise ValueError(f"{argument} must not set run_dir: the sweep sets it to "
+            raise UsageError(f"{argument} must not set run_dir: the sweep sets it to "
                              f"out/<name>/, received: {names}")
         unknown = [name for name in names if name not in declared]
         if unknown:
-            raise ValueError(f"{argument} must name parameters of {notebook.name} "
+            raise UsageError(f"{argument} must name parameters of {notebook.name} "
                              f"({', '.join(declared)}), received: {unknown}")
         reserved = [name for name in names if name in _RESERVED]
         if reserved:
-            raise ValueError(f"{argument} must not name the results columns {_RESERVED}, "
+            raise UsageError(f"{argument} must not name the results columns {_RESERVED}, "
                              f"received: {reserved}")
     both = sorted(set(swept) & set(fixed))
     if both:
-        raise ValueError(f"a parameter is either swept or fixed, received both for: {both}")
+        raise UsageError(f"a parameter is either swept or fixed, received both for: {both}")
 
 
 def _previous_sweep(out: Path, notebook: Path, fixed: dict) -> tuple[dict, list]:
@@ -529,7 +529,7 @@ def _previous_sweep(out: Path, notebook: Path, fixed: dict) -> tuple[dict, list]
         return {}, []
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("notebook") != notebook.name or meta.get("fixed") != _jsonable(fixed):
-        raise ValueError(f"out already holds a sweep of {meta.get('notebook')} with fixed "
+        raise UsageError(f"out already holds a sweep of {meta.get('notebook')} with fixed "
                          f"parameters {meta.get('fixed')}; choose another out (or delete it), "
                          f"received: {notebook.name} with fixed parameters {_jsonable(fixed)}")
     path = out / RESULTS_FILE

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from workbench import models, plots
-from workbench._checks import check_choice, check_int
+from workbench._checks import UsageError, check_choice, check_int
 from workbench._device import execution_context, gpu_count, gpu_name
 from workbench._progress import progress as progress_bar
 from workbench._progress import progress_argument
@@ -76,7 +76,7 @@ def training_images_per_second(backbone: str = "cifar_cnn", *, image_size: int =
     check_choice("precision", precision, ("float32", "mixed_float16", "mixed_bfloat16"))
     check_int("num_classes", num_classes, minimum=2)
     if device == "gpu" and not gpu_count():
-        raise ValueError(f"device must be 'cpu' when the {keras.backend.backend()} backend sees "
+        raise UsageError(f"device must be 'cpu' when the {keras.backend.backend()} backend sees "
                          f"no GPU, received: {device!r}")
     total = warmup + steps
     rng = np.random.default_rng(seed)
@@ -179,7 +179,7 @@ def throughput_table(models=DEFAULT_MODELS, *, batch_size: int = 32, steps: int 
         ValueError: a bad model spec or argument.
     """
     if not isinstance(models, (list, tuple)) or not models:
-        raise ValueError(f"models must be a non-empty list of 'name:size' strings, received: "
+        raise UsageError(f"models must be a non-empty list of 'name:size' strings, received: "
                          f"{models!r}")
     specs = [_spec(model) for model in models]
     progress = progress_argument(progress)
@@ -210,5 +210,5 @@ def _spec(model) -> tuple[str, int]:
             return name.strip(), int(size)
     elif isinstance(model, (list, tuple)) and len(model) == 2 and isinstance(model[0], str):
         return model[0], check_int("image_size", model[1], minimum=8)
-    raise ValueError(f"models must be 'name:size' strings or (name, size) pairs, "
+    raise UsageError(f"models must be 'name:size' strings or (name, size) pairs, "
                      f"received: {model!r}")

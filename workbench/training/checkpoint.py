@@ -7,6 +7,7 @@ from pathlib import Path
 
 import keras
 
+from workbench._checks import MissingPath
 from workbench._io import atomic_path, write_json
 # Imported for their registration: the optimizers, schedule and loss a run compiles with.
 from workbench.training import lr_mult, solver  # noqa: F401
@@ -78,5 +79,5 @@ def load_compiled(path: str | Path) -> keras.Model:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
+        raise MissingPath(f"no model file at {path}")
     return keras.models.load_model(path, safe_mode=True)

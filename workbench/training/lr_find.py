@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from workbench import models
-from workbench._checks import check_int, check_number
+from workbench._checks import UsageError, check_int, check_number
 from workbench._compat import flatten_layers
 from workbench.data import pipeline
 from workbench.data.splitdir import load_splits
@@ -165,7 +165,7 @@ def suggest_rate(lrs, losses) -> tuple[float, str]:
     """
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if lrs.ndim != 1 or lrs.shape != losses.shape or len(lrs) < 3 or np.any(np.diff(lrs) <= 0):
-        raise ValueError(f"lrs must be at least 3 increasing rates, one per loss, received: "
+        raise UsageError(f"lrs must be at least 3 increasing rates, one per loss, received: "
                          f"{len(lrs)} rates and {len(losses)} losses")
     lowest = int(np.argmin(losses))
     # steepest descent on the way down to the minimum; beyond it the loss is on its way up.
@@ -182,13 +182,13 @@ def suggest_rate(lrs, losses) -> tuple[float, str]:
     return float(lrs[lowest] / 10), MINIMUM_TENTH
 
 
-def range_test(splits, *, backbone: str = "mobilenet_v2", weights="imagenet", source=None,
-               cut_at: str | None = None, recipe: str = "two_stage",
+def range_test(splits, *, start: models.StartingPoint | str | None = None,
+               recipe: str = "two_stage",
                lr_mult_rules: dict | None = None, decay_mult_rules: dict | None = None,
                solver: SolverConfig | None = None, image_size: int | None = None,
                resize_mode: str = "squash", dropout: float = 0.2, seed: int = 0,
                start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 100,
-               progress: str = "none") -> LRFinder:
+               progress: str = "none", **deprecated) -> LRFinder:
     """The range test of the model ``finetune`` would train with these settings; writes no run.
 
     The model is built as ``finetune`` builds it and set up for the recipe's first stage (its
@@ -200,10 +200,12 @@ def range_test(splits, *, backbone: str = "mobilenet_v2", weights="imagenet", so
 
     Args:
         splits: a split folder (``workbench split``).
-        backbone: as for ``finetune``, and so are ``weights``, ``source``, ``cut_at``,
-            ``recipe``, ``lr_mult_rules``, ``decay_mult_rules``, ``solver``, ``image_size``,
-            ``resize_mode``, ``dropout`` and ``seed`` (the solver's learning rate policy and
-            ``base_lr`` play no part: the test sets the rate).
+        start: as for ``finetune`` (a :class:`~workbench.models.StartingPoint` or its text;
+            ``backbone``, ``weights``, ``source`` and ``cut_at`` still work for one release,
+            with a ``DeprecationWarning``), and so are ``recipe``, ``lr_mult_rules``,
+            ``decay_mult_rules``, ``solver``, ``image_size``, ``resize_mode``, ``dropout``
+            and ``seed`` (the solver's learning rate policy and ``base_lr`` play no part: the
+            test sets the rate).
         start_lr: the first rate tried.
         end_lr: the last rate tried, unless the loss diverges first.
         steps: batches from ``start_lr`` to ``end_lr``.
@@ -213,10 +215,11 @@ def range_test(splits, *, backbone: str = "mobilenet_v2", weights="imagenet", so
     Returns:
         An :class:`LRFinder` whose ``stage`` names the recipe and stage measured.
     """
+    start = models.StartingPoint.from_arguments(start, deprecated, caller="range_test")
     recipe_ = get_recipe(recipe)
     solver = solver or SolverConfig()
     if image_size is None:
-        image_size = models.natural_image_size(backbone, source=source)
+        image_size = start.image_size()
     check_int("image_size", image_size, minimum=8)
     data = load_splits(splits, image_size=image_size, resize_mode=resize_mode,
                        progress=progress)
@@ -225,9 +228,8 @@ def range_test(splits, *, backbone: str = "mobilenet_v2", weights="imagenet", so
                              batch_size=min(solver.batch_size, len(labels)), seed=seed,
                              drop_remainder=True)
     keras.utils.set_random_seed(seed)
-    model = build_model(recipe_, backbone=backbone, weights=weights, source=source,
-                        cut_at=cut_at, num_classes=len(data.classes), image_size=image_size,
-                        dropout=dropout)
+    model = build_model(recipe_, start=start, num_classes=len(data.classes),
+                        image_size=image_size, dropout=dropout)
     stage = recipe_.stages[0]
     compile_stage(model, stage, lr_mult_rules, solver, train_bn=recipe_.train_bn,
                   total_steps=steps, num_classes=len(data.classes), decay_rules=decay_mult_rules)

@@ -58,7 +58,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from workbench._checks import check_choice, check_number, deprecated
+from workbench._checks import UsageError, check_choice, check_number, deprecated
 from workbench._compat import (check_weight_decay_hook, flatten_layers, uses_weight_decay,
                                variable_index)
 
@@ -92,7 +92,7 @@ REGULARIZATIONS = ("decoupled", "L2", "L1")
 def _check_multiplier(name: str, value) -> float:
     value = check_number(name, value, minimum=0)
     if math.isinf(value):
-        raise ValueError(f"{name} must be a finite number >= 0, received: {value!r}")
+        raise UsageError(f"{name} must be a finite number >= 0, received: {value!r}")
     return value
 
 
@@ -104,16 +104,16 @@ def _check_rules(name: str, rules) -> tuple[tuple[str, float], ...]:
         pairs = list(rules)
         for pair in pairs:
             if not (isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2):
-                raise ValueError(
+                raise UsageError(
                     f"{name} must be a dict of pattern -> multiplier or a list of "
                     f"(pattern, multiplier) pairs, received the item: {pair!r}")
     else:
-        raise ValueError(f"{name} must be a dict mapping layer-name patterns to multipliers, "
+        raise UsageError(f"{name} must be a dict mapping layer-name patterns to multipliers, "
                          f"received: {rules!r}")
     checked = []
     for pattern, multiplier in pairs:
         if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"{name} patterns must be non-empty strings (fnmatch globs), "
+            raise UsageError(f"{name} patterns must be non-empty strings (fnmatch globs), "
                              f"received: {pattern!r}")
         checked.append((pattern, _check_multiplier(f"{name}[{pattern!r}]", multiplier)))
     return tuple(checked)
@@ -195,7 +195,7 @@ class LRMultiplierMixin:
                                  else _check_rules("decay_mult_rules", decay_mult_rules))
         self.regularization = check_choice("regularization", regularization, REGULARIZATIONS)
         if regularization != "decoupled" and isinstance(self, keras.optimizers.AdamW):
-            raise ValueError(f"regularization must be 'decoupled' for AdamW, whose weight decay "
+            raise UsageError(f"regularization must be 'decoupled' for AdamW, whose weight decay "
                              f"is decoupled by definition (use Adam for {regularization}), "
                              f"received: {regularization!r}")
 
@@ -214,7 +214,7 @@ class LRMultiplierMixin:
             return
         for variable in variables:
             if getattr(variable, "path", None) is None:
-                raise ValueError(f"{type(self).__name__} needs Keras variables, which have a "
+                raise UsageError(f"{type(self).__name__} needs Keras variables, which have a "
                                  f"`path`; received: {variable!r}")
         # Indexed like the slots, by position in `variables`; `update_step` finds the index with
         # `_compat.variable_index`, which also maps TF's underlying (and distributed) variables.
@@ -326,7 +326,7 @@ def _wrapper_class(optimizer) -> type:
     if kind in _WRAPPERS:
         return _WRAPPERS[kind]
     allowed = ", ".join(base.__name__ for base in _WRAPPERS)
-    raise ValueError(
+    raise UsageError(
         f"optimizer must be a Keras {allowed} (or a LossScaleOptimizer around one), whose step "
         f"is proportional to the learning rate; received: {kind.__name__}")
 
@@ -344,7 +344,7 @@ class _WeightedLayer:
 
 def _check_model(model) -> None:
     if not isinstance(model, keras.Model):
-        raise ValueError(f"model must be a keras.Model, received: {type(model).__name__}")
+        raise UsageError(f"model must be a keras.Model, received: {type(model).__name__}")
 
 
 def _weighted_layers(model) -> list[_WeightedLayer]:
@@ -382,10 +382,10 @@ def _check_patterns_match(name, rules, model, layers) -> None:
                      else "none yet: build the model first")
             hint = ("" if "/" in pattern
                     else " (a weight is named with a '/': '*/bias', 'head/kernel')")
-            raise ValueError(f"{name} pattern {pattern!r} matches no layer with weights in model "
+            raise UsageError(f"{name} pattern {pattern!r} matches no layer with weights in model "
                              f"{model.name!r}{hint}; its layers are: {shown}")
         if now != after_load:
-            raise ValueError(
+            raise UsageError(
                 f"{name} pattern {pattern!r} depends on the name of a model inside "
                 f"{model.name!r}, which Keras drops from weight paths when the model is saved "
                 "and loaded; name the layers themselves instead")
@@ -503,13 +503,13 @@ def depth_groups(model, *, multipliers=(0.1, 0.3, 1.0)) -> dict:
     """
     _check_model(model)
     if not isinstance(multipliers, Sequence) or isinstance(multipliers, str) or not multipliers:
-        raise ValueError(f"multipliers must be a non-empty sequence of numbers, "
+        raise UsageError(f"multipliers must be a non-empty sequence of numbers, "
                          f"received: {multipliers!r}")
     multipliers = [_check_multiplier(f"multipliers[{i}]", m) for i, m in enumerate(multipliers)]
     layers = _weighted_layers(model)
     count, groups = len(layers), len(multipliers)
     if count < groups:
-        raise ValueError(f"multipliers has {groups} groups but model {model.name!r} has only "
+        raise UsageError(f"multipliers has {groups} groups but model {model.name!r} has only "
                          f"{count} layers with weights, received: {multipliers!r}")
     rules = {}
     for group, multiplier in enumerate(multipliers):
@@ -544,7 +544,7 @@ def lr_table(model, optimizer, *, base_lr: float | None = None) -> pd.DataFrame:
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         optimizer = optimizer.inner_optimizer
     if not isinstance(optimizer, keras.optimizers.Optimizer):
-        raise ValueError(f"optimizer must be a Keras optimizer, "
+        raise UsageError(f"optimizer must be a Keras optimizer, "
                          f"received: {type(optimizer).__name__}")
     learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) \
         if base_lr is None else float(base_lr)
@@ -590,7 +590,7 @@ def format_lr_table(df) -> str:
                "show lr_table()'s DataFrame, or print its to_string(index=False)")
     if not isinstance(df, pd.DataFrame) or not set(_TABLE_COLUMNS) <= set(df.columns):
         received = list(df.columns) if isinstance(df, pd.DataFrame) else type(df).__name__
-        raise ValueError(f"df must be a DataFrame with columns {list(_TABLE_COLUMNS)}, "
+        raise UsageError(f"df must be a DataFrame with columns {list(_TABLE_COLUMNS)}, "
                          f"received: {received}")
     return df.to_string(index=False, columns=list(_TABLE_COLUMNS), formatters={
         "parameters": "{:,}".format,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from workbench._checks import UsageError
+
 # Caffe's solver types, by the ``type`` string (matched case-insensitively) and by the number
 # of the deprecated ``solver_type`` enum.
 _CAFFE_TYPES = {"sgd": "sgd", "nesterov": "nesterov", "adagrad": "adagrad",
@@ -120,7 +122,7 @@ class _Prototxt:
 
     def fail(self, line: int | None, message: str):
         where = self.source if line is None else f"{self.source} line {line}"
-        raise ValueError(f"{where}: {message}")
+        raise UsageError(f"{where}: {message}")
 
     def peek(self) -> _Token | None:
         return self.tokens[self.position] if self.position < len(self.tokens) else None
@@ -227,7 +229,7 @@ def _read_prototxt(text: str, source: str) -> tuple[dict, dict, _Prototxt]:
     """The training fields of a solver.prototxt (``{name: value}``, repeated ones as lists)
     and the line each was given on."""
     if not isinstance(text, str):
-        raise ValueError(f"text must be a str, received: {type(text).__name__}")
+        raise UsageError(f"text must be a str, received: {type(text).__name__}")
     reader = _Prototxt(text, source)
     values, lines = {}, {}
     for field in reader.fields():

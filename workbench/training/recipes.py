@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from workbench._checks import check_choice, check_int
+from workbench._checks import UsageError, check_choice, check_int
 
 HEAD = "head*"
 
@@ -66,7 +66,7 @@ class Recipe:
     def stage_epochs(self, total_epochs: int) -> list[int]:
         """Epochs of each stage; each stage gets at least one, the last takes the remainder."""
         if check_int("total_epochs", total_epochs, minimum=1) < len(self.stages):
-            raise ValueError(f"epochs must be >= {len(self.stages)} for recipe {self.name!r}, "
+            raise UsageError(f"epochs must be >= {len(self.stages)} for recipe {self.name!r}, "
                              f"which trains {len(self.stages)} stages of at least one epoch "
                              f"each, received: {total_epochs}")
         counts = [max(1, round(stage.share * total_epochs)) for stage in self.stages[:-1]]

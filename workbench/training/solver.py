@@ -23,7 +23,8 @@ from pathlib import Path
 import keras
 from keras import ops
 
-from workbench._checks import UsageError, check_choice, check_int, check_number, moved_names
+from workbench._checks import (MissingPath, UsageError, check_choice, check_int, check_number,
+                               moved_names)
 from workbench._compat import adagrad_accumulator, rmsprop_slots
 from workbench.training.lr_mult import (
     REGULARIZATIONS,
@@ -54,7 +55,7 @@ _DEFAULT_MOMENTUM = {"sgd": 0.9, "nesterov": 0.9, "adam": 0.9, "adamw": 0.9, "rm
 def _check_finite(name: str, value, **bounds) -> float:
     value = check_number(name, value, **bounds)
     if math.isinf(value):
-        raise ValueError(f"{name} must be a finite number, received: {value!r}")
+        raise UsageError(f"{name} must be a finite number, received: {value!r}")
     return value
 
 
@@ -147,12 +148,12 @@ class SolverConfig:
             object.__setattr__(self, "momentum", _DEFAULT_MOMENTUM[self.optimizer])
         check_number("momentum", self.momentum, minimum=0.0, maximum=0.9999)
         if self.optimizer == "adagrad" and self.momentum != 0:
-            raise ValueError(f"momentum must be 0 for optimizer='adagrad' (AdaGrad has no "
+            raise UsageError(f"momentum must be 0 for optimizer='adagrad' (AdaGrad has no "
                              f"momentum), received: {self.momentum!r}")
         _check_finite("weight_decay", self.weight_decay, minimum=0.0)
         check_choice("regularization", self.regularization, REGULARIZATIONS)
         if self.optimizer == "adamw" and self.regularization != "decoupled":
-            raise ValueError(f"regularization must be 'decoupled' for optimizer='adamw' (use "
+            raise UsageError(f"regularization must be 'decoupled' for optimizer='adamw' (use "
                              f"'adam' for Caffe's L2 or L1), received: {self.regularization!r}")
         check_choice("lr_policy", self.lr_policy, LR_POLICIES)
         _check_finite("gamma", self.gamma, minimum=0.0)
@@ -162,9 +163,9 @@ class SolverConfig:
         for value in self.stepvalues:
             check_int("stepvalues", value, minimum=1)
         if list(self.stepvalues) != sorted(set(self.stepvalues)):
-            raise ValueError(f"stepvalues must be increasing, received: {self.stepvalues!r}")
+            raise UsageError(f"stepvalues must be increasing, received: {self.stepvalues!r}")
         if self.lr_policy == "multistep" and not self.stepvalues:
-            raise ValueError("lr_policy='multistep' needs stepvalues, received: ()")
+            raise UsageError("lr_policy='multistep' needs stepvalues, received: ()")
         check_int("warmup_iters", self.warmup_iters, minimum=0)
         check_int("epochs", self.epochs, minimum=1, maximum=MAX_EPOCHS)
         if self.max_iter is not None:
@@ -175,10 +176,10 @@ class SolverConfig:
                           exclusive_minimum=True)
         _check_finite("momentum2", self.momentum2, minimum=0.0)
         if self.momentum2 >= 1:
-            raise ValueError(f"momentum2 must be < 1, received: {self.momentum2!r}")
+            raise UsageError(f"momentum2 must be < 1, received: {self.momentum2!r}")
         _check_finite("rms_decay", self.rms_decay, minimum=0.0)
         if self.rms_decay >= 1:
-            raise ValueError(f"rms_decay must be < 1, received: {self.rms_decay!r}")
+            raise UsageError(f"rms_decay must be < 1, received: {self.rms_decay!r}")
         _check_finite("delta", self.delta, minimum=0.0, exclusive_minimum=True)
         check_int("batch_size", self.batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
         check_number("label_smoothing", self.label_smoothing, minimum=0.0, maximum=0.5)
@@ -194,7 +195,7 @@ class SolverConfig:
         """Returns a copy with some fields changed (validated again)."""
         unknown = set(changes) - {field.name for field in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown solver fields: {sorted(unknown)}")
+            raise UsageError(f"unknown solver fields: {sorted(unknown)}")
         return dataclasses.replace(self, **changes)
 
     def total_batches(self, steps_per_epoch: int) -> int:
@@ -215,7 +216,7 @@ class SolverConfig:
     def from_dict(cls, values: dict) -> SolverConfig:
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown solver fields: {sorted(unknown)}")
+            raise UsageError(f"unknown solver fields: {sorted(unknown)}")
         return cls(**values)
 
     @classmethod
@@ -228,7 +229,7 @@ class SolverConfig:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"solver file not found, received: {str(path)!r}")
+            raise MissingPath(f"solver file not found, received: {str(path)!r}")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -368,7 +369,7 @@ def learning_rate_schedule(config: SolverConfig, total_steps: int) -> SolverSche
     ``config.max_iter`` when it is set.
     """
     if not isinstance(config, SolverConfig):
-        raise ValueError(f"config must be a SolverConfig, received: {type(config).__name__}")
+        raise UsageError(f"config must be a SolverConfig, received: {type(config).__name__}")
     check_int("total_steps", total_steps, minimum=1)
     iterations = max(1, total_steps // config.iter_size)
     return SolverSchedule(config.lr_policy, config.base_lr, iterations, gamma=config.gamma,
@@ -390,7 +391,7 @@ class _CaffeRMSpropStep(keras.optimizers.RMSprop):
     def __init__(self, learning_rate=0.01, rho=0.99, momentum=0.0, epsilon=1e-8, centered=False,
                  **kwargs):
         if centered:
-            raise ValueError("centered must be False (Caffe's RMSProp is not centered), "
+            raise UsageError("centered must be False (Caffe's RMSProp is not centered), "
                              f"received: {centered!r}")
         super().__init__(learning_rate, rho=rho, momentum=momentum, epsilon=epsilon,
                          centered=False, **kwargs)
@@ -416,7 +417,7 @@ class _CaffeAdagradStep(keras.optimizers.Adagrad):
     def __init__(self, learning_rate=0.01, epsilon=1e-8, initial_accumulator_value=0.0,
                  **kwargs):
         if initial_accumulator_value != 0:
-            raise ValueError("initial_accumulator_value must be 0 (Caffe's AdaGrad starts from "
+            raise UsageError("initial_accumulator_value must be 0 (Caffe's AdaGrad starts from "
                              f"0), received: {initial_accumulator_value!r}")
         super().__init__(learning_rate, initial_accumulator_value=0.0, epsilon=epsilon,
                          **kwargs)

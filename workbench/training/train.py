@@ -19,8 +19,8 @@ from workbench import models, plots
 from workbench._cluster import Cluster, barrier, joined
 from workbench._device import (execution_context, gpu_count, gpu_name, replica_count,
                                resolve_strategy)
-from workbench._checks import (UsageError, check_bool, check_choice, check_int, check_number,
-                               short_traceback)
+from workbench._checks import (UsageError, check_bool, check_choice, check_folder_path,
+                               check_int, check_number, short_traceback)
 from workbench._progress import in_notebook, loop_progress, watched_notebook
 from workbench._io import atomic_path, write_json, write_text
 from workbench.data import cache, pipeline
@@ -145,8 +145,7 @@ class Run:
 
 
 def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
-             backbone: str = "mobilenet_v2", weights: str | Path | None = "imagenet",
-             source: str | Path | None = None, cut_at: str | None = None,
+             start: models.StartingPoint | str | None = None,
              recipe: str = "two_stage", lr_mult_rules: dict | None = None,
              decay_mult_rules: dict | None = None,
              solver: SolverConfig | None = None, image_size: int | None = None,
@@ -154,7 +153,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              class_weight: str | None = None, dropout: float = 0.2, seed: int = 0,
              resume: bool = False, overwrite: bool = False,
              progress: str = "auto", execution: Execution | None = None,
-             monitoring: Monitoring | None = None) -> Run:
+             monitoring: Monitoring | None = None, **deprecated) -> Run:
     """Fine-tunes a pretrained network on a split dataset and writes a run directory.
 
     A run directory that holds a run (finished, interrupted or diverged) is never changed
@@ -166,10 +165,10 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     Args:
         splits: a split directory (see ``workbench split``), or :class:`SplitData`.
         run_dir: the run directory to write (created).
-        backbone: a name from ``models.BACKBONES``; ignored when ``source`` is given.
-        weights: ``"imagenet"``, a local weights file, or None (keras.applications backbones).
-        source: a saved ``.keras`` model to transfer from instead of a named backbone.
-        cut_at: the layer of ``source`` whose output becomes the features.
+        start: what the model starts from (:class:`~workbench.models.StartingPoint`, or a
+            text ``StartingPoint.parse`` reads: ``"efficientnet_b0"``, ``"source/model.keras"``);
+            default ``mobilenet_v2`` with ImageNet weights. ``backbone``, ``weights``,
+            ``source`` and ``cut_at`` still work for one release, with a ``DeprecationWarning``.
         recipe: one of ``recipes.RECIPES``.
         lr_mult_rules: extra ``{layer pattern: multiplier}`` rules, checked before the
             recipe's own in every stage (e.g. ``{"conv1*": 0}`` to keep conv1 frozen; a
@@ -211,6 +210,8 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         A :class:`Run`.
 
     Raises:
+        UsageError: for a bad argument (``workbench._checks.UsageError``, a ``ValueError``),
+            naming it and the value received; e.g. a ``source`` beside another backbone.
         RunExists: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
         SettingsChanged: ``resume=True`` and ``run_dir`` holds a run with other settings.
         TrainingDiverged: if the loss became NaN or exploded; the last good checkpoint stays
@@ -218,6 +219,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         TrainingInterrupted: on Ctrl+C or Kernel > Interrupt while training (a
             ``KeyboardInterrupt``), saying in one line what is kept and how to continue.
     """
+    start = models.StartingPoint.from_arguments(start, deprecated, caller="finetune")
     check_choice("progress", progress, PROGRESS)
     execution = execution or Execution()
     monitoring = monitoring or Monitoring()
@@ -226,8 +228,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     cluster = joined() if execution.strategy == "distributed" else None
     if cluster is not None and not cluster.chief:
         progress = "none"  # worker 0 reports
-    job = _job(splits, run_dir, backbone=backbone, weights=weights, source=source,
-               cut_at=cut_at, recipe=recipe, lr_mult_rules=lr_mult_rules,
+    job = _job(splits, run_dir, start=start, recipe=recipe, lr_mult_rules=lr_mult_rules,
                decay_mult_rules=decay_mult_rules, solver=solver, image_size=image_size,
                resize_mode=resize_mode, augment=augment, class_weight=class_weight,
                dropout=dropout, seed=seed, resume=resume, overwrite=overwrite,
@@ -250,10 +251,7 @@ class _Job:
 
     splits: str | Path | SplitData
     run_dir: Path
-    backbone: str | None
-    weights: object
-    source: str | Path | None
-    cut_at: str | None
+    start: models.StartingPoint
     recipe: Recipe
     lr_mult_rules: dict | None
     decay_mult_rules: dict | None
@@ -289,40 +287,36 @@ class _Inputs:
     class_weight: dict | None
 
 
-def _job(splits, run_dir, *, backbone, weights, source, cut_at, recipe, lr_mult_rules,
-         decay_mult_rules, solver, image_size, resize_mode, augment, class_weight, dropout,
-         seed, resume, overwrite, execution) -> _Job:
+def _job(splits, run_dir, *, start, recipe, lr_mult_rules, decay_mult_rules, solver,
+         image_size, resize_mode, augment, class_weight, dropout, seed, resume, overwrite,
+         execution) -> _Job:
     """Checks what :func:`finetune` can check before reading any image or building a model
-    (raising ``ValueError``/``FileNotFoundError`` naming the argument), and the settings."""
+    (raising ``UsageError`` naming the argument), and the settings."""
     check_bool("resume", resume)
     check_bool("overwrite", overwrite)
     if resume and overwrite:
-        raise ValueError("resume and overwrite must not both be True: resume continues the "
+        raise UsageError("resume and overwrite must not both be True: resume continues the "
                          "run in run_dir, overwrite replaces it")
+    check_folder_path("run_dir", run_dir)  # a file in the way: said before decoding
+    solver = solver or SolverConfig()
+    recipe_ = get_recipe(recipe)
+    if solver.max_iter is None:  # enough epochs for its stages? (else known once batched)
+        recipe_.stage_epochs(solver.epochs)
     if image_size is None:
-        image_size = models.natural_image_size(backbone, source=source)
+        image_size = start.image_size()
     check_int("image_size", image_size, minimum=8, maximum=MAX_IMAGE_SIZE)
     check_int("seed", seed, minimum=0)
     check_number("dropout", dropout, minimum=0.0, maximum=0.99)
-    if source is None:
-        check_choice("backbone", backbone, models.BACKBONES)
-        models.check_weights(weights)
-    elif not Path(source).is_file():
-        raise FileNotFoundError(f"source must be a saved .keras model, received: {str(source)!r}")
     check_choice("class_weight", class_weight, CLASS_WEIGHTS)
     lr_mult.check_rules("lr_mult_rules", lr_mult_rules or {})
     if decay_mult_rules:
         lr_mult.check_rules("decay_mult_rules", decay_mult_rules)
-    solver = solver or SolverConfig()
-    recipe_ = get_recipe(recipe)
     augment = resolve_augment(augment, splits.labels["train"] if isinstance(
         splits, SplitData) else SplitFolder(splits).labels("train"))
     config = {
         "splits": splits.splits_dir if isinstance(splits, SplitData)
         else str(Path(splits).resolve()),
-        "backbone": None if source else backbone,
-        "weights": str(Path(weights).resolve()) if weights not in (None, "imagenet") else weights,
-        "source": str(Path(source).resolve()) if source else None, "cut_at": cut_at,
+        **start.settings(),
         "recipe": recipe,
         "lr_mult_rules": dict(lr_mult_rules or {}),
         "decay_mult_rules": dict(decay_mult_rules) if decay_mult_rules else None,
@@ -333,9 +327,8 @@ def _job(splits, run_dir, *, backbone, weights, source, cut_at, recipe, lr_mult_
         "seed": seed, **execution.to_dict(),
         "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
     }
-    return _Job(splits, Path(run_dir), None if source else backbone, weights, source, cut_at,
-                recipe_, lr_mult_rules, decay_mult_rules, solver, image_size, resize_mode,
-                augment, class_weight, dropout, seed, config)
+    return _Job(splits, Path(run_dir), start, recipe_, lr_mult_rules, decay_mult_rules, solver,
+                image_size, resize_mode, augment, class_weight, dropout, seed, config)
 
 
 def _plan(run: RunDir, config: dict, *, resume: bool, overwrite: bool, progress: str) -> _Plan:
@@ -362,9 +355,8 @@ def _plan(run: RunDir, config: dict, *, resume: bool, overwrite: bool, progress:
 def _inputs(job: _Job, plan: _Plan, *, strategy, cluster, progress: str) -> _Inputs:
     """Fetches the starting weights (offline, that fails before any image is decoded), reads
     the splits and makes the batches; completes ``job.config`` with what the data decides."""
-    if job.source is None and job.recipe.pretrained and not plan.resume:
-        models.fetch_weights(job.backbone, job.weights,
-                             input_shape=(job.image_size, job.image_size, 3))
+    if job.recipe.pretrained and not plan.resume:
+        job.start.fetch_weights(job.image_size)
     data = job.splits if isinstance(job.splits, SplitData) else load_splits(
         job.splits, image_size=job.image_size, resize_mode=job.resize_mode,
         progress=loop_progress(progress))
@@ -451,7 +443,7 @@ def _batches(data: SplitData, train_images, *, solver: SolverConfig, strategy, c
     batch_size = min(solver.batch_size, len(data.labels["train"]))
     devices = replica_count(strategy)
     if batch_size % devices:  # each batch is split evenly between the devices
-        raise ValueError(f"batch_size must be a multiple of the {devices} devices "
+        raise UsageError(f"batch_size must be a multiple of the {devices} devices "
                          f"{_name(strategy)} trains on, received: {batch_size}")
     shard = (cluster.rank, cluster.size) if cluster else (0, 1)
     pad_to = devices if hasattr(strategy, "device_mesh") else 1  # a keras.distribution
@@ -483,8 +475,7 @@ def _start_model(job: _Job, plan: _Plan, inputs: _Inputs
         return resumed[0], cb.RunState(**resumed[1]), True
     keras.utils.set_random_seed(job.seed)
     augment = inputs.augment
-    model = build_model(job.recipe, backbone=job.backbone, weights=job.weights,
-                        source=job.source, cut_at=job.cut_at,
+    model = build_model(job.recipe, start=job.start,
                         num_classes=len(inputs.data.classes), image_size=job.image_size,
                         dropout=job.dropout,
                         augmentation=models.RandomAugment(augment, seed=job.seed,
@@ -770,7 +761,7 @@ def balanced_class_weights(labels, num_classes: int) -> dict:
     labels = np.asarray(labels)
     check_int("num_classes", num_classes, minimum=1)
     if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must be class indices below num_classes={num_classes}, "
+        raise UsageError(f"labels must be class indices below num_classes={num_classes}, "
                          f"received: {labels!r}")
     counts = np.bincount(labels, minlength=num_classes)
     present = np.count_nonzero(counts)
@@ -778,20 +769,23 @@ def balanced_class_weights(labels, num_classes: int) -> dict:
             for index, count in enumerate(counts)}
 
 
-def build_model(recipe: Recipe, *, backbone, weights, source, cut_at, num_classes, image_size,
-                dropout, augmentation=None) -> keras.Model:
+def build_model(recipe: Recipe, *, start: models.StartingPoint | str | None = None,
+                num_classes, image_size, dropout, augmentation=None,
+                **deprecated) -> keras.Model:
     """The classifier a recipe starts from: pretrained features, or the same net at random
-    (``finetune``'s, and ``lr_find.range_test``'s)."""
-    if source is not None:
-        features = models.load_source(source, cut_at=cut_at)
-        if not recipe.pretrained:  # same architecture, fresh random weights
-            features = keras.models.clone_model(features)
-    else:
-        features = models.backbone(backbone, weights=weights if recipe.pretrained else None,
-                                   input_shape=(image_size, image_size, 3))
-    if tuple(features.input_shape[1:3]) != (image_size, image_size):
-        raise ValueError(f"image_size must match the source model's input "
-                         f"{features.input_shape[1:3]}, received: {image_size}")
+    (``finetune``'s, and ``lr_find.range_test``'s).
+
+    Args:
+        recipe: the :class:`~workbench.training.recipes.Recipe` (``pretrained`` or not).
+        start: the :class:`~workbench.models.StartingPoint` (``backbone``, ``weights``,
+            ``source`` and ``cut_at`` still work for one release, with a warning).
+        num_classes: classes of the new head.
+        image_size: side of the square input.
+        dropout: dropout rate before the new head.
+        augmentation: a layer applied to the raw pixels in training, or None.
+    """
+    start = models.StartingPoint.from_arguments(start, deprecated, caller="build_model")
+    features = start.features(image_size, pretrained=recipe.pretrained)
     return models.classifier(features, num_classes, dropout=dropout, train_bn=recipe.train_bn,
                              augmentation=augmentation)
 
