@@ -61,15 +61,25 @@ def test_litert_float32_agrees_and_carries_its_preprocessing(run, keras_model, t
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_quantized_exports_report_their_agreement(run):
+def test_quantized_exports_report_their_agreement(run, keras_model, test_images):
+    from workbench.deploy.runtime import LiteRTModel
+
     float32 = export(run).path.stat().st_size
+    # 12 of the 20 test images, evenly spaced through the split (it is ordered by class)
+    chosen = test_images[np.unique(np.linspace(0, len(test_images) - 1, 12).round().astype(int))]
+    expected = keras_model.predict_on_batch(chosen)
     sizes = {}
     for quantize in ("float16", "int8"):
         result = export(run, quantize=quantize, max_images=12)
         assert result.path.name == f"model_{quantize}.tflite"
         a = result.agreement
         assert a["images"] == 12 and a["required"] is None and a["passed"] is None
-        assert 0.0 <= a["top1_agreement"] <= 1.0 and a["max_abs_diff"] >= 0.0
+        # the numbers reported are the quantized model's, measured here independently
+        got = LiteRTModel(result.path)(chosen)
+        assert a["top1_agreement"] == pytest.approx(
+            np.mean(got.argmax(-1) == expected.argmax(-1)), abs=1e-6)
+        assert a["max_abs_diff"] == pytest.approx(np.abs(got - expected).max(), rel=1e-4)
+        assert a["max_abs_diff"] > 0  # quantized weights do not give float32's probabilities
         assert json.loads(result.sidecar_path.read_text())["quantize"] == quantize
         sizes[quantize] = result.path.stat().st_size
     assert float32 > sizes["float16"] > sizes["int8"]  # the weights really were quantized
