@@ -7,6 +7,7 @@ rows only a GPU can fill saying so.
 
 import csv
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -98,7 +99,12 @@ def test_finetune_reports_per_layer_rates_and_leaves_gpu_rows_to_a_gpu(tiny_chec
 
     table = {row["item"]: row["value"] for row in rows(tiny_check / "finetune.csv")}
     assert table["status"] == "completed" and table["device"] == "cpu"
-    assert 0 <= float(table["test accuracy"]) <= 1
+    # the table reports the run's own numbers (its metrics.json, copied beside the table)
+    metrics = json.loads((tiny_check / "finetune_metrics.json").read_text())
+    assert float(table["test accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-4)
+    assert float(table["val accuracy"]) == pytest.approx(metrics["val_accuracy"], abs=1e-4)
+    assert table["train / val / test images"] == " / ".join(
+        str(metrics[f"{split}_images"]) for split in ("train", "val", "test"))
     stages = table["learning-rate multipliers per stage"]
     assert stages.startswith("head: x0 (") and "all: x0.01 (" in stages and "x0.3 (" in stages
     for item in ("GPU utilisation, mean %", "GPU memory peak MiB", "GPU power mean W"):

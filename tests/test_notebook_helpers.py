@@ -38,12 +38,45 @@ def test_relative_paths_mean_the_same_from_the_root_and_from_notebooks(tmp_path,
         notebook.path(3)
 
 
-def test_quiet_silences_the_cuda_probe_of_tensorflow():
+def fake_keras(folder, start: str) -> dict:
+    """The environment of a process whose ``import keras`` runs ``start`` and writes a start-up
+    line to file descriptor 2, as TensorFlow's C++ logging does, whatever TensorFlow prints."""
+    package = folder / "keras"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import os, types\n"
+        "os.write(2, b'I0000 cuda_dnn.cc:8310] a C++ start-up line\\n')\n"
+        f"{start}\n"
+        "backend = types.SimpleNamespace(backend=lambda: 'numpy')\n")
+    return {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(folder),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+def test_quiet_silences_what_the_backend_writes_to_stderr_while_it_starts(tmp_path):
+    env = fake_keras(tmp_path, "pass")
+    loud = subprocess.run([sys.executable, "-c", "import keras"], capture_output=True,
+                          text=True, env=env)
+    assert loud.returncode == 0 and "a C++ start-up line" in loud.stderr
+    code = ("import os, sys; from workbench import notebook; notebook.quiet(); "
+            "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'keras' in sys.modules); "
+            "sys.stderr.write('said after the start\\n')")
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.split() == ["3", "True"]  # Keras started, TensorFlow's C++ log level 3
+    assert quiet.stderr == "said after the start\n"  # stderr is back once Keras has started
+
+
+def test_quiet_still_shows_an_error_of_the_start(tmp_path):
+    env = fake_keras(tmp_path, "raise ImportError('no backend could start')")
+    result = subprocess.run([sys.executable, "-c", "from workbench import notebook; "
+                             "notebook.quiet()"], capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and "ImportError: no backend could start" in result.stderr
+    assert "a C++ start-up line" not in result.stderr
+
+
+def test_quiet_starts_the_real_tensorflow_without_a_line_on_stderr():
     code = "from workbench import notebook; notebook.quiet(); import tensorflow"
-    loud = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
-                          text=True, env={k: v for k, v in os.environ.items()
-                                          if k != "TF_CPP_MIN_LOG_LEVEL"})
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
     assert quiet.returncode == 0 and quiet.stderr.strip() == ""
-    assert loud.stderr.strip() != ""  # what quiet() silences is really printed otherwise
