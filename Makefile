@@ -32,10 +32,14 @@ demo: $(STAMP)
 # beside the extras asked for.
 DOCS_EXTRAS := docs$(if $(EXTRAS),$(comma)$(EXTRAS))
 
+# The suite runs over every core (pytest-xdist; TEST_WORKERS=0 runs it in this one process) and
+# lists its 15 slowest tests at the end.
+TEST_WORKERS ?= auto
+
 test: browser
 	$(MAKE) install EXTRAS=$(DOCS_EXTRAS)
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
 
 # The documentation site (mkdocs.yml, docs/) into site/, every warning an error. After
 # `make demo` the notebooks' pages show the executed copies in runs/demo/notebooks.

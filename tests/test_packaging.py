@@ -1,5 +1,6 @@
 """pyproject.toml and environment.yml list the same packages; the two commands are wired up."""
 
+import os
 import re
 import subprocess
 import tomllib
@@ -32,13 +33,53 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
     assert "-e ." in (ROOT / "environment.yml").read_text()
 
 
-def test_ci_runs_what_the_readme_tells_a_user():
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+def make_dry_run(target: str, venv: Path, *variables: str) -> list[str]:
+    """The commands ``make TARGET`` runs (``make -n``), with the environment in ``venv``."""
+    result = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), target,
+                             f"VENV={venv}", *variables], capture_output=True, text=True,
+                            check=True)
+    return [line.strip() for line in result.stdout.splitlines()]
+
+
+def readme_two_commands() -> list[str]:
+    """The commands of the README's "Two commands" block, comments left out."""
     readme = (ROOT / "README.md").read_text()
-    assert readme.index("make demo") < readme.index("make test") < readme.index("## The workflow")
-    makefile = (ROOT / "Makefile").read_text()
-    for target in ("demo:", "test:", "lab:"):
-        assert target in makefile
+    section = readme[readme.index("## Two commands"):readme.index("## The workflow")]
+    block = section[section.index("```bash\n") + len("```bash\n"):]
+    block = block[:block.index("```")]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def test_ci_runs_the_command_the_readme_tells_a_user(tmp_path):
+    assert readme_two_commands() == ["make demo", "make test"]
+    fake = tmp_path / "bin" / "make"  # records how CI calls make, and where
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$PWD $*" >> {tmp_path / "calls"}\n')
+    fake.chmod(0o755)
+    subprocess.run([str(ROOT / ".ci" / "run")], check=True,
+                   env={**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
+    assert (tmp_path / "calls").read_text().splitlines() == [f"{ROOT} test"]
+
+
+def test_make_demo_runs_the_workflow_and_make_test_the_whole_suite_in_parallel(tmp_path):
+    venv = tmp_path / "venv"
+    demo = make_dry_run("demo", venv)
+    assert demo[-1] == f"{venv}/bin/python -m workbench.demo --data data/sample --runs runs/demo"
+    assert any(line.endswith('-e ".[test]"') for line in demo)  # installs first
+    test = make_dry_run("test", venv)
+    installs = [i for i, line in enumerate(test) if line.endswith('-e ".[test,docs]"')]
+    lint = test.index(f"{venv}/bin/lint-imports")
+    pytest_line = test[-1].split()
+    assert installs and installs[0] < lint == len(test) - 2  # install, lint, then the suite
+    assert pytest_line[:3] == [f"{venv}/bin/python", "-m", "pytest"]
+    assert pytest_line[3:] == ["-n", "auto", "--durations=15"]  # every core, the 15 slowest
+    assert make_dry_run("test", venv, "TEST_WORKERS=0")[-1].endswith("pytest -n 0 --durations=15")
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"][
+        "ini_options"]
+    assert "--dist loadgroup" in options["addopts"]  # tests/conftest.py's groups
+    assert any(marker.startswith("slow:") for marker in options["markers"])
+    lab = make_dry_run("lab", venv)
+    assert lab[-1].startswith(f"{venv}/bin/jupyter lab --ServerApp.root_dir=.")
 
 
 def conda_gpu_extras() -> dict[str, set[str]]:
