@@ -20,14 +20,14 @@ from once import built_once
 
 
 @pytest.fixture(scope="session")
-def served_run(tmp_path_factory):
+def served_run(request):
     """A lenet trained for 10 epochs on the tiny digits (confident enough that a resized upload
     must keep its answer) and its Classifier, loaded as ``workbench serve`` loads it. Shared
     through conftest.py and trained once per session, by one of pytest-xdist's workers: the
     tests only read its folders."""
     from workbench.deploy.predict import Classifier
 
-    root = built_once(tmp_path_factory, "served_run",
+    root = built_once(request, "served_run",
                       lambda folder: tiny_data.write_run(folder, epochs=10, base_lr=0.05))
     return SimpleNamespace(run=root / "run", data=root / "data",
                            classifier=Classifier.load(root / "run"))

@@ -95,6 +95,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.usefixtures("one_at_a_time")  # ports and timeouts
 @pytest.mark.slow
 def test_two_workers_train_like_one_process(tmp_path):
     pytest.importorskip("jax")
@@ -143,6 +144,7 @@ def _worker_command(tmp_path, port, size, rank, *extra):
             "--run-dir", str(tmp_path / "run"), *TRAIN, "--distributed", *extra], env
 
 
+@pytest.mark.usefixtures("one_at_a_time")  # ports and timeouts
 def test_workers_meet_at_worker_0_and_a_wrong_one_is_refused():
     import threading
 
@@ -167,6 +169,7 @@ def test_workers_meet_at_worker_0_and_a_wrong_one_is_refused():
         sock.close()
 
 
+@pytest.mark.usefixtures("one_at_a_time")  # ports and timeouts
 def test_a_lone_worker_says_whom_it_waits_for_and_gives_up_after_the_join_timeout(tmp_path):
     pytest.importorskip("jax")
     command, env = _worker_command(tmp_path, _free_port(), 2, 0, "--join-timeout", "5")
@@ -183,6 +186,7 @@ def test_a_lone_worker_says_whom_it_waits_for_and_gives_up_after_the_join_timeou
                                                    "127.0.0.1:"), stderr
 
 
+@pytest.mark.usefixtures("one_at_a_time")  # ports and timeouts
 @pytest.mark.slow
 def test_a_survivor_leaves_at_once_with_the_resume_command_when_a_worker_is_killed(tmp_path):
     pytest.importorskip("jax")

@@ -93,6 +93,7 @@ JAX_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.usefixtures("one_at_a_time")  # two devices on the two cores
 def test_training_on_two_logical_devices(tmp_path):
     pytest.importorskip("tensorflow")
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
@@ -105,6 +106,7 @@ def test_training_on_two_logical_devices(tmp_path):
     assert config["distribution"] == "MirroredStrategy" and config["strategy"] == "MirroredStrategy"
 
 
+@pytest.mark.usefixtures("one_at_a_time")  # two devices on the two cores
 @pytest.mark.slow
 def test_jax_with_two_devices_trains_data_parallel_like_one_device(tmp_path):
     import numpy as np

@@ -76,7 +76,7 @@ def test_make_demo_runs_the_workflow_and_make_test_the_whole_suite_in_parallel(t
     assert make_dry_run("test", venv, "TEST_WORKERS=0")[-1].endswith("pytest -n 0 --durations=15")
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"][
         "ini_options"]
-    assert "--dist loadgroup" in options["addopts"]  # tests/conftest.py's groups
+    assert "--dist loadscope" in options["addopts"]  # a module's fixtures built once
     assert any(marker.startswith("slow:") for marker in options["markers"])
     lab = make_dry_run("lab", venv)
     assert lab[-1].startswith(f"{venv}/bin/jupyter lab --ServerApp.root_dir=.")

@@ -311,7 +311,9 @@ def test_pixel_heavy_uploads_stay_within_the_decode_budget(served_run):  # noqa:
     assert len(image) < 2000 and decode_estimate(image, 16).bytes > 48 * MiB
     budget = 96 * MiB  # room for one decode at a time
     expected = {"predictions": served_run.classifier.predict(image)}
-    with serve_process(served_run.run, "--decode-budget-mb", "96") as server:
+    # a decode wait far above the 16 decodes' time on a busy CPU: queued, never refused
+    with serve_process(served_run.run, "--decode-budget-mb", "96", "--decode-wait", "600") \
+            as server:
         process = psutil.Process(server.process.pid)
         with httpx.Client(base_url=server.url, timeout=120) as http:
             assert http.post("api/predict", content=digit(served_run, 1)).status_code == 200

@@ -135,6 +135,7 @@ def test_the_demo_is_the_notebooks_defaults():
     assert set(demo_parameters()) == set(WORKFLOW)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_notebook_runs_headless(workspace, name):
     book = executed(workspace, name)
@@ -145,6 +146,7 @@ def test_notebook_runs_headless(workspace, name):
     assert images, "each notebook shows at least one figure"
 
 
+@pytest.mark.slow
 def test_prepare_notebook_writes_the_split(workspace):
     executed(workspace, "01_prepare_data.ipynb")
     splits = pd.read_csv(workspace["work"] / "splits" / "target" / "splits.csv")
@@ -152,6 +154,7 @@ def test_prepare_notebook_writes_the_split(workspace):
     assert (per_class["train"] == 3).all() and (per_class["test"] == 5).all()
 
 
+@pytest.mark.slow
 def test_fine_tune_notebook_compares_every_recipe_one_live_figure_per_run(workspace):
     book = executed(workspace, "03_fine_tune.ipynb")
     runs = sorted(p.name for p in (workspace["work"] / "fine_tune").iterdir())
@@ -169,6 +172,7 @@ def test_fine_tune_notebook_compares_every_recipe_one_live_figure_per_run(worksp
     assert len(outputs(training, "image/png")) == 2 * 4
 
 
+@pytest.mark.slow
 def test_inspect_notebook_shows_the_run_against_its_starting_point(workspace):
     book = executed(workspace, "04_inspect.ipynb")
     first = next(cell for cell in book.cells if "default_layers(" in cell.source)
@@ -179,6 +183,7 @@ def test_inspect_notebook_shows_the_run_against_its_starting_point(workspace):
     assert len(outputs(filters, "image/png")) == 1
 
 
+@pytest.mark.slow
 def test_rerunning_the_prepare_notebook_reproduces_its_split_table(workspace):
     """nbval re-executes the executed notebook and compares the tagged split-table output."""
     executed(workspace, "01_prepare_data.ipynb")
@@ -192,6 +197,7 @@ def test_rerunning_the_prepare_notebook_reproduces_its_split_table(workspace):
     assert " passed" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_leaves_the_inspection_figures_in_the_run_directory(workspace):
     from workbench.demo import save_run_figures
 
@@ -201,6 +207,7 @@ def test_demo_leaves_the_inspection_figures_in_the_run_directory(workspace):
     assert all(path.stat().st_size > 5000 for path in saved)
 
 
+@pytest.mark.slow
 def test_classify_notebook_shows_the_top_k_table(workspace):
     book = executed(workspace, "06_classify.ipynb")
     cell = next(cell for cell in book.cells if "top_k_table(" in cell.source)
@@ -214,6 +221,7 @@ def test_classify_notebook_shows_the_top_k_table(workspace):
     assert {label for _, label, _ in rows} <= set(classes)
 
 
+@pytest.mark.slow
 def test_classify_notebook_classifies_a_whole_folder(workspace):
     book = executed(workspace, "06_classify.ipynb")
     cell = next(cell for cell in book.cells if "predict_to_file(" in cell.source)
@@ -227,6 +235,7 @@ def test_classify_notebook_classifies_a_whole_folder(workspace):
     assert "with 8 Axes" in shown
 
 
+@pytest.mark.slow
 def test_evaluate_and_classify_notebooks_show_where_the_model_looked(workspace):
     # explain defaults to True: 05 draws the worst predictions with their Grad-CAM maps, 06 the
     # photo beside its map (from the run's Keras model: the LiteRT model has no gradients)
@@ -241,6 +250,7 @@ def test_evaluate_and_classify_notebooks_show_where_the_model_looked(workspace):
         assert f"with {panels} Axes" in shown, (name, shown)
 
 
+@pytest.mark.slow
 def test_batch_size_study_tabulates_every_combination(workspace):
     from workbench.studies.batch_size import batch_size_table
     from workbench.studies.sweep import SweepResult
@@ -264,12 +274,14 @@ def _gpu_visible() -> bool:
     return gpu_count() > 0
 
 
+@pytest.mark.slow
 def test_live_training_plot_shows_curves_and_resources(workspace):
     book = executed(workspace, "02_pretrain_source.ipynb")
     training = next(cell for cell in book.cells if "finetune(" in cell.source)
     assert len(outputs(training, "image/png")) == 2  # the loss curves and the resource panels
 
 
+@pytest.mark.slow
 def test_split_computing_notebook_writes_sane_tables(workspace):
     executed(workspace, "08_split_computing.ipynb")
     out = workspace["work"] / "split_computing"
@@ -357,6 +369,7 @@ def photo_step(photos, step) -> nbformat.NotebookNode:
     return nbformat.read(done[step], as_version=4)
 
 
+@pytest.mark.slow
 def test_own_photos_are_scanned_and_split(photos):
     photo_step(photos, "01")
     splits = pd.read_csv(photos["root"] / "splits" / "splits.csv")
@@ -370,6 +383,7 @@ def test_own_photos_are_scanned_and_split(photos):
                                                             "truncated or corrupt"]]
 
 
+@pytest.mark.slow
 def test_a_failed_first_run_then_a_corrected_one(photos):
     photo_step(photos, "01")
     wrong = papermill_cli(*fine_tune_arguments(photos, "03-wrong.ipynb", "-p", "seeds", "0,1",
@@ -397,6 +411,7 @@ def test_a_failed_first_run_then_a_corrected_one(photos):
     assert outputs(plot, "image/png")
 
 
+@pytest.mark.slow
 def test_list_parameters_as_users_type_them(photos):
     book = photo_step(photos, "03")  # -p seeds 0,1
     said = text_of(next(cell for cell in book.cells if "compare_recipes(" in cell.source))
@@ -416,6 +431,7 @@ def test_list_parameters_as_users_type_them(photos):
            "or -y 'seeds: [a, b, c]'), received: 'x'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_inspect_notebook_on_a_run_from_local_weights(photos):
     book = photo_step(photos, "04")
     first = next(cell for cell in book.cells if "default_layers(" in cell.source)
@@ -426,6 +442,7 @@ def test_inspect_notebook_on_a_run_from_local_weights(photos):
     assert len(outputs(filters, "image/png")) == 1
 
 
+@pytest.mark.slow
 def test_evaluate_notebook_with_the_kernel_in_notebooks(photos):
     photo_step(photos, "05")
     saved = photos["root"] / "runs" / "caffe-seed0" / "evaluation" / "test"
@@ -433,12 +450,14 @@ def test_evaluate_notebook_with_the_kernel_in_notebooks(photos):
     assert set(pd.read_csv(saved / "predictions.csv")["true"]) <= set(photo_folder.CLASSES)
 
 
+@pytest.mark.slow
 def test_classify_notebook_names_the_photo_classes(photos):
     book = photo_step(photos, "06")
     described = text_of(next(cell for cell in book.cells if "Classifier.load(" in cell.source))
     assert "3 classes: birds, cats, dogs" in described
 
 
+@pytest.mark.slow
 def test_fine_tune_notebook_can_find_the_learning_rate_first(workspace):
     executed(workspace, "02_pretrain_source.ipynb")  # the split and the source model
     with pytest.MonkeyPatch.context() as patch:
@@ -461,6 +480,7 @@ def test_fine_tune_notebook_can_find_the_learning_rate_first(workspace):
     assert f"{config['solver']['base_lr']:.2g}" == found.group(1)  # the runs used it
 
 
+@pytest.mark.slow
 def test_evaluate_notebook_draws_the_reliability_diagram(workspace):
     from workbench.runs import RunDir
 
@@ -486,6 +506,7 @@ def error_outputs(book) -> list:
             for output in cell.get("outputs", []) if output.output_type == "error"]
 
 
+@pytest.mark.slow
 def test_prepare_notebook_stops_at_a_split_that_drops_every_class(tmp_path):
     import tiny_data
 
@@ -509,6 +530,7 @@ def test_prepare_notebook_stops_at_a_split_that_drops_every_class(tmp_path):
     assert not any(cell.get("outputs") for cell in book.cells[index + 1:])
 
 
+@pytest.mark.slow
 def test_headless_notebooks_print_epoch_lines_and_leave_no_widgets(photos):
     """papermill (no WORKBENCH_PROGRESS): one line per epoch, no progress bars saved at 0%."""
     book = photo_step(photos, "03")  # progress "auto"
