@@ -14,6 +14,7 @@ def splits(tmp_path_factory):
     return tiny_data.write_splits(root, per_class=8, counts=(4, "rest", 2))
 
 
+@pytest.mark.slow
 def test_train_writes_a_run_and_prints_its_numbers(splits, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--splits", str(splits), "--run-dir", str(out), "--backbone", "lenet",

@@ -208,6 +208,7 @@ def test_run_load_reads_a_finished_run(splits, tmp_path):
     assert run.metrics["epochs"] == 1 and len(run.history) == 1
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_reproducible_and_seeds_differ(splits, tmp_path):
     options = dict(start=CIFAR, recipe="scratch", image_size=16,
                    dropout=0.3, solver=SOLVER.replace(epochs=1), progress="none", monitoring=Monitoring(resources=False))
@@ -242,6 +243,7 @@ def test_max_iter_stops_at_that_iteration_and_decay_mult_reaches_the_optimizer(s
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", ["model", "pipeline"])
 def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, monkeypatch,
                                                                       placement):

@@ -23,6 +23,7 @@ JAX_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(JAX_RUNS))
 def test_under_jax(name):
     pytest.importorskip("jax")
@@ -69,6 +70,7 @@ WITHOUT_TENSORFLOW = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_the_training_path_runs_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

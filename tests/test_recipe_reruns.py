@@ -94,6 +94,7 @@ def test_overwrite_trains_finished_runs_again(splits, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch-seed0"]  # nothing left beside
 
 
+@pytest.mark.slow
 def test_resume_false_still_trains_again_with_a_deprecation_warning(splits, tmp_path):
     quiet = {**OPTIONS, "progress": "none"}
     compare_recipes(splits, tmp_path, seeds=(0,), **quiet)

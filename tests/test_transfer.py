@@ -44,12 +44,14 @@ def results(tmp_path_factory):
                            progress="none")
 
 
+@pytest.mark.slow
 def test_transfer_beats_scratch_by_a_clear_margin(results):
     means = summarize_runs(results)[("test_accuracy", "mean")]
     assert means["feature_extraction"] - means["scratch"] > 0.15, means.to_dict()
     assert means["two_stage"] - means["scratch"] > 0.15, means.to_dict()
 
 
+@pytest.mark.slow
 def test_every_transfer_recipe_beats_chance(results):
     means = summarize_runs(results)[("test_accuracy", "mean")]
     for recipe in TRANSFER:
