@@ -1,6 +1,7 @@
 """The training engine: run directory, resume after a kill, divergence, freezing, recipes."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -34,6 +35,22 @@ def source_model(splits, tmp_path_factory):
                    recipe="scratch", solver=SOLVER.replace(epochs=2),
                    image_size=16, progress="none")
     return run.run_dir / "model.keras"
+
+
+# a lenet trained from scratch for one epoch: the run several tests read (`finished`)
+ONE_EPOCH = dict(start=LENET, recipe="scratch", image_size=16, solver=SOLVER.replace(epochs=1),
+                 progress="none")
+
+
+@pytest.fixture(scope="module")
+def finished(splits, tmp_path_factory):
+    """A finished ONE_EPOCH run, trained once for the module; a test that changes it works on a
+    copy (:func:`copy_of`)."""
+    return finetune(splits, tmp_path_factory.mktemp("finished") / "run", **ONE_EPOCH).run_dir
+
+
+def copy_of(run_dir, tmp_path):
+    return shutil.copytree(run_dir, tmp_path / "run")
 
 
 def weights_of(path):
@@ -105,22 +122,19 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, t
     assert resumed.metrics["test_accuracy"] == pytest.approx(whole.metrics["test_accuracy"])
 
 
-def test_resume_of_a_finished_run_returns_it(splits, tmp_path):
-    options = dict(start=LENET, recipe="scratch", image_size=16,
-                   solver=SOLVER.replace(epochs=1), progress="none")
-    first = finetune(splits, tmp_path / "run", **options)
-    stamp = (tmp_path / "run" / "model.keras").stat().st_mtime_ns
-    again = finetune(splits, tmp_path / "run", resume=True, **options)
+def test_resume_of_a_finished_run_returns_it(splits, finished, tmp_path):
+    run_dir = copy_of(finished, tmp_path)
+    first = Run.load(run_dir)
+    stamp = (run_dir / "model.keras").stat().st_mtime_ns
+    again = finetune(splits, run_dir, resume=True, **ONE_EPOCH)
     assert again.metrics == first.metrics
-    assert (tmp_path / "run" / "model.keras").stat().st_mtime_ns == stamp
+    assert (run_dir / "model.keras").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"other settings \(seed\)"):
-        finetune(splits, tmp_path / "run", resume=True, **{**options, "seed": 9})
+        finetune(splits, run_dir, resume=True, **{**ONE_EPOCH, "seed": 9})
 
 
-def test_a_killed_checkpoint_write_keeps_the_previous_checkpoint(splits, tmp_path, monkeypatch):
-    run_dir = tmp_path / "run"
-    finetune(splits, run_dir, start=LENET, recipe="scratch", image_size=16,
-             solver=SOLVER.replace(epochs=1), progress="none")
+def test_a_killed_checkpoint_write_keeps_the_previous_checkpoint(finished, tmp_path, monkeypatch):
+    run_dir = copy_of(finished, tmp_path)
     model, state = checkpoint.load_checkpoint(run_dir)
 
     def die_half_way(self, path, *args, **kwargs):
@@ -201,10 +215,8 @@ def test_bad_arguments_are_named(splits, tmp_path):
                  image_size=16, lr_mult_rules={"conv9*": 0}, progress="none")
 
 
-def test_run_load_reads_a_finished_run(splits, tmp_path):
-    finetune(splits, tmp_path / "run", start=LENET, recipe="scratch",
-             image_size=16, solver=SOLVER.replace(epochs=1), progress="none")
-    run = Run.load(tmp_path / "run")
+def test_run_load_reads_a_finished_run(finished):
+    run = Run.load(finished)
     assert run.metrics["epochs"] == 1 and len(run.history) == 1
 
 
@@ -281,12 +293,11 @@ def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, m
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_auto_augments_few_images_only_and_balanced_weights_follow_the_counts(splits, tmp_path):
+def test_auto_augments_few_images_only_and_balanced_weights_follow_the_counts(splits, finished,
+                                                                            tmp_path):
     from workbench.training.train import balanced_class_weights
 
-    run = finetune(splits, tmp_path / "run", start=LENET, recipe="scratch",
-                   image_size=16, solver=SOLVER.replace(epochs=1), progress="none")
-    config = json.loads((run.run_dir / "config.json").read_text())
+    config = json.loads((finished / "config.json").read_text())  # ONE_EPOCH: augment left "auto"
     assert config["augment"]["placement"] == "auto" and config["augment_placement"] in (
         "model", "pipeline")  # 6 images per class: augmented by default
     plain = finetune(splits, tmp_path / "plain", start=LENET,
