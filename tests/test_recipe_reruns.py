@@ -3,6 +3,7 @@ continue, a failed start is trained afresh, changed settings start a run again (
 ``overwrite=True`` trains every run again (``resume=False`` still does, deprecated)."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -23,6 +24,15 @@ OPTIONS = dict(recipes=("scratch",), start=StartingPoint("lenet", weights=None),
 def splits(tmp_path_factory):
     return tiny_data.write_splits(tmp_path_factory.mktemp("reruns"), per_class=8,
                                   counts=(4, "rest", 2))
+
+
+@pytest.fixture(scope="module")
+def compared(splits, tmp_path_factory):
+    """A finished comparison of seed 0 (OPTIONS, quiet), made once for the module: a test that
+    goes on with it works on a copy."""
+    root = tmp_path_factory.mktemp("compared")
+    compare_recipes(splits, root, seeds=(0,), **{**OPTIONS, "progress": "none"})
+    return root
 
 
 class Killed(Exception):
@@ -68,9 +78,8 @@ def test_a_folder_holding_only_a_failed_start_never_blocks(splits, tmp_path):
     assert results["status"].tolist() == ["completed"] and results["epochs"].tolist() == [2]
 
 
-def test_changed_settings_start_the_run_again_in_one_line(splits, tmp_path, capsys):
-    compare_recipes(splits, tmp_path, seeds=(0,), **OPTIONS)
-    capsys.readouterr()
+def test_changed_settings_start_the_run_again_in_one_line(splits, compared, tmp_path, capsys):
+    tmp_path = shutil.copytree(compared, tmp_path / "runs")
     results = compare_recipes(splits, tmp_path, seeds=(0,),
                               **{**OPTIONS, "solver": SOLVER.replace(epochs=1)})
     said = capsys.readouterr().out
@@ -82,9 +91,9 @@ def test_changed_settings_start_the_run_again_in_one_line(splits, tmp_path, caps
     assert changed.value.settings == ["solver"] and isinstance(changed.value, ValueError)
 
 
-def test_overwrite_trains_finished_runs_again(splits, tmp_path, capsys):
+def test_overwrite_trains_finished_runs_again(splits, compared, tmp_path, capsys):
     quiet = {**OPTIONS, "progress": "none"}
-    compare_recipes(splits, tmp_path, seeds=(0,), **quiet)
+    tmp_path = shutil.copytree(compared, tmp_path / "runs")
     before = stamp(tmp_path / "scratch-seed0")
     compare_recipes(splits, tmp_path, seeds=(0,), **quiet)
     assert stamp(tmp_path / "scratch-seed0") == before
@@ -94,10 +103,9 @@ def test_overwrite_trains_finished_runs_again(splits, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch-seed0"]  # nothing left beside
 
 
-@pytest.mark.slow
-def test_resume_false_still_trains_again_with_a_deprecation_warning(splits, tmp_path):
+def test_resume_false_still_trains_again_with_a_deprecation_warning(splits, compared, tmp_path):
     quiet = {**OPTIONS, "progress": "none"}
-    compare_recipes(splits, tmp_path, seeds=(0,), **quiet)
+    tmp_path = shutil.copytree(compared, tmp_path / "runs")
     before = stamp(tmp_path / "scratch-seed0")
     with pytest.deprecated_call(match="overwrite=True"):
         compare_recipes(splits, tmp_path, seeds=(0,), resume=False, **quiet)
