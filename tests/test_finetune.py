@@ -79,7 +79,7 @@ def test_run_directory_holds_every_file(splits, tmp_path):
     assert run.metrics["status"] == "completed"
     # the test numbers are the best model's on the test split, measured here (the loss too: a
     # model this young may predict one class, which scores 0.1 on any balanced split)
-    data = load_splits(splits, image_size=16, progress=False)
+    data = load_splits(splits, image_size=16, progress="none")
     labels = data.labels["test"]
     predicted = models.load_model(run.run_dir / "best.keras").predict(data.images["test"],
                                                                       verbose=0)
