@@ -23,12 +23,15 @@ from once import built_once
 def served_run(request):
     """A lenet trained for 10 epochs on the tiny digits (confident enough that a resized upload
     must keep its answer) and its Classifier, loaded as ``workbench serve`` loads it. Shared
-    through conftest.py and trained once per session, by one of pytest-xdist's workers: the
-    tests only read its folders."""
+    through conftest.py and trained once per session, by one of pytest-xdist's workers (with its
+    exports, so that no worker exports into the shared folder): the tests only read its folders."""
     from workbench.deploy.predict import Classifier
 
-    root = built_once(request, "served_run",
-                      lambda folder: tiny_data.write_run(folder, epochs=10, base_lr=0.05))
+    def build(folder):
+        tiny_data.write_run(folder, epochs=10, base_lr=0.05)
+        Classifier.load(folder / "run")  # exports LiteRT and ONNX here, once, under the lock
+
+    root = built_once(request, "served_run", build)
     return SimpleNamespace(run=root / "run", data=root / "data",
                            classifier=Classifier.load(root / "run"))
 
