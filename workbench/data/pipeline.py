@@ -156,6 +156,26 @@ class Batches:
         Raises:
             ValueError: if ``epoch`` or ``index`` is out of range.
         """
+        picked, weights = self.rows(epoch, index)
+        x, y = self._images_of(picked, epoch, index), self.labels[picked]
+        return (x, y, weights) if self.pad_to > 1 else (x, y)
+
+    def rows(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Which stored images batch ``index`` of ``epoch`` holds, in the order it serves them,
+        and their weights: what :meth:`batch` gathers (``workbench.training.features`` serves
+        the same rows of a feature array).
+
+        Args:
+            epoch: the epoch, from 0.
+            index: the batch within the epoch, ``0 <= index < steps_per_epoch``.
+
+        Returns:
+            ``(rows, weights)``: int indices into ``images`` and float32 weights (0 for the
+            padding of ``pad_to``), this shard's part of them.
+
+        Raises:
+            ValueError: if ``epoch`` or ``index`` is out of range.
+        """
         check_int("index", index, minimum=0)
         if index >= self.steps_per_epoch:
             raise UsageError(f"index must be < steps_per_epoch={self.steps_per_epoch}, "
@@ -173,8 +193,7 @@ class Batches:
         if parts > 1:
             share = len(picked) // parts
             picked, weights = (a[part * share:(part + 1) * share] for a in (picked, weights))
-        x, y = self._images_of(picked, epoch, index), self.labels[picked]
-        return (x, y, weights) if self.pad_to > 1 else (x, y)
+        return picked, weights
 
     @property
     def _transforms(self) -> bool:

@@ -31,11 +31,18 @@ class Execution:
             the batch size must be a multiple of their number.
         join_timeout: with ``"distributed"``, seconds the workers wait for each other to start
             before giving up, naming the missing ones (not recorded: it changes no result).
+        cache_features: a stage that trains only the head (``feature_extraction``, the first
+            stage of ``two_stage``) without augmentation, on one device, computes the frozen
+            backbone's features of the training and validation images once, keeps them beside
+            the image cache and trains the head on them (``workbench.training.features``): the
+            same results, many epochs for the price of about one. False trains the whole model
+            in every epoch (not recorded: it changes no result).
     """
 
     precision: str = "auto"
     strategy: object = "auto"
     join_timeout: float = DEFAULT_JOIN_TIMEOUT
+    cache_features: bool = True
 
     def __post_init__(self):
         check_choice("precision", self.precision, PRECISIONS)
@@ -43,6 +50,7 @@ class Execution:
             check_choice("strategy", self.strategy, ("auto", "distributed"))
         check_number("join_timeout", self.join_timeout, minimum=0.0, exclusive_minimum=True,
                      maximum=MAX_JOIN_TIMEOUT)
+        check_bool("cache_features", self.cache_features)
 
     def to_dict(self) -> dict:
         """The settings as ``config.json`` records them (a strategy object by its class name)."""

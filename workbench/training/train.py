@@ -29,7 +29,7 @@ from workbench.data.splitdir import SplitData, SplitFolder, load_splits
 from workbench.monitor import ResourceMonitor, read_resources, summarize_resources
 from workbench.runs import RunDir
 from workbench.training import callbacks as cb
-from workbench.training import checkpoint, lr_mult
+from workbench.training import checkpoint, features, lr_mult
 from workbench.training.calibrate import calibrate_run
 from workbench.training.recipes import Recipe, get_recipe
 from workbench.training.options import Execution, Monitoring
@@ -410,7 +410,9 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
                         resumed_from=plan.run if resumed else None, progress=progress,
                         extra_callbacks=_monitor_callbacks(out, recorder),
                         tensorboard=monitoring.tensorboard, num_classes=len(data.classes),
-                        class_weight=inputs.class_weight, title=run_dir.name)
+                        class_weight=inputs.class_weight, title=run_dir.name,
+                        cache_features=execution.cache_features and strategy is None
+                        and cluster is None)
             # Outside the distribution: worker 0 alone evaluates and writes what the run ends
             # with, while the others wait (under it, every forward pass would need all workers).
             if cluster is not None and not cluster.chief:
@@ -556,7 +558,8 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
                  solver: SolverConfig, run_dir: Path, extra_rules=None, decay_rules=None,
                  seed: int = 0, resumed_from: RunDir | None = None, progress: str = "none",
                  extra_callbacks=(), tensorboard: bool = False, num_classes: int,
-                 class_weight=None, title: str | None = None) -> tuple[str | None, bool]:
+                 class_weight=None, title: str | None = None,
+                 cache_features: bool = False) -> tuple[str | None, bool]:
     """Trains the recipe's stages from ``state.epoch`` on, writing the run's files to
     ``run_dir``: each stage is compiled with its multipliers, its rows of ``lr_table.csv``
     written, then trained with the history, best-model, early-stopping and checkpoint callbacks.
@@ -578,6 +581,9 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
         num_classes: the number of classes (for the top-5 metric).
         class_weight: ``{class: weight}`` or None.
         title: the run's name in the live figure (default ``run_dir``'s name).
+        cache_features: train a stage that trains only the head on the features of the
+            frozen part, computed once (``features.head_fit``; not with ``tensorboard``, whose
+            logs would describe the head's fit).
 
     Returns:
         ``(problem, stopped_early)``: the divergence message or None, and whether early
@@ -627,14 +633,18 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
                      *_progress_callbacks(progress, live, epochs, stage.name)]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
+        fit = features.head_fit(model, train, val, callbacks, progress=progress != "none") \
+            if cache_features and not tensorboard else None
+        fit = fit or features.HeadFit(model, train, val, callbacks)  # else the whole model
         with interrupt:
-            model.fit(train.for_keras(start_epoch=state.epoch),
-                      steps_per_epoch=train.steps_per_epoch, epochs=stage_end,
-                      initial_epoch=state.epoch,
-                      validation_data=val.for_keras() if val else None,
-                      validation_steps=val.steps_per_epoch if val else None,
-                      validation_freq=_validation_epochs(test_every, state.epoch, stage_end),
-                      callbacks=callbacks, shuffle=False, class_weight=class_weight, verbose=0)
+            fit.model.fit(fit.train.for_keras(start_epoch=state.epoch),
+                          steps_per_epoch=train.steps_per_epoch, epochs=stage_end,
+                          initial_epoch=state.epoch,
+                          validation_data=fit.val.for_keras() if val else None,
+                          validation_steps=val.steps_per_epoch if val else None,
+                          validation_freq=_validation_epochs(test_every, state.epoch, stage_end),
+                          callbacks=fit.callbacks, shuffle=False, class_weight=class_weight,
+                          verbose=0)
         if guard.problem or early_stop.stopped:
             return guard.problem, early_stop.stopped
         stage_start = stage_end
