@@ -75,6 +75,8 @@ def test_feature_extraction_on_cached_features_is_the_whole_models_run(splits, t
     train_info = json.loads(cached[0].with_suffix(".json").read_text())
     assert train_info["shape"][1] == 128  # cifar_cnn's pooled features
     assert_same_run(slow, fast)
+    # the best epoch is not the last: best.keras was kept in memory, then written
+    assert fast.metrics["best_epoch"] < len(fast.history)
     # the head did learn: the run is not equal only because nothing moved
     first = weights_of(fast.run_dir / "initial.keras")[-2]
     assert not np.allclose(first, weights_of(fast.run_dir / "model.keras")[-2])
@@ -82,7 +84,28 @@ def test_feature_extraction_on_cached_features_is_the_whole_models_run(splits, t
         json.loads((slow.run_dir / "config.json").read_text())
 
 
-def test_two_stage_resumed_in_its_head_stage_is_the_slow_run(splits, tmp_path, monkeypatch):
+class Killed(Exception):
+    pass
+
+
+def kill_after_checkpoint(monkeypatch, epoch):
+    """Makes the next run die right after writing its checkpoint of ``epoch``; returns the
+    epochs of the checkpoints it writes."""
+    real_save, written = checkpoint.save_checkpoint, []
+
+    def save_then_die(run_dir, model, state):
+        real_save(run_dir, model, state)
+        written.append(state["epoch"])
+        if state["epoch"] == epoch:
+            monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    return written
+
+
+def test_two_stage_resumed_in_or_after_its_head_stage_is_the_slow_run(splits, tmp_path,
+                                                                      monkeypatch):
     solver = SOLVER.replace(epochs=5)  # the head stage: round(0.3 * 5) = 2 epochs
     options = dict(recipe="two_stage", solver=solver, monitoring=Monitoring(resources=False),
                    **OPTIONS)
@@ -92,26 +115,23 @@ def test_two_stage_resumed_in_its_head_stage_is_the_slow_run(splits, tmp_path, m
     monkeypatch.setattr(features, "compute_features",
                         lambda *args, **kwargs: computed.append(1) or real_compute(*args,
                                                                                   **kwargs))
-
-    class Killed(Exception):
-        pass
-
-    real_save = checkpoint.save_checkpoint
-
-    def save_then_die(run_dir, model, state):  # killed after epoch 1, inside the head stage
-        real_save(run_dir, model, state)
-        if state["epoch"] == 1:
-            raise Killed
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    # killed inside the head stage (the whole model's run checkpoints every epoch), resumed on
+    # features: the stage goes on from the checkpoint's optimizer state
+    kill_after_checkpoint(monkeypatch, 1)
     with pytest.raises(Killed):
-        finetune(splits, tmp_path / "fast", **options)
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+        finetune(splits, tmp_path / "inside", execution=SLOW, **options)
+    inside = finetune(splits, tmp_path / "inside", resume=True, **options)
+    assert_same_run(slow, inside)
+    # on features the head stage writes one checkpoint, at its end; killed there, resumed
+    written = kill_after_checkpoint(monkeypatch, 2)
+    with pytest.raises(Killed):
+        finetune(splits, tmp_path / "after", **options)
+    assert written == [2]
     before = len(computed)
-    fast = finetune(splits, tmp_path / "fast", resume=True, **options)
-    assert len(computed) == before  # the resumed run read the features its first try kept
-    assert list(fast.history["stage"]) == ["head", "head", "all", "all", "all"]
-    assert_same_run(slow, fast)
+    after = finetune(splits, tmp_path / "after", resume=True, **options)
+    assert len(computed) == before  # the second stage trains the whole model
+    assert list(after.history["stage"]) == ["head", "head", "all", "all", "all"]
+    assert_same_run(slow, after)
 
 
 def frozen_classifier(backbone, **kwargs):
@@ -152,9 +172,9 @@ def test_augmented_batches_train_the_whole_model(splits, tmp_path):
     model = frozen_classifier(models.backbone("cifar_cnn", input_shape=(16, 16, 3)))
     augmented = pipeline.Batches(images, labels, batch_size=4, image_size=16,
                                  augment=pipeline.Augment(placement="pipeline"))
-    assert features.head_fit(model, augmented, None, []) is None
+    assert features.head_fit(model, augmented, None) is None
     plain = pipeline.Batches(images[:, :16, :16], labels, batch_size=4)
-    fit = features.head_fit(model, plain, None, [], progress=False)
+    fit = features.head_fit(model, plain, None, progress=False)
     assert fit is not None and fit.model.input_shape == (None, 128)
     x, y = fit.train.batch(2, 1)
     rows, _ = plain.rows(2, 1)

@@ -183,17 +183,27 @@ class BestModel(keras.callbacks.Callback):
     Records the best value, its epoch and the validation passes since it in the shared state
     (what :class:`EarlyStop` reads). Nothing is saved after a diverged epoch.
 
+    Where an epoch costs less than writing the model (the head trained on cached features,
+    ``workbench.training.features``), ``keep`` names the few variables the epochs change: an
+    improvement is then kept in memory, their values, and written by :meth:`write_kept`, which
+    the :class:`Checkpointer` calls before the checkpoint that records it, and at the end of
+    training. The file is the same; a kill before it is written also loses the checkpoint
+    that would name it, so a resumed run trains those epochs again and writes it.
+
     Args:
         run_dir: the run directory.
         state: the shared run state (updated in place).
         guard: the divergence guard.
         monitor: the validation metric that decides (higher is better).
+        keep: None to write every improvement at once, or a callable returning the variables
+            that training changes (all others stay as they are until the file is written).
     """
 
     def __init__(self, run_dir: Path, state: RunState, *, guard: DivergenceGuard,
-                 monitor: str = "val_accuracy"):
+                 monitor: str = "val_accuracy", keep=None):
         super().__init__()
         self.run_dir, self.state, self.guard, self.monitor = run_dir, state, guard, monitor
+        self.keep, self.kept = keep, None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -201,9 +211,35 @@ class BestModel(keras.callbacks.Callback):
             return
         if self.state.best is None or value > self.state.best:
             self.state.best, self.state.best_epoch, self.state.wait = float(value), epoch + 1, 0
-            checkpoint.save_model(self.model, self.run_dir / "best.keras")
+            if self.keep is None:
+                checkpoint.save_model(self.model, self.run_dir / "best.keras")
+            else:
+                self.kept = _values(self.keep())
         else:
             self.state.wait += 1
+
+    def write_kept(self) -> None:
+        """Writes the improvement kept in memory, if any, as ``best.keras``."""
+        if self.kept is None:
+            return
+        variables = self.keep()
+        now = _values(variables)
+        for variable, value in zip(variables, self.kept, strict=True):
+            variable.assign(value)
+        try:
+            checkpoint.save_model(self.model, self.run_dir / "best.keras")
+        finally:
+            for variable, value in zip(variables, now, strict=True):
+                variable.assign(value)
+        self.kept = None
+
+    def on_train_end(self, logs=None):
+        self.write_kept()
+
+
+def _values(variables) -> list[np.ndarray]:
+    """Copies of the variables' values."""
+    return [np.array(keras.ops.convert_to_numpy(variable)) for variable in variables]
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -245,13 +281,15 @@ class Checkpointer(keras.callbacks.Callback):
         interval: epochs between checkpoints.
         stage_end: the epoch at which the current stage ends.
         guard: the divergence guard.
+        best: the :class:`BestModel` whose kept improvement is written before each checkpoint
+            (see its ``keep``), or None.
     """
 
     def __init__(self, run_dir: Path, state: RunState, *, interval: int, stage_end: int,
-                 guard: DivergenceGuard):
+                 guard: DivergenceGuard, best: BestModel | None = None):
         super().__init__()
         self.run_dir, self.state = run_dir, state
-        self.interval, self.stage_end, self.guard = interval, stage_end, guard
+        self.interval, self.stage_end, self.guard, self.best = interval, stage_end, guard, best
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.problem:
@@ -259,6 +297,8 @@ class Checkpointer(keras.callbacks.Callback):
         self.state.epoch = epoch + 1
         if self.state.epoch % self.interval == 0 or self.state.epoch == self.stage_end \
                 or self.model.stop_training:
+            if self.best is not None:
+                self.best.write_kept()
             checkpoint.save_checkpoint(self.run_dir, self.model, self.state.to_dict())
 
 

@@ -43,29 +43,43 @@ _HASH_CHUNK = 1 << 26  # bytes of images hashed at a time
 
 
 class HeadFit(typing.NamedTuple):
-    """What a stage's ``fit`` runs on: the model, its training and validation batches, its
-    callbacks (the whole classifier's, or the head's on cached features)."""
+    """A stage's head on features, ready to fit (from :func:`head_fit`).
+
+    Attributes:
+        model: the head, a model from features to class probabilities made of the
+            classifier's head layers, compiled as the classifier is, with its optimizer.
+        train: the training :class:`FeatureBatches`.
+        val: the validation :class:`FeatureBatches`, or None.
+        classifier: the whole model, whose head the fit trains.
+    """
 
     model: keras.Model
-    train: object
-    val: object
-    callbacks: list
+    train: FeatureBatches
+    val: FeatureBatches | None
+    classifier: keras.Model
+
+    def changing(self) -> list:
+        """The variables fitting the head changes: its layers' (weights, dropout's random
+        state) and the optimizer's; every other variable of the classifier stays as it is."""
+        return [*self.model.variables, *self.classifier.optimizer.variables]
+
+    def on_classifier(self, callbacks: list) -> list:
+        """The callbacks written for the classifier, to pass to the head's fit."""
+        return [OnClassifier(callback, self.classifier) for callback in callbacks]
 
 
-def head_fit(model: keras.Model, train, val, callbacks: list, *,
-             progress: bool = True) -> HeadFit | None:
+def head_fit(model: keras.Model, train, val, *, progress: bool = True) -> HeadFit | None:
     """The head of ``model`` on the cached features of its frozen part, when that is exact.
 
-    Call it once the stage is compiled (or resumed), in place of fitting ``model`` on
-    ``train``: fitting the returned model trains ``model``'s head as fitting ``model`` would
-    (same batches, same dropout draws, same optimizer), and the returned callbacks act on
-    ``model``.
+    Call it once the stage is compiled (or resumed), and fit the returned head in place of
+    ``model``, with :meth:`HeadFit.on_classifier` around the callbacks: that trains ``model``'s
+    head as fitting ``model`` on ``train`` would (same batches, same dropout draws, same
+    optimizer), and the callbacks act on ``model``.
 
     Args:
         model: the compiled classifier (``models.classifier``).
         train: the training ``pipeline.Batches``.
         val: the validation ``pipeline.Batches``, or None.
-        callbacks: the stage's Keras callbacks, written for ``model``.
         progress: show a progress bar while features are computed.
 
     Returns:
@@ -80,10 +94,8 @@ def head_fit(model: keras.Model, train, val, callbacks: list, *,
     splits = [train] if val is None else [train, val]
     features = [cached_features(frozen, batches.images, batch_size=batches.batch_size,
                                 progress=progress) for batches in splits]
-    head = _head(model, features[0].shape[1])
-    return HeadFit(head, FeatureBatches(train, features[0]),
-                   None if val is None else FeatureBatches(val, features[1]),
-                   [OnClassifier(callback, model) for callback in callbacks])
+    return HeadFit(_head(model, features[0].shape[1]), FeatureBatches(train, features[0]),
+                   None if val is None else FeatureBatches(val, features[1]), model)
 
 
 def _plain(batches) -> bool:

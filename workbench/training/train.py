@@ -583,7 +583,9 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
         title: the run's name in the live figure (default ``run_dir``'s name).
         cache_features: train a stage that trains only the head on the features of the
             frozen part, computed once (``features.head_fit``; not with ``tensorboard``, whose
-            logs would describe the head's fit).
+            logs would describe the head's fit). Such a stage writes its checkpoint and
+            ``best.keras`` when it ends (its epochs cost less than writing them), so a kill
+            within it trains its epochs again.
 
     Returns:
         ``(problem, stopped_early)``: the divergence message or None, and whether early
@@ -619,32 +621,35 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
                          .assign(stage=stage.name))
         write_text(run_dir / "lr_table.csv",
                    pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
+        fast = features.head_fit(model, train, val, progress=progress != "none") \
+            if cache_features and not tensorboard else None  # the head on features, if exact
         guard = cb.DivergenceGuard()
         early_stop = cb.EarlyStop(state, patience=solver.early_stopping)
         interrupt = cb.StopOnInterrupt()  # first: an interrupted step writes nothing after it
+        # epochs on features take less than writing the model: best.keras is kept in memory
+        # and written with the checkpoint, at the end of the stage
+        best = cb.BestModel(run_dir, state, guard=guard, keep=fast.changing if fast else None)
         # Every file an epoch appends to is written before that epoch's checkpoint: a kill
         # right after the checkpoint must not lose a row that a resumed run will not redo.
         callbacks = [interrupt, cb.ReseedRandomLayers(seed),
-                     cb.HistoryLogger(run_dir, state, stage.name), guard,
-                     cb.BestModel(run_dir, state, guard=guard), early_stop,
+                     cb.HistoryLogger(run_dir, state, stage.name), guard, best, early_stop,
                      cb.StopAtStep(state, total_batches), *extra_callbacks,
-                     cb.Checkpointer(run_dir, state, interval=save_every,
-                                     stage_end=stage_end, guard=guard),
+                     cb.Checkpointer(run_dir, state, interval=stage_end if fast else save_every,
+                                     stage_end=stage_end, guard=guard, best=best),
                      *_progress_callbacks(progress, live, epochs, stage.name)]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
-        fit = features.head_fit(model, train, val, callbacks, progress=progress != "none") \
-            if cache_features and not tensorboard else None
-        fit = fit or features.HeadFit(model, train, val, callbacks)  # else the whole model
+        fit_model, fit_train, fit_val = (fast.model, fast.train, fast.val) if fast \
+            else (model, train, val)
         with interrupt:
-            fit.model.fit(fit.train.for_keras(start_epoch=state.epoch),
+            fit_model.fit(fit_train.for_keras(start_epoch=state.epoch),
                           steps_per_epoch=train.steps_per_epoch, epochs=stage_end,
                           initial_epoch=state.epoch,
-                          validation_data=fit.val.for_keras() if val else None,
+                          validation_data=fit_val.for_keras() if val else None,
                           validation_steps=val.steps_per_epoch if val else None,
                           validation_freq=_validation_epochs(test_every, state.epoch, stage_end),
-                          callbacks=fit.callbacks, shuffle=False, class_weight=class_weight,
-                          verbose=0)
+                          callbacks=fast.on_classifier(callbacks) if fast else callbacks,
+                          shuffle=False, class_weight=class_weight, verbose=0)
         if guard.problem or early_stop.stopped:
             return guard.problem, early_stop.stopped
         stage_start = stage_end
