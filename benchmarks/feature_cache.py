@@ -98,7 +98,7 @@ def timed_training():
 
 def one_run(splits: Path, out: Path, args, *, epochs: int, fast: bool, augment=None,
             keep_features: bool = False, training=None) -> dict:
-    from workbench.training.options import Execution, Monitoring
+    from workbench.training.options import Execution
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
 
@@ -111,7 +111,7 @@ def one_run(splits: Path, out: Path, args, *, epochs: int, fast: bool, augment=N
                    solver=SolverConfig(epochs=epochs, batch_size=args.batch_size, base_lr=0.01,
                                        lr_policy="cosine"),
                    execution=Execution(cache_features=fast),
-                   monitoring=Monitoring(resources=False), progress="none")
+                   progress="none")
     return {"run": time.perf_counter() - started, "training": training[-1],
             "val_loss": float(run.history["val_loss"].iloc[-1]),
             "val_accuracy": float(run.history["val_accuracy"].iloc[-1])}

@@ -211,3 +211,26 @@ def test_features_are_kept_by_weights_and_images(tmp_path, monkeypatch):
     info.write_text(json.dumps({**json.loads(info.read_text()), "key": "another"}))
     features.cached_features(frozen, stored, batch_size=4, progress=False)
     assert len(computed) == 3
+
+
+def test_weight_stats_read_a_frozen_weight_once_and_record_it_as_it_is(tmp_path, monkeypatch):
+    from workbench.training.callbacks import WeightStats
+
+    model = frozen_classifier(models.backbone("cifar_cnn", input_shape=(16, 16, 3)))
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("uint8")
+    reads = []
+    real = keras.ops.convert_to_numpy
+    monkeypatch.setattr(keras.ops, "convert_to_numpy",
+                        lambda value: reads.append(1) or real(value))
+    model.fit(x, np.arange(8) % 3, epochs=3, batch_size=4, verbose=0,
+              callbacks=[WeightStats(tmp_path / "stats.csv")])
+    monkeypatch.undo()
+    stats = pd.read_csv(tmp_path / "stats.csv")
+    conv = stats[stats["layer"].str.endswith("conv2") & (stats["epoch"] == 3)]
+    kernel = model.get_layer("backbone").get_layer("conv2").kernel
+    assert conv["mean_abs"].item() == pytest.approx(np.abs(real(kernel)).mean(), rel=1e-12)
+    assert (stats[~stats["layer"].str.startswith("head")]["update_ratio"] == 0).all()
+    assert (stats[stats["layer"] == "head"]["update_ratio"] > 0).any()
+    # every weight read at the start, then only the head's kernel and bias in each epoch
+    tracked = len(stats) // 3
+    assert len(reads) == tracked + 3 * 2

@@ -94,8 +94,12 @@ class CsvAppender:
                 writer.writerows(rows)
 
     def append(self, row: dict) -> None:
+        self.extend([row])
+
+    def extend(self, rows: list[dict]) -> None:
+        """Appends ``rows`` in one write."""
         with open(self.path, "a", newline="", encoding="utf-8") as handle:
-            csv.DictWriter(handle, self.columns, extrasaction="ignore").writerow(row)
+            csv.DictWriter(handle, self.columns, extrasaction="ignore").writerows(rows)
 
 
 def current_lr(model: keras.Model) -> float:
@@ -453,8 +457,13 @@ class WeightStats(keras.callbacks.Callback):
         self._opened = True
 
     def on_train_begin(self, logs=None):
+        weights = self._weights()
         self._previous = {id(v): np.array(keras.ops.convert_to_numpy(v), dtype=np.float64)
-                          for _, _, v in self._weights()}
+                          for _, _, v in weights}
+        # a weight this fit cannot change is read once: its mean |w| stays, its ratio is 0
+        frozen = _frozen_weights(self.model)
+        self._fixed = {id(v): float(np.abs(self._previous[id(v)]).mean())
+                       for _, _, v in weights if id(v) in frozen}
         self._opened = False
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -464,17 +473,29 @@ class WeightStats(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self._opened:
             self._open(epoch)
+        rows = []
         for layer, weight, variable in self._weights():
+            row = {"epoch": epoch + 1, "layer": layer, "weight": weight}
+            if id(variable) in self._fixed:
+                rows.append({**row, "mean_abs": self._fixed[id(variable)], "update_ratio": 0.0})
+                continue
             now = np.array(keras.ops.convert_to_numpy(variable), dtype=np.float64)
             before = self._previous.get(id(variable))
             norm = float(np.linalg.norm(before)) if before is not None else 0.0
             change = float(np.linalg.norm(now - before)) if before is not None else math.nan
             # a weight starting at zero (a bias) has no ratio until it moves away from zero
             ratio = change / norm if norm > 0 else (0.0 if change == 0 else math.nan)
-            self._appender.append({"epoch": epoch + 1, "layer": layer, "weight": weight,
-                                   "mean_abs": float(np.abs(now).mean()),
-                                   "update_ratio": ratio})
+            rows.append({**row, "mean_abs": float(np.abs(now).mean()), "update_ratio": ratio})
             self._previous[id(variable)] = now
+        self._appender.extend(rows)
+
+
+def _frozen_weights(model: keras.Model) -> set[int]:
+    """The ids of the weights that fitting ``model`` as it is now cannot change: the weights
+    of frozen layers (a frozen batch norm keeps its statistics too) that are not trainable."""
+    learning = {id(variable) for variable in model.trainable_variables}
+    return {id(variable) for layer in model._flatten_layers() if not layer.trainable
+            for variable in layer.weights if id(variable) not in learning}
 
 
 class LivePlot(keras.callbacks.Callback):
