@@ -11,6 +11,7 @@ import pytest
 import tiny_data
 from workbench import models
 from workbench.data import pipeline
+from workbench.data.augment import Augment
 from workbench.training import checkpoint, features, lr_mult
 from workbench.training.options import Execution, Monitoring
 from workbench.training.solver import SolverConfig
@@ -162,7 +163,7 @@ def test_only_a_frozen_deterministic_backbone_is_computed_once():
     assert features.frozen_part(frozen_classifier(dropping)) is None
     # augmentation in the model
     augmented = frozen_classifier(models.backbone("cifar_cnn", input_shape=(16, 16, 3)),
-                                  augmentation=models.RandomAugment(pipeline.Augment()))
+                                  augmentation=models.RandomAugment(Augment()))
     assert features.frozen_part(augmented) is None
 
 
@@ -171,7 +172,7 @@ def test_augmented_batches_train_the_whole_model(splits, tmp_path):
     labels = np.arange(8) % 3
     model = frozen_classifier(models.backbone("cifar_cnn", input_shape=(16, 16, 3)))
     augmented = pipeline.Batches(images, labels, batch_size=4, image_size=16,
-                                 augment=pipeline.Augment(placement="pipeline"))
+                                 augment=Augment(placement="pipeline"))
     assert features.head_fit(model, augmented, None) is None
     plain = pipeline.Batches(images[:, :16, :16], labels, batch_size=4)
     fit = features.head_fit(model, plain, None, progress=False)

@@ -160,9 +160,10 @@ def cached_features(frozen: keras.Model, images: np.ndarray, *, batch_size: int 
                     progress: bool = True) -> np.ndarray:
     """The features of every image through ``frozen``, computed once.
 
-    With ``images`` read from an image cache file (``pipeline.build_cache``), the features are
-    kept beside it as ``features-KEY.npy`` and ``features-KEY.json`` (:func:`feature_key`),
-    written atomically, and read back by later calls; in-memory images get them computed.
+    With ``images`` read from an image cache file (``workbench.data.cache.build_cache``),
+    the features are kept beside it as ``features-KEY.npy`` and ``features-KEY.json``
+    (:func:`feature_key`), written atomically, and read back by later calls; in-memory images
+    get them computed.
 
     Args:
         frozen: the frozen part (:func:`frozen_part`).
