@@ -175,7 +175,7 @@ def test_augmented_batches_train_the_whole_model(splits, tmp_path):
                                  augment=Augment(placement="pipeline"))
     assert features.head_fit(model, augmented, None) is None
     plain = pipeline.Batches(images[:, :16, :16], labels, batch_size=4)
-    fit = features.head_fit(model, plain, None, progress=False)
+    fit = features.head_fit(model, plain, None, progress="none")
     assert fit is not None and fit.model.input_shape == (None, 128)
     x, y = fit.train.batch(2, 1)
     rows, _ = plain.rows(2, 1)
@@ -193,11 +193,11 @@ def test_features_are_kept_by_weights_and_images(tmp_path, monkeypatch):
     monkeypatch.setattr(features, "compute_features",
                         lambda *args, **kwargs: computed.append(1) or real_compute(*args,
                                                                                   **kwargs))
-    first = features.cached_features(frozen, stored, batch_size=4, progress=False)
+    first = features.cached_features(frozen, stored, batch_size=4, progress="none")
     np.testing.assert_allclose(first, frozen.predict(array, verbose=0), rtol=1e-5,
                                atol=1e-6)  # the last batch of 2 was padded, then cut
     np.testing.assert_array_equal(
-        features.cached_features(frozen, stored, batch_size=4, progress=False), first)
+        features.cached_features(frozen, stored, batch_size=4, progress="none"), first)
     assert len(computed) == 1 and len(list(tmp_path.glob("features-*.npy"))) == 1
     key = features.feature_key(frozen, stored)
     assert features.feature_key(frozen, stored[::-1]) != key  # other images
@@ -205,12 +205,12 @@ def test_features_are_kept_by_weights_and_images(tmp_path, monkeypatch):
     conv.kernel.assign(conv.kernel * 2.0)
     changed = features.feature_key(frozen, stored)
     assert changed != key  # other starting weights
-    second = features.cached_features(frozen, stored, batch_size=4, progress=False)
+    second = features.cached_features(frozen, stored, batch_size=4, progress="none")
     assert len(computed) == 2 and not np.allclose(first, second)
     # a description that does not match: computed again, never trusted
     info = tmp_path / f"features-{changed[:20]}.json"
     info.write_text(json.dumps({**json.loads(info.read_text()), "key": "another"}))
-    features.cached_features(frozen, stored, batch_size=4, progress=False)
+    features.cached_features(frozen, stored, batch_size=4, progress="none")
     assert len(computed) == 3
 
 

@@ -68,7 +68,7 @@ class HeadFit(typing.NamedTuple):
         return [OnClassifier(callback, self.classifier) for callback in callbacks]
 
 
-def head_fit(model: keras.Model, train, val, *, progress: bool = True) -> HeadFit | None:
+def head_fit(model: keras.Model, train, val, *, progress: str = "auto") -> HeadFit | None:
     """The head of ``model`` on the cached features of its frozen part, when that is exact.
 
     Call it once the stage is compiled (or resumed), and fit the returned head in place of
@@ -80,7 +80,8 @@ def head_fit(model: keras.Model, train, val, *, progress: bool = True) -> HeadFi
         model: the compiled classifier (``models.classifier``).
         train: the training ``pipeline.Batches``.
         val: the validation ``pipeline.Batches``, or None.
-        progress: show a progress bar while features are computed.
+        progress: while features are computed: ``"auto"`` (a bar or plain lines, see
+            ``workbench._progress``), ``"lines"`` or ``"none"``.
 
     Returns:
         A :class:`HeadFit`, or None when the stage must train the whole model (see the
@@ -157,7 +158,7 @@ def feature_key(frozen: keras.Model, images: np.ndarray) -> str:
 
 
 def cached_features(frozen: keras.Model, images: np.ndarray, *, batch_size: int = 32,
-                    progress: bool = True) -> np.ndarray:
+                    progress: str = "auto") -> np.ndarray:
     """The features of every image through ``frozen``, computed once.
 
     With ``images`` read from an image cache file (``workbench.data.cache.build_cache``),
@@ -169,7 +170,7 @@ def cached_features(frozen: keras.Model, images: np.ndarray, *, batch_size: int 
         frozen: the frozen part (:func:`frozen_part`).
         images: uint8 images (N, H, W, 3).
         batch_size: images per forward pass.
-        progress: show a progress bar while computing.
+        progress: while computing: ``"auto"``, ``"lines"`` or ``"none"``.
 
     Returns:
         A float32 array (N, features).
@@ -210,7 +211,7 @@ def _open_if_valid(array_path: Path, info_path: Path, key: str, count: int) -> n
 
 
 def compute_features(frozen: keras.Model, images: np.ndarray, *, batch_size: int = 32,
-                     progress: bool = True) -> np.ndarray:
+                     progress: str = "auto") -> np.ndarray:
     """Runs ``frozen`` in inference mode over ``images``, ``batch_size`` at a time (the last
     batch padded to that size, so one compiled function serves them all).
 
@@ -221,9 +222,8 @@ def compute_features(frozen: keras.Model, images: np.ndarray, *, batch_size: int
     batch_size = max(1, min(batch_size, count))
     out = None
     starts = range(0, count, batch_size)
-    if progress:
-        starts = progress_bar(starts, total=len(starts), desc="computing features")
-    for start in starts:
+    for start in progress_bar(starts, total=len(starts), desc="computing features",
+                              mode=progress):
         batch = np.asarray(images[start:start + batch_size])
         real = len(batch)
         if real < batch_size:

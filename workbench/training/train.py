@@ -621,7 +621,7 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
                          .assign(stage=stage.name))
         write_text(run_dir / "lr_table.csv",
                    pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
-        fast = features.head_fit(model, train, val, progress=progress != "none") \
+        fast = features.head_fit(model, train, val, progress=loop_progress(progress)) \
             if cache_features and not tensorboard else None  # the head on features, if exact
         guard = cb.DivergenceGuard()
         early_stop = cb.EarlyStop(state, patience=solver.early_stopping)
