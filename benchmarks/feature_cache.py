@@ -98,6 +98,7 @@ def timed_training():
 
 def one_run(splits: Path, out: Path, args, *, epochs: int, fast: bool, augment=None,
             keep_features: bool = False, training=None) -> dict:
+    from workbench.models import StartingPoint
     from workbench.training.options import Execution
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
@@ -106,8 +107,9 @@ def one_run(splits: Path, out: Path, args, *, epochs: int, fast: bool, augment=N
         for path in (splits / "cache").glob("features-*"):
             path.unlink()
     started = time.perf_counter()
-    run = finetune(splits, out, backbone=args.backbone, weights=None, recipe="feature_extraction",
-                   image_size=args.image_size, augment=augment, dropout=0.2, seed=0,
+    run = finetune(splits, out, start=StartingPoint(args.backbone, weights=None),
+                   recipe="feature_extraction", image_size=args.image_size, augment=augment,
+                   dropout=0.2, seed=0,
                    solver=SolverConfig(epochs=epochs, batch_size=args.batch_size, base_lr=0.01,
                                        lr_policy="cosine"),
                    execution=Execution(cache_features=fast),

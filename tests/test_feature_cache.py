@@ -25,8 +25,8 @@ RTOL, ATOL = 1e-4, 1e-5
 SOLVER = SolverConfig(epochs=4, batch_size=16, base_lr=0.05, lr_policy="cosine")
 # dropout > 0: the head must draw the same dropout masks on features as in the whole model;
 # augment=None: the few digits would turn augmentation on, which needs the whole model
-OPTIONS = dict(backbone="cifar_cnn", weights=None, image_size=16, augment=None, dropout=0.3,
-               seed=5, progress="none")
+OPTIONS = dict(start=models.StartingPoint("cifar_cnn", weights=None), image_size=16,
+               augment=None, dropout=0.3, seed=5, progress="none")
 SLOW = Execution(cache_features=False)
 
 
