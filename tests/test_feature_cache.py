@@ -105,6 +105,7 @@ def kill_after_checkpoint(monkeypatch, epoch):
     return written
 
 
+@pytest.mark.slow  # five trainings: 25 s on a quiet 2-core CPU
 def test_two_stage_resumed_in_or_after_its_head_stage_is_the_slow_run(splits, tmp_path,
                                                                       monkeypatch):
     solver = SOLVER.replace(epochs=5)  # the head stage: round(0.3 * 5) = 2 epochs
