@@ -254,7 +254,7 @@ def bundled_task(folder: Path, args) -> tuple[Path, Path]:
                    solver=SolverConfig(optimizer="adam", base_lr=0.003, epochs=8,
                                        batch_size=32, lr_policy="cosine", weight_decay=5e-4),
                    progress="none")
-    model = run.run_dir / "model.keras"
+    model = run.model_path("final")
     if args.source_model is not None:
         args.source_model.parent.mkdir(parents=True, exist_ok=True)
         args.source_model.write_bytes(model.read_bytes())

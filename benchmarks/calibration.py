@@ -73,7 +73,7 @@ def prepare_task(work: Path, args) -> tuple[Path, Path]:
     source = finetune(source_splits, work / "source",
                       start=StartingPoint("cifar_cnn", weights=None), recipe="scratch",
                       solver=solver, image_size=32, seed=0, progress="none", resume=True)
-    return target, source.run_dir / "model.keras"
+    return target, source.model_path("final")
 
 
 def measure(run_dir: Path) -> dict:

@@ -69,7 +69,7 @@ JAX_SCRIPT = textwrap.dedent("""
                        execution=Execution(strategy=strategy))
         runs[name] = {"history": run.history.drop(columns="seconds").to_dict("list"),
                       "lr_table": run.lr_table.to_dict("list"),
-                      "distribution": json.loads((run.run_dir / "config.json").read_text())[
+                      "distribution": json.loads((run.path / "config.json").read_text())[
                           "distribution"]}
 
     def one_step(distribution, rules):

@@ -155,7 +155,7 @@ def run_dir(tmp_path_factory):
     run = finetune(splits, root / "run", start=StartingPoint("lenet", weights=None),
                    recipe="scratch", solver=SolverConfig(epochs=2, batch_size=16, base_lr=0.01),
                    image_size=16, progress="none")
-    return run.run_dir
+    return run.path
 
 
 def test_evaluate_a_run_writes_every_file_and_matches_training(run_dir):

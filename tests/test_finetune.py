@@ -16,7 +16,8 @@ from workbench.training import callbacks as cb
 from workbench.training import checkpoint
 from workbench.training.options import Monitoring
 from workbench.training.solver import SolverConfig
-from workbench.training.train import Run, finetune
+from workbench.runs import RunDir
+from workbench.training.train import finetune
 
 SOLVER = SolverConfig(epochs=4, batch_size=16, base_lr=0.02, lr_policy="cosine")
 LENET, CIFAR = StartingPoint("lenet", weights=None), StartingPoint("cifar_cnn", weights=None)
@@ -34,7 +35,7 @@ def source_model(splits, tmp_path_factory):
     run = finetune(splits, tmp_path_factory.mktemp("source") / "run", start=CIFAR,
                    recipe="scratch", solver=SOLVER.replace(epochs=2),
                    image_size=16, progress="none")
-    return run.run_dir / "model.keras"
+    return run.path / "model.keras"
 
 
 # a lenet trained from scratch for one epoch: the run several tests read (`finished`)
@@ -46,7 +47,9 @@ ONE_EPOCH = dict(start=LENET, recipe="scratch", image_size=16, solver=SOLVER.rep
 def finished(splits, tmp_path_factory):
     """A finished ONE_EPOCH run, trained once for the module; a test that changes it works on a
     copy (:func:`copy_of`)."""
-    return finetune(splits, tmp_path_factory.mktemp("finished") / "run", **ONE_EPOCH).run_dir
+    run = finetune(splits, tmp_path_factory.mktemp("finished") / "run", **ONE_EPOCH)
+    assert type(run) is RunDir  # finetune returns the run's RunDir
+    return run.path
 
 
 def copy_of(run_dir, tmp_path):
@@ -63,32 +66,32 @@ def test_run_directory_holds_every_file(splits, tmp_path):
     for name in ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
                  "model.keras", "best.keras", "metrics.json", "checkpoint.json", "curves.png",
                  "resources.csv"):
-        assert (run.run_dir / name).is_file(), name
-    resources = pd.read_csv(run.run_dir / "resources.csv")
+        assert (run.path / name).is_file(), name
+    resources = pd.read_csv(run.path / "resources.csv")
     assert set(resources["epoch"].dropna()) <= {1, 2} and resources["ram_used_mib"].notna().all()
     assert run.metrics["resources_ram_used_peak_mib"] > 0
     assert list(run.history["epoch"]) == [1, 2]
-    steps = pd.read_csv(run.run_dir / "steps.csv")
+    steps = pd.read_csv(run.path / "steps.csv")
     assert list(steps["step"]) == list(range(1, len(steps) + 1))
     assert len(steps) == 2 * (60 // 16)  # drop_remainder: 3 full batches of 16 from 60 images
     # the per-step losses average to the epoch's loss (Keras reports the running mean)
     first = steps[steps["epoch"] == 1]["loss"].mean()
     assert first == pytest.approx(run.history["loss"][0], rel=1e-4)
-    config = json.loads((run.run_dir / "config.json").read_text())
+    config = json.loads((run.path / "config.json").read_text())
     assert config["solver"]["epochs"] == 2 and config["classes"] == [str(i) for i in range(10)]
     assert run.metrics["status"] == "completed"
     # the test numbers are the best model's on the test split, measured here (the loss too: a
     # model this young may predict one class, which scores 0.1 on any balanced split)
     data = load_splits(splits, image_size=16, progress="none")
     labels = data.labels["test"]
-    predicted = models.load_model(run.run_dir / "best.keras").predict(data.images["test"],
+    predicted = models.load_model(run.path / "best.keras").predict(data.images["test"],
                                                                       verbose=0)
     assert run.metrics["test_accuracy"] == pytest.approx(
         np.mean(predicted.argmax(-1) == labels), abs=1e-6)
     assert run.metrics["test_loss"] == pytest.approx(
         -np.log(predicted[np.arange(len(labels)), labels]).mean(), rel=1e-4)
     assert run.metrics["test_images"] == len(labels)
-    assert (run.run_dir / "labels.txt").read_text().splitlines() == config["classes"]
+    assert (run.path / "labels.txt").read_text().splitlines() == config["classes"]
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, tmp_path,
@@ -114,8 +117,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, t
     assert json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())["epoch"] == 3
     resumed = finetune(splits, tmp_path / "resumed", resume=True, **options)
 
-    for a, b in zip(weights_of(whole.run_dir / "model.keras"),
-                    weights_of(resumed.run_dir / "model.keras")):
+    for a, b in zip(weights_of(whole.path / "model.keras"),
+                    weights_of(resumed.path / "model.keras")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     pd.testing.assert_frame_equal(whole.history.drop(columns="seconds"),
                                   resumed.history.drop(columns="seconds"), rtol=1e-5)
@@ -124,7 +127,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, t
 
 def test_resume_of_a_finished_run_returns_it(splits, finished, tmp_path):
     run_dir = copy_of(finished, tmp_path)
-    first = Run.load(run_dir)
+    first = RunDir(run_dir)
     stamp = (run_dir / "model.keras").stat().st_mtime_ns
     again = finetune(splits, run_dir, resume=True, **ONE_EPOCH)
     assert again.metrics == first.metrics
@@ -181,7 +184,7 @@ def test_feature_extraction_keeps_the_backbone_frozen(splits, source_model, tmp_
     run = finetune(splits, tmp_path / "run", start=source_model, recipe="feature_extraction",
                    image_size=16, solver=SOLVER.replace(epochs=2), progress="none")
     before = models.load_source(source_model).get_weights()
-    tuned = models.load_model(run.run_dir / "model.keras").get_layer("backbone").get_weights()
+    tuned = models.load_model(run.path / "model.keras").get_layer("backbone").get_weights()
     for a, b in zip(before, tuned):
         np.testing.assert_array_equal(a, b)  # BN statistics too: inference mode
     assert set(run.lr_table.loc[run.lr_table["layer"] != "head", "multiplier"]) == {0.0}
@@ -197,7 +200,7 @@ def test_two_stage_unfreezes_with_discriminative_rates(splits, source_model, tmp
     assert second.loc["conv1", "multiplier"] < second.loc["conv3", "multiplier"] < 1.0
     assert second.loc["conv3", "trainable"] and not second.loc["bn3", "trainable"]
     # the backbone really learns in the second stage, and only there
-    stats = pd.read_csv(run.run_dir / "weight_stats.csv")
+    stats = pd.read_csv(run.path / "weight_stats.csv")
     conv3 = stats[(stats["layer"] == "conv3") & (stats["weight"] == "kernel")]
     assert (conv3[conv3["epoch"] == 1]["update_ratio"] == 0).all()
     assert (conv3[conv3["epoch"] > 1]["update_ratio"] > 0).all()
@@ -215,16 +218,17 @@ def test_bad_arguments_are_named(splits, tmp_path):
                  image_size=16, lr_mult_rules={"conv9*": 0}, progress="none")
 
 
-def test_run_load_reads_a_finished_run(finished):
-    run = Run.load(finished)
+def test_rundir_reads_a_finished_run(finished):
+    run = RunDir(finished)
     assert run.metrics["epochs"] == 1 and len(run.history) == 1
+    assert set(run.lr_table["stage"]) == {"all"}
 
 
 @pytest.mark.slow
 def test_seeded_runs_are_reproducible_and_seeds_differ(splits, tmp_path):
     options = dict(start=CIFAR, recipe="scratch", image_size=16,
                    dropout=0.3, solver=SOLVER.replace(epochs=1), progress="none", monitoring=Monitoring(resources=False))
-    runs = {name: finetune(splits, tmp_path / name, seed=seed, **options).run_dir / "model.keras"
+    runs = {name: finetune(splits, tmp_path / name, seed=seed, **options).path / "model.keras"
             for name, seed in (("a", 5), ("b", 5), ("c", 6))}
     a, b, c = (weights_of(runs[name]) for name in "abc")
     for x, y in zip(a, b):
@@ -246,11 +250,11 @@ def test_max_iter_stops_at_that_iteration_and_decay_mult_reaches_the_optimizer(s
                    image_size=16, progress="none", monitoring=Monitoring(resources=False),
                    decay_mult_rules={"*/bias": 0, "*": 2},
                    solver=SOLVER.replace(max_iter=7, lr_policy="constant"))
-    steps = pd.read_csv(run.run_dir / "steps.csv")
+    steps = pd.read_csv(run.path / "steps.csv")
     assert list(steps["step"]) == list(range(1, 8)) and list(run.history["epoch"]) == [1, 2, 3]
-    assert json.loads((run.run_dir / "config.json").read_text())["decay_mult_rules"] == \
+    assert json.loads((run.path / "config.json").read_text())["decay_mult_rules"] == \
         {"*/bias": 0, "*": 2}
-    optimizer = checkpoint.load_compiled(run.run_dir / "model.keras").optimizer
+    optimizer = checkpoint.load_compiled(run.path / "model.keras").optimizer
     assert [list(rule) for rule in optimizer.decay_mult_rules] == [["*/bias", 0.0], ["*", 2.0]]
 
 
@@ -268,11 +272,11 @@ def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, m
                    solver=SOLVER, seed=2, progress="none", augment=f"on+{placement}",
                    class_weight="balanced")
     whole = finetune(tmp_path / "splits", tmp_path / "whole", **options)
-    config = json.loads((whole.run_dir / "config.json").read_text())
+    config = json.loads((whole.path / "config.json").read_text())
     assert config["augment_placement"] == placement and config["train_stored_size"] == 18
     assert config["augment"]["scale"] == [0.5, 1.0] and config["class_weight"] == "balanced"
     assert config["class_weights"] == [1.0] * 10  # 6 images of each class
-    network = models.load_model(whole.run_dir / "model.keras")
+    network = models.load_model(whole.path / "model.keras")
     in_model = [layer for layer in network.layers if isinstance(layer, models.RandomAugment)]
     assert len(in_model) == (placement == "model")
 
@@ -288,8 +292,8 @@ def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, m
         finetune(tmp_path / "splits", tmp_path / "resumed", **options)
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     resumed = finetune(tmp_path / "splits", tmp_path / "resumed", resume=True, **options)
-    for a, b in zip(weights_of(whole.run_dir / "model.keras"),
-                    weights_of(resumed.run_dir / "model.keras")):
+    for a, b in zip(weights_of(whole.path / "model.keras"),
+                    weights_of(resumed.path / "model.keras")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -303,7 +307,7 @@ def test_auto_augments_few_images_only_and_balanced_weights_follow_the_counts(sp
     plain = finetune(splits, tmp_path / "plain", start=LENET,
                      recipe="scratch", image_size=16, solver=SOLVER.replace(epochs=1),
                      progress="none", augment="off")
-    assert json.loads((plain.run_dir / "config.json").read_text())["augment"] is None
+    assert json.loads((plain.path / "config.json").read_text())["augment"] is None
     assert balanced_class_weights(np.array([0, 0, 0, 1]), 3) == {0: 4 / 6, 1: 2.0, 2: 1.0}
     with pytest.raises(ValueError, match="class_weight must be one of None, 'balanced'"):
         finetune(splits, tmp_path / "bad", start=LENET, image_size=16,

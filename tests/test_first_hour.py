@@ -105,7 +105,7 @@ def test_a_run_shorter_than_the_validation_interval_has_a_best_model(tmp_path):
                    solver=SolverConfig(epochs=2, batch_size=10, test_interval=5))
     # each of the two stages (one epoch each) ends with a validation pass
     assert run.history["val_accuracy"].notna().tolist() == [True, True]
-    assert run.metrics["best_epoch"] in (1, 2) and (run.run_dir / "best.keras").is_file()
+    assert run.metrics["best_epoch"] in (1, 2) and (run.path / "best.keras").is_file()
 
 
 @pytest.mark.slow
@@ -130,7 +130,7 @@ def test_an_interrupt_stops_within_a_step_in_one_line(tmp_path, monkeypatch):
     line, = rendered(raised.value)
     assert line == ("TrainingInterrupted: Interrupted in epoch 2 of 3 (run); its checkpoint of "
                     "epoch 1 is kept: train again with resume=True to continue from it")
-    assert RunDir(tmp_path / "run").history()["epoch"].tolist() == [1]  # no half epoch
+    assert RunDir(tmp_path / "run").history["epoch"].tolist() == [1]  # no half epoch
     monkeypatch.undo()
     run = finetune(splits, tmp_path / "run", resume=True, **options)
     assert run.history["epoch"].tolist() == [1, 2, 3] and run.metrics["status"] == "completed"

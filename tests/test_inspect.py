@@ -26,9 +26,9 @@ def runs(tmp_path_factory):
     source = finetune(splits, root / "source", start=StartingPoint("cifar_cnn", weights=None),
                       recipe="scratch", solver=SOLVER.replace(epochs=1), image_size=16,
                       progress="none")
-    tuned = finetune(splits, root / "tuned", start=source.run_dir / "model.keras",
+    tuned = finetune(splits, root / "tuned", start=source.model_path("final"),
                      recipe="two_stage", solver=SOLVER, image_size=16, progress="none")
-    return {"source": source.run_dir / "model.keras", "tuned": tuned.run_dir / "model.keras"}
+    return {"source": source.path / "model.keras", "tuned": tuned.path / "model.keras"}
 
 
 def test_vis_square_tiles_in_a_square_with_padding():

@@ -19,6 +19,7 @@ import pytest
 
 from workbench import monitor, plots
 from workbench.cli import main
+from workbench.runs import RunDir
 
 INTERVAL = 0.05
 GIB = 1024 ** 3
@@ -348,7 +349,8 @@ def test_read_resources_drops_a_cut_line_and_names_a_missing_file(tmp_path, fake
         wait_until(lambda: len(data_lines(path)) >= 2, "a sample")
     with open(path, "a") as file:
         file.write("2025-01-01T00:00:00.000+00:00,9.5,0,,,0,Fake")  # killed mid-row
-    frame = monitor.read_resources(tmp_path)  # a run directory works too
+    with pytest.warns(DeprecationWarning, match="RunDir"):  # a folder: for one more release
+        frame = monitor.read_resources(tmp_path)
     assert len(frame) == mon.rows
     with mon:  # a resumed run appends after the cut row, not onto it
         wait_until(lambda: mon.rows > len(frame), "a sample")
@@ -409,7 +411,8 @@ def test_dashboard_without_gpu_and_with_history(tmp_path):
     assert accuracy.get_xlabel() == "epoch" and loss.get_title() == "Training loss"
     frame = hand_made()
     frame.astype({"time": str}).to_csv(tmp_path / "resources.csv", index=False)
-    assert len(plots.resource_dashboard(monitor.read_resources(tmp_path)).axes) == 5
+    assert len(plots.resource_dashboard(monitor.read_resources(
+        tmp_path / "resources.csv")).axes) == 5
     with pytest.raises(ValueError, match="history must be .*without \\['accuracy'\\]"):
         plots.resource_dashboard(frame, history=history.drop(columns="accuracy"))
     with pytest.raises(ValueError, match="frame must hold rows .*0 rows"):
@@ -430,7 +433,7 @@ def test_cli_monitor_records_a_command_and_returns_its_status(tmp_path, no_nvml,
     with pytest.warns(RuntimeWarning):
         assert main(["monitor", "--out", str(out), "--interval", str(INTERVAL), "--",
                      sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
-    assert set(monitor.read_resources(out)["session"]) == {0, 1}
+    assert set(RunDir(out).resources["session"]) == {0, 1}
 
 
 def test_cli_monitor_errors(tmp_path, no_nvml, capsys):

@@ -70,7 +70,7 @@ def trained(tmp_path_factory):
                    recipe="scratch",
                    solver=SolverConfig(epochs=1, batch_size=16, optimizer="adam", base_lr=0.003),
                    image_size=16, progress="none", monitoring=Monitoring(resources=False))
-    return run.run_dir / "model.keras", splits
+    return run.path / "model.keras", splits
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,9 @@ def runs(tmp_path_factory):
                       progress="none")
     # where compare_recipes(runs_dir=root / "compare") keeps its caffe run of seed 0
     tuned = finetune(splits, root / "compare" / "caffe-seed0",
-                     start=str(source.run_dir / "model.keras"), recipe="caffe", solver=SOLVER,
+                     start=str(source.model_path("final")), recipe="caffe", solver=SOLVER,
                      progress="none")  # image_size: the source's
-    return {"splits": splits, "source": source.run_dir, "tuned": tuned.run_dir}
+    return {"splits": splits, "source": source.path, "tuned": tuned.path}
 
 
 def kernel(model, name):

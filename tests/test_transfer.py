@@ -39,7 +39,7 @@ def results(tmp_path_factory):
     solver = SolverConfig(optimizer="sgd", base_lr=0.01, epochs=30, batch_size=16,
                           test_interval=5)
     return compare_recipes(root / "target_splits", root / "runs", recipes=("scratch",) + TRANSFER,
-                           seeds=(0, 1), start=source.run_dir / "model.keras", solver=solver,
+                           seeds=(0, 1), start=source.model_path("final"), solver=solver,
                            solvers={"caffe": solver.replace(base_lr=0.001)}, image_size=32,
                            progress="none")
 

@@ -178,6 +178,18 @@ def write_json(path: str | Path, value) -> None:
     write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+def write_figure(path: str | Path, figure, *, dpi: int = 100) -> None:
+    """Saves a matplotlib figure atomically, the format from ``path``'s suffix."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=dpi)
+
+
+def write_model(path: str | Path, model) -> None:
+    """Saves a Keras model (``model.save``, with its compiled optimizer state) atomically."""
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
 def write_outputs(folder, *, tables: dict | None = None, figures: dict | None = None,
                   prefix: str = "", dpi: int = 100) -> Path:
     """Writes tables as CSV and figures as images into ``folder``, each file atomically.
@@ -205,8 +217,7 @@ def write_outputs(folder, *, tables: dict | None = None, figures: dict | None = 
     for name, frame in (tables or {}).items():
         write_text(folder / f"{prefix}{name}", frame.to_csv(index=False, lineterminator="\n"))
     for name, figure in (figures or {}).items():
-        with atomic_path(folder / f"{prefix}{name}") as temporary:
-            figure.savefig(temporary, dpi=dpi)
+        write_figure(folder / f"{prefix}{name}", figure, dpi=dpi)
     return folder
 
 

@@ -368,7 +368,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cluster = joined()
     if cluster is None or cluster.chief:  # one report, not one per worker
         print(_format_metrics(run.metrics))
-        print(f"Run directory: {run.run_dir}")
+        print(f"Run directory: {run.path}")
     return EXIT_OK
 
 
@@ -455,12 +455,13 @@ def _args_monitor(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from workbench.monitor import monitor_command
+    from workbench.runs import RunDir
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("a command to run is required after '--', received: nothing, e.g. "
                          "workbench monitor --out DIR -- python train.py")
-    path = Path(args.out) / "resources.csv"
+    path = RunDir(args.out).resources_path
     try:  # an --out that cannot be written is a usage error, not a missing command
         path.parent.mkdir(parents=True, exist_ok=True)
         path.open("a").close()
@@ -499,25 +500,22 @@ def _figure_path(out: str | None, default: Path) -> Path:
 
 
 def _cmd_plot_resources(args: argparse.Namespace) -> int:
-    from workbench._io import atomic_path
-    from workbench.monitor import read_resources, summarize_resources
+    from workbench._io import write_figure
+    from workbench.monitor import summarize_resources
     from workbench.plots import resource_dashboard
+    from workbench.runs import RunDir
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "resources.csv").is_file():
-        raise MissingPath(f"RUN_DIR must hold resources.csv, received: {args.run_dir!r}")
-    frame = read_resources(run_dir / "resources.csv")
-    history_path = run_dir / "history.csv"
-    history = None
-    if history_path.is_file():
-        import pandas as pd
-
-        history = pd.read_csv(history_path)
-        if history.empty or not {"epoch", "loss", "accuracy"} <= set(history.columns):
-            history = None
-    out = _figure_path(args.out, run_dir / "resources.png")
-    with atomic_path(out) as temporary:
-        resource_dashboard(frame, history=history).savefig(temporary, dpi=100)
+    run = RunDir(args.run_dir)
+    frame = run.resources
+    if frame is None:
+        raise MissingPath(f"RUN_DIR must hold {run.resources_path.name}, received: "
+                          f"{args.run_dir!r}")
+    history = run.history
+    if history is not None and (
+            history.empty or not {"epoch", "loss", "accuracy"} <= set(history.columns)):
+        history = None
+    out = _figure_path(args.out, run.figure_path("resources"))
+    write_figure(out, resource_dashboard(frame, history=history))
     summary = summarize_resources(frame)
     print("  ".join(f"{key} {round(value, 1) if isinstance(value, float) else value}"
                     for key, value in summary.items() if value is not None))
@@ -557,7 +555,7 @@ def _finish_command(run_dir: str) -> str:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from workbench.evaluation import evaluate
-    from workbench.runs import RunUnfinished
+    from workbench.runs import RunDir, RunUnfinished
 
     try:
         report = evaluate(args.run_dir, split=args.split, model=args.model,
@@ -566,7 +564,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except RunUnfinished as error:  # in the command's words
         raise UsageError(error.advice(resume=_finish_command(args.run_dir))) from None
     print(report.format(), end="")
-    print(f"Wrote {Path(args.run_dir) / 'evaluation' / args.split}")
+    print(f"Wrote {RunDir(args.run_dir).evaluation_dir(args.split)}")
     return EXIT_OK
 
 

@@ -31,6 +31,8 @@ DEMO_SETTINGS = {"03_fine_tune.ipynb": {"augment": "off"}}
 def demo_parameters(data: str | Path = DATA, runs: str | Path = RUNS) -> dict:
     """The path parameters of each demo notebook: with the default folders they are the
     notebooks' own defaults (a test checks it); other folders change only these."""
+    from workbench.runs import RunDir
+
     data, runs = Path(data), Path(runs)
     run = str(runs / DEMO_RUN)
     return {
@@ -40,7 +42,7 @@ def demo_parameters(data: str | Path = DATA, runs: str | Path = RUNS) -> dict:
                                      "splits_dir": str(runs / "splits" / "source"),
                                      "run_dir": str(runs / "source")},
         "03_fine_tune.ipynb": {"splits_dir": str(runs / "splits" / "target"),
-                               "source_model": str(runs / "source" / "model.keras"),
+                               "source_model": str(RunDir(runs / "source").model_file("final")),
                                "runs_dir": str(runs / "fine_tune")},
         "04_inspect.ipynb": {"run_dir": run},
         "05_evaluate.ipynb": {"run_dir": run},
@@ -64,20 +66,16 @@ def save_run_figures(run_dir: Path) -> list[Path]:
     """Saves the figures of notebook 4 as PNG files in the run directory (for the README too)."""
     from workbench import inspect, plots
     from workbench.models import load_model
-    from workbench.monitor import read_resources
     from workbench.runs import RunDir
 
     run = RunDir(run_dir)
     figures = {
-        "filters.png": inspect.compare_filters(load_model(run.initial_model_path()),
-                                               load_model(run.model_path("final"))),
-        "resources.png": plots.resource_dashboard(read_resources(run_dir),
-                                                  history=run.history()),
-        "weight_stats.png": plots.weight_stats(inspect.read_weight_stats(run_dir)),
+        "filters": inspect.compare_filters(load_model(run.initial_model_path()),
+                                           load_model(run.model_path("final"))),
+        "resources": plots.resource_dashboard(run.resources, history=run.history),
+        "weight_stats": plots.weight_stats(run.weight_stats),
     }
-    for name, figure in figures.items():
-        figure.savefig(run.path / name, dpi=90)
-    return [run.path / name for name in figures]
+    return [run.write_figure(name, figure, dpi=90) for name, figure in figures.items()]
 
 
 def main(argv=None) -> int:

@@ -650,7 +650,7 @@ def evaluate(run_dir: str | Path, *, split: str = "test", model: str = "best",
         calibrated=calibrated)
     report.runtime = used
     if save:  # the folder whole: a kill leaves the previous evaluation or this one, not a mix
-        folder = run_dir / "evaluation" / split
+        folder = run.evaluation_dir(split)
         remove_stale_temporaries(folder.parent, name=split)  # a killed evaluation's
         with atomic_path(folder) as temporary:
             report.save(temporary)

@@ -10,7 +10,8 @@ in ``figure_`` and ``ax_``, like scikit-learn's Display objects.
 * :func:`activations` shows what chosen layers output for one image, one tile per channel.
 * The training callback ``WeightStats`` records, per layer and epoch, the mean absolute
   weight and the update-to-weight ratio ``|Δw| / |w|`` (around 1e-3 is healthy; 0 means frozen)
-  into a CSV; :func:`read_weight_stats` reads it for :func:`workbench.plots.weight_stats`.
+  into a CSV; ``RunDir(path).weight_stats`` (or :func:`read_weight_stats`, the same reader of a
+  file) reads it for :func:`workbench.plots.weight_stats`.
 * :func:`gradient_check` compares automatic differentiation with central finite differences.
 * :func:`grad_cam` and :func:`occlusion` say where the model looked in one image (from
   :mod:`workbench.explain`, where the web service and ``workbench predict --explain`` reach
@@ -18,7 +19,7 @@ in ``figure_`` and ``ax_``, like scikit-learn's Display objects.
   predictions of an evaluation with theirs (fastai's top losses with heatmaps).
 
 Training curves of one or several runs are :func:`workbench.plots.training_curves` (of
-``workbench.runs.RunDir(path).history()``).
+``workbench.runs.RunDir(path).history``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ import pandas as pd
 from workbench import models, plots
 from workbench._checks import UsageError, check_choice, check_int, check_number
 from workbench._compat import inbound_nodes
-from workbench._io import run_file
 from workbench.data.images import load_array
 from workbench.explain import (METHODS, Explainer, Explanation, all_layers, grad_cam,
                                last_feature_layer, occlusion)
-from workbench.training.callbacks import WEIGHT_STATS_COLUMNS
+from workbench.runs import read_weight_stats  # noqa: F401 (a reader of this module's CSV)
 
 
 # --- finding layers ----------------------------------------------------------------------------
@@ -424,19 +424,6 @@ def activations(model, image, *, layers, max_channels: int = 64,
             values, channels = padded.reshape(1, side, side), len(flat)
         grids.append(ActivationGrid(name, values, int(channels)))
     return Activations(image, grids)
-
-
-# --- weight statistics -------------------------------------------------------------------------
-
-def read_weight_stats(path: str | Path) -> pd.DataFrame:
-    """Reads a CSV written by :class:`WeightStats` (a run directory: its ``weight_stats.csv``)."""
-    path = run_file(path, "weight_stats.csv")
-    table = pd.read_csv(path, dtype={"layer": str, "weight": str})
-    missing = [c for c in WEIGHT_STATS_COLUMNS if c not in table.columns]
-    if missing:
-        raise UsageError(f"path must have the columns {', '.join(WEIGHT_STATS_COLUMNS)}, "
-                         f"received: {str(path)!r} without {', '.join(missing)}")
-    return table
 
 
 # --- gradient check ----------------------------------------------------------------------------

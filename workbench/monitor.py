@@ -47,7 +47,8 @@ import time
 import warnings
 from pathlib import Path
 
-from workbench._checks import UsageError, check_int, check_number, deprecated, one_line
+from workbench._checks import (UsageError, check_int, check_number, deprecated, one_line,
+                               warn_deprecated)
 from workbench._io import run_file
 
 __all__ = ["COLUMNS", "ResourceMonitor", "monitor_command", "read_resources", "summarize_resources"]
@@ -201,7 +202,7 @@ class ResourceMonitor:
     started again appends the next ``session`` to the same file.
 
     Args:
-        path: the CSV file (usually ``run_dir / "resources.csv"``); appended to if it exists,
+        path: the CSV file (a run's: ``RunDir(run_dir).resources_path``); appended to if it exists,
             created with its folder if not.
         interval: seconds between samples, > 0 (default 1.0; 0.1 is fine for short runs).
         pid: the process to record (default this one).
@@ -486,8 +487,16 @@ def monitor_command(command, path, *, interval: float = 1.0) -> int:
 
 # --- reading and summarising -------------------------------------------------------------------
 
+# The file that read_resources looks for in a folder, a deprecated form (the name of a run's
+# file is workbench.runs.RunDir's to know: RunDir(path).resources); removed in the next release.
+_DEPRECATED_FOLDER_FILE = "resources.csv"
+
+
 def _csv_path(path) -> Path:
-    return run_file(path, "resources.csv")
+    if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
+        warn_deprecated("read_resources(a folder)", "workbench.runs.RunDir(folder).resources "
+                        "(or read_resources of the CSV file)", stacklevel=4)
+    return run_file(path, _DEPRECATED_FOLDER_FILE)
 
 
 def read_resources(path):
@@ -496,7 +505,8 @@ def read_resources(path):
     A last line cut short by a killed process is dropped.
 
     Args:
-        path: the CSV file, or a run directory holding ``resources.csv``.
+        path: the CSV file (a run's is ``workbench.runs.RunDir(run_dir).resources``). A
+            folder holding ``resources.csv`` is deprecated.
 
     Returns:
         A ``pandas.DataFrame`` with the :data:`COLUMNS`: ``time`` as timezone-aware UTC

@@ -1,50 +1,92 @@
-"""``RunDir``: the one reader of a run directory written by ``finetune``.
+"""``RunDir``: the one owner of a run directory written by ``finetune``, reads and writes.
 
-A run directory holds everything a training run produces, each file written atomically:
+A run directory holds everything a training run produces. This module is the one place that
+knows the names of its files and how each is written (atomically, through ``workbench._io``);
+training, evaluation, export, prediction, the web page, the notebooks and the studies ask a
+:class:`RunDir` for them:
 
 ====================  ======================================================================
-``config.json``       every setting needed to reproduce the run
-``history.csv``       one row per epoch (loss, accuracy, top-5, validation, lr, time)
-``steps.csv``         the loss of every training step
-``lr_table.csv``      layer, parameters, multiplier, effective learning rate per stage
-``labels.txt``        class names, line ``i`` for output ``i``
-``initial.keras``     the model as built, before training: the starting point (pretrained
-                      weights and a new head) that notebook 4 compares the filters with
-``model.keras``       the final model; ``best.keras`` the best by validation accuracy
-``checkpoint.*``      the last checkpoint (model with optimizer state + ``checkpoint.json``)
-``metrics.json``      final numbers for sweeps: status, accuracies, time, images/s
-``calibration.json``  the temperature that calibrates the probabilities (fitted on the
-                      validation split; ``workbench.calibration``), before/after NLL and ECE
-``curves.png``        loss, accuracy and learning rate per epoch
-``resources.csv``     GPU, CPU and RAM use over time (``workbench.monitor``)
-``weight_stats.csv``  mean |w| and |dw|/|w| per layer and epoch
+file                  read / written through ``RunDir``
+====================  ======================================================================
+``config.json``       ``config`` / ``write_config``: every setting needed to reproduce the run
+``history.csv``       ``history`` / ``history_path``: one row per epoch (loss, accuracy,
+                      top-5, validation, lr, time), appended while training
+``steps.csv``         ``steps`` / ``steps_path``: the loss of every training step
+``lr_table.csv``      ``lr_table`` / ``write_lr_table``: layer, parameters, multiplier,
+                      effective learning rate per stage
+``labels.txt``        ``write_labels``: class names, line ``i`` for output ``i`` (``classes``
+                      reads them from the config)
+``initial.keras``     ``initial_model_path()`` / ``save_model(model, "initial")``: the model as
+                      built, before training: the starting point (pretrained weights and a
+                      new head) that notebook 4 compares the filters with
+``model.keras``       ``model_path("final")`` / ``save_model(model, "final")``: the final model;
+``best.keras``        ``model_path("best")`` / ``save_model(model, "best")``: the best by
+                      validation accuracy
+``checkpoint-*``      ``checkpoint_path(epoch)``, ``checkpoint_state`` /
+                      ``write_checkpoint_state``: the last checkpoint (model with optimizer
+                      state + ``checkpoint.json``; ``workbench.training.checkpoint``)
+``metrics.json``      ``metrics`` / ``write_metrics``: final numbers for sweeps: status,
+                      accuracies, time, images/s
+``calibration.json``  ``calibration`` / ``write_calibration``: the temperature that calibrates
+                      the probabilities (fitted on the validation split;
+                      ``workbench.calibration``), before/after NLL and ECE
+``curves.png``        ``write_figure("curves", ...)``: loss, accuracy and learning rate per
+                      epoch (also ``resources``, ``filters``, ``weight_stats``: the figures of
+                      ``workbench plot-resources`` and ``make demo``)
+``resources.csv``     ``resources`` / ``resources_path``: GPU, CPU and RAM use over time
+                      (``workbench.monitor``)
+``weight_stats.csv``  ``weight_stats`` / ``weight_stats_path``: mean |w| and |dw|/|w| per
+                      layer and epoch
+``logs/``             ``tensorboard_dir``: TensorBoard's logs, when asked for
+``evaluation/``       ``evaluation_dir(split)``: the evaluation reports
+``export/``           ``export_dir``: the exported models and their sidecars
+                      (``workbench.deploy.export``)
 ====================  ======================================================================
 
-Training, evaluation, export, prediction, the web page, the notebooks and the studies read a
-run through this class.
+What a run may lack reads as None (``metrics`` of an unfinished run, ``resources`` of a run
+that did not record them, ...), so a notebook needs no test of whether a file exists. Reading
+the data imports pandas only when a table is read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workbench._checks import MissingPath, UsageError, check_choice
-from workbench._io import atomic_path, remove_stale_temporaries, write_json
-from workbench.data.splitdir import SplitFolder
+from workbench._checks import MissingPath, UsageError, check_choice, warn_deprecated
+from workbench._io import (atomic_path, remove_stale_temporaries, write_figure, write_json,
+                           write_model, write_text)
 
-if TYPE_CHECKING:  # imported where a table is read: prediction reads a run without pandas
+if TYPE_CHECKING:
     import pandas as pd
 
+    from workbench.data.splitdir import SplitData, SplitFolder
+
 MODELS = ("best", "final")  # which model file of a run: the best checkpoint or the last epoch
+_MODEL_FILES = {"initial": "initial.keras", "best": "best.keras", "final": "model.keras"}
+_CONFIG, _LABELS, _METRICS, _CALIBRATION = ("config.json", "labels.txt", "metrics.json",
+                                            "calibration.json")
+_HISTORY, _STEPS, _LR_TABLE = "history.csv", "steps.csv", "lr_table.csv"
+_RESOURCES, _WEIGHT_STATS = "resources.csv", "weight_stats.csv"
 CHECKPOINT_STATE = "checkpoint.json"
-RUN_FILES = ("config.json", "history.csv", "steps.csv", "lr_table.csv", "labels.txt",
-             "initial.keras", "model.keras", "best.keras", "metrics.json", "curves.png",
-             "resources.csv", "weight_stats.csv", "calibration.json", CHECKPOINT_STATE)
+_CHECKPOINT = "checkpoint-"  # + the epoch in 4 digits + .keras
+FIGURES = ("curves", "resources", "filters", "weight_stats")  # ``<name>.png`` in the run
+_TENSORBOARD, _EVALUATION, _EXPORT = "logs", "evaluation", "export"
+
+
+def _figure_file(name: str) -> str:
+    return f"{name}.png"
+
+
+# the files of a run that clear() removes before a fresh start (the figures of
+# plot-resources and make demo, and the folders, stay)
+RUN_FILES = (_CONFIG, _HISTORY, _STEPS, _LR_TABLE, _LABELS, *_MODEL_FILES.values(), _METRICS,
+             _figure_file("curves"), _RESOURCES, _WEIGHT_STATS, _CALIBRATION, CHECKPOINT_STATE)
+# the columns of weight_stats.csv (written by workbench.training.callbacks.WeightStats)
+WEIGHT_STATS_COLUMNS = ["epoch", "layer", "weight", "mean_abs", "update_ratio"]
 
 
 class RunUnfinished(UsageError):
@@ -69,12 +111,14 @@ class RunUnfinished(UsageError):
 
 
 class RunDir:
-    """A run directory: its settings, numbers, history, labels, model files and split folder.
+    """A run directory: its settings, numbers, history, labels, model files and split folder,
+    and the one writer of its files.
 
     Args:
         path: the run directory.
 
-    Reading a file the run does not have raises ``FileNotFoundError`` naming the folder.
+    The data are properties read afresh from the files; what the run lacks reads as None
+    (``config`` alone raises ``FileNotFoundError`` when the folder holds no run).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -86,14 +130,25 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def __truediv__(self, name: str) -> Path:
+        warn_deprecated("RunDir / name", "the RunDir property or method of the file (e.g. "
+                        "run.weight_stats, run.model_path('best'))")
         return self.path / name
+
+    @property
+    def run_dir(self) -> Path:
+        """Deprecated: the folder is :attr:`path` (``finetune`` returned a ``Run`` whose
+        ``run_dir`` it was)."""
+        warn_deprecated("run.run_dir", "run.path")
+        return self.path
+
+    # --- reading -------------------------------------------------------------------------------
 
     @property
     def exists(self) -> bool:
         """Whether the folder holds a run (its ``config.json``)."""
-        return (self.path / "config.json").is_file()
+        return (self.path / _CONFIG).is_file()
 
-    @functools.cached_property
+    @property
     def config(self) -> dict:
         """``config.json``: every setting of the run.
 
@@ -102,14 +157,63 @@ class RunDir:
         """
         if not self.exists:
             raise MissingPath(f"run_dir must be a run directory written by finetune "
-                              f"(with config.json), received: {str(self.path)!r}")
-        return self._json("config.json")
+                              f"(with {_CONFIG}), received: {str(self.path)!r}")
+        return self._json(_CONFIG)
 
     @property
     def metrics(self) -> dict | None:
-        """``metrics.json`` (read afresh), or None while the run has not finished."""
-        path = self.path / "metrics.json"
-        return self._json("metrics.json") if path.is_file() else None
+        """``metrics.json``, or None while the run has not finished."""
+        return self._json(_METRICS)
+
+    @property
+    def calibration(self) -> dict | None:
+        """``calibration.json``, or None for a run trained before runs were calibrated, or not
+        finished."""
+        return self._json(_CALIBRATION)
+
+    @property
+    def history(self) -> pd.DataFrame | None:
+        """``history.csv``: one row per epoch; None before the first epoch."""
+        return self._csv(self.history_path)
+
+    @property
+    def steps(self) -> pd.DataFrame | None:
+        """``steps.csv``: the loss of every training step; None before the first step."""
+        return self._csv(self.steps_path)
+
+    @property
+    def lr_table(self) -> pd.DataFrame | None:
+        """``lr_table.csv``: layer, parameters, multiplier and effective learning rate of every
+        stage begun; None before the first stage."""
+        return self._csv(self.path / _LR_TABLE)
+
+    @property
+    def weight_stats(self) -> pd.DataFrame | None:
+        """``weight_stats.csv`` (see :func:`read_weight_stats`), or None for a run that did not
+        record weight statistics."""
+        path = self.weight_stats_path
+        return read_weight_stats(path) if path.is_file() else None
+
+    @property
+    def resources(self) -> pd.DataFrame | None:
+        """``resources.csv`` (see ``workbench.monitor.read_resources``), or None for a run that
+        did not record resources."""
+        from workbench.monitor import read_resources
+
+        path = self.resources_path
+        return read_resources(path) if path.is_file() else None
+
+    @property
+    def checkpoint_state(self) -> dict | None:
+        """``checkpoint.json``: the state of the last checkpoint (its ``epoch``, and ``model``:
+        the name of its model file), or None without one."""
+        return self._json(CHECKPOINT_STATE)
+
+    @property
+    def checkpoint_epoch(self) -> int | None:
+        """The epoch of the last checkpoint, or None without one."""
+        state = self.checkpoint_state
+        return int(state["epoch"]) if state is not None else None
 
     @property
     def resumable(self) -> bool:
@@ -135,13 +239,6 @@ class RunDir:
         if not self.finished:
             raise RunUnfinished(self)
 
-    @property
-    def calibration(self) -> dict | None:
-        """``calibration.json`` (read afresh), or None for a run trained before runs were
-        calibrated, or not finished."""
-        path = self.path / "calibration.json"
-        return self._json("calibration.json") if path.is_file() else None
-
     def temperature(self, model: str = "best") -> float:
         """The temperature that calibrates ``model``'s probabilities (see
         ``workbench.calibration``); 1.0 (none) when the run has no calibration for that file.
@@ -151,20 +248,6 @@ class RunDir:
         """
         fitted = (self.calibration or {}).get("models", {})
         return float(fitted.get(self.model_path(model).name, {}).get("temperature", 1.0))
-
-    def write_calibration(self, record: dict) -> None:
-        """Writes ``calibration.json`` atomically: ``record["models"]`` maps each model file's
-        name to its fitted ``temperature`` (and the numbers before and after)."""
-        if not isinstance(record, dict) or not isinstance(record.get("models"), dict):
-            raise UsageError(f"record must be a dict with a 'models' dict, received: "
-                             f"{record!r}"[:300])
-        write_json(self.path / "calibration.json", record)
-
-    @property
-    def checkpoint_epoch(self) -> int | None:
-        """The epoch of the last checkpoint (``checkpoint.json``), or None without one."""
-        path = self.path / CHECKPOINT_STATE
-        return int(self._json(CHECKPOINT_STATE)["epoch"]) if path.is_file() else None
 
     def describe(self) -> str:
         """What the folder holds, in a few words: ``"finished at epoch 30, test accuracy
@@ -181,43 +264,6 @@ class RunDir:
         accuracy = next((f", {split} accuracy {metrics[f'{split}_accuracy']:.3f}"
                          for split in ("test", "val") if f"{split}_accuracy" in metrics), "")
         return f"finished at epoch {metrics.get('epochs')}{accuracy}"
-
-    @contextlib.contextmanager
-    def replacement(self):
-        """Yields a :class:`RunDir` of a new folder beside this one, which replaces this folder
-        in one step when the block succeeds. When the block raises (or the process is killed),
-        this folder stays as it was; what the block wrote is removed (by :meth:`recover` after
-        a kill)."""
-        self.recover()
-        with atomic_path(self.path) as temporary:
-            temporary.mkdir()
-            yield RunDir(temporary)
-        self.__dict__.pop("config", None)
-
-    def recover(self) -> list[Path]:
-        """Clears what a killed :meth:`replacement` left beside this folder (the new run's
-        folder; after a kill in the middle of the swap, the old run set aside is put back).
-        Returns the paths cleared."""
-        return remove_stale_temporaries(self.path.parent, name=self.path.name)
-
-    def history(self) -> pd.DataFrame:
-        """``history.csv``: one row per epoch."""
-        import pandas as pd
-
-        return pd.read_csv(self._file("history.csv"))
-
-    def steps(self) -> pd.DataFrame:
-        """``steps.csv``: the loss of every training step."""
-        import pandas as pd
-
-        return pd.read_csv(self._file("steps.csv"))
-
-    def lr_table(self) -> pd.DataFrame:
-        """``lr_table.csv`` (empty when the run has none)."""
-        import pandas as pd
-
-        path = self.path / "lr_table.csv"
-        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
     @property
     def classes(self) -> list[str]:
@@ -239,6 +285,8 @@ class RunDir:
         return config.get("backbone") or (Path(config["source"]).name if config.get("source")
                                           else None)
 
+    # --- where the files are -------------------------------------------------------------------
+
     def model_path(self, model: str = "best") -> Path:
         """The model file: ``best.keras`` (falling back to ``model.keras`` when the run kept no
         best checkpoint) or ``model.keras`` for ``"final"``.
@@ -247,13 +295,26 @@ class RunDir:
             FileNotFoundError: when the run has no finished model.
         """
         check_choice("model", model, MODELS)
-        if model == "best" and (self.path / "best.keras").is_file():
-            return self.path / "best.keras"
-        path = self.path / "model.keras"
+        best = self.model_file("best")
+        if model == "best" and best.is_file():
+            return best
+        path = self.model_file("final")
         if not path.is_file():
-            raise MissingPath(f"run_dir holds no finished model (model.keras), received: "
+            raise MissingPath(f"run_dir holds no finished model ({path.name}), received: "
                               f"{str(self.path)!r}")
         return path
+
+    def model_file(self, which: str) -> Path:
+        """Where the run keeps its ``"initial"``, ``"best"`` or ``"final"`` model
+        (``initial.keras``, ``best.keras``, ``model.keras``), there yet or not: to read a
+        finished run's model use :meth:`model_path`, which checks and falls back."""
+        check_choice("which", which, tuple(_MODEL_FILES))
+        return self.path / _MODEL_FILES[which]
+
+    def which_model(self, path: str | os.PathLike) -> str | None:
+        """Which model of this run the file ``path`` is: ``"best"``, ``"final"``, or None for
+        any other file (a checkpoint, ``initial.keras``, a file elsewhere)."""
+        return next((model for model in MODELS if Path(path) == self.model_file(model)), None)
 
     def initial_model_path(self) -> Path:
         """``initial.keras``: the model as built before training (its pretrained weights).
@@ -261,18 +322,132 @@ class RunDir:
         Raises:
             FileNotFoundError: for a run trained before runs recorded their starting point.
         """
-        path = self.path / "initial.keras"
+        path = self.model_file("initial")
         if not path.is_file():
-            raise MissingPath(f"run_dir holds no initial.keras (trained before runs "
+            raise MissingPath(f"run_dir holds no {path.name} (trained before runs "
                               f"recorded their starting point: compare with the model it "
                               f"started from instead), received: {str(self.path)!r}")
         return path
 
+    def checkpoint_path(self, epoch: int) -> Path:
+        """The model file of the checkpoint of ``epoch`` (``checkpoint-NNNN.keras``)."""
+        return self.path / f"{_CHECKPOINT}{int(epoch):04d}.keras"
+
+    @property
+    def history_path(self) -> Path:
+        """``history.csv``, which training appends to epoch by epoch."""
+        return self.path / _HISTORY
+
+    @property
+    def steps_path(self) -> Path:
+        """``steps.csv``, which training appends to step by step."""
+        return self.path / _STEPS
+
+    @property
+    def weight_stats_path(self) -> Path:
+        """``weight_stats.csv``, which ``training.callbacks.WeightStats`` appends to."""
+        return self.path / _WEIGHT_STATS
+
+    @property
+    def resources_path(self) -> Path:
+        """``resources.csv``, which ``workbench.monitor.ResourceMonitor`` appends to."""
+        return self.path / _RESOURCES
+
+    def figure_path(self, name: str) -> Path:
+        """The PNG of one of the run's :data:`FIGURES` (``curves.png``, ...)."""
+        check_choice("name", name, FIGURES)
+        return self.path / _figure_file(name)
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """The folder of TensorBoard's logs (``logs/``)."""
+        return self.path / _TENSORBOARD
+
+    def evaluation_dir(self, split: str) -> Path:
+        """The folder of the evaluation report on ``split`` (``evaluation/<split>/``)."""
+        return self.path / _EVALUATION / split
+
+    @property
+    def export_dir(self) -> Path:
+        """The folder of the run's exports (``export/``; ``workbench.deploy.export``)."""
+        return self.path / _EXPORT
+
+    # --- writing (each file atomically) --------------------------------------------------------
+
+    def write_config(self, config: dict) -> None:
+        """Writes ``config.json``: every setting of the run."""
+        write_json(self.path / _CONFIG, config)
+
+    def write_labels(self, classes) -> None:
+        """Writes ``labels.txt``: one class name a line, line ``i`` naming output ``i``."""
+        write_text(self.path / _LABELS, "".join(f"{name}\n" for name in classes))
+
+    def write_metrics(self, metrics: dict) -> None:
+        """Writes ``metrics.json``: the run's final numbers (or that it diverged)."""
+        write_json(self.path / _METRICS, metrics)
+
+    def remove_metrics(self) -> None:
+        """Removes ``metrics.json``, so that a stale one cannot pass for a new run's numbers."""
+        (self.path / _METRICS).unlink(missing_ok=True)
+
+    def write_calibration(self, record: dict) -> None:
+        """Writes ``calibration.json``: ``record["models"]`` maps each model file's name to its
+        fitted ``temperature`` (and the numbers before and after)."""
+        if not isinstance(record, dict) or not isinstance(record.get("models"), dict):
+            raise UsageError(f"record must be a dict with a 'models' dict, received: "
+                             f"{record!r}"[:300])
+        write_json(self.path / _CALIBRATION, record)
+
+    def write_lr_table(self, table: pd.DataFrame) -> None:
+        """Writes ``lr_table.csv`` (a frame of ``workbench.training.lr_mult.lr_table`` rows
+        with their ``stage``)."""
+        write_text(self.path / _LR_TABLE, table.to_csv(index=False, lineterminator="\n"))
+
+    def write_checkpoint_state(self, state: dict) -> None:
+        """Writes ``checkpoint.json``: the state of the checkpoint whose model file it names
+        (``state["model"]``), once that file is complete."""
+        write_json(self.path / CHECKPOINT_STATE, state)
+
+    def save_model(self, model, which: str) -> Path:
+        """Saves a Keras model as the run's ``"initial"``, ``"best"`` or ``"final"`` model
+        (``initial.keras``, ``best.keras``, ``model.keras``) and returns its path."""
+        path = self.model_file(which)
+        write_model(path, model)
+        return path
+
+    def write_figure(self, name: str, figure, *, dpi: int = 100) -> Path:
+        """Saves a matplotlib figure as the run's ``<name>.png`` (one of :data:`FIGURES`) and
+        returns its path."""
+        path = self.figure_path(name)
+        write_figure(path, figure, dpi=dpi)
+        return path
+
+    # --- the folder ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def replacement(self):
+        """Yields a :class:`RunDir` of a new folder beside this one, which replaces this folder
+        in one step when the block succeeds. When the block raises (or the process is killed),
+        this folder stays as it was; what the block wrote is removed (by :meth:`recover` after
+        a kill)."""
+        self.recover()
+        with atomic_path(self.path) as temporary:
+            temporary.mkdir()
+            yield RunDir(temporary)
+
+    def recover(self) -> list[Path]:
+        """Clears what a killed :meth:`replacement` left beside this folder (the new run's
+        folder; after a kill in the middle of the swap, the old run set aside is put back).
+        Returns the paths cleared."""
+        return remove_stale_temporaries(self.path.parent, name=self.path.name)
+
     def split_folder(self) -> SplitFolder:
         """The split folder the run was trained on."""
+        from workbench.data.splitdir import SplitFolder
+
         return SplitFolder(self.config["splits"])
 
-    def load_splits(self, *, progress: str = "none"):
+    def load_splits(self, *, progress: str = "none") -> SplitData:
         """The run's split folder decoded as training decoded it (same size and resize mode).
 
         Args:
@@ -283,9 +458,10 @@ class RunDir:
         """
         data = self.split_folder().load(image_size=self.image_size,
                                         resize_mode=self.resize_mode, progress=progress)
-        if self.config.get("classes") and self.classes != list(data.classes):
-            raise UsageError(f"the classes of {self.config['splits']} changed since the run was "
-                             f"trained: the run has {len(self.classes)}, the split folder "
+        config = self.config
+        if config.get("classes") and list(config["classes"]) != list(data.classes):
+            raise UsageError(f"the classes of {config['splits']} changed since the run was "
+                             f"trained: the run has {len(config['classes'])}, the split folder "
                              f"{len(data.classes)}")
         return data
 
@@ -300,25 +476,58 @@ class RunDir:
             return
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        for old in self.path.glob("checkpoint-*.keras"):
+        for old in self.path.glob(f"{_CHECKPOINT}*.keras"):
             old.unlink()
-        self.__dict__.pop("config", None)
 
     def remove_partial_files(self) -> list[Path]:
         """Deletes what a killed process left half-written (the temporary files of atomic
         writes); returns what was removed."""
         return remove_stale_temporaries(self.path)
 
-    def _file(self, name: str) -> Path:
+    def _json(self, name: str) -> dict | None:
         path = self.path / name
         if not path.is_file():
-            raise MissingPath(f"the run directory {str(self.path)!r} has no {name}")
-        return path
-
-    def _json(self, name: str) -> dict:
-        path = self._file(name)
+            return None
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except ValueError as error:
             raise UsageError(f"{path} is not readable JSON ({error}); the run directory is "
                              "damaged: train it again") from None
+
+    @staticmethod
+    def _csv(path: Path) -> pd.DataFrame | None:
+        if not path.is_file():
+            return None
+        import pandas as pd
+
+        return pd.read_csv(path)
+
+
+def read_weight_stats(path: str | os.PathLike) -> pd.DataFrame:
+    """Reads a ``weight_stats.csv`` written by ``workbench.training.callbacks.WeightStats``.
+
+    Args:
+        path: the CSV file, or a run directory holding one.
+
+    Returns:
+        A DataFrame with the :data:`WEIGHT_STATS_COLUMNS` (``layer`` and ``weight`` as text).
+
+    Raises:
+        FileNotFoundError: when there is no such file.
+        ValueError: when the file lacks the columns.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"path must be a {_WEIGHT_STATS} file or a run directory, received: "
+                         f"{path!r}")
+    path = RunDir(path).weight_stats_path if Path(path).is_dir() else Path(path)
+    if not path.is_file():
+        raise MissingPath(f"path must be a {_WEIGHT_STATS} file or a run directory "
+                          f"holding one, received: {str(path)!r} (not found)")
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype={"layer": str, "weight": str})
+    missing = [c for c in WEIGHT_STATS_COLUMNS if c not in table.columns]
+    if missing:
+        raise UsageError(f"path must have the columns {', '.join(WEIGHT_STATS_COLUMNS)}, "
+                         f"received: {str(path)!r} without {', '.join(missing)}")
+    return table

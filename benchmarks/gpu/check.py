@@ -474,7 +474,6 @@ def step_finetune(s: Settings, args, arg: str | None) -> dict:
 
     from workbench import plots
     from workbench.models import StartingPoint
-    from workbench.monitor import read_resources
     from workbench.runs import RunDir
     from workbench.training.solver import SolverConfig
     from workbench.training.train import finetune
@@ -490,8 +489,8 @@ def step_finetune(s: Settings, args, arg: str | None) -> dict:
              overwrite=True)  # a measurement: a second check with the same --work trains anew
     seconds = time.perf_counter() - started
     run = RunDir(run_dir)
-    metrics, config, history, lr_table = run.metrics, run.config, run.history(), run.lr_table()
-    resources = read_resources(run_dir / "resources.csv")
+    metrics, config, history, lr_table = run.metrics, run.config, run.history, run.lr_table
+    resources = run.resources
     for name in ("history.csv", "resources.csv", "lr_table.csv", "metrics.json", "config.json"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out / f"finetune_{name}")

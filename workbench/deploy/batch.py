@@ -49,6 +49,7 @@ from workbench._progress import progress_argument
 from workbench.data.images import DEFAULT_MAX_PIXELS, ImageRejected
 # the row pipeline lives in files (Classifier.predict_files uses it); named here for the job's users
 from workbench.deploy.files import Source, as_sources, list_files, predict_rows  # noqa: F401
+from workbench.runs import RunDir
 
 PARTIAL_SUFFIX = ".partial"  # the folder of chunks beside the output, until it is complete
 MANIFEST = "manifest.json"
@@ -492,12 +493,14 @@ def predict_chunk(load: dict, sources: list, partial: str, settings: dict) -> in
 def check_worker(run_dir: str, image: str | None, partial: str) -> str | None:
     """On a worker: why it cannot read the run, an image or write the output; None when it
     can."""
-    config = Path(run_dir) / "config.json" if Path(run_dir).is_dir() else Path(run_dir)
     try:
-        with open(config, "rb"):
-            pass
-    except OSError as error:
-        return f"cannot read the run {run_dir} ({error.strerror or error})"
+        if Path(run_dir).is_dir():
+            RunDir(run_dir).config  # noqa: B018 (read, as the worker's classifier will)
+        else:  # a model file
+            with open(run_dir, "rb"):
+                pass
+    except (OSError, ValueError) as error:
+        return f"cannot read the run {run_dir} ({getattr(error, 'strerror', None) or error})"
     if image is not None and not os.access(image, os.R_OK):
         return f"cannot read the image {image}"
     probe = Path(partial) / f".probe-{uuid.uuid4().hex[:8]}"

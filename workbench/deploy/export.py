@@ -192,7 +192,7 @@ def export_path(run_dir: str | Path, *, format: str = "litert", quantize: str | 
         name = f"{stem}.onnx"
     else:
         name = f"{stem}{'_' + quantize if quantize else ''}.tflite"
-    return Path(run_dir) / "export" / name
+    return RunDir(run_dir).export_dir / name
 
 
 def sidecar_path(path: str | Path) -> Path:

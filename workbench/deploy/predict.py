@@ -193,7 +193,7 @@ class Classifier:
                                  f"file, received: {str(path)!r}")
             from workbench.models import load_model
 
-            facts = _config_facts(path.parent) if (path.parent / "config.json").is_file() else {}
+            facts = _config_facts(path.parent) if RunDir(path.parent).exists else {}
             network = load_model(path)
             labels, image_size, resize_mode = _file_labels(
                 path, labels, image_size, resize_mode, facts, network)
@@ -510,9 +510,10 @@ def _config_facts(run_dir: Path) -> dict:
 
 
 def _file_temperature(path: Path) -> float:
-    """The temperature of a run's ``best.keras`` or ``model.keras``; 1 for any other file."""
-    model = {"best.keras": "best", "model.keras": "final"}.get(path.name)
-    return RunDir(path.parent).temperature(model) if model else 1.0
+    """The temperature of a run's best or final model file; 1 for any other file."""
+    run = RunDir(path.parent)
+    model = run.which_model(path)
+    return run.temperature(model) if model else 1.0
 
 
 def _sidecar_facts(path: Path) -> dict:

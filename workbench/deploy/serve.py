@@ -174,7 +174,7 @@ def _run_of(run_dir, model_file: Path | None) -> RunDir | None:
     folders = [Path(run_dir)] if run_dir else []
     if model_file is not None:
         folders.append(model_file.parent)
-        if model_file.parent.name == "export":
+        if RunDir(model_file.parent.parent).export_dir == model_file.parent:
             folders.append(model_file.parent.parent)
     return next((RunDir(folder) for folder in folders if RunDir(folder).exists), None)
 
@@ -187,7 +187,7 @@ def _file_name(model_file: Path | None) -> str:
     if stem not in _RUN_MODEL_STEMS and not stem.startswith("checkpoint"):
         return stem
     folder = model_file.resolve().parent
-    return (folder.parent if folder.name == "export" else folder).name or stem
+    return (folder.parent if RunDir(folder.parent).export_dir == folder else folder).name or stem
 
 
 def _origin(config: dict, starting_point: str | None) -> str | None:

@@ -19,8 +19,8 @@ notebooks display what they get, scripts save it. Where it draws follows one rul
 Panels are never drawn into an Axes handed in for one: a grid needs room that an Axes does not
 have, and a figure keeps the panels' shared layout (``layout="constrained"``). A given figure
 keeps its own size; ``figsize`` and such apply to new ones. Reading files
-is the caller's job (``workbench.runs.RunDir(path).history()``,
-``workbench.monitor.read_resources(path)``, ``workbench.inspect.read_weight_stats(path)``,
+is the caller's job (``workbench.runs.RunDir(path)``: its ``history``, ``resources`` and
+``weight_stats``; ``workbench.monitor.read_resources(path)`` of a monitor's CSV,
 ``workbench.data.scan.sample_images(...)``); this package imports nothing else of the
 workbench but ``workbench._checks``.
 

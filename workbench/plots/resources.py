@@ -53,7 +53,7 @@ def _check_frames(frame, history) -> None:
         return
     if not isinstance(history, pd.DataFrame):
         raise UsageError(f"history must be a history.csv frame (workbench.runs.RunDir."
-                         f"history()), received: {type(history).__name__}")
+                         f"history), received: {type(history).__name__}")
     absent = [c for c in ("epoch", "loss", "accuracy") if c not in history.columns]
     if absent:
         raise UsageError(f"history must be a history.csv frame with epoch, loss and accuracy, "
@@ -73,7 +73,7 @@ def resource_dashboard(frame: pd.DataFrame, *, history: pd.DataFrame | None = No
 
     Args:
         frame: the samples, from :func:`workbench.monitor.read_resources`.
-        history: optional ``history.csv`` frame (``workbench.runs.RunDir(path).history()``)
+        history: optional ``history.csv`` frame (``workbench.runs.RunDir(path).history``)
             with ``epoch``, ``loss``, ``accuracy`` and optionally ``val_loss``,
             ``val_accuracy``; drawn as two extra axes (loss, accuracy per epoch) in a column
             to the right.

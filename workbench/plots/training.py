@@ -30,7 +30,7 @@ def _named_histories(histories, names) -> dict:
     for name, frame in named.items():
         if not isinstance(frame, pd.DataFrame):
             raise UsageError(f"histories must be history.csv frames (workbench.runs.RunDir."
-                             f"history()), received for {name!r}: {type(frame).__name__}")
+                             f"history), received for {name!r}: {type(frame).__name__}")
         missing = [c for c in _HISTORY_COLUMNS if c not in frame.columns]
         if len(frame) and missing:
             raise UsageError(f"histories must have the columns {', '.join(_HISTORY_COLUMNS)}, "
@@ -45,7 +45,7 @@ def training_curves(histories, *, names=None, figure=None) -> Figure:
     history (a run that has not finished an epoch) draws nothing.
 
     Args:
-        histories: ``history.csv`` frames (``workbench.runs.RunDir(path).history()``): a dict
+        histories: ``history.csv`` frames (``workbench.runs.RunDir(path).history``): a dict
             ``{name: frame}``, a list of frames, or one frame. Columns ``epoch``, ``loss``,
             ``accuracy``, ``lr`` and optionally ``val_loss``, ``val_accuracy`` (NaN in epochs
             without validation).

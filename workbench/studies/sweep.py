@@ -33,6 +33,7 @@ from workbench._cluster import check_dask_cluster, dask_client
 from workbench._io import write_json, write_text
 from workbench._progress import progress as progress_bar
 from workbench._progress import progress_argument
+from workbench.runs import RunDir
 
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.json"
@@ -349,7 +350,7 @@ def _remove_stale_metrics(out: Path, todo: list) -> None:
     """Removes the ``metrics.json`` of every run to do: a stale one must not pass for this
     run's numbers."""
     for task in todo:
-        (out / task["name"] / "metrics.json").unlink(missing_ok=True)
+        RunDir(out / task["name"]).remove_metrics()
 
 
 def _run_all(todo, out, order, rows, parameters, *, workers, cluster, cluster_options,
@@ -545,15 +546,15 @@ def _previous_sweep(out: Path, notebook: Path, fixed: dict) -> tuple[dict, list]
 
 def _read_run_metrics(run_dir: Path) -> tuple[dict, str | None]:
     """The run's ``metrics.json`` as flat values, or an error saying why there is none."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return {}, f"the notebook wrote no metrics.json in {run_dir}"
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as failure:
-        return {}, one_line(f"{path} is not readable JSON: {failure}")
+        metrics = RunDir(run_dir).metrics
+    except (OSError, ValueError) as failure:  # a damaged file: RunDir says which
+        return {}, one_line(failure)
+    if metrics is None:
+        return {}, f"the notebook wrote no metrics.json in {run_dir}"
     if not isinstance(metrics, dict):
-        return {}, f"{path} must hold a JSON object, received: {type(metrics).__name__}"
+        return {}, (f"the metrics.json in {run_dir} must hold a JSON object, received: "
+                    f"{type(metrics).__name__}")
     return {key: value if value is None or isinstance(value, (str, int, float, bool))
             else json.dumps(value) for key, value in metrics.items()}, None
 

@@ -23,11 +23,9 @@ from workbench import plots
 from workbench._checks import UsageError
 from workbench._compat import is_seed_state
 from workbench._io import atomic_path
-from workbench.monitor import read_resources
-from workbench.runs import RunDir
+from workbench.runs import WEIGHT_STATS_COLUMNS, RunDir
 from workbench.training import checkpoint
 
-WEIGHT_STATS_COLUMNS = ["epoch", "layer", "weight", "mean_abs", "update_ratio"]
 _SKIPPED_WEIGHTS = ("moving_mean", "moving_variance")  # batch-norm statistics are not learned
 
 
@@ -123,8 +121,9 @@ class HistoryLogger(keras.callbacks.Callback):
         def keep(row):  # rows of epochs after the checkpoint are trained again
             return int(row["epoch"]) <= state.epoch
 
-        self.epochs = CsvAppender(run_dir / "history.csv", self.EPOCH_COLUMNS, keep_while=keep)
-        self.steps = CsvAppender(run_dir / "steps.csv", self.STEP_COLUMNS, keep_while=keep)
+        run = RunDir(run_dir)
+        self.epochs = CsvAppender(run.history_path, self.EPOCH_COLUMNS, keep_while=keep)
+        self.steps = CsvAppender(run.steps_path, self.STEP_COLUMNS, keep_while=keep)
         self.state, self.stage_name = state, stage_name
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -216,7 +215,7 @@ class BestModel(keras.callbacks.Callback):
         if self.state.best is None or value > self.state.best:
             self.state.best, self.state.best_epoch, self.state.wait = float(value), epoch + 1, 0
             if self.keep is None:
-                checkpoint.save_model(self.model, self.run_dir / "best.keras")
+                RunDir(self.run_dir).save_model(self.model, "best")
             else:
                 self.kept = _values(self.keep())
         else:
@@ -231,7 +230,7 @@ class BestModel(keras.callbacks.Callback):
         for variable, value in zip(variables, self.kept, strict=True):
             variable.assign(value)
         try:
-            checkpoint.save_model(self.model, self.run_dir / "best.keras")
+            RunDir(self.run_dir).save_model(self.model, "best")
         finally:
             for variable, value in zip(variables, now, strict=True):
                 variable.assign(value)
@@ -428,7 +427,7 @@ class WeightStats(keras.callbacks.Callback):
     multiplier 0) shows exactly 0. Rows of epochs after the one ``fit`` starts at are dropped
     first, so a resumed run or a second stage continues the same file::
 
-        model.fit(..., callbacks=[WeightStats(run_dir / "weight_stats.csv")])
+        model.fit(..., callbacks=[WeightStats(RunDir(run_dir).weight_stats_path)])
 
     Args:
         path: the CSV file.
@@ -508,11 +507,12 @@ class LivePlot(keras.callbacks.Callback):
         self.title = title or Path(run_dir).name
 
     def on_epoch_end(self, epoch, logs=None):
-        history = RunDir(self.run_dir).history()  # HistoryLogger has written this epoch
+        run = RunDir(self.run_dir)
+        history = run.history  # HistoryLogger has written this epoch
         self._show("curves", plots.training_curves({self.title: history}))
-        resources = self.run_dir / "resources.csv"
-        if resources.is_file():
-            self._show("resources", plots.resource_dashboard(read_resources(resources)))
+        resources = run.resources
+        if resources is not None:
+            self._show("resources", plots.resource_dashboard(resources))
 
     def _show(self, name: str, figure) -> None:
         from IPython.display import display

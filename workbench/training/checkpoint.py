@@ -1,23 +1,22 @@
-"""Resumable checkpoints of a run directory, written atomically (see ``workbench._io``)."""
+"""Resumable checkpoints of a run directory, written atomically (see ``workbench._io``); the
+names of their files are the run's (:class:`workbench.runs.RunDir`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
 
 from workbench._checks import MissingPath
-from workbench._io import atomic_path, write_json
+from workbench._io import write_model
 # Imported for their registration: the optimizers, schedule and loss a run compiles with.
 from workbench.training import lr_mult, solver  # noqa: F401
-from workbench.runs import CHECKPOINT_STATE
+from workbench.runs import RunDir
 
 
 def save_model(model: keras.Model, path: str | Path) -> None:
     """Saves a ``.keras`` model (with its compiled optimizer state) atomically."""
-    with atomic_path(path) as temporary:
-        model.save(temporary)
+    write_model(path, model)
 
 
 def save_checkpoint(run_dir: str | Path, model: keras.Model, state: dict) -> Path:
@@ -35,27 +34,14 @@ def save_checkpoint(run_dir: str | Path, model: keras.Model, state: dict) -> Pat
     Returns:
         The path of the new checkpoint model.
     """
-    run_dir = Path(run_dir)
-    previous = _checkpoint_model(run_dir)
-    model_path = run_dir / f"checkpoint-{int(state['epoch']):04d}.keras"
+    run = RunDir(run_dir)
+    previous = run.checkpoint_state
+    model_path = run.checkpoint_path(state["epoch"])
     save_model(model, model_path)
-    write_json(run_dir / CHECKPOINT_STATE, {**state, "model": model_path.name})
-    if previous is not None and previous != model_path:
-        previous.unlink(missing_ok=True)
+    run.write_checkpoint_state({**state, "model": model_path.name})
+    if previous is not None and previous["model"] != model_path.name:
+        (run.path / previous["model"]).unlink(missing_ok=True)
     return model_path
-
-
-def _read_state(run_dir: Path) -> dict | None:
-    """The saved state, including ``model``: the name of its checkpoint file."""
-    state_path = run_dir / CHECKPOINT_STATE
-    if not state_path.is_file():
-        return None
-    return json.loads(state_path.read_text(encoding="utf-8"))
-
-
-def _checkpoint_model(run_dir: Path) -> Path | None:
-    state = _read_state(run_dir)
-    return None if state is None else run_dir / state["model"]
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[keras.Model, dict] | None:
@@ -63,11 +49,11 @@ def load_checkpoint(run_dir: str | Path) -> tuple[keras.Model, dict] | None:
 
     ``state`` is what was passed to :func:`save_checkpoint`.
     """
-    run_dir = Path(run_dir)
-    state = _read_state(run_dir)
+    run = RunDir(run_dir)
+    state = run.checkpoint_state
     if state is None:
         return None
-    model_path = run_dir / state.pop("model")
+    model_path = run.path / state.pop("model")
     return load_compiled(model_path), state
 
 

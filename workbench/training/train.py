@@ -20,13 +20,12 @@ from workbench._cluster import Cluster, barrier, joined
 from workbench._device import (execution_context, gpu_count, gpu_name, replica_count,
                                resolve_strategy)
 from workbench._checks import (UsageError, check_bool, check_choice, check_folder_path,
-                               check_int, check_number, short_traceback)
+                               check_int, check_number, short_traceback, warn_deprecated)
 from workbench._progress import in_notebook, loop_progress, watched_notebook
-from workbench._io import atomic_path, write_json, write_text
 from workbench.data import cache, pipeline
 from workbench.data.augment import Augment, resolve_augment, stored_size
 from workbench.data.splitdir import SplitData, SplitFolder, load_splits
-from workbench.monitor import ResourceMonitor, read_resources, summarize_resources
+from workbench.monitor import ResourceMonitor, summarize_resources
 from workbench.runs import RunDir
 from workbench.training import callbacks as cb
 from workbench.training import checkpoint, features, lr_mult
@@ -121,27 +120,20 @@ class TrainingInterrupted(KeyboardInterrupt):
         return short_traceback(self)
 
 
-@dataclasses.dataclass
 class Run:
-    """The result of :func:`finetune`: where it is and what it measured.
+    """Deprecated: :func:`finetune` returns a :class:`workbench.runs.RunDir`, the one class of
+    a run directory. ``Run(run_dir, ...)`` and ``Run.load(run_dir)`` warn and give
+    ``RunDir(run_dir)`` (its ``metrics``, ``history`` and ``lr_table`` are properties)."""
 
-    Attributes:
-        run_dir: the run directory.
-        metrics: the contents of ``metrics.json``.
-        history: the contents of ``history.csv``.
-        lr_table: the layer / multiplier / effective learning-rate table of the last stage.
-    """
-
-    run_dir: Path
-    metrics: dict
-    history: pd.DataFrame
-    lr_table: pd.DataFrame
+    def __new__(cls, run_dir: str | Path, *args, **kwargs) -> RunDir:
+        warn_deprecated("workbench.training.train.Run", "workbench.runs.RunDir")
+        return RunDir(run_dir)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Run:
-        """Reads a finished run directory."""
-        run = RunDir(run_dir)
-        return cls(run.path, run.metrics, run.history(), run.lr_table())
+    def load(cls, run_dir: str | Path) -> RunDir:
+        """Deprecated: ``RunDir(run_dir)``."""
+        warn_deprecated("Run.load(run_dir)", "workbench.runs.RunDir(run_dir)")
+        return RunDir(run_dir)
 
 
 def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
@@ -153,7 +145,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
              class_weight: str | None = None, dropout: float = 0.2, seed: int = 0,
              resume: bool = False, overwrite: bool = False,
              progress: str = "auto", execution: Execution | None = None,
-             monitoring: Monitoring | None = None, **deprecated) -> Run:
+             monitoring: Monitoring | None = None, **deprecated) -> RunDir:
     """Fine-tunes a pretrained network on a split dataset and writes a run directory.
 
     A run directory that holds a run (finished, interrupted or diverged) is never changed
@@ -201,13 +193,14 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
         execution: precision and distribution (:class:`~workbench.training.options.Execution`;
             by default mixed float16 on a GPU, float32 on the CPU, mirrored over several GPUs;
             ``strategy="distributed"`` for one of several worker processes, of which worker 0
-            writes ``run_dir`` and the others return its :class:`Run` once it is written).
+            writes ``run_dir`` and the others return its :class:`RunDir` once it is written).
         monitoring: what is recorded beside the history
             (:class:`~workbench.training.options.Monitoring`; by default resources and weight
             statistics, no TensorBoard).
 
     Returns:
-        A :class:`Run`.
+        The :class:`~workbench.runs.RunDir` of ``run_dir`` (its ``metrics``, ``history``,
+        ``lr_table``, model files, ...).
 
     Raises:
         UsageError: for a bad argument (``workbench._checks.UsageError``, a ``ValueError``),
@@ -236,7 +229,7 @@ def finetune(splits: str | Path | SplitData, run_dir: str | Path, *,
     plan = _plan(RunDir(job.run_dir), job.config, resume=resume, overwrite=overwrite,
                  progress=progress)
     if plan.finished:  # with the same settings: nothing to do
-        return Run.load(job.run_dir)
+        return plan.run
     if cluster is not None:  # every worker has read the run before worker 0 may clear it
         barrier("workbench: run directory read")
     inputs = _inputs(job, plan, strategy=strategy, cluster=cluster, progress=progress)
@@ -381,7 +374,7 @@ def _inputs(job: _Job, plan: _Plan, *, strategy, cluster, progress: str) -> _Inp
 
 
 def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, execution,
-               monitoring, progress: str) -> Run:
+               monitoring, progress: str) -> RunDir:
     """Trains the run and writes its folder (worker 0 only), then returns it."""
     run_dir, solver, data = job.run_dir, job.solver, inputs.data
     trained = False
@@ -395,11 +388,12 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
                     _announce(plan, data, recipe=job.recipe.name, policy=policy, cluster=cluster)
                 model, state, resumed = _start_model(job, plan, inputs)
                 out = _run_folder(stack, plan, cluster, fresh=not resumed)
-                write_json(out / "config.json", job.config)
-                write_text(out / "labels.txt", "".join(f"{c}\n" for c in data.classes))
+                written = RunDir(out)
+                written.write_config(job.config)
+                written.write_labels(data.classes)
                 if not resumed:  # the starting point, for comparing filters before and after
-                    checkpoint.save_model(model, out / "initial.keras")
-                recorder = ResourceMonitor(out / "resources.csv").start() \
+                    written.save_model(model, "initial")
+                recorder = ResourceMonitor(written.resources_path).start() \
                     if monitoring.resources and (cluster is None or cluster.chief) else None
                 with _interrupt_says_what_is_kept(plan, out, state, solver, inputs.train), \
                         recorder or contextlib.nullcontext():  # stops sampling even if it fails
@@ -408,7 +402,7 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
                         solver=solver, run_dir=out, extra_rules=job.lr_mult_rules,
                         decay_rules=job.decay_mult_rules, seed=job.seed,
                         resumed_from=plan.run if resumed else None, progress=progress,
-                        extra_callbacks=_monitor_callbacks(out, recorder),
+                        extra_callbacks=_monitor_callbacks(written, recorder),
                         tensorboard=monitoring.tensorboard, num_classes=len(data.classes),
                         class_weight=inputs.class_weight, title=run_dir.name,
                         cache_features=execution.cache_features and strategy is None
@@ -422,7 +416,7 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
                         problem, run_dir=run_dir, epoch=state.epoch + 1, base_lr=solver.base_lr,
                         checkpoint_epoch=None if plan.replacing else plan.run.checkpoint_epoch,
                         replaced=plan.replacing)
-                return Run.load(run_dir)
+                return plan.run
             trained = True
             _finish(out, model, data, solver, state, problem=problem, stopped_early=stopped_early,
                     resources=monitoring.resources, batch_size=inputs.train.batch_size,
@@ -430,12 +424,12 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
             if problem:
                 raise cb.TrainingDiverged(
                     problem, run_dir=run_dir, epoch=state.epoch + 1, base_lr=solver.base_lr,
-                    checkpoint_epoch=None if plan.replacing else RunDir(out).checkpoint_epoch,
+                    checkpoint_epoch=None if plan.replacing else written.checkpoint_epoch,
                     replaced=plan.replacing)
     finally:  # once the run is in place, the other workers may read it
         if trained and cluster is not None and cluster.chief:
             barrier("workbench: run written")
-    return Run.load(run_dir)
+    return plan.run
 
 
 def _batches(data: SplitData, train_images, *, solver: SolverConfig, strategy, cluster, seed,
@@ -534,24 +528,22 @@ def _finish(run_dir: Path, model: keras.Model, data: SplitData, solver: SolverCo
     time of the epochs the run kept summed over every attempt) and ``curves.png`` (its legend
     ``title``: the run's name, also when ``run_dir`` is the new folder of a replacement); for a
     diverged run only ``metrics.json`` saying so."""
-    if problem:
-        write_json(run_dir / "metrics.json",
-                   {"status": "diverged", "error": problem, "epochs": state.epoch})
-        return
-    checkpoint.save_model(model, run_dir / "model.keras")
     run = RunDir(run_dir)
+    if problem:
+        run.write_metrics({"status": "diverged", "error": problem, "epochs": state.epoch})
+        return
+    run.save_model(model, "final")
     metrics = _final_metrics(run_dir, data, solver.batch_size, state,
                              status="stopped_early" if stopped_early else "completed")
-    history = run.history()
+    history = run.history
     seconds = float(history["seconds"].sum())
-    images = len(run.steps()) * batch_size
+    images = len(run.steps) * batch_size
     metrics.update({"train_seconds": round(seconds, 3),
                     "images_per_second": round(images / seconds, 1) if seconds else None})
     if resources:
-        metrics.update(_resource_summary(run_dir))
-    write_json(run_dir / "metrics.json", metrics)
-    with atomic_path(run_dir / "curves.png") as temporary:
-        plots.training_curves({title: history}).savefig(temporary, dpi=100)
+        metrics.update(_resource_summary(run))
+    run.write_metrics(metrics)
+    run.write_figure("curves", plots.training_curves({title: history}))
 
 
 def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, train, val,
@@ -602,8 +594,9 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
     counts = recipe.stage_epochs(epochs)
     done = [stage.name for stage, end in zip(recipe.stages, itertools.accumulate(counts))
             if end <= state.epoch]
-    earlier = resumed_from.lr_table() if resumed_from else pd.DataFrame()
-    lr_tables = [earlier[earlier["stage"].isin(done)]] if len(earlier) else []
+    earlier = resumed_from.lr_table if resumed_from else None
+    lr_tables = [earlier[earlier["stage"].isin(done)]] if earlier is not None else []
+    run = RunDir(run_dir)
     stage_start = 0
     for index, (stage, count) in enumerate(zip(recipe.stages, counts)):
         stage_end = stage_start + count
@@ -619,8 +612,7 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
         # stage's rows that a resumed run needs
         lr_tables.append(lr_mult.lr_table(model, model.optimizer, base_lr=solver.base_lr)
                          .assign(stage=stage.name))
-        write_text(run_dir / "lr_table.csv",
-                   pd.concat(lr_tables).to_csv(index=False, lineterminator="\n"))
+        run.write_lr_table(pd.concat(lr_tables))
         fast = features.head_fit(model, train, val, progress=loop_progress(progress)) \
             if cache_features and not tensorboard else None  # the head on features, if exact
         guard = cb.DivergenceGuard()
@@ -638,7 +630,7 @@ def train_stages(model: keras.Model, state: cb.RunState, recipe: Recipe, *, trai
                                      stage_end=stage_end, guard=guard, best=best),
                      *_progress_callbacks(progress, live, epochs, stage.name)]
         if tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")))
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.tensorboard_dir)))
         fit_model, fit_train, fit_val = (fast.model, fast.train, fast.val) if fast \
             else (model, train, val)
         with interrupt:
@@ -684,16 +676,19 @@ def _name(strategy) -> str | None:
     return type(strategy).__name__ if strategy is not None else None
 
 
-def _monitor_callbacks(run_dir: Path, recorder) -> list:
+def _monitor_callbacks(run: RunDir, recorder) -> list:
     """The resource monitor's hooks and the per-layer weight statistics."""
     if recorder is None:
         return []
-    return [cb.MonitorResources(recorder), cb.WeightStats(run_dir / "weight_stats.csv")]
+    return [cb.MonitorResources(recorder), cb.WeightStats(run.weight_stats_path)]
 
 
-def _resource_summary(run_dir: Path) -> dict:
+def _resource_summary(run: RunDir) -> dict:
     """The monitor's summary as flat ``resources_*`` entries of ``metrics.json``."""
-    summary = summarize_resources(read_resources(run_dir / "resources.csv"))
+    frame = run.resources
+    if frame is None:  # the monitor never wrote its file
+        return {}
+    summary = summarize_resources(frame)
     return {f"resources_{name}": value for name, value in summary.items()
             if value is not None and name != "images_per_second"}
 
