@@ -59,13 +59,6 @@ def short_traceback(error: BaseException):
     return lambda: [f"{type(error).__name__}: {one_line(error)}"]
 
 
-def warn_deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
-    """Warns (``DeprecationWarning``, at the caller's caller) that ``old`` keeps working for
-    one release only: use ``new``."""
-    warnings.warn(f"{old} is deprecated and will be removed in the next release: use {new}",
-                  DeprecationWarning, stacklevel=stacklevel)
-
-
 def check_int(name: str, value, *, minimum: int | None = None,
               maximum: int | None = None) -> int:
     """Returns ``value`` as an int after checking its type and bounds."""

@@ -47,8 +47,7 @@ import time
 import warnings
 from pathlib import Path
 
-from workbench._checks import (UsageError, check_int, check_number, deprecated, one_line,
-                               warn_deprecated)
+from workbench._checks import UsageError, check_int, check_number, deprecated, one_line
 from workbench._io import run_file
 
 __all__ = ["COLUMNS", "ResourceMonitor", "monitor_command", "read_resources", "summarize_resources"]
@@ -494,8 +493,9 @@ _DEPRECATED_FOLDER_FILE = "resources.csv"
 
 def _csv_path(path) -> Path:
     if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
-        warn_deprecated("read_resources(a folder)", "workbench.runs.RunDir(folder).resources "
-                        "(or read_resources of the CSV file)", stacklevel=4)
+        deprecated("read_resources(a folder) is deprecated and will be removed in the next "
+                   "release: use workbench.runs.RunDir(folder).resources, or read_resources "
+                   "of the CSV file")
     return run_file(path, _DEPRECATED_FOLDER_FILE)
 
 

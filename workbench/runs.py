@@ -56,7 +56,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workbench._checks import MissingPath, UsageError, check_choice, warn_deprecated
+from workbench._checks import MissingPath, UsageError, check_choice, deprecated
 from workbench._io import (atomic_path, remove_stale_temporaries, write_figure, write_json,
                            write_model, write_text)
 
@@ -130,15 +130,17 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def __truediv__(self, name: str) -> Path:
-        warn_deprecated("RunDir / name", "the RunDir property or method of the file (e.g. "
-                        "run.weight_stats, run.model_path('best'))")
+        deprecated("RunDir / name is deprecated and will be removed in the next release: use "
+                   "the RunDir property or method of the file (run.weight_stats, "
+                   "run.model_path('best'), ...)")
         return self.path / name
 
     @property
     def run_dir(self) -> Path:
         """Deprecated: the folder is :attr:`path` (``finetune`` returned a ``Run`` whose
         ``run_dir`` it was)."""
-        warn_deprecated("run.run_dir", "run.path")
+        deprecated("run.run_dir is deprecated and will be removed in the next release: use "
+                   "run.path")
         return self.path
 
     # --- reading -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from workbench._cluster import Cluster, barrier, joined
 from workbench._device import (execution_context, gpu_count, gpu_name, replica_count,
                                resolve_strategy)
 from workbench._checks import (UsageError, check_bool, check_choice, check_folder_path,
-                               check_int, check_number, short_traceback, warn_deprecated)
+                               check_int, check_number, deprecated, short_traceback)
 from workbench._progress import in_notebook, loop_progress, watched_notebook
 from workbench.data import cache, pipeline
 from workbench.data.augment import Augment, resolve_augment, stored_size
@@ -126,13 +126,15 @@ class Run:
     ``RunDir(run_dir)`` (its ``metrics``, ``history`` and ``lr_table`` are properties)."""
 
     def __new__(cls, run_dir: str | Path, *args, **kwargs) -> RunDir:
-        warn_deprecated("workbench.training.train.Run", "workbench.runs.RunDir")
+        deprecated("workbench.training.train.Run is deprecated and will be removed in the next "
+                   "release: finetune returns a workbench.runs.RunDir; use RunDir(run_dir)")
         return RunDir(run_dir)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunDir:
         """Deprecated: ``RunDir(run_dir)``."""
-        warn_deprecated("Run.load(run_dir)", "workbench.runs.RunDir(run_dir)")
+        deprecated("Run.load(run_dir) is deprecated and will be removed in the next release: "
+                   "use workbench.runs.RunDir(run_dir)")
         return RunDir(run_dir)
 
 
