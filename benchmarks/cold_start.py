@@ -38,7 +38,6 @@ measured on a busy machine says so, and is to be re-run on a quiet one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -196,7 +195,10 @@ def imported_by_cli(run_dir: Path, image: Path, pycache: Path) -> str:
 
 
 def runtime_chosen(run_dir: Path) -> str:
-    side = json.loads((run_dir / "export" / "model.tflite.json").read_text(encoding="utf-8"))
+    from workbench.deploy.export import read_sidecar
+    from workbench.runs import RunDir
+
+    side = read_sidecar(RunDir(run_dir).export_dir / "model.tflite")
     return (side.get("runtime") or {}).get("chosen", "litert")
 
 
@@ -228,6 +230,7 @@ def rows_of(name: str, run_dir: Path, found: dict, cli_imported: str) -> list[tu
 
 def main(argv=None) -> None:
     from workbench.deploy.runtime import machine
+    from workbench.runs import RunDir
 
     args = parse_args(argv)
     load, rows, verdicts = os.getloadavg()[0], [], []
@@ -241,7 +244,7 @@ def main(argv=None) -> None:
             targets.append((f"{backbone} {size}", run_dir, None))
         for name, run_dir, image in targets:
             if image is None:
-                side = json.loads((run_dir / "config.json").read_text())["image_size"]
+                side = RunDir(run_dir).image_size
                 image = Path(folder) / f"{name.replace(' ', '-')}.jpg"
                 image.write_bytes(sample_jpeg(run_dir, side)[0])
             found = measure(run_dir, image, args.runs, pycache)

@@ -346,10 +346,12 @@ def measure_model(backbone: str, size: int, args, root: Path) -> tuple[list, dic
     from workbench.deploy.predict import Classifier
     from workbench.deploy.runtime import LiteRTModel, OnnxModel
     from workbench.models import load_model
+    from workbench.runs import RunDir
 
     started = time.perf_counter()
     run_dir, export_seconds = build_run(root, backbone, size)
-    record = read_sidecar(run_dir / "export" / "model.tflite")["runtime"]
+    run = RunDir(run_dir)
+    record = read_sidecar(run.export_dir / "model.tflite")["runtime"]
     print(f"{backbone} {size}px: run directory in {time.perf_counter() - started:.0f} s "
           f"(LiteRT + ONNX export, checks and timing {export_seconds:.1f} s; chosen "
           f"{record['chosen']}: p50 {record['p50_ms']})", flush=True)
@@ -363,10 +365,10 @@ def measure_model(backbone: str, size: int, args, root: Path) -> tuple[list, dic
     batch = np.repeat(single, n, axis=0)
     batch_f = batch.astype(np.float32)
 
-    model = load_model(run_dir / "best.keras")
+    model = load_model(run.model_path("best"))
     compiled = tf.function(lambda x: model(x, training=False))
-    litert = LiteRTModel(run_dir / "export" / "model.tflite", threads=args.threads)
-    onnx = OnnxModel(run_dir / "export" / "model.onnx", threads=args.threads)
+    litert = LiteRTModel(run.export_dir / "model.tflite", threads=args.threads)
+    onnx = OnnxModel(run.export_dir / "model.onnx", threads=args.threads)
     classifier = Classifier.load(run_dir, threads=args.threads)
     assert classifier.runtime == record["chosen"], classifier.runtime
     runtimes = {

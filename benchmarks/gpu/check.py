@@ -562,14 +562,18 @@ def child_train(options: dict) -> None:
 
 
 def _checkpoint_epoch(run_dir: Path) -> int:
+    from workbench.runs import RunDir
+
     try:
-        return int(json.loads((run_dir / "checkpoint.json").read_text())["epoch"])
+        return RunDir(run_dir).checkpoint_epoch or 0
     except (OSError, ValueError, KeyError):
         return 0
 
 
 def step_resume(s: Settings, args, arg: str | None) -> dict:
     """Runs A and B (same seed, two processes) and C (killed mid-epoch, then resumed)."""
+    from workbench.runs import RunDir
+
     work = Path(args.work)
     runs = work / "runs" / "resume"
     shutil.rmtree(runs, ignore_errors=True)
@@ -615,18 +619,18 @@ def step_resume(s: Settings, args, arg: str | None) -> dict:
     child.wait()
     if not kill_note:
         kill_note = f"not killed: the run ended first (exit code {child.returncode})"
-    killed_status = json.loads((killed_dir / "metrics.json").read_text()).get("status") \
-        if (killed_dir / "metrics.json").is_file() else "none (killed before the end)"
+    killed_metrics = RunDir(killed_dir).metrics
+    killed_status = killed_metrics.get("status") if killed_metrics is not None \
+        else "none (killed before the end)"
     for name in ("a", "b"):
         finish(name, runs_a_b[name] if name in runs_a_b else start(name))
     finish("killed", start("killed", "resumed", resume=True))
 
     def compare(name, other):
-        history, column = _max_history_diff(runs / "a" / "history.csv",
-                                            runs / other / "history.csv")
-        weights = _max_weight_diff(runs / "a" / "model.keras", runs / other / "model.keras")
-        accuracy = [json.loads((runs / run / "metrics.json").read_text()).get("test_accuracy")
-                    for run in ("a", other)]
+        first, second = RunDir(runs / "a"), RunDir(runs / other)
+        history, column = _max_history_diff(first.history_path, second.history_path)
+        weights = _max_weight_diff(first.model_file("final"), second.model_file("final"))
+        accuracy = [run.metrics.get("test_accuracy") for run in (first, second)]
         return {"comparison": name, "history_max_abs_diff": history, "worst_column": column,
                 "weights_max_abs_diff": weights, "test_accuracy_a": accuracy[0],
                 "test_accuracy_other": accuracy[1]}
