@@ -52,11 +52,11 @@ def assert_same_run(slow, fast):
                                slow.history[numbers].to_numpy(float), rtol=RTOL, atol=ATOL)
     assert list(fast.history["stage"]) == list(slow.history["stage"])
     for name in ("model.keras", "best.keras"):
-        for a, b in zip(weights_of(slow.run_dir / name), weights_of(fast.run_dir / name),
+        for a, b in zip(weights_of(slow.path / name), weights_of(fast.path / name),
                         strict=True):
             np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
-    if (slow.run_dir / "weight_stats.csv").is_file():
-        stats = [pd.read_csv(run.run_dir / "weight_stats.csv") for run in (slow, fast)]
+    if (slow.path / "weight_stats.csv").is_file():
+        stats = [pd.read_csv(run.path / "weight_stats.csv") for run in (slow, fast)]
         columns = ["epoch", "layer", "weight"]
         assert stats[0][columns].equals(stats[1][columns])
         np.testing.assert_allclose(stats[1]["mean_abs"], stats[0]["mean_abs"], rtol=RTOL,
@@ -79,10 +79,10 @@ def test_feature_extraction_on_cached_features_is_the_whole_models_run(splits, t
     # the best epoch is not the last: best.keras was kept in memory, then written
     assert fast.metrics["best_epoch"] < len(fast.history)
     # the head did learn: the run is not equal only because nothing moved
-    first = weights_of(fast.run_dir / "initial.keras")[-2]
-    assert not np.allclose(first, weights_of(fast.run_dir / "model.keras")[-2])
-    assert json.loads((fast.run_dir / "config.json").read_text()) == \
-        json.loads((slow.run_dir / "config.json").read_text())
+    first = weights_of(fast.path / "initial.keras")[-2]
+    assert not np.allclose(first, weights_of(fast.path / "model.keras")[-2])
+    assert json.loads((fast.path / "config.json").read_text()) == \
+        json.loads((slow.path / "config.json").read_text())
 
 
 class Killed(Exception):
