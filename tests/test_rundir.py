@@ -153,6 +153,19 @@ def test_model_files_by_role(tmp_path):
         run.save_model(Model(), "last")
 
 
+def test_history_steps_and_lr_table_may_still_be_called_for_one_release(tmp_path):
+    run = _finished_run(tmp_path / "run")
+    for name in ("history", "steps", "lr_table"):
+        table = getattr(run, name)
+        with pytest.deprecated_call(match=rf"RunDir.{name}\(\) is deprecated"):
+            called = table()
+        assert type(called) is pd.DataFrame
+        pd.testing.assert_frame_equal(called, pd.DataFrame(table))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading the property warns nothing
+        assert type(run.history.assign(x=1)) is pd.DataFrame
+
+
 def test_checkpoint_state_and_clear(tmp_path):
     run = _finished_run(tmp_path)
     run.checkpoint_path(3).write_bytes(b"model")

@@ -176,18 +176,18 @@ class RunDir:
     @property
     def history(self) -> pd.DataFrame | None:
         """``history.csv``: one row per epoch; None before the first epoch."""
-        return self._csv(self.history_path)
+        return self._csv(self.history_path, "history")
 
     @property
     def steps(self) -> pd.DataFrame | None:
         """``steps.csv``: the loss of every training step; None before the first step."""
-        return self._csv(self.steps_path)
+        return self._csv(self.steps_path, "steps")
 
     @property
     def lr_table(self) -> pd.DataFrame | None:
         """``lr_table.csv``: layer, parameters, multiplier and effective learning rate of every
         stage begun; None before the first stage."""
-        return self._csv(self.path / _LR_TABLE)
+        return self._csv(self.path / _LR_TABLE, "lr_table")
 
     @property
     def weight_stats(self) -> pd.DataFrame | None:
@@ -497,12 +497,28 @@ class RunDir:
                              "damaged: train it again") from None
 
     @staticmethod
-    def _csv(path: Path) -> pd.DataFrame | None:
+    def _csv(path: Path, name: str | None = None) -> pd.DataFrame | None:
         if not path.is_file():
             return None
         import pandas as pd
 
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
+        # history, steps and lr_table were methods until this release: a call still works
+        return _called_table(table, name) if name else table
+
+
+def _called_table(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``table`` as a DataFrame that may also be called, once a release, as the method
+    ``RunDir.<name>()`` it was: the call warns and returns the table itself."""
+    import pandas as pd
+
+    class CalledTable(pd.DataFrame):
+        def __call__(self):
+            deprecated(f"RunDir.{name}() is deprecated and will be removed in the next release: "
+                       f"RunDir.{name} is a property (None when the file is missing)")
+            return pd.DataFrame(self)
+
+    return CalledTable(table)
 
 
 def read_weight_stats(path: str | os.PathLike) -> pd.DataFrame:
