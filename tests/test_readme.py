@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 import tiny_data
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench._checks import UsageError, check_bool, check_choice, check_int
+from workbench._checks import UsageError, check_bool, check_int
 from workbench.runs import RunDir
 
 
