@@ -24,6 +24,7 @@ import functools
 import glob
 import math
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,9 +46,9 @@ from workbench.studies.split_chain import (DECODE, ENCODE, Chain, as_model, chec
                                            split_functional)
 from workbench.studies.split_profile import activation_bytes, quantize_roundtrip
 from workbench.training import callbacks
-from workbench.training.recipes import Stage
+from workbench.training.recipes import Recipe, Stage
 from workbench.training.solver import SolverConfig
-from workbench.training.train import compile_stage
+from workbench.training.train import train_stages
 
 INITS = ("pca", "random")
 METHODS = ("bottleneck", "narrowed_conv")
@@ -424,9 +425,9 @@ def fine_tune(model, train: pipeline.Batches, *, rules: dict, solver: SolverConf
               rest_lr_mult: float = 0.1, seed: int = 0):
     """Trains ``model`` in place as one ``finetune`` stage and returns it.
 
-    The stage is compiled by ``workbench.training.train.compile_stage``, as ``finetune``
-    compiles its stages: layers matching ``rules`` get their learning-rate multiplier (Caffe's
-    ``lr_mult``), the others ``rest_lr_mult`` (0 freezes them), and batch norm stays in
+    The stage is trained by ``workbench.training.train.train_stages``, ``finetune``'s own
+    stage loop (its run files go to a temporary folder): layers matching ``rules`` get their
+    learning-rate multiplier (Caffe's ``lr_mult``), the others ``rest_lr_mult`` (0 freezes them), and batch norm stays in
     inference mode. Keras's random seed is set from ``seed`` first, and random layers are
     reseeded each epoch, so the same call trains the same way.
 
@@ -443,6 +444,7 @@ def fine_tune(model, train: pipeline.Batches, *, rules: dict, solver: SolverConf
 
     Raises:
         ValueError: for an argument of the wrong type or out of range.
+        FloatingPointError: the loss diverged (NaN or exploding), as ``finetune`` reports it.
     """
     if not isinstance(model, keras.Model):
         raise UsageError(f"model must be a keras.Model, received: {type(model).__name__}")
@@ -456,12 +458,15 @@ def fine_tune(model, train: pipeline.Batches, *, rules: dict, solver: SolverConf
     check_number("rest_lr_mult", rest_lr_mult, minimum=0.0)
     check_int("seed", seed, minimum=0)
     keras.utils.set_random_seed(seed)
-    stage = Stage("split", 1.0, rules, rest_lr_mult)
-    compile_stage(model, stage, None, solver, train_bn=False,
-                  total_steps=solver.epochs * train.steps_per_epoch,
-                  num_classes=int(model.output_shape[-1]))
-    model.fit(train.for_keras(), steps_per_epoch=train.steps_per_epoch, epochs=solver.epochs,
-              callbacks=[callbacks.ReseedRandomLayers(seed)], shuffle=False, verbose=0)
+    recipe = Recipe("split", (Stage("split", 1.0, rules, rest_lr_mult),), train_bn=False)
+    # finetune's own stage loop; the run files it writes (history, best model, checkpoints)
+    # are a study's scratch, so they go to a temporary folder
+    with tempfile.TemporaryDirectory(prefix="workbench-study-") as scratch:
+        problem, _ = train_stages(model, callbacks.RunState(), recipe, train=train, val=None,
+                                  solver=solver, run_dir=Path(scratch), seed=seed,
+                                  num_classes=int(model.output_shape[-1]))
+    if problem:
+        raise FloatingPointError(f"fine-tuning the split model diverged: {problem}")
     return model
 
 
