@@ -23,6 +23,20 @@ from workbench.training.solver import CaffeRMSprop
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The private names _compat wraps: no other module of the package may reach them itself
+PRIVATE_NAMES = ("._flatten_layers", "._inbound_nodes", "._keras_history", "._run_through_graph",
+                 "._get_variable_index", "._use_weight_decay", "seed_generator_state",
+                 "uvicorn.protocols", "uvicorn.config", "starlette.formparsers")
+
+
+def test_only_compat_reaches_the_private_names():
+    offenders = [f"{path.relative_to(ROOT)}: {name}"
+                 for path in sorted((ROOT / "workbench").rglob("*.py"))
+                 if path.name != "_compat.py"
+                 for name in PRIVATE_NAMES if name in path.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
 # --- Keras: layers and graphs ------------------------------------------------------------------
 
 def _nested_model():

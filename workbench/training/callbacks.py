@@ -21,7 +21,7 @@ import numpy as np
 
 from workbench import plots
 from workbench._checks import UsageError
-from workbench._compat import is_seed_state
+from workbench._compat import flatten_layers, is_seed_state
 from workbench._io import atomic_path
 from workbench.runs import WEIGHT_STATS_COLUMNS, RunDir
 from workbench.training import checkpoint
@@ -493,7 +493,7 @@ def _frozen_weights(model: keras.Model) -> set[int]:
     """The ids of the weights that fitting ``model`` as it is now cannot change: the weights
     of frozen layers (a frozen batch norm keeps its statistics too) that are not trainable."""
     learning = {id(variable) for variable in model.trainable_variables}
-    return {id(variable) for layer in model._flatten_layers() if not layer.trainable
+    return {id(variable) for layer in flatten_layers(model) if not layer.trainable
             for variable in layer.weights if id(variable) not in learning}
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from workbench._compat import flatten_layers, is_seed_state
 from workbench._io import atomic_path
 from workbench._progress import progress as progress_bar
 
@@ -126,8 +127,8 @@ def frozen_part(model: keras.Model) -> keras.Model | None:
     part = keras.Model(model.inputs, first.input, name="frozen_part")
     learns = part.trainable_weights or any(
         layer.trainable and isinstance(layer, keras.layers.BatchNormalization)
-        for layer in part._flatten_layers(include_self=False))
-    draws = any(variable.path.endswith("seed_generator_state") for variable in part.variables)
+        for layer in flatten_layers(part, include_self=False))
+    draws = any(is_seed_state(variable) for variable in part.variables)
     return None if learns or draws else part
 
 
@@ -137,7 +138,7 @@ def feature_key(frozen: keras.Model, images: np.ndarray) -> str:
     digest = hashlib.sha256(json.dumps(
         [FEATURES_FORMAT, keras.backend.backend(), list(images.shape), str(images.dtype)]
     ).encode())
-    for layer in frozen._flatten_layers(include_self=False):
+    for layer in flatten_layers(frozen, include_self=False):
         if hasattr(layer, "layers"):  # a nested model: its layers are listed after it
             continue
         try:
