@@ -350,8 +350,7 @@ def choose_runtime(models: dict, side: int, *, threads: int = 2) -> dict:
         ``{"chosen", "fallback", "p50_ms", "threads", "machine", "rule"}``: ONNX Runtime is
         chosen over LiteRT only when at least ``ONNX_MARGIN`` faster.
     """
-    pixels = np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype(np.float32)
-    p50 = runtime.time_runtimes(models, pixels) if len(models) > 1 else {}
+    p50 = runtime.time_runtimes(models, _timing_image(side)) if len(models) > 1 else {}
     chosen = "litert" if "litert" in models else next(iter(models))
     if "onnx" in p50 and "litert" in p50 and p50["onnx"] <= p50["litert"] * (1 - ONNX_MARGIN):
         chosen = "onnx"
@@ -387,9 +386,7 @@ def choose_quantized(source: _Source, float32, *, threads: int = 2) -> dict:
         except Exception as error:  # a converter or kernel that cannot do it: not a candidate
             candidates[name] = {"accepted": False, "reason": f"{type(error).__name__}: "
                                 f"{' '.join(str(error).split())[:300]}"}
-    side = source.side_px
-    pixels = np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype(np.float32)
-    p50 = runtime.time_runtimes({"float32": float32, **models}, pixels)
+    p50 = runtime.time_runtimes({"float32": float32, **models}, _timing_image(source.side_px))
     reference = _scores(float32, images, labels, temperature)
     for name, network in models.items():
         candidates[name] = _judge(_scores(network, images, labels, temperature), reference,
@@ -403,6 +400,11 @@ def choose_quantized(source: _Source, float32, *, threads: int = 2) -> dict:
             "float32": {"runtime": float32.runtime, "top1": reference["top1"],
                         "ece": reference["ece"], "p50_ms": p50["float32"]},
             "candidates": {name: candidates[name] for name in QUANTIZED_CANDIDATES}}
+
+
+def _timing_image(side: int) -> np.ndarray:
+    """The one image every runtime and candidate is timed on (seeded: the same each time)."""
+    return np.random.default_rng(0).uniform(0, 255, (1, side, side, 3)).astype(np.float32)
 
 
 def _scores(network, images: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
