@@ -81,6 +81,22 @@ def test_the_scale_is_the_smallest_the_resize_needs():
     assert images.decode(square, draft_size=448).image.size == (448, 448)
 
 
+def test_a_scale_that_hits_the_size_is_decoded_and_not_resized(monkeypatch):
+    # a JPEG of twice the model's side (what the web page uploads): the 1/2 scale is the output,
+    # so the bytes cost Pillow's decode and one copy to an array, no resampling
+    data = photo_data.jpeg(photo_data.photo(448, 448, seed=4))
+    bare = Image.open(io.BytesIO(data))
+    bare.draft("RGB", (224, 224))
+    expected = np.asarray(bare)
+
+    def no_resize(*args, **kwargs):
+        raise AssertionError("resized an image already at its size")
+    monkeypatch.setattr(images, "resize", no_resize)
+    got = images.load_array(data, 224)
+    assert got.shape == (224, 224, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, expected)
+
+
 def test_needed_size_per_mode():
     assert images.needed_size(1600, 1200, 224, "squash") == (224, 224)
     assert images.needed_size(1600, 1200, 224, "crop") == (299, 224)
