@@ -62,3 +62,38 @@ def test_a_run_without_calibration_json_has_temperature_1(tmp_path):
     assert RunDir(tmp_path).temperature() == 1.0
     with pytest.raises(ValueError, match="record must be a dict with a 'models' dict"):
         RunDir(tmp_path).write_calibration({"temperature": 2})
+
+
+@pytest.mark.slow
+def test_final_metrics_of_the_model_in_memory_equal_the_files_and_skip_loading_it(
+        run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from workbench.training import callbacks, checkpoint, train
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = RunDir(copy)
+    data = run.load_splits()
+    epochs = run.metrics["epochs"]
+    from_files = train._final_metrics(copy, data, 8, callbacks.RunState(
+        epoch=epochs, best_epoch=run.metrics["best_epoch"]), status="completed")
+    best = checkpoint.load_compiled(run.model_path("best"))
+    loads = []
+    monkeypatch.setattr(checkpoint, "load_compiled", lambda path: loads.append(path))
+    # the last epoch was the best: the model in memory is evaluated as it is, not loaded
+    in_memory = train._final_metrics(copy, data, 8, callbacks.RunState(
+        epoch=epochs, best_epoch=epochs), status="completed", in_memory=best)
+    assert loads == []
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "temperature"):
+        assert in_memory[key] == pytest.approx(from_files[key], abs=1e-6), key
+    # an earlier best epoch: the weights in memory are not the best model's, the file is read
+    monkeypatch.undo()
+    stale = models.load_model(run.model_path("final"))
+    stale.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    for variable in stale.trainable_variables:
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    again = train._final_metrics(copy, data, 8, callbacks.RunState(
+        epoch=epochs, best_epoch=epochs - 1), status="completed", in_memory=stale)
+    assert again["test_accuracy"] == pytest.approx(from_files["test_accuracy"], abs=1e-6)
+    assert again["test_loss"] == pytest.approx(from_files["test_loss"], abs=1e-6)

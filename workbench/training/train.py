@@ -422,7 +422,7 @@ def _train_run(job: _Job, plan: _Plan, inputs: _Inputs, *, strategy, cluster, ex
             trained = True
             _finish(out, model, data, solver, state, problem=problem, stopped_early=stopped_early,
                     resources=monitoring.resources, batch_size=inputs.train.batch_size,
-                    title=run_dir.name)
+                    title=run_dir.name, reuse_model=strategy is None and cluster is None)
             if problem:
                 raise cb.TrainingDiverged(
                     problem, run_dir=run_dir, epoch=state.epoch + 1, base_lr=solver.base_lr,
@@ -525,18 +525,20 @@ def _interrupt_says_what_is_kept(plan: _Plan, out: Path, state: cb.RunState,
 
 def _finish(run_dir: Path, model: keras.Model, data: SplitData, solver: SolverConfig,
             state: cb.RunState, *, problem: str | None, stopped_early: bool, resources: bool,
-            batch_size: int, title: str) -> None:
+            batch_size: int, title: str, reuse_model: bool) -> None:
     """Writes what a run ends with: ``model.keras``, ``metrics.json`` (the test numbers, and the
     time of the epochs the run kept summed over every attempt) and ``curves.png`` (its legend
     ``title``: the run's name, also when ``run_dir`` is the new folder of a replacement); for a
-    diverged run only ``metrics.json`` saying so."""
+    diverged run only ``metrics.json`` saying so. ``reuse_model``: ``model`` lives on this
+    process alone and may be evaluated as it is when it is the best model."""
     run = RunDir(run_dir)
     if problem:
         run.write_metrics({"status": "diverged", "error": problem, "epochs": state.epoch})
         return
     run.save_model(model, "final")
     metrics = _final_metrics(run_dir, data, solver.batch_size, state,
-                             status="stopped_early" if stopped_early else "completed")
+                             status="stopped_early" if stopped_early else "completed",
+                             in_memory=model if reuse_model else None)
     history = run.history
     seconds = float(history["seconds"].sum())
     images = len(run.steps) * batch_size
@@ -864,10 +866,17 @@ def _progress_callbacks(progress: str, live, epochs: int, stage_name: str) -> li
 
 
 def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.RunState, *,
-                   status: str) -> dict:
-    """Evaluates the best model (or the final one) on the validation and test splits."""
-    path = RunDir(run_dir).model_path("best")
-    model = checkpoint.load_compiled(path)
+                   status: str, in_memory: keras.Model | None = None) -> dict:
+    """Evaluates the best model (or the final one) on the validation and test splits.
+
+    ``in_memory``, the trained model, is evaluated as it is when its weights are the best
+    model's (the last epoch was the best, or the run kept no best model): the same numbers as
+    the file's without loading and compiling it again (a second or more per run)."""
+    run = RunDir(run_dir)
+    path = run.model_path("best")
+    same = in_memory is not None and in_memory.compiled and (
+        state.best_epoch == state.epoch or path == run.model_file("final"))
+    model = in_memory if same else checkpoint.load_compiled(path)
     metrics = {"status": status, "epochs": state.epoch, "best_epoch": state.best_epoch,
                "classes": len(data.classes), "train_images": int(len(data.labels["train"]))}
     for split in ("val", "test"):
@@ -879,9 +888,11 @@ def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.Ru
         metrics.update({f"{split}_{name}": round(float(value), 6)
                         for name, value in values.items()})
         metrics[f"{split}_images"] = int(len(data.labels[split]))
-    # one temperature per model file, fitted on val (calibration.json): predictions use it
+    # one temperature per model file, fitted on val (calibration.json): predictions use it;
+    # with the best weights in memory, the final model's are those too
+    loaded = {path.name: model, **({run.model_file("final").name: model} if same else {})}
     fitted = calibrate_run(run_dir, data.images.get("val"), data.labels.get("val"),
-                           batch_size=batch_size, loaded={path.name: model})
+                           batch_size=batch_size, loaded=loaded)
     best = fitted["models"][path.name]
     metrics.update({"temperature": fitted["temperature"],
                     **{f"val_{k}": best[k] for k in ("ece_raw", "ece") if k in best}})
