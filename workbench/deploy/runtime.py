@@ -153,16 +153,31 @@ def load_runtime(path: str | Path, runtime: str, *, threads: int = 2):
 SETTLE_SECONDS = 0.06  # ONNX Runtime's threads spin (a core's worth) for ~50 ms after a call
 
 
-def time_runtimes(models: dict, pixels: np.ndarray, *, rounds: int = 8, block: int = 4,
-                  seconds: float = 1.5, warmup: int = 3,
-                  settle: float = SETTLE_SECONDS) -> dict:
+def time_runtimes(models: dict, pixels: np.ndarray, **timing) -> dict:
     """Median milliseconds of one call of each model on ``pixels``, measured interleaved.
+
+    Takes the arguments of :func:`time_turns` and returns the median over every timed call
+    (:func:`p50_ms`).
+
+    Returns:
+        ``{name: p50 in milliseconds}``.
+    """
+    return p50_ms(time_turns(models, pixels, **timing))
+
+
+def time_turns(models: dict, pixels: np.ndarray, *, rounds: int = 8, block: int = 4,
+               seconds: float = 1.5, warmup: int = 3,
+               settle: float = SETTLE_SECONDS) -> dict:
+    """Milliseconds of each timed call of each model on ``pixels``, turn by turn, interleaved.
 
     The models take turns, ``block`` timed calls each after one untimed call, so that load
     from other processes falls on all of them alike; after each turn it waits ``settle``
     seconds, for the threads that a runtime leaves spinning after its calls (ONNX Runtime's
     spin for about 50 ms) would otherwise slow the next runtime. It stops after ``rounds``
-    turns or, past 2 turns, ``seconds``.
+    turns or, past 2 turns, ``seconds``. The turns pair the models' timings: two models'
+    calls of one turn ran seconds apart, under the same load, so comparing them turn by turn
+    (as ``workbench.deploy.export.choose_quantized`` does) tells a real difference from a
+    burst of load that fell on one model's calls.
 
     Args:
         models: ``{name: callable}``, each called with ``pixels``.
@@ -174,7 +189,8 @@ def time_runtimes(models: dict, pixels: np.ndarray, *, rounds: int = 8, block: i
         settle: seconds of rest after each turn.
 
     Returns:
-        ``{name: p50 in milliseconds}``.
+        ``{name: [[ms of each timed call] of each turn]}``, the same number of turns for
+        every model.
     """
     check_int("rounds", rounds, minimum=1)
     check_number("settle", settle, minimum=0.0)
@@ -186,19 +202,28 @@ def time_runtimes(models: dict, pixels: np.ndarray, *, rounds: int = 8, block: i
     for run in models.values():
         for _ in range(warmup):
             run(pixels)
-    times = {name: [] for name in models}
+    turns = {name: [] for name in models}
     started = time.perf_counter()
     for turn in range(rounds):
         for name, run in models.items():
             run(pixels)  # untimed: the previous runtime's threads may still be spinning
+            times = []
             for _ in range(block):
                 begun = time.perf_counter()
                 run(pixels)
-                times[name].append(time.perf_counter() - begun)
+                times.append((time.perf_counter() - begun) * 1e3)
+            turns[name].append(times)
             time.sleep(settle)
         if turn >= 1 and time.perf_counter() - started > seconds:
             break
-    return {name: round(statistics.median(values) * 1e3, 3) for name, values in times.items()}
+    return turns
+
+
+def p50_ms(turns: dict) -> dict:
+    """``{name: median over every call, rounded to the microsecond}`` of :func:`time_turns`'s
+    result."""
+    return {name: round(statistics.median(ms for turn in values for ms in turn), 3)
+            for name, values in turns.items()}
 
 
 def machine() -> str:
