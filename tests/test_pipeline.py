@@ -473,6 +473,9 @@ def test_py_dataset_serves_consecutive_epochs_and_ignores_peeking():
     finite = batches.as_py_dataset(start_epoch=4, epochs=1, prefetch=0)
     assert finite.num_batches == 3
     _assert_same_stream(list(finite), _expected_stream(batches, 4, 1))
+    for outside in (-1, 3):  # the stream ends: Keras stops at num_batches, a caller is told
+        with pytest.raises(IndexError, match=rf"\[0, 3\), received: {outside}"):
+            finite[outside]
 
 
 def test_keras_fit_on_py_dataset_sees_the_batches_of_each_epoch():

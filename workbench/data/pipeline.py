@@ -383,21 +383,21 @@ class _Lookahead:
 
 
 @functools.cache
-def _py_dataset_class():
-    """Defined on first use so that importing this module does not import Keras."""
+def stream_dataset_class():
+    """The ``keras.utils.PyDataset`` base of a stream of batches in which item ``i`` is a pure
+    function of ``i`` (defined on first use, so that importing this module does not import Keras).
+
+    A subclass passes the stream's length to ``__init__`` (``None``: no end) and defines
+    ``item(index)``; the base serves it as ``num_batches`` and checks each index against it.
+    It uses no Keras workers: their queue keeps what was fetched for its first peek at the data
+    and serves it later, shifting the stream by a batch.
+    """
     import keras
 
-    class BatchesPyDataset(keras.utils.PyDataset):
-        def __init__(self, batches: Batches, start_epoch: int, length: int | None,
-                     prefetch: int):
-            # Not Keras's workers: their queue keeps what was fetched for its first peek at
-            # the data and serves it later, shifting the stream by a batch.
+    class StreamDataset(keras.utils.PyDataset):
+        def __init__(self, length: int | None):
             super().__init__(workers=1)
-            self.batches = batches
-            self.start_epoch = start_epoch
             self._length = length
-            self._fetch = _Lookahead(functools.partial(batches._global_batch, start_epoch),
-                                     prefetch, length)
 
         @property
         def num_batches(self):
@@ -406,6 +406,28 @@ def _py_dataset_class():
         def __getitem__(self, index):
             if self._length is not None and not 0 <= index < self._length:
                 raise IndexError(f"index must be in [0, {self._length}), received: {index}")
+            return self.item(index)
+
+        def item(self, index):
+            raise NotImplementedError
+
+    return StreamDataset
+
+
+@functools.cache
+def _py_dataset_class():
+    """Defined on first use so that importing this module does not import Keras."""
+
+    class BatchesPyDataset(stream_dataset_class()):
+        def __init__(self, batches: Batches, start_epoch: int, length: int | None,
+                     prefetch: int):
+            super().__init__(length)
+            self.batches = batches
+            self.start_epoch = start_epoch
+            self._fetch = _Lookahead(functools.partial(batches._global_batch, start_epoch),
+                                     prefetch, length)
+
+        def item(self, index):
             return self._fetch(index)
 
     return BatchesPyDataset

@@ -37,6 +37,7 @@ import numpy as np
 from workbench._compat import flatten_layers, is_seed_state
 from workbench._io import atomic_path
 from workbench._progress import progress as progress_bar
+from workbench.data.pipeline import stream_dataset_class
 
 FEATURES_FORMAT = 1  # bump when the features or their key change, to invalidate old ones
 HEAD_LAYERS = ("head_dropout", "head")  # what models.classifier puts after the pooled features
@@ -288,22 +289,15 @@ class FeatureBatches:
         return _FeatureDataset(self, start_epoch, epochs)
 
 
-class _FeatureDataset(keras.utils.PyDataset):
+class _FeatureDataset(stream_dataset_class()):
     """Item ``i``: batch ``i % steps`` of epoch ``start_epoch + i // steps``, a pure function
     of ``i``, so Keras peeking at the first item changes nothing."""
 
     def __init__(self, batches: FeatureBatches, start_epoch: int, epochs: int | None):
-        super().__init__(workers=1)
+        super().__init__(None if epochs is None else epochs * batches.steps_per_epoch)
         self.batches, self.start_epoch = batches, start_epoch
-        self._length = None if epochs is None else epochs * batches.steps_per_epoch
 
-    @property
-    def num_batches(self):
-        return self._length
-
-    def __getitem__(self, index):
-        if self._length is not None and not 0 <= index < self._length:
-            raise IndexError(f"index must be in [0, {self._length}), received: {index}")
+    def item(self, index):
         epoch, step = divmod(index, self.batches.steps_per_epoch)
         return self.batches.batch(self.start_epoch + epoch, step)
 
