@@ -55,15 +55,23 @@ def tiny_check(tmp_path_factory):
 def test_every_step_ran_and_the_report_holds_every_table(tiny_check):
     steps = {row["step"]: row for row in rows(tiny_check / "steps.csv")}
     assert list(steps) == ["environment", "data", "throughput:cifar_cnn", "timm", "finetune",
-                           "resume", "cpu_gpu", "timm_compiled:cifar_cnn"]
+                           "resume", "cpu_gpu", "features", "quantized",
+                           "timm_compiled:cifar_cnn"]
     failed = {name: row for name, row in steps.items()
-              if name != "timm_compiled:cifar_cnn" and row["status"] != "ok"}
+              if name not in ("quantized", "timm_compiled:cifar_cnn") and row["status"] != "ok"}
     assert not failed, failed
     assert steps["timm_compiled:cifar_cnn"]["status"].startswith("skipped: --tiny")
+    # without TensorFlow (as on the GPU machine) the step finds its converter missing, and says so
+    quantized = steps["quantized"]["status"]
+    assert quantized.startswith("skipped: quantized candidates not measured here: they are made "
+                                "by TensorFlow's LiteRT converter, missing here (no TensorFlow"), \
+        quantized
+    assert "never on the GPU" in quantized and not steps["quantized"]["error"]
     report = (tiny_check / "report.md").read_text()
     for title in ("## Steps", "## Environment", "## Checks against the targets",
                   "## Training throughput per model", "## Fine-tuning on the bundled digits",
-                  "## Reproducibility", "## The batch-size study's throughput column"):
+                  "## Reproducibility", "## The batch-size study's throughput column",
+                  "## Cached features", f"## Quantized candidates\n\n{quantized}\n"):
         assert title in report
     for figure in ("throughput.png", "finetune_dashboard.png", "finetune_curves.png",
                    "cpu_gpu.png"):
@@ -128,3 +136,25 @@ def test_a_killed_run_resumes_to_the_same_result_on_the_cpu(tiny_check):
         assert math.isfinite(float(row["history_max_abs_diff"]))
         assert float(row["history_max_abs_diff"]) <= 1e-5
         assert float(row["weights_max_abs_diff"]) <= 1e-5
+
+
+@pytest.mark.slow
+def test_cached_features_give_the_whole_models_results_and_say_what_they_cost(tiny_check):
+    columns = ("cache off", "cache on")
+    table = {row["item"]: row for row in rows(tiny_check / "features.csv")}
+    # the cache-on run computed the features of its training and validation images (one pass
+    # each); the cache-off run none: each path ran as its column says
+    passes = table["passes over a split to compute features"]
+    assert [int(passes[column]) for column in columns] == [0, 2]
+    assert table["features computed, s"]["cache off"] == ""
+    assert float(table["features computed, s"]["cache on"]) > 0
+    for column in columns:
+        epochs = [float(table[item][column]) for item in
+                  ("first epoch s", "later epochs, mean s", "epochs total s", "whole call s")]
+        assert all(value > 0 for value in epochs), (column, epochs)
+        assert epochs[2] <= epochs[3]  # the epochs are part of the whole call
+    off, on = (table["test accuracy"][column] for column in columns)
+    assert float(off) == pytest.approx(float(on), abs=1e-6)
+    assert float(table["history max |diff|"]["cache on"]) <= 1e-4
+    assert float(table["final weights max |diff|"]["cache on"]) <= 1e-4
+    assert table["results agree"]["cache on"] == "yes"

@@ -1,7 +1,7 @@
 """The GPU check of the issue "On a GPU, for real", as one script for one device call.
 
     python benchmarks/gpu/check.py --out DIR           # the full check: GPU machine, < 8 minutes
-    python benchmarks/gpu/check.py --out DIR --tiny    # the same steps at tiny sizes: CPU, ~1 min
+    python benchmarks/gpu/check.py --out DIR --tiny    # the same steps at tiny sizes: CPU
 
 Each step runs in its own Python process under its own time limit, and all of them under one
 budget (``--budget`` seconds); a step that fails or runs out of time is recorded with its error
@@ -20,6 +20,12 @@ and the next one starts. The steps, most important first:
                        then resumed: how far their histories and weights are apart
 ``cpu_gpu``            ``studies.throughput.throughput_table``: the batch-size study's throughput
                        column on the CPU and the GPU
+``features``           ``feature_extraction`` on the digits with the feature cache off (the whole
+                       model in every epoch) and on (the frozen backbone's features computed
+                       once, the head trained on them): seconds per epoch and in all, and
+                       whether the two runs' results agree
+``quantized``          says why the quantized LiteRT candidates are not measured here: they run
+                       on the CPU only, and their converter needs TensorFlow
 ``timm_compiled:MODEL``  timm under ``torch.compile``, last, with the time that is left
 
 Everything lands in ``--out``: ``report.md`` (every table, rewritten after each step), each table
@@ -92,23 +98,37 @@ class Settings:
     cpu_gpu_batch: int = 32
     cpu_gpu_steps: int = 10
     cpu_gpu_warmup: int = 3
+    features_backbone: str = "mobilenet_v2"
+    features_size: int = 224
+    features_epochs: int = 10
+    features_batch: int = 64
     timm_compile: bool = True
+    # JAX's persistent compilation cache shared by the steps' processes: on the CPU it only
+    # saves time; on a GPU it is left off, so that the resume step's runs A and B compile
+    # (and autotune) each for itself, as two separate runs would
+    compile_cache: bool = False
+    # added to $XLA_FLAGS of the steps: --tiny compiles with LLVM's optimizations off, which
+    # takes a third of the CPU time (the tiny steps are mostly compilation) for the same numbers
+    xla_flags: str = ""
     budget_s: int = 430
     # seconds per step kind, or per step (EfficientNet compiles the slowest)
     boxes: tuple = (("environment", 60), ("data", 60), ("throughput", 110),
                     ("throughput:efficientnet_b0", 150), ("timm", 90), ("finetune", 150),
-                    ("resume", 150), ("cpu_gpu", 120), ("timm_compiled", 120))
+                    ("resume", 150), ("cpu_gpu", 120), ("features", 150), ("quantized", 30),
+                    ("timm_compiled", 120))
 
 
 TINY = Settings(models=("cifar_cnn",), image_size=16, batch_size=8, warmup=2, steps=3,
                 cache_images=32, split_counts=(6, 2, 2), finetune_backbone="cifar_cnn",
                 finetune_size=16, finetune_epochs=2, finetune_batch=8, resume_size=16,
-                resume_epochs=6, resume_kill_after=2, resume_batch=8, resume_parallel=False,
+                resume_epochs=4, resume_kill_after=2, resume_batch=8, resume_parallel=False,
                 cpu_gpu_models=("cifar_cnn:16",), cpu_gpu_batch=8, cpu_gpu_steps=2,
-                cpu_gpu_warmup=1, timm_compile=False, budget_s=420,
+                cpu_gpu_warmup=1, features_backbone="cifar_cnn", features_size=16,
+                features_epochs=3, features_batch=8, timm_compile=False, compile_cache=True,
+                xla_flags="--xla_backend_optimization_level=0", budget_s=420,
                 boxes=(("environment", 60), ("data", 60), ("throughput", 90), ("timm", 60),
-                       ("finetune", 120), ("resume", 150), ("cpu_gpu", 90),
-                       ("timm_compiled", 60)))
+                       ("finetune", 120), ("resume", 150), ("cpu_gpu", 90), ("features", 120),
+                       ("quantized", 30), ("timm_compiled", 60)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,6 +243,15 @@ def _weights_file(args) -> Path | None:
         return path if path.is_file() else None
     found = sorted((ROOT / "build" / "gpu-wheels").glob(f"**/{WEIGHTS_GLOB}"))
     return found[0] if found else None
+
+
+def _starting_weights(args, backbone: str) -> tuple[Path | None, str]:
+    """The carried ImageNet weights file for ``backbone`` (MobileNetV2 only), and a note."""
+    weights = _weights_file(args) if backbone == "mobilenet_v2" else None
+    note = (f"ImageNet, carried file {weights.name}" if weights else
+            "none (random init): no ImageNet weights file was carried"
+            if backbone == "mobilenet_v2" else "none (small network)")
+    return weights, note
 
 
 def _history_numbers(path: Path) -> dict[str, list[float]]:
@@ -480,7 +509,7 @@ def step_finetune(s: Settings, args, arg: str | None) -> dict:
 
     out, work = Path(args.out), Path(args.work)
     gpu, device = _device_name()
-    weights = _weights_file(args) if s.finetune_backbone in ("mobilenet_v2",) else None
+    weights, weights_note = _starting_weights(args, s.finetune_backbone)
     run_dir = work / "runs" / "finetune"
     started = time.perf_counter()
     finetune(work / "splits", run_dir, start=StartingPoint(s.finetune_backbone, weights=weights),
@@ -510,9 +539,6 @@ def step_finetune(s: Settings, args, arg: str | None) -> dict:
         counts = rows.groupby("multiplier").size()
         multipliers.append(f"{stage}: " + ", ".join(f"x{value:g} ({count} layers)"
                                                     for value, count in counts.items()))
-    weights_note = (f"ImageNet, carried file {weights.name}" if weights else
-                    "none (random init): no ImageNet weights file was carried"
-                    if s.finetune_backbone == "mobilenet_v2" else "none (small network)")
     rows = [
         ["device", device],
         ["backbone", f"{s.finetune_backbone}, {s.finetune_size} px"],
@@ -658,10 +684,114 @@ def step_cpu_gpu(s: Settings, args, arg: str | None) -> dict:
     return {"markdown": result.to_markdown()}
 
 
+FEATURE_PATHS = (("cache off", "the whole model in every epoch"),
+                 ("cache on", "the frozen backbone's features computed once, the head on them"))
+AGREE_ACCURACY = 1e-4  # the two paths agree: accuracies this close, histories within the next
+AGREE_HISTORY = 1e-3
+
+
+def _count_feature_passes() -> dict:
+    """Counts and times the passes of the frozen backbone over a split that the feature cache
+    makes (``features.compute_features``) from now on in this process."""
+    from workbench.training import features
+
+    record, compute = {"passes": 0, "seconds": 0.0}, features.compute_features
+
+    def counted(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return compute(*args, **kwargs)
+        finally:
+            record["passes"] += 1
+            record["seconds"] += time.perf_counter() - started
+
+    features.compute_features = counted
+    return record
+
+
+def _feature_run(s: Settings, args, name: str, weights: Path | None, passes: dict) -> dict:
+    """One ``feature_extraction`` run on the digits, with the feature cache on or off."""
+    from workbench.data.splitdir import SplitFolder
+    from workbench.models import StartingPoint
+    from workbench.runs import RunDir
+    from workbench.training.options import Execution
+    from workbench.training.solver import SolverConfig
+    from workbench.training.train import finetune
+
+    work = Path(args.work)
+    for old in SplitFolder(work / "splits").cache_dir.glob("features-*"):
+        old.unlink()  # kept by the finetune step's head stage: computed in this run instead
+    passes.update(passes=0, seconds=0.0)
+    run_dir = work / "runs" / f"features-{name.replace(' ', '-')}"
+    started = time.perf_counter()
+    finetune(work / "splits", run_dir, start=StartingPoint(s.features_backbone, weights=weights),
+             recipe="feature_extraction", image_size=s.features_size, seed=0, progress="lines",
+             augment="off",  # the cache applies only without (--tiny's few images turn it on)
+             solver=SolverConfig(epochs=s.features_epochs, batch_size=s.features_batch),
+             execution=Execution(cache_features=name == "cache on"), overwrite=True)
+    seconds = time.perf_counter() - started
+    run = RunDir(run_dir)
+    epochs = [float(value) for value in run.history["seconds"]]
+    return {"run_dir": str(run_dir), "whole call s": round(seconds, 2),
+            "first epoch s": epochs[0], "later epochs, mean s":
+                round(sum(epochs[1:]) / len(epochs[1:]), 3) if len(epochs) > 1 else None,
+            "epochs total s": round(sum(epochs), 3),
+            "features computed, s": round(passes["seconds"], 3) if passes["passes"] else None,
+            "passes over a split to compute features": passes["passes"],
+            "val accuracy": run.metrics.get("val_accuracy"),
+            "test accuracy": run.metrics.get("test_accuracy"),
+            "dtype policy": run.config.get("dtype_policy")}
+
+
+def step_features(s: Settings, args, arg: str | None) -> dict:
+    """``feature_extraction`` on the digits twice: the feature cache off, then on."""
+    from workbench.runs import RunDir
+
+    gpu, device = _device_name()
+    weights, weights_note = _starting_weights(args, s.features_backbone)
+    passes = _count_feature_passes()
+    runs = {name: _feature_run(s, args, name, weights, passes) for name, _ in FEATURE_PATHS}
+    slow, fast = (RunDir(runs[name]["run_dir"]) for name, _ in FEATURE_PATHS)
+    history, column = _max_history_diff(slow.history_path, fast.history_path)
+    weights_diff = _max_weight_diff(slow.model_file("final"), fast.model_file("final"))
+    accuracy = max(abs((runs["cache on"][key] or 0.0) - (runs["cache off"][key] or 0.0))
+                   for key in ("val accuracy", "test accuracy"))
+    agree = accuracy <= AGREE_ACCURACY and history <= AGREE_HISTORY
+    return {"gpu": gpu, "runs": runs, "agree": agree,
+            "comparison": {"accuracy max |diff| (val, test)": accuracy,
+                           "history max |diff|": history, "history worst column": column,
+                           "final weights max |diff|": weights_diff},
+            "setup": f"{device}, {s.features_backbone} at {s.features_size} px (weights: "
+                     f"{weights_note}), recipe feature_extraction, no augmentation, "
+                     f"{s.features_epochs} epochs, "
+                     f"batch {s.features_batch}, seed 0, dtype policy "
+                     f"{runs['cache on']['dtype policy']}"}
+
+
+QUANTIZED_NOT_HERE = ("the quantized candidates (LiteRT float16, int8 dynamic-range, full int8) "
+                      "run on the CPU's LiteRT interpreter, never on the GPU; "
+                      "benchmarks/quantized.py measures them on a CPU with TensorFlow")
+
+
+def step_quantized(s: Settings, args, arg: str | None) -> dict:
+    """Why the quantized path is not measured here: its models run on the CPU only
+    (:data:`QUANTIZED_NOT_HERE`), and without TensorFlow they cannot even be made."""
+    try:
+        import tensorflow as tf
+
+        tf.lite.TFLiteConverter  # noqa: B018 (the converter that export_fast uses)
+    except (ImportError, AttributeError) as error:
+        return {"skipped": "skipped: quantized candidates not measured here: they are made by "
+                           f"TensorFlow's LiteRT converter, missing here ({error}); and "
+                           f"{QUANTIZED_NOT_HERE}"}
+    return {"skipped": f"skipped: quantized candidates not measured here: {QUANTIZED_NOT_HERE}"}
+
+
 STEPS = {"environment": step_environment, "data": step_data, "throughput": step_throughput,
          "timm": step_timm, "finetune": step_finetune, "resume": step_resume,
-         "cpu_gpu": step_cpu_gpu, "timm_compiled": step_timm}
-NEEDS = {"throughput": "data", "finetune": "data", "resume": "data"}
+         "cpu_gpu": step_cpu_gpu, "features": step_features, "quantized": step_quantized,
+         "timm_compiled": step_timm}
+NEEDS = {"throughput": "data", "finetune": "data", "resume": "data", "features": "data"}
 
 
 def run_step(args, settings: Settings) -> None:
@@ -683,11 +813,20 @@ class Outcome:
     status: str
     seconds: float = 0.0
     error: str = ""
+    cpu_seconds: float = 0.0  # user + system time of the step's processes (its children too)
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and theirs."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _plan(settings: Settings) -> list[tuple[str, int]]:
     steps = ["environment", "data", *[f"throughput:{model}" for model in settings.models],
-             "timm", "finetune", "resume", "cpu_gpu",
+             "timm", "finetune", "resume", "cpu_gpu", "features", "quantized",
              *[f"timm_compiled:{model}" for model in settings.models]]
     boxes = dict(settings.boxes)
     return [(step, boxes.get(step, boxes[step.split(":")[0]])) for step in steps]
@@ -701,12 +840,17 @@ def _last_error(log: Path) -> str:
     return (errors[-1] if errors else lines[-1] if lines else "no output")[:300]
 
 
-def _step_env(step: str) -> dict:
+def _step_env(step: str, settings: Settings, work: Path) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     if step.split(":")[0] in ("finetune", "resume"):
         # JAX otherwise takes 75% of the card at start, and the dashboard would show only that
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if settings.compile_cache:  # the steps' processes (and the resume runs) share compilations
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(work / "jax-cache"))
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if settings.xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {settings.xla_flags}".strip()
     return env
 
 
@@ -735,6 +879,8 @@ def orchestrate(args, settings: Settings) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     budget = args.budget if args.budget is not None else settings.budget_s
     deadline = time.monotonic() + budget
+    # a budget above the default stretches each step's limit alike (a busy CPU, a slow card)
+    stretch = max(1.0, budget / settings.budget_s)
     selected = set(args.steps.split(",")) if args.steps else None
     if selected:
         selected |= {"environment", "data"}
@@ -748,17 +894,18 @@ def orchestrate(args, settings: Settings) -> int:
             outcomes[step] = Outcome(step, reason)
             print(f"[gpu-check] {step}: {reason}", flush=True)
             continue
-        limit = int(min(box, left))
+        limit = int(min(box * stretch, left))
         command = [sys.executable, str(Path(__file__).resolve()), "--step", step, "--out",
                    str(out), "--work", str(work)] + (["--tiny"] if args.tiny else [])
         if args.weights:
             command += ["--weights", args.weights]
         log_path = out / "logs" / f"{_file_name(step)}.log"
         print(f"[gpu-check] {step}: running (limit {limit} s)", flush=True)
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), _children_cpu()
         with open(log_path, "w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                       env=_step_env(step), start_new_session=True)
+                                       env=_step_env(step, settings, work),
+                                       start_new_session=True)
             try:
                 code = process.wait(timeout=limit)
                 status = "ok" if code == 0 else f"failed (exit code {code})"
@@ -767,10 +914,13 @@ def orchestrate(args, settings: Settings) -> int:
                 process.wait()
                 status = f"timed out after {limit} s"
         seconds = time.monotonic() - started
-        error = "" if status == "ok" else _last_error(log_path)
-        outcomes[step] = Outcome(step, status, round(seconds, 1), error)
-        print(f"[gpu-check] {step}: {status} in {seconds:.1f} s" + (f": {error}" if error else ""),
-              flush=True)
+        if status == "ok":  # a step may find that it does not apply here, and say why
+            status = (_load_part(out, step) or {}).get("skipped", status)
+        error = "" if status == "ok" or status.startswith("skipped") else _last_error(log_path)
+        cpu = _children_cpu() - cpu_before
+        outcomes[step] = Outcome(step, status, round(seconds, 1), error, round(cpu, 1))
+        print(f"[gpu-check] {step}: {status} in {seconds:.1f} s ({cpu:.1f} CPU s)"
+              + (f": {error}" if error else ""), flush=True)
         write_report(out, settings, outcomes, budget)
     report = write_report(out, settings, outcomes, budget)
     print(report, flush=True)
@@ -903,15 +1053,41 @@ def _plot_throughput(out: Path, settings: Settings, rows: list[dict]) -> None:
     figure.savefig(out / "throughput.png", dpi=90)
 
 
+def _features_sections(out: Path, outcomes: dict) -> list[str]:
+    """The cached-features table (cache off against on) and the quantized path's line."""
+    part = _load_part(out, "features")
+    header = ["item", *[name for name, _ in FEATURE_PATHS]]
+    if part:
+        items = [key for key in part["runs"]["cache on"] if key not in ("run_dir", "dtype policy")]
+        rows = [[item, *[part["runs"][name][item] for name, _ in FEATURE_PATHS]]
+                for item in items]
+        rows += [[item, "", value] for item, value in part["comparison"].items()]
+        rows.append(["results agree", "", "yes" if part["agree"] else "NO"])
+        note = (f"{part['setup']}. {'; '.join(f'{name}: {what}' for name, what in FEATURE_PATHS)}"
+                f". Agree: accuracies within {AGREE_ACCURACY:g} and every history column within "
+                f"{AGREE_HISTORY:g}. Both runs in one process, cache off first. Passes: the "
+                "frozen backbone over the training and the validation images, once each (0: the "
+                "stage trained the whole model).")
+    else:
+        rows, note = [["result", _not_run(outcomes.get("features")), ""]], ""
+    sections = [write_table(out, "features", "Cached features: feature_extraction with the "
+                            "frozen backbone computed once", header, rows, note=note)]
+    sections.append("## Quantized candidates\n\n" + _not_run(outcomes.get("quantized")) + "\n")
+    return sections
+
+
 def write_report(out: Path, settings: Settings, outcomes: dict, budget: int) -> str:
     """Writes every table from the parts so far, and report.md with all of them."""
     environment = _load_part(out, "environment")
     gpu = bool(environment and environment.get("gpu"))
     gpu_name = str(environment["info"].get("gpu name", "")) if environment else ""
     sections = []
-    steps = [[o.step, o.status, o.seconds or "", o.error] for o in outcomes.values()]
-    sections.append(write_table(out, "steps", "Steps", ["step", "status", "seconds", "error"],
-                                steps, note=f"Budget {budget} s; each step in its own process."))
+    steps = [[o.step, o.status, o.seconds or "", o.cpu_seconds or "", o.error]
+             for o in outcomes.values()]
+    sections.append(write_table(out, "steps", "Steps",
+                                ["step", "status", "seconds", "cpu_seconds", "error"], steps,
+                                note=f"Budget {budget} s; each step in its own process; "
+                                     "cpu_seconds: user + system time of its processes."))
     if environment:
         sections.append(write_table(out, "environment", "Environment", ["item", "value"],
                                     [[k, v] for k, v in environment["info"].items()]))
@@ -938,6 +1114,7 @@ def write_report(out: Path, settings: Settings, outcomes: dict, budget: int) -> 
         out, "reproducibility", "Reproducibility: the same seed twice, and resume after a kill",
         header, rows, note=note))
 
+    sections += _features_sections(out, outcomes)
     cpu_gpu = out / "cpu_gpu.md"
     if (out / "parts" / "cpu_gpu.json").is_file() and cpu_gpu.is_file():
         sections.append("## The batch-size study's throughput column: CPU against GPU\n\n"
@@ -959,7 +1136,8 @@ def main(argv=None) -> int:
                                        "(default: OUT/work)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: the CPU test")
     parser.add_argument("--budget", type=int, help="seconds for all steps (default 430; "
-                                                   "--tiny 420)")
+                                                   "--tiny 420); a larger one stretches each "
+                                                   "step's own limit alike")
     parser.add_argument("--steps", help="comma-separated step kinds to run (environment and "
                                         "data always run), e.g. throughput,timm")
     parser.add_argument("--weights", help="MobileNetV2 ImageNet no-top weights file for the "
