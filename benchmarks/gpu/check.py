@@ -921,7 +921,9 @@ def orchestrate(args, settings: Settings) -> int:
         outcomes[step] = Outcome(step, status, round(seconds, 1), error, round(cpu, 1))
         print(f"[gpu-check] {step}: {status} in {seconds:.1f} s ({cpu:.1f} CPU s)"
               + (f": {error}" if error else ""), flush=True)
-        write_report(out, settings, outcomes, budget)
+        # the figure only when its numbers may have changed (drawing it takes a second)
+        write_report(out, settings, outcomes, budget,
+                     figure=step.split(":")[0] in ("throughput", "timm", "timm_compiled"))
     report = write_report(out, settings, outcomes, budget)
     print(report, flush=True)
     return 0
@@ -973,7 +975,7 @@ def _verdict(measured, target, *, higher_is_better=True) -> str:
 
 
 def _throughput_sections(out: Path, settings: Settings, outcomes: dict, gpu: bool,
-                         gpu_name: str) -> list[str]:
+                         gpu_name: str, figure: bool = True) -> list[str]:
     rows = _throughput_rows(out, settings, outcomes)
     long_header = ["model", "way", "images_per_second", "framework", "device", "precision",
                    "image_size", "batch_size", "note"]
@@ -1024,7 +1026,8 @@ def _throughput_sections(out: Path, settings: Settings, outcomes: dict, gpu: boo
              "(timm: autocast). Empty cells: see the table of every measurement below."))
     sections.insert(0, write_table(out, "checks", "Checks against the targets",
                                    ["check", "target", "measured", "verdict"], checks))
-    _plot_throughput(out, settings, rows)
+    if figure:
+        _plot_throughput(out, settings, rows)
     return sections
 
 
@@ -1076,8 +1079,10 @@ def _features_sections(out: Path, outcomes: dict) -> list[str]:
     return sections
 
 
-def write_report(out: Path, settings: Settings, outcomes: dict, budget: int) -> str:
-    """Writes every table from the parts so far, and report.md with all of them."""
+def write_report(out: Path, settings: Settings, outcomes: dict, budget: int, *,
+                 figure: bool = True) -> str:
+    """Writes every table from the parts so far, and report.md with all of them (and, with
+    ``figure``, throughput.png)."""
     environment = _load_part(out, "environment")
     gpu = bool(environment and environment.get("gpu"))
     gpu_name = str(environment["info"].get("gpu name", "")) if environment else ""
@@ -1091,7 +1096,7 @@ def write_report(out: Path, settings: Settings, outcomes: dict, budget: int) -> 
     if environment:
         sections.append(write_table(out, "environment", "Environment", ["item", "value"],
                                     [[k, v] for k, v in environment["info"].items()]))
-    sections += _throughput_sections(out, settings, outcomes, gpu, gpu_name)
+    sections += _throughput_sections(out, settings, outcomes, gpu, gpu_name, figure)
 
     finetune = _load_part(out, "finetune")
     rows = finetune["rows"] if finetune else [["result", _not_run(outcomes.get("finetune"))]]
