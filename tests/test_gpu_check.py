@@ -42,8 +42,9 @@ def tiny_check(tmp_path_factory):
     (stub / "__init__.py").write_text('raise ImportError("no TensorFlow, as on the GPU machine")')
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(stub.parent), str(ROOT)])}
-    # a budget far above what --tiny takes: on a busy CPU (other tests beside it under
-    # pytest-xdist) its default would skip steps, which this test is not about
+    # a budget far above what --tiny takes (which also stretches each step's own limit): on a
+    # busy CPU (other tests beside it under pytest-xdist) its default would skip steps or time
+    # them out, which this test is not about
     result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(root / "out"), "--tiny",
                              "--budget", "3000"], env=env, capture_output=True, text=True,
                             timeout=3600)
