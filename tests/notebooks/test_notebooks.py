@@ -43,7 +43,8 @@ def tiny_parameters() -> dict:
     return {
         "01_prepare_data.ipynb": {"split": "3,rest,5", "min_per_class": 5, "image_size": 16},
         "02_pretrain_source.ipynb": {"image_size": 16, "epochs": 1, "progress": "plot"},
-        "03_fine_tune.ipynb": {"seeds": [0], "epochs": 2, "progress": "plot"},
+        # find_lr: the range test in the same kernel and runs as the rest (not a second 03)
+        "03_fine_tune.ipynb": {"seeds": [0], "epochs": 2, "progress": "plot", "find_lr": True},
         "04_inspect.ipynb": {},
         "05_evaluate.ipynb": {},
         "06_classify.ipynb": {"top_k": 3},
@@ -459,25 +460,18 @@ def test_classify_notebook_names_the_photo_classes(photos):
 
 @pytest.mark.slow
 def test_fine_tune_notebook_can_find_the_learning_rate_first(workspace):
-    executed(workspace, "02_pretrain_source.ipynb")  # the split and the source model
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WORKBENCH_ROOT", str(workspace["project"]))
-        patch.setenv("WORKBENCH_PROGRESS", "plain")
-        output = run_notebook("03_fine_tune.ipynb", {
-            "find_lr": True, "recipes": ["feature_extraction"], "seeds": [0], "epochs": 2,
-            "runs_dir": f"{RUNS}/lr_found", "progress": "none"},
-            workspace["project"] / "executed_find_lr")
-    book = nbformat.read(output, as_version=4)
+    book = executed(workspace, "03_fine_tune.ipynb")  # find_lr=True in the tiny parameters
     cell = next(cell for cell in book.cells if "range_test(" in cell.source)
     said = text_of(cell)
     found = re.search(r"suggested base_lr: (\S+) \((.+)\)\s+base_lr (\S+) for the runs below",
                       said)
     assert found, said
-    assert found.group(1) == found.group(3) and "feature_extraction, stage head" in said
+    assert found.group(1) == found.group(3) and "two_stage, stage head" in said
     assert len(outputs(cell, "image/png")) == 1  # the range test's plot
-    config = json.loads((workspace["work"] / "lr_found" / "feature_extraction-seed0" /
-                         "config.json").read_text())
-    assert f"{config['solver']['base_lr']:.2g}" == found.group(1)  # the runs used it
+    # the runs used the suggestion, but caffe, which keeps its own caffe_base_lr
+    for run, base_lr in (("two_stage-seed0", found.group(1)), ("caffe-seed0", "0.001")):
+        config = json.loads((workspace["work"] / "fine_tune" / run / "config.json").read_text())
+        assert f"{config['solver']['base_lr']:.2g}" == base_lr, run
 
 
 @pytest.mark.slow
