@@ -65,35 +65,52 @@ def test_a_run_without_calibration_json_has_temperature_1(tmp_path):
 
 
 @pytest.mark.slow
-def test_final_metrics_of_the_model_in_memory_equal_the_files_and_skip_loading_it(
+def test_final_metrics_use_the_model_in_memory_and_equal_those_of_the_files(
         run_dir, tmp_path, monkeypatch):
     import shutil
 
     from workbench.training import callbacks, checkpoint, train
 
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    run = RunDir(copy)
-    data = run.load_splits()
-    epochs = run.metrics["epochs"]
-    from_files = train._final_metrics(copy, data, 8, callbacks.RunState(
-        epoch=epochs, best_epoch=run.metrics["best_epoch"]), status="completed")
-    best = checkpoint.load_compiled(run.model_path("best"))
-    loads = []
-    monkeypatch.setattr(checkpoint, "load_compiled", lambda path: loads.append(path))
-    # the last epoch was the best: the model in memory is evaluated as it is, not loaded
-    in_memory = train._final_metrics(copy, data, 8, callbacks.RunState(
-        epoch=epochs, best_epoch=epochs), status="completed", in_memory=best)
-    assert loads == []
-    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "temperature"):
-        assert in_memory[key] == pytest.approx(from_files[key], abs=1e-6), key
-    # an earlier best epoch: the weights in memory are not the best model's, the file is read
-    monkeypatch.undo()
-    stale = models.load_model(run.model_path("final"))
-    stale.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    for variable in stale.trainable_variables:
-        variable.assign(np.zeros(variable.shape, variable.dtype))
-    again = train._final_metrics(copy, data, 8, callbacks.RunState(
-        epoch=epochs, best_epoch=epochs - 1), status="completed", in_memory=stale)
-    assert again["test_accuracy"] == pytest.approx(from_files["test_accuracy"], abs=1e-6)
-    assert again["test_loss"] == pytest.approx(from_files["test_loss"], abs=1e-6)
+    data = RunDir(run_dir).load_splits()
+    epochs, best_epoch = RunDir(run_dir).metrics["epochs"], RunDir(run_dir).metrics["best_epoch"]
+    keys = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "temperature")
+    for last_was_best in (True, False):
+        copy = tmp_path / f"run-{last_was_best}"
+        shutil.copytree(run_dir, copy)
+        run = RunDir(copy)
+        if last_was_best:  # as after a run whose last epoch was its best
+            shutil.copy(run.model_file("final"), run.model_file("best"))
+        state = callbacks.RunState(epoch=epochs, best_epoch=epochs if last_was_best
+                                   else min(best_epoch, epochs - 1))
+        from_files = train._final_metrics(copy, data, 8, state, status="completed")
+        records = run.calibration["models"]
+        final = checkpoint.load_compiled(run.model_path("final"))  # the model in memory
+        loads = []
+        monkeypatch.setattr(checkpoint, "load_compiled",
+                            lambda path, load=checkpoint.load_compiled: loads.append(path)
+                            or load(path))
+        monkeypatch.setattr(train, "calibrate_run", _no_loading(train.calibrate_run))
+        in_memory = train._final_metrics(copy, data, 8, state, status="completed",
+                                         in_memory=final)
+        monkeypatch.undo()
+        # the best model is read from its file only when the weights in memory are not it
+        assert loads == ([] if last_was_best else [run.model_path("best")])
+        for key in keys:
+            assert in_memory[key] == pytest.approx(from_files[key], abs=1e-6), key
+        for name, record in run.calibration["models"].items():
+            assert record["temperature"] == pytest.approx(records[name]["temperature"],
+                                                          abs=1e-6), name
+
+
+def _no_loading(calibrate_run):
+    """``calibrate_run`` that fails if it loads a model file itself."""
+    from workbench.training import calibrate
+
+    def wrapped(*args, **kwargs):
+        original = calibrate.load_model
+        calibrate.load_model = lambda path: pytest.fail(f"calibration loaded {path}")
+        try:
+            return calibrate_run(*args, **kwargs)
+        finally:
+            calibrate.load_model = original
+    return wrapped

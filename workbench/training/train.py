@@ -869,9 +869,10 @@ def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.Ru
                    status: str, in_memory: keras.Model | None = None) -> dict:
     """Evaluates the best model (or the final one) on the validation and test splits.
 
-    ``in_memory``, the trained model, is evaluated as it is when its weights are the best
-    model's (the last epoch was the best, or the run kept no best model): the same numbers as
-    the file's without loading and compiling it again (a second or more per run)."""
+    ``in_memory``, the trained model (whose weights ``model.keras`` was just written from), is
+    calibrated as the final model, and evaluated as it is when its weights are the best model's
+    too (the last epoch was the best, or the run kept no best model): the same numbers as the
+    files' without loading them again (a second or more per run)."""
     run = RunDir(run_dir)
     path = run.model_path("best")
     same = in_memory is not None and in_memory.compiled and (
@@ -888,9 +889,10 @@ def _final_metrics(run_dir: Path, data: SplitData, batch_size: int, state: cb.Ru
         metrics.update({f"{split}_{name}": round(float(value), 6)
                         for name, value in values.items()})
         metrics[f"{split}_images"] = int(len(data.labels[split]))
-    # one temperature per model file, fitted on val (calibration.json): predictions use it;
-    # with the best weights in memory, the final model's are those too
-    loaded = {path.name: model, **({run.model_file("final").name: model} if same else {})}
+    # one temperature per model file, fitted on val (calibration.json): predictions use it
+    loaded = {path.name: model}
+    if in_memory is not None:
+        loaded.setdefault(run.model_file("final").name, in_memory)
     fitted = calibrate_run(run_dir, data.images.get("val"), data.labels.get("val"),
                            batch_size=batch_size, loaded=loaded)
     best = fitted["models"][path.name]
