@@ -13,6 +13,7 @@ import time
 import warnings
 from types import SimpleNamespace
 
+import matplotlib.figure
 import numpy as np
 import pandas as pd
 import pytest
@@ -461,7 +462,13 @@ def test_cli_plot_resources_draws_next_to_history(tmp_path, monkeypatch, capsys)
     assert (run / "resources.png").read_bytes()[:4] == b"\x89PNG"
     assert len(drawn[0].axes) == 7  # five resource panels and the two training curves
     assert "gpu_energy_wh 1.0" in capsys.readouterr().out
+    # where --out puts the figure: a one-axes stand-in for the dashboard, whose seven panels
+    # were drawn and checked above
+    small = matplotlib.figure.Figure(figsize=(1, 1))
+    small.add_subplot()
+    monkeypatch.setattr(plots, "resource_dashboard",
+                        lambda frame, **kw: drawn.append(frame) or small)
     assert main(["plot-resources", str(run), "--out", str(tmp_path / "x" / "d.png")]) == 0
-    assert (tmp_path / "x" / "d.png").is_file()
+    assert (tmp_path / "x" / "d.png").read_bytes()[:4] == b"\x89PNG" and len(drawn) == 2
     assert main(["plot-resources", str(tmp_path / "empty")]) == 2
     assert "RUN_DIR must hold resources.csv" in capsys.readouterr().err
