@@ -27,12 +27,22 @@ def splits(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def compared(splits, tmp_path_factory):
-    """A finished comparison of seed 0 (OPTIONS, quiet), made once for the module: a test that
-    goes on with it works on a copy."""
+def first_comparison(splits, tmp_path_factory):
+    """A comparison of seed 0 (OPTIONS, quiet) into a folder that holds only a failed start of
+    that run (a config.json and nothing else), made once for the module: returns the folder and
+    the table."""
     root = tmp_path_factory.mktemp("compared")
-    compare_recipes(splits, root, seeds=(0,), **{**OPTIONS, "progress": "none"})
-    return root
+    failed = root / "scratch-seed0"
+    failed.mkdir()
+    (failed / "config.json").write_text(json.dumps({"recipe": "scratch", "epochs": 99}))
+    results = compare_recipes(splits, root, seeds=(0,), **{**OPTIONS, "progress": "none"})
+    return root, results
+
+
+@pytest.fixture(scope="module")
+def compared(first_comparison):
+    """The finished comparison of seed 0: a test that goes on with it works on a copy."""
+    return first_comparison[0]
 
 
 class Killed(Exception):
@@ -43,8 +53,10 @@ def stamp(run_dir):
     return (run_dir / "model.keras").stat().st_mtime_ns
 
 
-def test_a_rerun_keeps_finished_runs_and_continues_the_interrupted_one(splits, tmp_path,
-                                                                       monkeypatch, capsys):
+def test_a_rerun_keeps_finished_runs_and_continues_the_interrupted_one(splits, compared,
+                                                                       tmp_path, monkeypatch,
+                                                                       capsys):
+    tmp_path = shutil.copytree(compared, tmp_path / "runs")  # seed 0 finished earlier
     real_save = checkpoint.save_checkpoint
 
     def killed_in_seed_1(run_dir, model, state):
@@ -58,7 +70,8 @@ def test_a_rerun_keeps_finished_runs_and_continues_the_interrupted_one(splits, t
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     first = capsys.readouterr().out
     assert "run 1 of 2: scratch, seed 0" in first and "run 2 of 2: scratch, seed 1" in first
-    finished = stamp(tmp_path / "scratch-seed0")
+    finished = stamp(compared / "scratch-seed0")
+    assert stamp(tmp_path / "scratch-seed0") == finished  # copied, not trained again
 
     results = compare_recipes(splits, tmp_path, seeds=(0, 1), **OPTIONS)
     again = capsys.readouterr().out
@@ -70,11 +83,9 @@ def test_a_rerun_keeps_finished_runs_and_continues_the_interrupted_one(splits, t
     assert list(results["seed"]) == [0, 1] and set(results["status"]) == {"completed"}
 
 
-def test_a_folder_holding_only_a_failed_start_never_blocks(splits, tmp_path):
-    failed = tmp_path / "scratch-seed0"
-    failed.mkdir()
-    (failed / "config.json").write_text(json.dumps({"recipe": "scratch", "epochs": 99}))
-    results = compare_recipes(splits, tmp_path, seeds=(0,), **{**OPTIONS, "progress": "none"})
+def test_a_folder_holding_only_a_failed_start_never_blocks(first_comparison):
+    root, results = first_comparison  # trained afresh where a failed start was
+    assert (root / "scratch-seed0" / "model.keras").is_file()
     assert results["status"].tolist() == ["completed"] and results["epochs"].tolist() == [2]
 
 
