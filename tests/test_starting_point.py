@@ -21,7 +21,7 @@ from workbench.training.solver import SolverConfig
 from workbench.training.train import build_model, finetune
 from workbench.training.recipes import get_recipe
 
-SOLVER = SolverConfig(epochs=2, batch_size=16, base_lr=0.05)
+SOLVER = SolverConfig(epochs=1, batch_size=16, base_lr=0.05)  # each run: one epoch
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("start")
     splits = tiny_data.write_splits(root, per_class=8, counts=(4, "rest", 2))
     source = finetune(splits, root / "source", start=StartingPoint("cifar_cnn", weights=None),
-                      recipe="scratch", solver=SOLVER.replace(epochs=1), image_size=16,
+                      recipe="scratch", solver=SOLVER, image_size=16,
                       progress="none")
     # where compare_recipes(runs_dir=root / "compare") keeps its caffe run of seed 0
     tuned = finetune(splits, root / "compare" / "caffe-seed0",
@@ -65,7 +65,7 @@ def test_resuming_a_finished_run_keeps_its_initial_model(runs):
     run = RunDir(runs["source"])
     before = run.initial_model_path().stat().st_mtime_ns
     finetune(runs["splits"], runs["source"], start=StartingPoint("cifar_cnn", weights=None),
-             recipe="scratch", solver=SOLVER.replace(epochs=1), image_size=16, progress="none",
+             recipe="scratch", solver=SOLVER, image_size=16, progress="none",
              resume=True)  # finished: returned as it is
     assert run.initial_model_path().stat().st_mtime_ns == before
 
