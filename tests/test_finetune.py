@@ -33,9 +33,22 @@ def splits(tmp_path_factory):
 def source_model(splits, tmp_path_factory):
     """A small 'pretrained' source: cifar_cnn trained briefly on the same digits."""
     run = finetune(splits, tmp_path_factory.mktemp("source") / "run", start=CIFAR,
-                   recipe="scratch", solver=SOLVER.replace(epochs=2),
+                   recipe="scratch", solver=SOLVER.replace(epochs=1),
                    image_size=16, progress="none")
     return run.path / "model.keras"
+
+
+# two_stage from the source: the uninterrupted run that a resumed one must equal, and the run
+# whose stages, rates and weight updates are checked (`two_stage`)
+TWO_STAGE = dict(recipe="two_stage", dropout=0.3, image_size=16, solver=SOLVER, seed=3,
+                 progress="none")
+
+
+@pytest.fixture(scope="module")
+def two_stage(splits, source_model, tmp_path_factory):
+    """A finished TWO_STAGE run from ``source_model``, trained once for the module (read only)."""
+    return finetune(splits, tmp_path_factory.mktemp("two_stage") / "whole", start=source_model,
+                    **TWO_STAGE)
 
 
 # a lenet trained from scratch for one epoch: the run several tests read (`finished`)
@@ -94,11 +107,10 @@ def test_run_directory_holds_every_file(splits, tmp_path):
     assert (run.path / "labels.txt").read_text().splitlines() == config["classes"]
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, tmp_path,
-                                                         monkeypatch):
-    options = dict(start=source_model, recipe="two_stage", dropout=0.3, image_size=16,
-                   solver=SOLVER, seed=3, progress="none")
-    whole = finetune(splits, tmp_path / "whole", **options)
+def test_resume_after_a_kill_equals_an_uninterrupted_run(splits, source_model, two_stage,
+                                                         tmp_path, monkeypatch):
+    options = dict(start=source_model, **TWO_STAGE)
+    whole = two_stage
 
     class Killed(Exception):
         pass
@@ -191,9 +203,8 @@ def test_feature_extraction_keeps_the_backbone_frozen(splits, source_model, tmp_
     assert run.lr_table.loc[run.lr_table["layer"] == "head", "effective_lr"].item() > 0
 
 
-def test_two_stage_unfreezes_with_discriminative_rates(splits, source_model, tmp_path):
-    run = finetune(splits, tmp_path / "run", start=source_model, recipe="two_stage",
-                   image_size=16, solver=SOLVER, progress="none")
+def test_two_stage_unfreezes_with_discriminative_rates(two_stage):
+    run = two_stage
     assert list(run.history["stage"]) == ["head", "all", "all", "all"]  # 30% of 4 epochs: 1
     second = run.lr_table[run.lr_table["stage"] == "all"].set_index("layer")
     assert second.loc["head", "multiplier"] == 1.0
@@ -268,8 +279,9 @@ def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, m
     from workbench.data.split import prepare
 
     prepare(tmp_path / "data", tmp_path / "splits", counts=(6, "rest", 3), progress="none")
-    options = dict(start=LENET, recipe="scratch", image_size=16,
-                   solver=SOLVER, seed=2, progress="none", augment=f"on+{placement}",
+    options = dict(start=LENET, recipe="scratch", image_size=16,  # killed after epoch 1 of 2
+                   solver=SOLVER.replace(epochs=2), seed=2, progress="none",
+                   augment=f"on+{placement}",
                    class_weight="balanced")
     whole = finetune(tmp_path / "splits", tmp_path / "whole", **options)
     config = json.loads((whole.path / "config.json").read_text())
@@ -284,13 +296,14 @@ def test_augmented_run_crops_from_a_larger_cache_and_resumes_exactly(tmp_path, m
 
     def save_then_die(run_dir, model, state):
         real_save(run_dir, model, state)
-        if state["epoch"] == 3:
+        if state["epoch"] == 1:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         finetune(tmp_path / "splits", tmp_path / "resumed", **options)
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    assert json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())["epoch"] == 1
     resumed = finetune(tmp_path / "splits", tmp_path / "resumed", resume=True, **options)
     for a, b in zip(weights_of(whole.path / "model.keras"),
                     weights_of(resumed.path / "model.keras")):
