@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,15 @@ def finished_run(splits, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     finetune(splits, run_dir, start=LENET, recipe="scratch", image_size=16,
              solver=SolverConfig(epochs=1, batch_size=8), progress="none")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def whole_run(splits, tmp_path_factory):
+    """The child's run, uninterrupted: trained once for the module, compared against by the kill
+    tests and copied by the test that overwrites it (tests only read it)."""
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    assert run_child(splits, run_dir) == 0
     return run_dir
 
 
@@ -105,8 +115,8 @@ def comparable(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(splits, tmp_path):
-    assert run_child(splits, tmp_path / "whole") == 0
+def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(splits, whole_run,
+                                                                          tmp_path):
     rng = random.Random(7)
     run_dir = tmp_path / "killed"
     kills = 0
@@ -118,7 +128,7 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(splits
     assert run_child(splits, run_dir) == 0  # the last resume finishes the run
     leftovers = [path.name for path in run_dir.iterdir() if path.name.startswith(".")]
     assert leftovers == []
-    whole, resumed = comparable(tmp_path / "whole"), comparable(run_dir)
+    whole, resumed = comparable(whole_run), comparable(run_dir)
     for name in whole:
         pd.testing.assert_frame_equal(whole[name], resumed[name], rtol=1e-5, obj=name)
 
@@ -248,9 +258,9 @@ OVERWRITE_CHILD = CHILD.replace("resume=True", "overwrite=True")
 
 
 @pytest.mark.slow
-def test_a_killed_overwrite_leaves_the_old_run_and_the_next_one_cleans_up(splits, tmp_path):
-    run_dir = tmp_path / "run"
-    assert run_child(splits, run_dir) == 0
+def test_a_killed_overwrite_leaves_the_old_run_and_the_next_one_cleans_up(splits, whole_run,
+                                                                          tmp_path):
+    run_dir = shutil.copytree(whole_run, tmp_path / "run")  # a finished run of the child's
     before = fingerprint(run_dir)
     code = OVERWRITE_CHILD.format(solver=repr(SOLVER))
     child = subprocess.Popen([sys.executable, "-c", code, str(splits), str(run_dir), str(TESTS)],
@@ -302,19 +312,19 @@ TIMING = ("train_seconds", "images_per_second")
 
 
 @pytest.mark.slow
-def test_a_kill_at_the_stage_boundary_then_resume_equals_an_uninterrupted_run(splits, tmp_path):
-    assert run_child(splits, tmp_path / "whole") == 0
+def test_a_kill_at_the_stage_boundary_then_resume_equals_an_uninterrupted_run(splits, whole_run,
+                                                                               tmp_path):
     run_dir = tmp_path / "killed"
     code = STAGE_END_CHILD.format(solver=repr(SOLVER), epochs=SOLVER["epochs"])
     killed = subprocess.run([sys.executable, "-c", code, str(splits), str(run_dir), str(TESTS)],
                             capture_output=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert run_child(splits, run_dir) == 0  # resumes after the first stage
-    whole, resumed = comparable(tmp_path / "whole"), comparable(run_dir)
+    whole, resumed = comparable(whole_run), comparable(run_dir)
     for name in whole:
         pd.testing.assert_frame_equal(whole[name], resumed[name], rtol=1e-5, obj=name)
     metrics = {name: json.loads((folder / "metrics.json").read_text())
-               for name, folder in (("whole", tmp_path / "whole"), ("resumed", run_dir))}
+               for name, folder in (("whole", whole_run), ("resumed", run_dir))}
     for values in metrics.values():
         for key in [key for key in values if key.startswith("resources_") or key in TIMING]:
             values.pop(key)
