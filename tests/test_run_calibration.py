@@ -69,7 +69,7 @@ def test_final_metrics_use_the_model_in_memory_and_equal_those_of_the_files(
         run_dir, tmp_path, monkeypatch):
     import shutil
 
-    from workbench.training import callbacks, checkpoint, train
+    from workbench.training import calibrate, callbacks, checkpoint, train
 
     data = RunDir(run_dir).load_splits()
     epochs, best_epoch = RunDir(run_dir).metrics["epochs"], RunDir(run_dir).metrics["best_epoch"]
@@ -89,7 +89,8 @@ def test_final_metrics_use_the_model_in_memory_and_equal_those_of_the_files(
         monkeypatch.setattr(checkpoint, "load_compiled",
                             lambda path, load=checkpoint.load_compiled: loads.append(path)
                             or load(path))
-        monkeypatch.setattr(train, "calibrate_run", _no_loading(train.calibrate_run))
+        monkeypatch.setattr(calibrate, "load_model",  # calibration must load no model file
+                            lambda path: pytest.fail(f"calibration loaded {path}"))
         in_memory = train._final_metrics(copy, data, 8, state, status="completed",
                                          in_memory=final)
         monkeypatch.undo()
@@ -101,16 +102,3 @@ def test_final_metrics_use_the_model_in_memory_and_equal_those_of_the_files(
             assert record["temperature"] == pytest.approx(records[name]["temperature"],
                                                           abs=1e-6), name
 
-
-def _no_loading(calibrate_run):
-    """``calibrate_run`` that fails if it loads a model file itself."""
-    from workbench.training import calibrate
-
-    def wrapped(*args, **kwargs):
-        original = calibrate.load_model
-        calibrate.load_model = lambda path: pytest.fail(f"calibration loaded {path}")
-        try:
-            return calibrate_run(*args, **kwargs)
-        finally:
-            calibrate.load_model = original
-    return wrapped

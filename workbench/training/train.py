@@ -530,7 +530,8 @@ def _finish(run_dir: Path, model: keras.Model, data: SplitData, solver: SolverCo
     time of the epochs the run kept summed over every attempt) and ``curves.png`` (its legend
     ``title``: the run's name, also when ``run_dir`` is the new folder of a replacement); for a
     diverged run only ``metrics.json`` saying so. ``reuse_model``: ``model`` lives on this
-    process alone and may be evaluated as it is when it is the best model."""
+    process alone, so :func:`_final_metrics` may evaluate and calibrate it instead of loading
+    the files written from it."""
     run = RunDir(run_dir)
     if problem:
         run.write_metrics({"status": "diverged", "error": problem, "epochs": state.epoch})
