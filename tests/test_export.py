@@ -382,6 +382,23 @@ def test_quantized_rule_needs_the_margin_and_most_turns():
     assert exporting._turns_faster([[1.0], [3.0]], [[2.0], [2.0]]) == (1, 2)
 
 
+def test_onnx_is_chosen_only_when_clearly_faster_in_most_turns(monkeypatch):
+    """ONNX Runtime replaces LiteRT only with a p50 ONNX_MARGIN below LiteRT's won in at least
+    3/4 of the turns; a p50 won in 2 turns of 4 (load on LiteRT's calls) keeps LiteRT."""
+    from workbench.deploy import runtime
+
+    def choice(onnx_turns):
+        monkeypatch.setattr(runtime, "time_turns", lambda models, pixels, **kwargs: {
+            "litert": [[10.0, 10.0]] * 4, "onnx": onnx_turns})
+        record = exporting.choose_runtime({"litert": None, "onnx": None}, 8)
+        return record["chosen"], record["fallback"], record["turns_faster"]["onnx"]
+
+    assert choice([[9.0, 9.0]] * 4) == ("onnx", "litert", 4)
+    assert choice([[9.9, 9.9]] * 4) == ("litert", "onnx", 4)       # 1%: a near-tie
+    assert choice([[5.0, 5.0]] * 2 + [[11.0, 11.0]] * 2)[0] == "litert"  # 2 of 4 turns
+    assert choice([[5.0, 5.0]] * 3 + [[11.0, 11.0]])[0] == "onnx"         # 3 of 4 turns
+
+
 def test_time_turns_pairs_the_models_turn_by_turn():
     from workbench.deploy import runtime
 

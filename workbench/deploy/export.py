@@ -25,9 +25,11 @@ is raised and no file is left at the export's path; quantized exports only repor
 
 **The fast runtime.** :func:`export_fast` (what prediction and evaluation make on first use)
 writes both ``model.tflite`` and ``model.onnx``, checks both against one pass of the Keras model,
-times one image through each on this machine (interleaved, :func:`runtime.time_runtimes`) and
+times one image through each on this machine (interleaved turns, :func:`runtime.time_turns`) and
 records the faster in ``model.tflite.json`` under ``"runtime"``: ``chosen``, ``fallback``, the
-p50 of each in ms, the threads and the CPU it was measured on. :func:`load_fast` loads the chosen
+p50 of each in ms, in how many turns ONNX Runtime was faster, the threads and the CPU it was
+measured on. ONNX Runtime must be clearly faster (3% on the p50 and 3/4 of the turns, as for
+the quantized models below); LiteRT keeps near-ties. :func:`load_fast` loads the chosen
 runtime, the other one when the chosen one fails to load, and re-times both when it runs on
 another CPU than the one that chose.
 
@@ -303,8 +305,9 @@ def export_fast(run_dir: str | Path, *, model: str = "best", check: bool = True,
 
     Both are checked against one pass of the Keras model over the test split (as
     :func:`export` does), then one image is timed through each on this machine with
-    ``threads`` threads, interleaved (:func:`workbench.deploy.runtime.time_runtimes`).
-    ONNX Runtime is chosen when its p50 is at least ``ONNX_MARGIN`` (3%) below LiteRT's;
+    ``threads`` threads, in interleaved turns (:func:`workbench.deploy.runtime.time_turns`).
+    ONNX Runtime is chosen when its p50 is at least ``ONNX_MARGIN`` (3%) below LiteRT's and
+    it was faster in at least 3/4 of the interleaved turns;
     the other runtime stays as the fallback. An ONNX export that fails (the converter, or
     its check) leaves LiteRT chosen without a fallback, and says why in the record.
 
@@ -363,17 +366,26 @@ def choose_runtime(models: dict, side: int, *, threads: int = 2) -> dict:
     """Times ``{runtime: model}`` on one image of ``side`` pixels; the record of the choice.
 
     Returns:
-        ``{"chosen", "fallback", "p50_ms", "threads", "machine", "rule"}``: ONNX Runtime is
-        chosen over LiteRT only when at least ``ONNX_MARGIN`` faster.
+        ``{"chosen", "fallback", "p50_ms", "turns", "turns_faster", "threads", "machine",
+        "rule"}``: ONNX Runtime is chosen over LiteRT only when its p50 is at least
+        ``ONNX_MARGIN`` below LiteRT's and it was faster in at least ``QUANTIZED_TURNS`` of the
+        interleaved turns (``turns_faster`` of ``turns``), so that a burst of load that fell on
+        LiteRT's calls does not decide.
     """
-    p50 = runtime.time_runtimes(models, _timing_image(side)) if len(models) > 1 else {}
+    turns = runtime.time_turns(models, _timing_image(side)) if len(models) > 1 else {}
+    p50 = runtime.p50_ms(turns) if turns else {}
     chosen = "litert" if "litert" in models else next(iter(models))
-    if "onnx" in p50 and "litert" in p50 and p50["onnx"] <= p50["litert"] * (1 - ONNX_MARGIN):
-        chosen = "onnx"
+    record = {}
+    if "onnx" in p50 and "litert" in p50:
+        wins, count = _turns_faster(turns["onnx"], turns["litert"])
+        record = {"turns": count, "turns_faster": {"onnx": wins}}
+        if _clearly_faster(p50["onnx"], p50["litert"], (wins, count), ONNX_MARGIN):
+            chosen = "onnx"
     others = [name for name in models if name != chosen]
     return {"chosen": chosen, "fallback": others[0] if others else None, "p50_ms": p50,
-            "threads": threads, "machine": runtime.machine(),
-            "rule": f"onnx when its p50 is at least {ONNX_MARGIN:.0%} below litert's"}
+            **record, "threads": threads, "machine": runtime.machine(),
+            "rule": f"onnx when its p50 is at least {ONNX_MARGIN:.0%} below litert's and it "
+                    f"is faster in at least {QUANTIZED_TURNS:.0%} of the interleaved turns"}
 
 
 def choose_quantized(source: _Source, float32, *, threads: int = 2) -> dict:
@@ -450,6 +462,13 @@ def _turns_faster(candidate: list, float32: list) -> tuple[int, int]:
     return wins, min(len(candidate), len(float32))
 
 
+def _clearly_faster(p50: float, reference_p50: float, turns: tuple[int, int],
+                    margin: float) -> bool:
+    """Whether a p50 is at least ``margin`` below the reference's and the faster one won at
+    least ``QUANTIZED_TURNS`` of the turns (``turns``: won, of how many)."""
+    return p50 <= reference_p50 * (1 - margin) and turns[0] >= QUANTIZED_TURNS * turns[1]
+
+
 def _judge(scores: dict, reference: dict, p50: float, float32_p50: float,
            turns: tuple[int, int]) -> dict:
     """A candidate's numbers against float32's, and whether it passes :data:`QUANTIZED_RULE`
@@ -457,8 +476,7 @@ def _judge(scores: dict, reference: dict, p50: float, float32_p50: float,
     drop = (reference["top1"] - scores["top1"]) * 100
     rise = scores["ece"] - reference["ece"]
     diff = np.abs(scores["probabilities"] - reference["probabilities"])
-    faster = (p50 <= float32_p50 * (1 - QUANTIZED_MARGIN)
-              and turns[0] >= QUANTIZED_TURNS * turns[1])
+    faster = _clearly_faster(p50, float32_p50, turns, QUANTIZED_MARGIN)
     verdict = {"faster": bool(faster), "accurate": bool(drop <= MAX_TOP1_DROP),
                "calibrated": bool(rise <= MAX_ECE_RISE)}
     return {"top1": round(scores["top1"], 6), "top1_drop_points": round(drop, 3),

@@ -4,7 +4,7 @@ probabilities.
 
 :class:`LiteRTModel` and :class:`OnnxModel` are the two fast runtimes a run's prediction and
 evaluation use; which of them is faster depends on the model and the machine, so
-``workbench.deploy.export.export_fast`` times both with :func:`time_runtimes` and records the
+``workbench.deploy.export.export_fast`` times both with :func:`time_turns` and records the
 faster one. Neither imports TensorFlow.
 """
 
