@@ -2,7 +2,6 @@
 and two real worker processes on 127.0.0.1 (JAX on the CPU) against one process."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 
 import tiny_data
+from jax_env import jax_env
 from workbench import _cluster
 from workbench.data.pipeline import Batches
 from workbench.data.split import prepare
@@ -102,8 +102,7 @@ def test_two_workers_train_like_one_process(tmp_path):
     tiny_data.write_digits(tmp_path / "data", per_class=10)
     next((tmp_path / "data" / "0").iterdir()).unlink()  # 39 validation images: padded batches
     prepare(tmp_path / "data", tmp_path / "splits", counts=(4, "rest", 2), progress="none")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    env = jax_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
     command = [sys.executable, "-m", "workbench.cli", "train", "--splits",
                str(tmp_path / "splits"), *TRAIN]
     scratch = tmp_path / "scratch"  # worker 1's temporary folder
@@ -137,9 +136,8 @@ def test_two_workers_train_like_one_process(tmp_path):
 
 
 def _worker_command(tmp_path, port, size, rank, *extra):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(size),
-           "RANK": str(rank), "TMPDIR": str(tmp_path)}
+    env = jax_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(size),
+                  RANK=str(rank), TMPDIR=str(tmp_path))
     return [sys.executable, "-m", "workbench.cli", "train", "--splits", str(tmp_path / "splits"),
             "--run-dir", str(tmp_path / "run"), *TRAIN, "--distributed", *extra], env
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import pytest
 
+from jax_env import jax_env
 from workbench import _device
 
 TESTS = Path(__file__).parent
@@ -112,8 +113,7 @@ def test_jax_with_two_devices_trains_data_parallel_like_one_device(tmp_path):
     import numpy as np
 
     pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = jax_env(tmp_path / "jax-cache", xla_flags="--xla_force_host_platform_device_count=2")
     result = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path), str(TESTS)],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

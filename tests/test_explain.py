@@ -4,7 +4,6 @@ backends, and faithfulness on a task where only a small object tells the class."
 import base64
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 
 import shapes_data
+from jax_env import jax_env
 from workbench import explain, inspect, models
 from workbench.data.images import resize
 
@@ -180,9 +180,8 @@ def test_grad_cam_is_the_same_on_jax(shapes, tmp_path):
     pytest.importorskip("jax")
     images = shapes["images"][:6]
     np.save(tmp_path / "images.npy", images)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", JAX_GRAD_CAM, str(shapes["path"]),
-                             str(tmp_path / "images.npy")], env=env, capture_output=True,
+                             str(tmp_path / "images.npy")], env=jax_env(), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])

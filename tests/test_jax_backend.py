@@ -5,13 +5,14 @@ in a fresh interpreter with ``KERAS_BACKEND=jax``.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from jax_env import jax_env
 
 TESTS = Path(__file__).parent
 JAX_RUNS = {
@@ -25,12 +26,11 @@ JAX_RUNS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(JAX_RUNS))
-def test_under_jax(name):
+def test_under_jax(name, tmp_path):
     pytest.importorskip("jax")
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                *[str(TESTS / arg) if arg.endswith(".py") else arg for arg in JAX_RUNS[name]]]
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=TESTS.parent,
+    result = subprocess.run(command, env=jax_env(tmp_path / "jax-cache"), capture_output=True, text=True, cwd=TESTS.parent,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
@@ -73,9 +73,8 @@ WITHOUT_TENSORFLOW = textwrap.dedent("""
 @pytest.mark.slow
 def test_the_training_path_runs_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(tmp_path), str(TESTS)],
-                            env=env, capture_output=True, text=True, timeout=600)
+                            env=jax_env(tmp_path / "jax-cache"), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["status"] == "completed" and out["speed"] > 0
