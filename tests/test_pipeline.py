@@ -520,6 +520,24 @@ def test_tf_dataset_starting_at_epoch_k_matches_batches():
                             _expected_stream(batches, 3, 3)[:7])
 
 
+def test_tf_dataset_runs_no_autotuning_thread_that_its_deletion_would_wait_for():
+    # Destroying a tf.data iterator joins its autotuning thread, which sleeps up to a minute
+    # between rounds; Keras leaves the iterator of a stopped or interrupted fit to the garbage
+    # collector, so a later collection froze the process for 10-14 s. The iterator Keras
+    # makes from our dataset must not start that thread.
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.data is used only on the TensorFlow backend")
+    x, y = _data(count=10)
+    for augment in (None, Augment(flip=True, placement="pipeline")):
+        batches = Batches(x, y, batch_size=4, seed=9, augment=augment, image_size=5)
+        for dataset in (batches.as_tf_dataset(), batches.as_tf_dataset(2, epochs=1),
+                        batches.for_keras(start_epoch=1)):
+            assert dataset.options().autotune.enabled is False
+            # the datasets Keras builds on it (class weights: a map) keep the option
+            assert dataset.map(lambda xb, yb: (xb, yb)).options().autotune.enabled is False
+
+
 def test_for_keras_picks_the_backend_native_dataset():
     keras = pytest.importorskip("keras")
     x, y = _data()

@@ -301,6 +301,11 @@ class Batches:
         options = tf.data.Options()  # several workers: each takes its part of every batch
         policy = tf.data.experimental.AutoShardPolicy.DATA
         options.experimental_distribute.auto_shard_policy = policy
+        # No autotuning thread: an iterator's destruction waits for it to wake (its period
+        # grows to a minute), and Keras leaves a stopped fit's iterator to the garbage
+        # collector, so a later collection froze for 10 s or more. Without it AUTOTUNE means
+        # one call per core for the map and a self-sizing prefetch buffer.
+        options.autotune.enabled = False
         return (epochs_served.flat_map(epoch_batches)
                 .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .prefetch(tf.data.AUTOTUNE).with_options(options))
