@@ -247,7 +247,9 @@ class Batches:
         Use with ``model.fit(ds, steps_per_epoch=self.steps_per_epoch, initial_epoch=
         start_epoch, ...)``; Keras then sees epoch ``e`` exactly as :meth:`epoch` yields it.
         Batches are gathered by TensorFlow in parallel from a copy of the images in memory,
-        or, if they take more than a quarter of the RAM, from the array itself.
+        or, if they take more than a quarter of the RAM, from the array itself. tf.data's
+        autotuning is off (one parallel call per core, a self-sizing prefetch buffer): its
+        thread made releasing the iterator of a stopped fit freeze the process for seconds.
 
         Args:
             start_epoch: the first epoch served.
