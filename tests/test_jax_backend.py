@@ -30,8 +30,8 @@ def test_under_jax(name, tmp_path):
     pytest.importorskip("jax")
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                *[str(TESTS / arg) if arg.endswith(".py") else arg for arg in JAX_RUNS[name]]]
-    result = subprocess.run(command, env=jax_env(tmp_path / "jax-cache"), capture_output=True, text=True, cwd=TESTS.parent,
-                            timeout=900)
+    result = subprocess.run(command, env=jax_env(tmp_path / "jax-cache"), capture_output=True,
+                            text=True, cwd=TESTS.parent, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
 
@@ -74,7 +74,8 @@ WITHOUT_TENSORFLOW = textwrap.dedent("""
 def test_the_training_path_runs_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(tmp_path), str(TESTS)],
-                            env=jax_env(tmp_path / "jax-cache"), capture_output=True, text=True, timeout=600)
+                            env=jax_env(tmp_path / "jax-cache"), capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["status"] == "completed" and out["speed"] > 0
