@@ -183,6 +183,29 @@ def test_augmented_batches_train_the_whole_model(splits, tmp_path):
     assert x.shape == (4, 128) and list(y) == list(labels[rows])
 
 
+def test_feature_batches_reach_keras_as_the_same_stream_without_autotuning():
+    labels = np.arange(10) % 3
+    batches = features.FeatureBatches(pipeline.Batches(np.zeros((10, 4, 4, 3), np.uint8), labels,
+                                                       batch_size=4, seed=2),
+                                      np.arange(30, dtype=np.float32).reshape(10, 3))
+    served = batches.for_keras(start_epoch=1, epochs=2)
+    expected = [batches.batch(1 + i // 3, i % 3) for i in range(6)]  # 3 steps per epoch
+    if keras.backend.backend() != "tensorflow":
+        assert [served[i][0].tolist() for i in range(6)] == [x.tolist() for x, _ in expected]
+        return
+    # a PyDataset would be wrapped by Keras in an autotuned dataset, whose thread freezes the
+    # release of a stopped fit's iterator (as in pipeline.Batches.as_tf_dataset)
+    assert served.options().autotune.enabled is False
+    assert served.map(lambda x, y: (x, y)).options().autotune.enabled is False
+    got = [(x.numpy(), y.numpy()) for x, y in served]
+    assert len(got) == 6 and got[2][0].shape == (2, 3)  # the last batch of an epoch is short
+    for (x, y), (x0, y0) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(x, x0)
+        np.testing.assert_array_equal(y, y0)
+    endless = batches.for_keras()
+    assert [x.numpy().tolist() for x, _ in endless.take(7)][6] == batches.batch(2, 0)[0].tolist()
+
+
 def test_features_are_kept_by_weights_and_images(tmp_path, monkeypatch):
     array = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
     np.save(tmp_path / "images-test.npy", array)  # as an image cache: read from its file

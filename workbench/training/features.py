@@ -284,9 +284,13 @@ class FeatureBatches:
         return self.features[rows], self.batches.labels[rows]
 
     def for_keras(self, start_epoch: int = 0, epochs: int | None = None):
-        """A ``keras.utils.PyDataset`` of consecutive epochs from ``start_epoch`` (``epochs``
-        None: no end), as ``pipeline.Batches.for_keras`` serves the images."""
-        return _FeatureDataset(self, start_epoch, epochs)
+        """Consecutive epochs from ``start_epoch`` (``epochs`` None: no end), as
+        ``pipeline.Batches.for_keras`` serves the images: a ``keras.utils.PyDataset``, or on
+        the TensorFlow backend a ``tf.data.Dataset`` of the same items."""
+        stream = _FeatureDataset(self, start_epoch, epochs)
+        if keras.backend.backend() != "tensorflow":
+            return stream
+        return _untuned_tf_dataset(stream, self.features.shape[1])
 
 
 class _FeatureDataset(stream_dataset_class()):
@@ -300,6 +304,25 @@ class _FeatureDataset(stream_dataset_class()):
     def item(self, index):
         epoch, step = divmod(index, self.batches.steps_per_epoch)
         return self.batches.batch(self.start_epoch + epoch, step)
+
+
+def _untuned_tf_dataset(stream, width: int):
+    """``stream``'s items as a ``tf.data.Dataset`` without tf.data's autotuning. Keras would
+    wrap the PyDataset in an autotuned one, whose thread makes releasing the iterator of a
+    stopped fit freeze the process for seconds (``pipeline.Batches.as_tf_dataset`` says more)."""
+    import tensorflow as tf  # only on the TensorFlow backend
+
+    indexes = (tf.data.Dataset.counter() if stream.num_batches is None
+               else tf.data.Dataset.range(stream.num_batches))
+
+    def fetch(index):
+        x, y = tf.numpy_function(lambda i: stream[int(i)], [index], (tf.float32, tf.int32),
+                                 stateful=False)
+        return tf.ensure_shape(x, (None, width)), tf.ensure_shape(y, (None,))
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return indexes.map(fetch).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 class OnClassifier(keras.callbacks.Callback):
