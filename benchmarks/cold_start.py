@@ -202,18 +202,6 @@ def runtime_chosen(run_dir: Path) -> str:
     return (side.get("runtime") or {}).get("chosen", "litert")
 
 
-def instruction_set() -> str:
-    """The vector extensions of this CPU that matter to the runtimes' kernels."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info
-                          if line.startswith("flags")), [])
-    except OSError:
-        return "unknown instruction set"
-    present = [name for name in ("avx512f", "avx512_vnni", "avx2", "fma", "avx") if name in flags]
-    return ", ".join(present).upper().replace("_", "-") or "no AVX"
-
-
 def rows_of(name: str, run_dir: Path, found: dict, cli_imported: str) -> list[tuple]:
     rows = []
     for path in PATHS:
@@ -229,7 +217,7 @@ def rows_of(name: str, run_dir: Path, found: dict, cli_imported: str) -> list[tu
 
 
 def main(argv=None) -> None:
-    from workbench.deploy.runtime import machine
+    from workbench.deploy.runtime import instruction_sets, machine
     from workbench.runs import RunDir
 
     args = parse_args(argv)
@@ -261,7 +249,7 @@ def main(argv=None) -> None:
     lines = [
         "# Cold start",
         "",
-        f"CPU: {machine()}, {instruction_set()}; Python {sys.version.split()[0]}. A new process "
+        f"CPU: {machine()}, {instruction_sets()}; Python {sys.version.split()[0]}. A new process "
         f"to its first top-5 printed (JPEG at 2x the model's side), median of {args.runs} "
         "rounds (range), the paths taking turns, after one unrecorded round (file cache, "
         "bytecode); CPU = user + system seconds of the process, median. 'imported' = which of "

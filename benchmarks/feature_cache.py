@@ -53,22 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cpu_words() -> str:
-    """The CPU's name and its widest vector instructions, from /proc/cpuinfo where there is one."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    widest = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), None)
-    return f"{name}, {os.cpu_count()} cores" + (f", {widest.upper()}" if widest else "")
-
-
 def task(folder: Path, image_size: int) -> Path:
     """The bundled target digits at ``image_size``, split 40/10/10 per digit."""
     from workbench.data import sample
@@ -147,6 +131,7 @@ def measure(args) -> list[tuple]:
 
 
 def table(rows: list[tuple], args, loads: tuple[float, float]) -> str:
+    from workbench.deploy.runtime import instruction_sets, machine
     import keras
 
     one_slow = next(r for name, epochs, r in rows if name.startswith("slow") and epochs == 1)
@@ -173,7 +158,8 @@ def table(rows: list[tuple], args, loads: tuple[float, float]) -> str:
              f"`feature_extraction`, 400 training and 100 validation images (the bundled "
              f"target digits), batch {args.batch_size}, SGD 0.01 cosine, dropout 0.2, seed 0, "
              f"float32. Keras {keras.__version__}, backend {keras.backend.backend()}, "
-             f"{cpu_words()}, Python {platform.python_version()}. The machine is shared: "
+             f"{machine()}, {instruction_sets()}, Python {platform.python_version()}. "
+             "The machine is shared: "
              f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end. "
              + ("With random weights the backbone's pooled features are near zero, so the head "
                 "stays at chance (val_loss ln 10) in every row: the timing does not depend on "

@@ -55,6 +55,7 @@ import photo_data  # noqa: E402
 
 from workbench._io import atomic_path  # noqa: E402
 from workbench.data import images  # noqa: E402
+from workbench.deploy.runtime import instruction_sets, machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "jpeg_decode.md"
 SIZES = ((500, 375), (1600, 1200), (4000, 3000))
@@ -118,16 +119,6 @@ def quality(data: bytes, side: int) -> tuple[float, float, float]:
             photo_data.psnr(full_then_resize(data, side, Image.BOX), reference))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure(args) -> list[tuple]:
     rows = []
     # each size at each side, and a square JPEG of twice the side: what the web page uploads and
@@ -187,7 +178,7 @@ def main(argv=None) -> None:
         "(`tests/photo_data.py`), squash; JPEG quality 90, 4:2:0. `+ms over an array`: what "
         "`Classifier.predict` adds for JPEG bytes over a decoded uint8 array of the model's "
         "size (the array goes to the runtime as it is; bytes through `load_array`). "
-        f"{cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, Pillow "
+        f"{machine()}, {instruction_sets()}, Python {platform.python_version()}, Pillow "
         f"{Image.__version__}; load average {load:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end (other processes share the CPUs).")
     text = "\n".join(["# JPEG decode at the size it is used", "",

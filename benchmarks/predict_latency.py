@@ -59,7 +59,6 @@ import concurrent.futures
 import io
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -590,6 +589,7 @@ def verdicts(facts: dict, peak: float) -> list[str]:
 
 
 def main(argv=None) -> None:
+    from workbench.deploy.runtime import instruction_sets, machine
     args = parse_args(argv)
     if args.torch_worker:
         torch_worker(args.torch_worker, args)
@@ -616,7 +616,8 @@ def main(argv=None) -> None:
         "# Prediction latency",
         "",
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPU only "
-        f"({_cpu()}), {args.threads} threads for LiteRT, ONNX Runtime and PyTorch, "
+        f"({machine()}, {instruction_sets()}), {args.threads} threads for LiteRT, ONNX Runtime "
+        "and PyTorch, "
         f"random-weight models trained 1 epoch on tiny digits, {args.calls} warm calls per "
         f"repeat, interleaved within each group (the runtimes and our Classifier; Keras; "
         f"PyTorch), {args.repeats} repeats: median p50 (range), cold start median of "
@@ -662,12 +663,6 @@ def http_verdicts(rows: list) -> list[str]:
                      f"{TARGETS['http_p50_ms']:g} ms): "
                      f"{'met' if p50 <= TARGETS['http_p50_ms'] else 'MISSED'}")
     return lines
-
-
-def _cpu() -> str:
-    from workbench.deploy.runtime import machine
-
-    return machine()
 
 
 if __name__ == "__main__":

@@ -179,13 +179,15 @@ def _with_bn_momentum(path: Path, backbone: str, side: int) -> Path:
 
 def table(*, p50s: dict, record: dict, flops: int, peak: float, accuracy: dict, loads: tuple,
           blas: str, seconds: float = 0.0) -> str:
+    from workbench.deploy.runtime import instruction_sets, machine
     floor = flops / (peak * 1e9) * 1e3
     ours = {name: float(np.median(values)) for name, values in p50s.items()}
     quantized = record["quantized"]
     lines = [
         "# Quantized against float32",
         "",
-        f"CPU: {latency._cpu()}; {_isa()}. 1-minute load average {loads[0]:.1f} at the start, "
+        f"CPU: {machine()}, {instruction_sets()}. 1-minute load average {loads[0]:.1f} at the "
+        "start, "
         f"{loads[1]:.1f} at the end; {seconds / 60:.1f} minutes in all. The cores may be "
         "shared, so only ratios within a table count. MobileNetV2-224 (random "
         "weights), `Classifier.predict` of a decoded 224 px image (top-5), one image per call, "
@@ -255,17 +257,6 @@ def _export_timing(quantized: dict) -> str:
     reference = quantized.get("float32", {}).get("p50_ms")
     return "its timing at export: " + ", ".join(
         parts + ([f"float32 {reference:.2f} ms"] if reference is not None else []))
-
-
-def _isa() -> str:
-    """The vector instruction sets of this CPU that matter for these kernels."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo", encoding="utf-8")
-                     if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "instruction set unknown"
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return "instruction sets: " + ", ".join(f for f in wanted if f in flags)
 
 
 def main(argv=None) -> None:

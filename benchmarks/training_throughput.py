@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -203,6 +202,7 @@ def _ratio(ours, theirs) -> str:
 
 
 def main(argv=None) -> None:
+    from workbench.deploy.runtime import instruction_sets, machine
     args = parse_args(argv)
     if args.torch_worker:
         torch_worker(args.torch_worker, args)
@@ -237,7 +237,7 @@ def main(argv=None) -> None:
         "# Training throughput",
         "",
         f"Keras {keras.__version__}, backend {keras.backend.backend()}, {device} "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores), batch "
+        f"({machine()}, {instruction_sets()}), batch "
         f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
         f"{'mixed float16' if args.mixed_precision else 'float32'}; images/s, the median of "
         f"{args.repeats} repeats (range). 1-minute load average {load:.1f} at the start, "

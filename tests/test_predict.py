@@ -378,3 +378,20 @@ def test_cli_raw_prints_the_uncalibrated_softmax(run, classifier, capsys):
     assert [e["probability"] for e in raw] == pytest.approx(
         [e["probability"] for e in classifier.predict(path, top_k=3, calibrated=False)], rel=1e-4)
     assert [e["probability"] for e in shown] != pytest.approx([e["probability"] for e in raw])
+
+
+def test_instruction_sets_name_the_vector_extensions_of_proc_cpuinfo(monkeypatch, tmp_path):
+    from workbench.deploy import runtime
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Some CPU\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f "
+                    "avx512_vnni\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        info if path == "/proc/cpuinfo" else path, *a, **k))
+    assert runtime.instruction_sets() == "AVX512-VNNI, AVX512F, AVX2, FMA, AVX"
+    assert runtime.machine().startswith("Some CPU ")
+    info.write_text("flags\t\t: fpu sse4_2\n")
+    assert runtime.instruction_sets() == "no AVX"
+    info.unlink()
+    assert runtime.instruction_sets() == "unknown"

@@ -240,6 +240,23 @@ def machine() -> str:
     return f"{name or platform.processor() or 'unknown CPU'} {platform.machine()}, {cores} cores"
 
 
+# the vector extensions that decide which kernels BLAS, LiteRT and ONNX Runtime run, widest first
+VECTOR_EXTENSIONS = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "fma", "avx")
+
+
+def instruction_sets() -> str:
+    """The vector extensions of this CPU that its kernels use, e.g. ``"AVX2, FMA, AVX"``
+    (``"unknown"`` without /proc/cpuinfo): with :func:`machine`, what a timing table names."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info
+                          if line.startswith("flags")), [])
+    except OSError:  # not Linux
+        return "unknown"
+    present = [name.upper().replace("_", "-") for name in VECTOR_EXTENSIONS if name in flags]
+    return ", ".join(present) or "no AVX"
+
+
 def _quantize(pixels: np.ndarray, details: dict) -> np.ndarray:
     """Pixels in the interpreter's input dtype (scaled for an integer-quantized input)."""
     dtype = details["dtype"]
