@@ -62,6 +62,9 @@ class LiteRTModel:
                                                   [1, *self._input["shape"][1:]])
         self._interpreter.allocate_tensors()
         self._lock = threading.Lock()
+        # float32 in and out (no quantized input or output): __call__ converts nothing
+        self._plain = all(details["dtype"] == np.float32
+                          for details in (self._input, self._output))
 
     @property
     def input_shape(self) -> tuple:
@@ -74,7 +77,9 @@ class LiteRTModel:
         return (None, int(self._output["shape"][-1]))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = _quantize(np.asarray(pixels), self._input)
+        pixels = np.asarray(pixels)
+        pixels = pixels.astype(np.float32, copy=False) if self._plain \
+            else _quantize(pixels, self._input)
         if pixels.ndim != 4:
             raise UsageError(f"pixels must be a batch (N, H, W, 3), received shape: "
                              f"{pixels.shape}")
@@ -84,7 +89,8 @@ class LiteRTModel:
                 self._interpreter.set_tensor(self._input["index"], image[None])
                 self._interpreter.invoke()
                 rows.append(self._interpreter.get_tensor(self._output["index"]))  # a copy
-        return _dequantize(np.concatenate(rows), self._output)
+        output = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        return output if self._plain else _dequantize(output, self._output)
 
 
 class OnnxModel:
