@@ -361,7 +361,7 @@ def test_no_quantized_candidate_passes_and_float32_stays(run, tmp_path, monkeypa
 
 def test_quantized_rule_needs_the_margin_and_most_turns():
     """Faster means a p50 at least QUANTIZED_MARGIN below float32's and faster in at least
-    QUANTIZED_TURNS of the interleaved turns: neither a small gain in every turn nor a large
+    WIN_TURNS of the interleaved turns: neither a small gain in every turn nor a large
     p50 gain from half of the turns (a burst of load on float32's calls) is enough."""
     scores = {"top1": 0.9, "ece": 0.05, "probabilities": np.full((2, 3), 1 / 3)}
 
@@ -373,11 +373,15 @@ def test_quantized_rule_needs_the_margin_and_most_turns():
                                 float(np.median(reference)), turns)["faster"]
 
     float32 = [[10.0, 10.0]] * 4
-    assert exporting.QUANTIZED_MARGIN >= 0.1 and exporting.QUANTIZED_TURNS > 0.5
+    assert exporting.QUANTIZED_MARGIN >= 0.1 and exporting.WIN_TURNS > 0.5
     assert faster([[8.0, 8.0]] * 4, float32)            # 20% in every turn
     assert not faster([[9.5, 9.5]] * 4, float32)        # 5% in every turn: below the margin
     assert not faster([[5.0, 5.0]] * 2 + [[11.0, 11.0]] * 2, float32)  # 2 of 4 turns
     assert faster([[5.0, 5.0]] * 3 + [[11.0, 11.0]], float32)          # 3 of 4 turns
+    with pytest.warns(DeprecationWarning, match="QUANTIZED_TURNS is deprecated.*WIN_TURNS"):
+        assert exporting.QUANTIZED_TURNS == exporting.WIN_TURNS  # the old name, for one release
+    with pytest.raises(AttributeError, match="no attribute 'QUANTIZED_TURN'"):
+        exporting.QUANTIZED_TURN  # noqa: B018
     assert not faster([[5.0, 5.0], [11.0, 11.0]], float32[:2])         # 1 of 2: both needed
     assert exporting._turns_faster([[1.0], [3.0]], [[2.0], [2.0]]) == (1, 2)
 

@@ -225,7 +225,7 @@ def test_a_run_without_a_model_fails_at_once_in_one_line(run, tmp_path):
 
 def test_the_chosen_runtime_agrees_with_the_other_and_the_sidecar_records_it(run, classifier):
     from workbench.deploy import runtime
-    from workbench.deploy.export import ONNX_MARGIN, QUANTIZED_TURNS, read_sidecar
+    from workbench.deploy.export import ONNX_MARGIN, WIN_TURNS, read_sidecar
 
     record = read_sidecar(run["run"] / "export" / "model.tflite")["runtime"]
     assert record["chosen"] == classifier.runtime
@@ -235,7 +235,7 @@ def test_the_chosen_runtime_agrees_with_the_other_and_the_sidecar_records_it(run
     faster = min(record["p50_ms"], key=record["p50_ms"].get)
     assert record["chosen"] == faster or record["p50_ms"]["onnx"] > \
         record["p50_ms"]["litert"] * (1 - ONNX_MARGIN) or \
-        record["turns_faster"]["onnx"] < QUANTIZED_TURNS * record["turns"]  # LiteRT keeps near-ties
+        record["turns_faster"]["onnx"] < WIN_TURNS * record["turns"]  # LiteRT keeps near-ties
     assert 2 <= record["turns"] and 0 <= record["turns_faster"]["onnx"] <= record["turns"]
     litert = Classifier.load(run["run"], runtime="litert")
     onnx = Classifier.load(run["run"], runtime="onnx")

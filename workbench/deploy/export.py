@@ -41,7 +41,7 @@ float32 runtime, and records them under ``["runtime"]["quantized"]``: the float3
 candidate's top-1, ECE, probability differences, p50, in how many of the interleaved turns it
 was faster than float32, and verdict, the ``chosen`` one (or None) and the rule
 (:data:`QUANTIZED_RULE`). Faster means a p50 at least ``QUANTIZED_MARGIN`` (10%) below float32's
-*and* faster in at least ``QUANTIZED_TURNS`` (3/4) of the turns (all of them when there are fewer
+*and* faster in at least ``WIN_TURNS`` (3/4) of the turns (all of them when there are fewer
 than 4): XNNPACK, LiteRT's CPU engine, dequantizes float16 weights to float32 when it loads a
 model, so on a CPU without float16 arithmetic (x86) float16 runs the float32 kernels and cannot
 be faster, yet with a 3% margin on the p50 alone a loaded CPU let it win. The bound on the
@@ -78,7 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench._checks import MissingPath, UsageError, check_choice, check_int
+from workbench._checks import MissingPath, UsageError, check_choice, check_int, deprecated
 from workbench._io import atomic_path, remove, remove_stale_temporaries, write_json
 from workbench.deploy import runtime
 from workbench.deploy.runtime import RUNTIMES, runner
@@ -91,14 +91,15 @@ QUANTIZED_CANDIDATES = ("float16", "int8_dynamic", "int8")
 MAX_TOP1_DROP = 0.5     # points of validation top-1 a quantized model may lose, at most
 MAX_ECE_RISE = 0.01     # rise of the calibrated probabilities' ECE on validation, at most
 # A quantized model replaces float32 only when its p50 is this much lower, and lower in at least
-# this share of the interleaved turns: XNNPACK runs a float16-weights model as float32 on x86
+# WIN_TURNS of the interleaved turns (ONNX Runtime replaces LiteRT by the same count of turns):
+# XNNPACK runs a float16-weights model as float32 on x86
 # (the weights are dequantized when it loads), so a float16 model that "wins" by a few percent
 # on a shared CPU won by noise; 3% and the p50 alone let it win.
 QUANTIZED_MARGIN = 0.10
-QUANTIZED_TURNS = 0.75
+WIN_TURNS = 0.75
 QUANTIZED_RULE = (f"the fastest candidate whose p50 is at least {QUANTIZED_MARGIN:.0%} below "
                   f"the float32 runtime's and that is faster in at least "
-                  f"{QUANTIZED_TURNS:.0%} of the turns they were timed in (interleaved), "
+                  f"{WIN_TURNS:.0%} of the turns they were timed in (interleaved), "
                   f"loses at most {MAX_TOP1_DROP} points of validation top-1 and raises the "
                   f"ECE of the calibrated probabilities by at most {MAX_ECE_RISE}; else float32")
 MIN_AGREEMENT = 0.99   # float32 exports: top-1 agreement with the Keras model, at least
@@ -169,6 +170,15 @@ class ExportResult:
             if "quantized" in (record or {}):
                 lines.extend(_quantized_lines(record["quantized"]))
         return "\n".join(lines) + "\n"
+
+
+def __getattr__(name: str):
+    """``QUANTIZED_TURNS``, the old name of :data:`WIN_TURNS`, still works for one release."""
+    if name == "QUANTIZED_TURNS":
+        deprecated("workbench.deploy.export.QUANTIZED_TURNS is deprecated and will be removed in "
+                   "the next release: use WIN_TURNS (it decides the ONNX Runtime choice too)")
+        return WIN_TURNS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _quantized_lines(record: dict) -> list[str]:
@@ -368,7 +378,7 @@ def choose_runtime(models: dict, side: int, *, threads: int = 2) -> dict:
     Returns:
         ``{"chosen", "fallback", "p50_ms", "turns", "turns_faster", "threads", "machine",
         "rule"}``: ONNX Runtime is chosen over LiteRT only when its p50 is at least
-        ``ONNX_MARGIN`` below LiteRT's and it was faster in at least ``QUANTIZED_TURNS`` of the
+        ``ONNX_MARGIN`` below LiteRT's and it was faster in at least ``WIN_TURNS`` of the
         interleaved turns (``turns_faster`` of ``turns``), so that a burst of load that fell on
         LiteRT's calls does not decide.
     """
@@ -385,7 +395,7 @@ def choose_runtime(models: dict, side: int, *, threads: int = 2) -> dict:
     return {"chosen": chosen, "fallback": others[0] if others else None, "p50_ms": p50,
             **record, "threads": threads, "machine": runtime.machine(),
             "rule": f"onnx when its p50 is at least {ONNX_MARGIN:.0%} below litert's and it "
-                    f"is faster in at least {QUANTIZED_TURNS:.0%} of the interleaved turns"}
+                    f"is faster in at least {WIN_TURNS:.0%} of the interleaved turns"}
 
 
 def choose_quantized(source: _Source, float32, *, threads: int = 2) -> dict:
@@ -465,8 +475,8 @@ def _turns_faster(candidate: list, float32: list) -> tuple[int, int]:
 def _clearly_faster(p50: float, reference_p50: float, turns: tuple[int, int],
                     margin: float) -> bool:
     """Whether a p50 is at least ``margin`` below the reference's and the faster one won at
-    least ``QUANTIZED_TURNS`` of the turns (``turns``: won, of how many)."""
-    return p50 <= reference_p50 * (1 - margin) and turns[0] >= QUANTIZED_TURNS * turns[1]
+    least ``WIN_TURNS`` of the turns (``turns``: won, of how many)."""
+    return p50 <= reference_p50 * (1 - margin) and turns[0] >= WIN_TURNS * turns[1]
 
 
 def _judge(scores: dict, reference: dict, p50: float, float32_p50: float,
