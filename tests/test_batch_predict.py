@@ -87,9 +87,9 @@ class _Counting:
         light = pixels.reshape(len(pixels), -1).mean(axis=1) / 255
         return np.stack([1 - light, light], axis=1).astype(np.float32)
 
-    def top(self, row, top_k):
-        order = np.argsort(-row, kind="stable")[:top_k]
-        return [{"label": self.labels[i], "probability": float(row[i])} for i in order]
+    def top_rows(self, rows, top_k):
+        return [[{"label": self.labels[i], "probability": float(row[i])}
+                 for i in np.argsort(-row, kind="stable")[:top_k]] for row in rows]
 
 
 def test_memory_stays_flat_the_queue_bounds_the_files_held(tmp_path, monkeypatch):

@@ -79,6 +79,22 @@ def test_top_k_is_clipped_to_the_classes(run, classifier):
     assert len(classifier.predict(path, top_k=50)) == 10
 
 
+def test_top_rows_rank_each_row_best_first_with_ties_in_label_order(classifier):
+    rows = np.random.default_rng(3).dirichlet(np.ones(10), 6).astype(np.float32)
+    rows[2] = 0.1  # all tied: label order
+    rows[4, [7, 2, 5]] = 0.3  # a tie at the top
+    ranked = classifier.top_rows(rows, 4)
+    assert len(ranked) == 6
+    for row, top in zip(rows, ranked, strict=True):
+        expected = sorted(range(10), key=lambda i: (-row[i], i))[:4]
+        assert [entry["label"] for entry in top] == [classifier.labels[i] for i in expected]
+        assert [entry["probability"] for entry in top] == [float(row[i]) for i in expected]
+        assert all(type(entry["probability"]) is float for entry in top)
+        assert classifier.top(row, 4) == top
+    assert [e["label"] for e in ranked[4][:3]] == [classifier.labels[i] for i in (2, 5, 7)]
+    assert len(classifier.top_rows(rows, 50)[0]) == 10
+
+
 def test_garbage_is_rejected_not_predicted(classifier, tmp_path):
     assert classifier.runtime in RUNTIMES  # the fast path checks its input the same way
     with pytest.raises(ImageRejected, match="not an image"):

@@ -229,12 +229,12 @@ def _classified(classifier, embed, batch, k, batch_size, tta, calibrated):
         else:
             probabilities = classifier.probabilities(pixels, batch_size=batch_size, tta=tta,
                                                      calibrated=calibrated)
-    index = 0
+    index, ranked = 0, classifier.top_rows(probabilities, k) if usable else []
     for loaded in batch:
         row = {"path": loaded["source"].path}
         top = []
         if loaded["pixels"] is not None:
-            top = classifier.top(probabilities[index], k)
+            top = ranked[index]
         for rank in range(k):
             row[f"label_{rank + 1}"] = top[rank]["label"] if top else None
             row[f"probability_{rank + 1}"] = top[rank]["probability"] if top else np.nan

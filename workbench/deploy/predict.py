@@ -321,7 +321,7 @@ class Classifier:
         pixels = np.stack([self._pixels(image, max_pixels) for image in batch])
         probabilities = self.probabilities(pixels, batch_size=batch_size, tta=tta,
                                            calibrated=calibrated)
-        return [self.top(row, top_k) for row in probabilities]
+        return self.top_rows(probabilities, top_k)
 
     def probabilities(self, pixels: np.ndarray, *, batch_size: int = 32, tta: bool = False,
                       calibrated: bool = True) -> np.ndarray:
@@ -353,7 +353,17 @@ class Classifier:
     def top(self, probabilities: np.ndarray, top_k: int = 5) -> list[dict]:
         """The ``top_k`` classes of one row of :meth:`probabilities`, best first, as
         ``{"label", "probability"}`` dicts (ties in label order)."""
-        return self._top(probabilities, min(top_k, len(self.labels)))
+        return self.top_rows(np.asarray(probabilities)[None], top_k)[0]
+
+    def top_rows(self, probabilities: np.ndarray, top_k: int = 5) -> list[list[dict]]:
+        """:meth:`top` of each row of ``probabilities`` (N, classes), ranked in one NumPy call
+        (a third of a small model's batch time went to ranking row by row)."""
+        k = min(top_k, len(self.labels))
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        chosen = np.take_along_axis(probabilities, order, axis=1).tolist()
+        labels = self.labels
+        return [[{"label": labels[i], "probability": p} for i, p in zip(row, values)]
+                for row, values in zip(order.tolist(), chosen)]
 
     def predict_files(self, paths, *, top_k: int = 5, batch_size: int = 64,
                       threads: int | None = None, tta: bool = False, calibrated: bool = True,
@@ -489,10 +499,6 @@ class Classifier:
         if top is not None:
             explanation.probability = float(top["probability"])
         return explanation
-
-    def _top(self, probabilities: np.ndarray, k: int) -> list[dict]:
-        order = np.argsort(-probabilities, kind="stable")[:k]
-        return [{"label": self.labels[i], "probability": float(probabilities[i])} for i in order]
 
 
 def _keeping_source(classifier: Classifier, source: Path) -> Classifier:
