@@ -260,7 +260,12 @@ def interleaved(paths: dict, calls: int, block: int = 5, settle: float = 0.06) -
             for name, values in times.items()}
 
 
-def throughput(call, batch, count: int, repeats: int = 5) -> float:
+def throughput(call, batch, count: int, repeats: int = 5, settle: float = 0.06) -> float:
+    """Images/s of ``call(batch)``: the median of ``repeats`` calls after one untimed call and
+    ``settle`` seconds of rest (the spinning threads of the path timed before it, ONNX
+    Runtime's, would slow it: without the rest our ONNX-backed Classifier measured half its
+    speed right after the bare ONNX session's batches)."""
+    time.sleep(settle)
     call(batch)
     times = []
     for _ in range(repeats):
