@@ -303,14 +303,9 @@ class Batches:
         options = tf.data.Options()  # several workers: each takes its part of every batch
         policy = tf.data.experimental.AutoShardPolicy.DATA
         options.experimental_distribute.auto_shard_policy = policy
-        # No autotuning thread: an iterator's destruction waits for it to wake (its period
-        # grows to a minute), and Keras leaves a stopped fit's iterator to the garbage
-        # collector, so a later collection froze for 10 s or more. Without it AUTOTUNE means
-        # one call per core for the map and a self-sizing prefetch buffer.
-        options.autotune.enabled = False
-        return (epochs_served.flat_map(epoch_batches)
-                .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .prefetch(tf.data.AUTOTUNE).with_options(options))
+        return untuned(epochs_served.flat_map(epoch_batches)
+                       .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                       .prefetch(tf.data.AUTOTUNE).with_options(options))
 
     def as_py_dataset(self, start_epoch: int = 0, epochs: int | None = None, *,
                       prefetch: int = 2):
@@ -390,6 +385,21 @@ class _Lookahead:
 
 
 @functools.cache
+def untuned(dataset):
+    """``dataset`` without tf.data's autotuning thread: every ``tf.data.Dataset`` given to Keras.
+
+    An iterator's destruction waits for that thread to wake (its period grows to a minute), and
+    Keras leaves a stopped fit's iterator to the garbage collector, so a later collection froze
+    the process for 10 s or more. Without it ``AUTOTUNE`` means one parallel call per core and
+    a self-sizing prefetch buffer.
+    """
+    import tensorflow as tf  # only on the TensorFlow backend
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def stream_dataset_class():
     """The ``keras.utils.PyDataset`` base of a stream of batches in which item ``i`` is a pure
     function of ``i`` (defined on first use, so that importing this module does not import Keras).

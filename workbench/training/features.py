@@ -37,7 +37,7 @@ import numpy as np
 from workbench._compat import flatten_layers, is_seed_state
 from workbench._io import atomic_path
 from workbench._progress import progress as progress_bar
-from workbench.data.pipeline import stream_dataset_class
+from workbench.data.pipeline import stream_dataset_class, untuned
 
 FEATURES_FORMAT = 1  # bump when the features or their key change, to invalidate old ones
 HEAD_LAYERS = ("head_dropout", "head")  # what models.classifier puts after the pooled features
@@ -307,9 +307,8 @@ class _FeatureDataset(stream_dataset_class()):
 
 
 def _untuned_tf_dataset(stream, width: int):
-    """``stream``'s items as a ``tf.data.Dataset`` without tf.data's autotuning. Keras would
-    wrap the PyDataset in an autotuned one, whose thread makes releasing the iterator of a
-    stopped fit freeze the process for seconds (``pipeline.Batches.as_tf_dataset`` says more)."""
+    """``stream``'s items as a ``tf.data.Dataset`` without tf.data's autotuning
+    (``pipeline.untuned`` says why): Keras would wrap the PyDataset in an autotuned one."""
     import tensorflow as tf  # only on the TensorFlow backend
 
     indexes = (tf.data.Dataset.counter() if stream.num_batches is None
@@ -320,9 +319,7 @@ def _untuned_tf_dataset(stream, width: int):
                                  stateful=False)
         return tf.ensure_shape(x, (None, width)), tf.ensure_shape(y, (None,))
 
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return indexes.map(fetch).prefetch(tf.data.AUTOTUNE).with_options(options)
+    return untuned(indexes.map(fetch).prefetch(tf.data.AUTOTUNE))
 
 
 class OnClassifier(keras.callbacks.Callback):
