@@ -203,6 +203,26 @@ def test_seed_state_is_a_two_number_variable_that_decides_the_random_draws():
     assert not any(path.endswith(_compat.SEED_STATE_NAME) for path in saved)
 
 
+# --- Keras: ONNX export ------------------------------------------------------------------------
+
+def test_tf2onnx_converts_a_tf_function_on_numpy_2(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    tf2onnx = _compat.tf2onnx_on_numpy2()
+    assert _compat.tf2onnx_on_numpy2() is tf2onnx  # again: no second patch
+    # Keras's versions of the two parts that used names NumPy 2 removed (np.cast, np.object)
+    assert tf2onnx.tfonnx.rewrite_constant_fold.__module__ == "keras.src.export.tf2onnx_lib"
+    assert tf2onnx.graph.Node.get_value_attr.__module__ == "keras.src.export.tf2onnx_lib"
+    weights = tf.Variable(np.arange(6, dtype=np.float32).reshape(3, 2))
+    scores = tf.function(lambda x: tf.nn.softmax(tf.matmul(x, weights)),
+                         input_signature=[tf.TensorSpec((None, 3), tf.float32, "inputs")])
+    tf2onnx.convert.from_function(scores, scores.input_signature,
+                                  output_path=str(tmp_path / "m.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    x = np.array([[1, 0, 0], [0, 1, 2]], np.float32)
+    np.testing.assert_allclose(session.run(None, {"inputs": x})[0], scores(x).numpy(), rtol=1e-6)
+
+
 # --- JAX ---------------------------------------------------------------------------------------
 
 def test_jax_platform_logger_is_the_one_jax_logs_its_platform_start_on():

@@ -188,6 +188,25 @@ def is_seed_state(variable) -> bool:
     return variable.path.endswith(SEED_STATE_NAME)
 
 
+# --- Keras: ONNX export ------------------------------------------------------------------------
+
+
+def tf2onnx_on_numpy2():
+    """``tf2onnx``, made to run on NumPy 2 the way Keras's own ONNX export does it first.
+
+    Checked on Keras 3.15.1 (tf2onnx 1.17.0). Assumes ``keras.src.export.tf2onnx_lib`` has
+    ``patch_tf2onnx()``, callable any number of times (it is cached), which replaces the two
+    parts of tf2onnx that use names NumPy 2 removed (``np.cast`` in the constant folding,
+    ``np.object``); tf2onnx's public ``tf2onnx.convert.from_function`` then converts a
+    ``tf.function``.
+    """
+    import tf2onnx
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+    patch_tf2onnx()
+    return tf2onnx
+
+
 # --- JAX ---------------------------------------------------------------------------------------
 
 #: The logger of JAX's platform start-up ("An NVIDIA GPU may be present on this machine, but a

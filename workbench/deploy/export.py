@@ -9,7 +9,7 @@ result under ``<run_dir>/export/`` with a JSON sidecar next to it (``model.tflit
                           ``model_int8.tflite``, ``model_int8_dynamic.tflite`` quantized;
                           ``model_final*`` from ``model.keras``)
 ``saved_model/``          a TensorFlow SavedModel for TF Serving (endpoint ``serve``)
-``model.onnx``            ONNX, through Keras's own exporter (tf2onnx)
+``model.onnx``            ONNX, through tf2onnx (as Keras's own exporter)
 ``<name>.json``           the sidecar: labels, input size and dtype, value range (raw 0-255 RGB,
                           the model scales its input itself), resize mode, backbone, format,
                           quantization, the source ``.keras`` file with its sha256, agreement,
@@ -73,11 +73,13 @@ import hashlib
 import io
 import json
 import statistics
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from workbench._compat import tf2onnx_on_numpy2
 from workbench._checks import MissingPath, UsageError, check_choice, check_int, deprecated
 from workbench._io import atomic_path, remove, remove_stale_temporaries, write_json
 from workbench.deploy import runtime
@@ -607,6 +609,28 @@ class _Source:
         self.data = self.run.load_splits() if data else None  # decoded once
         self.images = _check_images(self.data, max_images, self.run_dir) if check else None
         self._expected = None
+        self._serving = None
+
+    def serving(self):
+        """What the LiteRT and ONNX converters start from, traced once for both: a
+        ``tf.Module`` holding only the model's variables, with ``serve``, its forward pass on
+        float32 images of any batch size. Converting the Keras model itself
+        (``TFLiteConverter.from_keras_model``, ``model.export(format="onnx")``) first walks
+        every layer's attributes and traces each nested model's own signature: for the same
+        flatbuffer, twice the time (MobileNetV3Small at 48 px: 12.5 s for both instead of
+        26.5 s)."""
+        if self._serving is None:
+            import tensorflow as tf
+
+            network, side = self.network, self.side_px
+            module = tf.Module()
+            module.kept_variables = [variable.value for variable in network.variables]
+            module.serve = tf.function(
+                lambda images: network(images, training=False),
+                input_signature=[tf.TensorSpec((None, side, side, 3), tf.float32, "inputs")])
+            module.serve.get_concrete_function()
+            self._serving = module
+        return self._serving
 
     def expected(self) -> np.ndarray:
         """The Keras model's probabilities on the check images."""
@@ -624,7 +648,7 @@ def _export(source: _Source, path: Path, *, format: str, quantize: str | None = 
     remove_stale_temporaries(path.parent)  # what killed exports left (not running ones)
     with atomic_path(path) as temporary:  # a file, or a folder for saved_model
         try:
-            _convert(source.network, temporary, format=format, quantize=quantize,
+            _convert(source, temporary, format=format, quantize=quantize,
                      data=source.data, count=representative_images, seed=seed)
         except Exception as error:  # the converters raise many types; name the model and why
             raise ExportError(f"the {format} converter cannot handle {source.source}"
@@ -665,32 +689,39 @@ def _export(source: _Source, path: Path, *, format: str, quantize: str | None = 
 
 # --- conversion ----------------------------------------------------------------------------------
 
-def _convert(network, target: Path, *, format: str, quantize, data, count: int,
+def _convert(source: _Source, target: Path, *, format: str, quantize, data, count: int,
              seed: int) -> None:
-    """Writes ``network`` in ``format`` to ``target`` (a file, or a folder for saved_model)."""
+    """Writes ``source``'s model in ``format`` to ``target`` (a file, or a folder for
+    saved_model)."""
     quiet = contextlib.redirect_stdout(io.StringIO())  # Keras prints the endpoints it saves
-    if format == "saved_model":
+    if format == "saved_model":  # Keras's own, with its documented endpoint names
         with quiet:
-            network.export(str(target), format="tf_saved_model", verbose=False)
+            source.network.export(str(target), format="tf_saved_model", verbose=False)
         return
+    serving = source.serving()
     if format == "onnx":
+        tf2onnx = tf2onnx_on_numpy2()
         with quiet, warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # tf2onnx on NumPy 2
-            network.export(str(target), format="onnx", verbose=False)
+            tf2onnx.convert.from_function(serving.serve, serving.serve.input_signature,
+                                          output_path=str(target))
         return
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(network)
-    if quantize is not None:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if quantize == "int8":
-        calibration = _representative(data, count, seed)
-        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-    with quiet, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        flatbuffer = converter.convert()
+    with tempfile.TemporaryDirectory(prefix="workbench-export-") as saved:
+        tf.saved_model.save(serving, saved,
+                            signatures={"serving_default": serving.serve.get_concrete_function()})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        if quantize is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            calibration = _representative(data, count, seed)
+            converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        with quiet, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            flatbuffer = converter.convert()
     target.write_bytes(flatbuffer)
 
 
