@@ -91,11 +91,17 @@ def test_final_metrics_use_the_model_in_memory_and_equal_those_of_the_files(
                             or load(path))
         monkeypatch.setattr(calibrate, "load_model",  # calibration must load no model file
                             lambda path: pytest.fail(f"calibration loaded {path}"))
+        passes = []
+        monkeypatch.setattr(calibrate, "predict_probabilities",
+                            lambda model, *args, predict=predict_probabilities, **kwargs:
+                            passes.append(model) or predict(model, *args, **kwargs))
         in_memory = train._final_metrics(copy, data, 8, state, status="completed",
                                          in_memory=final)
         monkeypatch.undo()
         # the best model is read from its file only when the weights in memory are not it
         assert loads == ([] if last_was_best else [run.model_path("best")])
+        # and the model in memory, when it is both, goes over the validation images once
+        assert len(passes) == (1 if last_was_best else 2)
         for key in keys:
             assert in_memory[key] == pytest.approx(from_files[key], abs=1e-6), key
         for name, record in run.calibration["models"].items():

@@ -82,13 +82,16 @@ def calibrate_run(run_dir: str | Path, images, labels, *, batch_size: int = 64,
         models = {}
         distributed = keras.backend.backend() == "jax" and \
             keras.distribution.distribution() is not None
+        fitted_for = {}  # id(model): its record (best.keras is often the final model itself)
         with _on_this_process():
             for name in files:
                 model = None if distributed else (loaded or {}).get(name)
                 model = model or load_model(run.path / name)
-                probabilities = predict_probabilities(model, images, batch_size=batch_size)
-                fitted = calibration.calibrate(probabilities, np.asarray(labels))
-                models[name] = {k: v for k, v in fitted.items() if k != "method"}  # said once
+                if id(model) not in fitted_for:
+                    probabilities = predict_probabilities(model, images, batch_size=batch_size)
+                    fitted = calibration.calibrate(probabilities, np.asarray(labels))
+                    fitted_for[id(model)] = {k: v for k, v in fitted.items() if k != "method"}
+                models[name] = dict(fitted_for[id(model)])  # the method is said once
         record = {"temperature": models[run.model_path("best").name]["temperature"],
                   "split": "val", "method": calibration.METHOD, "models": models}
     run.write_calibration(record)
