@@ -129,6 +129,24 @@ def test_a_run_directory_and_its_explanation(served_run, tmp_path):
     np.testing.assert_array_equal(blended, explanation.image)
 
 
+def test_a_batch_is_explained_as_each_image_alone(served_run):
+    explainer = explain.Explainer.load(served_run.run)
+    paths = [sorted((served_run.data / label).glob("*.png"))[0] for label in ("1", "3", "7")]
+    pixels = np.stack([explainer.pixels(path)[0] for path in paths])
+    for classes in (None, [0, 1, 2]):  # the predicted ones, then one chosen per image
+        together = explainer.explain_batch(pixels, classes)
+        assert len(together) == len(paths)
+        for row, (image, batched) in enumerate(zip(pixels, together)):
+            alone = explainer.explain(image, None if classes is None else classes[row])
+            assert (batched.class_index, batched.label, batched.method) == \
+                (alone.class_index, alone.label, alone.method)
+            np.testing.assert_array_equal(batched.image, alone.image)
+            np.testing.assert_allclose(batched.heatmap, alone.heatmap, atol=1e-5)
+            assert batched.probability == pytest.approx(alone.probability, abs=1e-6)
+    with pytest.raises(ValueError, match=r"pixels must have shape \(N, "):
+        explainer.explain_batch(pixels[0])
+
+
 # --- faithfulness ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -572,13 +572,43 @@ class Explainer:
         pixels, photo, size = self.pixels(image, max_pixels=max_pixels)
         maps, classes, probabilities = self.maps(pixels[None], method=method,
                                                  class_index=class_index, **options)
-        size = _fitted(size, max_side)
-        heatmap = _normalized(to_image_frame(maps[0], size,
+        return self._explanation(photo, _fitted(size, max_side), maps[0], classes[0],
+                                 probabilities[0], method)
+
+    def explain_batch(self, pixels, class_index=None, *, method: str = "grad_cam",
+                      **options) -> list[Explanation]:
+        """Where the model looked in each image of a batch at its input size, in one pass
+        (what :func:`workbench.inspect.explain_worst` draws): the same maps as :meth:`explain`
+        of each image, in a fraction of the time.
+
+        Args:
+            pixels: uint8 (N, S, S, 3) at the model's input size (as an evaluation keeps its
+                images).
+            class_index: one class for all, one per image, or None for each image's predicted
+                class.
+            method: ``"grad_cam"`` or ``"occlusion"``.
+            **options: for occlusion: ``patch``, ``stride``, ``batch_size``.
+
+        Returns:
+            One :class:`Explanation` per image, at the input size.
+        """
+        maps, classes, probabilities = self.maps(pixels, method=method,
+                                                 class_index=class_index, **options)
+        side = (self.image_size, self.image_size)
+        return [self._explanation(photo, side, heatmap, chosen, row, method) for
+                photo, heatmap, chosen, row in zip(np.asarray(pixels, np.uint8), maps, classes,
+                                                   probabilities)]
+
+    def _explanation(self, photo, size: tuple[int, int], heatmap, chosen, probabilities,
+                     method: str) -> Explanation:
+        """One image's :class:`Explanation` drawn at ``size``, from its map over the model's
+        input and its row of probabilities."""
+        heatmap = _normalized(to_image_frame(heatmap, size,
                                              resize_mode=self.resize_mode)[None])[0]
         if photo.shape[:2] != size:
             photo = np.asarray(Image.fromarray(photo).resize((size[1], size[0]), Image.BILINEAR))
-        chosen = int(classes[0])
-        probability = apply_temperature(probabilities[:1], self.temperature)[0, chosen]
+        chosen = int(chosen)
+        probability = apply_temperature(probabilities[None], self.temperature)[0, chosen]
         return Explanation(photo, heatmap, chosen, self.labels[chosen], float(probability),
                            method)
 

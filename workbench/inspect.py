@@ -659,8 +659,9 @@ def explain_worst(report, run_dir, *, count: int = 16, model: str = "best",
     explainer = Explainer.load(run_dir, model=model)
     worst = report.worst(count)
     index = {label: i for i, label in enumerate(explainer.labels)}
-    explanations = [explainer.explain(images[row.index], index[row.predicted], method=method)
-                    for row in worst.itertuples()]
+    explanations = explainer.explain_batch(
+        np.stack([images[row.index] for row in worst.itertuples()]),
+        [index[row.predicted] for row in worst.itertuples()], method=method)
     titles = [f"{row.true} → {row.predicted}\np={row.probability_true:.2f}"
               for row in worst.itertuples()]
     name = "Grad-CAM" if method == "grad_cam" else "occlusion"
