@@ -44,6 +44,23 @@ def test_the_run_records_one_temperature_per_model_fitted_on_val(run_dir):
 
 
 @pytest.mark.slow
+def test_models_read_from_their_files_are_calibrated_each_on_its_own(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    run = RunDir(copy)
+    shutil.copy(run.model_file("initial"), run.model_file("best"))  # surely another model
+    data = run.load_splits()
+    record = calibrate_run(copy, data.images["val"], data.labels["val"], batch_size=8)
+    for name, model in (("best.keras", "best"), ("model.keras", "final")):
+        raw = predict_probabilities(models.load_model(run.model_path(model)),
+                                    data.images["val"], batch_size=8)
+        assert record["models"][name]["nll_raw"] == pytest.approx(
+            calibration.negative_log_likelihood(raw, data.labels["val"]), abs=1e-5), name
+
+
+@pytest.mark.slow
 def test_without_a_validation_split_the_temperature_is_1_with_a_note(run_dir, tmp_path):
     import shutil
 

@@ -82,16 +82,18 @@ def calibrate_run(run_dir: str | Path, images, labels, *, batch_size: int = 64,
         models = {}
         distributed = keras.backend.backend() == "jax" and \
             keras.distribution.distribution() is not None
-        fitted_for = {}  # id(model): its record (best.keras is often the final model itself)
+        done = []  # (model, its record): best.keras is often the final model itself
         with _on_this_process():
             for name in files:
                 model = None if distributed else (loaded or {}).get(name)
                 model = model or load_model(run.path / name)
-                if id(model) not in fitted_for:
+                fitted = next((kept for seen, kept in done if seen is model), None)
+                if fitted is None:  # (the list keeps each model alive: no identity reused)
                     probabilities = predict_probabilities(model, images, batch_size=batch_size)
-                    fitted = calibration.calibrate(probabilities, np.asarray(labels))
-                    fitted_for[id(model)] = {k: v for k, v in fitted.items() if k != "method"}
-                models[name] = dict(fitted_for[id(model)])  # the method is said once
+                    fitted = {key: value for key, value in calibration.calibrate(
+                        probabilities, np.asarray(labels)).items() if key != "method"}
+                    done.append((model, fitted))
+                models[name] = dict(fitted)  # the method is said once, below
         record = {"temperature": models[run.model_path("best").name]["temperature"],
                   "split": "val", "method": calibration.METHOD, "models": models}
     run.write_calibration(record)
