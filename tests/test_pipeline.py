@@ -628,3 +628,18 @@ def test_a_build_removes_the_temporary_files_of_killed_builds_only(photo_dir, tm
         path.write_bytes(b"partial")
     _build(photo_dir, cache_dir)
     assert [path.exists() for path in killed + running] == [False, False, True]
+
+
+def test_untuned_keeps_no_dataset_alive_and_the_stream_base_is_one_class():
+    import gc
+    import weakref
+
+    tf = pytest.importorskip("tensorflow")
+    dataset = tf.data.Dataset.range(3)
+    served = pipeline.untuned(dataset)
+    assert served.options().autotune.enabled is False and list(served) == list(dataset)
+    gone = weakref.ref(dataset), weakref.ref(served)
+    del dataset, served
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]  # a run's images are not held after it
+    assert pipeline.stream_dataset_class() is pipeline.stream_dataset_class()

@@ -384,7 +384,6 @@ class _Lookahead:
         return future.result() if future is not None else self._fetch(i)
 
 
-@functools.cache
 def untuned(dataset):
     """``dataset`` without tf.data's autotuning thread: every ``tf.data.Dataset`` given to Keras.
 
@@ -400,6 +399,7 @@ def untuned(dataset):
     return dataset.with_options(options)
 
 
+@functools.cache
 def stream_dataset_class():
     """The ``keras.utils.PyDataset`` base of a stream of batches in which item ``i`` is a pure
     function of ``i`` (defined on first use, so that importing this module does not import Keras).
