@@ -77,6 +77,7 @@ REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"cold_s": 0.5, "http_p50_ms": 15.0,  # issue 6, MobileNetV2-224
            "over_runtime": 1.10, "jpeg_extra_ms": 0.6, "over_floor": 1.2}  # issue 15
 TIMM_NAMES = {"mobilenet_v2": "mobilenetv2_100"}  # our backbone -> the same network in timm
+SETTLE_S = 0.06  # rest before a timing: ONNX Runtime's threads spin ~50 ms after its last call
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -236,7 +237,7 @@ def cold_start(path: str, *, run_dir: Path, image: Path, size: int, runs: int,
 
 # --- warm latency and throughput in this process -------------------------------------------------
 
-def interleaved(paths: dict, calls: int, block: int = 5, settle: float = 0.06) -> dict:
+def interleaved(paths: dict, calls: int, block: int = 5, settle: float = SETTLE_S) -> dict:
     """p50 and p95 in milliseconds of each ``call(argument)`` of ``{name: (call, argument)}``.
 
     The paths take turns, ``block`` timed calls each after one untimed call (after 5 warm-up
@@ -260,7 +261,7 @@ def interleaved(paths: dict, calls: int, block: int = 5, settle: float = 0.06) -
             for name, values in times.items()}
 
 
-def throughput(call, batch, count: int, repeats: int = 5, settle: float = 0.06) -> float:
+def throughput(call, batch, count: int, repeats: int = 5, settle: float = SETTLE_S) -> float:
     """Images/s of ``call(batch)``: the median of ``repeats`` calls after one untimed call and
     ``settle`` seconds of rest (the spinning threads of the path timed before it, ONNX
     Runtime's, would slow it: without the rest our ONNX-backed Classifier measured half its

@@ -649,7 +649,7 @@ def _export(source: _Source, path: Path, *, format: str, quantize: str | None = 
     with atomic_path(path) as temporary:  # a file, or a folder for saved_model
         try:
             _convert(source, temporary, format=format, quantize=quantize,
-                     data=source.data, count=representative_images, seed=seed)
+                     count=representative_images, seed=seed)
         except Exception as error:  # the converters raise many types; name the model and why
             raise ExportError(f"the {format} converter cannot handle {source.source}"
                               f"{' with quantize=' + repr(quantize) if quantize else ''}: "
@@ -689,7 +689,7 @@ def _export(source: _Source, path: Path, *, format: str, quantize: str | None = 
 
 # --- conversion ----------------------------------------------------------------------------------
 
-def _convert(source: _Source, target: Path, *, format: str, quantize, data, count: int,
+def _convert(source: _Source, target: Path, *, format: str, quantize, count: int,
              seed: int) -> None:
     """Writes ``source``'s model in ``format`` to ``target`` (a file, or a folder for
     saved_model)."""
@@ -717,7 +717,7 @@ def _convert(source: _Source, target: Path, *, format: str, quantize, data, coun
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if quantize == "int8":
-            calibration = _representative(data, count, seed)
+            calibration = _representative(source.data, count, seed)
             converter.representative_dataset = lambda: ([image[None]] for image in calibration)
         with quiet, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")

@@ -235,13 +235,7 @@ def p50_ms(turns: dict) -> dict:
 def machine() -> str:
     """The CPU this process runs on, e.g. ``"Intel(R) Xeon(R) ... x86_64, 2 cores"``: a choice
     of runtime measured on one machine is re-measured on another."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            name = next((line.split(":", 1)[1].strip() for line in info
-                         if line.startswith("model name")), "")
-    except OSError:  # not Linux
-        pass
+    name = _cpuinfo("model name")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{name or platform.processor() or 'unknown CPU'} {platform.machine()}, {cores} cores"
 
@@ -253,14 +247,23 @@ VECTOR_EXTENSIONS = ("amx_int8", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "
 def instruction_sets() -> str:
     """The vector extensions of this CPU that its kernels use, e.g. ``"AVX2, FMA, AVX"``
     (``"unknown"`` without /proc/cpuinfo): with :func:`machine`, what a timing table names."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info
-                          if line.startswith("flags")), [])
-    except OSError:  # not Linux
+    line = _cpuinfo("flags")
+    if line is None:
         return "unknown"
+    flags = set(line.split())
     present = [name.upper().replace("_", "-") for name in VECTOR_EXTENSIONS if name in flags]
     return ", ".join(present) or "no AVX"
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first ``key`` line of /proc/cpuinfo (``""`` when it has none), or None
+    where there is no /proc/cpuinfo (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((line.split(":", 1)[1].strip() for line in info
+                         if line.startswith(key)), "")
+    except OSError:
+        return None
 
 
 def _quantize(pixels: np.ndarray, details: dict) -> np.ndarray:
